@@ -1,0 +1,244 @@
+//! Protection, mapping and VMA flags with Linux's bit values, so numbers seen
+//! in a kernel trace read the same here.
+//!
+//! Linux: `include/uapi/asm-generic/mman*.h`, `include/linux/mm.h` (`VM_*`).
+
+use bitflags::bitflags;
+
+use crate::Errno;
+
+bitflags! {
+    /// `PROT_*` for mmap and mprotect.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+    pub struct Prot: u32 {
+        /// Pages may be read.
+        const READ = 0x1;
+        /// Pages may be written.
+        const WRITE = 0x2;
+        /// Pages may be executed.
+        const EXEC = 0x4;
+    }
+}
+
+impl Prot {
+    /// `PROT_NONE`.
+    pub const NONE: Self = Self::empty();
+    /// `PROT_READ | PROT_WRITE`.
+    pub const RW: Self = Self::READ.union(Self::WRITE);
+
+    /// Parses raw `PROT_*` bits; unknown bits are `EINVAL`, as mprotect says.
+    pub fn from_raw(bits: u32) -> Result<Self, Errno> {
+        Self::from_bits(bits).ok_or(Errno::Inval)
+    }
+}
+
+bitflags! {
+    /// `MAP_*` for mmap.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+    pub struct MapFlags: u32 {
+        /// Share the mapping.
+        const SHARED = 0x01;
+        /// Private copy-on-write mapping.
+        const PRIVATE = 0x02;
+        /// Place exactly at the address, replacing what is there.
+        const FIXED = 0x10;
+        /// Not backed by a file.
+        const ANONYMOUS = 0x20;
+        /// Do not reserve swap.
+        const NORESERVE = 0x4000;
+        /// Prefault the mapping.
+        const POPULATE = 0x8000;
+        /// Back with hugetlbfs pages.
+        const HUGETLB = 0x40000;
+        /// Synchronous page faults (DAX); needs `SHARED_VALIDATE`.
+        const SYNC = 0x80000;
+        /// Like FIXED but fail with EEXIST instead of replacing.
+        const FIXED_NOREPLACE = 0x100000;
+        /// hugetlb page size 2 MiB (`21 << MAP_HUGE_SHIFT`).
+        const HUGE_2MB = 21 << 26;
+        /// hugetlb page size 1 GiB (`30 << MAP_HUGE_SHIFT`).
+        const HUGE_1GB = 30 << 26;
+    }
+}
+
+impl MapFlags {
+    /// `MAP_SHARED_VALIDATE`: shared, and unknown flags are an error.
+    pub const SHARED_VALIDATE: Self = Self::SHARED.union(Self::PRIVATE);
+
+    /// The sharing type, the part of the flags Linux masks with `MAP_TYPE`.
+    pub fn map_type(self) -> u32 {
+        (self & Self::SHARED_VALIDATE).bits()
+    }
+    /// Parses raw `MAP_*` bits. Unknown bits are `EOPNOTSUPP` with
+    /// `MAP_SHARED_VALIDATE`, as Linux; otherwise they are ignored.
+    pub fn from_raw(bits: u32) -> Result<Self, Errno> {
+        let known = Self::from_bits_truncate(bits);
+        if known.map_type() == Self::SHARED_VALIDATE.bits() && known.bits() != bits {
+            return Err(Errno::OpNotSupp);
+        }
+        Ok(known)
+    }
+}
+
+bitflags! {
+    /// `MREMAP_*`.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+    pub struct MremapFlags: u32 {
+        /// The mapping may move.
+        const MAYMOVE = 1;
+        /// Move to the given new address (needs MAYMOVE).
+        const FIXED = 2;
+        /// Leave the old range mapped but empty (needs MAYMOVE).
+        const DONTUNMAP = 4;
+    }
+}
+
+bitflags! {
+    /// `VM_*` flags of a VMA, with Linux's values.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+    pub struct VmFlags: u64 {
+        /// Readable now.
+        const READ = 0x1;
+        /// Writable now.
+        const WRITE = 0x2;
+        /// Executable now.
+        const EXEC = 0x4;
+        /// Shared mapping.
+        const SHARED = 0x8;
+        /// May become readable.
+        const MAYREAD = 0x10;
+        /// May become writable.
+        const MAYWRITE = 0x20;
+        /// May become executable.
+        const MAYEXEC = 0x40;
+        /// May be shared.
+        const MAYSHARE = 0x80;
+        /// Stack-like, grows down.
+        const GROWSDOWN = 0x100;
+        /// userfaultfd missing-page tracking.
+        const UFFD_MISSING = 0x200;
+        /// Pure pfn mapping, no `struct page` semantics.
+        const PFNMAP = 0x400;
+        /// Memory-mapped I/O.
+        const IO = 0x4000;
+        /// Not copied on fork.
+        const DONTCOPY = 0x20000;
+        /// Cannot be expanded by mremap.
+        const DONTEXPAND = 0x40000;
+        /// Accounted memory.
+        const ACCOUNT = 0x100000;
+        /// No swap reservation.
+        const NORESERVE = 0x200000;
+        /// hugetlbfs mapping.
+        const HUGETLB = 0x400000;
+        /// Synchronous page faults (MAP_SYNC on DAX).
+        const SYNC = 0x800000;
+        /// Zeroed in the child on fork.
+        const WIPEONFORK = 0x2000000;
+        /// Mixed pfn and page mapping.
+        const MIXEDMAP = 0x10000000;
+        /// madvise(MADV_HUGEPAGE).
+        const HUGEPAGE = 0x20000000;
+        /// madvise(MADV_NOHUGEPAGE).
+        const NOHUGEPAGE = 0x40000000;
+    }
+}
+
+impl VmFlags {
+    /// The flags Linux groups as `VM_SPECIAL`.
+    pub const SPECIAL: Self = Self::IO
+        .union(Self::DONTEXPAND)
+        .union(Self::PFNMAP)
+        .union(Self::MIXEDMAP);
+
+    /// The current-access bits for a protection.
+    pub fn from_prot(prot: Prot) -> Self {
+        let mut flags = Self::empty();
+        flags.set(Self::READ, prot.contains(Prot::READ));
+        flags.set(Self::WRITE, prot.contains(Prot::WRITE));
+        flags.set(Self::EXEC, prot.contains(Prot::EXEC));
+        flags
+    }
+    /// The protection these flags grant now.
+    pub fn prot(self) -> Prot {
+        let mut prot = Prot::empty();
+        prot.set(Prot::READ, self.contains(Self::READ));
+        prot.set(Prot::WRITE, self.contains(Self::WRITE));
+        prot.set(Prot::EXEC, self.contains(Self::EXEC));
+        prot
+    }
+    /// True for a `MAP_SHARED` mapping.
+    pub fn is_shared(self) -> bool {
+        self.contains(Self::SHARED)
+    }
+}
+
+/// `MADV_*` advice values, with Linux's numbers.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum MadviseAdvice {
+    /// `MADV_DONTNEED` (4): zap; anonymous memory reads back as zero.
+    DontNeed,
+    /// `MADV_FREE` (8): lazily free clean anonymous pages.
+    Free,
+    /// `MADV_DONTFORK` (10).
+    DontFork,
+    /// `MADV_DOFORK` (11).
+    DoFork,
+    /// `MADV_HUGEPAGE` (14).
+    HugePage,
+    /// `MADV_NOHUGEPAGE` (15).
+    NoHugePage,
+    /// `MADV_PAGEOUT` (21): reclaim now.
+    PageOut,
+    /// `MADV_POPULATE_READ` (22).
+    PopulateRead,
+    /// `MADV_POPULATE_WRITE` (23).
+    PopulateWrite,
+    /// `MADV_COLLAPSE` (25): synchronous THP collapse.
+    Collapse,
+}
+
+impl MadviseAdvice {
+    /// Parses a raw `MADV_*` number; unknown values are `EINVAL`.
+    pub fn from_raw(value: u32) -> Result<Self, Errno> {
+        Ok(match value {
+            4 => Self::DontNeed,
+            8 => Self::Free,
+            10 => Self::DontFork,
+            11 => Self::DoFork,
+            14 => Self::HugePage,
+            15 => Self::NoHugePage,
+            21 => Self::PageOut,
+            22 => Self::PopulateRead,
+            23 => Self::PopulateWrite,
+            25 => Self::Collapse,
+            _ => return Err(Errno::Inval),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_flags_validate_only_with_shared_validate() {
+        assert_eq!(MapFlags::from_raw(0x2 | 0x20 | 0x1_0000_0000u64 as u32), Ok(MapFlags::PRIVATE | MapFlags::ANONYMOUS));
+        assert_eq!(MapFlags::from_raw(0x3 | 0x400), Err(Errno::OpNotSupp));
+        assert_eq!(MapFlags::from_raw(0x3 | 0x80000).unwrap().map_type(), 3);
+    }
+
+    #[test]
+    fn prot_round_trips_through_vm_flags() {
+        let prot = Prot::READ | Prot::WRITE;
+        assert_eq!(VmFlags::from_prot(prot).prot(), prot);
+        assert_eq!(Prot::from_raw(8), Err(Errno::Inval));
+    }
+
+    #[test]
+    fn madvise_numbers() {
+        assert_eq!(MadviseAdvice::from_raw(4), Ok(MadviseAdvice::DontNeed));
+        assert_eq!(MadviseAdvice::from_raw(25), Ok(MadviseAdvice::Collapse));
+        assert_eq!(MadviseAdvice::from_raw(99), Err(Errno::Inval));
+    }
+}

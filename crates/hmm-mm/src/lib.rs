@@ -1,1 +1,3 @@
+//! The software memory manager: the CPU side that HMM mirrors.
 
+pub mod phys;

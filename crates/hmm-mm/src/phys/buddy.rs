@@ -1,0 +1,171 @@
+//! A binary buddy allocator over frame indices `0..nr_frames`.
+//!
+//! Free blocks sit on one stack per order. A stack entry is trusted only if
+//! the per-frame `free_order` byte still says "free head of this order";
+//! merging a buddy just clears that byte, leaving a stale stack entry that is
+//! skipped (and compacted away) later. That keeps alloc and free O(orders)
+//! without intrusive lists.
+//!
+//! Linux: `mm/page_alloc.c` (`__rmqueue_smallest`, `__free_one_page`).
+
+/// Largest order handed out: 1 GiB, so gigantic hugetlb pages and device-DAX
+/// PUD leaves can come from the same allocator.
+pub(crate) const MAX_ORDER: u32 = 18;
+
+#[derive(Debug)]
+pub(crate) struct Buddy {
+    nr_frames: u64,
+    /// `order + 1` where a free block of that order starts, else 0.
+    free_order: Vec<u8>,
+    stacks: Vec<Vec<u64>>,
+    /// Live (non-stale) entries per order.
+    live: Vec<u64>,
+    free_frames: u64,
+}
+
+impl Buddy {
+    /// Every frame free.
+    pub(crate) fn new(nr_frames: u64) -> Self {
+        let mut buddy = Self {
+            nr_frames,
+            free_order: vec![0; nr_frames as usize],
+            stacks: vec![Vec::new(); MAX_ORDER as usize + 1],
+            live: vec![0; MAX_ORDER as usize + 1],
+            free_frames: 0,
+        };
+        let mut index = 0;
+        while index < nr_frames {
+            let mut order = MAX_ORDER;
+            while index % (1 << order) != 0 || index + (1 << order) > nr_frames {
+                order -= 1;
+            }
+            buddy.push(index, order);
+            buddy.free_frames += 1 << order;
+            index += 1 << order;
+        }
+        buddy
+    }
+
+    /// Frames currently free.
+    pub(crate) fn free_frames(&self) -> u64 {
+        self.free_frames
+    }
+
+    fn push(&mut self, index: u64, order: u32) {
+        self.free_order[index as usize] = order as u8 + 1;
+        self.stacks[order as usize].push(index);
+        self.live[order as usize] += 1;
+    }
+
+    fn is_free_head(&self, index: u64, order: u32) -> bool {
+        self.free_order[index as usize] == order as u8 + 1
+    }
+
+    fn pop(&mut self, order: u32) -> Option<u64> {
+        let o = order as usize;
+        while let Some(index) = self.stacks[o].pop() {
+            if self.is_free_head(index, order) {
+                self.free_order[index as usize] = 0;
+                self.live[o] -= 1;
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    fn unlink(&mut self, index: u64, order: u32) {
+        self.free_order[index as usize] = 0;
+        let o = order as usize;
+        self.live[o] -= 1;
+        // Bound the stale entries so a churning workload cannot grow a stack
+        // without limit.
+        if self.stacks[o].len() as u64 > 2 * self.live[o] + 64 {
+            let mut stack = core::mem::take(&mut self.stacks[o]);
+            stack.retain(|&i| self.is_free_head(i, order));
+            stack.dedup();
+            self.stacks[o] = stack;
+        }
+    }
+
+    /// A naturally aligned block of `1 << order` frames.
+    pub(crate) fn alloc(&mut self, order: u32) -> Option<u64> {
+        let (mut at, index) = (order..=MAX_ORDER).find_map(|o| self.pop(o).map(|i| (o, i)))?;
+        while at > order {
+            at -= 1;
+            self.push(index + (1 << at), at);
+        }
+        self.free_frames -= 1 << order;
+        Some(index)
+    }
+
+    /// Returns a block obtained from [`Self::alloc`] with the same order.
+    pub(crate) fn free(&mut self, mut index: u64, mut order: u32) {
+        debug_assert!(index % (1 << order) == 0 && index + (1 << order) <= self.nr_frames);
+        debug_assert!(self.free_order[index as usize] == 0, "double free of frame {index}");
+        self.free_frames += 1 << order;
+        while order < MAX_ORDER {
+            let buddy = index ^ (1 << order);
+            if buddy + (1 << order) > self.nr_frames || !self.is_free_head(buddy, order) {
+                break;
+            }
+            self.unlink(buddy, order);
+            index = index.min(buddy);
+            order += 1;
+        }
+        self.push(index, order);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn splits_and_merges_back() {
+        let mut b = Buddy::new(1024);
+        let a = b.alloc(0).unwrap();
+        let c = b.alloc(9).unwrap();
+        assert_eq!(c % 512, 0);
+        assert_eq!(b.free_frames(), 1024 - 513);
+        b.free(a, 0);
+        b.free(c, 9);
+        assert_eq!(b.free_frames(), 1024);
+        assert_eq!(b.alloc(10), Some(0), "everything merged back into one block");
+    }
+
+    #[test]
+    fn odd_sizes_and_exhaustion() {
+        let mut b = Buddy::new(5);
+        let got: Vec<_> = (0..5).map(|_| b.alloc(0).unwrap()).collect();
+        assert_eq!(b.alloc(0), None);
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [0, 1, 2, 3, 4]);
+    }
+
+    proptest! {
+        #[test]
+        fn never_hands_out_a_frame_twice(ops in proptest::collection::vec((0u32..4, any::<bool>()), 1..300)) {
+            let mut b = Buddy::new(256);
+            let mut owned: Vec<(u64, u32)> = Vec::new();
+            let mut used = vec![false; 256];
+            for (order, free_one) in ops {
+                if free_one && !owned.is_empty() {
+                    let (i, o) = owned.swap_remove(0);
+                    for f in i..i + (1 << o) { used[f as usize] = false; }
+                    b.free(i, o);
+                } else if let Some(i) = b.alloc(order) {
+                    prop_assert_eq!(i % (1 << order), 0);
+                    for f in i..i + (1 << order) {
+                        prop_assert!(!used[f as usize]);
+                        used[f as usize] = true;
+                    }
+                    owned.push((i, order));
+                }
+                let in_use: u64 = owned.iter().map(|&(_, o)| 1u64 << o).sum();
+                prop_assert_eq!(b.free_frames(), 256 - in_use);
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Which memory a frame belongs to: system RAM, or a device's memory
+//! described by a pagemap.
+//!
+//! Linux: `enum memory_type`, `struct dev_pagemap` (`include/linux/memremap.h`).
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use hmm_types::Owner;
+
+/// The kind of memory behind a frame.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum MemoryType {
+    /// Ordinary system RAM.
+    System,
+    /// `MEMORY_DEVICE_PRIVATE`: device memory the CPU cannot map; CPU page
+    /// tables hold device-private entries for it.
+    DevicePrivate,
+    /// `MEMORY_DEVICE_COHERENT`: device memory the CPU can map (CXL-like).
+    DeviceCoherent,
+    /// `MEMORY_DEVICE_FS_DAX`: persistent memory under a DAX filesystem.
+    FsDax,
+    /// `MEMORY_DEVICE_GENERIC`: a device-DAX character device.
+    Generic,
+    /// `MEMORY_DEVICE_PCI_P2PDMA`: PCI BAR memory for peer-to-peer.
+    PciP2pDma,
+}
+
+impl MemoryType {
+    /// True for every `ZONE_DEVICE` type.
+    pub fn is_zone_device(self) -> bool {
+        self != Self::System
+    }
+}
+
+/// A device's memory as registered with the memory manager
+/// (`struct dev_pagemap`): its type, its owner, and whether it is still
+/// alive. Killing a pagemap (unbind) is announced before its pages go away.
+#[derive(Debug)]
+pub struct Pagemap {
+    memory_type: MemoryType,
+    owner: Option<Owner>,
+    alive: AtomicBool,
+}
+
+impl Pagemap {
+    /// A live pagemap. Device-private memory must have an owner, as
+    /// `memremap_pages` requires.
+    pub fn new(memory_type: MemoryType, owner: Option<Owner>) -> Self {
+        Self { memory_type, owner, alive: AtomicBool::new(true) }
+    }
+    /// Its type.
+    pub fn memory_type(&self) -> MemoryType {
+        self.memory_type
+    }
+    /// Its owner (`pgmap->owner`).
+    pub fn owner(&self) -> Option<Owner> {
+        self.owner
+    }
+    /// False once [`Self::kill`] ran (`percpu_ref_kill(&pgmap->ref)`).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+    /// Marks the pagemap as going away.
+    pub fn kill(&self) {
+        self.alive.store(false, Ordering::Release);
+    }
+}

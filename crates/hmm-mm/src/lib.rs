@@ -1,3 +1,33 @@
 //! The software memory manager: the CPU side that HMM mirrors.
+//!
+//! A [`Kernel`] owns simulated physical memory ([`phys::PhysMem`]) and
+//! creates address spaces ([`Mm`]). Each `Mm` has a VMA tree under its mmap
+//! lock, a 4-level CPU page table whose tables are frames, and a chain of
+//! invalidation subscribers. Operations (`ops/`: mmap, munmap, mprotect,
+//! madvise, mremap, fork, exit) and faults (`fault/`) change the page table
+//! and announce every removal or downgrade with Linux's event kinds before
+//! freeing anything. [`Mm::read_bytes`] and friends are the CPU.
+//!
+//! Linux: `mm/` (memory.c, mmap.c, mprotect.c, madvise.c, mremap.c,
+//! huge_memory.c, shmem.c), `kernel/fork.c`.
 
+pub mod cpu;
+mod error;
+pub mod fault;
+mod huge;
+mod kernel;
+mod mm;
+mod notify;
+mod ops;
 pub mod phys;
+pub mod shmem;
+pub mod testing;
+pub mod vma;
+mod zap;
+
+pub use error::{FaultError, MmError, SegvReason};
+pub use fault::FaultFlags;
+pub use kernel::{Kernel, KernelConfig, ThpMode};
+pub use mm::{CpuPageTable, Mm, MmUser, MmapReadGuard, MmapWriteGuard};
+pub use notify::{Invalidation, NotifierChain};
+pub use zap::Gather;

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! present:      bit 0 = 1, bit 1 WRITE, bit 5 ACCESSED, bit 6 DIRTY,
-//!               bit 7 HUGE (a PMD/PUD leaf), bit 9 SPECIAL, bits 12..52 pfn
+//!               bit 7 HUGE (a PMD/PUD leaf), bit 8 PROTNONE (kept but
+//!               inaccessible), bit 9 SPECIAL, bits 12..52 pfn
 //! table:        bit 0 = 1, bit 7 = 0, above the PTE level; pfn = table id
 //! non-present:  bit 0 = 0, bits 1..6 swap kind (never 0), bit 7 HUGE,
 //!               bits 12..52 offset (swap slot or pfn)
@@ -24,6 +25,7 @@ const WRITE: u64 = 1 << 1;
 const ACCESSED: u64 = 1 << 5;
 const DIRTY: u64 = 1 << 6;
 const HUGE: u64 = 1 << 7;
+const PROTNONE: u64 = 1 << 8;
 const SPECIAL: u64 = 1 << 9;
 const KIND_SHIFT: u32 = 1;
 const KIND_MASK: u64 = 0x1f << KIND_SHIFT;
@@ -70,7 +72,10 @@ impl SwapKind {
     }
     /// A migration entry of either direction.
     pub const fn is_migration(self) -> bool {
-        matches!(self, Self::MigrationRead | Self::MigrationReadExclusive | Self::MigrationWrite)
+        matches!(
+            self,
+            Self::MigrationRead | Self::MigrationReadExclusive | Self::MigrationWrite
+        )
     }
     /// A device-private entry of either direction.
     pub const fn is_device_private(self) -> bool {
@@ -78,7 +83,9 @@ impl SwapKind {
     }
     /// The offset field is a page frame number (not a swap slot).
     pub const fn has_pfn(self) -> bool {
-        self.is_migration() || self.is_device_private() || matches!(self, Self::DeviceExclusive | Self::Hwpoison)
+        self.is_migration()
+            || self.is_device_private()
+            || matches!(self, Self::DeviceExclusive | Self::Hwpoison)
     }
     /// The entry records a writable mapping.
     pub const fn is_write(self) -> bool {
@@ -207,6 +214,14 @@ impl Entry {
     pub const fn is_accessed(self) -> bool {
         self.is_present() && self.0 & ACCESSED != 0
     }
+    /// A present leaf the CPU may not touch (`pte_protnone`: PROT_NONE).
+    pub const fn is_protnone(self) -> bool {
+        self.is_present() && self.0 & PROTNONE != 0
+    }
+    /// A present leaf the CPU may access (present and not PROT_NONE).
+    pub const fn is_accessible(self) -> bool {
+        self.is_present() && self.0 & PROTNONE == 0
+    }
     /// Special present leaf.
     pub const fn is_special(self) -> bool {
         self.is_present() && self.0 & SPECIAL != 0
@@ -234,13 +249,22 @@ impl Entry {
         } else if self.is_table(level) {
             EntryKind::Table(self.pfn().0)
         } else if self.is_present() {
-            EntryKind::Present { pfn: self.pfn(), flags: self.leaf_flags() }
+            EntryKind::Present {
+                pfn: self.pfn(),
+                flags: self.leaf_flags(),
+            }
         } else {
             match self.swap_kind() {
-                Some(kind) => EntryKind::NonPresent { kind, offset: self.pfn().0 },
+                Some(kind) => EntryKind::NonPresent {
+                    kind,
+                    offset: self.pfn().0,
+                },
                 // Not an encoding this engine writes; report it as a marker so
                 // callers treat it as "not a page" rather than crash.
-                None => EntryKind::NonPresent { kind: SwapKind::Marker, offset: 0 },
+                None => EntryKind::NonPresent {
+                    kind: SwapKind::Marker,
+                    offset: 0,
+                },
             }
         }
     }
@@ -252,6 +276,26 @@ impl Entry {
     /// The same present leaf with WRITE set (`pte_mkwrite`).
     pub const fn mkwrite(self) -> Self {
         Self(self.0 | WRITE)
+    }
+    /// The same present leaf made inaccessible (PROT_NONE).
+    pub const fn mkprotnone(self) -> Self {
+        Self(self.0 | PROTNONE)
+    }
+    /// The same present leaf made accessible again.
+    pub const fn clear_protnone(self) -> Self {
+        Self(self.0 & !PROTNONE)
+    }
+    /// The same present leaf with DIRTY set.
+    pub const fn mkdirty(self) -> Self {
+        Self(self.0 | DIRTY | ACCESSED)
+    }
+    /// The same entry with the HUGE bit cleared or set.
+    pub const fn with_huge(self, huge: bool) -> Self {
+        if huge {
+            Self(self.0 | HUGE)
+        } else {
+            Self(self.0 & !HUGE)
+        }
     }
     /// The same present leaf with DIRTY cleared.
     pub const fn mkclean(self) -> Self {
@@ -298,16 +342,26 @@ impl fmt::Debug for Entry {
             let flags = self.leaf_flags();
             write!(
                 f,
-                "Entry({} pfn {:#x}{}{}{}{})",
+                "Entry({} pfn {:#x}{}{}{}{}",
                 if self.is_huge() { "huge" } else { "present" },
                 self.pfn().0,
                 if flags.write { " W" } else { "" },
                 if flags.dirty { " D" } else { "" },
                 if flags.accessed { " A" } else { "" },
                 if flags.special { " S" } else { "" },
-            )
+            )?;
+            if self.is_protnone() {
+                write!(f, " protnone")?;
+            }
+            write!(f, ")")
         } else {
-            write!(f, "Entry({:?} {:#x}{})", self.swap_kind(), self.pfn().0, if self.is_huge() { " huge" } else { "" })
+            write!(
+                f,
+                "Entry({:?} {:#x}{})",
+                self.swap_kind(),
+                self.pfn().0,
+                if self.is_huge() { " huge" } else { "" }
+            )
         }
     }
 }
@@ -318,9 +372,20 @@ mod tests {
 
     #[test]
     fn present_round_trip() {
-        let flags = LeafFlags { write: true, dirty: true, accessed: false, special: false };
+        let flags = LeafFlags {
+            write: true,
+            dirty: true,
+            accessed: false,
+            special: false,
+        };
         let e = Entry::present(Pfn(0xabcde), flags, false);
-        assert_eq!(e.kind(Level::Pte), EntryKind::Present { pfn: Pfn(0xabcde), flags });
+        assert_eq!(
+            e.kind(Level::Pte),
+            EntryKind::Present {
+                pfn: Pfn(0xabcde),
+                flags
+            }
+        );
         assert!(!e.wrprotect().is_write());
         assert!(e.is_leaf(Level::Pte));
     }
@@ -348,13 +413,26 @@ mod tests {
         ] {
             let e = Entry::swap(kind, 0x1234, false);
             assert!(!e.is_present() && !e.is_none());
-            assert_eq!(e.kind(Level::Pte), EntryKind::NonPresent { kind, offset: 0x1234 });
+            assert_eq!(
+                e.kind(Level::Pte),
+                EntryKind::NonPresent {
+                    kind,
+                    offset: 0x1234
+                }
+            );
         }
     }
 
     #[test]
     fn split_advances_frames() {
-        let huge = Entry::present(Pfn(0x40000), LeafFlags { write: true, ..Default::default() }, true);
+        let huge = Entry::present(
+            Pfn(0x40000),
+            LeafFlags {
+                write: true,
+                ..Default::default()
+            },
+            true,
+        );
         let part = huge.split_part(Level::Pmd, 3);
         assert_eq!(part.pfn(), Pfn(0x40003));
         assert!(!part.is_huge() && part.is_write());

@@ -17,7 +17,11 @@ pub struct Slot<'a> {
 
 impl<'a> Slot<'a> {
     pub(crate) fn new(cell: &'a AtomicU64, level: Level, va: u64) -> Self {
-        Self { cell, level, va: va & !(level.entry_bytes() - 1) }
+        Self {
+            cell,
+            level,
+            va: va & !(level.entry_bytes() - 1),
+        }
     }
     /// The level of the table holding this slot.
     pub fn level(&self) -> Level {
@@ -38,7 +42,12 @@ impl<'a> Slot<'a> {
     /// Replaces `current` with `new`; on failure returns what is there.
     pub fn compare_exchange(&self, current: Entry, new: Entry) -> Result<Entry, Entry> {
         self.cell
-            .compare_exchange(current.raw(), new.raw(), Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                current.raw(),
+                new.raw(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .map(Entry::from_raw)
             .map_err(Entry::from_raw)
     }
@@ -55,7 +64,13 @@ impl<'a> Slot<'a> {
 
 impl fmt::Debug for Slot<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Slot({:?} @ {:#x} = {:?})", self.level, self.va, self.load())
+        write!(
+            f,
+            "Slot({:?} @ {:#x} = {:?})",
+            self.level,
+            self.va,
+            self.load()
+        )
     }
 }
 
@@ -76,7 +91,9 @@ pub struct PageTable<S: TableStore> {
 
 impl<S: TableStore> fmt::Debug for PageTable<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PageTable").field("root", &self.root).finish_non_exhaustive()
+        f.debug_struct("PageTable")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
     }
 }
 
@@ -142,7 +159,9 @@ impl<S: TableStore> PageTable<S> {
                 return Err(EnsureError::Leaf(slot));
             }
             table = entry.pfn().0;
-            at = at.child().expect("the loop returns at the target level before reaching below PTE");
+            at = at
+                .child()
+                .expect("the loop returns at the target level before reaching below PTE");
         }
     }
 
@@ -150,10 +169,21 @@ impl<S: TableStore> PageTable<S> {
     /// below whose entries are its parts ([`Entry::split_part`]). Returns
     /// `Ok(false)` if the slot no longer holds `expected` (nothing changed).
     pub fn split_leaf(&self, slot: Slot<'_>, expected: Entry) -> Result<bool, TableStoreFull> {
+        let level = slot.level;
+        self.split_leaf_with(slot, expected, |index| expected.split_part(level, index))
+    }
+
+    /// Like [`Self::split_leaf`], with the parts given by `part(index)`.
+    pub fn split_leaf_with(
+        &self,
+        slot: Slot<'_>,
+        expected: Entry,
+        part: impl Fn(usize) -> Entry,
+    ) -> Result<bool, TableStoreFull> {
         debug_assert!(slot.level > Level::Pte && expected.is_leaf(slot.level));
         let id = self.store.alloc_table()?;
         for (index, cell) in self.cells(id).iter().enumerate() {
-            cell.store(expected.split_part(slot.level, index).raw(), Ordering::Relaxed);
+            cell.store(part(index).raw(), Ordering::Relaxed);
         }
         match slot.compare_exchange(expected, Entry::table(id)) {
             Ok(_) => Ok(true),
@@ -181,7 +211,9 @@ impl<S: TableStore> PageTable<S> {
                 let index = level.index(va);
                 let entry_end = (va & !(span - 1)).saturating_add(span);
                 let entry = Entry::from_raw(cells[index].load(Ordering::Acquire));
-                if entry.is_table(level) && self.free_empty_in(entry.pfn().0, child, va, entry_end.min(end)) {
+                if entry.is_table(level)
+                    && self.free_empty_in(entry.pfn().0, child, va, entry_end.min(end))
+                {
                     cells[index].store(0, Ordering::Release);
                     self.store.free_table(entry.pfn().0);
                 }
@@ -212,22 +244,23 @@ impl<S: TableStore> PageTable<S> {
         count
     }
 
-    /// Frees every table of the tree. Leaves must have been cleared by the
-    /// caller first (their memory is the caller's business); debug builds
-    /// check it.
-    pub fn destroy(self) {
-        self.destroy_in(self.root, Level::ROOT);
-    }
-
     fn destroy_in(&self, table: TableId, level: Level) {
         for cell in self.cells(table) {
             let entry = Entry::from_raw(cell.load(Ordering::Acquire));
             match level.child() {
                 Some(child) if entry.is_table(level) => self.destroy_in(entry.pfn().0, child),
-                _ => debug_assert!(entry.is_none(), "destroying a tree that still maps {entry:?}"),
+                _ => {}
             }
         }
         self.store.free_table(table);
+    }
+}
+
+/// Dropping a tree frees all its tables. Leaves are the owner's business:
+/// the owner releases what they point to first.
+impl<S: TableStore> Drop for PageTable<S> {
+    fn drop(&mut self) {
+        self.destroy_in(self.root, Level::ROOT);
     }
 }
 
@@ -238,7 +271,14 @@ mod tests {
     use hmm_types::Pfn;
 
     fn leaf(pfn: u64) -> Entry {
-        Entry::present(Pfn(pfn), LeafFlags { write: true, ..Default::default() }, false)
+        Entry::present(
+            Pfn(pfn),
+            LeafFlags {
+                write: true,
+                ..Default::default()
+            },
+            false,
+        )
     }
 
     #[test]
@@ -281,7 +321,10 @@ mod tests {
     #[test]
     fn out_of_tables_is_an_error() {
         let pt = PageTable::new(ArenaStore::new(2)).unwrap();
-        assert!(matches!(pt.ensure(0x1000, Level::Pte), Err(EnsureError::NoMem(_))));
+        assert!(matches!(
+            pt.ensure(0x1000, Level::Pte),
+            Err(EnsureError::NoMem(_))
+        ));
     }
 
     #[test]
@@ -296,7 +339,7 @@ mod tests {
         pt.find(0x1000).store(Entry::NONE);
         pt.free_empty_tables(0, 1 << 47);
         assert_eq!(store.tables_in_use(), 1);
-        pt.destroy();
+        drop(pt);
         assert_eq!(store.tables_in_use(), 0);
     }
 }

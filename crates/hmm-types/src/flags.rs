@@ -223,7 +223,10 @@ mod tests {
 
     #[test]
     fn map_flags_validate_only_with_shared_validate() {
-        assert_eq!(MapFlags::from_raw(0x2 | 0x20 | 0x1_0000_0000u64 as u32), Ok(MapFlags::PRIVATE | MapFlags::ANONYMOUS));
+        assert_eq!(
+            MapFlags::from_raw(0x2 | 0x20 | 0x1_0000_0000u64 as u32),
+            Ok(MapFlags::PRIVATE | MapFlags::ANONYMOUS)
+        );
         assert_eq!(MapFlags::from_raw(0x3 | 0x400), Err(Errno::OpNotSupp));
         assert_eq!(MapFlags::from_raw(0x3 | 0x80000).unwrap().map_type(), 3);
     }

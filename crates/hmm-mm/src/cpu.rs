@@ -1,0 +1,177 @@
+//! The CPU: reads, writes and atomic read-modify-writes at virtual
+//! addresses of a process, through its page table, faulting as the MMU and
+//! the kernel would.
+//!
+//! Each access holds the mmap read lock (standing in for the TLB shootdown
+//! that keeps real CPUs off freed tables) and, per page, a speculative
+//! reference on the frame taken the way GUP-fast does: the frame cannot be
+//! freed while bytes are copied, and an entry that changed underneath is
+//! looked up again. Accessed and dirty bits are set as hardware sets them.
+//!
+//! Linux: the MMU, `do_user_addr_fault`, `gup_fast` (for the reference).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use hmm_pagetable::Entry;
+use hmm_types::{Pfn, PAGE_SIZE};
+
+use crate::error::MmError;
+use crate::fault::{handle_fault, FaultFlags};
+use crate::mm::{Mm, MmapReadGuard};
+use crate::phys::PhysMem;
+
+/// A frame held for the duration of one access.
+struct Held<'a> {
+    phys: &'a PhysMem,
+    pfn: Pfn,
+    counted: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.phys.put(self.pfn);
+        }
+    }
+}
+
+impl Mm {
+    /// Reads `buf.len()` bytes at `va`.
+    pub fn read_bytes(&self, va: u64, buf: &mut [u8]) -> Result<(), MmError> {
+        let guard = self.mmap_read();
+        for_each_page(&guard, va, buf.len(), false, |held, offset, range| {
+            held.phys.read(held.pfn, offset, &mut buf[range]);
+        })
+    }
+
+    /// Writes `data` at `va`.
+    pub fn write_bytes(&self, va: u64, data: &[u8]) -> Result<(), MmError> {
+        let guard = self.mmap_read();
+        for_each_page(&guard, va, data.len(), true, |held, offset, range| {
+            held.phys.write(held.pfn, offset, &data[range]);
+        })
+    }
+
+    /// Reads a little-endian u64 at `va`.
+    pub fn read_u64(&self, va: u64) -> Result<u64, MmError> {
+        let mut buf = [0u8; 8];
+        self.read_bytes(va, &mut buf)?;
+        Ok(u64::from_le_bytes(buf))
+    }
+
+    /// Writes a little-endian u64 at `va`.
+    pub fn write_u64(&self, va: u64, value: u64) -> Result<(), MmError> {
+        self.write_bytes(va, &value.to_le_bytes())
+    }
+
+    /// Atomically adds `value` to the u64 at the 8-aligned `va`; returns the
+    /// previous value (`lock xadd`).
+    pub fn atomic_fetch_add(&self, va: u64, value: u64) -> Result<u64, MmError> {
+        self.atomic_rmw(va, |cell| cell.fetch_add(value, Ordering::SeqCst))
+    }
+
+    /// Atomically replaces the u64 at the 8-aligned `va` with `new` if it
+    /// equals `current` (`lock cmpxchg`); returns what was there.
+    pub fn atomic_compare_exchange(
+        &self,
+        va: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MmError> {
+        self.atomic_rmw(va, |cell| {
+            cell.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
+        })
+    }
+
+    fn atomic_rmw<R>(&self, va: u64, op: impl FnOnce(&AtomicU64) -> R) -> Result<R, MmError> {
+        if va % 8 != 0 {
+            return Err(MmError::Invalid("atomic access must be 8-byte aligned"));
+        }
+        let guard = self.mmap_read();
+        let held = translate_or_fault(&guard, va, true)?;
+        Ok(op(held.phys.atomic_u64(held.pfn, va % PAGE_SIZE)))
+    }
+}
+
+/// Calls `access(frame, offset_in_frame, buffer_range)` for each page piece
+/// of `[va, va + len)`.
+fn for_each_page(
+    guard: &MmapReadGuard<'_>,
+    va: u64,
+    len: usize,
+    write: bool,
+    mut access: impl FnMut(&Held<'_>, u64, core::ops::Range<usize>),
+) -> Result<(), MmError> {
+    let end = va
+        .checked_add(len as u64)
+        .ok_or(MmError::Invalid("access wraps the address space"))?;
+    let mut cursor = va;
+    while cursor < end {
+        let page_end = ((cursor | (PAGE_SIZE - 1)) + 1).min(end);
+        let held = translate_or_fault(guard, cursor, write)?;
+        let done = (cursor - va) as usize;
+        access(
+            &held,
+            cursor % PAGE_SIZE,
+            done..done + (page_end - cursor) as usize,
+        );
+        cursor = page_end;
+    }
+    Ok(())
+}
+
+/// The frame behind `va`, held, faulting it in (or upgrading it for a
+/// write) as needed.
+fn translate_or_fault<'a>(
+    guard: &MmapReadGuard<'a>,
+    va: u64,
+    write: bool,
+) -> Result<Held<'a>, MmError> {
+    let mm = guard.mm();
+    loop {
+        if let Some(held) = translate(mm, va, write) {
+            return Ok(held);
+        }
+        let vma = guard.vma(va).ok_or(MmError::Fault {
+            addr: va,
+            error: crate::error::FaultError::Segv(crate::error::SegvReason::NotMapped),
+        })?;
+        let flags = if write {
+            FaultFlags::WRITE
+        } else {
+            FaultFlags::empty()
+        };
+        handle_fault(mm, vma, va, flags).map_err(|error| match error {
+            crate::error::FaultError::Oom => MmError::NoMem,
+            error => MmError::Fault { addr: va, error },
+        })?;
+    }
+}
+
+/// The hardware walk: the frame if the entry permits the access, with a
+/// reference taken and accessed/dirty bits set; `None` means "fault".
+fn translate(mm: &Mm, va: u64, write: bool) -> Option<Held<'_>> {
+    let phys = mm.phys();
+    let slot = mm.pgtable().find(va);
+    let entry = slot.load();
+    if !entry.is_accessible() || (write && !entry.is_write()) {
+        return None;
+    }
+    let size = slot.level().entry_bytes();
+    let pfn = entry.pfn().add((va & (size - 1)) / PAGE_SIZE);
+    // Frames without struct-page semantics (special, the zero pages) are
+    // never freed under a mapping; everything else is held by reference.
+    let counted = !entry.is_special();
+    if counted && !phys.try_get(pfn) {
+        return None;
+    }
+    let held = Held { phys, pfn, counted };
+    let wanted = Entry::access_bits(write);
+    let still_mapped = if entry.raw() & wanted == wanted {
+        slot.load() == entry
+    } else {
+        slot.compare_exchange(entry, Entry::from_raw(entry.raw() | wanted))
+            .is_ok()
+    };
+    still_mapped.then_some(held)
+}

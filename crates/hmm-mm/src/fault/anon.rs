@@ -1,0 +1,157 @@
+//! Faults on private anonymous memory: first touch (zero page on read, a
+//! fresh page on write, 2 MiB at a time where THP allows) and dispatch of
+//! write-protect faults to `wp.rs`.
+//!
+//! Linux: `do_anonymous_page`, `do_huge_pmd_anonymous_page`,
+//! `thp_vma_allowable_order`.
+
+use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
+use hmm_types::{VmFlags, PMD_SIZE};
+
+use crate::error::FaultError;
+use crate::kernel::ThpMode;
+use crate::mm::Mm;
+use crate::phys::PageFlags;
+use crate::vma::Vma;
+
+use super::wp;
+
+/// True when a PMD-sized anonymous THP may back `va` in `vma`.
+pub(crate) fn thp_allowed(mm: &Mm, vma: &Vma, va: u64) -> bool {
+    let mode_allows = match mm.kernel().config().thp {
+        ThpMode::Always => true,
+        ThpMode::Madvise => vma.flags.contains(VmFlags::HUGEPAGE),
+        ThpMode::Never => false,
+    };
+    let start = va & !(PMD_SIZE - 1);
+    mode_allows && !vma.flags.contains(VmFlags::NOHUGEPAGE) && vma.covers(start, start + PMD_SIZE)
+}
+
+fn new_anon_entry(pfn: hmm_types::Pfn, huge: bool) -> Entry {
+    Entry::present(
+        pfn,
+        LeafFlags {
+            write: true,
+            dirty: true,
+            accessed: true,
+            special: false,
+        },
+        huge,
+    )
+}
+
+pub(super) fn fault(mm: &Mm, vma: &Vma, va: u64, write: bool) -> Result<(), FaultError> {
+    let phys = mm.phys();
+    let pt = mm.pgtable();
+    loop {
+        if thp_allowed(mm, vma, va) {
+            let pmd = pt.ensure(va, Level::Pmd).map_err(|_| FaultError::Oom)?;
+            let entry = pmd.load();
+            if entry.is_none() {
+                if write {
+                    // A failed 2 MiB allocation falls back to 4K pages, as
+                    // Linux counts `thp_fault_fallback`.
+                    if let Ok(folio) = phys.alloc_folio(9, true) {
+                        phys.meta(folio).set_flags(
+                            PageFlags::ANON
+                                | PageFlags::SWAPBACKED
+                                | PageFlags::UPTODATE
+                                | PageFlags::ANON_EXCLUSIVE,
+                        );
+                        phys.map_add(folio, 1);
+                        if pmd
+                            .compare_exchange(Entry::NONE, new_anon_entry(folio, true))
+                            .is_ok()
+                        {
+                            return Ok(());
+                        }
+                        phys.map_sub(folio, 1);
+                        phys.put(folio);
+                        continue;
+                    }
+                } else if mm.kernel().config().use_huge_zero_page {
+                    let flags = LeafFlags {
+                        special: true,
+                        accessed: true,
+                        ..LeafFlags::default()
+                    };
+                    let zero = Entry::present(phys.huge_zero_pfn(), flags, true);
+                    if pmd.compare_exchange(Entry::NONE, zero).is_ok() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            } else if entry.is_leaf(Level::Pmd) {
+                if !entry.is_present() {
+                    return Err(FaultError::Sigbus("unsupported non-present PMD entry"));
+                }
+                if !write || entry.is_write() {
+                    return Ok(());
+                }
+                if wp::huge_pmd(mm, pmd, entry)? {
+                    return Ok(());
+                }
+                continue;
+            }
+        }
+        let pte = match pt.ensure(va, Level::Pte) {
+            Ok(slot) => slot,
+            Err(EnsureError::NoMem(_)) => return Err(FaultError::Oom),
+            // A huge leaf was installed (or is being split) meanwhile.
+            Err(EnsureError::Leaf(slot)) => {
+                let entry = slot.load();
+                if entry.is_present() && (!write || entry.is_write()) {
+                    return Ok(());
+                }
+                if entry.is_present() && slot.level() == Level::Pmd {
+                    if wp::huge_pmd(mm, slot, entry)? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                return Err(FaultError::Sigbus(
+                    "unexpected huge entry in anonymous memory",
+                ));
+            }
+        };
+        let entry = pte.load();
+        if entry.is_none() {
+            let new = if write {
+                let page = phys.alloc_folio(0, true).map_err(|_| FaultError::Oom)?;
+                phys.meta(page).set_flags(
+                    PageFlags::ANON
+                        | PageFlags::SWAPBACKED
+                        | PageFlags::UPTODATE
+                        | PageFlags::ANON_EXCLUSIVE,
+                );
+                phys.map_add(page, 1);
+                new_anon_entry(page, false)
+            } else {
+                let flags = LeafFlags {
+                    special: true,
+                    accessed: true,
+                    ..LeafFlags::default()
+                };
+                Entry::present(phys.zero_pfn(), flags, false)
+            };
+            if pte.compare_exchange(Entry::NONE, new).is_ok() {
+                return Ok(());
+            }
+            if write {
+                phys.map_sub(new.pfn(), 1);
+                phys.put(new.pfn());
+            }
+            continue;
+        }
+        if entry.is_present() {
+            if !write || entry.is_write() {
+                return Ok(());
+            }
+            if wp::pte(mm, vma, pte, entry)? {
+                return Ok(());
+            }
+            continue;
+        }
+        return Err(FaultError::Sigbus("unsupported non-present entry"));
+    }
+}

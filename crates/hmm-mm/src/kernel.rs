@@ -1,0 +1,84 @@
+//! The machine: physical memory, configuration, and the address spaces
+//! created on it.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use hmm_types::MmId;
+
+use crate::error::MmError;
+use crate::mm::Mm;
+use crate::phys::PhysMem;
+
+/// Transparent huge page policy (`/sys/kernel/mm/transparent_hugepage/enabled`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ThpMode {
+    /// Every eligible anonymous range.
+    Always,
+    /// Only VMAs with MADV_HUGEPAGE.
+    Madvise,
+    /// Never.
+    Never,
+}
+
+/// How the machine is built.
+#[derive(Clone, Debug)]
+pub struct KernelConfig {
+    /// Bytes of system RAM (frames are committed lazily by the host).
+    pub ram_bytes: u64,
+    /// THP policy for anonymous memory.
+    pub thp: ThpMode,
+    /// Map the huge zero page on read faults of THP-eligible ranges
+    /// (`transparent_hugepage/use_zero_page`).
+    pub use_huge_zero_page: bool,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            ram_bytes: 1 << 30,
+            thp: ThpMode::Always,
+            use_huge_zero_page: true,
+        }
+    }
+}
+
+/// A machine: physical memory plus the address spaces living on it.
+#[derive(Debug)]
+pub struct Kernel {
+    phys: Arc<PhysMem>,
+    config: KernelConfig,
+    next_mm_id: AtomicU64,
+}
+
+impl Kernel {
+    /// Boots a machine.
+    pub fn new(config: KernelConfig) -> Result<Arc<Self>, MmError> {
+        let phys = PhysMem::new(config.ram_bytes)
+            .map_err(|_| MmError::Invalid("RAM size must be 4 MiB to 1 TiB"))?;
+        Ok(Arc::new(Self {
+            phys,
+            config,
+            next_mm_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// Physical memory.
+    pub fn phys(&self) -> &Arc<PhysMem> {
+        &self.phys
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &KernelConfig {
+        &self.config
+    }
+
+    pub(crate) fn next_mm_id(&self) -> MmId {
+        MmId(self.next_mm_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A new, empty address space (a process after exec).
+    pub fn create_mm(self: &Arc<Self>) -> Result<Arc<Mm>, MmError> {
+        Mm::new(self.clone())
+    }
+}

@@ -1,0 +1,191 @@
+//! Invalidation points: how the memory manager announces that it is about to
+//! remove or downgrade mappings, and that it has finished.
+//!
+//! Owns the per-address-space list of [`MmuNotifier`] subscribers and the
+//! [`Invalidation`] token that brackets a change. The token is `#[must_use]`
+//! and is consumed by [`crate::zap::Gather::free_after`], so frames can only
+//! be freed once every subscriber has seen the end.
+//!
+//! Linux: `mm/mmu_notifier.c` (`__mmu_notifier_invalidate_range_start`,
+//! `_end`, `__mmu_notifier_release`).
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use hmm_types::{Errno, Event, MmId, MmuNotifier, NotifierRange, Owner};
+
+/// The subscribers of one address space.
+#[derive(Default)]
+pub struct NotifierChain {
+    subscribers: RwLock<Vec<Arc<dyn MmuNotifier>>>,
+}
+
+impl core::fmt::Debug for NotifierChain {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("NotifierChain")
+            .field("subscribers", &self.subscribers.read().len())
+            .finish()
+    }
+}
+
+impl NotifierChain {
+    /// Adds a subscriber (`mmu_notifier_register`).
+    pub fn register(&self, subscriber: Arc<dyn MmuNotifier>) {
+        self.subscribers.write().push(subscriber);
+    }
+
+    /// Removes a subscriber (`mmu_notifier_unregister`); returns whether it
+    /// was registered. In-flight callbacks on other threads may still be
+    /// running when this returns only if they started before; they hold
+    /// their own reference.
+    pub fn unregister(&self, subscriber: &Arc<dyn MmuNotifier>) -> bool {
+        let mut subs = self.subscribers.write();
+        let before = subs.len();
+        subs.retain(|s| !Arc::ptr_eq(s, subscriber));
+        subs.len() != before
+    }
+
+    /// Announces a blockable invalidation of `[start, end)`.
+    pub fn start(&self, mm: MmId, start: u64, end: u64, event: Event) -> Invalidation {
+        self.start_range(NotifierRange::new(mm, start, end, event))
+            .expect("blockable invalidations cannot be refused")
+    }
+
+    /// Announces a blockable invalidation carrying an owner (MIGRATE,
+    /// EXCLUSIVE).
+    pub fn start_owned(
+        &self,
+        mm: MmId,
+        start: u64,
+        end: u64,
+        event: Event,
+        owner: Owner,
+    ) -> Invalidation {
+        self.start_range(NotifierRange::new(mm, start, end, event).with_owner(owner))
+            .expect("blockable invalidations cannot be refused")
+    }
+
+    /// Announces an invalidation. A non-blockable one may be refused with
+    /// `EAGAIN`; then the subscribers that had accepted get their end, and
+    /// nothing else happens.
+    pub fn start_range(&self, range: NotifierRange) -> Result<Invalidation, Errno> {
+        let subscribers = self.subscribers.read().clone();
+        for (index, sub) in subscribers.iter().enumerate() {
+            if let Err(errno) = sub.invalidate_range_start(&range) {
+                assert!(
+                    !range.blockable,
+                    "a subscriber refused a blockable invalidation"
+                );
+                for accepted in &subscribers[..index] {
+                    accepted.invalidate_range_end(&range);
+                }
+                return Err(errno);
+            }
+        }
+        Ok(Invalidation {
+            range,
+            subscribers,
+            ended: false,
+        })
+    }
+
+    /// Tears down: a RELEASE invalidation over the whole address space, then
+    /// each subscriber's `release` (`__mmu_notifier_release`).
+    pub(crate) fn release(&self, mm: MmId) {
+        self.start(mm, 0, u64::MAX, Event::Release).end();
+        for sub in self.subscribers.read().iter() {
+            sub.release(mm);
+        }
+    }
+}
+
+/// An invalidation in progress. End it with [`Invalidation::end`] (or let
+/// [`crate::zap::Gather::free_after`] do it); dropping it ends it too, so an
+/// early return cannot leave subscribers waiting forever.
+#[must_use = "an invalidation must be ended after the page-table change"]
+pub struct Invalidation {
+    range: NotifierRange,
+    subscribers: Vec<Arc<dyn MmuNotifier>>,
+    ended: bool,
+}
+
+impl core::fmt::Debug for Invalidation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Invalidation")
+            .field("range", &self.range)
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+impl Invalidation {
+    /// The announced range.
+    pub fn range(&self) -> &NotifierRange {
+        &self.range
+    }
+
+    /// Announces the end of the change.
+    pub fn end(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            for sub in &self.subscribers {
+                sub.invalidate_range_end(&self.range);
+            }
+        }
+    }
+}
+
+impl Drop for Invalidation {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+
+    struct Refuser(Mutex<Vec<&'static str>>);
+
+    impl MmuNotifier for Refuser {
+        fn invalidate_range_start(&self, range: &NotifierRange) -> Result<(), Errno> {
+            if range.blockable {
+                self.0.lock().push("start");
+                Ok(())
+            } else {
+                Err(Errno::Again)
+            }
+        }
+        fn invalidate_range_end(&self, _: &NotifierRange) {
+            self.0.lock().push("end");
+        }
+    }
+
+    #[test]
+    fn a_refused_non_blockable_start_ends_the_accepted_ones() {
+        let chain = NotifierChain::default();
+        let accepting = Arc::new(crate::testing::Recorder::default());
+        chain.register(accepting.clone());
+        chain.register(Arc::new(Refuser(Mutex::new(Vec::new()))));
+        let mut range = NotifierRange::new(MmId(1), 0, 4096, Event::Clear);
+        range.blockable = false;
+        assert_eq!(chain.start_range(range).err(), Some(Errno::Again));
+        let log = accepting.take();
+        assert_eq!(log.len(), 2, "start and its matching end: {log:?}");
+    }
+
+    #[test]
+    fn drop_ends_the_invalidation() {
+        let chain = NotifierChain::default();
+        let rec = Arc::new(crate::testing::Recorder::default());
+        chain.register(rec.clone());
+        drop(chain.start(MmId(1), 0, 8192, Event::Unmap));
+        assert_eq!(rec.take().len(), 2);
+    }
+}

@@ -1,0 +1,95 @@
+//! fork: a child address space. Private memory becomes copy-on-write in both
+//! (the parent's writable entries are write-protected under a
+//! PROTECTION_PAGE invalidation), shared memory stays shared (the child
+//! faults it in from the shared object), DONTCOPY VMAs are skipped and
+//! WIPEONFORK VMAs start empty.
+//!
+//! Linux: `kernel/fork.c` (`dup_mmap`), `mm/memory.c` (`copy_page_range`,
+//! `copy_present_pte`, `copy_huge_pmd`).
+
+use core::ops::ControlFlow;
+use std::sync::Arc;
+
+use hmm_pagetable::{EnsureError, Visit};
+use hmm_types::{Event, VmFlags};
+
+use crate::error::MmError;
+use crate::mm::Mm;
+use crate::vma::VmaBacking;
+use crate::zap::has_entries;
+
+impl Mm {
+    /// Forks this address space; returns the child's.
+    pub fn fork(&self) -> Result<Arc<Mm>, MmError> {
+        self.check_alive()?;
+        let child = self.kernel().create_mm()?;
+        let guard = self.mmap_write();
+        let mut child_guard = child.mmap_write();
+        for vma in guard.iter() {
+            if vma.flags.contains(VmFlags::DONTCOPY) {
+                continue;
+            }
+            let copy = vma.clone();
+            if vma.flags.contains(VmFlags::WIPEONFORK) && matches!(vma.backing, VmaBacking::Anon) {
+                child_guard.vmas_mut().insert(copy);
+                continue;
+            }
+            child_guard.vmas_mut().insert(copy);
+            // Shared mappings are refaulted in the child from their object.
+            if vma.flags.is_shared() || !has_entries(self, vma.start, vma.end) {
+                continue;
+            }
+            let invalidation = vma.is_cow_mapping().then(|| {
+                self.notifiers()
+                    .start(self.id(), vma.start, vma.end, Event::ProtectionPage)
+            });
+            let copied = copy_range(self, &child, vma.start, vma.end, vma.is_cow_mapping());
+            drop(invalidation);
+            copied?;
+        }
+        drop(child_guard);
+        Ok(child)
+    }
+}
+
+/// Copies the entries of `[start, end)` into `child`, write-protecting both
+/// sides when `cow`. The parent holds its mmap write lock, so no fault runs
+/// concurrently; entries are still swapped atomically against the CPU's
+/// accessed/dirty updates.
+fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool) -> Result<(), MmError> {
+    let phys = parent.phys();
+    let flow = parent.pgtable().walk(start, end, |visit| {
+        let Visit::Slot { slot, mut entry } = visit else {
+            return ControlFlow::Continue(());
+        };
+        if entry.is_none() {
+            return ControlFlow::Continue(());
+        }
+        let target = match child.pgtable().ensure(slot.va(), slot.level()) {
+            Ok(target) => target,
+            Err(EnsureError::NoMem(_)) => return ControlFlow::Break(MmError::NoMem),
+            Err(EnsureError::Leaf(_)) => unreachable!("the child's table is built in order"),
+        };
+        if entry.is_present() {
+            if cow && entry.is_write() {
+                loop {
+                    match slot.compare_exchange(entry, entry.wrprotect()) {
+                        Ok(_) => break,
+                        Err(now) => entry = now,
+                    }
+                }
+                entry = entry.wrprotect();
+            }
+            if !entry.is_special() && !phys.is_zero_pfn(entry.pfn()) {
+                phys.get(entry.pfn());
+                phys.map_add(entry.pfn(), 1);
+            }
+            target.store(entry.mkold());
+        }
+        ControlFlow::Continue(())
+    });
+    match flow {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(error) => Err(error),
+    }
+}

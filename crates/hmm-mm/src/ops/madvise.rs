@@ -1,0 +1,254 @@
+//! madvise: DONTNEED and FREE (announced as CLEAR), HUGEPAGE and
+//! NOHUGEPAGE, DONTFORK and DOFORK, POPULATE_READ and POPULATE_WRITE,
+//! COLLAPSE (a synchronous THP collapse, announced as CLEAR of the 2 MiB),
+//! PAGEOUT (a no-op until a swap area exists, as on Linux without swap).
+//!
+//! Linux: `mm/madvise.c`, `mm/khugepaged.c` (`madvise_collapse`).
+
+use core::ops::ControlFlow;
+
+use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level, Visit};
+use hmm_types::{Event, MadviseAdvice, VaRange, VmFlags, PAGE_SIZE, PMD_SIZE};
+
+use crate::error::MmError;
+use crate::mm::{Mm, MmapWriteGuard};
+use crate::phys::PageFlags;
+use crate::zap::{release_entry, zap_range, Gather};
+
+use super::populate_locked;
+
+impl Mm {
+    /// Gives advice about `[addr, addr + len)`. The whole range must be
+    /// mapped (`ENOMEM` otherwise, with nothing done); a zero length is a
+    /// successful no-op.
+    pub fn madvise(&self, addr: u64, len: u64, advice: MadviseAdvice) -> Result<(), MmError> {
+        self.check_alive()?;
+        if addr % PAGE_SIZE != 0 {
+            return Err(MmError::Invalid("madvise address not page aligned"));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let range = VaRange::new_round_len(addr, len).map_err(MmError::from_range)?;
+        let (start, end) = (range.start(), range.end());
+        match advice {
+            MadviseAdvice::DontNeed | MadviseAdvice::Free => {
+                let guard = self.mmap_read();
+                if !guard.is_fully_mapped(start, end) {
+                    return Err(MmError::NotMapped(range));
+                }
+                let chunks: Vec<_> = guard
+                    .overlapping(start, end)
+                    .map(|v| {
+                        (
+                            v.start.max(start),
+                            v.end.min(end),
+                            v.is_anonymous(),
+                            v.flags,
+                        )
+                    })
+                    .collect();
+                if chunks
+                    .iter()
+                    .any(|c| c.3.intersects(VmFlags::PFNMAP | VmFlags::IO))
+                {
+                    return Err(MmError::Invalid("madvise on a VM_PFNMAP/VM_IO mapping"));
+                }
+                if advice == MadviseAdvice::Free && chunks.iter().any(|c| !c.2) {
+                    return Err(MmError::Invalid(
+                        "MADV_FREE applies to private anonymous memory only",
+                    ));
+                }
+                for (chunk_start, chunk_end, _, _) in chunks {
+                    let invalidation =
+                        self.notifiers()
+                            .start(self.id(), chunk_start, chunk_end, Event::Clear);
+                    let mut gather = Gather::new();
+                    if advice == MadviseAdvice::DontNeed {
+                        zap_range(self, chunk_start, chunk_end, &mut gather)?;
+                    } else {
+                        mark_lazyfree(self, chunk_start, chunk_end);
+                    }
+                    gather.free_after(self.phys(), invalidation);
+                }
+                Ok(())
+            }
+            MadviseAdvice::PopulateRead | MadviseAdvice::PopulateWrite => {
+                let guard = self.mmap_read();
+                if !guard.is_fully_mapped(start, end) {
+                    return Err(MmError::NotMapped(range));
+                }
+                if guard
+                    .overlapping(start, end)
+                    .any(|v| v.flags.intersects(VmFlags::PFNMAP | VmFlags::IO))
+                {
+                    return Err(MmError::Invalid("populate of a VM_PFNMAP/VM_IO mapping"));
+                }
+                populate_locked(
+                    self,
+                    &guard,
+                    start,
+                    end,
+                    advice == MadviseAdvice::PopulateWrite,
+                )
+            }
+            MadviseAdvice::PageOut => {
+                let guard = self.mmap_read();
+                if !guard.is_fully_mapped(start, end) {
+                    return Err(MmError::NotMapped(range));
+                }
+                Ok(())
+            }
+            MadviseAdvice::HugePage
+            | MadviseAdvice::NoHugePage
+            | MadviseAdvice::DontFork
+            | MadviseAdvice::DoFork => {
+                let mut guard = self.mmap_write();
+                if !guard.is_fully_mapped(start, end) {
+                    return Err(MmError::NotMapped(range));
+                }
+                if advice == MadviseAdvice::DontFork
+                    && guard
+                        .overlapping(start, end)
+                        .any(|v| v.flags.intersects(VmFlags::PFNMAP | VmFlags::IO))
+                {
+                    return Err(MmError::Invalid("MADV_DONTFORK on a VM_IO mapping"));
+                }
+                for vma in guard.vmas_mut().split_range_mut(start, end) {
+                    match advice {
+                        MadviseAdvice::HugePage => {
+                            vma.flags = (vma.flags - VmFlags::NOHUGEPAGE) | VmFlags::HUGEPAGE
+                        }
+                        MadviseAdvice::NoHugePage => {
+                            vma.flags = (vma.flags - VmFlags::HUGEPAGE) | VmFlags::NOHUGEPAGE
+                        }
+                        MadviseAdvice::DontFork => vma.flags |= VmFlags::DONTCOPY,
+                        _ => vma.flags -= VmFlags::DONTCOPY,
+                    }
+                }
+                guard.vmas_mut().merge_range(start, end);
+                Ok(())
+            }
+            MadviseAdvice::Collapse => {
+                let mut guard = self.mmap_write();
+                if !guard.is_fully_mapped(start, end) {
+                    return Err(MmError::NotMapped(range));
+                }
+                collapse(&mut guard, start, end)
+            }
+        }
+    }
+}
+
+/// MADV_FREE: pages mapped only here become clean and lazily freeable; a
+/// later write dirties them again. Without memory pressure nothing is lost,
+/// exactly as on Linux.
+fn mark_lazyfree(mm: &Mm, start: u64, end: u64) {
+    let phys = mm.phys();
+    let _ = mm.pgtable().walk(start, end, |visit| {
+        if let Visit::Slot { slot, entry } = visit {
+            let pfn = entry.pfn();
+            let exclusive =
+                entry.is_present() && !entry.is_special() && phys.folio_counts(pfn).1 == 1;
+            if exclusive
+                && slot
+                    .compare_exchange(entry, entry.mkclean().mkold())
+                    .is_ok()
+            {
+                let head = phys.meta(phys.folio_head(pfn));
+                head.clear_flags(PageFlags::DIRTY);
+                head.set_flags(PageFlags::LAZYFREE);
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// MADV_COLLAPSE: every 2 MiB-aligned block inside a THP-capable anonymous
+/// VMA whose entries are all none or present pages becomes one PMD leaf
+/// holding a copy of the data. Blocks with other entries are left as they
+/// are. Runs under the mmap write lock.
+fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), MmError> {
+    let mm = guard.mm();
+    let phys = mm.phys();
+    let mut block = (start + PMD_SIZE - 1) & !(PMD_SIZE - 1);
+    while block + PMD_SIZE <= end {
+        let vma = guard.lookup(block).expect("range checked as mapped");
+        if !vma.is_anonymous() || vma.flags.contains(VmFlags::NOHUGEPAGE) {
+            return Err(MmError::Invalid(
+                "MADV_COLLAPSE needs THP-capable private anonymous memory",
+            ));
+        }
+        if !vma.covers(block, block + PMD_SIZE) {
+            block += PMD_SIZE;
+            continue;
+        }
+        let writable = vma.flags.contains(VmFlags::WRITE);
+        let pmd = match mm.pgtable().ensure(block, Level::Pmd) {
+            Ok(slot) => slot,
+            Err(EnsureError::NoMem(_)) => return Err(MmError::NoMem),
+            Err(EnsureError::Leaf(_)) => {
+                unreachable!("no leaf sits above a PMD in anonymous memory")
+            }
+        };
+        let table = pmd.load();
+        if !table.is_table(Level::Pmd) {
+            // Already a huge leaf, or nothing there at all.
+            block += PMD_SIZE;
+            continue;
+        }
+        let collapsible = mm
+            .pgtable()
+            .walk(block, block + PMD_SIZE, |visit| match visit {
+                Visit::Slot { entry, .. } if !entry.is_none() && !entry.is_accessible() => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            })
+            .is_continue();
+        if !collapsible {
+            block += PMD_SIZE;
+            continue;
+        }
+        let folio = phys.alloc_folio(9, true)?;
+        phys.meta(folio).set_flags(
+            PageFlags::ANON
+                | PageFlags::SWAPBACKED
+                | PageFlags::UPTODATE
+                | PageFlags::ANON_EXCLUSIVE,
+        );
+        let invalidation = mm
+            .notifiers()
+            .start(mm.id(), block, block + PMD_SIZE, Event::Clear);
+        let mut gather = Gather::new();
+        let _ = mm.pgtable().walk(block, block + PMD_SIZE, |visit| {
+            if let Visit::Slot { slot, entry } = visit {
+                if entry.is_present() {
+                    if !phys.is_zero_pfn(entry.pfn()) {
+                        phys.copy_frames(
+                            folio.add((slot.va() - block) / PAGE_SIZE),
+                            entry.pfn(),
+                            1,
+                        );
+                    }
+                    slot.store(Entry::NONE);
+                    release_entry(phys, entry, &mut gather);
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        let flags = LeafFlags {
+            write: writable,
+            dirty: true,
+            accessed: true,
+            special: false,
+        };
+        phys.map_add(folio, 1);
+        pmd.store(Entry::present(folio, flags, true));
+        invalidation.end();
+        hmm_pagetable::TableStore::free_table(mm.pgtable().store(), table.pfn().0);
+        gather.free_now(phys);
+        block += PMD_SIZE;
+    }
+    Ok(())
+}

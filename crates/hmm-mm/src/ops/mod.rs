@@ -1,0 +1,16 @@
+//! The operations that change an address space, one file each. Every
+//! operation validates all of its input before it changes anything, and
+//! every removal or downgrade of mappings is bracketed by an invalidation
+//! with Linux's event kind (see `crate::notify`).
+
+mod exit;
+mod fork;
+mod madvise;
+mod mmap;
+mod mprotect;
+mod mremap;
+mod munmap;
+mod populate;
+
+pub(crate) use munmap::unmap_locked;
+pub(crate) use populate::populate_locked;

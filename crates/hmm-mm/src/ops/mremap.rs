@@ -1,0 +1,209 @@
+//! mremap: shrink, grow in place, or move (MAYMOVE, FIXED, DONTUNMAP).
+//! Moving carries the page-table entries to the new place without copying
+//! data, announced as UNMAP of the old range.
+//!
+//! Linux: `mm/mremap.c` (`do_mremap`, `move_vma`, `move_page_tables`).
+
+use core::ops::ControlFlow;
+
+use hmm_pagetable::{EnsureError, Entry, Level, Visit};
+use hmm_types::{Event, MremapFlags, VmFlags, PAGE_SIZE, TASK_SIZE};
+
+use crate::error::MmError;
+use crate::huge::split_huge_at;
+use crate::mm::{Mm, MmapWriteGuard};
+use crate::vma::{Vma, VmaBacking};
+
+use super::unmap_locked;
+
+fn page_round(len: u64) -> Result<u64, MmError> {
+    len.checked_add(PAGE_SIZE - 1)
+        .map(|l| l & !(PAGE_SIZE - 1))
+        .ok_or(MmError::Invalid("length overflows"))
+}
+
+impl Mm {
+    /// Resizes or moves the mapping at `old_addr` (`mremap`); returns its
+    /// address afterwards. `new_addr` is used only with `MREMAP_FIXED`.
+    pub fn mremap(
+        &self,
+        old_addr: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: MremapFlags,
+        new_addr: u64,
+    ) -> Result<u64, MmError> {
+        self.check_alive()?;
+        if old_addr % PAGE_SIZE != 0 {
+            return Err(MmError::Invalid("mremap address not page aligned"));
+        }
+        let may_move = flags.contains(MremapFlags::MAYMOVE);
+        if flags.intersects(MremapFlags::FIXED | MremapFlags::DONTUNMAP) && !may_move {
+            return Err(MmError::Invalid(
+                "MREMAP_FIXED and MREMAP_DONTUNMAP need MREMAP_MAYMOVE",
+            ));
+        }
+        let (old_len, new_len) = (page_round(old_len)?, page_round(new_len)?);
+        if new_len == 0 || old_len == 0 {
+            return Err(MmError::Invalid("mremap of zero length"));
+        }
+        if flags.contains(MremapFlags::DONTUNMAP) && old_len != new_len {
+            return Err(MmError::Invalid(
+                "MREMAP_DONTUNMAP needs equal old and new lengths",
+            ));
+        }
+        let old_end = old_addr
+            .checked_add(old_len)
+            .filter(|&e| e <= TASK_SIZE)
+            .ok_or(MmError::Invalid("range overflows"))?;
+        let fixed = flags.contains(MremapFlags::FIXED);
+        if fixed {
+            let new_end = new_addr.checked_add(new_len).filter(|&e| e <= TASK_SIZE);
+            let Some(new_end) = new_end.filter(|_| new_addr % PAGE_SIZE == 0) else {
+                return Err(MmError::Invalid(
+                    "MREMAP_FIXED address unaligned or out of range",
+                ));
+            };
+            if new_addr < old_end && old_addr < new_end {
+                return Err(MmError::Invalid("MREMAP_FIXED ranges overlap"));
+            }
+        }
+
+        let mut guard = self.mmap_write();
+        let vma = guard
+            .lookup(old_addr)
+            .filter(|v| old_end <= v.end)
+            .cloned()
+            .ok_or(MmError::Fault {
+                addr: old_addr,
+                error: crate::error::FaultError::Segv(crate::error::SegvReason::NotMapped),
+            })?;
+        if flags.contains(MremapFlags::DONTUNMAP) && !vma.is_anonymous() {
+            return Err(MmError::Invalid(
+                "MREMAP_DONTUNMAP applies to private anonymous memory",
+            ));
+        }
+        if vma.flags.intersects(VmFlags::PFNMAP | VmFlags::DONTEXPAND) && new_len > old_len {
+            return Err(MmError::Fault {
+                addr: old_addr,
+                error: crate::error::FaultError::Segv(crate::error::SegvReason::Protection),
+            });
+        }
+
+        if fixed {
+            unmap_locked(&mut guard, new_addr, new_addr + new_len)?;
+            if new_len < old_len {
+                unmap_locked(&mut guard, old_addr + new_len, old_end)?;
+            }
+            let moved_len = old_len.min(new_len);
+            return move_mapping(
+                &mut guard, &vma, old_addr, moved_len, new_addr, new_len, flags,
+            );
+        }
+        if new_len <= old_len && !flags.contains(MremapFlags::DONTUNMAP) {
+            if new_len < old_len {
+                unmap_locked(&mut guard, old_addr + new_len, old_end)?;
+            }
+            return Ok(old_addr);
+        }
+        let grow_end = old_addr + new_len;
+        let in_place = !flags.contains(MremapFlags::DONTUNMAP)
+            && old_end == vma.end
+            && grow_end <= TASK_SIZE
+            && guard.overlapping(old_end, grow_end).next().is_none();
+        if in_place {
+            let mut grown = vma.clone();
+            grown.start = old_end;
+            grown.end = grow_end;
+            grown.pgoff = vma.page_index(old_end);
+            guard.vmas_mut().insert(grown);
+            guard.vmas_mut().merge_range(vma.start, grow_end);
+            return Ok(old_addr);
+        }
+        if !may_move {
+            return Err(MmError::NoSpace(new_len));
+        }
+        let target = guard
+            .find_free(new_len, None)
+            .ok_or(MmError::NoSpace(new_len))?;
+        move_mapping(&mut guard, &vma, old_addr, old_len, target, new_len, flags)
+    }
+}
+
+/// Moves `[old, old + len)` of `vma` to `new` and gives the new mapping
+/// `new_len` bytes. The destination is free. Tables are built before the
+/// invalidation starts, so a failure changes nothing.
+fn move_mapping(
+    guard: &mut MmapWriteGuard<'_>,
+    vma: &Vma,
+    old: u64,
+    len: u64,
+    new: u64,
+    new_len: u64,
+    flags: MremapFlags,
+) -> Result<u64, MmError> {
+    let mm = guard.mm();
+    split_huge_at(mm, old)?;
+    split_huge_at(mm, old + len)?;
+    // Huge leaves can keep their level only if the shift keeps them aligned.
+    let shift = new.wrapping_sub(old);
+    let mut leaves = Vec::new();
+    let _ = mm.pgtable().walk(old, old + len, |visit| {
+        if let Visit::Slot { slot, entry } = visit {
+            if !entry.is_none() {
+                leaves.push((slot.va(), slot.level()));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    for (va, level) in &mut leaves {
+        if *level > Level::Pte && shift % level.entry_bytes() != 0 {
+            let mut probe = *va;
+            while probe < *va + level.entry_bytes() {
+                split_huge_at(mm, probe + PAGE_SIZE)?;
+                probe += PAGE_SIZE;
+            }
+        }
+    }
+    let mut leaves = Vec::new();
+    let _ = mm.pgtable().walk(old, old + len, |visit| {
+        if let Visit::Slot { slot, entry } = visit {
+            if !entry.is_none() {
+                leaves.push((slot.va(), slot.level()));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    for &(va, level) in &leaves {
+        match mm.pgtable().ensure(va + shift, level) {
+            Ok(_) => {}
+            Err(EnsureError::NoMem(_)) => return Err(MmError::NoMem),
+            Err(EnsureError::Leaf(_)) => unreachable!("the destination range is unmapped"),
+        }
+    }
+
+    let invalidation = mm.notifiers().start(mm.id(), old, old + len, Event::Unmap);
+    for &(va, level) in &leaves {
+        let from = mm.pgtable().find(va);
+        let entry = from.swap(Entry::NONE);
+        let Ok(to) = mm.pgtable().ensure(va + shift, level) else {
+            unreachable!("destination tables were built above");
+        };
+        to.store(entry);
+    }
+    let mut moved = vma.clone();
+    moved.start = new;
+    moved.end = new + new_len;
+    moved.pgoff = match vma.backing {
+        VmaBacking::Anon => vma.page_index(old),
+        VmaBacking::Shmem(_) => vma.page_index(old),
+    };
+    if !flags.contains(MremapFlags::DONTUNMAP) {
+        guard.vmas_mut().remove_range(old, old + len);
+    }
+    guard.vmas_mut().insert(moved);
+    guard.vmas_mut().merge_range(new, new + new_len);
+    invalidation.end();
+    mm.pgtable().free_empty_tables(old, old + len);
+    Ok(new)
+}

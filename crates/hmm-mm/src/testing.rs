@@ -1,0 +1,70 @@
+//! Helpers for tests of this crate and of crates built on it: a recording
+//! invalidation subscriber.
+
+use parking_lot::Mutex;
+
+use hmm_types::{Errno, Event, MmuNotifier, NotifierRange};
+
+/// One recorded callback.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Recorded {
+    /// `invalidate_range_start`.
+    Start(NotifierRange),
+    /// `invalidate_range_end`.
+    End(NotifierRange),
+}
+
+/// Records every callback, in order.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    log: Mutex<Vec<Recorded>>,
+}
+
+impl Recorder {
+    /// Takes and clears the log.
+    pub fn take(&self) -> Vec<Recorded> {
+        core::mem::take(&mut *self.log.lock())
+    }
+
+    /// Takes the log and keeps only the starts, as `(event, start, end)`;
+    /// checks that every start has its end.
+    pub fn take_events(&self) -> Vec<(Event, u64, u64)> {
+        let log = self.take();
+        let starts: Vec<_> = log
+            .iter()
+            .filter_map(|r| {
+                if let Recorded::Start(s) = r {
+                    Some(*s)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let ends: Vec<_> = log
+            .iter()
+            .filter_map(|r| {
+                if let Recorded::End(s) = r {
+                    Some(*s)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(
+            starts.len(),
+            ends.len(),
+            "unbalanced invalidations: {log:?}"
+        );
+        starts.iter().map(|r| (r.event, r.start, r.end)).collect()
+    }
+}
+
+impl MmuNotifier for Recorder {
+    fn invalidate_range_start(&self, range: &NotifierRange) -> Result<(), Errno> {
+        self.log.lock().push(Recorded::Start(*range));
+        Ok(())
+    }
+    fn invalidate_range_end(&self, range: &NotifierRange) {
+        self.log.lock().push(Recorded::End(*range));
+    }
+}

@@ -1,0 +1,318 @@
+//! Virtual memory areas and the per-address-space tree of them.
+//!
+//! Owns the `[start, end)` → (flags, backing, page offset) map, splitting,
+//! merging and the search for free ranges. It never touches page tables:
+//! the operations in `ops/` pair each VMA change with the page-table work.
+//!
+//! Linux: `struct vm_area_struct`, `mm/vma.c` (`__split_vma`, `vma_merge`),
+//! `mm/mmap.c` (`get_unmapped_area`, top-down).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hmm_types::{VaRange, VmFlags, PAGE_SHIFT, PMD_SIZE, TASK_SIZE};
+
+use crate::shmem::ShmemObject;
+
+/// What backs a VMA's pages.
+#[derive(Clone, Debug)]
+pub enum VmaBacking {
+    /// Private anonymous memory.
+    Anon,
+    /// Shared anonymous memory (shmem).
+    Shmem(Arc<ShmemObject>),
+}
+
+impl VmaBacking {
+    fn same_object(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Anon, Self::Anon) => true,
+            (Self::Shmem(a), Self::Shmem(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// One mapping (`struct vm_area_struct`).
+#[derive(Clone, Debug)]
+pub struct Vma {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// `VM_*` flags.
+    pub flags: VmFlags,
+    /// Page offset of `start` in the backing object (`vm_pgoff`).
+    pub pgoff: u64,
+    /// What backs it.
+    pub backing: VmaBacking,
+}
+
+impl Vma {
+    /// The range it covers.
+    pub fn range(&self) -> VaRange {
+        VaRange::from_bounds(self.start, self.end).expect("a VMA is a valid range")
+    }
+    /// True for private anonymous memory (`vma_is_anonymous`).
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self.backing, VmaBacking::Anon)
+    }
+    /// True when writes must copy (`is_cow_mapping`: private and may write).
+    pub fn is_cow_mapping(&self) -> bool {
+        !self.flags.contains(VmFlags::SHARED) && self.flags.contains(VmFlags::MAYWRITE)
+    }
+    /// Page offset in the backing object of `va` (`linear_page_index`).
+    pub fn page_index(&self, va: u64) -> u64 {
+        self.pgoff + ((va - self.start) >> PAGE_SHIFT)
+    }
+    /// True when the VMA covers `[start, end)` entirely.
+    pub fn covers(&self, start: u64, end: u64) -> bool {
+        self.start <= start && end <= self.end
+    }
+    fn split_off(&mut self, at: u64) -> Vma {
+        debug_assert!(self.start < at && at < self.end);
+        let tail = Vma {
+            start: at,
+            end: self.end,
+            flags: self.flags,
+            pgoff: self.page_index(at),
+            backing: self.backing.clone(),
+        };
+        self.end = at;
+        tail
+    }
+    fn can_merge_with_next(&self, next: &Vma) -> bool {
+        self.end == next.start
+            && self.flags == next.flags
+            && self.backing.same_object(&next.backing)
+            && (self.is_anonymous() || self.page_index(self.end) == next.pgoff)
+    }
+}
+
+/// Lowest address handed out by the free-range search (`mmap_min_addr`).
+pub const MMAP_MIN_ADDR: u64 = 0x10000;
+/// Top of the top-down free-range search (`mmap_base`, below the stack gap).
+pub const MMAP_BASE: u64 = TASK_SIZE - (128 << 20);
+
+/// The VMAs of one address space, keyed by start address.
+#[derive(Clone, Debug, Default)]
+pub struct VmaTree {
+    vmas: BTreeMap<u64, Vma>,
+}
+
+impl VmaTree {
+    /// Number of VMAs.
+    pub fn len(&self) -> usize {
+        self.vmas.len()
+    }
+    /// True when nothing is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.vmas.is_empty()
+    }
+    /// All VMAs in address order.
+    pub fn iter(&self) -> impl Iterator<Item = &Vma> {
+        self.vmas.values()
+    }
+    /// The VMA containing `va` (`vma_lookup`).
+    pub fn lookup(&self, va: u64) -> Option<&Vma> {
+        self.vmas
+            .range(..=va)
+            .next_back()
+            .map(|(_, v)| v)
+            .filter(|v| va < v.end)
+    }
+    /// VMAs overlapping `[start, end)`, in order.
+    pub fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = &Vma> {
+        let first = self
+            .vmas
+            .range(..start)
+            .next_back()
+            .filter(|(_, v)| v.end > start)
+            .map(|(_, v)| v);
+        first
+            .into_iter()
+            .chain(self.vmas.range(start..end).map(|(_, v)| v))
+    }
+    /// True when `[start, end)` is covered by VMAs with no gap.
+    pub fn is_fully_mapped(&self, start: u64, end: u64) -> bool {
+        let mut cursor = start;
+        for vma in self.overlapping(start, end) {
+            if vma.start > cursor {
+                return false;
+            }
+            cursor = vma.end;
+        }
+        cursor >= end
+    }
+    /// Splits the VMA strictly containing `at`, if any, into two.
+    pub fn split_at(&mut self, at: u64) {
+        let Some(vma) = self
+            .vmas
+            .range_mut(..at)
+            .next_back()
+            .map(|(_, v)| v)
+            .filter(|v| at < v.end)
+        else {
+            return;
+        };
+        if vma.start == at {
+            return;
+        }
+        let tail = vma.split_off(at);
+        self.vmas.insert(tail.start, tail);
+    }
+    /// Removes and returns the VMAs inside `[start, end)` after splitting at
+    /// both ends.
+    pub fn remove_range(&mut self, start: u64, end: u64) -> Vec<Vma> {
+        self.split_at(start);
+        self.split_at(end);
+        let keys: Vec<u64> = self.vmas.range(start..end).map(|(&k, _)| k).collect();
+        keys.into_iter()
+            .filter_map(|k| self.vmas.remove(&k))
+            .collect()
+    }
+    /// Inserts a VMA over a free range.
+    pub fn insert(&mut self, vma: Vma) {
+        debug_assert!(
+            self.overlapping(vma.start, vma.end).next().is_none(),
+            "inserting over a mapping"
+        );
+        self.vmas.insert(vma.start, vma);
+    }
+    /// Mutable access to the VMAs inside `[start, end)` after splitting at
+    /// both ends.
+    pub fn split_range_mut(&mut self, start: u64, end: u64) -> impl Iterator<Item = &mut Vma> {
+        self.split_at(start);
+        self.split_at(end);
+        self.vmas.range_mut(start..end).map(|(_, v)| v)
+    }
+    /// Merges compatible neighbours across `[start, end)` and its edges.
+    pub fn merge_range(&mut self, start: u64, end: u64) {
+        let from = self
+            .vmas
+            .range(..start)
+            .next_back()
+            .map_or(start, |(&k, _)| k);
+        let keys: Vec<u64> = self.vmas.range(from..=end).map(|(&k, _)| k).collect();
+        let mut prev: Option<u64> = None;
+        for key in keys {
+            if let Some(p) = prev {
+                let mergeable = self.vmas[&p].can_merge_with_next(&self.vmas[&key]);
+                if mergeable {
+                    let next = self.vmas.remove(&key).expect("key from the map");
+                    self.vmas.get_mut(&p).expect("key from the map").end = next.end;
+                    continue;
+                }
+            }
+            prev = Some(key);
+        }
+    }
+    /// A free range of `len` bytes: `hint` if it is free, else the highest
+    /// free range below [`MMAP_BASE`] (top-down, as Linux). Lengths of 2 MiB
+    /// or more are 2 MiB aligned so THPs can back them.
+    pub fn find_free(&self, len: u64, hint: Option<u64>) -> Option<u64> {
+        if let Some(hint) = hint {
+            let end = hint.checked_add(len)?;
+            if hint >= MMAP_MIN_ADDR
+                && end <= TASK_SIZE
+                && self.overlapping(hint, end).next().is_none()
+            {
+                return Some(hint);
+            }
+        }
+        let align = if len >= PMD_SIZE { PMD_SIZE } else { 1 };
+        let mut ceiling = MMAP_BASE;
+        let mut gaps = self
+            .vmas
+            .range(..MMAP_BASE)
+            .rev()
+            .map(|(_, v)| (v.start, v.end))
+            .peekable();
+        loop {
+            let floor = gaps
+                .peek()
+                .map_or(MMAP_MIN_ADDR, |&(_, end)| end.max(MMAP_MIN_ADDR));
+            if ceiling >= len {
+                let start = (ceiling - len) & !(align - 1);
+                if start >= floor {
+                    return Some(start);
+                }
+            }
+            let (start, _) = gaps.next()?;
+            ceiling = ceiling.min(start);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anon(start: u64, end: u64, flags: VmFlags) -> Vma {
+        Vma {
+            start,
+            end,
+            flags,
+            pgoff: start >> PAGE_SHIFT,
+            backing: VmaBacking::Anon,
+        }
+    }
+
+    const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE);
+
+    #[test]
+    fn split_remove_and_merge() {
+        let mut tree = VmaTree::default();
+        tree.insert(anon(0x10000, 0x20000, RW));
+        let removed = tree.remove_range(0x14000, 0x15000);
+        assert_eq!(removed.len(), 1);
+        assert_eq!(tree.len(), 2);
+        assert!(!tree.is_fully_mapped(0x10000, 0x20000));
+        tree.insert(anon(0x14000, 0x15000, RW));
+        tree.merge_range(0x14000, 0x15000);
+        assert_eq!(tree.len(), 1);
+        assert!(tree.is_fully_mapped(0x10000, 0x20000));
+    }
+
+    #[test]
+    fn different_flags_do_not_merge() {
+        let mut tree = VmaTree::default();
+        tree.insert(anon(0x10000, 0x20000, RW));
+        for vma in tree.split_range_mut(0x12000, 0x13000) {
+            vma.flags = VmFlags::READ;
+        }
+        tree.merge_range(0x12000, 0x13000);
+        assert_eq!(tree.len(), 3);
+        assert_eq!(tree.lookup(0x12fff).unwrap().flags, VmFlags::READ);
+        assert_eq!(tree.lookup(0x13000).unwrap().flags, RW);
+    }
+
+    #[test]
+    fn find_free_is_top_down_and_aligned() {
+        let mut tree = VmaTree::default();
+        let a = tree.find_free(0x3000, None).unwrap();
+        assert_eq!(a, MMAP_BASE - 0x3000);
+        tree.insert(anon(a, a + 0x3000, RW));
+        let b = tree.find_free(4 << 20, None).unwrap();
+        assert_eq!(b % PMD_SIZE, 0);
+        assert!(b + (4 << 20) <= a);
+        assert_eq!(tree.find_free(0x1000, Some(0x40_0000)), Some(0x40_0000));
+        assert_eq!(
+            tree.find_free(0x1000, Some(a)),
+            Some(a - 0x1000),
+            "a taken hint falls back to top-down"
+        );
+    }
+
+    #[test]
+    fn overlapping_includes_the_vma_straddling_start() {
+        let mut tree = VmaTree::default();
+        tree.insert(anon(0x10000, 0x20000, RW));
+        tree.insert(anon(0x30000, 0x40000, RW));
+        let starts: Vec<u64> = tree
+            .overlapping(0x18000, 0x31000)
+            .map(|v| v.start)
+            .collect();
+        assert_eq!(starts, [0x10000, 0x30000]);
+    }
+}

@@ -1,9 +1,38 @@
 //! Helpers for tests of this crate and of crates built on it: a recording
 //! invalidation subscriber.
 
+use std::sync::Arc;
+
 use parking_lot::Mutex;
 
+use hmm_pagetable::{Entry, Level};
 use hmm_types::{Errno, Event, MmuNotifier, NotifierRange};
+
+use crate::{Kernel, KernelConfig, Mm, ThpMode};
+
+/// A machine with `ram_mib` MiB of RAM and the given THP policy.
+pub fn kernel(ram_mib: u64, thp: ThpMode) -> Arc<Kernel> {
+    let config = KernelConfig {
+        ram_bytes: ram_mib << 20,
+        thp,
+        use_huge_zero_page: true,
+    };
+    Kernel::new(config).expect("valid config")
+}
+
+/// A recorder subscribed to `mm`.
+pub fn record(mm: &Mm) -> Arc<Recorder> {
+    let recorder = Arc::new(Recorder::default());
+    mm.register_notifier(recorder.clone());
+    recorder
+}
+
+/// The level and entry that map `va` in `mm`'s CPU page table now.
+pub fn leaf(mm: &Mm, va: u64) -> (Level, Entry) {
+    let _guard = mm.mmap_read();
+    let slot = mm.pgtable().find(va);
+    (slot.level(), slot.load())
+}
 
 /// One recorded callback.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -184,6 +184,10 @@ pub enum MadviseAdvice {
     DontFork,
     /// `MADV_DOFORK` (11).
     DoFork,
+    /// `MADV_WIPEONFORK` (18): the child gets this range empty.
+    WipeOnFork,
+    /// `MADV_KEEPONFORK` (19): undo WIPEONFORK.
+    KeepOnFork,
     /// `MADV_HUGEPAGE` (14).
     HugePage,
     /// `MADV_NOHUGEPAGE` (15).
@@ -207,6 +211,8 @@ impl MadviseAdvice {
             10 => Self::DontFork,
             11 => Self::DoFork,
             14 => Self::HugePage,
+            18 => Self::WipeOnFork,
+            19 => Self::KeepOnFork,
             15 => Self::NoHugePage,
             21 => Self::PageOut,
             22 => Self::PopulateRead,

@@ -71,3 +71,127 @@ pub(crate) fn handle_fault(
         VmaBacking::Shmem(object) => shared::fault(mm, vma, object, va, write),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hmm_pagetable::Level;
+    use hmm_types::{Event, MapFlags, Prot, PMD_SIZE};
+
+    use super::FaultFlags;
+    use crate::testing::{kernel, leaf, record};
+    use crate::{FaultError, MmError, SegvReason, ThpMode};
+
+    const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+
+    #[test]
+    fn read_maps_the_zero_page_and_write_copies_it() {
+        let k = kernel(64, ThpMode::Never);
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap(0, 4096, Prot::RW, ANON).unwrap();
+        assert_eq!(mm.read_u64(va).unwrap(), 0);
+        let (level, entry) = leaf(&mm, va);
+        assert_eq!(
+            (level, entry.pfn(), entry.is_write()),
+            (Level::Pte, k.phys().zero_pfn(), false)
+        );
+        let rec = record(&mm);
+        mm.write_u64(va, 1).unwrap();
+        assert_eq!(
+            rec.take_events(),
+            [(Event::Clear, va, va + 4096)],
+            "replacing the zero page is a CLEAR"
+        );
+        let (_, entry) = leaf(&mm, va);
+        assert!(entry.is_write() && entry.pfn() != k.phys().zero_pfn());
+    }
+
+    #[test]
+    fn first_write_to_a_fresh_page_announces_nothing() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0, 4096, Prot::RW, ANON).unwrap();
+        let rec = record(&mm);
+        mm.write_u64(va, 1).unwrap();
+        assert!(rec.take_events().is_empty());
+    }
+
+    #[test]
+    fn aligned_ranges_get_the_huge_zero_page_then_a_thp() {
+        let k = kernel(64, ThpMode::Always);
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap(0, 2 * PMD_SIZE, Prot::RW, ANON).unwrap();
+        mm.read_u64(va).unwrap();
+        let (level, entry) = leaf(&mm, va);
+        assert_eq!((level, entry.pfn()), (Level::Pmd, k.phys().huge_zero_pfn()));
+        mm.write_u64(va + PMD_SIZE, 3).unwrap();
+        let (level, entry) = leaf(&mm, va + PMD_SIZE);
+        assert_eq!(level, Level::Pmd);
+        assert_eq!(k.phys().folio_order(entry.pfn()), 9);
+        let rec = record(&mm);
+        mm.write_u64(va + 8, 4).unwrap();
+        let events = rec.take_events();
+        assert_eq!(
+            events[0],
+            (Event::Clear, va, va + PMD_SIZE),
+            "the huge zero page is split first"
+        );
+        assert_eq!(leaf(&mm, va).0, Level::Pte);
+        assert_eq!(mm.read_u64(va + 8).unwrap(), 4);
+        assert_eq!(mm.read_u64(va + 4096).unwrap(), 0);
+    }
+
+    #[test]
+    fn unaligned_or_disabled_ranges_use_4k_pages() {
+        let mm = kernel(64, ThpMode::Madvise).create_mm().unwrap();
+        let va = mm.mmap(0, 2 * PMD_SIZE, Prot::RW, ANON).unwrap();
+        mm.write_u64(va, 1).unwrap();
+        assert_eq!(
+            leaf(&mm, va).0,
+            Level::Pte,
+            "THP only on MADV_HUGEPAGE in madvise mode"
+        );
+        mm.madvise(va, 2 * PMD_SIZE, hmm_types::MadviseAdvice::HugePage)
+            .unwrap();
+        mm.write_u64(va + PMD_SIZE, 1).unwrap();
+        assert_eq!(leaf(&mm, va + PMD_SIZE).0, Level::Pmd);
+    }
+
+    #[test]
+    fn permission_faults_are_segv() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let ro = mm.mmap(0, 4096, Prot::READ, ANON).unwrap();
+        let none = mm.mmap(0, 4096, Prot::NONE, ANON).unwrap();
+        let segv = |addr| MmError::Fault {
+            addr,
+            error: FaultError::Segv(SegvReason::Protection),
+        };
+        assert_eq!(mm.write_u64(ro, 1), Err(segv(ro)));
+        assert_eq!(mm.read_u64(ro), Ok(0));
+        assert_eq!(mm.read_u64(none), Err(segv(none)));
+        let guard = mm.mmap_read();
+        assert_eq!(
+            guard.handle_mm_fault(ro, FaultFlags::WRITE | FaultFlags::REMOTE),
+            Err(FaultError::Segv(SegvReason::Protection))
+        );
+        assert_eq!(
+            guard.handle_mm_fault(0x10, FaultFlags::REMOTE),
+            Err(FaultError::Segv(SegvReason::NotMapped))
+        );
+        assert_eq!(guard.handle_mm_fault(ro, FaultFlags::REMOTE), Ok(()));
+    }
+
+    #[test]
+    fn running_out_of_memory_is_an_error_not_a_panic() {
+        let k = kernel(8, ThpMode::Always);
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap(0, 64 << 20, Prot::RW, ANON).unwrap();
+        let mut first_error = None;
+        for page in 0..(64 << 20) / 4096 {
+            if let Err(e) = mm.write_u64(va + page * 4096, page) {
+                first_error = Some(e);
+                break;
+            }
+        }
+        assert_eq!(first_error, Some(MmError::NoMem));
+        mm.munmap(va, 64 << 20).unwrap();
+    }
+}

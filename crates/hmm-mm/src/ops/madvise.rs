@@ -102,29 +102,31 @@ impl Mm {
             MadviseAdvice::HugePage
             | MadviseAdvice::NoHugePage
             | MadviseAdvice::DontFork
-            | MadviseAdvice::DoFork => {
+            | MadviseAdvice::DoFork
+            | MadviseAdvice::WipeOnFork
+            | MadviseAdvice::KeepOnFork => {
+                let (set, clear) = flag_change(advice);
                 let mut guard = self.mmap_write();
                 if !guard.is_fully_mapped(start, end) {
                     return Err(MmError::NotMapped(range));
                 }
+                let special = VmFlags::PFNMAP | VmFlags::IO;
                 if advice == MadviseAdvice::DontFork
                     && guard
                         .overlapping(start, end)
-                        .any(|v| v.flags.intersects(VmFlags::PFNMAP | VmFlags::IO))
+                        .any(|v| v.flags.intersects(special))
                 {
                     return Err(MmError::Invalid("MADV_DONTFORK on a VM_IO mapping"));
                 }
+                if advice == MadviseAdvice::WipeOnFork
+                    && guard.overlapping(start, end).any(|v| !v.is_anonymous())
+                {
+                    return Err(MmError::Invalid(
+                        "MADV_WIPEONFORK applies to private anonymous memory",
+                    ));
+                }
                 for vma in guard.vmas_mut().split_range_mut(start, end) {
-                    match advice {
-                        MadviseAdvice::HugePage => {
-                            vma.flags = (vma.flags - VmFlags::NOHUGEPAGE) | VmFlags::HUGEPAGE
-                        }
-                        MadviseAdvice::NoHugePage => {
-                            vma.flags = (vma.flags - VmFlags::HUGEPAGE) | VmFlags::NOHUGEPAGE
-                        }
-                        MadviseAdvice::DontFork => vma.flags |= VmFlags::DONTCOPY,
-                        _ => vma.flags -= VmFlags::DONTCOPY,
-                    }
+                    vma.flags = (vma.flags - clear) | set;
                 }
                 guard.vmas_mut().merge_range(start, end);
                 Ok(())
@@ -137,6 +139,18 @@ impl Mm {
                 collapse(&mut guard, start, end)
             }
         }
+    }
+}
+
+/// The VMA flags an advice sets and clears.
+fn flag_change(advice: MadviseAdvice) -> (VmFlags, VmFlags) {
+    match advice {
+        MadviseAdvice::HugePage => (VmFlags::HUGEPAGE, VmFlags::NOHUGEPAGE),
+        MadviseAdvice::NoHugePage => (VmFlags::NOHUGEPAGE, VmFlags::HUGEPAGE),
+        MadviseAdvice::DontFork => (VmFlags::DONTCOPY, VmFlags::empty()),
+        MadviseAdvice::DoFork => (VmFlags::empty(), VmFlags::DONTCOPY),
+        MadviseAdvice::WipeOnFork => (VmFlags::WIPEONFORK, VmFlags::empty()),
+        _ => (VmFlags::empty(), VmFlags::WIPEONFORK),
     }
 }
 

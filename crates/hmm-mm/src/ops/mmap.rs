@@ -26,6 +26,9 @@ impl Mm {
         if len == 0 {
             return Err(MmError::Invalid("mmap of zero length"));
         }
+        if Prot::from_bits(prot.bits()).is_none() {
+            return Err(MmError::Invalid("unknown PROT_* bits"));
+        }
         let len = len
             .checked_add(PAGE_SIZE - 1)
             .ok_or(MmError::NoSpace(len))?
@@ -105,5 +108,125 @@ impl Mm {
             let _ = populate_locked(self, &guard, start, end, prot.contains(Prot::WRITE));
         }
         Ok(start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hmm_pagetable::Level;
+    use hmm_types::{Errno, MapFlags, Prot, PMD_SIZE};
+
+    use crate::testing::{kernel, leaf, record};
+    use crate::{MmError, ThpMode};
+
+    const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+
+    #[test]
+    fn private_anonymous_round_trip() {
+        let mm = kernel(64, ThpMode::Always).create_mm().unwrap();
+        let va = mm.mmap(0, 3 * 4096, Prot::RW, ANON).unwrap();
+        mm.write_bytes(va + 4000, b"hello across a page edge")
+            .unwrap();
+        let mut buf = [0u8; 24];
+        mm.read_bytes(va + 4000, &mut buf).unwrap();
+        assert_eq!(&buf, b"hello across a page edge");
+        assert_eq!(
+            mm.read_u64(va + 2 * 4096).unwrap(),
+            0,
+            "untouched memory reads zero"
+        );
+    }
+
+    #[test]
+    fn large_mappings_are_pmd_aligned_and_hints_are_honoured() {
+        let mm = kernel(64, ThpMode::Always).create_mm().unwrap();
+        let big = mm.mmap(0, 4 << 20, Prot::RW, ANON).unwrap();
+        assert_eq!(big % PMD_SIZE, 0);
+        let hinted = mm.mmap(0x4000_0000, 4096, Prot::RW, ANON).unwrap();
+        assert_eq!(hinted, 0x4000_0000);
+    }
+
+    #[test]
+    fn fixed_replaces_and_announces_the_unmap() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0x1000_0000, 4 * 4096, Prot::RW, ANON).unwrap();
+        mm.write_u64(va + 4096, 7).unwrap();
+        let rec = record(&mm);
+        let again = mm
+            .mmap(va + 4096, 4096, Prot::RW, ANON | MapFlags::FIXED)
+            .unwrap();
+        assert_eq!(again, va + 4096);
+        assert_eq!(
+            rec.take_events(),
+            [(hmm_types::Event::Unmap, va + 4096, va + 8192)]
+        );
+        assert_eq!(
+            mm.read_u64(va + 4096).unwrap(),
+            0,
+            "the new mapping is fresh"
+        );
+    }
+
+    #[test]
+    fn fixed_noreplace_refuses_without_changing_anything() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0x1000_0000, 2 * 4096, Prot::RW, ANON).unwrap();
+        mm.write_u64(va, 42).unwrap();
+        let err = mm
+            .mmap(va, 4096, Prot::RW, ANON | MapFlags::FIXED_NOREPLACE)
+            .unwrap_err();
+        assert_eq!(err.errno(), Errno::Exist);
+        assert_eq!(mm.read_u64(va).unwrap(), 42);
+    }
+
+    #[test]
+    fn bad_arguments_are_typed_errors() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let errno = |r: Result<u64, MmError>| r.unwrap_err().errno();
+        assert_eq!(errno(mm.mmap(0, 0, Prot::RW, ANON)), Errno::Inval);
+        assert_eq!(
+            errno(mm.mmap(0x1001, 4096, Prot::RW, ANON | MapFlags::FIXED)),
+            Errno::Inval
+        );
+        assert_eq!(
+            errno(mm.mmap(0, 4096, Prot::RW, MapFlags::ANONYMOUS)),
+            Errno::Inval
+        );
+        assert_eq!(
+            errno(mm.mmap(0, 4096, Prot::RW, MapFlags::PRIVATE)),
+            Errno::Inval
+        );
+        assert_eq!(errno(mm.mmap(0, u64::MAX, Prot::RW, ANON)), Errno::NoMem);
+        assert_eq!(errno(mm.mmap(0, 1 << 48, Prot::RW, ANON)), Errno::NoMem);
+        let sync = MapFlags::SHARED_VALIDATE | MapFlags::ANONYMOUS | MapFlags::SYNC;
+        assert_eq!(errno(mm.mmap(0, 4096, Prot::RW, sync)), Errno::OpNotSupp);
+        assert!(
+            mm.mmap_read().is_empty(),
+            "no failed call left a mapping behind"
+        );
+    }
+
+    #[test]
+    fn populate_prefaults_writable_pages() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm
+            .mmap(0, 8 * 4096, Prot::RW, ANON | MapFlags::POPULATE)
+            .unwrap();
+        for i in 0..8 {
+            let (level, entry) = leaf(&mm, va + i * 4096);
+            assert_eq!(level, Level::Pte);
+            assert!(entry.is_write(), "page {i} populated writable");
+        }
+    }
+
+    #[test]
+    fn shared_anonymous_is_one_object() {
+        let mm = kernel(64, ThpMode::Always).create_mm().unwrap();
+        let shared = MapFlags::SHARED | MapFlags::ANONYMOUS;
+        let va = mm.mmap(0, 4 << 20, Prot::RW, shared).unwrap();
+        mm.write_u64(va + 8, 5).unwrap();
+        let (level, _) = leaf(&mm, va);
+        assert_eq!(level, Level::Pte, "shmem has no THP by default");
+        assert_eq!(mm.read_u64(va + 8).unwrap(), 5);
     }
 }

@@ -29,6 +29,9 @@ impl Mm {
         if addr % PAGE_SIZE != 0 {
             return Err(MmError::Invalid("mprotect address not page aligned"));
         }
+        if Prot::from_bits(prot.bits()).is_none() {
+            return Err(MmError::Invalid("unknown PROT_* bits"));
+        }
         if len == 0 {
             return Ok(());
         }
@@ -92,4 +95,85 @@ fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags) {
         }
         ControlFlow::<()>::Continue(())
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use hmm_types::{Errno, Event, MapFlags, Prot, VmFlags};
+
+    use crate::testing::{kernel, leaf, record};
+    use crate::ThpMode;
+
+    const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+
+    #[test]
+    fn read_only_then_back() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0, 4 * 4096, Prot::RW, ANON).unwrap();
+        mm.write_u64(va + 4096, 11).unwrap();
+        let rec = record(&mm);
+        mm.mprotect(va + 4096, 4096, Prot::READ).unwrap();
+        assert_eq!(
+            rec.take_events(),
+            [(Event::ProtectionVma, va + 4096, va + 8192)]
+        );
+        assert_eq!(mm.mmap_read().len(), 3);
+        assert!(!leaf(&mm, va + 4096).1.is_write());
+        assert_eq!(
+            mm.write_u64(va + 4096, 1).unwrap_err().errno(),
+            Errno::Fault
+        );
+        assert_eq!(mm.read_u64(va + 4096).unwrap(), 11);
+        mm.mprotect(va + 4096, 4096, Prot::RW).unwrap();
+        assert_eq!(mm.mmap_read().len(), 1, "VMAs merge back");
+        mm.write_u64(va + 4096, 12).unwrap();
+        assert_eq!(mm.read_u64(va + 4096).unwrap(), 12);
+    }
+
+    #[test]
+    fn prot_none_keeps_the_data() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0, 4096, Prot::RW, ANON).unwrap();
+        mm.write_u64(va, 5).unwrap();
+        mm.mprotect(va, 4096, Prot::NONE).unwrap();
+        assert!(leaf(&mm, va).1.is_protnone());
+        assert_eq!(mm.read_u64(va).unwrap_err().errno(), Errno::Fault);
+        mm.mprotect(va, 4096, Prot::READ).unwrap();
+        assert_eq!(mm.read_u64(va).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_hole_is_enomem_and_changes_nothing() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0x2000_0000, 4096, Prot::RW, ANON).unwrap();
+        let rec = record(&mm);
+        assert_eq!(
+            mm.mprotect(va, 2 * 4096, Prot::READ).unwrap_err().errno(),
+            Errno::NoMem
+        );
+        assert_eq!(
+            mm.mmap_read().lookup(va).unwrap().flags & VmFlags::WRITE,
+            VmFlags::WRITE
+        );
+        assert!(rec.take_events().is_empty());
+        assert_eq!(
+            mm.mprotect(va + 1, 4096, Prot::READ).unwrap_err().errno(),
+            Errno::Inval
+        );
+        assert_eq!(
+            mm.mprotect(va, 4096, Prot::from_bits_retain(8))
+                .unwrap_err()
+                .errno(),
+            Errno::Inval
+        );
+    }
+
+    #[test]
+    fn unpopulated_ranges_change_silently() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0, 4096, Prot::RW, ANON).unwrap();
+        let rec = record(&mm);
+        mm.mprotect(va, 4096, Prot::READ).unwrap();
+        assert!(rec.take_events().is_empty());
+    }
 }

@@ -52,3 +52,86 @@ pub(crate) fn unmap_locked(
     drop(removed);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use hmm_pagetable::Level;
+    use hmm_types::{Errno, Event, MapFlags, Prot, PMD_SIZE};
+
+    use crate::testing::{kernel, leaf, record};
+    use crate::ThpMode;
+
+    const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+
+    #[test]
+    fn partial_unmap_splits_the_vma_and_announces_the_range() {
+        let k = kernel(64, ThpMode::Never);
+        let mm = k.create_mm().unwrap();
+        let va = mm
+            .mmap(0, 4 * 4096, Prot::RW, ANON | MapFlags::POPULATE)
+            .unwrap();
+        mm.write_u64(va + 3 * 4096, 9).unwrap();
+        let rec = record(&mm);
+        mm.munmap(va + 4096, 2 * 4096).unwrap();
+        assert_eq!(
+            rec.take_events(),
+            [(Event::Unmap, va + 4096, va + 3 * 4096)]
+        );
+        assert_eq!(mm.mmap_read().len(), 2);
+        assert_eq!(mm.read_u64(va + 4096).unwrap_err().errno(), Errno::Fault);
+        assert_eq!(mm.read_u64(va + 3 * 4096).unwrap(), 9);
+    }
+
+    #[test]
+    fn unmapping_nothing_succeeds_silently() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let rec = record(&mm);
+        mm.munmap(0x5000_0000, 1 << 20).unwrap();
+        assert!(rec.take_events().is_empty());
+    }
+
+    #[test]
+    fn bad_ranges_are_einval() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        assert_eq!(mm.munmap(0x1001, 4096).unwrap_err().errno(), Errno::Inval);
+        assert_eq!(mm.munmap(0x1000, 0).unwrap_err().errno(), Errno::Inval);
+        assert_eq!(
+            mm.munmap(u64::MAX - 4095, 8192).unwrap_err().errno(),
+            Errno::Inval
+        );
+    }
+
+    #[test]
+    fn partial_unmap_of_a_thp_splits_it_first() {
+        let k = kernel(64, ThpMode::Always);
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap(0, PMD_SIZE, Prot::RW, ANON).unwrap();
+        mm.write_u64(va + PMD_SIZE - 8, 77).unwrap();
+        assert_eq!(leaf(&mm, va).0, Level::Pmd);
+        let rec = record(&mm);
+        mm.munmap(va, 4096).unwrap();
+        assert_eq!(
+            rec.take_events(),
+            [
+                (Event::Clear, va, va + PMD_SIZE),
+                (Event::Unmap, va, va + 4096)
+            ]
+        );
+        assert_eq!(leaf(&mm, va + 4096).0, Level::Pte);
+        assert_eq!(mm.read_u64(va + PMD_SIZE - 8).unwrap(), 77);
+    }
+
+    #[test]
+    fn frames_come_back() {
+        let k = kernel(64, ThpMode::Always);
+        let mm = k.create_mm().unwrap();
+        let baseline = k.phys().free_frames();
+        let va = mm
+            .mmap(0, 3 * PMD_SIZE, Prot::RW, ANON | MapFlags::POPULATE)
+            .unwrap();
+        assert!(k.phys().free_frames() < baseline - 3 * 512);
+        mm.munmap(va + 4096, PMD_SIZE).unwrap();
+        mm.munmap(va, 3 * PMD_SIZE).unwrap();
+        assert_eq!(k.phys().free_frames(), baseline);
+    }
+}

@@ -175,3 +175,64 @@ fn translate(mm: &Mm, va: u64, write: bool) -> Option<Held<'_>> {
     };
     still_mapped.then_some(held)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use hmm_types::{Errno, MapFlags, Prot};
+
+    use crate::testing::kernel;
+    use crate::ThpMode;
+
+    #[test]
+    fn atomics_need_alignment_and_write_access() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm
+            .mmap(0, 4096, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS)
+            .unwrap();
+        assert_eq!(
+            mm.atomic_fetch_add(va + 4, 1).unwrap_err().errno(),
+            Errno::Inval
+        );
+        assert_eq!(mm.atomic_fetch_add(va + 8, 5), Ok(0));
+        assert_eq!(mm.atomic_compare_exchange(va + 8, 5, 9), Ok(Ok(5)));
+        assert_eq!(mm.atomic_compare_exchange(va + 8, 5, 1), Ok(Err(9)));
+        mm.mprotect(va, 4096, Prot::READ).unwrap();
+        assert_eq!(
+            mm.atomic_fetch_add(va + 8, 1).unwrap_err().errno(),
+            Errno::Fault
+        );
+    }
+
+    #[test]
+    fn threads_increment_one_counter() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm
+            .mmap(0, 4096, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS)
+            .unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let mm = Arc::clone(&mm);
+                std::thread::spawn(move || (0..1000).for_each(|_| drop(mm.atomic_fetch_add(va, 1))))
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(mm.read_u64(va), Ok(4000));
+    }
+
+    #[test]
+    fn dirty_and_accessed_bits_follow_accesses() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm
+            .mmap(0, 4096, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS)
+            .unwrap();
+        mm.write_u64(va, 1).unwrap();
+        let (_, entry) = crate::testing::leaf(&mm, va);
+        assert!(entry.is_dirty() && entry.is_accessed());
+        assert_eq!(
+            mm.write_bytes(u64::MAX - 3, &[0; 8]).unwrap_err().errno(),
+            Errno::Inval
+        );
+    }
+}

@@ -93,3 +93,88 @@ fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool) -> Resul
         ControlFlow::Break(error) => Err(error),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hmm_pagetable::Level;
+    use hmm_types::{Event, MapFlags, Prot, PMD_SIZE};
+
+    use crate::testing::{kernel, leaf, record};
+    use crate::ThpMode;
+
+    const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+
+    #[test]
+    fn private_memory_is_copy_on_write_both_ways() {
+        let k = kernel(64, ThpMode::Never);
+        let parent = k.create_mm().unwrap();
+        let va = parent.mmap(0, 2 * 4096, Prot::RW, ANON).unwrap();
+        parent.write_u64(va, 1).unwrap();
+        let rec = record(&parent);
+        let child = parent.fork().unwrap();
+        assert_eq!(
+            rec.take_events(),
+            [(Event::ProtectionPage, va, va + 2 * 4096)]
+        );
+        assert!(!leaf(&parent, va).1.is_write() && !leaf(&child, va).1.is_write());
+        assert_eq!(k.phys().folio_counts(leaf(&parent, va).1.pfn()), (2, 2));
+        parent.write_u64(va, 2).unwrap();
+        assert_eq!(
+            rec.take_events(),
+            [(Event::Clear, va, va + 4096)],
+            "the COW break is a CLEAR"
+        );
+        assert_eq!(child.read_u64(va).unwrap(), 1);
+        child.write_u64(va, 3).unwrap();
+        assert_eq!(parent.read_u64(va).unwrap(), 2);
+        assert_eq!(child.read_u64(va).unwrap(), 3);
+        assert_eq!(
+            k.phys().folio_counts(leaf(&child, va).1.pfn()),
+            (1, 1),
+            "the last sharer reused its page"
+        );
+        child.exit();
+    }
+
+    #[test]
+    fn shared_memory_stays_shared() {
+        let parent = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = parent
+            .mmap(0, 4096, Prot::RW, MapFlags::SHARED | MapFlags::ANONYMOUS)
+            .unwrap();
+        parent.write_u64(va, 1).unwrap();
+        let rec = record(&parent);
+        let child = parent.fork().unwrap();
+        assert!(
+            rec.take_events().is_empty(),
+            "shared mappings are not write-protected"
+        );
+        child.write_u64(va, 2).unwrap();
+        assert_eq!(parent.read_u64(va).unwrap(), 2);
+        parent.write_u64(va, 3).unwrap();
+        assert_eq!(child.read_u64(va).unwrap(), 3);
+        child.exit();
+    }
+
+    #[test]
+    fn a_thp_is_shared_then_split_on_write() {
+        let k = kernel(64, ThpMode::Always);
+        let parent = k.create_mm().unwrap();
+        let va = parent.mmap(0, PMD_SIZE, Prot::RW, ANON).unwrap();
+        parent.write_u64(va + 4096, 1).unwrap();
+        let child = parent.fork().unwrap();
+        assert_eq!(leaf(&child, va).0, Level::Pmd);
+        let rec = record(&parent);
+        parent.write_u64(va + 4096, 2).unwrap();
+        assert_eq!(
+            rec.take_events(),
+            [
+                (Event::Clear, va, va + PMD_SIZE),
+                (Event::Clear, va + 4096, va + 8192)
+            ]
+        );
+        assert_eq!(child.read_u64(va + 4096).unwrap(), 1);
+        assert_eq!(parent.read_u64(va + 4096).unwrap(), 2);
+        child.exit();
+    }
+}

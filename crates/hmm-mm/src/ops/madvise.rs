@@ -266,3 +266,144 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use hmm_pagetable::Level;
+    use hmm_types::{Errno, Event, MadviseAdvice, MapFlags, Prot, PMD_SIZE};
+
+    use crate::testing::{kernel, leaf, record};
+    use crate::ThpMode;
+
+    const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+    const SHARED: MapFlags = MapFlags::SHARED.union(MapFlags::ANONYMOUS);
+
+    #[test]
+    fn dontneed_zeroes_private_and_keeps_shared() {
+        let k = kernel(64, ThpMode::Never);
+        let mm = k.create_mm().unwrap();
+        let private = mm.mmap(0, 2 * 4096, Prot::RW, ANON).unwrap();
+        let shared = mm.mmap(0, 4096, Prot::RW, SHARED).unwrap();
+        mm.write_u64(private, 1).unwrap();
+        mm.write_u64(shared, 2).unwrap();
+        let rec = record(&mm);
+        mm.madvise(private, 2 * 4096, MadviseAdvice::DontNeed)
+            .unwrap();
+        mm.madvise(shared, 4096, MadviseAdvice::DontNeed).unwrap();
+        assert_eq!(
+            rec.take_events(),
+            [
+                (Event::Clear, private, private + 8192),
+                (Event::Clear, shared, shared + 4096)
+            ]
+        );
+        assert_eq!(mm.read_u64(private).unwrap(), 0);
+        assert_eq!(mm.read_u64(shared).unwrap(), 2, "shmem keeps its pages");
+    }
+
+    #[test]
+    fn free_keeps_data_without_pressure_and_refuses_shared() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0, 4096, Prot::RW, ANON).unwrap();
+        mm.write_u64(va, 3).unwrap();
+        mm.madvise(va, 4096, MadviseAdvice::Free).unwrap();
+        assert!(!leaf(&mm, va).1.is_dirty());
+        assert_eq!(mm.read_u64(va).unwrap(), 3);
+        let shared = mm.mmap(0, 4096, Prot::RW, SHARED).unwrap();
+        assert_eq!(
+            mm.madvise(shared, 4096, MadviseAdvice::Free)
+                .unwrap_err()
+                .errno(),
+            Errno::Inval
+        );
+    }
+
+    #[test]
+    fn nohugepage_disables_thp_and_splits_the_vma() {
+        let mm = kernel(64, ThpMode::Always).create_mm().unwrap();
+        let va = mm.mmap(0, 2 * PMD_SIZE, Prot::RW, ANON).unwrap();
+        mm.madvise(va, PMD_SIZE, MadviseAdvice::NoHugePage).unwrap();
+        assert_eq!(mm.mmap_read().len(), 2);
+        mm.write_u64(va, 1).unwrap();
+        mm.write_u64(va + PMD_SIZE, 1).unwrap();
+        assert_eq!(leaf(&mm, va).0, Level::Pte);
+        assert_eq!(leaf(&mm, va + PMD_SIZE).0, Level::Pmd);
+    }
+
+    #[test]
+    fn populate_write_and_errors() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0, 4 * 4096, Prot::RW, ANON).unwrap();
+        mm.madvise(va, 4 * 4096, MadviseAdvice::PopulateWrite)
+            .unwrap();
+        assert!((0..4).all(|i| leaf(&mm, va + i * 4096).1.is_write()));
+        let ro = mm.mmap(0, 4096, Prot::READ, ANON).unwrap();
+        assert_eq!(
+            mm.madvise(ro, 4096, MadviseAdvice::PopulateWrite)
+                .unwrap_err()
+                .errno(),
+            Errno::Fault
+        );
+        assert_eq!(
+            mm.madvise(va + 1, 4096, MadviseAdvice::DontNeed)
+                .unwrap_err()
+                .errno(),
+            Errno::Inval
+        );
+        assert_eq!(
+            mm.madvise(va, 8 << 20, MadviseAdvice::DontNeed)
+                .unwrap_err()
+                .errno(),
+            Errno::NoMem
+        );
+        assert_eq!(
+            mm.read_u64(va).unwrap(),
+            0,
+            "the failed DONTNEED changed nothing"
+        );
+        assert_eq!(mm.madvise(va, 0, MadviseAdvice::DontNeed), Ok(()));
+    }
+
+    #[test]
+    fn collapse_builds_a_thp_with_the_same_data() {
+        let k = kernel(64, ThpMode::Never);
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap(0, PMD_SIZE, Prot::RW, ANON).unwrap();
+        for i in (0..512).step_by(3) {
+            mm.write_u64(va + i * 4096, i).unwrap();
+        }
+        assert_eq!(leaf(&mm, va).0, Level::Pte);
+        let baseline_tables = k.phys().page_table_frames();
+        let rec = record(&mm);
+        mm.madvise(va, PMD_SIZE, MadviseAdvice::Collapse).unwrap();
+        assert_eq!(rec.take_events(), [(Event::Clear, va, va + PMD_SIZE)]);
+        assert_eq!(leaf(&mm, va).0, Level::Pmd);
+        assert_eq!(
+            k.phys().page_table_frames(),
+            baseline_tables - 1,
+            "the PTE table is freed"
+        );
+        for i in 0..512 {
+            assert_eq!(
+                mm.read_u64(va + i * 4096).unwrap(),
+                if i % 3 == 0 { i } else { 0 }
+            );
+        }
+    }
+
+    #[test]
+    fn dontfork_and_wipeonfork() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let skipped = mm.mmap(0, 4096, Prot::RW, ANON).unwrap();
+        let wiped = mm.mmap(0, 4096, Prot::RW, ANON).unwrap();
+        mm.write_u64(skipped, 1).unwrap();
+        mm.write_u64(wiped, 2).unwrap();
+        mm.madvise(skipped, 4096, MadviseAdvice::DontFork).unwrap();
+        mm.madvise(wiped, 4096, MadviseAdvice::WipeOnFork).unwrap();
+        let child = mm.fork().unwrap();
+        assert_eq!(child.read_u64(skipped).unwrap_err().errno(), Errno::Fault);
+        assert_eq!(child.read_u64(wiped).unwrap(), 0);
+        assert_eq!(mm.read_u64(wiped).unwrap(), 2);
+        child.exit();
+    }
+}

@@ -7,12 +7,12 @@
 use core::ops::ControlFlow;
 
 use hmm_pagetable::{EnsureError, Entry, Level, Visit};
-use hmm_types::{Event, MremapFlags, VmFlags, PAGE_SIZE, TASK_SIZE};
+use hmm_types::{Event, MremapFlags, VmFlags, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
 
 use crate::error::MmError;
 use crate::huge::split_huge_at;
 use crate::mm::{Mm, MmapWriteGuard};
-use crate::vma::{Vma, VmaBacking};
+use crate::vma::Vma;
 
 use super::unmap_locked;
 
@@ -130,6 +130,20 @@ impl Mm {
     }
 }
 
+/// Address and level of every non-none leaf in `[start, end)`.
+fn collect_leaves(mm: &Mm, start: u64, end: u64) -> Vec<(u64, Level)> {
+    let mut leaves = Vec::new();
+    let _ = mm.pgtable().walk(start, end, |visit| {
+        if let Visit::Slot { slot, entry } = visit {
+            if !entry.is_none() {
+                leaves.push((slot.va(), slot.level()));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    leaves
+}
+
 /// Moves `[old, old + len)` of `vma` to `new` and gives the new mapping
 /// `new_len` bytes. The destination is free. Tables are built before the
 /// invalidation starts, so a failure changes nothing.
@@ -147,35 +161,21 @@ fn move_mapping(
     split_huge_at(mm, old + len)?;
     // Huge leaves can keep their level only if the shift keeps them aligned.
     let shift = new.wrapping_sub(old);
-    let mut leaves = Vec::new();
-    let _ = mm.pgtable().walk(old, old + len, |visit| {
-        if let Visit::Slot { slot, entry } = visit {
-            if !entry.is_none() {
-                leaves.push((slot.va(), slot.level()));
-            }
-        }
-        ControlFlow::<()>::Continue(())
-    });
+    let mut leaves = collect_leaves(mm, old, old + len);
     for (va, level) in &mut leaves {
         if *level > Level::Pte && shift % level.entry_bytes() != 0 {
-            let mut probe = *va;
-            while probe < *va + level.entry_bytes() {
-                split_huge_at(mm, probe + PAGE_SIZE)?;
-                probe += PAGE_SIZE;
+            // Splitting at the second page of each 2 MiB block takes it all
+            // the way down to PTEs (a PUD leaf first becomes PMD leaves).
+            let mut block = *va;
+            while block < *va + level.entry_bytes() {
+                split_huge_at(mm, block + PAGE_SIZE)?;
+                block += PMD_SIZE;
             }
         }
     }
-    let mut leaves = Vec::new();
-    let _ = mm.pgtable().walk(old, old + len, |visit| {
-        if let Visit::Slot { slot, entry } = visit {
-            if !entry.is_none() {
-                leaves.push((slot.va(), slot.level()));
-            }
-        }
-        ControlFlow::<()>::Continue(())
-    });
+    let leaves = collect_leaves(mm, old, old + len);
     for &(va, level) in &leaves {
-        match mm.pgtable().ensure(va + shift, level) {
+        match mm.pgtable().ensure(va.wrapping_add(shift), level) {
             Ok(_) => {}
             Err(EnsureError::NoMem(_)) => return Err(MmError::NoMem),
             Err(EnsureError::Leaf(_)) => unreachable!("the destination range is unmapped"),
@@ -186,7 +186,7 @@ fn move_mapping(
     for &(va, level) in &leaves {
         let from = mm.pgtable().find(va);
         let entry = from.swap(Entry::NONE);
-        let Ok(to) = mm.pgtable().ensure(va + shift, level) else {
+        let Ok(to) = mm.pgtable().ensure(va.wrapping_add(shift), level) else {
             unreachable!("destination tables were built above");
         };
         to.store(entry);
@@ -194,10 +194,7 @@ fn move_mapping(
     let mut moved = vma.clone();
     moved.start = new;
     moved.end = new + new_len;
-    moved.pgoff = match vma.backing {
-        VmaBacking::Anon => vma.page_index(old),
-        VmaBacking::Shmem(_) => vma.page_index(old),
-    };
+    moved.pgoff = vma.page_index(old);
     if !flags.contains(MremapFlags::DONTUNMAP) {
         guard.vmas_mut().remove_range(old, old + len);
     }
@@ -206,4 +203,138 @@ fn move_mapping(
     invalidation.end();
     mm.pgtable().free_empty_tables(old, old + len);
     Ok(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use hmm_pagetable::Level;
+    use hmm_types::{Errno, Event, MapFlags, MremapFlags, Prot, PMD_SIZE};
+
+    use crate::testing::{kernel, leaf, record};
+    use crate::ThpMode;
+
+    const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+
+    #[test]
+    fn grow_in_place_and_shrink() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0x3000_0000, 2 * 4096, Prot::RW, ANON).unwrap();
+        mm.write_u64(va, 1).unwrap();
+        assert_eq!(
+            mm.mremap(va, 2 * 4096, 4 * 4096, MremapFlags::empty(), 0),
+            Ok(va)
+        );
+        mm.write_u64(va + 3 * 4096, 2).unwrap();
+        let rec = record(&mm);
+        assert_eq!(
+            mm.mremap(va, 4 * 4096, 4096, MremapFlags::empty(), 0),
+            Ok(va)
+        );
+        assert_eq!(
+            rec.take_events(),
+            [(Event::Unmap, va + 4096, va + 4 * 4096)]
+        );
+        assert_eq!(mm.read_u64(va).unwrap(), 1);
+        assert_eq!(mm.read_u64(va + 4096).unwrap_err().errno(), Errno::Fault);
+    }
+
+    #[test]
+    fn a_blocked_grow_moves_with_maymove_and_keeps_data() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0x3000_0000, 2 * 4096, Prot::RW, ANON).unwrap();
+        mm.mmap(va + 2 * 4096, 4096, Prot::RW, ANON | MapFlags::FIXED)
+            .unwrap();
+        mm.mprotect(va + 2 * 4096, 4096, Prot::READ).unwrap();
+        mm.write_u64(va + 4096, 77).unwrap();
+        assert_eq!(
+            mm.mremap(va, 2 * 4096, 8 * 4096, MremapFlags::empty(), 0)
+                .unwrap_err()
+                .errno(),
+            Errno::NoMem
+        );
+        let rec = record(&mm);
+        let moved = mm
+            .mremap(va, 2 * 4096, 8 * 4096, MremapFlags::MAYMOVE, 0)
+            .unwrap();
+        assert_ne!(moved, va);
+        assert_eq!(rec.take_events(), [(Event::Unmap, va, va + 2 * 4096)]);
+        assert_eq!(mm.read_u64(moved + 4096).unwrap(), 77);
+        assert_eq!(mm.read_u64(moved + 7 * 4096).unwrap(), 0);
+        assert_eq!(mm.read_u64(va).unwrap_err().errno(), Errno::Fault);
+    }
+
+    #[test]
+    fn fixed_and_dontunmap() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0x3000_0000, 4096, Prot::RW, ANON).unwrap();
+        mm.write_u64(va, 5).unwrap();
+        let target = 0x5000_0000;
+        let flags = MremapFlags::MAYMOVE | MremapFlags::FIXED | MremapFlags::DONTUNMAP;
+        assert_eq!(mm.mremap(va, 4096, 4096, flags, target), Ok(target));
+        assert_eq!(mm.read_u64(target).unwrap(), 5);
+        assert_eq!(
+            mm.read_u64(va).unwrap(),
+            0,
+            "DONTUNMAP leaves the old range mapped and empty"
+        );
+    }
+
+    #[test]
+    fn thp_moves_whole_when_alignment_allows() {
+        let mm = kernel(64, ThpMode::Always).create_mm().unwrap();
+        let va = mm.mmap(0, PMD_SIZE, Prot::RW, ANON).unwrap();
+        mm.write_u64(va + 8, 6).unwrap();
+        let target = 0x6000_0000;
+        let flags = MremapFlags::MAYMOVE | MremapFlags::FIXED;
+        assert_eq!(mm.mremap(va, PMD_SIZE, PMD_SIZE, flags, target), Ok(target));
+        assert_eq!(leaf(&mm, target).0, Level::Pmd);
+        assert_eq!(mm.read_u64(target + 8).unwrap(), 6);
+        let odd = 0x7000_1000;
+        assert_eq!(mm.mremap(target, PMD_SIZE, PMD_SIZE, flags, odd), Ok(odd));
+        assert_eq!(leaf(&mm, odd).0, Level::Pte);
+        assert_eq!(mm.read_u64(odd + 8).unwrap(), 6);
+    }
+
+    #[test]
+    fn bad_arguments() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0x3000_0000, 2 * 4096, Prot::RW, ANON).unwrap();
+        let errno = |r: Result<u64, crate::MmError>| r.unwrap_err().errno();
+        assert_eq!(
+            errno(mm.mremap(va + 1, 4096, 4096, MremapFlags::empty(), 0)),
+            Errno::Inval
+        );
+        assert_eq!(
+            errno(mm.mremap(va, 4096, 4096, MremapFlags::FIXED, 0x5000_0000)),
+            Errno::Inval
+        );
+        assert_eq!(
+            errno(mm.mremap(va, 4096, 0, MremapFlags::empty(), 0)),
+            Errno::Inval
+        );
+        assert_eq!(
+            errno(mm.mremap(
+                va,
+                4096,
+                8192,
+                MremapFlags::MAYMOVE | MremapFlags::DONTUNMAP,
+                0
+            )),
+            Errno::Inval
+        );
+        assert_eq!(
+            errno(mm.mremap(0x7000_0000, 4096, 8192, MremapFlags::MAYMOVE, 0)),
+            Errno::Fault
+        );
+        assert_eq!(
+            errno(mm.mremap(va, 3 * 4096, 4096, MremapFlags::empty(), 0)),
+            Errno::Fault
+        );
+        let flags = MremapFlags::MAYMOVE | MremapFlags::FIXED;
+        assert_eq!(
+            errno(mm.mremap(va, 2 * 4096, 2 * 4096, flags, va + 4096)),
+            Errno::Inval
+        );
+        assert_eq!(mm.mmap_read().len(), 1);
+    }
 }

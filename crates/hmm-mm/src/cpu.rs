@@ -72,15 +72,8 @@ impl Mm {
 
     /// Atomically replaces the u64 at the 8-aligned `va` with `new` if it
     /// equals `current` (`lock cmpxchg`); returns what was there.
-    pub fn atomic_compare_exchange(
-        &self,
-        va: u64,
-        current: u64,
-        new: u64,
-    ) -> Result<Result<u64, u64>, MmError> {
-        self.atomic_rmw(va, |cell| {
-            cell.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
-        })
+    pub fn atomic_compare_exchange(&self, va: u64, current: u64, new: u64) -> Result<Result<u64, u64>, MmError> {
+        self.atomic_rmw(va, |cell| cell.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst))
     }
 
     fn atomic_rmw<R>(&self, va: u64, op: impl FnOnce(&AtomicU64) -> R) -> Result<R, MmError> {
@@ -102,19 +95,13 @@ fn for_each_page(
     write: bool,
     mut access: impl FnMut(&Held<'_>, u64, core::ops::Range<usize>),
 ) -> Result<(), MmError> {
-    let end = va
-        .checked_add(len as u64)
-        .ok_or(MmError::Invalid("access wraps the address space"))?;
+    let end = va.checked_add(len as u64).ok_or(MmError::Invalid("access wraps the address space"))?;
     let mut cursor = va;
     while cursor < end {
         let page_end = ((cursor | (PAGE_SIZE - 1)) + 1).min(end);
         let held = translate_or_fault(guard, cursor, write)?;
         let done = (cursor - va) as usize;
-        access(
-            &held,
-            cursor % PAGE_SIZE,
-            done..done + (page_end - cursor) as usize,
-        );
+        access(&held, cursor % PAGE_SIZE, done..done + (page_end - cursor) as usize);
         cursor = page_end;
     }
     Ok(())
@@ -122,11 +109,7 @@ fn for_each_page(
 
 /// The frame behind `va`, held, faulting it in (or upgrading it for a
 /// write) as needed.
-fn translate_or_fault<'a>(
-    guard: &MmapReadGuard<'a>,
-    va: u64,
-    write: bool,
-) -> Result<Held<'a>, MmError> {
+fn translate_or_fault<'a>(guard: &MmapReadGuard<'a>, va: u64, write: bool) -> Result<Held<'a>, MmError> {
     let mm = guard.mm();
     loop {
         if let Some(held) = translate(mm, va, write) {
@@ -136,11 +119,7 @@ fn translate_or_fault<'a>(
             addr: va,
             error: crate::error::FaultError::Segv(crate::error::SegvReason::NotMapped),
         })?;
-        let flags = if write {
-            FaultFlags::WRITE
-        } else {
-            FaultFlags::empty()
-        };
+        let flags = if write { FaultFlags::WRITE } else { FaultFlags::empty() };
         handle_fault(mm, vma, va, flags).map_err(|error| match error {
             crate::error::FaultError::Oom => MmError::NoMem,
             error => MmError::Fault { addr: va, error },
@@ -170,8 +149,7 @@ fn translate(mm: &Mm, va: u64, write: bool) -> Option<Held<'_>> {
     let still_mapped = if entry.raw() & wanted == wanted {
         slot.load() == entry
     } else {
-        slot.compare_exchange(entry, Entry::from_raw(entry.raw() | wanted))
-            .is_ok()
+        slot.compare_exchange(entry, Entry::from_raw(entry.raw() | wanted)).is_ok()
     };
     still_mapped.then_some(held)
 }
@@ -188,29 +166,19 @@ mod tests {
     #[test]
     fn atomics_need_alignment_and_write_access() {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
-        let va = mm
-            .mmap(0, 4096, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS)
-            .unwrap();
-        assert_eq!(
-            mm.atomic_fetch_add(va + 4, 1).unwrap_err().errno(),
-            Errno::Inval
-        );
+        let va = mm.mmap(0, 4096, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS).unwrap();
+        assert_eq!(mm.atomic_fetch_add(va + 4, 1).unwrap_err().errno(), Errno::Inval);
         assert_eq!(mm.atomic_fetch_add(va + 8, 5), Ok(0));
         assert_eq!(mm.atomic_compare_exchange(va + 8, 5, 9), Ok(Ok(5)));
         assert_eq!(mm.atomic_compare_exchange(va + 8, 5, 1), Ok(Err(9)));
         mm.mprotect(va, 4096, Prot::READ).unwrap();
-        assert_eq!(
-            mm.atomic_fetch_add(va + 8, 1).unwrap_err().errno(),
-            Errno::Fault
-        );
+        assert_eq!(mm.atomic_fetch_add(va + 8, 1).unwrap_err().errno(), Errno::Fault);
     }
 
     #[test]
     fn threads_increment_one_counter() {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
-        let va = mm
-            .mmap(0, 4096, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS)
-            .unwrap();
+        let va = mm.mmap(0, 4096, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let mm = Arc::clone(&mm);
@@ -224,15 +192,10 @@ mod tests {
     #[test]
     fn dirty_and_accessed_bits_follow_accesses() {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
-        let va = mm
-            .mmap(0, 4096, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS)
-            .unwrap();
+        let va = mm.mmap(0, 4096, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS).unwrap();
         mm.write_u64(va, 1).unwrap();
         let (_, entry) = crate::testing::leaf(&mm, va);
         assert!(entry.is_dirty() && entry.is_accessed());
-        assert_eq!(
-            mm.write_bytes(u64::MAX - 3, &[0; 8]).unwrap_err().errno(),
-            Errno::Inval
-        );
+        assert_eq!(mm.write_bytes(u64::MAX - 3, &[0; 8]).unwrap_err().errno(), Errno::Inval);
     }
 }

@@ -75,6 +75,18 @@ pub enum MmError {
     /// The address space has exited.
     #[error("the address space has exited")]
     Exited,
+    /// The file descriptor does not allow the operation.
+    #[error("bad file descriptor: {0}")]
+    BadFile(&'static str),
+    /// No such file.
+    #[error("no such file or directory: {0}")]
+    NoEntry(&'static str),
+    /// A file offset past the largest file size.
+    #[error("file too large: {0}")]
+    FileTooBig(&'static str),
+    /// An offset or size does not fit.
+    #[error("value too large: {0}")]
+    Overflow(&'static str),
 }
 
 impl MmError {
@@ -90,6 +102,10 @@ impl MmError {
             Self::Busy(_) => Errno::Busy,
             Self::Again => Errno::Again,
             Self::Exited => Errno::Srch,
+            Self::BadFile(_) => Errno::BadF,
+            Self::NoEntry(_) => Errno::NoEnt,
+            Self::Overflow(_) => Errno::Overflow,
+            Self::FileTooBig(_) => Errno::FBig,
         }
     }
     /// Wraps a range validation errno from [`VaRange`].
@@ -120,18 +136,8 @@ mod tests {
     #[test]
     fn errno_mapping() {
         assert_eq!(MmError::Invalid("x").errno(), Errno::Inval);
-        assert_eq!(
-            MmError::Fault {
-                addr: 0,
-                error: FaultError::Segv(SegvReason::NotMapped)
-            }
-            .errno(),
-            Errno::Fault
-        );
-        assert_eq!(
-            MmError::Exists(VaRange::new(0x1000, 0x1000).unwrap()).errno(),
-            Errno::Exist
-        );
+        assert_eq!(MmError::Fault { addr: 0, error: FaultError::Segv(SegvReason::NotMapped) }.errno(), Errno::Fault);
+        assert_eq!(MmError::Exists(VaRange::new(0x1000, 0x1000).unwrap()).errno(), Errno::Exist);
         assert_eq!(MmError::Exited.errno(), Errno::Srch);
     }
 }

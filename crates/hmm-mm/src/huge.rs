@@ -21,16 +21,10 @@ pub(crate) fn split_huge_leaf(mm: &Mm, slot: Slot<'_>, entry: Entry) -> Result<b
     debug_assert!(slot.level() > Level::Pte && entry.is_leaf(slot.level()));
     let phys = mm.phys();
     let va = slot.va();
-    let invalidation =
-        mm.notifiers()
-            .start(mm.id(), va, va + slot.level().entry_bytes(), Event::Clear);
+    let invalidation = mm.notifiers().start(mm.id(), va, va + slot.level().entry_bytes(), Event::Clear);
     let pt = mm.pgtable();
     let split = if entry.is_present() && phys.is_zero_pfn(entry.pfn()) {
-        let flags = LeafFlags {
-            special: true,
-            accessed: entry.is_accessed(),
-            ..LeafFlags::default()
-        };
+        let flags = LeafFlags { special: true, accessed: entry.is_accessed(), ..LeafFlags::default() };
         let mut zero = Entry::present(phys.zero_pfn(), flags, false);
         if entry.is_protnone() {
             zero = zero.mkprotnone();
@@ -61,10 +55,7 @@ pub(crate) fn split_huge_at(mm: &Mm, va: u64) -> Result<(), MmError> {
     loop {
         let slot = mm.pgtable().find(va);
         let entry = slot.load();
-        if slot.level() == Level::Pte
-            || !entry.is_leaf(slot.level())
-            || va % slot.level().entry_bytes() == 0
-        {
+        if slot.level() == Level::Pte || !entry.is_leaf(slot.level()) || va % slot.level().entry_bytes() == 0 {
             return Ok(());
         }
         split_huge_leaf(mm, slot, entry)?;

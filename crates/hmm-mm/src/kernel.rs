@@ -7,6 +7,7 @@ use std::sync::Arc;
 use hmm_types::MmId;
 
 use crate::error::MmError;
+use crate::fs::Tmpfs;
 use crate::mm::Mm;
 use crate::phys::PhysMem;
 
@@ -35,11 +36,7 @@ pub struct KernelConfig {
 
 impl Default for KernelConfig {
     fn default() -> Self {
-        Self {
-            ram_bytes: 1 << 30,
-            thp: ThpMode::Always,
-            use_huge_zero_page: true,
-        }
+        Self { ram_bytes: 1 << 30, thp: ThpMode::Always, use_huge_zero_page: true }
     }
 }
 
@@ -49,23 +46,25 @@ pub struct Kernel {
     phys: Arc<PhysMem>,
     config: KernelConfig,
     next_mm_id: AtomicU64,
+    tmpfs: Tmpfs,
 }
 
 impl Kernel {
     /// Boots a machine.
     pub fn new(config: KernelConfig) -> Result<Arc<Self>, MmError> {
-        let phys = PhysMem::new(config.ram_bytes)
-            .map_err(|_| MmError::Invalid("RAM size must be 4 MiB to 1 TiB"))?;
-        Ok(Arc::new(Self {
-            phys,
-            config,
-            next_mm_id: AtomicU64::new(1),
-        }))
+        let phys = PhysMem::new(config.ram_bytes).map_err(|_| MmError::Invalid("RAM size must be 4 MiB to 1 TiB"))?;
+        let tmpfs = Tmpfs::new(phys.clone());
+        Ok(Arc::new(Self { phys, config, tmpfs, next_mm_id: AtomicU64::new(1) }))
     }
 
     /// Physical memory.
     pub fn phys(&self) -> &Arc<PhysMem> {
         &self.phys
+    }
+
+    /// The tmpfs mount.
+    pub fn tmpfs(&self) -> &Tmpfs {
+        &self.tmpfs
     }
 
     /// The configuration.

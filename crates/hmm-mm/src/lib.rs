@@ -14,13 +14,13 @@
 pub mod cpu;
 mod error;
 pub mod fault;
+pub mod fs;
 mod huge;
 mod kernel;
 mod mm;
 mod notify;
 mod ops;
 pub mod phys;
-pub mod shmem;
 pub mod testing;
 pub mod vma;
 mod zap;

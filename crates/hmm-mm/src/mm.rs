@@ -12,7 +12,7 @@
 //! `mmget_not_zero`, `mmput`.
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -31,6 +31,7 @@ pub type CpuPageTable = PageTable<Arc<PhysMem>>;
 /// An address space.
 pub struct Mm {
     id: MmId,
+    this: Weak<Mm>,
     kernel: Arc<Kernel>,
     mmap_lock: RwLock<VmaTree>,
     pgtable: CpuPageTable,
@@ -41,17 +42,15 @@ pub struct Mm {
 
 impl core::fmt::Debug for Mm {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Mm")
-            .field("id", &self.id)
-            .field("users", &self.users)
-            .finish_non_exhaustive()
+        f.debug_struct("Mm").field("id", &self.id).field("users", &self.users).finish_non_exhaustive()
     }
 }
 
 impl Mm {
     pub(crate) fn new(kernel: Arc<Kernel>) -> Result<Arc<Self>, MmError> {
         let pgtable = PageTable::new(kernel.phys().clone())?;
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|this| Self {
+            this: this.clone(),
             id: kernel.next_mm_id(),
             kernel,
             mmap_lock: RwLock::new(VmaTree::default()),
@@ -65,6 +64,10 @@ impl Mm {
     /// Identity of the address space.
     pub fn id(&self) -> MmId {
         self.id
+    }
+    /// A weak reference to this address space (for reverse maps).
+    pub(crate) fn weak(&self) -> Weak<Mm> {
+        self.this.clone()
     }
     /// The machine it lives on.
     pub fn kernel(&self) -> &Arc<Kernel> {
@@ -88,17 +91,11 @@ impl Mm {
     }
     /// Takes the mmap lock for reading.
     pub fn mmap_read(&self) -> MmapReadGuard<'_> {
-        MmapReadGuard {
-            mm: self,
-            vmas: self.mmap_lock.read(),
-        }
+        MmapReadGuard { mm: self, vmas: self.mmap_lock.read() }
     }
     /// Takes the mmap lock for writing.
     pub fn mmap_write(&self) -> MmapWriteGuard<'_> {
-        MmapWriteGuard {
-            mm: self,
-            vmas: self.mmap_lock.write(),
-        }
+        MmapWriteGuard { mm: self, vmas: self.mmap_lock.write() }
     }
     /// True once the last user left and the address space was torn down.
     pub fn has_exited(&self) -> bool {
@@ -116,12 +113,7 @@ impl Mm {
             if current == 0 {
                 return None;
             }
-            match self.users.compare_exchange_weak(
-                current,
-                current + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self.users.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Some(MmUser { mm: self.clone() }),
                 Err(now) => current = now,
             }
@@ -228,16 +220,12 @@ impl core::ops::Deref for MmapWriteGuard<'_> {
 
 impl core::fmt::Debug for MmapReadGuard<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("MmapReadGuard")
-            .field("mm", &self.mm.id)
-            .finish()
+        f.debug_struct("MmapReadGuard").field("mm", &self.mm.id).finish()
     }
 }
 
 impl core::fmt::Debug for MmapWriteGuard<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("MmapWriteGuard")
-            .field("mm", &self.mm.id)
-            .finish()
+        f.debug_struct("MmapWriteGuard").field("mm", &self.mm.id).finish()
     }
 }

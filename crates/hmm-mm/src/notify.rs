@@ -23,9 +23,7 @@ pub struct NotifierChain {
 
 impl core::fmt::Debug for NotifierChain {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("NotifierChain")
-            .field("subscribers", &self.subscribers.read().len())
-            .finish()
+        f.debug_struct("NotifierChain").field("subscribers", &self.subscribers.read().len()).finish()
     }
 }
 
@@ -48,20 +46,12 @@ impl NotifierChain {
 
     /// Announces a blockable invalidation of `[start, end)`.
     pub fn start(&self, mm: MmId, start: u64, end: u64, event: Event) -> Invalidation {
-        self.start_range(NotifierRange::new(mm, start, end, event))
-            .expect("blockable invalidations cannot be refused")
+        self.start_range(NotifierRange::new(mm, start, end, event)).expect("blockable invalidations cannot be refused")
     }
 
     /// Announces a blockable invalidation carrying an owner (MIGRATE,
     /// EXCLUSIVE).
-    pub fn start_owned(
-        &self,
-        mm: MmId,
-        start: u64,
-        end: u64,
-        event: Event,
-        owner: Owner,
-    ) -> Invalidation {
+    pub fn start_owned(&self, mm: MmId, start: u64, end: u64, event: Event, owner: Owner) -> Invalidation {
         self.start_range(NotifierRange::new(mm, start, end, event).with_owner(owner))
             .expect("blockable invalidations cannot be refused")
     }
@@ -73,21 +63,14 @@ impl NotifierChain {
         let subscribers = self.subscribers.read().clone();
         for (index, sub) in subscribers.iter().enumerate() {
             if let Err(errno) = sub.invalidate_range_start(&range) {
-                assert!(
-                    !range.blockable,
-                    "a subscriber refused a blockable invalidation"
-                );
+                assert!(!range.blockable, "a subscriber refused a blockable invalidation");
                 for accepted in &subscribers[..index] {
                     accepted.invalidate_range_end(&range);
                 }
                 return Err(errno);
             }
         }
-        Ok(Invalidation {
-            range,
-            subscribers,
-            ended: false,
-        })
+        Ok(Invalidation { range, subscribers, ended: false })
     }
 
     /// Tears down: a RELEASE invalidation over the whole address space, then
@@ -112,10 +95,7 @@ pub struct Invalidation {
 
 impl core::fmt::Debug for Invalidation {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Invalidation")
-            .field("range", &self.range)
-            .field("ended", &self.ended)
-            .finish()
+        f.debug_struct("Invalidation").field("range", &self.range).field("ended", &self.ended).finish()
     }
 }
 

@@ -12,11 +12,7 @@ use crate::{Kernel, KernelConfig, Mm, ThpMode};
 
 /// A machine with `ram_mib` MiB of RAM and the given THP policy.
 pub fn kernel(ram_mib: u64, thp: ThpMode) -> Arc<Kernel> {
-    let config = KernelConfig {
-        ram_bytes: ram_mib << 20,
-        thp,
-        use_huge_zero_page: true,
-    };
+    let config = KernelConfig { ram_bytes: ram_mib << 20, thp, use_huge_zero_page: true };
     Kernel::new(config).expect("valid config")
 }
 
@@ -59,31 +55,10 @@ impl Recorder {
     /// checks that every start has its end.
     pub fn take_events(&self) -> Vec<(Event, u64, u64)> {
         let log = self.take();
-        let starts: Vec<_> = log
-            .iter()
-            .filter_map(|r| {
-                if let Recorded::Start(s) = r {
-                    Some(*s)
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let ends: Vec<_> = log
-            .iter()
-            .filter_map(|r| {
-                if let Recorded::End(s) = r {
-                    Some(*s)
-                } else {
-                    None
-                }
-            })
-            .collect();
-        assert_eq!(
-            starts.len(),
-            ends.len(),
-            "unbalanced invalidations: {log:?}"
-        );
+        let starts: Vec<_> =
+            log.iter().filter_map(|r| if let Recorded::Start(s) = r { Some(*s) } else { None }).collect();
+        let ends: Vec<_> = log.iter().filter_map(|r| if let Recorded::End(s) = r { Some(*s) } else { None }).collect();
+        assert_eq!(starts.len(), ends.len(), "unbalanced invalidations: {log:?}");
         starts.iter().map(|r| (r.event, r.start, r.end)).collect()
     }
 }

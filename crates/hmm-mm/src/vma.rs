@@ -12,22 +12,22 @@ use std::sync::Arc;
 
 use hmm_types::{VaRange, VmFlags, PAGE_SHIFT, PMD_SIZE, TASK_SIZE};
 
-use crate::shmem::ShmemObject;
+use crate::fs::Inode;
 
 /// What backs a VMA's pages.
 #[derive(Clone, Debug)]
 pub enum VmaBacking {
     /// Private anonymous memory.
     Anon,
-    /// Shared anonymous memory (shmem).
-    Shmem(Arc<ShmemObject>),
+    /// A file (shared anonymous memory is an unnamed tmpfs file).
+    File(Arc<Inode>),
 }
 
 impl VmaBacking {
     fn same_object(&self, other: &Self) -> bool {
         match (self, other) {
             (Self::Anon, Self::Anon) => true,
-            (Self::Shmem(a), Self::Shmem(b)) => Arc::ptr_eq(a, b),
+            (Self::File(a), Self::File(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -56,6 +56,13 @@ impl Vma {
     /// True for private anonymous memory (`vma_is_anonymous`).
     pub fn is_anonymous(&self) -> bool {
         matches!(self.backing, VmaBacking::Anon)
+    }
+    /// The file behind the VMA, if any.
+    pub fn file(&self) -> Option<&Arc<Inode>> {
+        match &self.backing {
+            VmaBacking::File(inode) => Some(inode),
+            VmaBacking::Anon => None,
+        }
     }
     /// True when writes must copy (`is_cow_mapping`: private and may write).
     pub fn is_cow_mapping(&self) -> bool {
@@ -115,23 +122,12 @@ impl VmaTree {
     }
     /// The VMA containing `va` (`vma_lookup`).
     pub fn lookup(&self, va: u64) -> Option<&Vma> {
-        self.vmas
-            .range(..=va)
-            .next_back()
-            .map(|(_, v)| v)
-            .filter(|v| va < v.end)
+        self.vmas.range(..=va).next_back().map(|(_, v)| v).filter(|v| va < v.end)
     }
     /// VMAs overlapping `[start, end)`, in order.
     pub fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = &Vma> {
-        let first = self
-            .vmas
-            .range(..start)
-            .next_back()
-            .filter(|(_, v)| v.end > start)
-            .map(|(_, v)| v);
-        first
-            .into_iter()
-            .chain(self.vmas.range(start..end).map(|(_, v)| v))
+        let first = self.vmas.range(..start).next_back().filter(|(_, v)| v.end > start).map(|(_, v)| v);
+        first.into_iter().chain(self.vmas.range(start..end).map(|(_, v)| v))
     }
     /// True when `[start, end)` is covered by VMAs with no gap.
     pub fn is_fully_mapped(&self, start: u64, end: u64) -> bool {
@@ -146,13 +142,7 @@ impl VmaTree {
     }
     /// Splits the VMA strictly containing `at`, if any, into two.
     pub fn split_at(&mut self, at: u64) {
-        let Some(vma) = self
-            .vmas
-            .range_mut(..at)
-            .next_back()
-            .map(|(_, v)| v)
-            .filter(|v| at < v.end)
-        else {
+        let Some(vma) = self.vmas.range_mut(..at).next_back().map(|(_, v)| v).filter(|v| at < v.end) else {
             return;
         };
         if vma.start == at {
@@ -167,16 +157,11 @@ impl VmaTree {
         self.split_at(start);
         self.split_at(end);
         let keys: Vec<u64> = self.vmas.range(start..end).map(|(&k, _)| k).collect();
-        keys.into_iter()
-            .filter_map(|k| self.vmas.remove(&k))
-            .collect()
+        keys.into_iter().filter_map(|k| self.vmas.remove(&k)).collect()
     }
     /// Inserts a VMA over a free range.
     pub fn insert(&mut self, vma: Vma) {
-        debug_assert!(
-            self.overlapping(vma.start, vma.end).next().is_none(),
-            "inserting over a mapping"
-        );
+        debug_assert!(self.overlapping(vma.start, vma.end).next().is_none(), "inserting over a mapping");
         self.vmas.insert(vma.start, vma);
     }
     /// Mutable access to the VMAs inside `[start, end)` after splitting at
@@ -188,11 +173,7 @@ impl VmaTree {
     }
     /// Merges compatible neighbours across `[start, end)` and its edges.
     pub fn merge_range(&mut self, start: u64, end: u64) {
-        let from = self
-            .vmas
-            .range(..start)
-            .next_back()
-            .map_or(start, |(&k, _)| k);
+        let from = self.vmas.range(..start).next_back().map_or(start, |(&k, _)| k);
         let keys: Vec<u64> = self.vmas.range(from..=end).map(|(&k, _)| k).collect();
         let mut prev: Option<u64> = None;
         for key in keys {
@@ -213,25 +194,15 @@ impl VmaTree {
     pub fn find_free(&self, len: u64, hint: Option<u64>) -> Option<u64> {
         if let Some(hint) = hint {
             let end = hint.checked_add(len)?;
-            if hint >= MMAP_MIN_ADDR
-                && end <= TASK_SIZE
-                && self.overlapping(hint, end).next().is_none()
-            {
+            if hint >= MMAP_MIN_ADDR && end <= TASK_SIZE && self.overlapping(hint, end).next().is_none() {
                 return Some(hint);
             }
         }
         let align = if len >= PMD_SIZE { PMD_SIZE } else { 1 };
         let mut ceiling = MMAP_BASE;
-        let mut gaps = self
-            .vmas
-            .range(..MMAP_BASE)
-            .rev()
-            .map(|(_, v)| (v.start, v.end))
-            .peekable();
+        let mut gaps = self.vmas.range(..MMAP_BASE).rev().map(|(_, v)| (v.start, v.end)).peekable();
         loop {
-            let floor = gaps
-                .peek()
-                .map_or(MMAP_MIN_ADDR, |&(_, end)| end.max(MMAP_MIN_ADDR));
+            let floor = gaps.peek().map_or(MMAP_MIN_ADDR, |&(_, end)| end.max(MMAP_MIN_ADDR));
             if ceiling >= len {
                 let start = (ceiling - len) & !(align - 1);
                 if start >= floor {
@@ -249,13 +220,7 @@ mod tests {
     use super::*;
 
     fn anon(start: u64, end: u64, flags: VmFlags) -> Vma {
-        Vma {
-            start,
-            end,
-            flags,
-            pgoff: start >> PAGE_SHIFT,
-            backing: VmaBacking::Anon,
-        }
+        Vma { start, end, flags, pgoff: start >> PAGE_SHIFT, backing: VmaBacking::Anon }
     }
 
     const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE);
@@ -297,11 +262,7 @@ mod tests {
         assert_eq!(b % PMD_SIZE, 0);
         assert!(b + (4 << 20) <= a);
         assert_eq!(tree.find_free(0x1000, Some(0x40_0000)), Some(0x40_0000));
-        assert_eq!(
-            tree.find_free(0x1000, Some(a)),
-            Some(a - 0x1000),
-            "a taken hint falls back to top-down"
-        );
+        assert_eq!(tree.find_free(0x1000, Some(a)), Some(a - 0x1000), "a taken hint falls back to top-down");
     }
 
     #[test]
@@ -309,10 +270,7 @@ mod tests {
         let mut tree = VmaTree::default();
         tree.insert(anon(0x10000, 0x20000, RW));
         tree.insert(anon(0x30000, 0x40000, RW));
-        let starts: Vec<u64> = tree
-            .overlapping(0x18000, 0x31000)
-            .map(|v| v.start)
-            .collect();
+        let starts: Vec<u64> = tree.overlapping(0x18000, 0x31000).map(|v| v.start).collect();
         assert_eq!(starts, [0x10000, 0x30000]);
     }
 }

@@ -89,6 +89,18 @@ enum Stop {
 /// leaves that straddle an edge. Runs under the mmap lock (read or write)
 /// and inside an invalidation the caller started.
 pub(crate) fn zap_range(mm: &Mm, start: u64, end: u64, gather: &mut Gather) -> Result<(), MmError> {
+    zap_range_if(mm, start, end, gather, |_| true)
+}
+
+/// Like [`zap_range`], for the entries `wanted` accepts (truncation of a
+/// file mapping keeps private COW copies when punching a hole).
+pub(crate) fn zap_range_if(
+    mm: &Mm,
+    start: u64,
+    end: u64,
+    gather: &mut Gather,
+    wanted: impl Fn(Entry) -> bool,
+) -> Result<(), MmError> {
     let phys = mm.phys();
     let mut cursor = start;
     loop {
@@ -96,7 +108,7 @@ pub(crate) fn zap_range(mm: &Mm, start: u64, end: u64, gather: &mut Gather) -> R
             let hmm_pagetable::Visit::Slot { slot, entry } = visit else {
                 return ControlFlow::Continue(());
             };
-            if entry.is_none() {
+            if entry.is_none() || !wanted(entry) {
                 return ControlFlow::Continue(());
             }
             let size = slot.level().entry_bytes();

@@ -16,14 +16,9 @@ pub struct ArenaStore {
 impl ArenaStore {
     /// An arena of `capacity` tables (4 KiB each).
     pub fn new(capacity: usize) -> Self {
-        let tables = (0..capacity)
-            .map(|_| core::array::from_fn(|_| AtomicU64::new(0)))
-            .collect();
+        let tables = (0..capacity).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect();
         let free = (0..capacity as TableId).rev().collect();
-        Self {
-            tables,
-            free: Mutex::new(free),
-        }
+        Self { tables, free: Mutex::new(free) }
     }
     /// Tables currently handed out.
     pub fn tables_in_use(&self) -> usize {

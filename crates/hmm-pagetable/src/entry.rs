@@ -72,10 +72,7 @@ impl SwapKind {
     }
     /// A migration entry of either direction.
     pub const fn is_migration(self) -> bool {
-        matches!(
-            self,
-            Self::MigrationRead | Self::MigrationReadExclusive | Self::MigrationWrite
-        )
+        matches!(self, Self::MigrationRead | Self::MigrationReadExclusive | Self::MigrationWrite)
     }
     /// A device-private entry of either direction.
     pub const fn is_device_private(self) -> bool {
@@ -83,9 +80,7 @@ impl SwapKind {
     }
     /// The offset field is a page frame number (not a swap slot).
     pub const fn has_pfn(self) -> bool {
-        self.is_migration()
-            || self.is_device_private()
-            || matches!(self, Self::DeviceExclusive | Self::Hwpoison)
+        self.is_migration() || self.is_device_private() || matches!(self, Self::DeviceExclusive | Self::Hwpoison)
     }
     /// The entry records a writable mapping.
     pub const fn is_write(self) -> bool {
@@ -249,22 +244,13 @@ impl Entry {
         } else if self.is_table(level) {
             EntryKind::Table(self.pfn().0)
         } else if self.is_present() {
-            EntryKind::Present {
-                pfn: self.pfn(),
-                flags: self.leaf_flags(),
-            }
+            EntryKind::Present { pfn: self.pfn(), flags: self.leaf_flags() }
         } else {
             match self.swap_kind() {
-                Some(kind) => EntryKind::NonPresent {
-                    kind,
-                    offset: self.pfn().0,
-                },
+                Some(kind) => EntryKind::NonPresent { kind, offset: self.pfn().0 },
                 // Not an encoding this engine writes; report it as a marker so
                 // callers treat it as "not a page" rather than crash.
-                None => EntryKind::NonPresent {
-                    kind: SwapKind::Marker,
-                    offset: 0,
-                },
+                None => EntryKind::NonPresent { kind: SwapKind::Marker, offset: 0 },
             }
         }
     }
@@ -355,13 +341,7 @@ impl fmt::Debug for Entry {
             }
             write!(f, ")")
         } else {
-            write!(
-                f,
-                "Entry({:?} {:#x}{})",
-                self.swap_kind(),
-                self.pfn().0,
-                if self.is_huge() { " huge" } else { "" }
-            )
+            write!(f, "Entry({:?} {:#x}{})", self.swap_kind(), self.pfn().0, if self.is_huge() { " huge" } else { "" })
         }
     }
 }
@@ -372,20 +352,9 @@ mod tests {
 
     #[test]
     fn present_round_trip() {
-        let flags = LeafFlags {
-            write: true,
-            dirty: true,
-            accessed: false,
-            special: false,
-        };
+        let flags = LeafFlags { write: true, dirty: true, accessed: false, special: false };
         let e = Entry::present(Pfn(0xabcde), flags, false);
-        assert_eq!(
-            e.kind(Level::Pte),
-            EntryKind::Present {
-                pfn: Pfn(0xabcde),
-                flags
-            }
-        );
+        assert_eq!(e.kind(Level::Pte), EntryKind::Present { pfn: Pfn(0xabcde), flags });
         assert!(!e.wrprotect().is_write());
         assert!(e.is_leaf(Level::Pte));
     }
@@ -413,26 +382,13 @@ mod tests {
         ] {
             let e = Entry::swap(kind, 0x1234, false);
             assert!(!e.is_present() && !e.is_none());
-            assert_eq!(
-                e.kind(Level::Pte),
-                EntryKind::NonPresent {
-                    kind,
-                    offset: 0x1234
-                }
-            );
+            assert_eq!(e.kind(Level::Pte), EntryKind::NonPresent { kind, offset: 0x1234 });
         }
     }
 
     #[test]
     fn split_advances_frames() {
-        let huge = Entry::present(
-            Pfn(0x40000),
-            LeafFlags {
-                write: true,
-                ..Default::default()
-            },
-            true,
-        );
+        let huge = Entry::present(Pfn(0x40000), LeafFlags { write: true, ..Default::default() }, true);
         let part = huge.split_part(Level::Pmd, 3);
         assert_eq!(part.pfn(), Pfn(0x40003));
         assert!(!part.is_huge() && part.is_write());

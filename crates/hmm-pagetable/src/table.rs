@@ -17,11 +17,7 @@ pub struct Slot<'a> {
 
 impl<'a> Slot<'a> {
     pub(crate) fn new(cell: &'a AtomicU64, level: Level, va: u64) -> Self {
-        Self {
-            cell,
-            level,
-            va: va & !(level.entry_bytes() - 1),
-        }
+        Self { cell, level, va: va & !(level.entry_bytes() - 1) }
     }
     /// The level of the table holding this slot.
     pub fn level(&self) -> Level {
@@ -42,12 +38,7 @@ impl<'a> Slot<'a> {
     /// Replaces `current` with `new`; on failure returns what is there.
     pub fn compare_exchange(&self, current: Entry, new: Entry) -> Result<Entry, Entry> {
         self.cell
-            .compare_exchange(
-                current.raw(),
-                new.raw(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
+            .compare_exchange(current.raw(), new.raw(), Ordering::AcqRel, Ordering::Acquire)
             .map(Entry::from_raw)
             .map_err(Entry::from_raw)
     }
@@ -64,13 +55,7 @@ impl<'a> Slot<'a> {
 
 impl fmt::Debug for Slot<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Slot({:?} @ {:#x} = {:?})",
-            self.level,
-            self.va,
-            self.load()
-        )
+        write!(f, "Slot({:?} @ {:#x} = {:?})", self.level, self.va, self.load())
     }
 }
 
@@ -91,9 +76,7 @@ pub struct PageTable<S: TableStore> {
 
 impl<S: TableStore> fmt::Debug for PageTable<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PageTable")
-            .field("root", &self.root)
-            .finish_non_exhaustive()
+        f.debug_struct("PageTable").field("root", &self.root).finish_non_exhaustive()
     }
 }
 
@@ -159,9 +142,7 @@ impl<S: TableStore> PageTable<S> {
                 return Err(EnsureError::Leaf(slot));
             }
             table = entry.pfn().0;
-            at = at
-                .child()
-                .expect("the loop returns at the target level before reaching below PTE");
+            at = at.child().expect("the loop returns at the target level before reaching below PTE");
         }
     }
 
@@ -211,9 +192,7 @@ impl<S: TableStore> PageTable<S> {
                 let index = level.index(va);
                 let entry_end = (va & !(span - 1)).saturating_add(span);
                 let entry = Entry::from_raw(cells[index].load(Ordering::Acquire));
-                if entry.is_table(level)
-                    && self.free_empty_in(entry.pfn().0, child, va, entry_end.min(end))
-                {
+                if entry.is_table(level) && self.free_empty_in(entry.pfn().0, child, va, entry_end.min(end)) {
                     cells[index].store(0, Ordering::Release);
                     self.store.free_table(entry.pfn().0);
                 }
@@ -271,14 +250,7 @@ mod tests {
     use hmm_types::Pfn;
 
     fn leaf(pfn: u64) -> Entry {
-        Entry::present(
-            Pfn(pfn),
-            LeafFlags {
-                write: true,
-                ..Default::default()
-            },
-            false,
-        )
+        Entry::present(Pfn(pfn), LeafFlags { write: true, ..Default::default() }, false)
     }
 
     #[test]
@@ -321,10 +293,7 @@ mod tests {
     #[test]
     fn out_of_tables_is_an_error() {
         let pt = PageTable::new(ArenaStore::new(2)).unwrap();
-        assert!(matches!(
-            pt.ensure(0x1000, Level::Pte),
-            Err(EnsureError::NoMem(_))
-        ));
+        assert!(matches!(pt.ensure(0x1000, Level::Pte), Err(EnsureError::NoMem(_))));
     }
 
     #[test]

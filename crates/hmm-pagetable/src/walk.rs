@@ -35,12 +35,7 @@ impl<S: TableStore> PageTable<S> {
     /// Visits `[start, end)` in address order; stops early when the visitor
     /// breaks. Readers may run concurrently with writers: each entry is read
     /// once, atomically.
-    pub fn walk<B>(
-        &self,
-        start: u64,
-        end: u64,
-        mut visit: impl FnMut(Visit<'_>) -> ControlFlow<B>,
-    ) -> ControlFlow<B> {
+    pub fn walk<B>(&self, start: u64, end: u64, mut visit: impl FnMut(Visit<'_>) -> ControlFlow<B>) -> ControlFlow<B> {
         if start >= end {
             return ControlFlow::Continue(());
         }
@@ -67,15 +62,8 @@ impl<S: TableStore> PageTable<S> {
                 Some(child) if entry.is_table(level) => {
                     self.walk_in(entry.pfn().0, child, va, entry_end, visit)?;
                 }
-                Some(_) if entry.is_none() => visit(Visit::Hole {
-                    start: va,
-                    end: entry_end,
-                    level,
-                })?,
-                _ => visit(Visit::Slot {
-                    slot: Slot::new(cell, level, va),
-                    entry,
-                })?,
+                Some(_) if entry.is_none() => visit(Visit::Hole { start: va, end: entry_end, level })?,
+                _ => visit(Visit::Slot { slot: Slot::new(cell, level, va), entry })?,
             }
             if entry_end == end {
                 break;
@@ -95,22 +83,15 @@ mod tests {
     #[test]
     fn walk_reports_holes_leaves_and_ptes_in_order() {
         let pt = PageTable::new(ArenaStore::new(32)).unwrap();
-        pt.ensure(0x20_0000, Level::Pmd)
-            .unwrap()
-            .store(Entry::present(Pfn(512), LeafFlags::default(), true));
-        pt.ensure(0x40_1000, Level::Pte)
-            .unwrap()
-            .store(Entry::present(Pfn(9), LeafFlags::default(), false));
+        pt.ensure(0x20_0000, Level::Pmd).unwrap().store(Entry::present(Pfn(512), LeafFlags::default(), true));
+        pt.ensure(0x40_1000, Level::Pte).unwrap().store(Entry::present(Pfn(9), LeafFlags::default(), false));
         let mut seen = Vec::new();
         let flow: ControlFlow<()> = pt.walk(0x1f_f000, 0x40_3000, |v| {
             seen.push(match v {
                 Visit::Hole { start, end, level } => format!("hole {start:#x}-{end:#x} {level:?}"),
-                Visit::Slot { slot, entry } => format!(
-                    "slot {:#x} {:?} none={}",
-                    slot.va(),
-                    slot.level(),
-                    entry.is_none()
-                ),
+                Visit::Slot { slot, entry } => {
+                    format!("slot {:#x} {:?} none={}", slot.va(), slot.level(), entry.is_none())
+                }
             });
             ControlFlow::Continue(())
         });

@@ -73,14 +73,7 @@ pub struct NotifierRange {
 impl NotifierRange {
     /// A blockable range with no owner, the common case.
     pub const fn new(mm: MmId, start: u64, end: u64, event: Event) -> Self {
-        Self {
-            mm,
-            start,
-            end,
-            event,
-            owner: None,
-            blockable: true,
-        }
+        Self { mm, start, end, event, owner: None, blockable: true }
     }
     /// The same range with an owner.
     pub const fn with_owner(mut self, owner: Owner) -> Self {

@@ -146,10 +146,7 @@ bitflags! {
 
 impl VmFlags {
     /// The flags Linux groups as `VM_SPECIAL`.
-    pub const SPECIAL: Self = Self::IO
-        .union(Self::DONTEXPAND)
-        .union(Self::PFNMAP)
-        .union(Self::MIXEDMAP);
+    pub const SPECIAL: Self = Self::IO.union(Self::DONTEXPAND).union(Self::PFNMAP).union(Self::MIXEDMAP);
 
     /// The current-access bits for a protection.
     pub fn from_prot(prot: Prot) -> Self {

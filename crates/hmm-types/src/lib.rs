@@ -18,10 +18,7 @@ mod event;
 mod flags;
 mod range;
 
-pub use addr::{
-    PageSize, Pfn, VirtAddr, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, PUD_SHIFT, PUD_SIZE,
-    TASK_SIZE,
-};
+pub use addr::{PageSize, Pfn, VirtAddr, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, PUD_SHIFT, PUD_SIZE, TASK_SIZE};
 pub use errno::Errno;
 pub use event::{Event, MmId, MmuNotifier, NotifierRange, Owner};
 pub use flags::{MadviseAdvice, MapFlags, MremapFlags, Prot, VmFlags};

@@ -120,10 +120,7 @@ mod tests {
         let a = VaRange::from_bounds(0x1000, 0x5000).unwrap();
         let b = VaRange::from_bounds(0x4000, 0x9000).unwrap();
         assert!(a.overlaps(b));
-        assert_eq!(
-            a.intersect(b),
-            Some(VaRange::from_bounds(0x4000, 0x5000).unwrap())
-        );
+        assert_eq!(a.intersect(b), Some(VaRange::from_bounds(0x4000, 0x5000).unwrap()));
         let c = VaRange::from_bounds(0x5000, 0x6000).unwrap();
         assert!(!a.overlaps(c));
         assert_eq!(a.intersect(c), None);

@@ -28,16 +28,7 @@ pub(crate) fn thp_allowed(mm: &Mm, vma: &Vma, va: u64) -> bool {
 }
 
 fn new_anon_entry(pfn: hmm_types::Pfn, huge: bool) -> Entry {
-    Entry::present(
-        pfn,
-        LeafFlags {
-            write: true,
-            dirty: true,
-            accessed: true,
-            special: false,
-        },
-        huge,
-    )
+    Entry::present(pfn, LeafFlags { write: true, dirty: true, accessed: true, special: false }, huge)
 }
 
 pub(super) fn fault(mm: &Mm, vma: &Vma, va: u64, write: bool) -> Result<(), FaultError> {
@@ -53,16 +44,10 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, va: u64, write: bool) -> Result<(), Faul
                     // Linux counts `thp_fault_fallback`.
                     if let Ok(folio) = phys.alloc_folio(9, true) {
                         phys.meta(folio).set_flags(
-                            PageFlags::ANON
-                                | PageFlags::SWAPBACKED
-                                | PageFlags::UPTODATE
-                                | PageFlags::ANON_EXCLUSIVE,
+                            PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE,
                         );
                         phys.map_add(folio, 1);
-                        if pmd
-                            .compare_exchange(Entry::NONE, new_anon_entry(folio, true))
-                            .is_ok()
-                        {
+                        if pmd.compare_exchange(Entry::NONE, new_anon_entry(folio, true)).is_ok() {
                             return Ok(());
                         }
                         phys.map_sub(folio, 1);
@@ -70,11 +55,7 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, va: u64, write: bool) -> Result<(), Faul
                         continue;
                     }
                 } else if mm.kernel().config().use_huge_zero_page {
-                    let flags = LeafFlags {
-                        special: true,
-                        accessed: true,
-                        ..LeafFlags::default()
-                    };
+                    let flags = LeafFlags { special: true, accessed: true, ..LeafFlags::default() };
                     let zero = Entry::present(phys.huge_zero_pfn(), flags, true);
                     if pmd.compare_exchange(Entry::NONE, zero).is_ok() {
                         return Ok(());
@@ -109,9 +90,7 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, va: u64, write: bool) -> Result<(), Faul
                     }
                     continue;
                 }
-                return Err(FaultError::Sigbus(
-                    "unexpected huge entry in anonymous memory",
-                ));
+                return Err(FaultError::Sigbus("unexpected huge entry in anonymous memory"));
             }
         };
         let entry = pte.load();
@@ -119,19 +98,12 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, va: u64, write: bool) -> Result<(), Faul
             let new = if write {
                 let page = phys.alloc_folio(0, true).map_err(|_| FaultError::Oom)?;
                 phys.meta(page).set_flags(
-                    PageFlags::ANON
-                        | PageFlags::SWAPBACKED
-                        | PageFlags::UPTODATE
-                        | PageFlags::ANON_EXCLUSIVE,
+                    PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE,
                 );
                 phys.map_add(page, 1);
                 new_anon_entry(page, false)
             } else {
-                let flags = LeafFlags {
-                    special: true,
-                    accessed: true,
-                    ..LeafFlags::default()
-                };
+                let flags = LeafFlags { special: true, accessed: true, ..LeafFlags::default() };
                 Entry::present(phys.zero_pfn(), flags, false)
             };
             if pte.compare_exchange(Entry::NONE, new).is_ok() {

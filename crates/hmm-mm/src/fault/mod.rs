@@ -4,7 +4,7 @@
 //! Dispatch lives here; each kind of fault has its own file:
 //! `anon.rs` (first touch of private anonymous memory, THP and zero pages),
 //! `wp.rs` (write to a read-only present page: reuse or copy-on-write),
-//! `shared.rs` (shared anonymous memory). All run under the mmap read lock
+//! `file.rs` (file mappings, including shared anonymous memory). All run under the mmap read lock
 //! and install entries by compare-and-swap, so concurrent faults on the same
 //! address are safe: the loser frees what it allocated and finds the
 //! winner's entry.
@@ -13,7 +13,7 @@
 //! `handle_pte_fault`).
 
 mod anon;
-mod shared;
+mod file;
 mod wp;
 
 use bitflags::bitflags;
@@ -40,27 +40,19 @@ impl MmapReadGuard<'_> {
     /// checked against the VMA first: a write to a read-only mapping, or any
     /// access to PROT_NONE, is SIGSEGV.
     pub fn handle_mm_fault(&self, va: u64, flags: FaultFlags) -> Result<(), FaultError> {
-        let vma = self
-            .vma(va)
-            .ok_or(FaultError::Segv(SegvReason::NotMapped))?;
+        let vma = self.vma(va).ok_or(FaultError::Segv(SegvReason::NotMapped))?;
         handle_fault(self.mm(), vma, va, flags)
     }
 }
 
 /// Fault handling once the VMA is known; the caller holds the mmap lock.
-pub(crate) fn handle_fault(
-    mm: &Mm,
-    vma: &Vma,
-    va: u64,
-    flags: FaultFlags,
-) -> Result<(), FaultError> {
+pub(crate) fn handle_fault(mm: &Mm, vma: &Vma, va: u64, flags: FaultFlags) -> Result<(), FaultError> {
     let write = flags.contains(FaultFlags::WRITE);
     // As on x86, write and exec permission imply read.
     let allowed = if write {
         vma.flags.contains(VmFlags::WRITE)
     } else {
-        vma.flags
-            .intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC)
+        vma.flags.intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC)
     };
     if !allowed {
         return Err(FaultError::Segv(SegvReason::Protection));
@@ -68,7 +60,7 @@ pub(crate) fn handle_fault(
     let va = va & !(hmm_types::PAGE_SIZE - 1);
     match &vma.backing {
         VmaBacking::Anon => anon::fault(mm, vma, va, write),
-        VmaBacking::Shmem(object) => shared::fault(mm, vma, object, va, write),
+        VmaBacking::File(inode) => file::fault(mm, vma, inode, va, write),
     }
 }
 
@@ -90,17 +82,10 @@ mod tests {
         let va = mm.mmap(0, 4096, Prot::RW, ANON).unwrap();
         assert_eq!(mm.read_u64(va).unwrap(), 0);
         let (level, entry) = leaf(&mm, va);
-        assert_eq!(
-            (level, entry.pfn(), entry.is_write()),
-            (Level::Pte, k.phys().zero_pfn(), false)
-        );
+        assert_eq!((level, entry.pfn(), entry.is_write()), (Level::Pte, k.phys().zero_pfn(), false));
         let rec = record(&mm);
         mm.write_u64(va, 1).unwrap();
-        assert_eq!(
-            rec.take_events(),
-            [(Event::Clear, va, va + 4096)],
-            "replacing the zero page is a CLEAR"
-        );
+        assert_eq!(rec.take_events(), [(Event::Clear, va, va + 4096)], "replacing the zero page is a CLEAR");
         let (_, entry) = leaf(&mm, va);
         assert!(entry.is_write() && entry.pfn() != k.phys().zero_pfn());
     }
@@ -129,11 +114,7 @@ mod tests {
         let rec = record(&mm);
         mm.write_u64(va + 8, 4).unwrap();
         let events = rec.take_events();
-        assert_eq!(
-            events[0],
-            (Event::Clear, va, va + PMD_SIZE),
-            "the huge zero page is split first"
-        );
+        assert_eq!(events[0], (Event::Clear, va, va + PMD_SIZE), "the huge zero page is split first");
         assert_eq!(leaf(&mm, va).0, Level::Pte);
         assert_eq!(mm.read_u64(va + 8).unwrap(), 4);
         assert_eq!(mm.read_u64(va + 4096).unwrap(), 0);
@@ -144,13 +125,8 @@ mod tests {
         let mm = kernel(64, ThpMode::Madvise).create_mm().unwrap();
         let va = mm.mmap(0, 2 * PMD_SIZE, Prot::RW, ANON).unwrap();
         mm.write_u64(va, 1).unwrap();
-        assert_eq!(
-            leaf(&mm, va).0,
-            Level::Pte,
-            "THP only on MADV_HUGEPAGE in madvise mode"
-        );
-        mm.madvise(va, 2 * PMD_SIZE, hmm_types::MadviseAdvice::HugePage)
-            .unwrap();
+        assert_eq!(leaf(&mm, va).0, Level::Pte, "THP only on MADV_HUGEPAGE in madvise mode");
+        mm.madvise(va, 2 * PMD_SIZE, hmm_types::MadviseAdvice::HugePage).unwrap();
         mm.write_u64(va + PMD_SIZE, 1).unwrap();
         assert_eq!(leaf(&mm, va + PMD_SIZE).0, Level::Pmd);
     }
@@ -160,10 +136,7 @@ mod tests {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
         let ro = mm.mmap(0, 4096, Prot::READ, ANON).unwrap();
         let none = mm.mmap(0, 4096, Prot::NONE, ANON).unwrap();
-        let segv = |addr| MmError::Fault {
-            addr,
-            error: FaultError::Segv(SegvReason::Protection),
-        };
+        let segv = |addr| MmError::Fault { addr, error: FaultError::Segv(SegvReason::Protection) };
         assert_eq!(mm.write_u64(ro, 1), Err(segv(ro)));
         assert_eq!(mm.read_u64(ro), Ok(0));
         assert_eq!(mm.read_u64(none), Err(segv(none)));
@@ -172,10 +145,7 @@ mod tests {
             guard.handle_mm_fault(ro, FaultFlags::WRITE | FaultFlags::REMOTE),
             Err(FaultError::Segv(SegvReason::Protection))
         );
-        assert_eq!(
-            guard.handle_mm_fault(0x10, FaultFlags::REMOTE),
-            Err(FaultError::Segv(SegvReason::NotMapped))
-        );
+        assert_eq!(guard.handle_mm_fault(0x10, FaultFlags::REMOTE), Err(FaultError::Segv(SegvReason::NotMapped)));
         assert_eq!(guard.handle_mm_fault(ro, FaultFlags::REMOTE), Ok(()));
     }
 

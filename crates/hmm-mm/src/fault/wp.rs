@@ -23,37 +23,22 @@ pub(super) fn pte(mm: &Mm, vma: &Vma, slot: Slot<'_>, entry: Entry) -> Result<bo
     let is_zero = phys.is_zero_pfn(pfn);
     if !is_zero && !vma.is_cow_mapping() {
         // Shared mapping: the page itself becomes writable.
-        return Ok(slot
-            .compare_exchange(entry, entry.mkwrite().mkdirty())
-            .is_ok());
+        return Ok(slot.compare_exchange(entry, entry.mkwrite().mkdirty()).is_ok());
     }
     if !is_zero && can_reuse(mm, pfn) {
-        return Ok(slot
-            .compare_exchange(entry, entry.mkwrite().mkdirty())
-            .is_ok());
+        // Only anonymous pages are reused; a private file page is copied.
+        return Ok(slot.compare_exchange(entry, entry.mkwrite().mkdirty()).is_ok());
     }
     let copy = phys.alloc_folio(0, is_zero).map_err(|_| FaultError::Oom)?;
     if !is_zero {
         phys.copy_frames(copy, pfn, 1);
     }
-    phys.meta(copy).set_flags(
-        PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE,
-    );
+    phys.meta(copy)
+        .set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);
     phys.map_add(copy, 1);
     let va = slot.va();
-    let invalidation = mm
-        .notifiers()
-        .start(mm.id(), va, va + PAGE_SIZE, Event::Clear);
-    let new = Entry::present(
-        copy,
-        LeafFlags {
-            write: true,
-            dirty: true,
-            accessed: true,
-            special: false,
-        },
-        false,
-    );
+    let invalidation = mm.notifiers().start(mm.id(), va, va + PAGE_SIZE, Event::Clear);
+    let new = Entry::present(copy, LeafFlags { write: true, dirty: true, accessed: true, special: false }, false);
     let mut gather = Gather::new();
     let replaced = slot.compare_exchange(entry, new).is_ok();
     if replaced {
@@ -82,9 +67,7 @@ pub(super) fn huge_pmd(mm: &Mm, slot: Slot<'_>, entry: Entry) -> Result<bool, Fa
     let phys = mm.phys();
     let pfn = entry.pfn();
     if !phys.is_zero_pfn(pfn) && phys.folio_counts(pfn) == (1, 1) {
-        return Ok(slot
-            .compare_exchange(entry, entry.mkwrite().mkdirty())
-            .is_ok());
+        return Ok(slot.compare_exchange(entry, entry.mkwrite().mkdirty()).is_ok());
     }
     split_huge_leaf(mm, slot, entry).map_err(|_| FaultError::Oom)?;
     Ok(false)

@@ -43,27 +43,15 @@ mod tests {
         let k = kernel(64, ThpMode::Always);
         let baseline = k.phys().free_frames();
         let mm = k.create_mm().unwrap();
-        let va = mm
-            .mmap(
-                0,
-                3 * PMD_SIZE,
-                Prot::RW,
-                MapFlags::PRIVATE | MapFlags::ANONYMOUS,
-            )
-            .unwrap();
+        let va = mm.mmap(0, 3 * PMD_SIZE, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS).unwrap();
         mm.write_u64(va + 5, 1).unwrap();
         mm.write_u64(va + PMD_SIZE + 4096, 1).unwrap();
         let child = mm.fork().unwrap();
         let rec = record(&mm);
         mm.exit();
+        assert_eq!(rec.take_events(), [(Event::Release, 0, u64::MAX), (Event::Unmap, 0, u64::MAX)]);
         assert_eq!(
-            rec.take_events(),
-            [(Event::Release, 0, u64::MAX), (Event::Unmap, 0, u64::MAX)]
-        );
-        assert_eq!(
-            mm.mmap(0, 4096, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS)
-                .unwrap_err()
-                .errno(),
+            mm.mmap(0, 4096, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS).unwrap_err().errno(),
             Errno::Srch
         );
         assert!(mm.mmget_not_zero().is_none());

@@ -30,6 +30,9 @@ impl Mm {
                 continue;
             }
             let copy = vma.clone();
+            if let Some(inode) = vma.file() {
+                inode.add_mapper(child.weak());
+            }
             if vma.flags.contains(VmFlags::WIPEONFORK) && matches!(vma.backing, VmaBacking::Anon) {
                 child_guard.vmas_mut().insert(copy);
                 continue;
@@ -39,10 +42,9 @@ impl Mm {
             if vma.flags.is_shared() || !has_entries(self, vma.start, vma.end) {
                 continue;
             }
-            let invalidation = vma.is_cow_mapping().then(|| {
-                self.notifiers()
-                    .start(self.id(), vma.start, vma.end, Event::ProtectionPage)
-            });
+            let invalidation = vma
+                .is_cow_mapping()
+                .then(|| self.notifiers().start(self.id(), vma.start, vma.end, Event::ProtectionPage));
             let copied = copy_range(self, &child, vma.start, vma.end, vma.is_cow_mapping());
             drop(invalidation);
             copied?;
@@ -112,43 +114,27 @@ mod tests {
         parent.write_u64(va, 1).unwrap();
         let rec = record(&parent);
         let child = parent.fork().unwrap();
-        assert_eq!(
-            rec.take_events(),
-            [(Event::ProtectionPage, va, va + 2 * 4096)]
-        );
+        assert_eq!(rec.take_events(), [(Event::ProtectionPage, va, va + 2 * 4096)]);
         assert!(!leaf(&parent, va).1.is_write() && !leaf(&child, va).1.is_write());
         assert_eq!(k.phys().folio_counts(leaf(&parent, va).1.pfn()), (2, 2));
         parent.write_u64(va, 2).unwrap();
-        assert_eq!(
-            rec.take_events(),
-            [(Event::Clear, va, va + 4096)],
-            "the COW break is a CLEAR"
-        );
+        assert_eq!(rec.take_events(), [(Event::Clear, va, va + 4096)], "the COW break is a CLEAR");
         assert_eq!(child.read_u64(va).unwrap(), 1);
         child.write_u64(va, 3).unwrap();
         assert_eq!(parent.read_u64(va).unwrap(), 2);
         assert_eq!(child.read_u64(va).unwrap(), 3);
-        assert_eq!(
-            k.phys().folio_counts(leaf(&child, va).1.pfn()),
-            (1, 1),
-            "the last sharer reused its page"
-        );
+        assert_eq!(k.phys().folio_counts(leaf(&child, va).1.pfn()), (1, 1), "the last sharer reused its page");
         child.exit();
     }
 
     #[test]
     fn shared_memory_stays_shared() {
         let parent = kernel(64, ThpMode::Never).create_mm().unwrap();
-        let va = parent
-            .mmap(0, 4096, Prot::RW, MapFlags::SHARED | MapFlags::ANONYMOUS)
-            .unwrap();
+        let va = parent.mmap(0, 4096, Prot::RW, MapFlags::SHARED | MapFlags::ANONYMOUS).unwrap();
         parent.write_u64(va, 1).unwrap();
         let rec = record(&parent);
         let child = parent.fork().unwrap();
-        assert!(
-            rec.take_events().is_empty(),
-            "shared mappings are not write-protected"
-        );
+        assert!(rec.take_events().is_empty(), "shared mappings are not write-protected");
         child.write_u64(va, 2).unwrap();
         assert_eq!(parent.read_u64(va).unwrap(), 2);
         parent.write_u64(va, 3).unwrap();
@@ -166,13 +152,7 @@ mod tests {
         assert_eq!(leaf(&child, va).0, Level::Pmd);
         let rec = record(&parent);
         parent.write_u64(va + 4096, 2).unwrap();
-        assert_eq!(
-            rec.take_events(),
-            [
-                (Event::Clear, va, va + PMD_SIZE),
-                (Event::Clear, va + 4096, va + 8192)
-            ]
-        );
+        assert_eq!(rec.take_events(), [(Event::Clear, va, va + PMD_SIZE), (Event::Clear, va + 4096, va + 8192)]);
         assert_eq!(child.read_u64(va + 4096).unwrap(), 1);
         assert_eq!(parent.read_u64(va + 4096).unwrap(), 2);
         child.exit();

@@ -39,30 +39,16 @@ impl Mm {
                 }
                 let chunks: Vec<_> = guard
                     .overlapping(start, end)
-                    .map(|v| {
-                        (
-                            v.start.max(start),
-                            v.end.min(end),
-                            v.is_anonymous(),
-                            v.flags,
-                        )
-                    })
+                    .map(|v| (v.start.max(start), v.end.min(end), v.is_anonymous(), v.flags))
                     .collect();
-                if chunks
-                    .iter()
-                    .any(|c| c.3.intersects(VmFlags::PFNMAP | VmFlags::IO))
-                {
+                if chunks.iter().any(|c| c.3.intersects(VmFlags::PFNMAP | VmFlags::IO)) {
                     return Err(MmError::Invalid("madvise on a VM_PFNMAP/VM_IO mapping"));
                 }
                 if advice == MadviseAdvice::Free && chunks.iter().any(|c| !c.2) {
-                    return Err(MmError::Invalid(
-                        "MADV_FREE applies to private anonymous memory only",
-                    ));
+                    return Err(MmError::Invalid("MADV_FREE applies to private anonymous memory only"));
                 }
                 for (chunk_start, chunk_end, _, _) in chunks {
-                    let invalidation =
-                        self.notifiers()
-                            .start(self.id(), chunk_start, chunk_end, Event::Clear);
+                    let invalidation = self.notifiers().start(self.id(), chunk_start, chunk_end, Event::Clear);
                     let mut gather = Gather::new();
                     if advice == MadviseAdvice::DontNeed {
                         zap_range(self, chunk_start, chunk_end, &mut gather)?;
@@ -78,19 +64,10 @@ impl Mm {
                 if !guard.is_fully_mapped(start, end) {
                     return Err(MmError::NotMapped(range));
                 }
-                if guard
-                    .overlapping(start, end)
-                    .any(|v| v.flags.intersects(VmFlags::PFNMAP | VmFlags::IO))
-                {
+                if guard.overlapping(start, end).any(|v| v.flags.intersects(VmFlags::PFNMAP | VmFlags::IO)) {
                     return Err(MmError::Invalid("populate of a VM_PFNMAP/VM_IO mapping"));
                 }
-                populate_locked(
-                    self,
-                    &guard,
-                    start,
-                    end,
-                    advice == MadviseAdvice::PopulateWrite,
-                )
+                populate_locked(self, &guard, start, end, advice == MadviseAdvice::PopulateWrite)
             }
             MadviseAdvice::PageOut => {
                 let guard = self.mmap_read();
@@ -112,18 +89,12 @@ impl Mm {
                 }
                 let special = VmFlags::PFNMAP | VmFlags::IO;
                 if advice == MadviseAdvice::DontFork
-                    && guard
-                        .overlapping(start, end)
-                        .any(|v| v.flags.intersects(special))
+                    && guard.overlapping(start, end).any(|v| v.flags.intersects(special))
                 {
                     return Err(MmError::Invalid("MADV_DONTFORK on a VM_IO mapping"));
                 }
-                if advice == MadviseAdvice::WipeOnFork
-                    && guard.overlapping(start, end).any(|v| !v.is_anonymous())
-                {
-                    return Err(MmError::Invalid(
-                        "MADV_WIPEONFORK applies to private anonymous memory",
-                    ));
+                if advice == MadviseAdvice::WipeOnFork && guard.overlapping(start, end).any(|v| !v.is_anonymous()) {
+                    return Err(MmError::Invalid("MADV_WIPEONFORK applies to private anonymous memory"));
                 }
                 for vma in guard.vmas_mut().split_range_mut(start, end) {
                     vma.flags = (vma.flags - clear) | set;
@@ -162,13 +133,8 @@ fn mark_lazyfree(mm: &Mm, start: u64, end: u64) {
     let _ = mm.pgtable().walk(start, end, |visit| {
         if let Visit::Slot { slot, entry } = visit {
             let pfn = entry.pfn();
-            let exclusive =
-                entry.is_present() && !entry.is_special() && phys.folio_counts(pfn).1 == 1;
-            if exclusive
-                && slot
-                    .compare_exchange(entry, entry.mkclean().mkold())
-                    .is_ok()
-            {
+            let exclusive = entry.is_present() && !entry.is_special() && phys.folio_counts(pfn).1 == 1;
+            if exclusive && slot.compare_exchange(entry, entry.mkclean().mkold()).is_ok() {
                 let head = phys.meta(phys.folio_head(pfn));
                 head.clear_flags(PageFlags::DIRTY);
                 head.set_flags(PageFlags::LAZYFREE);
@@ -189,9 +155,7 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
     while block + PMD_SIZE <= end {
         let vma = guard.lookup(block).expect("range checked as mapped");
         if !vma.is_anonymous() || vma.flags.contains(VmFlags::NOHUGEPAGE) {
-            return Err(MmError::Invalid(
-                "MADV_COLLAPSE needs THP-capable private anonymous memory",
-            ));
+            return Err(MmError::Invalid("MADV_COLLAPSE needs THP-capable private anonymous memory"));
         }
         if !vma.covers(block, block + PMD_SIZE) {
             block += PMD_SIZE;
@@ -214,9 +178,7 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
         let collapsible = mm
             .pgtable()
             .walk(block, block + PMD_SIZE, |visit| match visit {
-                Visit::Slot { entry, .. } if !entry.is_none() && !entry.is_accessible() => {
-                    ControlFlow::Break(())
-                }
+                Visit::Slot { entry, .. } if !entry.is_none() && !entry.is_accessible() => ControlFlow::Break(()),
                 _ => ControlFlow::Continue(()),
             })
             .is_continue();
@@ -225,25 +187,15 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
             continue;
         }
         let folio = phys.alloc_folio(9, true)?;
-        phys.meta(folio).set_flags(
-            PageFlags::ANON
-                | PageFlags::SWAPBACKED
-                | PageFlags::UPTODATE
-                | PageFlags::ANON_EXCLUSIVE,
-        );
-        let invalidation = mm
-            .notifiers()
-            .start(mm.id(), block, block + PMD_SIZE, Event::Clear);
+        phys.meta(folio)
+            .set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);
+        let invalidation = mm.notifiers().start(mm.id(), block, block + PMD_SIZE, Event::Clear);
         let mut gather = Gather::new();
         let _ = mm.pgtable().walk(block, block + PMD_SIZE, |visit| {
             if let Visit::Slot { slot, entry } = visit {
                 if entry.is_present() {
                     if !phys.is_zero_pfn(entry.pfn()) {
-                        phys.copy_frames(
-                            folio.add((slot.va() - block) / PAGE_SIZE),
-                            entry.pfn(),
-                            1,
-                        );
+                        phys.copy_frames(folio.add((slot.va() - block) / PAGE_SIZE), entry.pfn(), 1);
                     }
                     slot.store(Entry::NONE);
                     release_entry(phys, entry, &mut gather);
@@ -251,12 +203,7 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
             }
             ControlFlow::<()>::Continue(())
         });
-        let flags = LeafFlags {
-            write: writable,
-            dirty: true,
-            accessed: true,
-            special: false,
-        };
+        let flags = LeafFlags { write: writable, dirty: true, accessed: true, special: false };
         phys.map_add(folio, 1);
         pmd.store(Entry::present(folio, flags, true));
         invalidation.end();
@@ -287,16 +234,9 @@ mod tests {
         mm.write_u64(private, 1).unwrap();
         mm.write_u64(shared, 2).unwrap();
         let rec = record(&mm);
-        mm.madvise(private, 2 * 4096, MadviseAdvice::DontNeed)
-            .unwrap();
+        mm.madvise(private, 2 * 4096, MadviseAdvice::DontNeed).unwrap();
         mm.madvise(shared, 4096, MadviseAdvice::DontNeed).unwrap();
-        assert_eq!(
-            rec.take_events(),
-            [
-                (Event::Clear, private, private + 8192),
-                (Event::Clear, shared, shared + 4096)
-            ]
-        );
+        assert_eq!(rec.take_events(), [(Event::Clear, private, private + 8192), (Event::Clear, shared, shared + 4096)]);
         assert_eq!(mm.read_u64(private).unwrap(), 0);
         assert_eq!(mm.read_u64(shared).unwrap(), 2, "shmem keeps its pages");
     }
@@ -310,12 +250,7 @@ mod tests {
         assert!(!leaf(&mm, va).1.is_dirty());
         assert_eq!(mm.read_u64(va).unwrap(), 3);
         let shared = mm.mmap(0, 4096, Prot::RW, SHARED).unwrap();
-        assert_eq!(
-            mm.madvise(shared, 4096, MadviseAdvice::Free)
-                .unwrap_err()
-                .errno(),
-            Errno::Inval
-        );
+        assert_eq!(mm.madvise(shared, 4096, MadviseAdvice::Free).unwrap_err().errno(), Errno::Inval);
     }
 
     #[test]
@@ -334,33 +269,13 @@ mod tests {
     fn populate_write_and_errors() {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
         let va = mm.mmap(0, 4 * 4096, Prot::RW, ANON).unwrap();
-        mm.madvise(va, 4 * 4096, MadviseAdvice::PopulateWrite)
-            .unwrap();
+        mm.madvise(va, 4 * 4096, MadviseAdvice::PopulateWrite).unwrap();
         assert!((0..4).all(|i| leaf(&mm, va + i * 4096).1.is_write()));
         let ro = mm.mmap(0, 4096, Prot::READ, ANON).unwrap();
-        assert_eq!(
-            mm.madvise(ro, 4096, MadviseAdvice::PopulateWrite)
-                .unwrap_err()
-                .errno(),
-            Errno::Fault
-        );
-        assert_eq!(
-            mm.madvise(va + 1, 4096, MadviseAdvice::DontNeed)
-                .unwrap_err()
-                .errno(),
-            Errno::Inval
-        );
-        assert_eq!(
-            mm.madvise(va, 8 << 20, MadviseAdvice::DontNeed)
-                .unwrap_err()
-                .errno(),
-            Errno::NoMem
-        );
-        assert_eq!(
-            mm.read_u64(va).unwrap(),
-            0,
-            "the failed DONTNEED changed nothing"
-        );
+        assert_eq!(mm.madvise(ro, 4096, MadviseAdvice::PopulateWrite).unwrap_err().errno(), Errno::Fault);
+        assert_eq!(mm.madvise(va + 1, 4096, MadviseAdvice::DontNeed).unwrap_err().errno(), Errno::Inval);
+        assert_eq!(mm.madvise(va, 8 << 20, MadviseAdvice::DontNeed).unwrap_err().errno(), Errno::NoMem);
+        assert_eq!(mm.read_u64(va).unwrap(), 0, "the failed DONTNEED changed nothing");
         assert_eq!(mm.madvise(va, 0, MadviseAdvice::DontNeed), Ok(()));
     }
 
@@ -378,16 +293,9 @@ mod tests {
         mm.madvise(va, PMD_SIZE, MadviseAdvice::Collapse).unwrap();
         assert_eq!(rec.take_events(), [(Event::Clear, va, va + PMD_SIZE)]);
         assert_eq!(leaf(&mm, va).0, Level::Pmd);
-        assert_eq!(
-            k.phys().page_table_frames(),
-            baseline_tables - 1,
-            "the PTE table is freed"
-        );
+        assert_eq!(k.phys().page_table_frames(), baseline_tables - 1, "the PTE table is freed");
         for i in 0..512 {
-            assert_eq!(
-                mm.read_u64(va + i * 4096).unwrap(),
-                if i % 3 == 0 { i } else { 0 }
-            );
+            assert_eq!(mm.read_u64(va + i * 4096).unwrap(), if i % 3 == 0 { i } else { 0 });
         }
     }
 

@@ -1,20 +1,17 @@
-//! mmap of anonymous memory, private or shared.
+//! mmap of anonymous memory (private, or shared through an unnamed tmpfs
+//! file) and of files.
 //!
 //! Linux: `mm/mmap.c` (`do_mmap`, `mmap_region`), `mm/shmem.c`
 //! (`shmem_zero_setup`).
 
-use std::sync::Arc;
-
 use hmm_types::{MapFlags, Prot, VaRange, VmFlags, PAGE_SHIFT, PAGE_SIZE};
 
 use crate::error::MmError;
+use crate::fs::File;
 use crate::mm::Mm;
-use crate::shmem::ShmemObject;
 use crate::vma::{Vma, VmaBacking};
 
 use super::{populate_locked, unmap_locked};
-
-static NEXT_SHMEM_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
 impl Mm {
     /// Maps `len` bytes of anonymous memory (`mmap(addr, len, prot, flags,
@@ -22,6 +19,41 @@ impl Mm {
     /// (replace what is there) or `MAP_FIXED_NOREPLACE` (`EEXIST` if
     /// anything is there).
     pub fn mmap(&self, addr: u64, len: u64, prot: Prot, flags: MapFlags) -> Result<u64, MmError> {
+        if !flags.contains(MapFlags::ANONYMOUS) {
+            return Err(MmError::Invalid("a mapping without MAP_ANONYMOUS needs a file: use mmap_file"));
+        }
+        self.do_mmap(addr, len, prot, flags, None)
+    }
+
+    /// Maps `len` bytes of `file` from byte `offset` (`mmap(addr, len,
+    /// prot, flags, fd, offset)`). A shared writable mapping needs a file
+    /// open for writing (`EACCES`); pages beyond end of file fault SIGBUS.
+    pub fn mmap_file(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        flags: MapFlags,
+        file: &File,
+        offset: u64,
+    ) -> Result<u64, MmError> {
+        if flags.contains(MapFlags::ANONYMOUS) {
+            return Err(MmError::Invalid("MAP_ANONYMOUS with a file"));
+        }
+        if offset % PAGE_SIZE != 0 {
+            return Err(MmError::Invalid("file offset not page aligned"));
+        }
+        self.do_mmap(addr, len, prot, flags, Some((file, offset)))
+    }
+
+    fn do_mmap(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        flags: MapFlags,
+        file: Option<(&File, u64)>,
+    ) -> Result<u64, MmError> {
         self.check_alive()?;
         if len == 0 {
             return Err(MmError::Invalid("mmap of zero length"));
@@ -29,45 +61,50 @@ impl Mm {
         if Prot::from_bits(prot.bits()).is_none() {
             return Err(MmError::Invalid("unknown PROT_* bits"));
         }
-        let len = len
-            .checked_add(PAGE_SIZE - 1)
-            .ok_or(MmError::NoSpace(len))?
-            & !(PAGE_SIZE - 1);
+        let len = len.checked_add(PAGE_SIZE - 1).ok_or(MmError::NoSpace(len))? & !(PAGE_SIZE - 1);
         let shared = match flags.map_type() {
             t if t == MapFlags::SHARED.bits() || t == MapFlags::SHARED_VALIDATE.bits() => true,
             t if t == MapFlags::PRIVATE.bits() => false,
-            _ => {
-                return Err(MmError::Invalid(
-                    "exactly one of MAP_SHARED and MAP_PRIVATE is required",
-                ))
-            }
+            _ => return Err(MmError::Invalid("exactly one of MAP_SHARED and MAP_PRIVATE is required")),
         };
-        if !flags.contains(MapFlags::ANONYMOUS) {
-            return Err(MmError::Invalid(
-                "only anonymous mappings here; map files with mmap_file",
-            ));
-        }
         if flags.contains(MapFlags::SYNC) && flags.map_type() == MapFlags::SHARED_VALIDATE.bits() {
             return Err(MmError::NotSupported("MAP_SYNC needs a DAX file"));
         }
         if flags.contains(MapFlags::HUGETLB) {
-            return Err(MmError::NotSupported(
-                "MAP_HUGETLB needs the hugetlbfs pool",
-            ));
+            return Err(MmError::NotSupported("MAP_HUGETLB needs the hugetlbfs pool"));
         }
         let fixed = flags.intersects(MapFlags::FIXED | MapFlags::FIXED_NOREPLACE);
         if fixed && addr % PAGE_SIZE != 0 {
             return Err(MmError::Invalid("MAP_FIXED address not page aligned"));
         }
+        let mut vm_flags = VmFlags::from_prot(prot) | VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
+        if flags.contains(MapFlags::NORESERVE) {
+            vm_flags |= VmFlags::NORESERVE;
+        }
+        if shared {
+            vm_flags |= VmFlags::SHARED | VmFlags::MAYSHARE;
+        }
+        let backing = match file {
+            Some((file, offset)) => {
+                if (offset >> PAGE_SHIFT).checked_add(len >> PAGE_SHIFT).is_none() {
+                    return Err(MmError::Overflow("file offset plus length"));
+                }
+                if shared && !file.is_writable() {
+                    if prot.contains(Prot::WRITE) {
+                        return Err(MmError::Access("shared writable mapping of a file not open for writing"));
+                    }
+                    vm_flags -= VmFlags::MAYWRITE;
+                }
+                Some((VmaBacking::File(file.inode().clone()), offset >> PAGE_SHIFT))
+            }
+            None if shared => Some((VmaBacking::File(self.kernel().tmpfs().anonymous(len)), 0)),
+            None => None,
+        };
 
         let mut guard = self.mmap_write();
         let start = if fixed {
             let range = VaRange::new(addr, len).map_err(|_| MmError::NoSpace(len))?;
-            if guard
-                .overlapping(range.start(), range.end())
-                .next()
-                .is_some()
-            {
+            if guard.overlapping(range.start(), range.end()).next().is_some() {
                 if flags.contains(MapFlags::FIXED_NOREPLACE) {
                     return Err(MmError::Exists(range));
                 }
@@ -78,30 +115,12 @@ impl Mm {
             let hint = (addr != 0).then_some(addr & !(PAGE_SIZE - 1));
             guard.find_free(len, hint).ok_or(MmError::NoSpace(len))?
         };
-
-        let mut vm_flags =
-            VmFlags::from_prot(prot) | VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
-        if flags.contains(MapFlags::NORESERVE) {
-            vm_flags |= VmFlags::NORESERVE;
+        let (backing, pgoff) = backing.unwrap_or((VmaBacking::Anon, start >> PAGE_SHIFT));
+        if let VmaBacking::File(inode) = &backing {
+            inode.add_mapper(self.weak());
         }
-        let (backing, pgoff) = if shared {
-            vm_flags |= VmFlags::SHARED | VmFlags::MAYSHARE;
-            let id = NEXT_SHMEM_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-            (
-                VmaBacking::Shmem(Arc::new(ShmemObject::new(self.phys().clone(), id))),
-                0,
-            )
-        } else {
-            (VmaBacking::Anon, start >> PAGE_SHIFT)
-        };
         let end = start + len;
-        guard.vmas_mut().insert(Vma {
-            start,
-            end,
-            flags: vm_flags,
-            pgoff,
-            backing,
-        });
+        guard.vmas_mut().insert(Vma { start, end, flags: vm_flags, pgoff, backing });
         guard.vmas_mut().merge_range(start, end);
         if flags.contains(MapFlags::POPULATE) {
             // Like Linux, a failed populate does not fail the mmap.
@@ -125,16 +144,11 @@ mod tests {
     fn private_anonymous_round_trip() {
         let mm = kernel(64, ThpMode::Always).create_mm().unwrap();
         let va = mm.mmap(0, 3 * 4096, Prot::RW, ANON).unwrap();
-        mm.write_bytes(va + 4000, b"hello across a page edge")
-            .unwrap();
+        mm.write_bytes(va + 4000, b"hello across a page edge").unwrap();
         let mut buf = [0u8; 24];
         mm.read_bytes(va + 4000, &mut buf).unwrap();
         assert_eq!(&buf, b"hello across a page edge");
-        assert_eq!(
-            mm.read_u64(va + 2 * 4096).unwrap(),
-            0,
-            "untouched memory reads zero"
-        );
+        assert_eq!(mm.read_u64(va + 2 * 4096).unwrap(), 0, "untouched memory reads zero");
     }
 
     #[test]
@@ -152,19 +166,10 @@ mod tests {
         let va = mm.mmap(0x1000_0000, 4 * 4096, Prot::RW, ANON).unwrap();
         mm.write_u64(va + 4096, 7).unwrap();
         let rec = record(&mm);
-        let again = mm
-            .mmap(va + 4096, 4096, Prot::RW, ANON | MapFlags::FIXED)
-            .unwrap();
+        let again = mm.mmap(va + 4096, 4096, Prot::RW, ANON | MapFlags::FIXED).unwrap();
         assert_eq!(again, va + 4096);
-        assert_eq!(
-            rec.take_events(),
-            [(hmm_types::Event::Unmap, va + 4096, va + 8192)]
-        );
-        assert_eq!(
-            mm.read_u64(va + 4096).unwrap(),
-            0,
-            "the new mapping is fresh"
-        );
+        assert_eq!(rec.take_events(), [(hmm_types::Event::Unmap, va + 4096, va + 8192)]);
+        assert_eq!(mm.read_u64(va + 4096).unwrap(), 0, "the new mapping is fresh");
     }
 
     #[test]
@@ -172,9 +177,7 @@ mod tests {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
         let va = mm.mmap(0x1000_0000, 2 * 4096, Prot::RW, ANON).unwrap();
         mm.write_u64(va, 42).unwrap();
-        let err = mm
-            .mmap(va, 4096, Prot::RW, ANON | MapFlags::FIXED_NOREPLACE)
-            .unwrap_err();
+        let err = mm.mmap(va, 4096, Prot::RW, ANON | MapFlags::FIXED_NOREPLACE).unwrap_err();
         assert_eq!(err.errno(), Errno::Exist);
         assert_eq!(mm.read_u64(va).unwrap(), 42);
     }
@@ -184,34 +187,20 @@ mod tests {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
         let errno = |r: Result<u64, MmError>| r.unwrap_err().errno();
         assert_eq!(errno(mm.mmap(0, 0, Prot::RW, ANON)), Errno::Inval);
-        assert_eq!(
-            errno(mm.mmap(0x1001, 4096, Prot::RW, ANON | MapFlags::FIXED)),
-            Errno::Inval
-        );
-        assert_eq!(
-            errno(mm.mmap(0, 4096, Prot::RW, MapFlags::ANONYMOUS)),
-            Errno::Inval
-        );
-        assert_eq!(
-            errno(mm.mmap(0, 4096, Prot::RW, MapFlags::PRIVATE)),
-            Errno::Inval
-        );
+        assert_eq!(errno(mm.mmap(0x1001, 4096, Prot::RW, ANON | MapFlags::FIXED)), Errno::Inval);
+        assert_eq!(errno(mm.mmap(0, 4096, Prot::RW, MapFlags::ANONYMOUS)), Errno::Inval);
+        assert_eq!(errno(mm.mmap(0, 4096, Prot::RW, MapFlags::PRIVATE)), Errno::Inval);
         assert_eq!(errno(mm.mmap(0, u64::MAX, Prot::RW, ANON)), Errno::NoMem);
         assert_eq!(errno(mm.mmap(0, 1 << 48, Prot::RW, ANON)), Errno::NoMem);
         let sync = MapFlags::SHARED_VALIDATE | MapFlags::ANONYMOUS | MapFlags::SYNC;
         assert_eq!(errno(mm.mmap(0, 4096, Prot::RW, sync)), Errno::OpNotSupp);
-        assert!(
-            mm.mmap_read().is_empty(),
-            "no failed call left a mapping behind"
-        );
+        assert!(mm.mmap_read().is_empty(), "no failed call left a mapping behind");
     }
 
     #[test]
     fn populate_prefaults_writable_pages() {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
-        let va = mm
-            .mmap(0, 8 * 4096, Prot::RW, ANON | MapFlags::POPULATE)
-            .unwrap();
+        let va = mm.mmap(0, 8 * 4096, Prot::RW, ANON | MapFlags::POPULATE).unwrap();
         for i in 0..8 {
             let (level, entry) = leaf(&mm, va + i * 4096);
             assert_eq!(level, Level::Pte);

@@ -56,9 +56,7 @@ impl Mm {
             .collect();
         for &(chunk_start, chunk_end) in &changes {
             if has_entries(self, chunk_start, chunk_end) {
-                let invalidation =
-                    self.notifiers()
-                        .start(self.id(), chunk_start, chunk_end, Event::ProtectionVma);
+                let invalidation = self.notifiers().start(self.id(), chunk_start, chunk_end, Event::ProtectionVma);
                 change_protection(self, chunk_start, chunk_end, new_access);
                 invalidation.end();
             }
@@ -82,11 +80,7 @@ fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags) {
                 if !access.contains(VmFlags::WRITE) {
                     new = new.wrprotect();
                 }
-                new = if access.is_empty() {
-                    new.mkprotnone()
-                } else {
-                    new.clear_protnone()
-                };
+                new = if access.is_empty() { new.mkprotnone() } else { new.clear_protnone() };
                 match slot.compare_exchange(entry, new) {
                     Ok(_) => break,
                     Err(now) => entry = now,
@@ -113,16 +107,10 @@ mod tests {
         mm.write_u64(va + 4096, 11).unwrap();
         let rec = record(&mm);
         mm.mprotect(va + 4096, 4096, Prot::READ).unwrap();
-        assert_eq!(
-            rec.take_events(),
-            [(Event::ProtectionVma, va + 4096, va + 8192)]
-        );
+        assert_eq!(rec.take_events(), [(Event::ProtectionVma, va + 4096, va + 8192)]);
         assert_eq!(mm.mmap_read().len(), 3);
         assert!(!leaf(&mm, va + 4096).1.is_write());
-        assert_eq!(
-            mm.write_u64(va + 4096, 1).unwrap_err().errno(),
-            Errno::Fault
-        );
+        assert_eq!(mm.write_u64(va + 4096, 1).unwrap_err().errno(), Errno::Fault);
         assert_eq!(mm.read_u64(va + 4096).unwrap(), 11);
         mm.mprotect(va + 4096, 4096, Prot::RW).unwrap();
         assert_eq!(mm.mmap_read().len(), 1, "VMAs merge back");
@@ -147,25 +135,11 @@ mod tests {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
         let va = mm.mmap(0x2000_0000, 4096, Prot::RW, ANON).unwrap();
         let rec = record(&mm);
-        assert_eq!(
-            mm.mprotect(va, 2 * 4096, Prot::READ).unwrap_err().errno(),
-            Errno::NoMem
-        );
-        assert_eq!(
-            mm.mmap_read().lookup(va).unwrap().flags & VmFlags::WRITE,
-            VmFlags::WRITE
-        );
+        assert_eq!(mm.mprotect(va, 2 * 4096, Prot::READ).unwrap_err().errno(), Errno::NoMem);
+        assert_eq!(mm.mmap_read().lookup(va).unwrap().flags & VmFlags::WRITE, VmFlags::WRITE);
         assert!(rec.take_events().is_empty());
-        assert_eq!(
-            mm.mprotect(va + 1, 4096, Prot::READ).unwrap_err().errno(),
-            Errno::Inval
-        );
-        assert_eq!(
-            mm.mprotect(va, 4096, Prot::from_bits_retain(8))
-                .unwrap_err()
-                .errno(),
-            Errno::Inval
-        );
+        assert_eq!(mm.mprotect(va + 1, 4096, Prot::READ).unwrap_err().errno(), Errno::Inval);
+        assert_eq!(mm.mprotect(va, 4096, Prot::from_bits_retain(8)).unwrap_err().errno(), Errno::Inval);
     }
 
     #[test]

@@ -17,9 +17,7 @@ use crate::vma::Vma;
 use super::unmap_locked;
 
 fn page_round(len: u64) -> Result<u64, MmError> {
-    len.checked_add(PAGE_SIZE - 1)
-        .map(|l| l & !(PAGE_SIZE - 1))
-        .ok_or(MmError::Invalid("length overflows"))
+    len.checked_add(PAGE_SIZE - 1).map(|l| l & !(PAGE_SIZE - 1)).ok_or(MmError::Invalid("length overflows"))
 }
 
 impl Mm {
@@ -39,30 +37,22 @@ impl Mm {
         }
         let may_move = flags.contains(MremapFlags::MAYMOVE);
         if flags.intersects(MremapFlags::FIXED | MremapFlags::DONTUNMAP) && !may_move {
-            return Err(MmError::Invalid(
-                "MREMAP_FIXED and MREMAP_DONTUNMAP need MREMAP_MAYMOVE",
-            ));
+            return Err(MmError::Invalid("MREMAP_FIXED and MREMAP_DONTUNMAP need MREMAP_MAYMOVE"));
         }
         let (old_len, new_len) = (page_round(old_len)?, page_round(new_len)?);
         if new_len == 0 || old_len == 0 {
             return Err(MmError::Invalid("mremap of zero length"));
         }
         if flags.contains(MremapFlags::DONTUNMAP) && old_len != new_len {
-            return Err(MmError::Invalid(
-                "MREMAP_DONTUNMAP needs equal old and new lengths",
-            ));
+            return Err(MmError::Invalid("MREMAP_DONTUNMAP needs equal old and new lengths"));
         }
-        let old_end = old_addr
-            .checked_add(old_len)
-            .filter(|&e| e <= TASK_SIZE)
-            .ok_or(MmError::Invalid("range overflows"))?;
+        let old_end =
+            old_addr.checked_add(old_len).filter(|&e| e <= TASK_SIZE).ok_or(MmError::Invalid("range overflows"))?;
         let fixed = flags.contains(MremapFlags::FIXED);
         if fixed {
             let new_end = new_addr.checked_add(new_len).filter(|&e| e <= TASK_SIZE);
             let Some(new_end) = new_end.filter(|_| new_addr % PAGE_SIZE == 0) else {
-                return Err(MmError::Invalid(
-                    "MREMAP_FIXED address unaligned or out of range",
-                ));
+                return Err(MmError::Invalid("MREMAP_FIXED address unaligned or out of range"));
             };
             if new_addr < old_end && old_addr < new_end {
                 return Err(MmError::Invalid("MREMAP_FIXED ranges overlap"));
@@ -70,18 +60,12 @@ impl Mm {
         }
 
         let mut guard = self.mmap_write();
-        let vma = guard
-            .lookup(old_addr)
-            .filter(|v| old_end <= v.end)
-            .cloned()
-            .ok_or(MmError::Fault {
-                addr: old_addr,
-                error: crate::error::FaultError::Segv(crate::error::SegvReason::NotMapped),
-            })?;
+        let vma = guard.lookup(old_addr).filter(|v| old_end <= v.end).cloned().ok_or(MmError::Fault {
+            addr: old_addr,
+            error: crate::error::FaultError::Segv(crate::error::SegvReason::NotMapped),
+        })?;
         if flags.contains(MremapFlags::DONTUNMAP) && !vma.is_anonymous() {
-            return Err(MmError::Invalid(
-                "MREMAP_DONTUNMAP applies to private anonymous memory",
-            ));
+            return Err(MmError::Invalid("MREMAP_DONTUNMAP applies to private anonymous memory"));
         }
         if vma.flags.intersects(VmFlags::PFNMAP | VmFlags::DONTEXPAND) && new_len > old_len {
             return Err(MmError::Fault {
@@ -96,9 +80,7 @@ impl Mm {
                 unmap_locked(&mut guard, old_addr + new_len, old_end)?;
             }
             let moved_len = old_len.min(new_len);
-            return move_mapping(
-                &mut guard, &vma, old_addr, moved_len, new_addr, new_len, flags,
-            );
+            return move_mapping(&mut guard, &vma, old_addr, moved_len, new_addr, new_len, flags);
         }
         if new_len <= old_len && !flags.contains(MremapFlags::DONTUNMAP) {
             if new_len < old_len {
@@ -123,9 +105,7 @@ impl Mm {
         if !may_move {
             return Err(MmError::NoSpace(new_len));
         }
-        let target = guard
-            .find_free(new_len, None)
-            .ok_or(MmError::NoSpace(new_len))?;
+        let target = guard.find_free(new_len, None).ok_or(MmError::NoSpace(new_len))?;
         move_mapping(&mut guard, &vma, old_addr, old_len, target, new_len, flags)
     }
 }
@@ -220,20 +200,11 @@ mod tests {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
         let va = mm.mmap(0x3000_0000, 2 * 4096, Prot::RW, ANON).unwrap();
         mm.write_u64(va, 1).unwrap();
-        assert_eq!(
-            mm.mremap(va, 2 * 4096, 4 * 4096, MremapFlags::empty(), 0),
-            Ok(va)
-        );
+        assert_eq!(mm.mremap(va, 2 * 4096, 4 * 4096, MremapFlags::empty(), 0), Ok(va));
         mm.write_u64(va + 3 * 4096, 2).unwrap();
         let rec = record(&mm);
-        assert_eq!(
-            mm.mremap(va, 4 * 4096, 4096, MremapFlags::empty(), 0),
-            Ok(va)
-        );
-        assert_eq!(
-            rec.take_events(),
-            [(Event::Unmap, va + 4096, va + 4 * 4096)]
-        );
+        assert_eq!(mm.mremap(va, 4 * 4096, 4096, MremapFlags::empty(), 0), Ok(va));
+        assert_eq!(rec.take_events(), [(Event::Unmap, va + 4096, va + 4 * 4096)]);
         assert_eq!(mm.read_u64(va).unwrap(), 1);
         assert_eq!(mm.read_u64(va + 4096).unwrap_err().errno(), Errno::Fault);
     }
@@ -242,20 +213,12 @@ mod tests {
     fn a_blocked_grow_moves_with_maymove_and_keeps_data() {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
         let va = mm.mmap(0x3000_0000, 2 * 4096, Prot::RW, ANON).unwrap();
-        mm.mmap(va + 2 * 4096, 4096, Prot::RW, ANON | MapFlags::FIXED)
-            .unwrap();
+        mm.mmap(va + 2 * 4096, 4096, Prot::RW, ANON | MapFlags::FIXED).unwrap();
         mm.mprotect(va + 2 * 4096, 4096, Prot::READ).unwrap();
         mm.write_u64(va + 4096, 77).unwrap();
-        assert_eq!(
-            mm.mremap(va, 2 * 4096, 8 * 4096, MremapFlags::empty(), 0)
-                .unwrap_err()
-                .errno(),
-            Errno::NoMem
-        );
+        assert_eq!(mm.mremap(va, 2 * 4096, 8 * 4096, MremapFlags::empty(), 0).unwrap_err().errno(), Errno::NoMem);
         let rec = record(&mm);
-        let moved = mm
-            .mremap(va, 2 * 4096, 8 * 4096, MremapFlags::MAYMOVE, 0)
-            .unwrap();
+        let moved = mm.mremap(va, 2 * 4096, 8 * 4096, MremapFlags::MAYMOVE, 0).unwrap();
         assert_ne!(moved, va);
         assert_eq!(rec.take_events(), [(Event::Unmap, va, va + 2 * 4096)]);
         assert_eq!(mm.read_u64(moved + 4096).unwrap(), 77);
@@ -272,11 +235,7 @@ mod tests {
         let flags = MremapFlags::MAYMOVE | MremapFlags::FIXED | MremapFlags::DONTUNMAP;
         assert_eq!(mm.mremap(va, 4096, 4096, flags, target), Ok(target));
         assert_eq!(mm.read_u64(target).unwrap(), 5);
-        assert_eq!(
-            mm.read_u64(va).unwrap(),
-            0,
-            "DONTUNMAP leaves the old range mapped and empty"
-        );
+        assert_eq!(mm.read_u64(va).unwrap(), 0, "DONTUNMAP leaves the old range mapped and empty");
     }
 
     #[test]
@@ -300,41 +259,14 @@ mod tests {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
         let va = mm.mmap(0x3000_0000, 2 * 4096, Prot::RW, ANON).unwrap();
         let errno = |r: Result<u64, crate::MmError>| r.unwrap_err().errno();
-        assert_eq!(
-            errno(mm.mremap(va + 1, 4096, 4096, MremapFlags::empty(), 0)),
-            Errno::Inval
-        );
-        assert_eq!(
-            errno(mm.mremap(va, 4096, 4096, MremapFlags::FIXED, 0x5000_0000)),
-            Errno::Inval
-        );
-        assert_eq!(
-            errno(mm.mremap(va, 4096, 0, MremapFlags::empty(), 0)),
-            Errno::Inval
-        );
-        assert_eq!(
-            errno(mm.mremap(
-                va,
-                4096,
-                8192,
-                MremapFlags::MAYMOVE | MremapFlags::DONTUNMAP,
-                0
-            )),
-            Errno::Inval
-        );
-        assert_eq!(
-            errno(mm.mremap(0x7000_0000, 4096, 8192, MremapFlags::MAYMOVE, 0)),
-            Errno::Fault
-        );
-        assert_eq!(
-            errno(mm.mremap(va, 3 * 4096, 4096, MremapFlags::empty(), 0)),
-            Errno::Fault
-        );
+        assert_eq!(errno(mm.mremap(va + 1, 4096, 4096, MremapFlags::empty(), 0)), Errno::Inval);
+        assert_eq!(errno(mm.mremap(va, 4096, 4096, MremapFlags::FIXED, 0x5000_0000)), Errno::Inval);
+        assert_eq!(errno(mm.mremap(va, 4096, 0, MremapFlags::empty(), 0)), Errno::Inval);
+        assert_eq!(errno(mm.mremap(va, 4096, 8192, MremapFlags::MAYMOVE | MremapFlags::DONTUNMAP, 0)), Errno::Inval);
+        assert_eq!(errno(mm.mremap(0x7000_0000, 4096, 8192, MremapFlags::MAYMOVE, 0)), Errno::Fault);
+        assert_eq!(errno(mm.mremap(va, 3 * 4096, 4096, MremapFlags::empty(), 0)), Errno::Fault);
         let flags = MremapFlags::MAYMOVE | MremapFlags::FIXED;
-        assert_eq!(
-            errno(mm.mremap(va, 2 * 4096, 2 * 4096, flags, va + 4096)),
-            Errno::Inval
-        );
+        assert_eq!(errno(mm.mremap(va, 2 * 4096, 2 * 4096, flags, va + 4096)), Errno::Inval);
         assert_eq!(mm.mmap_read().len(), 1);
     }
 }

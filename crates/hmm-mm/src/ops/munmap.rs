@@ -24,24 +24,15 @@ impl Mm {
 /// Unmaps `[start, end)` with the write lock held: splits edge VMAs and
 /// huge leaves, zaps under one UNMAP invalidation over the mapped extent,
 /// then frees tables and frames after the invalidation ends.
-pub(crate) fn unmap_locked(
-    guard: &mut MmapWriteGuard<'_>,
-    start: u64,
-    end: u64,
-) -> Result<(), MmError> {
+pub(crate) fn unmap_locked(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), MmError> {
     let mm = guard.mm();
-    let (Some(first), Some(last)) = (
-        guard.overlapping(start, end).next(),
-        guard.overlapping(start, end).last(),
-    ) else {
+    let (Some(first), Some(last)) = (guard.overlapping(start, end).next(), guard.overlapping(start, end).last()) else {
         return Ok(());
     };
     let (extent_start, extent_end) = (start.max(first.start), end.min(last.end));
     split_huge_at(mm, extent_start)?;
     split_huge_at(mm, extent_end)?;
-    let invalidation = mm
-        .notifiers()
-        .start(mm.id(), extent_start, extent_end, Event::Unmap);
+    let invalidation = mm.notifiers().start(mm.id(), extent_start, extent_end, Event::Unmap);
     let mut gather = Gather::new();
     zap_range(mm, extent_start, extent_end, &mut gather)?;
     let removed = guard.vmas_mut().remove_range(start, end);
@@ -67,16 +58,11 @@ mod tests {
     fn partial_unmap_splits_the_vma_and_announces_the_range() {
         let k = kernel(64, ThpMode::Never);
         let mm = k.create_mm().unwrap();
-        let va = mm
-            .mmap(0, 4 * 4096, Prot::RW, ANON | MapFlags::POPULATE)
-            .unwrap();
+        let va = mm.mmap(0, 4 * 4096, Prot::RW, ANON | MapFlags::POPULATE).unwrap();
         mm.write_u64(va + 3 * 4096, 9).unwrap();
         let rec = record(&mm);
         mm.munmap(va + 4096, 2 * 4096).unwrap();
-        assert_eq!(
-            rec.take_events(),
-            [(Event::Unmap, va + 4096, va + 3 * 4096)]
-        );
+        assert_eq!(rec.take_events(), [(Event::Unmap, va + 4096, va + 3 * 4096)]);
         assert_eq!(mm.mmap_read().len(), 2);
         assert_eq!(mm.read_u64(va + 4096).unwrap_err().errno(), Errno::Fault);
         assert_eq!(mm.read_u64(va + 3 * 4096).unwrap(), 9);
@@ -95,10 +81,7 @@ mod tests {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
         assert_eq!(mm.munmap(0x1001, 4096).unwrap_err().errno(), Errno::Inval);
         assert_eq!(mm.munmap(0x1000, 0).unwrap_err().errno(), Errno::Inval);
-        assert_eq!(
-            mm.munmap(u64::MAX - 4095, 8192).unwrap_err().errno(),
-            Errno::Inval
-        );
+        assert_eq!(mm.munmap(u64::MAX - 4095, 8192).unwrap_err().errno(), Errno::Inval);
     }
 
     #[test]
@@ -110,13 +93,7 @@ mod tests {
         assert_eq!(leaf(&mm, va).0, Level::Pmd);
         let rec = record(&mm);
         mm.munmap(va, 4096).unwrap();
-        assert_eq!(
-            rec.take_events(),
-            [
-                (Event::Clear, va, va + PMD_SIZE),
-                (Event::Unmap, va, va + 4096)
-            ]
-        );
+        assert_eq!(rec.take_events(), [(Event::Clear, va, va + PMD_SIZE), (Event::Unmap, va, va + 4096)]);
         assert_eq!(leaf(&mm, va + 4096).0, Level::Pte);
         assert_eq!(mm.read_u64(va + PMD_SIZE - 8).unwrap(), 77);
     }
@@ -126,9 +103,7 @@ mod tests {
         let k = kernel(64, ThpMode::Always);
         let mm = k.create_mm().unwrap();
         let baseline = k.phys().free_frames();
-        let va = mm
-            .mmap(0, 3 * PMD_SIZE, Prot::RW, ANON | MapFlags::POPULATE)
-            .unwrap();
+        let va = mm.mmap(0, 3 * PMD_SIZE, Prot::RW, ANON | MapFlags::POPULATE).unwrap();
         assert!(k.phys().free_frames() < baseline - 3 * 512);
         mm.munmap(va + 4096, PMD_SIZE).unwrap();
         mm.munmap(va, 3 * PMD_SIZE).unwrap();

@@ -11,23 +11,13 @@ use crate::vma::VmaTree;
 
 /// Faults in every page of `[start, end)` (for writing if `write`), with
 /// the mmap lock held (read or write; `vmas` is the locked tree).
-pub(crate) fn populate_locked(
-    mm: &Mm,
-    vmas: &VmaTree,
-    start: u64,
-    end: u64,
-    write: bool,
-) -> Result<(), MmError> {
-    let flags = if write {
-        FaultFlags::WRITE
-    } else {
-        FaultFlags::empty()
-    };
+pub(crate) fn populate_locked(mm: &Mm, vmas: &VmaTree, start: u64, end: u64, write: bool) -> Result<(), MmError> {
+    let flags = if write { FaultFlags::WRITE } else { FaultFlags::empty() };
     let mut va = start;
     while va < end {
-        let vma = vmas.lookup(va).ok_or(MmError::NotMapped(
-            hmm_types::VaRange::from_bounds(va, end).map_err(MmError::from_range)?,
-        ))?;
+        let vma = vmas
+            .lookup(va)
+            .ok_or(MmError::NotMapped(hmm_types::VaRange::from_bounds(va, end).map_err(MmError::from_range)?))?;
         let stop = vma.end.min(end);
         while va < stop {
             handle_fault(mm, vma, va, flags).map_err(|error| match error {

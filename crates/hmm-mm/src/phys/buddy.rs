@@ -101,10 +101,7 @@ impl Buddy {
     /// Returns a block obtained from [`Self::alloc`] with the same order.
     pub(crate) fn free(&mut self, mut index: u64, mut order: u32) {
         debug_assert!(index % (1 << order) == 0 && index + (1 << order) <= self.nr_frames);
-        debug_assert!(
-            self.free_order[index as usize] == 0,
-            "double free of frame {index}"
-        );
+        debug_assert!(self.free_order[index as usize] == 0, "double free of frame {index}");
         self.free_frames += 1 << order;
         while order < MAX_ORDER {
             let buddy = index ^ (1 << order);
@@ -134,11 +131,7 @@ mod tests {
         b.free(a, 0);
         b.free(c, 9);
         assert_eq!(b.free_frames(), 1024);
-        assert_eq!(
-            b.alloc(10),
-            Some(0),
-            "everything merged back into one block"
-        );
+        assert_eq!(b.alloc(10), Some(0), "everything merged back into one block");
     }
 
     #[test]

@@ -27,10 +27,7 @@ impl FrameBytes {
     pub(crate) fn anonymous(nr_frames: u64) -> std::io::Result<Self> {
         let len = usize::try_from(nr_frames * PAGE_SIZE).map_err(std::io::Error::other)?;
         let map: MmapMut = MmapOptions::new().len(len.max(1)).map_anon()?;
-        Ok(Self {
-            map: MmapRaw::from(map),
-            len,
-        })
+        Ok(Self { map: MmapRaw::from(map), len })
     }
 
     /// Frames backed by a file (persistent memory), mapped shared so writes
@@ -44,10 +41,7 @@ impl FrameBytes {
 
     fn check(&self, offset: u64, len: usize) -> usize {
         let offset = usize::try_from(offset).expect("offset fits in usize");
-        assert!(
-            offset.checked_add(len).is_some_and(|end| end <= self.len),
-            "physical access out of the region"
-        );
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len), "physical access out of the region");
         offset
     }
 
@@ -59,26 +53,14 @@ impl FrameBytes {
         // not overlap. Concurrent writers to the same simulated RAM are
         // other simulated CPUs; as with guest memory, their interleaving is
         // the simulated program's business.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                self.map.as_ptr().add(offset),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        }
+        unsafe { core::ptr::copy_nonoverlapping(self.map.as_ptr().add(offset), buf.as_mut_ptr(), buf.len()) }
     }
 
     /// Copies `data` to byte `offset`.
     pub(crate) fn write(&self, offset: u64, data: &[u8]) {
         let offset = self.check(offset, data.len());
         // SAFETY: in bounds by `check`; `data` is a distinct allocation.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.map.as_mut_ptr().add(offset),
-                data.len(),
-            )
-        }
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(offset), data.len()) }
     }
 
     /// Sets `len` bytes at `offset` to zero.
@@ -95,13 +77,7 @@ impl FrameBytes {
         let dst_offset = self.check(dst_offset, len);
         let src_offset = src.check(src_offset, len);
         // SAFETY: both ranges are in bounds; `copy` tolerates overlap.
-        unsafe {
-            core::ptr::copy(
-                src.map.as_ptr().add(src_offset),
-                self.map.as_mut_ptr().add(dst_offset),
-                len,
-            )
-        }
+        unsafe { core::ptr::copy(src.map.as_ptr().add(src_offset), self.map.as_mut_ptr().add(dst_offset), len) }
     }
 
     /// The 8 bytes at an 8-aligned `offset` as an atomic.
@@ -150,12 +126,8 @@ mod tests {
     #[test]
     fn atomics_and_tables_alias_the_bytes() {
         let mem = FrameBytes::anonymous(1).unwrap();
-        mem.atomic_u64(16)
-            .store(0x0102_0304_0506_0708, Ordering::Relaxed);
-        assert_eq!(
-            mem.table(0)[2].load(Ordering::Relaxed),
-            0x0102_0304_0506_0708
-        );
+        mem.atomic_u64(16).store(0x0102_0304_0506_0708, Ordering::Relaxed);
+        assert_eq!(mem.table(0)[2].load(Ordering::Relaxed), 0x0102_0304_0506_0708);
     }
 
     #[test]

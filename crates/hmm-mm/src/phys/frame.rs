@@ -62,10 +62,7 @@ impl core::fmt::Debug for FrameMeta {
             .field("refcount", &self.refcount.load(Ordering::Relaxed))
             .field("mapcount", &self.mapcount.load(Ordering::Relaxed))
             .field("flags", &self.flags())
-            .field(
-                "compound",
-                &format_args!("{:#x}", self.compound.load(Ordering::Relaxed)),
-            )
+            .field("compound", &format_args!("{:#x}", self.compound.load(Ordering::Relaxed)))
             .finish()
     }
 }
@@ -85,9 +82,7 @@ impl FrameMeta {
     }
     /// Tries to take the page lock (`trylock_page`).
     pub fn try_lock(&self) -> bool {
-        !self
-            .set_flags(PageFlags::LOCKED)
-            .contains(PageFlags::LOCKED)
+        !self.set_flags(PageFlags::LOCKED).contains(PageFlags::LOCKED)
     }
     /// Releases the page lock (`unlock_page`).
     pub fn unlock(&self) {
@@ -124,8 +119,7 @@ impl FrameMeta {
         }
     }
     pub(crate) fn init_head(&self, order: u32) {
-        self.compound
-            .store(if order > 0 { HEAD | order } else { 0 }, Ordering::Release);
+        self.compound.store(if order > 0 { HEAD | order } else { 0 }, Ordering::Release);
         self.flags.store(0, Ordering::Relaxed);
         self.mapcount.store(0, Ordering::Relaxed);
         self.index.store(0, Ordering::Relaxed);

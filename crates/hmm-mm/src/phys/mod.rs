@@ -111,10 +111,8 @@ impl PhysMem {
         };
         mem.init_folio(mem.zero_pfn, 0);
         mem.init_folio(mem.huge_zero_pfn, 9);
-        mem.meta(mem.zero_pfn)
-            .set_flags(PageFlags::RESERVED | PageFlags::UPTODATE);
-        mem.meta(mem.huge_zero_pfn)
-            .set_flags(PageFlags::RESERVED | PageFlags::UPTODATE);
+        mem.meta(mem.zero_pfn).set_flags(PageFlags::RESERVED | PageFlags::UPTODATE);
+        mem.meta(mem.huge_zero_pfn).set_flags(PageFlags::RESERVED | PageFlags::UPTODATE);
         Ok(Arc::new(mem))
     }
 
@@ -148,9 +146,7 @@ impl PhysMem {
         file: Option<&std::fs::File>,
     ) -> std::io::Result<Pfn> {
         if nr_frames == 0 || nr_frames >= 1 << REGION_SHIFT {
-            return Err(std::io::Error::other(
-                "device region must hold 1 frame to 1 TiB",
-            ));
+            return Err(std::io::Error::other("device region must hold 1 frame to 1 TiB"));
         }
         let index = self.next_region.fetch_add(1, Ordering::AcqRel) as usize;
         if index >= MAX_REGIONS {
@@ -160,15 +156,9 @@ impl PhysMem {
             Some(file) => FrameBytes::file(file, nr_frames)?,
             None => FrameBytes::anonymous(nr_frames)?,
         };
-        let region = Region {
-            nr_frames,
-            bytes,
-            meta: bytemuck::zeroed_slice_box(nr_frames as usize),
-            pagemap: Some(pagemap),
-        };
-        self.regions[index]
-            .set(region)
-            .map_err(|_| std::io::Error::other("region slot taken"))?;
+        let region =
+            Region { nr_frames, bytes, meta: bytemuck::zeroed_slice_box(nr_frames as usize), pagemap: Some(pagemap) };
+        self.regions[index].set(region).map_err(|_| std::io::Error::other("region slot taken"))?;
         Ok(Pfn((index as u64) << REGION_SHIFT))
     }
 
@@ -179,8 +169,7 @@ impl PhysMem {
 
     /// The memory type of a frame.
     pub fn memory_type(&self, pfn: Pfn) -> MemoryType {
-        self.pagemap(pfn)
-            .map_or(MemoryType::System, |p| p.memory_type())
+        self.pagemap(pfn).map_or(MemoryType::System, |p| p.memory_type())
     }
 
     /// Metadata of one frame.
@@ -239,11 +228,7 @@ impl PhysMem {
     /// A folio of `1 << order` frames of system RAM with one reference,
     /// zeroed if asked.
     pub fn alloc_folio(&self, order: u32, zeroed: bool) -> Result<Pfn, OutOfMemory> {
-        let head = Pfn(self
-            .buddy
-            .lock()
-            .alloc(order)
-            .ok_or(OutOfMemory { order })?);
+        let head = Pfn(self.buddy.lock().alloc(order).ok_or(OutOfMemory { order })?);
         self.init_folio(head, order);
         if zeroed {
             self.zero_frames(head, 1 << order);
@@ -254,18 +239,13 @@ impl PhysMem {
 
     /// Takes a reference on the folio containing `pfn` (`folio_get`).
     pub fn get(&self, pfn: Pfn) {
-        let old = self
-            .meta(self.folio_head(pfn))
-            .refcount
-            .fetch_add(1, Ordering::AcqRel);
+        let old = self.meta(self.folio_head(pfn)).refcount.fetch_add(1, Ordering::AcqRel);
         debug_assert!(old > 0, "get on a free frame {pfn:?}");
     }
 
     /// Adds `n` references at once (`folio_ref_add`).
     pub fn get_many(&self, pfn: Pfn, n: u32) {
-        self.meta(self.folio_head(pfn))
-            .refcount
-            .fetch_add(n, Ordering::AcqRel);
+        self.meta(self.folio_head(pfn)).refcount.fetch_add(n, Ordering::AcqRel);
     }
 
     /// Takes a reference unless the folio is already free
@@ -277,12 +257,7 @@ impl PhysMem {
             if current == 0 {
                 return false;
             }
-            match refcount.compare_exchange_weak(
-                current,
-                current + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match refcount.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return true,
                 Err(now) => current = now,
             }
@@ -307,15 +282,8 @@ impl PhysMem {
 
     fn free_folio(&self, head: Pfn) {
         let order = self.meta(head).order();
-        debug_assert!(
-            !self.meta(head).flags().contains(PageFlags::RESERVED),
-            "freeing a reserved page {head:?}"
-        );
-        debug_assert_eq!(
-            self.meta(head).mapcount(),
-            0,
-            "freeing a mapped folio {head:?}"
-        );
+        debug_assert!(!self.meta(head).flags().contains(PageFlags::RESERVED), "freeing a reserved page {head:?}");
+        debug_assert_eq!(self.meta(head).mapcount(), 0, "freeing a mapped folio {head:?}");
         for i in 0..(1u64 << order) {
             self.meta(head.add(i)).reset();
         }
@@ -327,17 +295,12 @@ impl PhysMem {
 
     /// Adds `n` page-table mappings to the folio's mapcount.
     pub fn map_add(&self, pfn: Pfn, n: i32) {
-        self.meta(self.folio_head(pfn))
-            .mapcount
-            .fetch_add(n, Ordering::AcqRel);
+        self.meta(self.folio_head(pfn)).mapcount.fetch_add(n, Ordering::AcqRel);
     }
 
     /// Removes `n` page-table mappings from the folio's mapcount.
     pub fn map_sub(&self, pfn: Pfn, n: i32) {
-        let old = self
-            .meta(self.folio_head(pfn))
-            .mapcount
-            .fetch_sub(n, Ordering::AcqRel);
+        let old = self.meta(self.folio_head(pfn)).mapcount.fetch_sub(n, Ordering::AcqRel);
         debug_assert!(old >= n, "mapcount underflow on {pfn:?}");
     }
 
@@ -451,10 +414,7 @@ mod tests {
         let mut buf = [1u8; 16];
         mem.read(mem.huge_zero_pfn().add(7), 100, &mut buf);
         assert_eq!(buf, [0; 16]);
-        assert!(mem
-            .meta(mem.zero_pfn())
-            .flags()
-            .contains(PageFlags::RESERVED));
+        assert!(mem.meta(mem.zero_pfn()).flags().contains(PageFlags::RESERVED));
     }
 
     #[test]

@@ -46,11 +46,7 @@ impl Pagemap {
     /// A live pagemap. Device-private memory must have an owner, as
     /// `memremap_pages` requires.
     pub fn new(memory_type: MemoryType, owner: Option<Owner>) -> Self {
-        Self {
-            memory_type,
-            owner,
-            alive: AtomicBool::new(true),
-        }
+        Self { memory_type, owner, alive: AtomicBool::new(true) }
     }
     /// Its type.
     pub fn memory_type(&self) -> MemoryType {

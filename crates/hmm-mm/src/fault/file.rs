@@ -1,0 +1,88 @@
+//! Faults on file mappings (tmpfs files and shared anonymous memory, which
+//! is an unnamed tmpfs file). The page comes from the page cache, allocated
+//! zeroed where the file has a hole; a fault beyond end of file is SIGBUS.
+//! Shared mappings map the cached page itself (read-only on a read fault, so
+//! the first write is seen, as dirty tracking needs); a write fault on a
+//! private mapping copies the page into private anonymous memory.
+//!
+//! A fault races with truncation: after installing the entry it checks the
+//! size again and takes the entry back if the page was cut meanwhile.
+//!
+//! Linux: `do_read_fault`, `do_shared_fault`, `do_cow_fault`,
+//! `filemap_fault`, `shmem_fault`.
+
+use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
+use hmm_types::{Event, PAGE_SIZE};
+
+use crate::error::FaultError;
+use crate::fs::Inode;
+use crate::mm::Mm;
+use crate::phys::PageFlags;
+use crate::vma::Vma;
+use crate::zap::{release_entry, Gather};
+
+use super::wp;
+
+pub(super) fn fault(mm: &Mm, vma: &Vma, inode: &Inode, va: u64, write: bool) -> Result<(), FaultError> {
+    let phys = mm.phys();
+    let shared = vma.flags.is_shared();
+    let index = vma.page_index(va);
+    loop {
+        let pte = match mm.pgtable().ensure(va, Level::Pte) {
+            Ok(slot) => slot,
+            Err(EnsureError::NoMem(_)) => return Err(FaultError::Oom),
+            Err(EnsureError::Leaf(_)) => return Err(FaultError::Sigbus("huge entry in a page-cache mapping")),
+        };
+        let entry = pte.load();
+        if entry.is_present() {
+            if !write || entry.is_write() {
+                return Ok(());
+            }
+            if wp::pte(mm, vma, pte, entry)? {
+                return Ok(());
+            }
+            continue;
+        }
+        if !entry.is_none() {
+            return Err(FaultError::Sigbus("unsupported non-present entry in a file mapping"));
+        }
+        let cached = inode
+            .get_page_for_map(index)
+            .map_err(|_| FaultError::Oom)?
+            .ok_or(FaultError::Sigbus("access beyond end of file"))?;
+        let new = if write && !shared {
+            let copy = phys.alloc_folio(0, false).map_err(|_| {
+                phys.put(cached);
+                FaultError::Oom
+            })?;
+            phys.copy_frames(copy, cached, 1);
+            phys.put(cached);
+            phys.meta(copy)
+                .set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);
+            Entry::present(copy, LeafFlags { write: true, dirty: true, accessed: true, special: false }, false)
+        } else {
+            if write {
+                phys.meta(cached).set_flags(PageFlags::DIRTY);
+            }
+            Entry::present(cached, LeafFlags { write, dirty: write, accessed: true, special: false }, false)
+        };
+        phys.map_add(new.pfn(), 1);
+        if pte.compare_exchange(Entry::NONE, new).is_err() {
+            phys.map_sub(new.pfn(), 1);
+            phys.put(new.pfn());
+            continue;
+        }
+        if index < inode.size().div_ceil(PAGE_SIZE) {
+            return Ok(());
+        }
+        // Truncated while we mapped: take our entry back unless the
+        // truncation's own zap already did.
+        let invalidation = mm.notifiers().start(mm.id(), va, va + PAGE_SIZE, Event::Clear);
+        let mut gather = Gather::new();
+        if pte.compare_exchange(new, Entry::NONE).is_ok() {
+            release_entry(phys, new, &mut gather);
+        }
+        gather.free_after(phys, invalidation);
+        return Err(FaultError::Sigbus("access beyond end of file"));
+    }
+}

@@ -1,0 +1,172 @@
+//! An inode: a file's size, its pages (the page cache) and who maps it
+//! (`i_mmap`, as weak references to address spaces).
+//!
+//! Owns the page-cache references (one per cached page) and the size. It
+//! never takes an mmap lock while holding its own lock: truncation sets the
+//! size, drops its lock, then visits the mappers (`fs/truncate.rs`).
+//!
+//! Linux: `struct inode`, `struct address_space` (`i_pages`, `i_mmap`),
+//! `mm/filemap.c`, `mm/shmem.c`.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use hmm_types::{Pfn, PAGE_SHIFT, PAGE_SIZE};
+
+use crate::error::MmError;
+use crate::mm::Mm;
+use crate::phys::{PageFlags, PhysMem};
+
+static NEXT_INODE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What stores the file's data.
+#[derive(Debug)]
+pub enum InodeKind {
+    /// Pages of system RAM in a page cache (tmpfs, shmem).
+    PageCache,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct InodeState {
+    pub(crate) size: u64,
+    pub(crate) pages: BTreeMap<u64, Pfn>,
+}
+
+/// A file's metadata and data.
+pub struct Inode {
+    id: u64,
+    phys: Arc<PhysMem>,
+    kind: InodeKind,
+    pub(crate) state: Mutex<InodeState>,
+    mappers: Mutex<Vec<Weak<Mm>>>,
+}
+
+impl core::fmt::Debug for Inode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Inode").field("id", &self.id).field("kind", &self.kind).field("size", &self.size()).finish()
+    }
+}
+
+impl Inode {
+    /// An empty file of the given kind.
+    pub(crate) fn new(phys: Arc<PhysMem>, kind: InodeKind) -> Arc<Self> {
+        Arc::new(Self {
+            id: NEXT_INODE_ID.fetch_add(1, Ordering::Relaxed),
+            phys,
+            kind,
+            state: Mutex::new(InodeState::default()),
+            mappers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Identity (`i_ino`).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// Size in bytes (`i_size`).
+    pub fn size(&self) -> u64 {
+        self.state.lock().size
+    }
+    /// What stores the data.
+    pub fn kind(&self) -> &InodeKind {
+        &self.kind
+    }
+    pub(crate) fn phys(&self) -> &Arc<PhysMem> {
+        &self.phys
+    }
+    /// Pages in the page cache.
+    pub fn nr_cached_pages(&self) -> usize {
+        self.state.lock().pages.len()
+    }
+    /// True when the cached page at `index` is dirty (`PG_dirty`).
+    pub fn is_page_dirty(&self, index: u64) -> bool {
+        let state = self.state.lock();
+        state.pages.get(&index).is_some_and(|&pfn| self.phys.meta(pfn).flags().contains(PageFlags::DIRTY))
+    }
+
+    /// Records an address space that maps this file (`vma_link` into
+    /// `i_mmap`).
+    pub(crate) fn add_mapper(&self, mm: Weak<Mm>) {
+        let mut mappers = self.mappers.lock();
+        mappers.retain(|m| m.strong_count() > 0);
+        if !mappers.iter().any(|m| m.ptr_eq(&mm)) {
+            mappers.push(mm);
+        }
+    }
+    /// The live address spaces that map (or mapped) this file.
+    pub(crate) fn mappers(&self) -> Vec<Arc<Mm>> {
+        self.mappers.lock().iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The cached page at `index`, allocated zeroed if the file has a hole
+    /// there; `None` beyond end of file. The cache keeps its own reference;
+    /// the caller gets one more (for its mapping).
+    pub(crate) fn get_page_for_map(&self, index: u64) -> Result<Option<Pfn>, MmError> {
+        let mut state = self.state.lock();
+        if index >= state.size.div_ceil(PAGE_SIZE) {
+            return Ok(None);
+        }
+        let pfn = self.page_locked(&mut state, index)?;
+        self.phys.get(pfn);
+        Ok(Some(pfn))
+    }
+
+    fn page_locked(&self, state: &mut InodeState, index: u64) -> Result<Pfn, MmError> {
+        if let Some(&pfn) = state.pages.get(&index) {
+            return Ok(pfn);
+        }
+        let pfn = self.phys.alloc_folio(0, true)?;
+        let meta = self.phys.meta(pfn);
+        meta.set_flags(PageFlags::SHMEM | PageFlags::SWAPBACKED | PageFlags::UPTODATE);
+        meta.index.store(index, Ordering::Relaxed);
+        meta.mapping.store(self.id, Ordering::Relaxed);
+        state.pages.insert(index, pfn);
+        Ok(pfn)
+    }
+
+    /// Reads at `offset`; returns the bytes read (short at end of file).
+    pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> usize {
+        let state = self.state.lock();
+        let end = offset.saturating_add(buf.len() as u64).min(state.size);
+        let mut pos = offset;
+        while pos < end {
+            let in_page = pos % PAGE_SIZE;
+            let chunk = (PAGE_SIZE - in_page).min(end - pos) as usize;
+            let out = &mut buf[(pos - offset) as usize..][..chunk];
+            match state.pages.get(&(pos >> PAGE_SHIFT)) {
+                Some(&pfn) => self.phys.read(pfn, in_page, out),
+                None => out.fill(0),
+            }
+            pos += chunk as u64;
+        }
+        end.saturating_sub(offset) as usize
+    }
+
+    /// Writes at `offset`, extending the file; returns the bytes written.
+    pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> Result<usize, MmError> {
+        let end = offset.checked_add(data.len() as u64).ok_or(MmError::Invalid("write past the largest offset"))?;
+        let mut state = self.state.lock();
+        let mut pos = offset;
+        while pos < end {
+            let in_page = pos % PAGE_SIZE;
+            let chunk = (PAGE_SIZE - in_page).min(end - pos) as usize;
+            let pfn = self.page_locked(&mut state, pos >> PAGE_SHIFT)?;
+            self.phys.write(pfn, in_page, &data[(pos - offset) as usize..][..chunk]);
+            self.phys.meta(pfn).set_flags(PageFlags::DIRTY);
+            pos += chunk as u64;
+        }
+        state.size = state.size.max(end);
+        Ok(data.len())
+    }
+}
+
+impl Drop for Inode {
+    fn drop(&mut self) {
+        for (_, pfn) in core::mem::take(&mut self.state.get_mut().pages) {
+            self.phys.put(pfn);
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Truncation and hole punching. Both first unmap the affected pages from
+//! every process that maps the file (a CLEAR invalidation per VMA range,
+//! with the exact addresses), then drop the page cache's pages; a frame
+//! still mapped or referenced elsewhere lives on until its last reference.
+//!
+//! Linux: `mm/truncate.c` (`truncate_pagecache`, `truncate_pagecache_range`),
+//! `mm/memory.c` (`unmap_mapping_range`, `zap_page_range_single`).
+
+use std::sync::Arc;
+
+use hmm_types::{Event, PAGE_SHIFT, PAGE_SIZE};
+
+use crate::error::MmError;
+use crate::phys::PageFlags;
+use crate::vma::VmaBacking;
+use crate::zap::{zap_range_if, Gather};
+
+use super::Inode;
+
+/// Sets the size; a shrink unmaps and frees every page wholly past the new
+/// end and zeroes the tail of the last partial page.
+pub(crate) fn truncate(inode: &Arc<Inode>, size: u64) -> Result<(), MmError> {
+    let old = {
+        let mut state = inode.state.lock();
+        core::mem::replace(&mut state.size, size)
+    };
+    if size >= old {
+        return Ok(());
+    }
+    let first_gone = size.div_ceil(PAGE_SIZE);
+    unmap_mapping_pages(inode, first_gone, u64::MAX, true)?;
+    drop_cached(inode, first_gone, u64::MAX);
+    zero_cached(inode, size, first_gone << PAGE_SHIFT);
+    Ok(())
+}
+
+/// Frees the whole pages inside `[offset, offset + len)` and zeroes the
+/// partial pages at its edges; private copy-on-write copies survive, as
+/// Linux's `even_cows = 0` keeps them.
+pub(crate) fn punch_hole(inode: &Arc<Inode>, offset: u64, len: u64) -> Result<(), MmError> {
+    if len == 0 {
+        return Err(MmError::Invalid("hole of zero length"));
+    }
+    let end = offset.checked_add(len).ok_or(MmError::FileTooBig("hole past the largest offset"))?;
+    let end = end.min(inode.size());
+    if offset >= end {
+        return Ok(());
+    }
+    let (first, last) = (offset.div_ceil(PAGE_SIZE), end >> PAGE_SHIFT);
+    if first < last {
+        unmap_mapping_pages(inode, first, last, false)?;
+        drop_cached(inode, first, last);
+    }
+    zero_cached(inode, offset, (first << PAGE_SHIFT).min(end));
+    zero_cached(inode, (last << PAGE_SHIFT).max(offset), end);
+    Ok(())
+}
+
+/// Zaps file pages `[first, last)` from every mapping of `inode`
+/// (`unmap_mapping_pages`). With `even_cows`, private copies go too.
+pub(crate) fn unmap_mapping_pages(inode: &Arc<Inode>, first: u64, last: u64, even_cows: bool) -> Result<(), MmError> {
+    for mm in inode.mappers() {
+        let guard = mm.mmap_read();
+        if mm.has_exited() {
+            continue;
+        }
+        let ranges: Vec<(u64, u64)> = guard
+            .iter()
+            .filter(|vma| matches!(&vma.backing, VmaBacking::File(i) if Arc::ptr_eq(i, inode)))
+            .filter_map(|vma| {
+                let vma_last = vma.pgoff + ((vma.end - vma.start) >> PAGE_SHIFT);
+                let (from, to) = (first.max(vma.pgoff), last.min(vma_last));
+                (from < to).then(|| {
+                    (vma.start + ((from - vma.pgoff) << PAGE_SHIFT), vma.start + ((to - vma.pgoff) << PAGE_SHIFT))
+                })
+            })
+            .collect();
+        let phys = mm.phys();
+        for (start, end) in ranges {
+            let invalidation = mm.notifiers().start(mm.id(), start, end, Event::Clear);
+            let mut gather = Gather::new();
+            zap_range_if(&mm, start, end, &mut gather, |entry| {
+                even_cows
+                    || !entry.is_present()
+                    || !phys.meta(phys.folio_head(entry.pfn())).flags().contains(PageFlags::ANON)
+            })?;
+            gather.free_after(phys, invalidation);
+        }
+    }
+    Ok(())
+}
+
+/// Drops the page cache's reference on pages `[first, last)`.
+fn drop_cached(inode: &Inode, first: u64, last: u64) {
+    let removed: Vec<_> = {
+        let mut state = inode.state.lock();
+        let keys: Vec<u64> = state.pages.range(first..last).map(|(&k, _)| k).collect();
+        keys.into_iter().filter_map(|k| state.pages.remove(&k)).collect()
+    };
+    for pfn in removed {
+        inode.phys().put(pfn);
+    }
+}
+
+/// Zeroes cached bytes `[from, to)` inside one page (no-op when empty).
+fn zero_cached(inode: &Inode, from: u64, to: u64) {
+    if from >= to {
+        return;
+    }
+    let state = inode.state.lock();
+    if let Some(&pfn) = state.pages.get(&(from >> PAGE_SHIFT)) {
+        inode.phys().write(pfn, from % PAGE_SIZE, &vec![0; (to - from) as usize]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hmm_types::{Errno, Event, MapFlags, Prot};
+
+    use crate::testing::{kernel, record};
+    use crate::ThpMode;
+
+    #[test]
+    fn truncate_unmaps_exact_ranges_in_every_process_then_frees() {
+        let k = kernel(64, ThpMode::Never);
+        let file = k.tmpfs().create("t").unwrap();
+        file.ftruncate(8 * 4096).unwrap();
+        let a = k.create_mm().unwrap();
+        let b = k.create_mm().unwrap();
+        let va_a = a.mmap_file(0, 8 * 4096, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
+        let va_b = b.mmap_file(0, 4 * 4096, Prot::READ, MapFlags::SHARED, &file, 4 * 4096).unwrap();
+        for page in 0..8 {
+            a.write_u64(va_a + page * 4096, page + 1).unwrap();
+        }
+        assert_eq!(b.read_u64(va_b + 3 * 4096).unwrap(), 8);
+        let (rec_a, rec_b) = (record(&a), record(&b));
+        let free_before = k.phys().free_frames();
+        file.ftruncate(5 * 4096 + 100).unwrap();
+        assert_eq!(rec_a.take_events(), [(Event::Clear, va_a + 6 * 4096, va_a + 8 * 4096)]);
+        assert_eq!(rec_b.take_events(), [(Event::Clear, va_b + 2 * 4096, va_b + 4 * 4096)]);
+        assert_eq!(k.phys().free_frames(), free_before + 2, "the two cut pages are free");
+        assert_eq!(a.read_u64(va_a + 5 * 4096).unwrap(), 6, "the partial page stays");
+        assert_eq!(a.read_u64(va_a + 5 * 4096 + 100).unwrap(), 0, "its tail reads zero");
+        assert_eq!(a.read_u64(va_a + 6 * 4096).unwrap_err().errno(), Errno::Fault);
+        assert_eq!(b.read_u64(va_b + 2 * 4096).unwrap_err().errno(), Errno::Fault);
+    }
+
+    #[test]
+    fn punch_hole_keeps_the_size_and_private_copies() {
+        let k = kernel(64, ThpMode::Never);
+        let file = k.tmpfs().create("p").unwrap();
+        file.pwrite(0, &[1u8; 4 * 4096]).unwrap();
+        let mm = k.create_mm().unwrap();
+        let shared = mm.mmap_file(0, 4 * 4096, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
+        let private = mm.mmap_file(0, 4 * 4096, Prot::RW, MapFlags::PRIVATE, &file, 0).unwrap();
+        mm.write_u64(private + 4096, 0xc0ffee).unwrap();
+        mm.read_u64(shared + 4096).unwrap();
+        let rec = record(&mm);
+        file.punch_hole(4096 - 8, 4096 + 16).unwrap();
+        let events = rec.take_events();
+        assert!(events.contains(&(Event::Clear, shared + 4096, shared + 2 * 4096)), "{events:?}");
+        assert_eq!(file.size(), 4 * 4096);
+        assert_eq!(mm.read_u64(shared + 4096).unwrap(), 0, "the hole reads zero");
+        assert_eq!(mm.read_u64(shared + 4096 - 8).unwrap(), 0, "partial head zeroed");
+        assert_eq!(mm.read_u64(shared + 2 * 4096).unwrap(), 0, "partial tail zeroed");
+        assert_eq!(mm.read_u64(shared + 2 * 4096 + 8).unwrap(), 0x0101_0101_0101_0101);
+        assert_eq!(mm.read_u64(private + 4096).unwrap(), 0xc0ffee, "private COW copies survive a punch");
+        assert_eq!(file.punch_hole(0, 0).unwrap_err().errno(), Errno::Inval);
+    }
+
+    #[test]
+    fn truncate_to_zero_then_grow_reads_zeros() {
+        let k = kernel(64, ThpMode::Never);
+        let file = k.tmpfs().create("z").unwrap();
+        file.pwrite(0, b"old data").unwrap();
+        file.ftruncate(0).unwrap();
+        file.ftruncate(4096).unwrap();
+        let mut buf = [1u8; 8];
+        file.pread(0, &mut buf).unwrap();
+        assert_eq!(buf, [0; 8]);
+    }
+}

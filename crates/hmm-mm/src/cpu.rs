@@ -21,10 +21,22 @@ use crate::mm::{Mm, MmapReadGuard};
 use crate::phys::PhysMem;
 
 /// A frame held for the duration of one access.
-struct Held<'a> {
+pub(crate) struct Held<'a> {
     phys: &'a PhysMem,
     pfn: Pfn,
     counted: bool,
+}
+
+impl Held<'_> {
+    /// Keeps the reference beyond the access (GUP): returns the frame,
+    /// whose reference the caller now owns.
+    pub(crate) fn keep(mut self) -> Pfn {
+        if !self.counted {
+            self.phys.get(self.pfn);
+        }
+        self.counted = false;
+        self.pfn
+    }
 }
 
 impl Drop for Held<'_> {
@@ -109,7 +121,7 @@ fn for_each_page(
 
 /// The frame behind `va`, held, faulting it in (or upgrading it for a
 /// write) as needed.
-fn translate_or_fault<'a>(guard: &MmapReadGuard<'a>, va: u64, write: bool) -> Result<Held<'a>, MmError> {
+pub(crate) fn translate_or_fault<'a>(guard: &MmapReadGuard<'a>, va: u64, write: bool) -> Result<Held<'a>, MmError> {
     let mm = guard.mm();
     loop {
         if let Some(held) = translate(mm, va, write) {

@@ -81,6 +81,12 @@ pub enum MmError {
     /// No such file.
     #[error("no such file or directory: {0}")]
     NoEntry(&'static str),
+    /// An I/O error of a backing store.
+    #[error("I/O error: {0}")]
+    Io(&'static str),
+    /// No space left on a device.
+    #[error("no space left on device: {0}")]
+    DeviceFull(&'static str),
     /// A file offset past the largest file size.
     #[error("file too large: {0}")]
     FileTooBig(&'static str),
@@ -106,6 +112,8 @@ impl MmError {
             Self::NoEntry(_) => Errno::NoEnt,
             Self::Overflow(_) => Errno::Overflow,
             Self::FileTooBig(_) => Errno::FBig,
+            Self::Io(_) => Errno::Io,
+            Self::DeviceFull(_) => Errno::NoSpc,
         }
     }
     /// Wraps a range validation errno from [`VaRange`].

@@ -14,6 +14,7 @@ use hmm_types::Event;
 
 use crate::error::MmError;
 use crate::mm::Mm;
+use crate::zap::{release_entry, Gather};
 
 /// Splits the huge leaf `entry` held by `slot`. Returns `Ok(false)` if the
 /// slot changed meanwhile (nothing done).
@@ -23,7 +24,18 @@ pub(crate) fn split_huge_leaf(mm: &Mm, slot: Slot<'_>, entry: Entry) -> Result<b
     let va = slot.va();
     let invalidation = mm.notifiers().start(mm.id(), va, va + slot.level().entry_bytes(), Event::Clear);
     let pt = mm.pgtable();
-    let split = if entry.is_present() && phys.is_zero_pfn(entry.pfn()) {
+    let split = if entry.is_present() && phys.memory_type(entry.pfn()).is_zone_device() {
+        // A DAX leaf is not split into smaller entries: it is removed whole
+        // and the remaining part refaults, as `__split_huge_pmd` does for
+        // file-backed leaves.
+        let mut gather = Gather::new();
+        let removed = slot.compare_exchange(entry, Entry::NONE).is_ok();
+        if removed {
+            release_entry(phys, entry, &mut gather);
+        }
+        gather.free_after(phys, invalidation);
+        return Ok(removed);
+    } else if entry.is_present() && phys.is_zero_pfn(entry.pfn()) {
         let flags = LeafFlags { special: true, accessed: entry.is_accessed(), ..LeafFlags::default() };
         let mut zero = Entry::present(phys.zero_pfn(), flags, false);
         if entry.is_protnone() {

@@ -15,6 +15,7 @@ pub mod cpu;
 mod error;
 pub mod fault;
 pub mod fs;
+pub mod gup;
 mod huge;
 mod kernel;
 mod mm;

@@ -16,6 +16,14 @@ pub fn kernel(ram_mib: u64, thp: ThpMode) -> Arc<Kernel> {
     Kernel::new(config).expect("valid config")
 }
 
+/// A path for a throw-away file in the system's temporary directory,
+/// unique to this process and call.
+pub fn temp_path(name: &str) -> std::path::PathBuf {
+    static COUNTER: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("hmm-{}-{n}-{name}", std::process::id()))
+}
+
 /// A recorder subscribed to `mm`.
 pub fn record(mm: &Mm) -> Arc<Recorder> {
     let recorder = Arc::new(Recorder::default());

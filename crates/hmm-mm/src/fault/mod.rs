@@ -13,6 +13,7 @@
 //! `handle_pte_fault`).
 
 mod anon;
+mod dax;
 mod file;
 mod wp;
 
@@ -21,6 +22,7 @@ use bitflags::bitflags;
 use hmm_types::VmFlags;
 
 use crate::error::{FaultError, SegvReason};
+use crate::fs::InodeKind;
 use crate::mm::{Mm, MmapReadGuard};
 use crate::vma::{Vma, VmaBacking};
 
@@ -60,7 +62,10 @@ pub(crate) fn handle_fault(mm: &Mm, vma: &Vma, va: u64, flags: FaultFlags) -> Re
     let va = va & !(hmm_types::PAGE_SIZE - 1);
     match &vma.backing {
         VmaBacking::Anon => anon::fault(mm, vma, va, write),
-        VmaBacking::File(inode) => file::fault(mm, vma, inode, va, write),
+        VmaBacking::File(inode) => match inode.kind() {
+            InodeKind::Dax(fs) => dax::fault(mm, vma, inode, fs, va, write),
+            InodeKind::PageCache => file::fault(mm, vma, inode, va, write),
+        },
     }
 }
 

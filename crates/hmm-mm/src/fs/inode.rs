@@ -20,6 +20,8 @@ use crate::error::MmError;
 use crate::mm::Mm;
 use crate::phys::{PageFlags, PhysMem};
 
+use super::dax::{DaxEntry, DaxShared};
+
 static NEXT_INODE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What stores the file's data.
@@ -27,12 +29,18 @@ static NEXT_INODE_ID: AtomicU64 = AtomicU64::new(1);
 pub enum InodeKind {
     /// Pages of system RAM in a page cache (tmpfs, shmem).
     PageCache,
+    /// Blocks of a persistent-memory device, mapped directly (fs-dax).
+    Dax(Arc<DaxShared>),
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct InodeState {
     pub(crate) size: u64,
+    /// File page → frame: cached RAM pages (each holding a reference), or
+    /// the DAX device blocks (owned by the filesystem, not referenced).
     pub(crate) pages: BTreeMap<u64, Pfn>,
+    /// DAX only: how each 2 MiB block is mapped.
+    pub(crate) dax_entries: BTreeMap<u64, DaxEntry>,
 }
 
 /// A file's metadata and data.
@@ -109,14 +117,33 @@ impl Inode {
         if index >= state.size.div_ceil(PAGE_SIZE) {
             return Ok(None);
         }
+        let before = state.pages.len();
         let pfn = self.page_locked(&mut state, index)?;
+        if let InodeKind::Dax(_) = self.kind {
+            // The first mapping of a DAX block decides: PTE entries.
+            state.dax_entries.entry(index / 512).or_insert(DaxEntry::Pte);
+        }
         self.phys.get(pfn);
+        let allocated = state.pages.len() != before;
+        drop(state);
+        self.after_allocation(allocated)?;
         Ok(Some(pfn))
+    }
+
+    /// DAX block allocations are metadata changes: persist them.
+    fn after_allocation(&self, allocated: bool) -> Result<(), MmError> {
+        match &self.kind {
+            InodeKind::Dax(fs) if allocated => fs.persist(),
+            _ => Ok(()),
+        }
     }
 
     fn page_locked(&self, state: &mut InodeState, index: u64) -> Result<Pfn, MmError> {
         if let Some(&pfn) = state.pages.get(&index) {
             return Ok(pfn);
+        }
+        if let InodeKind::Dax(fs) = &self.kind {
+            return fs.alloc_for(state, index);
         }
         let pfn = self.phys.alloc_folio(0, true)?;
         let meta = self.phys.meta(pfn);
@@ -149,24 +176,39 @@ impl Inode {
     pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> Result<usize, MmError> {
         let end = offset.checked_add(data.len() as u64).ok_or(MmError::Invalid("write past the largest offset"))?;
         let mut state = self.state.lock();
+        // Grow first, so a DAX write into a fresh 2 MiB block gets a whole
+        // chunk.
+        let old_size = state.size;
+        state.size = state.size.max(end);
         let mut pos = offset;
         while pos < end {
             let in_page = pos % PAGE_SIZE;
             let chunk = (PAGE_SIZE - in_page).min(end - pos) as usize;
-            let pfn = self.page_locked(&mut state, pos >> PAGE_SHIFT)?;
+            let pfn = match self.page_locked(&mut state, pos >> PAGE_SHIFT) {
+                Ok(pfn) => pfn,
+                Err(error) => {
+                    state.size = old_size.max(pos);
+                    return Err(error);
+                }
+            };
             self.phys.write(pfn, in_page, &data[(pos - offset) as usize..][..chunk]);
             self.phys.meta(pfn).set_flags(PageFlags::DIRTY);
             pos += chunk as u64;
         }
-        state.size = state.size.max(end);
+        drop(state);
+        self.after_allocation(true)?;
         Ok(data.len())
     }
 }
 
 impl Drop for Inode {
     fn drop(&mut self) {
-        for (_, pfn) in core::mem::take(&mut self.state.get_mut().pages) {
-            self.phys.put(pfn);
+        // DAX blocks belong to the filesystem; only cached RAM pages hold a
+        // reference of the inode's.
+        if let InodeKind::PageCache = self.kind {
+            for (_, pfn) in core::mem::take(&mut self.state.get_mut().pages) {
+                self.phys.put(pfn);
+            }
         }
     }
 }

@@ -8,8 +8,9 @@
 //! Linux: `mm/shmem.c` (tmpfs), `fs/open.c`, `mm/filemap.c`,
 //! `mm/truncate.c`.
 
+pub mod dax;
 mod inode;
-mod truncate;
+pub(crate) mod truncate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use parking_lot::Mutex;
 use crate::error::MmError;
 use crate::phys::PhysMem;
 
+pub use dax::DaxFs;
 pub use inode::{Inode, InodeKind};
 
 /// How a file was opened.

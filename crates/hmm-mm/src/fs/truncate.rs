@@ -15,7 +15,7 @@ use crate::phys::PageFlags;
 use crate::vma::VmaBacking;
 use crate::zap::{zap_range_if, Gather};
 
-use super::Inode;
+use super::{Inode, InodeKind};
 
 /// Sets the size; a shrink unmaps and frees every page wholly past the new
 /// end and zeroes the tail of the last partial page.
@@ -28,8 +28,11 @@ pub(crate) fn truncate(inode: &Arc<Inode>, size: u64) -> Result<(), MmError> {
         return Ok(());
     }
     let first_gone = size.div_ceil(PAGE_SIZE);
-    unmap_mapping_pages(inode, first_gone, u64::MAX, true)?;
-    drop_cached(inode, first_gone, u64::MAX);
+    if let Err(error) = remove_pages(inode, first_gone, u64::MAX, true) {
+        // A busy DAX page: nothing was freed, so the file keeps its size.
+        inode.state.lock().size = old;
+        return Err(error);
+    }
     zero_cached(inode, size, first_gone << PAGE_SHIFT);
     Ok(())
 }
@@ -48,8 +51,7 @@ pub(crate) fn punch_hole(inode: &Arc<Inode>, offset: u64, len: u64) -> Result<()
     }
     let (first, last) = (offset.div_ceil(PAGE_SIZE), end >> PAGE_SHIFT);
     if first < last {
-        unmap_mapping_pages(inode, first, last, false)?;
-        drop_cached(inode, first, last);
+        remove_pages(inode, first, last, false)?;
     }
     zero_cached(inode, offset, (first << PAGE_SHIFT).min(end));
     zero_cached(inode, (last << PAGE_SHIFT).max(offset), end);
@@ -88,6 +90,24 @@ pub(crate) fn unmap_mapping_pages(inode: &Arc<Inode>, first: u64, last: u64, eve
         }
     }
     Ok(())
+}
+
+/// Unmaps file pages `[first, last)` everywhere, then frees them: the page
+/// cache drops its references; a DAX filesystem waits for its blocks to be
+/// idle first (and fails with `EBUSY` if a pin outlasts the timeout).
+fn remove_pages(inode: &Arc<Inode>, first: u64, last: u64, even_cows: bool) -> Result<(), MmError> {
+    match inode.kind() {
+        InodeKind::PageCache => {
+            unmap_mapping_pages(inode, first, last, even_cows)?;
+            drop_cached(inode, first, last);
+            Ok(())
+        }
+        InodeKind::Dax(fs) => {
+            let (from, to) = fs.unmap_span(inode, first, last);
+            unmap_mapping_pages(inode, from, to, even_cows)?;
+            fs.release_pages(inode, first, last)
+        }
+    }
 }
 
 /// Drops the page cache's reference on pages `[first, last)`.

@@ -7,7 +7,7 @@
 use hmm_types::{MapFlags, Prot, VaRange, VmFlags, PAGE_SHIFT, PAGE_SIZE};
 
 use crate::error::MmError;
-use crate::fs::File;
+use crate::fs::{File, InodeKind};
 use crate::mm::Mm;
 use crate::vma::{Vma, VmaBacking};
 
@@ -67,7 +67,11 @@ impl Mm {
             t if t == MapFlags::PRIVATE.bits() => false,
             _ => return Err(MmError::Invalid("exactly one of MAP_SHARED and MAP_PRIVATE is required")),
         };
-        if flags.contains(MapFlags::SYNC) && flags.map_type() == MapFlags::SHARED_VALIDATE.bits() {
+        // MAP_SYNC is only honoured (and only validated) with
+        // MAP_SHARED_VALIDATE, and only a DAX file supports it.
+        let sync = flags.contains(MapFlags::SYNC) && flags.map_type() == MapFlags::SHARED_VALIDATE.bits();
+        let is_dax = file.is_some_and(|(f, _)| matches!(f.inode().kind(), InodeKind::Dax(_)));
+        if sync && !is_dax {
             return Err(MmError::NotSupported("MAP_SYNC needs a DAX file"));
         }
         if flags.contains(MapFlags::HUGETLB) {
@@ -83,6 +87,9 @@ impl Mm {
         }
         if shared {
             vm_flags |= VmFlags::SHARED | VmFlags::MAYSHARE;
+        }
+        if sync {
+            vm_flags |= VmFlags::SYNC;
         }
         let backing = match file {
             Some((file, offset)) => {

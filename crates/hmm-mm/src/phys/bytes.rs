@@ -32,7 +32,6 @@ impl FrameBytes {
 
     /// Frames backed by a file (persistent memory), mapped shared so writes
     /// reach the file.
-    #[allow(dead_code)] // the fs-dax device (next issue) is its user
     pub(crate) fn file(file: &std::fs::File, nr_frames: u64) -> std::io::Result<Self> {
         let len = usize::try_from(nr_frames * PAGE_SIZE).map_err(std::io::Error::other)?;
         let map = MmapOptions::new().len(len).map_raw(file)?;
@@ -100,7 +99,6 @@ impl FrameBytes {
     }
 
     /// Flushes a file-backed region to its file.
-    #[allow(dead_code)] // the fs-dax device (next issue) is its user
     pub(crate) fn flush(&self) -> std::io::Result<()> {
         self.map.flush()
     }

@@ -27,7 +27,7 @@ use hmm_pagetable::{TableId, TableStore, TableStoreFull, ENTRIES_PER_TABLE};
 use hmm_types::{Pfn, PAGE_SIZE};
 
 pub use frame::{FrameMeta, PageFlags};
-pub use pagemap::{MemoryType, Pagemap};
+pub use pagemap::{MemoryType, Pagemap, PagemapOps};
 
 use buddy::Buddy;
 use bytes::FrameBytes;
@@ -238,9 +238,11 @@ impl PhysMem {
     }
 
     /// Takes a reference on the folio containing `pfn` (`folio_get`).
+    /// Device memory (DAX) starts idle at zero references, so its first
+    /// mapping takes the count from zero; system RAM must be allocated.
     pub fn get(&self, pfn: Pfn) {
         let old = self.meta(self.folio_head(pfn)).refcount.fetch_add(1, Ordering::AcqRel);
-        debug_assert!(old > 0, "get on a free frame {pfn:?}");
+        debug_assert!(old > 0 || self.region(pfn).pagemap.is_some(), "get on a free frame {pfn:?}");
     }
 
     /// Adds `n` references at once (`folio_ref_add`).
@@ -284,13 +286,27 @@ impl PhysMem {
         let order = self.meta(head).order();
         debug_assert!(!self.meta(head).flags().contains(PageFlags::RESERVED), "freeing a reserved page {head:?}");
         debug_assert_eq!(self.meta(head).mapcount(), 0, "freeing a mapped folio {head:?}");
-        for i in 0..(1u64 << order) {
-            self.meta(head.add(i)).reset();
-        }
         self.stats.folio_frees.fetch_add(1, Ordering::Relaxed);
-        if self.region(head).pagemap.is_none() {
-            self.buddy.lock().free(Self::local(head), order);
+        match &self.region(head).pagemap {
+            None => {
+                for i in 0..(1u64 << order) {
+                    self.meta(head.add(i)).reset();
+                }
+                self.buddy.lock().free(Self::local(head), order);
+            }
+            // Device memory belongs to its device: the folio is idle now
+            // (what `dax_layout_busy_page` waits for) and the owner is told.
+            Some(pagemap) => pagemap.folio_idle(head),
         }
+    }
+
+    /// Describes `1 << order` device frames from `head` as one folio with
+    /// no reference (idle), as a device or DAX filesystem sets its memory
+    /// up for mapping (`zone_device_folio_init` without the reference).
+    pub fn init_device_folio(&self, head: Pfn, order: u32) {
+        assert!(self.region(head).pagemap.is_some(), "only device memory is set up by its owner");
+        self.init_folio(head, order);
+        self.meta(head).refcount.store(0, Ordering::Release);
     }
 
     /// Adds `n` page-table mappings to the folio's mapcount.
@@ -338,6 +354,11 @@ impl PhysMem {
         let (dst_bytes, dst_base) = self.bytes_of(dst);
         let (src_bytes, src_base) = self.bytes_of(src);
         dst_bytes.copy_from(dst_base, src_bytes, src_base, (nr * PAGE_SIZE) as usize);
+    }
+
+    /// Writes a file-backed region (persistent memory) to its file.
+    pub fn flush_region(&self, pfn: Pfn) -> std::io::Result<()> {
+        self.region(pfn).bytes.flush()
     }
 
     /// The aligned u64 at `offset` in frame `pfn`, for atomic operations.

@@ -4,8 +4,15 @@
 //! Linux: `enum memory_type`, `struct dev_pagemap` (`include/linux/memremap.h`).
 
 use core::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use hmm_types::Owner;
+use hmm_types::{Owner, Pfn};
+
+/// What a device's memory manager is told (`struct dev_pagemap_ops`).
+pub trait PagemapOps: Send + Sync {
+    /// The folio headed by `head` lost its last reference (`folio_free`).
+    fn folio_free(&self, _head: Pfn) {}
+}
 
 /// The kind of memory behind a frame.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -35,18 +42,38 @@ impl MemoryType {
 /// A device's memory as registered with the memory manager
 /// (`struct dev_pagemap`): its type, its owner, and whether it is still
 /// alive. Killing a pagemap (unbind) is announced before its pages go away.
-#[derive(Debug)]
 pub struct Pagemap {
     memory_type: MemoryType,
     owner: Option<Owner>,
     alive: AtomicBool,
+    ops: Option<Arc<dyn PagemapOps>>,
+}
+
+impl core::fmt::Debug for Pagemap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Pagemap")
+            .field("memory_type", &self.memory_type)
+            .field("owner", &self.owner)
+            .field("alive", &self.is_alive())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pagemap {
     /// A live pagemap. Device-private memory must have an owner, as
     /// `memremap_pages` requires.
     pub fn new(memory_type: MemoryType, owner: Option<Owner>) -> Self {
-        Self { memory_type, owner, alive: AtomicBool::new(true) }
+        Self { memory_type, owner, alive: AtomicBool::new(true), ops: None }
+    }
+    /// The same pagemap with its owner's operations.
+    pub fn with_ops(mut self, ops: Arc<dyn PagemapOps>) -> Self {
+        self.ops = Some(ops);
+        self
+    }
+    pub(crate) fn folio_idle(&self, head: Pfn) {
+        if let Some(ops) = &self.ops {
+            ops.folio_free(head);
+        }
     }
     /// Its type.
     pub fn memory_type(&self) -> MemoryType {

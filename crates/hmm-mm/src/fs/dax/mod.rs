@@ -1,0 +1,320 @@
+//! A DAX filesystem on an emulated persistent-memory device: file pages
+//! *are* device frames (no page cache), mapped directly, with PMD leaves
+//! where a file's 2 MiB block is one aligned chunk.
+//!
+//! Owns the namespace and the metadata (persisted to the device on every
+//! change, so a later run mounts the same files with the same data), block
+//! allocation for files, the per-block mapping-entry size (a 2 MiB block is
+//! mapped by PMD or by PTE entries, the same for every process, as Linux's
+//! DAX xarray entries are), and the busy-page wait of truncation: blocks are
+//! freed only once no mapping and no pin references them.
+//!
+//! Linux: `fs/dax.c` (`dax_iomap_fault`, `dax_layout_busy_page_range`),
+//! `xfs_break_dax_layouts`, `MEMORY_DEVICE_FS_DAX`.
+
+mod layout;
+mod pmem;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use hmm_types::{Pfn, PAGE_SIZE};
+
+use crate::error::MmError;
+use crate::kernel::Kernel;
+
+use super::inode::InodeState;
+use super::{File, Inode, InodeKind, OpenMode};
+use layout::FileRecord;
+
+pub use pmem::{PmemDevice, META_PAGES};
+
+const CHUNK: u64 = 512;
+
+/// How a file's 2 MiB block is mapped by every process.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DaxEntry {
+    /// By 4K entries; each page is its own folio.
+    Pte,
+    /// By PMD leaves (4K entries may map parts of it); one order-9 folio.
+    Pmd,
+}
+
+/// The filesystem state shared by its inodes.
+pub struct DaxShared {
+    pmem: PmemDevice,
+    files: Mutex<BTreeMap<String, Arc<Inode>>>,
+    busy_timeout: Mutex<Duration>,
+}
+
+impl core::fmt::Debug for DaxShared {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DaxShared").field("pmem", &self.pmem).finish_non_exhaustive()
+    }
+}
+
+/// A mounted DAX filesystem.
+#[derive(Debug, Clone)]
+pub struct DaxFs {
+    shared: Arc<DaxShared>,
+}
+
+impl DaxFs {
+    /// Creates an empty filesystem on a pmem device backed by `path`.
+    pub fn format(kernel: &Kernel, path: &Path, size_bytes: u64) -> Result<Self, MmError> {
+        let fs = Self::attach(kernel, path, size_bytes)?;
+        fs.shared.persist()?;
+        Ok(fs)
+    }
+
+    /// Mounts the filesystem a previous run left in `path`.
+    pub fn mount(kernel: &Kernel, path: &Path, size_bytes: u64) -> Result<Self, MmError> {
+        let fs = Self::attach(kernel, path, size_bytes)?;
+        let pmem = &fs.shared.pmem;
+        let mut header = [0u8; 16];
+        pmem.phys().read(pmem.base(), 0, &mut header);
+        let len = layout::payload_len(&header).ok_or(MmError::Io("no hmm DAX filesystem on this device"))?;
+        if len > META_PAGES * PAGE_SIZE - 16 {
+            return Err(MmError::Io("corrupt DAX metadata: table too large"));
+        }
+        let mut payload = vec![0u8; len as usize];
+        pmem.phys().read(pmem.base(), 16, &mut payload);
+        let mut files = fs.shared.files.lock();
+        for record in layout::decode(&payload)? {
+            let inode = Inode::new(pmem.phys().clone(), InodeKind::Dax(fs.shared.clone()));
+            {
+                let mut state = inode.state.lock();
+                state.size = record.size;
+                for (file_page, dev_page, pages) in record.extents {
+                    pmem.claim(dev_page, pages)?;
+                    for i in 0..pages {
+                        state.pages.insert(file_page + i, pmem.pfn(dev_page + i));
+                    }
+                }
+            }
+            files.insert(record.name, inode);
+        }
+        drop(files);
+        Ok(fs)
+    }
+
+    fn attach(kernel: &Kernel, path: &Path, size_bytes: u64) -> Result<Self, MmError> {
+        let pmem = PmemDevice::attach(kernel.phys(), path, size_bytes)?;
+        let shared = Arc::new(DaxShared {
+            pmem,
+            files: Mutex::new(BTreeMap::new()),
+            busy_timeout: Mutex::new(Duration::from_secs(1)),
+        });
+        Ok(Self { shared })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &PmemDevice {
+        &self.shared.pmem
+    }
+
+    /// How long truncation waits for a busy (pinned) page before failing
+    /// with `EBUSY` (default 1 s).
+    pub fn set_busy_timeout(&self, timeout: Duration) {
+        *self.shared.busy_timeout.lock() = timeout;
+    }
+
+    /// Creates an empty file, or opens and empties an existing one.
+    pub fn create(&self, name: &str) -> Result<File, MmError> {
+        if name.is_empty() || name.len() > 255 || name.contains('/') {
+            return Err(MmError::Invalid("file names are 1 to 255 bytes without '/'"));
+        }
+        let existing = self.shared.files.lock().get(name).cloned();
+        let inode = match existing {
+            Some(inode) => {
+                super::truncate::truncate(&inode, 0)?;
+                inode
+            }
+            None => {
+                let inode = Inode::new(self.shared.pmem.phys().clone(), InodeKind::Dax(self.shared.clone()));
+                self.shared.files.lock().insert(name.to_string(), inode.clone());
+                inode
+            }
+        };
+        self.shared.persist()?;
+        Ok(File::new(inode, OpenMode::ReadWrite))
+    }
+
+    /// Opens an existing file.
+    pub fn open(&self, name: &str, mode: OpenMode) -> Result<File, MmError> {
+        let inode = self.shared.files.lock().get(name).cloned().ok_or(MmError::NoEntry("no such file"))?;
+        Ok(File::new(inode, mode))
+    }
+
+    /// Names of the files, sorted.
+    pub fn list(&self) -> Vec<String> {
+        self.shared.files.lock().keys().cloned().collect()
+    }
+
+    /// Writes everything to the backing file (`msync` of the device).
+    pub fn sync(&self) -> Result<(), MmError> {
+        self.shared.persist()?;
+        self.shared.pmem.flush()
+    }
+
+    /// Unbinds the device: the pagemap dies (new faults get SIGBUS) and
+    /// every mapping of every file is removed, as `kill_dax` and
+    /// `unmap_mapping_range` do.
+    pub fn unbind(&self) -> Result<(), MmError> {
+        self.shared.pmem.pagemap().kill();
+        let inodes: Vec<_> = self.shared.files.lock().values().cloned().collect();
+        for inode in inodes {
+            super::truncate::unmap_mapping_pages(&inode, 0, u64::MAX, false)?;
+        }
+        Ok(())
+    }
+}
+
+impl DaxShared {
+    /// The device.
+    pub fn pmem(&self) -> &PmemDevice {
+        &self.pmem
+    }
+
+    /// Writes the file table to the metadata area. Takes the namespace lock
+    /// then each inode's: never call it holding an inode lock.
+    pub(crate) fn persist(&self) -> Result<(), MmError> {
+        let records: Vec<FileRecord> = self
+            .files
+            .lock()
+            .iter()
+            .map(|(name, inode)| {
+                let state = inode.state.lock();
+                let pages = state.pages.iter().map(|(&index, &pfn)| (index, self.pmem.page_of(pfn)));
+                FileRecord { name: name.clone(), size: state.size, extents: layout::extents_of(pages) }
+            })
+            .collect();
+        let bytes = layout::encode(&records);
+        if bytes.len() as u64 > META_PAGES * PAGE_SIZE {
+            return Err(MmError::DeviceFull("DAX metadata area is full"));
+        }
+        self.pmem.phys().write(self.pmem.base(), 0, &bytes);
+        Ok(())
+    }
+
+    /// Allocates the block backing file page `index`: the whole aligned
+    /// chunk when the file's 2 MiB block is an unallocated hole inside the
+    /// file, else a single page.
+    pub(crate) fn alloc_for(&self, state: &mut InodeState, index: u64) -> Result<Pfn, MmError> {
+        let block = index / CHUNK;
+        let block_pages = block * CHUNK..(block + 1) * CHUNK;
+        let within_size = block_pages.end <= state.size.div_ceil(PAGE_SIZE);
+        if within_size && state.pages.range(block_pages.clone()).next().is_none() {
+            if let Some(first) = self.pmem.alloc_chunk() {
+                for (i, file_page) in block_pages.enumerate() {
+                    state.pages.insert(file_page, self.pmem.pfn(first + i as u64));
+                }
+                return Ok(state.pages[&index]);
+            }
+        }
+        let page = self.pmem.alloc_page().ok_or(MmError::DeviceFull("pmem device full"))?;
+        state.pages.insert(index, self.pmem.pfn(page));
+        Ok(self.pmem.pfn(page))
+    }
+
+    /// The head frame of a PMD mapping of the file's 2 MiB `block`, making
+    /// the block PMD-mapped if nothing maps it yet and it is one aligned
+    /// chunk inside the file; `None` means "map it with PTEs".
+    pub(crate) fn pmd_entry(&self, inode: &Inode, block: u64) -> Result<Option<Pfn>, MmError> {
+        let mut state = inode.state.lock();
+        let pages = block * CHUNK..(block + 1) * CHUNK;
+        if pages.end > state.size.div_ceil(PAGE_SIZE) {
+            return Ok(None);
+        }
+        match state.dax_entries.get(&block) {
+            Some(DaxEntry::Pte) => return Ok(None),
+            Some(DaxEntry::Pmd) => return Ok(Some(state.pages[&pages.start])),
+            None => {}
+        }
+        let mut allocated = false;
+        if state.pages.range(pages.clone()).next().is_none() {
+            self.alloc_for(&mut state, pages.start)?;
+            allocated = true;
+        }
+        let head = state.pages.get(&pages.start).copied();
+        let contiguous = head.is_some_and(|head| {
+            self.pmem.page_of(head) % CHUNK == 0
+                && pages.clone().all(|p| state.pages.get(&p) == Some(&head.add(p - pages.start)))
+        });
+        let entry = match (head, contiguous) {
+            (Some(head), true) => {
+                self.pmem.phys().init_device_folio(head, 9);
+                state.dax_entries.insert(block, DaxEntry::Pmd);
+                Some(head)
+            }
+            _ => {
+                state.dax_entries.insert(block, DaxEntry::Pte);
+                None
+            }
+        };
+        drop(state);
+        if allocated {
+            self.persist()?;
+        }
+        Ok(entry)
+    }
+
+    /// File pages `[first, last)` as a span to unmap: widened to whole
+    /// 2 MiB blocks where a PMD entry straddles an end, since a PMD leaf is
+    /// removed whole.
+    pub(crate) fn unmap_span(&self, inode: &Inode, first: u64, last: u64) -> (u64, u64) {
+        let state = inode.state.lock();
+        let pmd = |page: u64| state.dax_entries.get(&(page / CHUNK)) == Some(&DaxEntry::Pmd);
+        let first = if pmd(first) { first / CHUNK * CHUNK } else { first };
+        let last = if last != u64::MAX && last % CHUNK != 0 && pmd(last) { (last / CHUNK + 1) * CHUNK } else { last };
+        (first, last)
+    }
+
+    /// Frees the blocks of file pages `[first, last)` once idle: waits (up
+    /// to the busy timeout) until no mapping or pin references them; then
+    /// the blocks return to the allocator and the affected 2 MiB blocks
+    /// lose their mapping entry (they refault afresh).
+    pub(crate) fn release_pages(&self, inode: &Inode, first: u64, last: u64) -> Result<(), MmError> {
+        let deadline = Instant::now() + *self.busy_timeout.lock();
+        loop {
+            let busy = {
+                let state = inode.state.lock();
+                let phys = self.pmem.phys();
+                state.pages.range(first..last).any(|(_, &pfn)| phys.folio_counts(pfn).0 > 0)
+            };
+            if !busy {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(MmError::Busy("a DAX page is still referenced (pinned): the filesystem cannot free it"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut state = inode.state.lock();
+        let freed: Vec<u64> = state.pages.range(first..last).map(|(&k, _)| k).collect();
+        let blocks: Vec<u64> =
+            state.dax_entries.range(first / CHUNK..=last.saturating_sub(1) / CHUNK).map(|(&b, _)| b).collect();
+        for block in blocks {
+            if state.dax_entries.remove(&block) == Some(DaxEntry::Pmd) {
+                // The order-9 folio goes back to 512 idle order-0 frames.
+                if let Some(&head) = state.pages.get(&(block * CHUNK)) {
+                    for i in 0..CHUNK {
+                        self.pmem.phys().init_device_folio(head.add(i), 0);
+                    }
+                }
+            }
+        }
+        for page in freed {
+            let pfn = state.pages.remove(&page).expect("collected above");
+            self.pmem.free_page(self.pmem.page_of(pfn));
+        }
+        drop(state);
+        self.persist()
+    }
+}

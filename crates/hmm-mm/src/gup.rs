@@ -1,0 +1,130 @@
+//! Pinning user pages: `get_user_pages` takes a reference per page,
+//! `pin_user_pages` a pin (a reference biased by 1024, so a pin is visible
+//! in the count, as `folio_maybe_dma_pinned` checks). Pages are faulted in
+//! as needed; `FOLL_WRITE` breaks copy-on-write first.
+//!
+//! This is the contrast HMM exists for: a pinned page keeps its frame (and,
+//! on DAX, its file block) busy until it is unpinned, while a mirror built
+//! with `range_fault` holds nothing and is simply invalidated.
+//!
+//! Linux: `mm/gup.c` (`get_user_pages_remote`, `pin_user_pages`,
+//! `check_vma_flags`, `GUP_PIN_COUNTING_BIAS`).
+
+use std::sync::Arc;
+
+use bitflags::bitflags;
+
+use hmm_types::{Pfn, VaRange, VmFlags, PAGE_SIZE};
+
+use crate::cpu::translate_or_fault;
+use crate::error::{FaultError, MmError, SegvReason};
+use crate::fs::InodeKind;
+use crate::mm::Mm;
+use crate::phys::PhysMem;
+
+/// References a pin adds (`GUP_PIN_COUNTING_BIAS`).
+pub const GUP_PIN_COUNTING_BIAS: u32 = 1024;
+
+bitflags! {
+    /// `FOLL_*`.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+    pub struct FollFlags: u32 {
+        /// The caller will write (`FOLL_WRITE`).
+        const WRITE = 1 << 0;
+        /// The pin may last indefinitely (`FOLL_LONGTERM`): refused on
+        /// fs-dax, whose blocks must stay reclaimable by the filesystem.
+        const LONGTERM = 1 << 1;
+    }
+}
+
+/// Pages pinned by [`Mm::pin_user_pages`]; dropping unpins them.
+#[must_use = "dropping the pins unpins the pages at once"]
+pub struct PinnedPages {
+    phys: Arc<PhysMem>,
+    pfns: Vec<Pfn>,
+}
+
+impl core::fmt::Debug for PinnedPages {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PinnedPages").field("pfns", &self.pfns).finish()
+    }
+}
+
+impl PinnedPages {
+    /// The pinned frames, one per page in order.
+    pub fn pfns(&self) -> &[Pfn] {
+        &self.pfns
+    }
+    /// Unpins now (`unpin_user_pages`).
+    pub fn unpin(self) {}
+}
+
+impl Drop for PinnedPages {
+    fn drop(&mut self) {
+        for &pfn in &self.pfns {
+            self.phys.put_many(pfn, GUP_PIN_COUNTING_BIAS);
+        }
+    }
+}
+
+impl Mm {
+    /// Takes a reference on each of `nr_pages` pages from `start`
+    /// (`get_user_pages_remote`); the caller drops them with
+    /// [`PhysMem::put`].
+    pub fn get_user_pages(&self, start: u64, nr_pages: u64, flags: FollFlags) -> Result<Vec<Pfn>, MmError> {
+        self.gup(start, nr_pages, flags)
+    }
+
+    /// Pins `nr_pages` pages from `start` (`pin_user_pages_remote`).
+    pub fn pin_user_pages(&self, start: u64, nr_pages: u64, flags: FollFlags) -> Result<PinnedPages, MmError> {
+        let pfns = self.gup(start, nr_pages, flags)?;
+        for &pfn in &pfns {
+            self.phys().get_many(pfn, GUP_PIN_COUNTING_BIAS - 1);
+        }
+        Ok(PinnedPages { phys: self.phys().clone(), pfns })
+    }
+
+    fn gup(&self, start: u64, nr_pages: u64, flags: FollFlags) -> Result<Vec<Pfn>, MmError> {
+        self.check_alive()?;
+        let len = nr_pages.checked_mul(PAGE_SIZE).ok_or(MmError::Invalid("page count overflows"))?;
+        let range = VaRange::new(start, len).map_err(MmError::from_range)?;
+        let write = flags.contains(FollFlags::WRITE);
+        let guard = self.mmap_read();
+        let mut taken = Vec::with_capacity(nr_pages as usize);
+        let result = (|| {
+            let mut va = range.start();
+            while va < range.end() {
+                let fault = |reason| MmError::Fault { addr: va, error: FaultError::Segv(reason) };
+                let vma = guard.vma(va).ok_or(fault(SegvReason::NotMapped))?;
+                if vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
+                    return Err(fault(SegvReason::Protection));
+                }
+                if flags.contains(FollFlags::LONGTERM)
+                    && vma.file().is_some_and(|i| matches!(i.kind(), InodeKind::Dax(_)))
+                {
+                    return Err(MmError::NotSupported("FOLL_LONGTERM pins are refused on fs-dax"));
+                }
+                taken.push(translate_or_fault(&guard, va, write)?.keep());
+                va += PAGE_SIZE;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(taken),
+            Err(error) => {
+                for pfn in taken {
+                    self.phys().put(pfn);
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+impl PhysMem {
+    /// True when the folio holding `pfn` may be pinned
+    /// (`folio_maybe_dma_pinned`).
+    pub fn maybe_pinned(&self, pfn: Pfn) -> bool {
+        self.folio_counts(pfn).0 >= GUP_PIN_COUNTING_BIAS
+    }
+}

@@ -4,7 +4,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use hmm_types::MmId;
+use hmm_types::{MmId, PageSize};
 
 use crate::error::MmError;
 use crate::fs::Tmpfs;
@@ -32,11 +32,21 @@ pub struct KernelConfig {
     /// Map the huge zero page on read faults of THP-eligible ranges
     /// (`transparent_hugepage/use_zero_page`).
     pub use_huge_zero_page: bool,
+    /// 2 MiB pages set aside for hugetlbfs at boot (`hugepages=`).
+    pub hugetlb_2m_pages: u64,
+    /// 1 GiB pages set aside for hugetlbfs at boot (`hugepagesz=1G`).
+    pub hugetlb_1g_pages: u64,
 }
 
 impl Default for KernelConfig {
     fn default() -> Self {
-        Self { ram_bytes: 1 << 30, thp: ThpMode::Always, use_huge_zero_page: true }
+        Self {
+            ram_bytes: 1 << 30,
+            thp: ThpMode::Always,
+            use_huge_zero_page: true,
+            hugetlb_2m_pages: 0,
+            hugetlb_1g_pages: 0,
+        }
     }
 }
 
@@ -53,6 +63,10 @@ impl Kernel {
     /// Boots a machine.
     pub fn new(config: KernelConfig) -> Result<Arc<Self>, MmError> {
         let phys = PhysMem::new(config.ram_bytes).map_err(|_| MmError::Invalid("RAM size must be 4 MiB to 1 TiB"))?;
+        for (size, count) in [(PageSize::Size1G, config.hugetlb_1g_pages), (PageSize::Size2M, config.hugetlb_2m_pages)]
+        {
+            phys.hugetlb_grow(size, count).map_err(|_| MmError::Invalid("the hugetlb pools do not fit in RAM"))?;
+        }
         let tmpfs = Tmpfs::new(phys.clone());
         Ok(Arc::new(Self { phys, config, tmpfs, next_mm_id: AtomicU64::new(1) }))
     }

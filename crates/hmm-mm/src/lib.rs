@@ -12,11 +12,13 @@
 //! huge_memory.c, shmem.c), `kernel/fork.c`.
 
 pub mod cpu;
+pub mod devdax;
 mod error;
 pub mod fault;
 pub mod fs;
 pub mod gup;
 mod huge;
+pub mod hugetlb;
 mod kernel;
 mod mm;
 mod notify;

@@ -10,9 +10,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hmm_types::{VaRange, VmFlags, PAGE_SHIFT, PMD_SIZE, TASK_SIZE};
+use hmm_types::{VaRange, VmFlags, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
 
+use crate::devdax::DevDax;
 use crate::fs::Inode;
+use crate::hugetlb::HugetlbFile;
 
 /// What backs a VMA's pages.
 #[derive(Clone, Debug)]
@@ -21,6 +23,14 @@ pub enum VmaBacking {
     Anon,
     /// A file (shared anonymous memory is an unnamed tmpfs file).
     File(Arc<Inode>),
+    /// A device-DAX character device.
+    DevDax(Arc<DevDax>),
+    /// hugetlbfs memory (`MAP_HUGETLB`).
+    Hugetlb(Arc<HugetlbFile>),
+    /// Raw frames inserted at mmap time (`remap_pfn_range`: VM_IO|VM_PFNMAP).
+    Pfnmap,
+    /// Refcounted pages inserted at mmap time (`vm_insert_page`: VM_MIXEDMAP).
+    Mixed,
 }
 
 impl VmaBacking {
@@ -28,6 +38,8 @@ impl VmaBacking {
         match (self, other) {
             (Self::Anon, Self::Anon) => true,
             (Self::File(a), Self::File(b)) => Arc::ptr_eq(a, b),
+            (Self::DevDax(a), Self::DevDax(b)) => Arc::ptr_eq(a, b),
+            (Self::Hugetlb(a), Self::Hugetlb(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -61,7 +73,16 @@ impl Vma {
     pub fn file(&self) -> Option<&Arc<Inode>> {
         match &self.backing {
             VmaBacking::File(inode) => Some(inode),
-            VmaBacking::Anon => None,
+            _ => None,
+        }
+    }
+    /// The granule this VMA may be split at (`vm_ops->may_split`): the huge
+    /// page size for hugetlb, the device alignment for device-DAX.
+    pub fn split_granule(&self) -> u64 {
+        match &self.backing {
+            VmaBacking::DevDax(dev) => dev.align().bytes(),
+            VmaBacking::Hugetlb(object) => object.page_size().bytes(),
+            _ => PAGE_SIZE,
         }
     }
     /// True when writes must copy (`is_cow_mapping`: private and may write).
@@ -151,6 +172,15 @@ impl VmaTree {
         let tail = vma.split_off(at);
         self.vmas.insert(tail.start, tail);
     }
+    /// `EINVAL` if splitting at `at` would cut a VMA off its granule.
+    pub fn check_split(&self, at: u64) -> Result<(), crate::error::MmError> {
+        match self.lookup(at) {
+            Some(vma) if vma.start != at && at % vma.split_granule() != 0 => {
+                Err(crate::error::MmError::Invalid("address not aligned to the mapping's page size"))
+            }
+            _ => Ok(()),
+        }
+    }
     /// Removes and returns the VMAs inside `[start, end)` after splitting at
     /// both ends.
     pub fn remove_range(&mut self, start: u64, end: u64) -> Vec<Vma> {
@@ -192,13 +222,19 @@ impl VmaTree {
     /// free range below [`MMAP_BASE`] (top-down, as Linux). Lengths of 2 MiB
     /// or more are 2 MiB aligned so THPs can back them.
     pub fn find_free(&self, len: u64, hint: Option<u64>) -> Option<u64> {
-        if let Some(hint) = hint {
+        self.find_free_aligned(len, hint, PAGE_SIZE)
+    }
+
+    /// Like [`Self::find_free`], with placements (hint included) multiples
+    /// of `align` (a power of two): huge-page mappings need their size.
+    pub fn find_free_aligned(&self, len: u64, hint: Option<u64>, align: u64) -> Option<u64> {
+        if let Some(hint) = hint.filter(|h| h % align == 0) {
             let end = hint.checked_add(len)?;
             if hint >= MMAP_MIN_ADDR && end <= TASK_SIZE && self.overlapping(hint, end).next().is_none() {
                 return Some(hint);
             }
         }
-        let align = if len >= PMD_SIZE { PMD_SIZE } else { 1 };
+        let align = if len >= PMD_SIZE { align.max(PMD_SIZE) } else { align };
         let mut ceiling = MMAP_BASE;
         let mut gaps = self.vmas.range(..MMAP_BASE).rev().map(|(_, v)| (v.start, v.end)).peekable();
         loop {

@@ -14,7 +14,9 @@
 
 mod anon;
 mod dax;
+mod devdax;
 mod file;
+mod hugetlb;
 mod wp;
 
 use bitflags::bitflags;
@@ -66,6 +68,11 @@ pub(crate) fn handle_fault(mm: &Mm, vma: &Vma, va: u64, flags: FaultFlags) -> Re
             InodeKind::Dax(fs) => dax::fault(mm, vma, inode, fs, va, write),
             InodeKind::PageCache => file::fault(mm, vma, inode, va, write),
         },
+        VmaBacking::DevDax(dev) => devdax::fault(mm, vma, dev, va, write),
+        VmaBacking::Hugetlb(object) => hugetlb::fault(mm, vma, object, va, write),
+        VmaBacking::Pfnmap | VmaBacking::Mixed => {
+            Err(FaultError::Sigbus("no page to fault into a VM_PFNMAP/VM_MIXEDMAP mapping"))
+        }
     }
 }
 

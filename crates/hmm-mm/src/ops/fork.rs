@@ -39,7 +39,9 @@ impl Mm {
             }
             child_guard.vmas_mut().insert(copy);
             // Shared mappings are refaulted in the child from their object.
-            if vma.flags.is_shared() || !has_entries(self, vma.start, vma.end) {
+            // Except for driver-inserted frames, which cannot refault.
+            let refaults = vma.flags.is_shared() && !vma.flags.intersects(VmFlags::PFNMAP | VmFlags::MIXEDMAP);
+            if refaults || !has_entries(self, vma.start, vma.end) {
                 continue;
             }
             let invalidation = vma

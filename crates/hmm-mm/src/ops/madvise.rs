@@ -37,6 +37,8 @@ impl Mm {
                 if !guard.is_fully_mapped(start, end) {
                     return Err(MmError::NotMapped(range));
                 }
+                guard.check_split(start)?;
+                guard.check_split(end)?;
                 let chunks: Vec<_> = guard
                     .overlapping(start, end)
                     .map(|v| (v.start.max(start), v.end.min(end), v.is_anonymous(), v.flags))
@@ -64,6 +66,8 @@ impl Mm {
                 if !guard.is_fully_mapped(start, end) {
                     return Err(MmError::NotMapped(range));
                 }
+                guard.check_split(start)?;
+                guard.check_split(end)?;
                 if guard.overlapping(start, end).any(|v| v.flags.intersects(VmFlags::PFNMAP | VmFlags::IO)) {
                     return Err(MmError::Invalid("populate of a VM_PFNMAP/VM_IO mapping"));
                 }
@@ -74,6 +78,8 @@ impl Mm {
                 if !guard.is_fully_mapped(start, end) {
                     return Err(MmError::NotMapped(range));
                 }
+                guard.check_split(start)?;
+                guard.check_split(end)?;
                 Ok(())
             }
             MadviseAdvice::HugePage
@@ -87,6 +93,8 @@ impl Mm {
                 if !guard.is_fully_mapped(start, end) {
                     return Err(MmError::NotMapped(range));
                 }
+                guard.check_split(start)?;
+                guard.check_split(end)?;
                 let special = VmFlags::PFNMAP | VmFlags::IO;
                 if advice == MadviseAdvice::DontFork
                     && guard.overlapping(start, end).any(|v| v.flags.intersects(special))
@@ -107,6 +115,8 @@ impl Mm {
                 if !guard.is_fully_mapped(start, end) {
                     return Err(MmError::NotMapped(range));
                 }
+                guard.check_split(start)?;
+                guard.check_split(end)?;
                 collapse(&mut guard, start, end)
             }
         }

@@ -1,28 +1,46 @@
-//! mmap of anonymous memory (private, or shared through an unnamed tmpfs
-//! file) and of files.
+//! mmap: anonymous memory (private, or shared through an unnamed tmpfs
+//! file), files (page cache or fs-dax), hugetlbfs (`MAP_HUGETLB`),
+//! device-DAX, and the special mappings drivers make (`remap_pfn_range`,
+//! `vm_insert_page`).
 //!
 //! Linux: `mm/mmap.c` (`do_mmap`, `mmap_region`), `mm/shmem.c`
-//! (`shmem_zero_setup`).
+//! (`shmem_zero_setup`), `mm/hugetlb.c`, `drivers/dax/device.c`,
+//! `mm/memory.c` (`remap_pfn_range`, `vm_insert_page`).
 
-use hmm_types::{MapFlags, Prot, VaRange, VmFlags, PAGE_SHIFT, PAGE_SIZE};
+use std::sync::Arc;
 
+use hmm_pagetable::{Entry, LeafFlags, Level};
+use hmm_types::{MapFlags, PageSize, Pfn, Prot, VaRange, VmFlags, PAGE_SHIFT, PAGE_SIZE};
+
+use crate::devdax::DevDax;
 use crate::error::MmError;
 use crate::fs::{File, InodeKind};
+use crate::hugetlb::HugetlbFile;
 use crate::mm::Mm;
 use crate::vma::{Vma, VmaBacking};
 
 use super::{populate_locked, unmap_locked};
 
+/// What a new mapping maps.
+enum Source<'a> {
+    Anonymous,
+    File(&'a File, u64),
+    DevDax(&'a Arc<DevDax>, u64),
+    Pfns(Pfn),
+    Pages(&'a [Pfn]),
+}
+
 impl Mm {
     /// Maps `len` bytes of anonymous memory (`mmap(addr, len, prot, flags,
     /// -1, 0)`); returns the address. `addr` is a hint unless `MAP_FIXED`
     /// (replace what is there) or `MAP_FIXED_NOREPLACE` (`EEXIST` if
-    /// anything is there).
+    /// anything is there). With `MAP_HUGETLB` the memory comes from the
+    /// hugetlbfs pool (`MAP_HUGE_2MB`, the default, or `MAP_HUGE_1GB`).
     pub fn mmap(&self, addr: u64, len: u64, prot: Prot, flags: MapFlags) -> Result<u64, MmError> {
         if !flags.contains(MapFlags::ANONYMOUS) {
             return Err(MmError::Invalid("a mapping without MAP_ANONYMOUS needs a file: use mmap_file"));
         }
-        self.do_mmap(addr, len, prot, flags, None)
+        self.do_mmap(addr, len, prot, flags, Source::Anonymous)
     }
 
     /// Maps `len` bytes of `file` from byte `offset` (`mmap(addr, len,
@@ -37,23 +55,50 @@ impl Mm {
         file: &File,
         offset: u64,
     ) -> Result<u64, MmError> {
-        if flags.contains(MapFlags::ANONYMOUS) {
-            return Err(MmError::Invalid("MAP_ANONYMOUS with a file"));
+        if flags.intersects(MapFlags::ANONYMOUS | MapFlags::HUGETLB) {
+            return Err(MmError::Invalid("MAP_ANONYMOUS or MAP_HUGETLB with a file"));
         }
         if offset % PAGE_SIZE != 0 {
             return Err(MmError::Invalid("file offset not page aligned"));
         }
-        self.do_mmap(addr, len, prot, flags, Some((file, offset)))
+        self.do_mmap(addr, len, prot, flags, Source::File(file, offset))
     }
 
-    fn do_mmap(
+    /// Maps a device-DAX device from byte `offset`: shared only, with
+    /// address, length and offset multiples of the device alignment.
+    pub fn mmap_devdax(
         &self,
         addr: u64,
         len: u64,
         prot: Prot,
         flags: MapFlags,
-        file: Option<(&File, u64)>,
+        dev: &Arc<DevDax>,
+        offset: u64,
     ) -> Result<u64, MmError> {
+        if flags.intersects(MapFlags::ANONYMOUS | MapFlags::HUGETLB) {
+            return Err(MmError::Invalid("MAP_ANONYMOUS or MAP_HUGETLB with a device"));
+        }
+        self.do_mmap(addr, len, prot, flags, Source::DevDax(dev, offset))
+    }
+
+    /// A driver's `remap_pfn_range`: maps the raw frames from `base` at a
+    /// free address, `VM_IO | VM_PFNMAP | VM_DONTEXPAND`, entries installed
+    /// now and marked special (no `struct page` semantics). HMM refuses to
+    /// mirror such a range.
+    pub fn mmap_pfn_range(&self, len: u64, prot: Prot, base: Pfn) -> Result<u64, MmError> {
+        self.do_mmap(0, len, prot, MapFlags::SHARED, Source::Pfns(base))
+    }
+
+    /// A driver's `vm_insert_page` over a new `VM_MIXEDMAP` mapping: each
+    /// page (which must be allocated) is mapped with a reference.
+    pub fn mmap_pages(&self, prot: Prot, pages: &[Pfn]) -> Result<u64, MmError> {
+        if pages.iter().any(|&pfn| !self.phys().is_valid_pfn(pfn) || self.phys().folio_counts(pfn).0 == 0) {
+            return Err(MmError::Invalid("vm_insert_page of a frame that is not allocated"));
+        }
+        self.do_mmap(0, pages.len() as u64 * PAGE_SIZE, prot, MapFlags::SHARED, Source::Pages(pages))
+    }
+
+    fn do_mmap(&self, addr: u64, len: u64, prot: Prot, flags: MapFlags, source: Source<'_>) -> Result<u64, MmError> {
         self.check_alive()?;
         if len == 0 {
             return Err(MmError::Invalid("mmap of zero length"));
@@ -61,25 +106,29 @@ impl Mm {
         if Prot::from_bits(prot.bits()).is_none() {
             return Err(MmError::Invalid("unknown PROT_* bits"));
         }
-        let len = len.checked_add(PAGE_SIZE - 1).ok_or(MmError::NoSpace(len))? & !(PAGE_SIZE - 1);
         let shared = match flags.map_type() {
             t if t == MapFlags::SHARED.bits() || t == MapFlags::SHARED_VALIDATE.bits() => true,
             t if t == MapFlags::PRIVATE.bits() => false,
             _ => return Err(MmError::Invalid("exactly one of MAP_SHARED and MAP_PRIVATE is required")),
         };
+        let hugetlb = flags.contains(MapFlags::HUGETLB).then(|| huge_size(flags)).transpose()?;
+        let granule = match (&source, hugetlb) {
+            (_, Some(size)) => size.bytes(),
+            (Source::DevDax(dev, _), _) => dev.align().bytes(),
+            _ => PAGE_SIZE,
+        };
+        // Lengths round up to the granule, as hugetlbfs rounds to its page.
+        let len = len.checked_add(granule - 1).ok_or(MmError::NoSpace(len))? & !(granule - 1);
         // MAP_SYNC is only honoured (and only validated) with
         // MAP_SHARED_VALIDATE, and only a DAX file supports it.
         let sync = flags.contains(MapFlags::SYNC) && flags.map_type() == MapFlags::SHARED_VALIDATE.bits();
-        let is_dax = file.is_some_and(|(f, _)| matches!(f.inode().kind(), InodeKind::Dax(_)));
-        if sync && !is_dax {
+        let is_dax_file = matches!(&source, Source::File(f, _) if matches!(f.inode().kind(), InodeKind::Dax(_)));
+        if sync && !is_dax_file {
             return Err(MmError::NotSupported("MAP_SYNC needs a DAX file"));
         }
-        if flags.contains(MapFlags::HUGETLB) {
-            return Err(MmError::NotSupported("MAP_HUGETLB needs the hugetlbfs pool"));
-        }
         let fixed = flags.intersects(MapFlags::FIXED | MapFlags::FIXED_NOREPLACE);
-        if fixed && addr % PAGE_SIZE != 0 {
-            return Err(MmError::Invalid("MAP_FIXED address not page aligned"));
+        if fixed && addr % granule != 0 {
+            return Err(MmError::Invalid("MAP_FIXED address not aligned to the mapping's page size"));
         }
         let mut vm_flags = VmFlags::from_prot(prot) | VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
         if flags.contains(MapFlags::NORESERVE) {
@@ -91,8 +140,22 @@ impl Mm {
         if sync {
             vm_flags |= VmFlags::SYNC;
         }
-        let backing = match file {
-            Some((file, offset)) => {
+        let inserted: Option<(Vec<Pfn>, bool)> = match &source {
+            Source::Pfns(base) => Some(((0..len / PAGE_SIZE).map(|i| base.add(i)).collect(), true)),
+            Source::Pages(pages) => Some((pages.to_vec(), false)),
+            _ => None,
+        };
+        let backing = match source {
+            Source::Anonymous => match hugetlb {
+                Some(size) => {
+                    vm_flags |= VmFlags::HUGETLB;
+                    let object = HugetlbFile::new(self.phys().clone(), size, len / size.bytes(), shared)?;
+                    Some((VmaBacking::Hugetlb(object), 0))
+                }
+                None if shared => Some((VmaBacking::File(self.kernel().tmpfs().anonymous(len)), 0)),
+                None => None,
+            },
+            Source::File(file, offset) => {
                 if (offset >> PAGE_SHIFT).checked_add(len >> PAGE_SHIFT).is_none() {
                     return Err(MmError::Overflow("file offset plus length"));
                 }
@@ -104,8 +167,24 @@ impl Mm {
                 }
                 Some((VmaBacking::File(file.inode().clone()), offset >> PAGE_SHIFT))
             }
-            None if shared => Some((VmaBacking::File(self.kernel().tmpfs().anonymous(len)), 0)),
-            None => None,
+            Source::DevDax(dev, offset) => {
+                if !shared {
+                    return Err(MmError::Invalid("device-dax mappings must be MAP_SHARED"));
+                }
+                if offset % granule != 0 {
+                    return Err(MmError::Invalid("device-dax offset not aligned to the device alignment"));
+                }
+                vm_flags |= VmFlags::HUGEPAGE;
+                Some((VmaBacking::DevDax(dev.clone()), offset >> PAGE_SHIFT))
+            }
+            Source::Pfns(base) => {
+                vm_flags |= VmFlags::IO | VmFlags::PFNMAP | VmFlags::DONTEXPAND;
+                Some((VmaBacking::Pfnmap, base.0))
+            }
+            Source::Pages(_) => {
+                vm_flags |= VmFlags::MIXEDMAP;
+                Some((VmaBacking::Mixed, 0))
+            }
         };
 
         let mut guard = self.mmap_write();
@@ -120,13 +199,16 @@ impl Mm {
             range.start()
         } else {
             let hint = (addr != 0).then_some(addr & !(PAGE_SIZE - 1));
-            guard.find_free(len, hint).ok_or(MmError::NoSpace(len))?
+            guard.find_free_aligned(len, hint, granule).ok_or(MmError::NoSpace(len))?
         };
         let (backing, pgoff) = backing.unwrap_or((VmaBacking::Anon, start >> PAGE_SHIFT));
         if let VmaBacking::File(inode) = &backing {
             inode.add_mapper(self.weak());
         }
         let end = start + len;
+        if let Some((frames, special)) = inserted {
+            insert_frames(self, start, &frames, special, vm_flags.contains(VmFlags::WRITE))?;
+        }
         guard.vmas_mut().insert(Vma { start, end, flags: vm_flags, pgoff, backing });
         guard.vmas_mut().merge_range(start, end);
         if flags.contains(MapFlags::POPULATE) {
@@ -134,6 +216,40 @@ impl Mm {
             let _ = populate_locked(self, &guard, start, end, prot.contains(Prot::WRITE));
         }
         Ok(start)
+    }
+}
+
+/// Installs `frames` from `start`, as `remap_pfn_range` (special entries,
+/// no references) or `vm_insert_page` (a reference and mapcount each) do.
+/// The range is free and the mmap write lock is held; on failure the
+/// entries installed so far are removed again.
+fn insert_frames(mm: &Mm, start: u64, frames: &[Pfn], special: bool, write: bool) -> Result<(), MmError> {
+    let phys = mm.phys();
+    for (i, &pfn) in frames.iter().enumerate() {
+        let va = start + i as u64 * PAGE_SIZE;
+        let Ok(slot) = mm.pgtable().ensure(va, Level::Pte) else {
+            let mut gather = crate::zap::Gather::new();
+            crate::zap::zap_range(mm, start, va, &mut gather)?;
+            gather.free_now(phys);
+            return Err(MmError::NoMem);
+        };
+        if !special {
+            phys.get(pfn);
+            phys.map_add(pfn, 1);
+        }
+        slot.store(Entry::present(pfn, LeafFlags { write, dirty: false, accessed: false, special }, false));
+    }
+    Ok(())
+}
+
+/// The hugetlb page size a `MAP_HUGE_*` encoding asks for (2 MiB by
+/// default); other sizes are `EINVAL`.
+fn huge_size(flags: MapFlags) -> Result<PageSize, MmError> {
+    let log2 = (flags.bits() >> 26) & 0x3f;
+    match log2 {
+        0 | 21 => Ok(PageSize::Size2M),
+        30 => Ok(PageSize::Size1G),
+        _ => Err(MmError::Invalid("unsupported MAP_HUGE_* size")),
     }
 }
 
@@ -224,5 +340,53 @@ mod tests {
         let (level, _) = leaf(&mm, va);
         assert_eq!(level, Level::Pte, "shmem has no THP by default");
         assert_eq!(mm.read_u64(va + 8).unwrap(), 5);
+    }
+}
+
+#[cfg(test)]
+mod special_tests {
+    use std::sync::Arc;
+
+    use hmm_types::{MapFlags, Owner, Prot, VmFlags};
+
+    use crate::phys::{MemoryType, Pagemap};
+    use crate::testing::{kernel, leaf};
+    use crate::ThpMode;
+
+    #[test]
+    fn pfn_ranges_are_special_io_mappings() {
+        let k = kernel(64, ThpMode::Never);
+        let bar = k
+            .phys()
+            .add_device_region(Arc::new(Pagemap::new(MemoryType::PciP2pDma, Some(Owner(1)))), 16, None)
+            .unwrap();
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap_pfn_range(4 * 4096, Prot::RW, bar).unwrap();
+        let flags = mm.mmap_read().lookup(va).unwrap().flags;
+        assert!(flags.contains(VmFlags::IO | VmFlags::PFNMAP));
+        let (_, entry) = leaf(&mm, va + 4096);
+        assert!(entry.is_special() && entry.pfn() == bar.add(1));
+        mm.write_u64(va + 4096, 3).unwrap();
+        let child = mm.fork().unwrap();
+        assert_eq!(child.read_u64(va + 4096).unwrap(), 3, "pfn mappings are copied at fork");
+        child.exit();
+        mm.munmap(va, 4 * 4096).unwrap();
+    }
+
+    #[test]
+    fn inserted_pages_are_referenced() {
+        let k = kernel(64, ThpMode::Never);
+        let page = k.phys().alloc_folio(0, true).unwrap();
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap_pages(Prot::RW, &[page]).unwrap();
+        assert!(mm.mmap_read().lookup(va).unwrap().flags.contains(VmFlags::MIXEDMAP));
+        assert_eq!(k.phys().folio_counts(page), (2, 1));
+        mm.write_u64(va, 1).unwrap();
+        mm.munmap(va, 4096).unwrap();
+        assert_eq!(k.phys().folio_counts(page), (1, 0));
+        let shared = MapFlags::SHARED;
+        assert!(mm.mmap(0, 4096, Prot::RW, shared).is_err());
+        k.phys().put(page);
+        assert!(mm.mmap_pages(Prot::RW, &[page]).is_err(), "a free frame cannot be inserted");
     }
 }

@@ -41,6 +41,8 @@ impl Mm {
         if !guard.is_fully_mapped(start, end) {
             return Err(MmError::NotMapped(range));
         }
+        guard.check_split(start)?;
+        guard.check_split(end)?;
         for vma in guard.overlapping(start, end) {
             if prot.contains(Prot::WRITE) && !vma.flags.contains(VmFlags::MAYWRITE) {
                 return Err(MmError::Access("mapping may not become writable"));

@@ -26,6 +26,8 @@ impl Mm {
 /// then frees tables and frames after the invalidation ends.
 pub(crate) fn unmap_locked(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), MmError> {
     let mm = guard.mm();
+    guard.check_split(start)?;
+    guard.check_split(end)?;
     let (Some(first), Some(last)) = (guard.overlapping(start, end).next(), guard.overlapping(start, end).last()) else {
         return Ok(());
     };

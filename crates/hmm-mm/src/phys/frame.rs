@@ -30,6 +30,8 @@ bitflags! {
         const ANON_EXCLUSIVE = 1 << 9;
         /// Shared-memory (shmem/tmpfs) page.
         const SHMEM = 1 << 10;
+        /// A hugetlbfs page: returns to its pool, not to the allocator.
+        const HUGETLB = 1 << 11;
     }
 }
 

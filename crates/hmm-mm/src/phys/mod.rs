@@ -16,6 +16,7 @@
 mod buddy;
 mod bytes;
 mod frame;
+mod hugetlb;
 mod pagemap;
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -27,6 +28,7 @@ use hmm_pagetable::{TableId, TableStore, TableStoreFull, ENTRIES_PER_TABLE};
 use hmm_types::{Pfn, PAGE_SIZE};
 
 pub use frame::{FrameMeta, PageFlags};
+pub use hugetlb::HugetlbStats;
 pub use pagemap::{MemoryType, Pagemap, PagemapOps};
 
 use buddy::Buddy;
@@ -70,6 +72,7 @@ pub struct PhysMem {
     huge_zero_pfn: Pfn,
     stats: PhysStats,
     next_region: AtomicU32,
+    hugetlb: [Mutex<hugetlb::Pool>; 2],
 }
 
 impl core::fmt::Debug for PhysMem {
@@ -108,6 +111,7 @@ impl PhysMem {
             huge_zero_pfn: Pfn(huge_zero),
             stats: PhysStats::default(),
             next_region: AtomicU32::new(1),
+            hugetlb: Default::default(),
         };
         mem.init_folio(mem.zero_pfn, 0);
         mem.init_folio(mem.huge_zero_pfn, 9);
@@ -287,6 +291,10 @@ impl PhysMem {
         debug_assert!(!self.meta(head).flags().contains(PageFlags::RESERVED), "freeing a reserved page {head:?}");
         debug_assert_eq!(self.meta(head).mapcount(), 0, "freeing a mapped folio {head:?}");
         self.stats.folio_frees.fetch_add(1, Ordering::Relaxed);
+        if self.meta(head).flags().contains(PageFlags::HUGETLB) {
+            self.hugetlb_free(head);
+            return;
+        }
         match &self.region(head).pagemap {
             None => {
                 for i in 0..(1u64 << order) {

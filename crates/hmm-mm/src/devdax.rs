@@ -1,0 +1,158 @@
+//! Device-DAX: a character device (`/dev/daxX.Y`) whose memory is mapped
+//! directly, whole, with leaves of the device's alignment: 1 GiB (PUD) or
+//! 2 MiB (PMD) or 4 KiB. Mappings must be shared and aligned, and cannot be
+//! split at unaligned addresses.
+//!
+//! Owns the device region (`MEMORY_DEVICE_GENERIC` pagemap) and its folio
+//! layout (one idle folio per alignment unit).
+//!
+//! Linux: `drivers/dax/device.c` (`dev_dax_mmap`, `dev_dax_huge_fault`,
+//! `check_vma`, `dev_dax_may_split`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hmm_types::{PageSize, Pfn, PAGE_SIZE};
+
+use crate::error::MmError;
+use crate::kernel::Kernel;
+use crate::phys::{MemoryType, Pagemap, PhysMem};
+
+/// A device-DAX instance.
+pub struct DevDax {
+    phys: Arc<PhysMem>,
+    base: Pfn,
+    nr_frames: u64,
+    align: PageSize,
+    pagemap: Arc<Pagemap>,
+    _file: Option<std::fs::File>,
+}
+
+impl core::fmt::Debug for DevDax {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DevDax")
+            .field("base", &self.base)
+            .field("nr_frames", &self.nr_frames)
+            .field("align", &self.align)
+            .finish()
+    }
+}
+
+impl DevDax {
+    /// A device of `size_bytes` (a multiple of `align`) in anonymous host
+    /// memory, or in `backing` if given (persistent across runs).
+    pub fn create(
+        kernel: &Kernel,
+        size_bytes: u64,
+        align: PageSize,
+        backing: Option<&Path>,
+    ) -> Result<Arc<Self>, MmError> {
+        if size_bytes == 0 || size_bytes % align.bytes() != 0 {
+            return Err(MmError::Invalid("device-dax size must be a non-zero multiple of its alignment"));
+        }
+        let nr_frames = size_bytes / PAGE_SIZE;
+        let file = match backing {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .map_err(|_| MmError::Io("cannot open the device-dax backing file"))?;
+                file.set_len(size_bytes).map_err(|_| MmError::Io("cannot size the device-dax backing file"))?;
+                Some(file)
+            }
+            None => None,
+        };
+        let pagemap = Arc::new(Pagemap::new(MemoryType::Generic, None));
+        let base = kernel
+            .phys()
+            .add_device_region(pagemap.clone(), nr_frames, file.as_ref())
+            .map_err(|_| MmError::Io("cannot set up device-dax memory"))?;
+        let phys = kernel.phys().clone();
+        for unit in (0..nr_frames).step_by(align.nr_pages() as usize) {
+            phys.init_device_folio(base.add(unit), align.order());
+        }
+        Ok(Arc::new(Self { phys, base, nr_frames, align, pagemap, _file: file }))
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.nr_frames * PAGE_SIZE
+    }
+    /// The mapping alignment (and leaf size).
+    pub fn align(&self) -> PageSize {
+        self.align
+    }
+    /// First frame.
+    pub fn base(&self) -> Pfn {
+        self.base
+    }
+    /// Its pagemap.
+    pub fn pagemap(&self) -> &Arc<Pagemap> {
+        &self.pagemap
+    }
+    /// Physical memory it lives in.
+    pub fn phys(&self) -> &Arc<PhysMem> {
+        &self.phys
+    }
+    /// The frame at byte `offset`, if inside the device.
+    pub(crate) fn pfn_at(&self, offset: u64) -> Option<Pfn> {
+        (offset < self.size()).then(|| self.base.add(offset / PAGE_SIZE))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hmm_pagetable::Level;
+    use hmm_types::{Errno, Event, MapFlags, PageSize, Prot, PMD_SIZE, PUD_SIZE};
+
+    use super::DevDax;
+    use crate::phys::MemoryType;
+    use crate::testing::{kernel, leaf, record};
+    use crate::ThpMode;
+
+    #[test]
+    fn a_1g_device_maps_with_pud_leaves() {
+        let k = kernel(64, ThpMode::Never);
+        let dev = DevDax::create(&k, 2 * PUD_SIZE, PageSize::Size1G, None).unwrap();
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap_devdax(0, 2 * PUD_SIZE, Prot::RW, MapFlags::SHARED, &dev, 0).unwrap();
+        assert_eq!(va % PUD_SIZE, 0);
+        mm.write_u64(va + PUD_SIZE + 12345 * 8, 99).unwrap();
+        let (level, entry) = leaf(&mm, va + PUD_SIZE);
+        assert_eq!(level, Level::Pud);
+        assert_eq!(entry.pfn(), dev.base().add(PUD_SIZE / 4096));
+        assert_eq!(k.phys().memory_type(entry.pfn()), MemoryType::Generic);
+        assert_eq!(k.phys().folio_order(entry.pfn()), 18);
+        assert_eq!(mm.read_u64(va + PUD_SIZE + 12345 * 8).unwrap(), 99);
+        let rec = record(&mm);
+        mm.munmap(va, PUD_SIZE).unwrap();
+        assert_eq!(rec.take_events(), [(Event::Unmap, va, va + PUD_SIZE)]);
+        assert_eq!(
+            mm.munmap(va + PUD_SIZE + PMD_SIZE, PMD_SIZE).unwrap_err().errno(),
+            Errno::Inval,
+            "no unaligned split"
+        );
+    }
+
+    #[test]
+    fn a_2m_device_maps_with_pmd_leaves_and_checks_its_arguments() {
+        let k = kernel(64, ThpMode::Never);
+        let dev = DevDax::create(&k, 8 << 20, PageSize::Size2M, None).unwrap();
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap_devdax(0, 4 << 20, Prot::RW, MapFlags::SHARED, &dev, 2 << 20).unwrap();
+        mm.write_u64(va, 1).unwrap();
+        let (level, entry) = leaf(&mm, va);
+        assert_eq!((level, entry.pfn()), (Level::Pmd, dev.base().add(512)));
+        let errno = |r: Result<u64, crate::MmError>| r.unwrap_err().errno();
+        assert_eq!(errno(mm.mmap_devdax(0, 2 << 20, Prot::RW, MapFlags::PRIVATE, &dev, 0)), Errno::Inval);
+        assert_eq!(errno(mm.mmap_devdax(0, 2 << 20, Prot::RW, MapFlags::SHARED, &dev, 4096)), Errno::Inval);
+        let fixed = MapFlags::SHARED | MapFlags::FIXED;
+        assert_eq!(errno(mm.mmap_devdax(0x4000_1000, 2 << 20, Prot::RW, fixed, &dev, 0)), Errno::Inval);
+        assert_eq!(DevDax::create(&k, 3 << 20, PageSize::Size2M, None).unwrap_err().errno(), Errno::Inval);
+        let beyond = mm.mmap_devdax(0, 4 << 20, Prot::RW, MapFlags::SHARED, &dev, 6 << 20).unwrap();
+        assert!(mm.read_u64(beyond + (2 << 20)).is_err(), "past the device end is SIGBUS");
+    }
+}

@@ -199,4 +199,55 @@ mod tests {
         file.pread(0, &mut buf).unwrap();
         assert_eq!(buf, [0; 8]);
     }
+
+    #[test]
+    fn truncate_racing_cpu_access_is_clean() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        use crate::{FaultError, MmError};
+
+        let k = kernel(64, ThpMode::Never);
+        let file = k.tmpfs().create("race").unwrap();
+        file.ftruncate(16 * 4096).unwrap();
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap_file(0, 16 * 4096, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ops = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let accessor = {
+            let (mm, stop, ops) = (mm.clone(), stop.clone(), ops.clone());
+            std::thread::spawn(move || {
+                let mut sigbus = 0u32;
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let page = i % 16;
+                    i += 1;
+                    ops.fetch_add(1, Ordering::Relaxed);
+                    match mm.write_u64(va + page * 4096, 0xa5a5_0000 + page) {
+                        Ok(()) => {}
+                        Err(MmError::Fault { error: FaultError::Sigbus(_), .. }) => sigbus += 1,
+                        Err(other) => panic!("unexpected error {other:?}"),
+                    }
+                    match mm.read_u64(va + page * 4096) {
+                        Ok(v) => assert!(v == 0 || v == 0xa5a5_0000 + page, "garbage {v:#x} in page {page}"),
+                        Err(MmError::Fault { error: FaultError::Sigbus(_), .. }) => sigbus += 1,
+                        Err(other) => panic!("unexpected error {other:?}"),
+                    }
+                }
+                sigbus
+            })
+        };
+        let mut round = 0u64;
+        while round < 300 || ops.load(Ordering::Relaxed) < 5000 {
+            file.ftruncate((round % 16) * 4096).unwrap();
+            std::thread::yield_now();
+            file.ftruncate(16 * 4096).unwrap();
+            round += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let sigbus = accessor.join().unwrap();
+        assert!(sigbus > 0, "the accessor should sometimes land past the end");
+        mm.munmap(va, 16 * 4096).unwrap();
+        drop(file);
+    }
 }

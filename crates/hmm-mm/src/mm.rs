@@ -16,6 +16,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use hmm_notifier::{IntervalNotifier, IntervalNotifierOps};
 use hmm_pagetable::PageTable;
 use hmm_types::{MmId, MmuNotifier};
 
@@ -49,13 +50,14 @@ impl core::fmt::Debug for Mm {
 impl Mm {
     pub(crate) fn new(kernel: Arc<Kernel>) -> Result<Arc<Self>, MmError> {
         let pgtable = PageTable::new(kernel.phys().clone())?;
+        let id = kernel.next_mm_id();
         Ok(Arc::new_cyclic(|this| Self {
             this: this.clone(),
-            id: kernel.next_mm_id(),
+            id,
             kernel,
             mmap_lock: RwLock::new(VmaTree::default()),
             pgtable,
-            notifiers: NotifierChain::default(),
+            notifiers: NotifierChain::new(id),
             users: AtomicU32::new(1),
             exited: AtomicBool::new(false),
         }))
@@ -84,6 +86,20 @@ impl Mm {
     /// The invalidation subscribers.
     pub fn notifiers(&self) -> &NotifierChain {
         &self.notifiers
+    }
+    /// Subscribes `ops` to invalidations of `[start, start + length)`
+    /// (`mmu_interval_notifier_insert`): `EINVAL` once the address space is
+    /// exiting, `EOVERFLOW` for an empty or wrapping interval.
+    pub fn interval_notifier_insert(
+        &self,
+        start: u64,
+        length: u64,
+        ops: Arc<dyn IntervalNotifierOps>,
+    ) -> Result<Arc<IntervalNotifier>, hmm_types::Errno> {
+        if self.users() == 0 || self.has_exited() {
+            return Err(hmm_types::Errno::Inval);
+        }
+        self.notifiers.intervals().insert(start, length, ops)
     }
     /// Subscribes to this address space's invalidations.
     pub fn register_notifier(&self, subscriber: Arc<dyn MmuNotifier>) {

@@ -1,7 +1,9 @@
 //! Invalidation points: how the memory manager announces that it is about to
 //! remove or downgrade mappings, and that it has finished.
 //!
-//! Owns the per-address-space list of [`MmuNotifier`] subscribers and the
+//! Owns the per-address-space interval subscriptions (`hmm-notifier`'s
+//! [`Subscriptions`], called first, as Linux calls the interval tree before
+//! the list), the list of classic [`MmuNotifier`] subscribers, and the
 //! [`Invalidation`] token that brackets a change. The token is `#[must_use]`
 //! and is consumed by [`crate::zap::Gather::free_after`], so frames can only
 //! be freed once every subscriber has seen the end.
@@ -13,11 +15,12 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use hmm_notifier::{Subscriptions, Ticket};
 use hmm_types::{Errno, Event, MmId, MmuNotifier, NotifierRange, Owner};
 
 /// The subscribers of one address space.
-#[derive(Default)]
 pub struct NotifierChain {
+    intervals: Arc<Subscriptions>,
     subscribers: RwLock<Vec<Arc<dyn MmuNotifier>>>,
 }
 
@@ -28,6 +31,16 @@ impl core::fmt::Debug for NotifierChain {
 }
 
 impl NotifierChain {
+    /// The chain of address space `mm`.
+    pub fn new(mm: MmId) -> Self {
+        Self { intervals: Subscriptions::new(mm), subscribers: RwLock::new(Vec::new()) }
+    }
+
+    /// The interval subscriptions (`mm->notifier_subscriptions` itree).
+    pub fn intervals(&self) -> &Arc<Subscriptions> {
+        &self.intervals
+    }
+
     /// Adds a subscriber (`mmu_notifier_register`).
     pub fn register(&self, subscriber: Arc<dyn MmuNotifier>) {
         self.subscribers.write().push(subscriber);
@@ -60,6 +73,7 @@ impl NotifierChain {
     /// `EAGAIN`; then the subscribers that had accepted get their end, and
     /// nothing else happens.
     pub fn start_range(&self, range: NotifierRange) -> Result<Invalidation, Errno> {
+        let ticket = self.intervals.invalidate_start(&range)?;
         let subscribers = self.subscribers.read().clone();
         for (index, sub) in subscribers.iter().enumerate() {
             if let Err(errno) = sub.invalidate_range_start(&range) {
@@ -67,16 +81,25 @@ impl NotifierChain {
                 for accepted in &subscribers[..index] {
                     accepted.invalidate_range_end(&range);
                 }
+                self.intervals.invalidate_end(ticket);
                 return Err(errno);
             }
         }
-        Ok(Invalidation { range, subscribers, ended: false })
+        Ok(Invalidation { range, intervals: self.intervals.clone(), ticket, subscribers, ended: false })
     }
 
     /// Tears down: a RELEASE invalidation over the whole address space, then
     /// each subscriber's `release` (`__mmu_notifier_release`).
     pub(crate) fn release(&self, mm: MmId) {
-        self.start(mm, 0, u64::MAX, Event::Release).end();
+        self.intervals.release();
+        let range = NotifierRange::new(mm, 0, u64::MAX, Event::Release);
+        let subscribers = self.subscribers.read().clone();
+        for sub in &subscribers {
+            let _ = sub.invalidate_range_start(&range);
+        }
+        for sub in &subscribers {
+            sub.invalidate_range_end(&range);
+        }
         for sub in self.subscribers.read().iter() {
             sub.release(mm);
         }
@@ -89,6 +112,8 @@ impl NotifierChain {
 #[must_use = "an invalidation must be ended after the page-table change"]
 pub struct Invalidation {
     range: NotifierRange,
+    intervals: Arc<Subscriptions>,
+    ticket: Ticket,
     subscribers: Vec<Arc<dyn MmuNotifier>>,
     ended: bool,
 }
@@ -113,6 +138,7 @@ impl Invalidation {
     fn finish(&mut self) {
         if !self.ended {
             self.ended = true;
+            self.intervals.invalidate_end(self.ticket);
             for sub in &self.subscribers {
                 sub.invalidate_range_end(&self.range);
             }
@@ -149,7 +175,7 @@ mod tests {
 
     #[test]
     fn a_refused_non_blockable_start_ends_the_accepted_ones() {
-        let chain = NotifierChain::default();
+        let chain = NotifierChain::new(MmId(1));
         let accepting = Arc::new(crate::testing::Recorder::default());
         chain.register(accepting.clone());
         chain.register(Arc::new(Refuser(Mutex::new(Vec::new()))));
@@ -162,7 +188,7 @@ mod tests {
 
     #[test]
     fn drop_ends_the_invalidation() {
-        let chain = NotifierChain::default();
+        let chain = NotifierChain::new(MmId(1));
         let rec = Arc::new(crate::testing::Recorder::default());
         chain.register(rec.clone());
         drop(chain.start(MmId(1), 0, 8192, Event::Unmap));

@@ -1,0 +1,226 @@
+//! Benchmarks of the CPU side: anonymous write faults and CPU copies through
+//! mappings, each next to a baseline measured in the same run (the least the
+//! real machine would do: zero the page, copy the bytes), so that results read
+//! as ratios. The ratios are printed after criterion's own report.
+//!
+//! `cargo bench -p hmm-mm --bench mm` for the full run, `-- --quick` for a
+//! short one. Targets: a 4K fault under 1 µs; a CPU copy through mappings
+//! within 2x of memcpy.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use hmm_mm::testing::leaf;
+use hmm_mm::{Kernel, Mm, ThpMode};
+use hmm_pagetable::Level;
+use hmm_types::{MapFlags, Prot, PAGE_SIZE, PMD_SIZE};
+
+const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+const RAM: u64 = 128 << 20;
+/// Region mapped afresh for the 4K faults (4096 pages: past L2, inside L3).
+const REGION_4K: u64 = 16 << 20;
+/// Region mapped afresh for the THP faults (32 huge pages).
+const REGION_THP: u64 = 64 << 20;
+const COPY_LEN: usize = 64 << 10;
+
+fn kernel(thp: ThpMode) -> Arc<Kernel> {
+    hmm_mm::testing::kernel(RAM >> 20, thp)
+}
+
+/// Time spent faulting `n` pieces of `stride` bytes, each by a write of its
+/// first u64, in regions of `region` bytes that are mapped and unmapped
+/// outside the timed part.
+fn timed_first_writes(mm: &Mm, region: u64, stride: u64, n: u64) -> Duration {
+    let per_region = region / stride;
+    let mut left = n;
+    let mut total = Duration::ZERO;
+    while left > 0 {
+        let count = left.min(per_region);
+        let va = mm.mmap(0, region, Prot::RW, ANON).expect("mmap");
+        let start = Instant::now();
+        for i in 0..count {
+            mm.write_u64(va + i * stride, i).expect("write fault");
+        }
+        total += start.elapsed();
+        mm.munmap(va, region).expect("munmap");
+        left -= count;
+    }
+    total
+}
+
+/// Time spent zeroing `n` consecutive `chunk`-byte pieces of `buf`, wrapping
+/// around: the memset a kernel must do for each fresh page.
+fn timed_memsets(buf: &mut [u8], chunk: usize, n: u64) -> Duration {
+    let per_buf = (buf.len() / chunk) as u64;
+    let mut left = n;
+    let mut total = Duration::ZERO;
+    while left > 0 {
+        let count = left.min(per_buf) as usize;
+        let start = Instant::now();
+        for piece in buf.chunks_exact_mut(chunk).take(count) {
+            piece.fill(0);
+            black_box(piece);
+        }
+        total += start.elapsed();
+        left -= count as u64;
+    }
+    total
+}
+
+/// An address space on a machine whose simulated RAM the host has already
+/// committed (nearly all of it was faulted in and freed once), so that the
+/// benchmarks measure recycled frames, as a running kernel does, and not
+/// the host's own first-touch faults.
+fn warmed_mm(thp: ThpMode, stride: u64) -> (Arc<Kernel>, Arc<Mm>) {
+    let k = kernel(thp);
+    let mm = k.create_mm().expect("mm");
+    let warm = RAM - (16 << 20);
+    timed_first_writes(&mm, warm, stride, warm / stride);
+    (k, mm)
+}
+
+fn fault_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fault");
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+
+    group.throughput(Throughput::Bytes(PAGE_SIZE));
+    let (_k, mm) = warmed_mm(ThpMode::Never, PAGE_SIZE);
+    group.bench_function("anon_4k_write", |b| {
+        b.iter_custom(|n| timed_first_writes(&mm, REGION_4K, PAGE_SIZE, n));
+    });
+    let mut buf = vec![0xa5u8; REGION_4K as usize];
+    group.bench_function("memset_4k", |b| {
+        b.iter_custom(|n| timed_memsets(&mut buf, PAGE_SIZE as usize, n));
+    });
+    drop((mm, buf));
+
+    group.throughput(Throughput::Bytes(PMD_SIZE));
+    let (_k, mm) = warmed_mm(ThpMode::Always, PMD_SIZE);
+    {
+        // Check that the faults below are THP faults, not 4K fallbacks.
+        let va = mm.mmap(0, PMD_SIZE, Prot::RW, ANON).expect("mmap");
+        mm.write_u64(va, 1).expect("write fault");
+        assert_eq!(leaf(&mm, va).0, Level::Pmd, "THP fault expected");
+        mm.munmap(va, PMD_SIZE).expect("munmap");
+    }
+    group.sample_size(20);
+    group.bench_function("anon_thp_write", |b| {
+        b.iter_custom(|n| timed_first_writes(&mm, REGION_THP, PMD_SIZE, n));
+    });
+    let mut buf = vec![0xa5u8; REGION_THP as usize];
+    group.bench_function("memset_2m", |b| {
+        b.iter_custom(|n| timed_memsets(&mut buf, PMD_SIZE as usize, n));
+    });
+    group.finish();
+}
+
+/// A populated, writable 64 KiB range: 4K pages or part of one THP.
+fn mapped_range(thp: bool) -> (Arc<Kernel>, Arc<Mm>, u64) {
+    let (mode, len, level) =
+        if thp { (ThpMode::Always, PMD_SIZE, Level::Pmd) } else { (ThpMode::Never, COPY_LEN as u64, Level::Pte) };
+    let k = kernel(mode);
+    let mm = k.create_mm().expect("mm");
+    let va = mm.mmap(0, len, Prot::RW, ANON | MapFlags::POPULATE).expect("mmap");
+    let (at, entry) = leaf(&mm, va);
+    assert!(at == level && entry.is_write(), "populated {level:?} mapping");
+    mm.write_bytes(va, &vec![0x5a; COPY_LEN]).expect("fill");
+    (k, mm, va)
+}
+
+fn cpu_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cpu");
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::Bytes(COPY_LEN as u64));
+
+    let src = vec![0x5au8; COPY_LEN];
+    let mut dst = vec![0u8; COPY_LEN];
+    group.bench_function("memcpy_64k", |b| {
+        b.iter(|| dst.copy_from_slice(black_box(&src)));
+    });
+    for (name, thp) in [("4k", false), ("thp", true)] {
+        let (_k, mm, va) = mapped_range(thp);
+        group.bench_function(BenchmarkId::new("copy_64k_read", name), |b| {
+            b.iter(|| mm.read_bytes(black_box(va), &mut dst).expect("read"));
+        });
+        group.bench_function(BenchmarkId::new("copy_64k_write", name), |b| {
+            b.iter(|| mm.write_bytes(black_box(va), black_box(&src)).expect("write"));
+        });
+    }
+    group.finish();
+}
+
+/// Where criterion keeps its estimates: `$CRITERION_HOME`, else the
+/// `criterion` folder of the target directory this binary was built in.
+fn criterion_home() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return Some(home.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors().map(|dir| dir.join("criterion")).find(|dir| dir.is_dir())
+}
+
+/// The median (ns per iteration) criterion estimated for `id` in this run.
+fn median_ns(home: &std::path::Path, id: &str, since: SystemTime) -> Option<f64> {
+    let path = home.join(id).join("new/estimates.json");
+    if std::fs::metadata(&path).ok()?.modified().ok()? < since {
+        return None;
+    }
+    let json = std::fs::read_to_string(path).ok()?;
+    let median = &json[json.find("\"median\"")?..];
+    let value = &median[median.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
+    value[..value.find([',', '}'])?].trim().parse().ok()
+}
+
+fn print_ratios(since: SystemTime) {
+    const PAIRS: [(&str, &str, &str); 6] = [
+        ("fault/anon_4k_write", "fault/memset_4k", "< 1 µs"),
+        ("fault/anon_thp_write", "fault/memset_2m", ""),
+        ("cpu/copy_64k_read/4k", "cpu/memcpy_64k", "<= 2x"),
+        ("cpu/copy_64k_read/thp", "cpu/memcpy_64k", "<= 2x"),
+        ("cpu/copy_64k_write/4k", "cpu/memcpy_64k", "<= 2x"),
+        ("cpu/copy_64k_write/thp", "cpu/memcpy_64k", "<= 2x"),
+    ];
+    let Some(home) = criterion_home() else {
+        return;
+    };
+    let rows: Vec<_> = PAIRS
+        .iter()
+        .filter_map(|&(bench, base, target)| {
+            let t = median_ns(&home, bench, since)?;
+            let b = median_ns(&home, base, since)?;
+            Some((bench, t, base, b, target))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!("\nmedians of this run, against their baselines:");
+    println!("{:<24} {:>12}   {:<18} {:>12} {:>7}  target", "benchmark", "time", "baseline", "time", "ratio");
+    for (bench, t, base, b, target) in rows {
+        println!("{bench:<24} {:>12}   {base:<18} {:>12} {:>6.2}x  {target}", fmt_ns(t), fmt_ns(b), t / b);
+    }
+}
+
+fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.3} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.3} µs", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
+
+fn main() {
+    let start = SystemTime::now();
+    let mut c = Criterion::default().configure_from_args();
+    fault_benches(&mut c);
+    cpu_benches(&mut c);
+    c.final_summary();
+    print_ratios(start);
+}

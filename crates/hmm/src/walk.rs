@@ -1,0 +1,264 @@
+//! `range_fault`: the page-table walk that fills a driver's pfn array, with
+//! Linux's per-entry rules (spec §2.4–2.7). No page reference is taken:
+//! correctness rests on the interval notifier, and a walk that raced with an
+//! invalidation is simply repeated by the driver.
+//!
+//! Linux: `mm/hmm.c` (`hmm_range_fault`, `hmm_vma_walk_test`,
+//! `hmm_vma_walk_hole`, `hmm_vma_walk_pmd`, `hmm_vma_handle_pte`,
+//! `hmm_vma_walk_pud`, `hmm_vma_walk_hugetlb_entry`).
+
+use core::ops::ControlFlow;
+
+use hmm_mm::vma::Vma;
+use hmm_mm::MmapReadGuard;
+use hmm_pagetable::{Entry, Level, Slot, SwapKind, Visit};
+use hmm_types::{VmFlags, PMD_SIZE};
+
+use crate::error::HmmError;
+use crate::fault::fault_segment;
+use crate::pfn::{order_bits, HMM_PFN_ERROR, HMM_PFN_VALID, HMM_PFN_WRITE};
+use crate::range::{Need, Range};
+
+/// Why a walk stopped early.
+enum Stop {
+    /// Pages were faulted in (or a migration finished): walk again from here.
+    Again(u64),
+    /// A hard error, returned to the caller.
+    Error(HmmError),
+}
+
+/// Fills `range.hmm_pfns` for `[range.start, range.end)` of the address
+/// space locked by `guard` (`hmm_range_fault`).
+///
+/// Returns `Ok` with every entry written; `Busy` if an invalidation of the
+/// notifier's interval collided (take a new `read_begin` and retry);
+/// `Fault` if a requested fault is impossible; `Perm` if a write fault was
+/// requested on a mapping without write permission; `Invalid` for a
+/// malformed range. After an error the entries before the failing address
+/// hold outputs and the rest still hold their inputs.
+pub fn range_fault(guard: &MmapReadGuard<'_>, range: &mut Range<'_>) -> Result<(), HmmError> {
+    range.validate()?;
+    if guard.mm().id() != range.notifier.mm() {
+        return Err(HmmError::Invalid("the notifier watches another address space"));
+    }
+    let mut last = range.start;
+    loop {
+        if range.notifier.check_retry(range.notifier_seq) {
+            return Err(HmmError::Busy);
+        }
+        match walk(guard, range, last) {
+            Ok(()) => return Ok(()),
+            Err(Stop::Again(addr)) => last = addr,
+            Err(Stop::Error(error)) => return Err(error),
+        }
+    }
+}
+
+fn walk(guard: &MmapReadGuard<'_>, range: &mut Range<'_>, from: u64) -> Result<(), Stop> {
+    let mut addr = from;
+    while addr < range.end {
+        let next = guard.overlapping(addr, range.end).next();
+        match next {
+            Some(vma) if vma.start <= addr => {
+                let end = vma.end.min(range.end);
+                walk_vma(guard, range, vma, addr, end)?;
+                addr = end;
+            }
+            _ => {
+                let end = next.map_or(range.end, |vma| vma.start);
+                no_vma(range, addr, end)?;
+                addr = end;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A gap with no VMA: `EFAULT` if anything there was requested, else ERROR.
+fn no_vma(range: &mut Range<'_>, start: u64, end: u64) -> Result<(), Stop> {
+    let (first, last) = (range.index(start), range.index(end));
+    if range.range_need_fault(first, last, 0).any() {
+        return Err(Stop::Error(HmmError::Fault("no mapping in the range")));
+    }
+    range.fill(first, last, HMM_PFN_ERROR);
+    Ok(())
+}
+
+fn walk_vma(guard: &MmapReadGuard<'_>, range: &mut Range<'_>, vma: &Vma, start: u64, end: u64) -> Result<(), Stop> {
+    // `hmm_vma_walk_test`: pfn maps, I/O and unreadable mappings.
+    if vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) || !vma.flags.contains(VmFlags::READ) {
+        let (first, last) = (range.index(start), range.index(end));
+        if range.range_need_fault(first, last, 0).any() {
+            return Err(Stop::Error(HmmError::Fault("the mapping is VM_IO/VM_PFNMAP or not readable")));
+        }
+        range.fill(first, last, HMM_PFN_ERROR);
+        return Ok(());
+    }
+    let hugetlb = vma.flags.contains(VmFlags::HUGETLB);
+    let mm = guard.mm();
+    let flow = mm.pgtable().walk(start, end, |visit| {
+        let result = match visit {
+            Visit::Hole { start: a, end: b, .. } => hole(guard, range, a, b),
+            Visit::Slot { slot, entry } if slot.level() == Level::Pte => {
+                let seg_end = ((slot.va() | (PMD_SIZE - 1)) + 1).min(end);
+                pte(guard, range, slot, entry, seg_end)
+            }
+            Visit::Slot { slot, entry } => {
+                let size = slot.level().entry_bytes();
+                let (a, b) = (slot.va().max(start), (slot.va() + size).min(end));
+                if entry.is_none() {
+                    hole(guard, range, a, b)
+                } else {
+                    huge(guard, range, slot, entry, a, b, hugetlb)
+                }
+            }
+        };
+        match result {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(stop) => ControlFlow::Break(stop),
+        }
+    });
+    match flow {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(stop) => Err(stop),
+    }
+}
+
+/// Faults `[a, b)` and asks for a re-walk from `a`.
+fn fault(guard: &MmapReadGuard<'_>, a: u64, b: u64, need: Need) -> Result<(), Stop> {
+    match fault_segment(guard, a, b, need) {
+        Ok(()) => Err(Stop::Again(a)),
+        Err(error) => Err(Stop::Error(error)),
+    }
+}
+
+/// Empty page-table levels: fill 0, or fault the whole hole.
+fn hole(guard: &MmapReadGuard<'_>, range: &mut Range<'_>, a: u64, b: u64) -> Result<(), Stop> {
+    let (first, last) = (range.index(a), range.index(b));
+    let need = range.range_need_fault(first, last, 0);
+    if need.any() {
+        return fault(guard, a, b, need);
+    }
+    range.fill(first, last, 0);
+    Ok(())
+}
+
+/// Waits until the migration that installed `entry` in `slot` is over.
+fn wait_for_migration(slot: Slot<'_>, entry: Entry) {
+    while slot.load() == entry {
+        std::thread::yield_now();
+    }
+}
+
+/// One PTE (`hmm_vma_handle_pte`).
+fn pte(
+    guard: &MmapReadGuard<'_>,
+    range: &mut Range<'_>,
+    slot: Slot<'_>,
+    entry: Entry,
+    seg_end: u64,
+) -> Result<(), Stop> {
+    let va = slot.va();
+    let i = range.index(va);
+    let input = range.hmm_pfns[i];
+    let phys = guard.mm().phys();
+    if entry.is_none() {
+        let need = range.need_fault(input, 0);
+        if need.any() {
+            return fault(guard, va, seg_end, need);
+        }
+        range.fill(i, i + 1, 0);
+        return Ok(());
+    }
+    if !entry.is_present() {
+        let kind = entry.swap_kind().unwrap_or(SwapKind::Marker);
+        if kind.is_device_private() {
+            let owner = phys.pagemap(entry.pfn()).and_then(|p| p.owner());
+            if owner.is_some() && owner == range.dev_private_owner {
+                let write = if kind.is_write() { HMM_PFN_WRITE } else { 0 };
+                range.fill_pfns(i, i + 1, entry.pfn().0, HMM_PFN_VALID | write);
+                return Ok(());
+            }
+        }
+        let need = range.need_fault(input, 0);
+        if !need.any() {
+            range.fill(i, i + 1, 0);
+            return Ok(());
+        }
+        return match kind {
+            k if k.is_migration() => {
+                wait_for_migration(slot, entry);
+                Err(Stop::Again(va))
+            }
+            SwapKind::Swap | SwapKind::DeviceExclusive => fault(guard, va, seg_end, need),
+            k if k.is_device_private() => fault(guard, va, seg_end, need),
+            _ => Err(Stop::Error(HmmError::Fault("a poisoned or unknown entry"))),
+        };
+    }
+    if entry.is_protnone() {
+        let need = range.need_fault(input, 0);
+        if need.any() {
+            return fault(guard, va, seg_end, need);
+        }
+        range.fill(i, i + 1, 0);
+        return Ok(());
+    }
+    let cpu = HMM_PFN_VALID | if entry.is_write() { HMM_PFN_WRITE } else { 0 };
+    let need = range.need_fault(input, cpu);
+    if need.any() {
+        return fault(guard, va, seg_end, need);
+    }
+    if entry.is_special() && !phys.is_zero_pfn(entry.pfn()) {
+        if range.need_fault(input, 0).any() {
+            return Err(Stop::Error(HmmError::Fault("a special (pfn-mapped) page")));
+        }
+        range.fill(i, i + 1, HMM_PFN_ERROR);
+        return Ok(());
+    }
+    range.fill_pfns(i, i + 1, entry.pfn().0, cpu);
+    Ok(())
+}
+
+/// A PMD or PUD leaf covering `[a, b)` of the walk (`hmm_vma_walk_pmd`,
+/// `hmm_vma_walk_pud`, `hmm_vma_walk_hugetlb_entry`).
+#[allow(clippy::too_many_arguments)]
+fn huge(
+    guard: &MmapReadGuard<'_>,
+    range: &mut Range<'_>,
+    slot: Slot<'_>,
+    entry: Entry,
+    a: u64,
+    b: u64,
+    hugetlb: bool,
+) -> Result<(), Stop> {
+    let (first, last) = (range.index(a), range.index(b));
+    let order = slot.level().shift() - hmm_types::PAGE_SHIFT;
+    if !entry.is_present() {
+        let need = range.range_need_fault(first, last, 0);
+        return match entry.swap_kind() {
+            Some(kind) if kind.is_migration() && need.any() => {
+                wait_for_migration(slot, entry);
+                Err(Stop::Again(a))
+            }
+            Some(kind) if kind.is_migration() => {
+                range.fill(first, last, 0);
+                Ok(())
+            }
+            _ if need.any() => Err(Stop::Error(HmmError::Fault("an unsupported non-present huge entry"))),
+            _ => {
+                range.fill(first, last, HMM_PFN_ERROR);
+                Ok(())
+            }
+        };
+    }
+    let cpu = if entry.is_protnone() { 0 } else { HMM_PFN_VALID | if entry.is_write() { HMM_PFN_WRITE } else { 0 } };
+    // hugetlb consults only the first entry's request (a Linux quirk).
+    let need =
+        if hugetlb { range.need_fault(range.hmm_pfns[first], cpu) } else { range.range_need_fault(first, last, cpu) };
+    if need.any() {
+        return fault(guard, a, b, need);
+    }
+    let base = entry.pfn().0 + ((a - slot.va()) >> hmm_types::PAGE_SHIFT);
+    range.fill_pfns(first, last, base, cpu | order_bits(order));
+    Ok(())
+}

@@ -7,6 +7,8 @@
 //! reference on the frame taken the way GUP-fast does: the frame cannot be
 //! freed while bytes are copied, and an entry that changed underneath is
 //! looked up again. Accessed and dirty bits are set as hardware sets them.
+//! An access that meets a migration entry waits in the fault path until the
+//! migrator replaced it (`crate::migrate`), then retries.
 //!
 //! Linux: the MMU, `do_user_addr_fault`, `gup_fast` (for the reference).
 

@@ -5,7 +5,8 @@
 //!
 //! This is the contrast HMM exists for: a pinned page keeps its frame (and,
 //! on DAX, its file block) busy until it is unpinned, while a mirror built
-//! with `range_fault` holds nothing and is simply invalidated.
+//! with `range_fault` holds nothing and is simply invalidated. A pinned page
+//! cannot migrate either: [`Mm::migrate_pages`] skips it.
 //!
 //! Linux: `mm/gup.c` (`get_user_pages_remote`, `pin_user_pages`,
 //! `check_vma_flags`, `GUP_PIN_COUNTING_BIAS`).

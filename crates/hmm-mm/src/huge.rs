@@ -4,7 +4,9 @@
 //!
 //! The folio itself stays compound: each smaller leaf takes its own
 //! reference and mapcount share (`folio_ref_add(folio, HPAGE_PMD_NR - 1)`).
-//! The huge zero page splits into 4K zero-page entries.
+//! The huge zero page splits into 4K zero-page entries; a PMD migration
+//! entry splits into 512 PTE migration entries, which the migrator restores
+//! one by one.
 //!
 //! Linux: `mm/huge_memory.c` (`__split_huge_pmd_locked`,
 //! `__split_huge_zero_page_pmd`).

@@ -1,5 +1,6 @@
-//! The machine: physical memory, configuration, and the address spaces
-//! created on it.
+//! The machine: physical memory, configuration, the address spaces
+//! created on it, and machine-wide migration state (the wait queue of
+//! `crate::migrate`).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use hmm_types::{MmId, PageSize};
 
 use crate::error::MmError;
 use crate::fs::Tmpfs;
+use crate::migrate::{MigrationHook, MigrationShared};
 use crate::mm::Mm;
 use crate::phys::PhysMem;
 
@@ -57,6 +59,7 @@ pub struct Kernel {
     config: KernelConfig,
     next_mm_id: AtomicU64,
     tmpfs: Tmpfs,
+    migration: MigrationShared,
 }
 
 impl Kernel {
@@ -68,7 +71,7 @@ impl Kernel {
             phys.hugetlb_grow(size, count).map_err(|_| MmError::Invalid("the hugetlb pools do not fit in RAM"))?;
         }
         let tmpfs = Tmpfs::new(phys.clone());
-        Ok(Arc::new(Self { phys, config, tmpfs, next_mm_id: AtomicU64::new(1) }))
+        Ok(Arc::new(Self { phys, config, tmpfs, next_mm_id: AtomicU64::new(1), migration: MigrationShared::default() }))
     }
 
     /// Physical memory.
@@ -84,6 +87,28 @@ impl Kernel {
     /// The configuration.
     pub fn config(&self) -> &KernelConfig {
         &self.config
+    }
+
+    /// Installs (or with `None` removes) the migration test hook: it runs
+    /// for every folio [`Mm::migrate_pages`] moves, after the migration
+    /// entries are installed and the invalidation has ended, with no lock
+    /// held, just before the data is copied. A hook that blocks keeps the
+    /// migration entries installed for as long as it blocks, which is how
+    /// tests show accessors waiting. The hook must not touch the migrating
+    /// pages itself (it would wait for its own migration). Not for
+    /// production use.
+    pub fn set_migration_hook(&self, hook: Option<MigrationHook>) {
+        self.migration.set_hook(hook);
+    }
+
+    /// Threads currently waiting for a migration entry to go away (a
+    /// diagnostic for tests).
+    pub fn migration_waiters(&self) -> u64 {
+        self.migration.waiters()
+    }
+
+    pub(crate) fn migration(&self) -> &MigrationShared {
+        &self.migration
     }
 
     pub(crate) fn next_mm_id(&self) -> MmId {

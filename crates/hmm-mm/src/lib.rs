@@ -4,12 +4,12 @@
 //! creates address spaces ([`Mm`]). Each `Mm` has a VMA tree under its mmap
 //! lock, a 4-level CPU page table whose tables are frames, and a chain of
 //! invalidation subscribers. Operations (`ops/`: mmap, munmap, mprotect,
-//! madvise, mremap, fork, exit) and faults (`fault/`) change the page table
-//! and announce every removal or downgrade with Linux's event kinds before
-//! freeing anything. [`Mm::read_bytes`] and friends are the CPU.
+//! madvise, mremap, fork, exit), faults (`fault/`) and page migration
+//! (`migrate.rs`) change the page table and announce every removal or
+//! downgrade with Linux's event kinds before freeing anything. [`Mm::read_bytes`] and friends are the CPU.
 //!
 //! Linux: `mm/` (memory.c, mmap.c, mprotect.c, madvise.c, mremap.c,
-//! huge_memory.c, shmem.c), `kernel/fork.c`.
+//! huge_memory.c, shmem.c, migrate.c), `kernel/fork.c`.
 
 pub mod cpu;
 pub mod devdax;
@@ -20,6 +20,7 @@ pub mod gup;
 mod huge;
 pub mod hugetlb;
 mod kernel;
+mod migrate;
 mod mm;
 mod notify;
 mod ops;
@@ -31,6 +32,7 @@ mod zap;
 pub use error::{FaultError, MmError, SegvReason};
 pub use fault::FaultFlags;
 pub use kernel::{Kernel, KernelConfig, ThpMode};
+pub use migrate::{MigrateStats, MigrationHook, MigrationPoint};
 pub use mm::{CpuPageTable, Mm, MmUser, MmapReadGuard, MmapWriteGuard};
 pub use notify::{Invalidation, NotifierChain};
 pub use zap::Gather;

@@ -39,6 +39,9 @@ pub struct Mm {
     notifiers: NotifierChain,
     users: AtomicU32,
     exited: AtomicBool,
+    /// Migrations of this address space's pages between unmap and restore
+    /// (see `crate::migrate`): while zero, no migration entry exists.
+    migrating: AtomicU32,
 }
 
 impl core::fmt::Debug for Mm {
@@ -60,6 +63,7 @@ impl Mm {
             notifiers: NotifierChain::new(id),
             users: AtomicU32::new(1),
             exited: AtomicBool::new(false),
+            migrating: AtomicU32::new(0),
         }))
     }
 
@@ -108,6 +112,17 @@ impl Mm {
     /// Takes the mmap lock for reading.
     pub fn mmap_read(&self) -> MmapReadGuard<'_> {
         MmapReadGuard { mm: self, vmas: self.mmap_lock.read() }
+    }
+    /// Takes the mmap lock for reading even when a writer is queued, as
+    /// long as another reader holds it (`RwLock::read_recursive`). Only the
+    /// migrator uses it, to restore entries that readers are waiting on
+    /// while a writer waits behind them (see `crate::migrate`).
+    pub(crate) fn mmap_read_recursive(&self) -> MmapReadGuard<'_> {
+        MmapReadGuard { mm: self, vmas: self.mmap_lock.read_recursive() }
+    }
+    /// Migrations in flight in this address space.
+    pub(crate) fn migrating(&self) -> &AtomicU32 {
+        &self.migrating
     }
     /// Takes the mmap lock for writing.
     pub fn mmap_write(&self) -> MmapWriteGuard<'_> {

@@ -1,15 +1,18 @@
 //! Faults on private anonymous memory: first touch (zero page on read, a
-//! fresh page on write, 2 MiB at a time where THP allows) and dispatch of
-//! write-protect faults to `wp.rs`.
+//! fresh page on write, 2 MiB at a time where THP allows), dispatch of
+//! write-protect faults to `wp.rs`, and waiting on migration entries (PTE or
+//! PMD) until the migrator replaced them, then retrying.
 //!
 //! Linux: `do_anonymous_page`, `do_huge_pmd_anonymous_page`,
-//! `thp_vma_allowable_order`.
+//! `thp_vma_allowable_order`, `do_swap_page` and `pmd_migration_entry_wait`
+//! (for migration entries).
 
 use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
 use hmm_types::{VmFlags, PMD_SIZE};
 
 use crate::error::FaultError;
 use crate::kernel::ThpMode;
+use crate::migrate::{is_migration_entry, migration_entry_wait};
 use crate::mm::Mm;
 use crate::phys::PageFlags;
 use crate::vma::Vma;
@@ -63,6 +66,10 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, va: u64, write: bool) -> Result<(), Faul
                     continue;
                 }
             } else if entry.is_leaf(Level::Pmd) {
+                if is_migration_entry(entry) {
+                    migration_entry_wait(mm, va);
+                    continue;
+                }
                 if !entry.is_present() {
                     return Err(FaultError::Sigbus("unsupported non-present PMD entry"));
                 }
@@ -88,6 +95,10 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, va: u64, write: bool) -> Result<(), Faul
                     if wp::huge_pmd(mm, slot, entry)? {
                         return Ok(());
                     }
+                    continue;
+                }
+                if is_migration_entry(entry) {
+                    migration_entry_wait(mm, va);
                     continue;
                 }
                 return Err(FaultError::Sigbus("unexpected huge entry in anonymous memory"));
@@ -122,6 +133,12 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, va: u64, write: bool) -> Result<(), Faul
             if wp::pte(mm, vma, pte, entry)? {
                 return Ok(());
             }
+            continue;
+        }
+        if is_migration_entry(entry) {
+            // Sleep until the migrator replaced the entry, then retry
+            // (`do_swap_page` → `migration_entry_wait`).
+            migration_entry_wait(mm, va);
             continue;
         }
         return Err(FaultError::Sigbus("unsupported non-present entry"));

@@ -16,6 +16,7 @@ use hmm_types::{Event, PAGE_SIZE};
 
 use crate::error::FaultError;
 use crate::fs::Inode;
+use crate::migrate::{is_migration_entry, migration_entry_wait};
 use crate::mm::Mm;
 use crate::phys::PageFlags;
 use crate::vma::Vma;
@@ -41,6 +42,10 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, inode: &Inode, va: u64, write: bool) -> 
             if wp::pte(mm, vma, pte, entry)? {
                 return Ok(());
             }
+            continue;
+        }
+        if is_migration_entry(entry) {
+            migration_entry_wait(mm, va);
             continue;
         }
         if !entry.is_none() {

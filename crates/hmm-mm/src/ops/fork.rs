@@ -2,7 +2,7 @@
 //! (the parent's writable entries are write-protected under a
 //! PROTECTION_PAGE invalidation), shared memory stays shared (the child
 //! faults it in from the shared object), DONTCOPY VMAs are skipped and
-//! WIPEONFORK VMAs start empty.
+//! WIPEONFORK VMAs start empty. Migrations in flight finish first.
 //!
 //! Linux: `kernel/fork.c` (`dup_mmap`), `mm/memory.c` (`copy_page_range`,
 //! `copy_present_pte`, `copy_huge_pmd`).
@@ -11,7 +11,7 @@ use core::ops::ControlFlow;
 use std::sync::Arc;
 
 use hmm_pagetable::{EnsureError, Visit};
-use hmm_types::{Event, VmFlags};
+use hmm_types::{Event, VmFlags, TASK_SIZE};
 
 use crate::error::MmError;
 use crate::mm::Mm;
@@ -23,7 +23,9 @@ impl Mm {
     pub fn fork(&self) -> Result<Arc<Mm>, MmError> {
         self.check_alive()?;
         let child = self.kernel().create_mm()?;
-        let guard = self.mmap_write();
+        // Migration entries are not copied: the migrator could not find
+        // the child's copy to restore it. Wait for them to go first.
+        let guard = self.mmap_write_settled(0, TASK_SIZE);
         let mut child_guard = child.mmap_write();
         for vma in guard.iter() {
             if vma.flags.contains(VmFlags::DONTCOPY) {
@@ -69,6 +71,7 @@ fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool) -> Resul
         if entry.is_none() {
             return ControlFlow::Continue(());
         }
+        debug_assert!(!crate::migrate::is_migration_entry(entry), "fork waits for migrations first");
         let target = match child.pgtable().ensure(slot.va(), slot.level()) {
             Ok(target) => target,
             Err(EnsureError::NoMem(_)) => return ControlFlow::Break(MmError::NoMem),

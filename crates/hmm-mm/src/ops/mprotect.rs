@@ -4,18 +4,20 @@
 //! Write permission is only ever removed from entries here; a later write
 //! fault grants it back (reuse or COW), as Linux does for private memory.
 //! PROT_NONE keeps the entries (data survives) but makes them inaccessible.
+//! A writable migration entry loses its write right like a present entry.
 //!
 //! Linux: `mm/mprotect.c` (`do_mprotect_pkey`, `mprotect_fixup`,
 //! `change_protection`).
 
 use core::ops::ControlFlow;
 
-use hmm_pagetable::Visit;
+use hmm_pagetable::{Entry, SwapKind, Visit};
 use hmm_types::{Event, Prot, VaRange, VmFlags, PAGE_SIZE};
 
 use crate::error::MmError;
 use crate::huge::split_huge_at;
 use crate::mm::Mm;
+use crate::phys::PageFlags;
 use crate::zap::has_entries;
 
 const ACCESS: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlags::EXEC);
@@ -71,12 +73,22 @@ impl Mm {
     }
 }
 
-/// Rewrites the present leaves of `[start, end)` for the new access bits.
-/// Runs under the mmap write lock, so only compare-and-swap against the
-/// hardware's accessed/dirty updates is needed.
+/// Rewrites the present leaves of `[start, end)` for the new access bits,
+/// and makes writable migration entries read-only when write permission
+/// goes (the migrator restores the rights the entry records). Runs under
+/// the mmap write lock, so only compare-and-swap against the hardware's
+/// accessed/dirty updates is needed.
 fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags) {
+    let phys = mm.phys();
     let _ = mm.pgtable().walk(start, end, |visit| {
         if let Visit::Slot { slot, mut entry } = visit {
+            if entry.swap_kind() == Some(SwapKind::MigrationWrite) && !access.contains(VmFlags::WRITE) {
+                // An anonymous page stays exclusively owned (`change_pte_range`).
+                let anon = phys.meta(phys.folio_head(entry.pfn())).flags().contains(PageFlags::ANON);
+                let kind = if anon { SwapKind::MigrationReadExclusive } else { SwapKind::MigrationRead };
+                slot.store(Entry::swap(kind, entry.pfn().0, entry.is_huge()));
+                return ControlFlow::Continue(());
+            }
             while entry.is_present() {
                 let mut new = entry;
                 if !access.contains(VmFlags::WRITE) {

@@ -59,7 +59,8 @@ impl Mm {
             }
         }
 
-        let mut guard = self.mmap_write();
+        // Moving a migration entry would hide it from the migrator.
+        let mut guard = self.mmap_write_settled(old_addr, old_end);
         let vma = guard.lookup(old_addr).filter(|v| old_end <= v.end).cloned().ok_or(MmError::Fault {
             addr: old_addr,
             error: crate::error::FaultError::Segv(crate::error::SegvReason::NotMapped),

@@ -90,6 +90,13 @@ impl FrameMeta {
     pub fn unlock(&self) {
         self.clear_flags(PageFlags::LOCKED);
     }
+    /// Copies the page state a migrated folio keeps (`folio_migrate_flags`):
+    /// every flag but the lock, and the index and owner.
+    pub(crate) fn copy_state_from(&self, src: &FrameMeta) {
+        self.set_flags(src.flags() - PageFlags::LOCKED);
+        self.index.store(src.index.load(Ordering::Acquire), Ordering::Release);
+        self.mapping.store(src.mapping.load(Ordering::Acquire), Ordering::Release);
+    }
     /// Reference count.
     pub fn refcount(&self) -> u32 {
         self.refcount.load(Ordering::Acquire)

@@ -270,6 +270,22 @@ impl PhysMem {
         }
     }
 
+    /// Sets the folio's reference count to zero if it is exactly
+    /// `expected` (`folio_ref_freeze`): speculative lookups
+    /// ([`Self::try_get`]) then fail until [`Self::ref_unfreeze`]. Returns
+    /// false, changing nothing, if someone else holds a reference.
+    pub(crate) fn ref_freeze(&self, pfn: Pfn, expected: u32) -> bool {
+        let refcount = &self.meta(self.folio_head(pfn)).refcount;
+        refcount.compare_exchange(expected, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Gives a frozen folio `count` references again (`folio_ref_unfreeze`).
+    pub(crate) fn ref_unfreeze(&self, pfn: Pfn, count: u32) {
+        let refcount = &self.meta(self.folio_head(pfn)).refcount;
+        debug_assert_eq!(refcount.load(Ordering::Acquire), 0, "unfreezing a folio that is not frozen");
+        refcount.store(count, Ordering::Release);
+    }
+
     /// Drops a reference; the last one frees the folio (`folio_put`).
     pub fn put(&self, pfn: Pfn) {
         self.put_many(pfn, 1);

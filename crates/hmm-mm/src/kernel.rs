@@ -1,8 +1,11 @@
-//! The machine: physical memory, configuration, and the address spaces
-//! created on it.
+//! The machine: physical memory, the swap area, configuration, and the
+//! address spaces created on it (a registry of weak references, which
+//! reclaim walks).
 
 use core::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 
 use hmm_types::MmId;
 
@@ -10,6 +13,7 @@ use crate::error::MmError;
 use crate::fs::Tmpfs;
 use crate::mm::Mm;
 use crate::phys::PhysMem;
+use crate::swap::{SwapArea, MAX_SWAP_PAGES};
 
 /// Transparent huge page policy (`/sys/kernel/mm/transparent_hugepage/enabled`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -32,11 +36,13 @@ pub struct KernelConfig {
     /// Map the huge zero page on read faults of THP-eligible ranges
     /// (`transparent_hugepage/use_zero_page`).
     pub use_huge_zero_page: bool,
+    /// 4 KiB slots of the swap area; 0 is a machine without swap.
+    pub swap_pages: u64,
 }
 
 impl Default for KernelConfig {
     fn default() -> Self {
-        Self { ram_bytes: 1 << 30, thp: ThpMode::Always, use_huge_zero_page: true }
+        Self { ram_bytes: 1 << 30, thp: ThpMode::Always, use_huge_zero_page: true, swap_pages: 0 }
     }
 }
 
@@ -47,14 +53,22 @@ pub struct Kernel {
     config: KernelConfig,
     next_mm_id: AtomicU64,
     tmpfs: Tmpfs,
+    swap: SwapArea,
+    /// Every address space created here, for reclaim. Held only to add or
+    /// to snapshot; nothing else is locked under it.
+    mms: Mutex<Vec<Weak<Mm>>>,
 }
 
 impl Kernel {
     /// Boots a machine.
     pub fn new(config: KernelConfig) -> Result<Arc<Self>, MmError> {
         let phys = PhysMem::new(config.ram_bytes).map_err(|_| MmError::Invalid("RAM size must be 4 MiB to 1 TiB"))?;
+        if config.swap_pages >= MAX_SWAP_PAGES {
+            return Err(MmError::Invalid("swap must hold fewer than 2^40 pages"));
+        }
         let tmpfs = Tmpfs::new(phys.clone());
-        Ok(Arc::new(Self { phys, config, tmpfs, next_mm_id: AtomicU64::new(1) }))
+        let swap = SwapArea::new(config.swap_pages);
+        Ok(Arc::new(Self { phys, config, tmpfs, swap, next_mm_id: AtomicU64::new(1), mms: Mutex::new(Vec::new()) }))
     }
 
     /// Physical memory.
@@ -67,6 +81,11 @@ impl Kernel {
         &self.tmpfs
     }
 
+    /// The swap area (empty when `swap_pages` is 0).
+    pub fn swap(&self) -> &SwapArea {
+        &self.swap
+    }
+
     /// The configuration.
     pub fn config(&self) -> &KernelConfig {
         &self.config
@@ -74,6 +93,18 @@ impl Kernel {
 
     pub(crate) fn next_mm_id(&self) -> MmId {
         MmId(self.next_mm_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Adds a new address space to the registry, forgetting dead ones.
+    pub(crate) fn register_mm(&self, mm: &Arc<Mm>) {
+        let mut mms = self.mms.lock();
+        mms.retain(|weak| weak.strong_count() > 0);
+        mms.push(Arc::downgrade(mm));
+    }
+
+    /// The address spaces still alive, in creation order.
+    pub(crate) fn live_mms(&self) -> Vec<Arc<Mm>> {
+        self.mms.lock().iter().filter_map(Weak::upgrade).collect()
     }
 
     /// A new, empty address space (a process after exec).

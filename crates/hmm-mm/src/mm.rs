@@ -49,7 +49,7 @@ impl core::fmt::Debug for Mm {
 impl Mm {
     pub(crate) fn new(kernel: Arc<Kernel>) -> Result<Arc<Self>, MmError> {
         let pgtable = PageTable::new(kernel.phys().clone())?;
-        Ok(Arc::new_cyclic(|this| Self {
+        let mm = Arc::new_cyclic(|this| Self {
             this: this.clone(),
             id: kernel.next_mm_id(),
             kernel,
@@ -58,7 +58,9 @@ impl Mm {
             notifiers: NotifierChain::default(),
             users: AtomicU32::new(1),
             exited: AtomicBool::new(false),
-        }))
+        });
+        mm.kernel.register_mm(&mm);
+        Ok(mm)
     }
 
     /// Identity of the address space.

@@ -12,7 +12,13 @@ use crate::{Kernel, KernelConfig, Mm, ThpMode};
 
 /// A machine with `ram_mib` MiB of RAM and the given THP policy.
 pub fn kernel(ram_mib: u64, thp: ThpMode) -> Arc<Kernel> {
-    let config = KernelConfig { ram_bytes: ram_mib << 20, thp, use_huge_zero_page: true };
+    let config = KernelConfig { ram_bytes: ram_mib << 20, thp, ..KernelConfig::default() };
+    Kernel::new(config).expect("valid config")
+}
+
+/// Like [`kernel`], with a swap area of `swap_pages` slots.
+pub fn kernel_with_swap(ram_mib: u64, thp: ThpMode, swap_pages: u64) -> Arc<Kernel> {
+    let config = KernelConfig { ram_bytes: ram_mib << 20, thp, swap_pages, ..KernelConfig::default() };
     Kernel::new(config).expect("valid config")
 }
 

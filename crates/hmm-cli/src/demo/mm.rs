@@ -10,7 +10,7 @@ use crate::render::Out;
 
 pub fn run(out: &Out) -> Result<(), DemoError> {
     out.heading("hmm demo mm: the CPU side that a device mirrors");
-    let kernel = Kernel::new(KernelConfig { ram_bytes: 256 << 20, thp: ThpMode::Always, use_huge_zero_page: true })?;
+    let kernel = Kernel::new(KernelConfig { ram_bytes: 256 << 20, thp: ThpMode::Always, ..KernelConfig::default() })?;
     let free_at_boot = kernel.phys().free_frames();
     out.note(&format!("a machine with {} MiB of RAM, THP always", kernel.phys().ram_frames() >> 8));
     let mm = kernel.create_mm()?;

@@ -1,11 +1,11 @@
 //! Faults on private anonymous memory: first touch (zero page on read, a
 //! fresh page on write, 2 MiB at a time where THP allows) and dispatch of
-//! write-protect faults to `wp.rs`.
+//! write-protect faults to `wp.rs` and of swap entries to `swap.rs`.
 //!
 //! Linux: `do_anonymous_page`, `do_huge_pmd_anonymous_page`,
 //! `thp_vma_allowable_order`.
 
-use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
+use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level, SwapKind};
 use hmm_types::{VmFlags, PMD_SIZE};
 
 use crate::error::FaultError;
@@ -14,7 +14,7 @@ use crate::mm::Mm;
 use crate::phys::PageFlags;
 use crate::vma::Vma;
 
-use super::wp;
+use super::{swap, wp};
 
 /// True when a PMD-sized anonymous THP may back `va` in `vma`.
 pub(crate) fn thp_allowed(mm: &Mm, vma: &Vma, va: u64) -> bool {
@@ -122,6 +122,10 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, va: u64, write: bool) -> Result<(), Faul
             if wp::pte(mm, vma, pte, entry)? {
                 return Ok(());
             }
+            continue;
+        }
+        if entry.swap_kind() == Some(SwapKind::Swap) {
+            swap::fault(mm, vma, pte, entry, write)?;
             continue;
         }
         return Err(FaultError::Sigbus("unsupported non-present entry"));

@@ -12,7 +12,7 @@
 //!
 //! Linux: the MMU, `do_user_addr_fault`, `gup_fast` (for the reference).
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 use hmm_pagetable::Entry;
 use hmm_types::{Pfn, PAGE_SIZE};
@@ -158,6 +158,10 @@ fn translate(mm: &Mm, va: u64, write: bool) -> Option<Held<'_>> {
     if counted && !phys.try_get(pfn) {
         return None;
     }
+    // Either the check below sees an entry that swap-out changed, or
+    // swap-out sees this reference (the fence pairs with the one in
+    // `swap/reclaim.rs`).
+    fence(Ordering::SeqCst);
     let held = Held { phys, pfn, counted };
     let wanted = Entry::access_bits(write);
     let still_mapped = if entry.raw() & wanted == wanted {

@@ -1,9 +1,12 @@
-//! The machine: physical memory, configuration, the address spaces
-//! created on it, and machine-wide migration state (the wait queue of
+//! The machine: physical memory, the swap area, configuration, the address
+//! spaces created on it (a registry of weak references, which reclaim
+//! walks), and machine-wide migration state (the wait queue of
 //! `crate::migrate`).
 
 use core::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 
 use hmm_types::{MmId, PageSize};
 
@@ -12,6 +15,7 @@ use crate::fs::Tmpfs;
 use crate::migrate::{MigrationHook, MigrationShared};
 use crate::mm::Mm;
 use crate::phys::PhysMem;
+use crate::swap::{SwapArea, MAX_SWAP_PAGES};
 
 /// Transparent huge page policy (`/sys/kernel/mm/transparent_hugepage/enabled`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -38,6 +42,8 @@ pub struct KernelConfig {
     pub hugetlb_2m_pages: u64,
     /// 1 GiB pages set aside for hugetlbfs at boot (`hugepagesz=1G`).
     pub hugetlb_1g_pages: u64,
+    /// 4 KiB slots of the swap area; 0 is a machine without swap.
+    pub swap_pages: u64,
 }
 
 impl Default for KernelConfig {
@@ -48,6 +54,7 @@ impl Default for KernelConfig {
             use_huge_zero_page: true,
             hugetlb_2m_pages: 0,
             hugetlb_1g_pages: 0,
+            swap_pages: 0,
         }
     }
 }
@@ -60,6 +67,10 @@ pub struct Kernel {
     next_mm_id: AtomicU64,
     tmpfs: Tmpfs,
     migration: MigrationShared,
+    swap: SwapArea,
+    /// Every address space created here, for reclaim. Held only to add or
+    /// to snapshot; nothing else is locked under it.
+    mms: Mutex<Vec<Weak<Mm>>>,
 }
 
 impl Kernel {
@@ -70,8 +81,20 @@ impl Kernel {
         {
             phys.hugetlb_grow(size, count).map_err(|_| MmError::Invalid("the hugetlb pools do not fit in RAM"))?;
         }
+        if config.swap_pages >= MAX_SWAP_PAGES {
+            return Err(MmError::Invalid("swap must hold fewer than 2^40 pages"));
+        }
         let tmpfs = Tmpfs::new(phys.clone());
-        Ok(Arc::new(Self { phys, config, tmpfs, next_mm_id: AtomicU64::new(1), migration: MigrationShared::default() }))
+        let swap = SwapArea::new(config.swap_pages);
+        Ok(Arc::new(Self {
+            phys,
+            config,
+            tmpfs,
+            swap,
+            next_mm_id: AtomicU64::new(1),
+            migration: MigrationShared::default(),
+            mms: Mutex::new(Vec::new()),
+        }))
     }
 
     /// Physical memory.
@@ -82,6 +105,11 @@ impl Kernel {
     /// The tmpfs mount.
     pub fn tmpfs(&self) -> &Tmpfs {
         &self.tmpfs
+    }
+
+    /// The swap area (empty when `swap_pages` is 0).
+    pub fn swap(&self) -> &SwapArea {
+        &self.swap
     }
 
     /// The configuration.
@@ -113,6 +141,18 @@ impl Kernel {
 
     pub(crate) fn next_mm_id(&self) -> MmId {
         MmId(self.next_mm_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Adds a new address space to the registry, forgetting dead ones.
+    pub(crate) fn register_mm(&self, mm: &Arc<Mm>) {
+        let mut mms = self.mms.lock();
+        mms.retain(|weak| weak.strong_count() > 0);
+        mms.push(Arc::downgrade(mm));
+    }
+
+    /// The address spaces still alive, in creation order.
+    pub(crate) fn live_mms(&self) -> Vec<Arc<Mm>> {
+        self.mms.lock().iter().filter_map(Weak::upgrade).collect()
     }
 
     /// A new, empty address space (a process after exec).

@@ -25,6 +25,7 @@ mod mm;
 mod notify;
 mod ops;
 pub mod phys;
+pub mod swap;
 pub mod testing;
 pub mod vma;
 mod zap;

@@ -54,7 +54,7 @@ impl Mm {
     pub(crate) fn new(kernel: Arc<Kernel>) -> Result<Arc<Self>, MmError> {
         let pgtable = PageTable::new(kernel.phys().clone())?;
         let id = kernel.next_mm_id();
-        Ok(Arc::new_cyclic(|this| Self {
+        let mm = Arc::new_cyclic(|this| Self {
             this: this.clone(),
             id,
             kernel,
@@ -64,7 +64,9 @@ impl Mm {
             users: AtomicU32::new(1),
             exited: AtomicBool::new(false),
             migrating: AtomicU32::new(0),
-        }))
+        });
+        mm.kernel.register_mm(&mm);
+        Ok(mm)
     }
 
     /// Identity of the address space.

@@ -16,6 +16,12 @@ pub fn kernel(ram_mib: u64, thp: ThpMode) -> Arc<Kernel> {
     Kernel::new(config).expect("valid config")
 }
 
+/// Like [`kernel`], with a swap area of `swap_pages` slots.
+pub fn kernel_with_swap(ram_mib: u64, thp: ThpMode, swap_pages: u64) -> Arc<Kernel> {
+    let config = KernelConfig { ram_bytes: ram_mib << 20, thp, swap_pages, ..KernelConfig::default() };
+    Kernel::new(config).expect("valid config")
+}
+
 /// A path for a throw-away file in the system's temporary directory,
 /// unique to this process and call.
 pub fn temp_path(name: &str) -> std::path::PathBuf {

@@ -4,6 +4,7 @@
 //! Owns [`Gather`] (Linux's `mmu_gather`): references collected while
 //! entries are cleared, dropped only by [`Gather::free_after`], which ends
 //! the invalidation first. Callers: munmap, madvise, exit, mremap, COW.
+//! A cleared swap entry drops its use of the swap slot at once.
 //!
 //! Linux: `mm/memory.c` (`zap_pte_range`, `zap_pmd_range`,
 //! `unmap_page_range`), `mm/mmu_gather.c`.
@@ -50,8 +51,20 @@ impl Gather {
     }
 }
 
+/// Releases what a just-cleared entry of `mm` held: [`release_entry`] for
+/// frames, and for a swap entry its use of the slot, at once: a slot is
+/// invisible to invalidation subscribers (`free_swap_and_cache`).
+pub(crate) fn release_mm_entry(mm: &Mm, entry: Entry, gather: &mut Gather) {
+    if entry.swap_kind() == Some(SwapKind::Swap) {
+        mm.kernel().swap().put(entry.pfn().0);
+    } else {
+        release_entry(mm.phys(), entry, gather);
+    }
+}
+
 /// Releases what a just-cleared entry held: the mapping's share of the
-/// folio's mapcount now, its reference later (through `gather`).
+/// folio's mapcount now, its reference later (through `gather`). Swap
+/// entries need the swap area: clear them through [`release_mm_entry`].
 pub(crate) fn release_entry(phys: &PhysMem, entry: Entry, gather: &mut Gather) {
     if entry.is_present() {
         let pfn = entry.pfn();
@@ -71,9 +84,10 @@ pub(crate) fn release_entry(phys: &PhysMem, entry: Entry, gather: &mut Gather) {
             phys.map_sub(pfn, 1);
             gather.push(pfn);
         }
+        Some(SwapKind::Swap) => debug_assert!(false, "swap entries are released by release_mm_entry"),
         // A migration entry holds nothing: the migrating thread owns the
-        // page and finds no mapping to restore. Swap slots, poison and
-        // markers hold no frame.
+        // page and finds no mapping to restore. Poison and markers hold no
+        // frame.
         _ => {}
     }
 }
@@ -101,7 +115,6 @@ pub(crate) fn zap_range_if(
     gather: &mut Gather,
     wanted: impl Fn(Entry) -> bool,
 ) -> Result<(), MmError> {
-    let phys = mm.phys();
     let mut cursor = start;
     loop {
         let flow = mm.pgtable().walk(cursor, end, |visit| {
@@ -117,7 +130,7 @@ pub(crate) fn zap_range_if(
             }
             match slot.compare_exchange(entry, Entry::NONE) {
                 Ok(_) => {
-                    release_entry(phys, entry, gather);
+                    release_mm_entry(mm, entry, gather);
                     ControlFlow::Continue(())
                 }
                 Err(_) => ControlFlow::Break(Stop::Restart(slot.va().max(start))),

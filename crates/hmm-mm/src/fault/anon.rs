@@ -1,13 +1,14 @@
 //! Faults on private anonymous memory: first touch (zero page on read, a
 //! fresh page on write, 2 MiB at a time where THP allows), dispatch of
-//! write-protect faults to `wp.rs`, and waiting on migration entries (PTE or
-//! PMD) until the migrator replaced them, then retrying.
+//! write-protect faults to `wp.rs` and of swap entries to `swap.rs`, and
+//! waiting on migration entries (PTE or PMD) until the migrator replaced
+//! them, then retrying.
 //!
 //! Linux: `do_anonymous_page`, `do_huge_pmd_anonymous_page`,
 //! `thp_vma_allowable_order`, `do_swap_page` and `pmd_migration_entry_wait`
 //! (for migration entries).
 
-use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
+use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level, SwapKind};
 use hmm_types::{VmFlags, PMD_SIZE};
 
 use crate::error::FaultError;
@@ -17,7 +18,7 @@ use crate::mm::Mm;
 use crate::phys::PageFlags;
 use crate::vma::Vma;
 
-use super::wp;
+use super::{swap, wp};
 
 /// True when a PMD-sized anonymous THP may back `va` in `vma`.
 pub(crate) fn thp_allowed(mm: &Mm, vma: &Vma, va: u64) -> bool {
@@ -139,6 +140,10 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, va: u64, write: bool) -> Result<(), Faul
             // Sleep until the migrator replaced the entry, then retry
             // (`do_swap_page` → `migration_entry_wait`).
             migration_entry_wait(mm, va);
+            continue;
+        }
+        if entry.swap_kind() == Some(SwapKind::Swap) {
+            swap::fault(mm, vma, pte, entry, write)?;
             continue;
         }
         return Err(FaultError::Sigbus("unsupported non-present entry"));

@@ -11,7 +11,7 @@
 //! Linux: `do_read_fault`, `do_shared_fault`, `do_cow_fault`,
 //! `filemap_fault`, `shmem_fault`.
 
-use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
+use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level, SwapKind};
 use hmm_types::{Event, PAGE_SIZE};
 
 use crate::error::FaultError;
@@ -22,7 +22,7 @@ use crate::phys::PageFlags;
 use crate::vma::Vma;
 use crate::zap::{release_entry, Gather};
 
-use super::wp;
+use super::{swap, wp};
 
 pub(super) fn fault(mm: &Mm, vma: &Vma, inode: &Inode, va: u64, write: bool) -> Result<(), FaultError> {
     let phys = mm.phys();
@@ -46,6 +46,11 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, inode: &Inode, va: u64, write: bool) -> 
         }
         if is_migration_entry(entry) {
             migration_entry_wait(mm, va);
+            continue;
+        }
+        if entry.swap_kind() == Some(SwapKind::Swap) {
+            // A private copy-on-write page that was swapped out.
+            swap::fault(mm, vma, pte, entry, write)?;
             continue;
         }
         if !entry.is_none() {

@@ -4,7 +4,8 @@
 //! Dispatch lives here; each kind of fault has its own file:
 //! `anon.rs` (first touch of private anonymous memory, THP and zero pages),
 //! `wp.rs` (write to a read-only present page: reuse or copy-on-write),
-//! `file.rs` (file mappings, including shared anonymous memory). All run under the mmap read lock
+//! `file.rs` (file mappings, including shared anonymous memory), `swap.rs`
+//! (swap entries of private memory). All run under the mmap read lock
 //! and install entries by compare-and-swap, so concurrent faults on the same
 //! address are safe: the loser frees what it allocated and finds the
 //! winner's entry.
@@ -17,6 +18,7 @@ mod dax;
 mod devdax;
 mod file;
 mod hugetlb;
+mod swap;
 mod wp;
 
 use bitflags::bitflags;

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use hmm_pagetable::SwapKind;
 use hmm_types::{Event, PAGE_SHIFT, PAGE_SIZE};
 
 use crate::error::MmError;
@@ -81,10 +82,12 @@ pub(crate) fn unmap_mapping_pages(inode: &Arc<Inode>, first: u64, last: u64, eve
         for (start, end) in ranges {
             let invalidation = mm.notifiers().start(mm.id(), start, end, Event::Clear);
             let mut gather = Gather::new();
+            // A swapped-out page of a file mapping is a private copy.
             zap_range_if(&mm, start, end, &mut gather, |entry| {
                 even_cows
-                    || !entry.is_present()
-                    || !phys.meta(phys.folio_head(entry.pfn())).flags().contains(PageFlags::ANON)
+                    || (!entry.is_present() && entry.swap_kind() != Some(SwapKind::Swap))
+                    || (entry.is_present()
+                        && !phys.meta(phys.folio_head(entry.pfn())).flags().contains(PageFlags::ANON))
             })?;
             gather.free_after(phys, invalidation);
         }

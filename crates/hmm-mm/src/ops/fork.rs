@@ -1,16 +1,17 @@
 //! fork: a child address space. Private memory becomes copy-on-write in both
 //! (the parent's writable entries are write-protected under a
-//! PROTECTION_PAGE invalidation), shared memory stays shared (the child
-//! faults it in from the shared object), DONTCOPY VMAs are skipped and
-//! WIPEONFORK VMAs start empty. Migrations in flight finish first.
+//! PROTECTION_PAGE invalidation), swap entries are copied and share their
+//! slot, shared memory stays shared (the child faults it in from the shared
+//! object), DONTCOPY VMAs are skipped and WIPEONFORK VMAs start empty.
+//! Migrations in flight finish first.
 //!
 //! Linux: `kernel/fork.c` (`dup_mmap`), `mm/memory.c` (`copy_page_range`,
-//! `copy_present_pte`, `copy_huge_pmd`).
+//! `copy_present_pte`, `copy_nonpresent_pte`, `copy_huge_pmd`).
 
 use core::ops::ControlFlow;
 use std::sync::Arc;
 
-use hmm_pagetable::{EnsureError, Visit};
+use hmm_pagetable::{EnsureError, SwapKind, Visit};
 use hmm_types::{Event, VmFlags, TASK_SIZE};
 
 use crate::error::MmError;
@@ -64,6 +65,7 @@ impl Mm {
 /// accessed/dirty updates.
 fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool) -> Result<(), MmError> {
     let phys = parent.phys();
+    let swap = parent.kernel().swap();
     let flow = parent.pgtable().walk(start, end, |visit| {
         let Visit::Slot { slot, mut entry } = visit else {
             return ControlFlow::Continue(());
@@ -92,6 +94,11 @@ fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool) -> Resul
                 phys.map_add(entry.pfn(), 1);
             }
             target.store(entry.mkold());
+        } else if entry.swap_kind() == Some(SwapKind::Swap) {
+            // Both sides name the slot; the first to fault it in gets a
+            // read-only copy (`swap_duplicate`).
+            swap.dup(entry.pfn().0);
+            target.store(entry);
         }
         ControlFlow::Continue(())
     });

@@ -1,18 +1,20 @@
 //! madvise: DONTNEED and FREE (announced as CLEAR), HUGEPAGE and
 //! NOHUGEPAGE, DONTFORK and DOFORK, POPULATE_READ and POPULATE_WRITE,
 //! COLLAPSE (a synchronous THP collapse, announced as CLEAR of the 2 MiB),
-//! PAGEOUT (a no-op until a swap area exists, as on Linux without swap).
+//! PAGEOUT (private anonymous pages go to swap or, if clean after FREE, are
+//! discarded; a CLEAR per page, see `crate::swap`).
 //!
 //! Linux: `mm/madvise.c`, `mm/khugepaged.c` (`madvise_collapse`).
 
 use core::ops::ControlFlow;
 
-use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level, Visit};
+use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level, SwapKind, Visit};
 use hmm_types::{Event, MadviseAdvice, VaRange, VmFlags, PAGE_SIZE, PMD_SIZE};
 
 use crate::error::MmError;
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::phys::PageFlags;
+use crate::swap::{pageout_range, swappable_vma};
 use crate::zap::{release_entry, zap_range, Gather};
 
 use super::populate_locked;
@@ -80,6 +82,14 @@ impl Mm {
                 }
                 guard.check_split(start)?;
                 guard.check_split(end)?;
+                if guard.overlapping(start, end).any(|v| v.flags.intersects(VmFlags::PFNMAP | VmFlags::HUGETLB)) {
+                    return Err(MmError::Invalid("MADV_PAGEOUT on a VM_PFNMAP/VM_HUGETLB mapping"));
+                }
+                // Shared mappings keep their pages: shmem swap is not modelled.
+                let mut unlimited = u64::MAX;
+                for vma in guard.overlapping(start, end).filter(|vma| swappable_vma(vma)) {
+                    pageout_range(self, vma.start.max(start), vma.end.min(end), &mut unlimited);
+                }
                 Ok(())
             }
             MadviseAdvice::HugePage
@@ -137,11 +147,16 @@ fn flag_change(advice: MadviseAdvice) -> (VmFlags, VmFlags) {
 
 /// MADV_FREE: pages mapped only here become clean and lazily freeable; a
 /// later write dirties them again. Without memory pressure nothing is lost,
-/// exactly as on Linux.
+/// exactly as on Linux. Swapped-out pages are dropped with their slot use
+/// (their data may be discarded anyway).
 fn mark_lazyfree(mm: &Mm, start: u64, end: u64) {
     let phys = mm.phys();
     let _ = mm.pgtable().walk(start, end, |visit| {
         if let Visit::Slot { slot, entry } = visit {
+            if entry.swap_kind() == Some(SwapKind::Swap) && slot.compare_exchange(entry, Entry::NONE).is_ok() {
+                mm.kernel().swap().put(entry.pfn().0);
+                return ControlFlow::Continue(());
+            }
             let pfn = entry.pfn();
             let exclusive = entry.is_present() && !entry.is_special() && phys.folio_counts(pfn).1 == 1;
             if exclusive && slot.compare_exchange(entry, entry.mkclean().mkold()).is_ok() {

@@ -1,0 +1,259 @@
+//! Swap-out: taking private anonymous pages away from an address space,
+//! for MADV_PAGEOUT and for [`Kernel::reclaim`].
+//!
+//! Candidates are pages of private VMAs whose folio is anonymous system RAM,
+//! not pinned and held by nothing but its mappings (reference count equals
+//! mapcount). An order-0 page mapped more than once (shared after fork) is
+//! skipped: there is no anonymous reverse map to find the other mappings,
+//! and unmapping one of them would free nothing. An exclusive PMD-mapped THP
+//! is split first (a CLEAR over the 2 MiB, as `__split_huge_pmd`); its 4K
+//! parts are then paged out one by one and the folio is freed with its last
+//! part. Clean MADV_FREE pages are discarded (the entry becomes none, no
+//! slot is used); everything else is copied into a swap slot and its entry
+//! becomes a swap entry. Each page is one CLEAR invalidation
+//! (`try_to_unmap_one` uses `MMU_NOTIFY_CLEAR`), and its reference is
+//! dropped only after the invalidation ended.
+//!
+//! Without a page lock, a page is taken away in two steps so no write is
+//! ever lost: the entry is first made clean and old, then, once no reference
+//! other than the mappings is seen, the page is copied and the quiet entry
+//! is replaced. Any access after the first step must set the accessed (and,
+//! for a write, dirty) bit by compare-and-swap, which makes the second step
+//! fail and the attempt start over; an access already in flight holds a
+//! reference and is seen. The fence after the first step pairs with the one
+//! after the speculative reference in `cpu.rs`.
+//!
+//! Linux: `mm/madvise.c` (`madvise_cold_or_pageout_pte_range`),
+//! `mm/vmscan.c` (`shrink_folio_list`, `reclaim_pages`), `mm/rmap.c`
+//! (`try_to_unmap_one`).
+
+use core::ops::ControlFlow;
+use core::sync::atomic::{fence, Ordering};
+
+use hmm_pagetable::{Entry, Level, Slot, SwapKind, Visit};
+use hmm_types::{Event, Pfn, VmFlags, PAGE_SIZE, PMD_SIZE};
+
+use crate::huge::split_huge_leaf;
+use crate::kernel::Kernel;
+use crate::mm::Mm;
+use crate::phys::{PageFlags, PhysMem};
+use crate::vma::Vma;
+use crate::zap::Gather;
+
+/// Attempts per page before giving up on a page that keeps being touched.
+const ATTEMPTS: usize = 8;
+
+/// What taking a page away means.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// A clean lazily-freeable page: its data may simply be dropped.
+    Discard,
+    /// Its data goes to a swap slot.
+    Swap,
+}
+
+/// True for VMAs whose anonymous pages may be paged out: private, and not
+/// pfn, I/O or hugetlb mappings (`can_madv_lru_vma`).
+pub(crate) fn swappable_vma(vma: &Vma) -> bool {
+    !vma.flags.is_shared() && !vma.flags.intersects(VmFlags::PFNMAP | VmFlags::IO | VmFlags::HUGETLB)
+}
+
+/// The folio behind a present entry, if it is anonymous system RAM held
+/// only by its mappings and `extra` references of the reclaimer.
+fn reclaimable_folio(phys: &PhysMem, entry: Entry, extra: u32) -> Option<Pfn> {
+    if !entry.is_present() || entry.is_special() {
+        return None;
+    }
+    let pfn = entry.pfn();
+    if phys.is_zero_pfn(pfn) || phys.pagemap(pfn).is_some() {
+        return None;
+    }
+    let head = phys.folio_head(pfn);
+    let (refs, maps) = phys.folio_counts(head);
+    let anon = phys.meta(head).flags().contains(PageFlags::ANON);
+    (anon && !phys.maybe_pinned(head) && maps > 0 && refs == maps as u32 + extra).then_some(head)
+}
+
+/// How the page mapped by the PTE `entry` would be taken, if it can be.
+fn classify(phys: &PhysMem, entry: Entry, extra: u32) -> Option<Kind> {
+    let head = reclaimable_folio(phys, entry, extra)?;
+    if phys.folio_order(head) == 0 && phys.folio_counts(head).1 != 1 {
+        return None;
+    }
+    let flags = phys.meta(head).flags();
+    let clean = !entry.is_dirty() && !flags.contains(PageFlags::DIRTY);
+    Some(if flags.contains(PageFlags::LAZYFREE) && clean { Kind::Discard } else { Kind::Swap })
+}
+
+/// True when the huge leaf `entry` is an exclusive anonymous THP worth
+/// splitting: something can then be done with its parts.
+fn thp_worth_splitting(mm: &Mm, entry: Entry) -> bool {
+    let phys = mm.phys();
+    let Some(head) = reclaimable_folio(phys, entry, 0) else {
+        return false;
+    };
+    let flags = phys.meta(head).flags();
+    let lazyfree = flags.contains(PageFlags::LAZYFREE) && !flags.contains(PageFlags::DIRTY) && !entry.is_dirty();
+    phys.folio_counts(head) == (1, 1) && (lazyfree || mm.kernel().swap().free_slots() > 0)
+}
+
+/// Pages out what can be paged out in `[start, end)` of `mm`, at most
+/// `*budget` pages (the budget shrinks by what was reclaimed). The caller
+/// holds the mmap lock (read is enough) and passes a range of a VMA that
+/// [`swappable_vma`] accepts. Returns the pages reclaimed.
+pub(crate) fn pageout_range(mm: &Mm, start: u64, end: u64, budget: &mut u64) -> u64 {
+    let mut reclaimed = 0;
+    let _ = mm.pgtable().walk(start, end, |visit| {
+        if *budget == 0 {
+            return ControlFlow::Break(());
+        }
+        let Visit::Slot { slot, entry } = visit else {
+            return ControlFlow::Continue(());
+        };
+        if slot.level() == Level::Pte {
+            if pageout_one(mm, slot) {
+                reclaimed += 1;
+                *budget -= 1;
+            }
+        } else if slot.level() == Level::Pmd && thp_worth_splitting(mm, entry) {
+            // A failed split (no table left, or the leaf changed) leaves
+            // the THP as it is.
+            if let Ok(true) = split_huge_leaf(mm, slot, entry) {
+                let block_end = (slot.va() + PMD_SIZE).min(end);
+                reclaimed += pageout_range(mm, slot.va().max(start), block_end, budget);
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    reclaimed
+}
+
+/// Takes the page mapped by the PTE `slot` away; true if it was.
+fn pageout_one(mm: &Mm, slot: Slot<'_>) -> bool {
+    let phys = mm.phys();
+    let entry = slot.load();
+    let Some(kind) = classify(phys, entry, 0) else {
+        return false;
+    };
+    // A reference of our own (`folio_isolate_lru` holds one) keeps the
+    // folio from being freed and reused while we lock it; whoever holds
+    // the folio lock (migration, another reclaimer) owns the folio.
+    let pfn = entry.pfn();
+    if !phys.try_get(pfn) {
+        return false;
+    }
+    let head = phys.meta(phys.folio_head(pfn));
+    if slot.load().pfn() != pfn || !head.try_lock() {
+        phys.put(pfn);
+        return false;
+    }
+    let swap = mm.kernel().swap();
+    let reserved = match kind {
+        Kind::Swap => swap.reserve(),
+        Kind::Discard => None,
+    };
+    let mut done = false;
+    if kind == Kind::Discard || reserved.is_some() {
+        let va = slot.va();
+        let invalidation = mm.notifiers().start(mm.id(), va, va + PAGE_SIZE, Event::Clear);
+        let mut gather = Gather::new();
+        done = unmap_page(phys, slot, entry, kind, reserved, mm);
+        head.unlock();
+        if done {
+            phys.map_sub(pfn, 1);
+            gather.push(pfn);
+        }
+        gather.push(pfn);
+        gather.free_after(phys, invalidation);
+    } else {
+        head.unlock();
+        phys.put(pfn);
+    }
+    match (done, reserved) {
+        (true, Some(_)) => swap.count_out(),
+        (false, Some(offset)) => swap.put(offset),
+        _ => {}
+    }
+    done
+}
+
+/// The two-step replacement of the PTE `slot`, first seen as `entry`:
+/// quiet it (clean and old), check that nothing but mappings holds the
+/// folio, copy the page into `reserved` (for a swap), then replace the
+/// quiet entry with the swap entry (or none, for a discard).
+fn unmap_page(phys: &PhysMem, slot: Slot<'_>, entry: Entry, kind: Kind, reserved: Option<u64>, mm: &Mm) -> bool {
+    let pfn = entry.pfn();
+    let head = phys.folio_head(pfn);
+    let mut current = entry;
+    for _ in 0..ATTEMPTS {
+        // A discard candidate that was written to is kept, as Linux puts a
+        // redirtied lazyfree folio back.
+        if current.pfn() != pfn || classify(phys, current, 1) != Some(kind) {
+            return false;
+        }
+        let quiet = current.mkclean().mkold();
+        if quiet != current {
+            if let Err(now) = slot.compare_exchange(current, quiet) {
+                current = now;
+                continue;
+            }
+            if current.is_dirty() {
+                phys.meta(head).set_flags(PageFlags::DIRTY);
+            }
+        }
+        fence(Ordering::SeqCst);
+        let (refs, maps) = phys.folio_counts(head);
+        if refs != maps as u32 + 1 {
+            // Besides the mappings and us, an access or a GUP holds the
+            // page right now.
+            return false;
+        }
+        let new = match reserved {
+            Some(offset) => {
+                let mut data = vec![0u8; PAGE_SIZE as usize].into_boxed_slice();
+                phys.read(pfn, 0, &mut data);
+                mm.kernel().swap().write(offset, data);
+                Entry::swap(SwapKind::Swap, offset, false)
+            }
+            None => Entry::NONE,
+        };
+        match slot.compare_exchange(quiet, new) {
+            Ok(_) => return true,
+            Err(now) => current = now,
+        }
+    }
+    false
+}
+
+impl Kernel {
+    /// Reclaims up to `nr_pages` pages of private anonymous memory from
+    /// every live address space, in creation order: clean MADV_FREE pages
+    /// are discarded, others written to swap. Returns how many pages were
+    /// reclaimed; without swap (or with swap full) only lazily-freeable
+    /// pages can be. Each page is announced as a CLEAR invalidation.
+    ///
+    /// Takes each address space's mmap lock for reading: call it with no
+    /// mmap lock held.
+    ///
+    /// Linux: `try_to_free_pages`/`shrink_folio_list`, here a walk of the
+    /// address spaces rather than of LRU lists.
+    pub fn reclaim(&self, nr_pages: u64) -> u64 {
+        let mut budget = nr_pages;
+        for mm in self.live_mms() {
+            if budget == 0 {
+                break;
+            }
+            let guard = mm.mmap_read();
+            if mm.has_exited() {
+                continue;
+            }
+            for vma in guard.iter().filter(|vma| swappable_vma(vma)) {
+                if budget == 0 {
+                    break;
+                }
+                pageout_range(&mm, vma.start, vma.end, &mut budget);
+            }
+        }
+        nr_pages - budget
+    }
+}

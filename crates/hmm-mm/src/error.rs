@@ -46,6 +46,10 @@ pub enum MmError {
     /// Part of the range is not mapped (mprotect, madvise, mremap).
     #[error("{0} is not fully mapped")]
     NotMapped(VaRange),
+    /// The range reaches past the user address space or wraps (mprotect,
+    /// madvise and mmap report these as `ENOMEM`).
+    #[error("range outside the user address space: {0}")]
+    OutOfRange(&'static str),
     /// No free range of the address space fits.
     #[error("no free address range of {0:#x} bytes")]
     NoSpace(u64),
@@ -100,7 +104,7 @@ impl MmError {
     pub fn errno(&self) -> Errno {
         match self {
             Self::Invalid(_) => Errno::Inval,
-            Self::NoMem | Self::NotMapped(_) | Self::NoSpace(_) => Errno::NoMem,
+            Self::NoMem | Self::NotMapped(_) | Self::NoSpace(_) | Self::OutOfRange(_) => Errno::NoMem,
             Self::Exists(_) => Errno::Exist,
             Self::Access(_) => Errno::Acces,
             Self::Fault { .. } => Errno::Fault,

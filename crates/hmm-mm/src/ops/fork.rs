@@ -27,6 +27,7 @@ impl Mm {
         // Migration entries are not copied: the migrator could not find
         // the child's copy to restore it. Wait for them to go first.
         let guard = self.mmap_write_settled(0, TASK_SIZE);
+        self.check_alive()?;
         let mut child_guard = child.mmap_write();
         for vma in guard.iter() {
             if vma.flags.contains(VmFlags::DONTCOPY) {

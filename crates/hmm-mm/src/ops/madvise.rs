@@ -12,6 +12,7 @@ use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level, SwapKind, Visit};
 use hmm_types::{Event, MadviseAdvice, VaRange, VmFlags, PAGE_SIZE, PMD_SIZE};
 
 use crate::error::MmError;
+use crate::huge::split_huge_at;
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::phys::PageFlags;
 use crate::swap::{pageout_range, swappable_vma};
@@ -31,7 +32,12 @@ impl Mm {
         if len == 0 {
             return Ok(());
         }
-        let range = VaRange::new_round_len(addr, len).map_err(MmError::from_range)?;
+        // Linux: a wrapping range is EINVAL, one past the address space
+        // is simply unmapped (ENOMEM).
+        let range = VaRange::new_round_len(addr, len).map_err(|errno| match errno {
+            hmm_types::Errno::NoMem => MmError::OutOfRange("madvise range ends past the user address space"),
+            _ => MmError::Invalid("madvise range wraps"),
+        })?;
         let (start, end) = (range.start(), range.end());
         match advice {
             MadviseAdvice::DontNeed | MadviseAdvice::Free => {
@@ -114,6 +120,10 @@ impl Mm {
                 if advice == MadviseAdvice::WipeOnFork && guard.overlapping(start, end).any(|v| !v.is_anonymous()) {
                     return Err(MmError::Invalid("MADV_WIPEONFORK applies to private anonymous memory"));
                 }
+                // A huge leaf must not straddle the new VMA edges (fork copies
+                // per VMA), as `vma_adjust_trans_huge` ensures.
+                split_huge_at(self, start)?;
+                split_huge_at(self, end)?;
                 for vma in guard.vmas_mut().split_range_mut(start, end) {
                     vma.flags = (vma.flags - clear) | set;
                 }
@@ -187,6 +197,7 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
             continue;
         }
         let writable = vma.flags.contains(VmFlags::WRITE);
+        let accessible = vma.flags.intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC);
         let pmd = match mm.pgtable().ensure(block, Level::Pmd) {
             Ok(slot) => slot,
             Err(EnsureError::NoMem(_)) => return Err(MmError::NoMem),
@@ -230,7 +241,12 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
         });
         let flags = LeafFlags { write: writable, dirty: true, accessed: true, special: false };
         phys.map_add(folio, 1);
-        pmd.store(Entry::present(folio, flags, true));
+        let mut leaf = Entry::present(folio, flags, true);
+        if !accessible {
+            // The new leaf keeps the VMA's protection (`vm_page_prot`).
+            leaf = leaf.mkprotnone();
+        }
+        pmd.store(leaf);
         invalidation.end();
         hmm_pagetable::TableStore::free_table(mm.pgtable().store(), table.pfn().0);
         gather.free_now(phys);

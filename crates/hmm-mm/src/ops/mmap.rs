@@ -127,6 +127,9 @@ impl Mm {
             return Err(MmError::NotSupported("MAP_SYNC needs a DAX file"));
         }
         let fixed = flags.intersects(MapFlags::FIXED | MapFlags::FIXED_NOREPLACE);
+        if fixed && addr.checked_add(len).is_none_or(|end| end > hmm_types::TASK_SIZE) {
+            return Err(MmError::OutOfRange("MAP_FIXED range ends past the user address space"));
+        }
         if fixed && addr % granule != 0 {
             return Err(MmError::Invalid("MAP_FIXED address not aligned to the mapping's page size"));
         }
@@ -188,6 +191,9 @@ impl Mm {
         };
 
         let mut guard = self.mmap_write();
+        // exit marks the address space under this lock: checking again here
+        // keeps a racing mmap from mapping into a torn-down space.
+        self.check_alive()?;
         let start = if fixed {
             let range = VaRange::new(addr, len).map_err(|_| MmError::NoSpace(len))?;
             if guard.overlapping(range.start(), range.end()).next().is_some() {

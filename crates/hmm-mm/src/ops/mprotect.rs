@@ -31,13 +31,20 @@ impl Mm {
         if addr % PAGE_SIZE != 0 {
             return Err(MmError::Invalid("mprotect address not page aligned"));
         }
-        if Prot::from_bits(prot.bits()).is_none() {
-            return Err(MmError::Invalid("unknown PROT_* bits"));
-        }
         if len == 0 {
             return Ok(());
         }
-        let range = VaRange::new_round_len(addr, len).map_err(MmError::from_range)?;
+        // Linux's order: a wrapping range (ENOMEM), the protection (EINVAL),
+        // then a range past the address space, which is unmapped (ENOMEM).
+        let wraps = len.checked_add(PAGE_SIZE - 1).and_then(|l| addr.checked_add(l & !(PAGE_SIZE - 1))).is_none();
+        if wraps {
+            return Err(MmError::OutOfRange("mprotect range wraps"));
+        }
+        if Prot::from_bits(prot.bits()).is_none() {
+            return Err(MmError::Invalid("unknown PROT_* bits"));
+        }
+        let range = VaRange::new_round_len(addr, len)
+            .map_err(|_| MmError::OutOfRange("mprotect range ends past the user address space"))?;
         let (start, end) = (range.start(), range.end());
         let mut guard = self.mmap_write();
         if !guard.is_fully_mapped(start, end) {

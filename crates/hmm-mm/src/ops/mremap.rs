@@ -16,8 +16,9 @@ use crate::vma::Vma;
 
 use super::unmap_locked;
 
-fn page_round(len: u64) -> Result<u64, MmError> {
-    len.checked_add(PAGE_SIZE - 1).map(|l| l & !(PAGE_SIZE - 1)).ok_or(MmError::Invalid("length overflows"))
+fn page_round(len: u64) -> u64 {
+    // `PAGE_ALIGN` wraps: a length within a page of 2^64 becomes 0.
+    len.wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
 }
 
 impl Mm {
@@ -39,9 +40,9 @@ impl Mm {
         if flags.intersects(MremapFlags::FIXED | MremapFlags::DONTUNMAP) && !may_move {
             return Err(MmError::Invalid("MREMAP_FIXED and MREMAP_DONTUNMAP need MREMAP_MAYMOVE"));
         }
-        let (old_len, new_len) = (page_round(old_len)?, page_round(new_len)?);
-        if new_len == 0 || old_len == 0 {
-            return Err(MmError::Invalid("mremap of zero length"));
+        let (old_len, new_len) = (page_round(old_len), page_round(new_len));
+        if new_len == 0 {
+            return Err(MmError::Invalid("mremap to zero length"));
         }
         if flags.contains(MremapFlags::DONTUNMAP) && old_len != new_len {
             return Err(MmError::Invalid("MREMAP_DONTUNMAP needs equal old and new lengths"));
@@ -61,12 +62,25 @@ impl Mm {
 
         // Moving a migration entry would hide it from the migrator.
         let mut guard = self.mmap_write_settled(old_addr, old_end);
-        let vma = guard.lookup(old_addr).filter(|v| old_end <= v.end).cloned().ok_or(MmError::Fault {
+        self.check_alive()?;
+        let not_mapped = || MmError::Fault {
             addr: old_addr,
             error: crate::error::FaultError::Segv(crate::error::SegvReason::NotMapped),
-        })?;
-        if flags.contains(MremapFlags::DONTUNMAP) && !vma.is_anonymous() {
-            return Err(MmError::Invalid("MREMAP_DONTUNMAP applies to private anonymous memory"));
+        };
+        let vma = guard.lookup(old_addr).cloned().ok_or_else(not_mapped)?;
+        if old_len == 0 {
+            // Linux duplicates a shared mapping here; not modelled.
+            return Err(MmError::Invalid("mremap of zero old length"));
+        }
+        // Only the part that survives must lie in one VMA: a shrink first
+        // cuts the tail off, wherever it reaches (`vma_to_resize`).
+        let kept_end = old_addr + old_len.min(new_len);
+        let moves_or_grows = fixed || new_len > old_len || flags.contains(MremapFlags::DONTUNMAP);
+        if moves_or_grows && kept_end > vma.end {
+            return Err(not_mapped());
+        }
+        if flags.contains(MremapFlags::DONTUNMAP) && vma.flags.intersects(VmFlags::PFNMAP | VmFlags::DONTEXPAND) {
+            return Err(MmError::Invalid("MREMAP_DONTUNMAP of a VM_PFNMAP/VM_DONTEXPAND mapping"));
         }
         if vma.flags.intersects(VmFlags::PFNMAP | VmFlags::DONTEXPAND) && new_len > old_len {
             return Err(MmError::Fault {
@@ -265,7 +279,7 @@ mod tests {
         assert_eq!(errno(mm.mremap(va, 4096, 0, MremapFlags::empty(), 0)), Errno::Inval);
         assert_eq!(errno(mm.mremap(va, 4096, 8192, MremapFlags::MAYMOVE | MremapFlags::DONTUNMAP, 0)), Errno::Inval);
         assert_eq!(errno(mm.mremap(0x7000_0000, 4096, 8192, MremapFlags::MAYMOVE, 0)), Errno::Fault);
-        assert_eq!(errno(mm.mremap(va, 3 * 4096, 4096, MremapFlags::empty(), 0)), Errno::Fault);
+        assert_eq!(errno(mm.mremap(va, 3 * 4096, 4 * 4096, MremapFlags::MAYMOVE, 0)), Errno::Fault);
         let flags = MremapFlags::MAYMOVE | MremapFlags::FIXED;
         assert_eq!(errno(mm.mremap(va, 2 * 4096, 2 * 4096, flags, va + 4096)), Errno::Inval);
         assert_eq!(mm.mmap_read().len(), 1);

@@ -1,0 +1,1719 @@
+//! Model-based property test of the memory manager's system calls.
+//!
+//! Random sequences of mmap, munmap, mprotect, madvise, mremap, CPU reads and
+//! writes, fork and exit run against up to three address spaces (a parent
+//! and forked children) and, in parallel, against a reference model: per
+//! address space a map from page number to the page's protection, VMA
+//! attributes and backing (a private value, or a page of a shared object
+//! whose values live in one table shared by every sharer). Only the u64 at
+//! offset 0 of each page is modelled.
+//!
+//! After every step the test checks
+//! - the call's result against the model (`Ok` value, or the errno);
+//! - that a failed call changed nothing (VMA list before and after);
+//! - that every VMA tree equals the model's maximal runs of pages with equal
+//!   attributes (start, end, flags, shared object and offset);
+//! - the page tables without faulting anything in: a private page with data
+//!   has a present entry holding that data, no entry is writable or
+//!   accessible beyond the page's protection, and every page ever mapped
+//!   that is no longer mapped has no entry;
+//! - and at the end, once every address space has exited, that every frame
+//!   went back to the allocator.
+//!
+//! Semantics modelled are Linux's (x86-64), stated where subtle next to the
+//! code that predicts them. Errnos must be Linux's exactly.
+//!
+//! Operations aim at three small address windows so they collide often: 64
+//! pages at 0x1000_0000, two aligned PMDs at 0x2000_0000 (THP paths), and
+//! 3 MiB straddling the 1 GiB boundary at 0x4000_0000 (one aligned PMD and a
+//! PUD-table boundary), plus wherever mremap and hint-less mmap put things.
+//! Bursts of steps on one 2 MiB block (protect, zap, collapse, populate,
+//! partial unmap, move) exercise huge pages; the whole test runs with THP
+//! `always`, `never` and `madvise`. `PROPTEST_CASES` raises the case count.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+use hmm_mm::testing::{kernel, leaf};
+use hmm_mm::vma::{VmaBacking, MMAP_MIN_ADDR};
+use hmm_mm::{Kernel, Mm, MmError, ThpMode};
+use hmm_types::{Errno, MadviseAdvice, MapFlags, MremapFlags, Pfn, Prot, VmFlags, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
+
+const PAGE: u64 = PAGE_SIZE;
+const PMD_PAGES: u64 = PMD_SIZE / PAGE_SIZE;
+
+/// `(base address, pages)` of the windows most operations aim at.
+const WINDOWS: [(u64, u64); 3] = [(0x1000_0000, 64), (0x2000_0000, 1024), (0x3ff0_0000, 768)];
+/// Page indices in each window worth hitting exactly (PMD and PUD edges).
+const INTERESTING: [&[u64]; 3] =
+    [&[0, 1, 31, 32, 62, 63], &[0, 1, 255, 511, 512, 513, 1022, 1023], &[0, 1, 255, 256, 257, 511, 767, 766]];
+/// Address-space slots: 0 is the original process, 1 and 2 forked children.
+const SLOTS: usize = 3;
+/// Operations that would map more than this many pages in one address space
+/// are skipped, so 64 MiB of RAM is never exhausted (ENOMEM is not modelled).
+const MAX_PAGES_PER_MM: u64 = 2048;
+
+// ---------------------------------------------------------------------------
+// The reference model.
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Thp {
+    Default,
+    Huge,
+    NoHuge,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Backing {
+    /// Private anonymous memory and the value last written at offset 0.
+    Private { value: u64 },
+    /// Page `index` of shared object `obj`.
+    Shared { obj: usize, index: u64 },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Page {
+    prot: Prot,
+    thp: Thp,
+    dontfork: bool,
+    wipeonfork: bool,
+    backing: Backing,
+}
+
+impl Page {
+    fn fresh(prot: Prot, backing: Backing) -> Self {
+        Self { prot, thp: Thp::Default, dontfork: false, wipeonfork: false, backing }
+    }
+    /// As on x86, write and exec imply read; only PROT_NONE cannot be read.
+    fn readable(&self) -> bool {
+        !self.prot.is_empty()
+    }
+    fn writable(&self) -> bool {
+        self.prot.contains(Prot::WRITE)
+    }
+    fn is_shared(&self) -> bool {
+        matches!(self.backing, Backing::Shared { .. })
+    }
+    /// True when this page (at `prev`'s page number + 1) belongs to the same
+    /// VMA as `prev`. The crate merges adjacent anonymous VMAs with equal
+    /// flags whatever their pgoff (Linux also wants a matching pgoff and
+    /// anon_vma, so after mremap Linux would keep more VMAs apart), and
+    /// shared ones when they map consecutive pages of the same object.
+    fn continues(&self, prev: &Page) -> bool {
+        self.prot == prev.prot
+            && self.thp == prev.thp
+            && self.dontfork == prev.dontfork
+            && self.wipeonfork == prev.wipeonfork
+            && match (prev.backing, self.backing) {
+                (Backing::Private { .. }, Backing::Private { .. }) => true,
+                (Backing::Shared { obj: a, index: i }, Backing::Shared { obj: b, index: j }) => a == b && j == i + 1,
+                _ => false,
+            }
+    }
+    /// The VMA flags the crate should show for this page.
+    fn vm_flags(&self) -> VmFlags {
+        let mut flags = VmFlags::from_prot(self.prot) | VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
+        if self.is_shared() {
+            flags |= VmFlags::SHARED | VmFlags::MAYSHARE;
+        }
+        match self.thp {
+            Thp::Default => {}
+            Thp::Huge => flags |= VmFlags::HUGEPAGE,
+            Thp::NoHuge => flags |= VmFlags::NOHUGEPAGE,
+        }
+        if self.dontfork {
+            flags |= VmFlags::DONTCOPY;
+        }
+        if self.wipeonfork {
+            flags |= VmFlags::WIPEONFORK;
+        }
+        flags
+    }
+}
+
+/// A shared anonymous object (the shmem file behind MAP_SHARED|MAP_ANON).
+#[derive(Debug)]
+struct Obj {
+    /// Its size in pages, fixed at mmap time (`shmem_zero_setup` sizes the
+    /// file to the mapping); pages at or beyond it SIGBUS.
+    size: u64,
+    values: BTreeMap<u64, u64>,
+    /// `ShmemObject::id` of the crate's object.
+    lib_id: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Model {
+    pages: BTreeMap<u64, Page>,
+    /// Every page number ever mapped here: once unmapped it must have no
+    /// page-table entry.
+    seen: BTreeSet<u64>,
+}
+
+impl Model {
+    fn insert(&mut self, vpn: u64, page: Page) {
+        self.pages.insert(vpn, page);
+        self.seen.insert(vpn);
+    }
+    fn remove(&mut self, start: u64, end: u64) {
+        let keys: Vec<u64> = self.pages.range(start..end).map(|(&k, _)| k).collect();
+        for k in keys {
+            self.pages.remove(&k);
+        }
+    }
+    fn fully_mapped(&self, start: u64, end: u64) -> bool {
+        self.pages.range(start..end).count() as u64 == end - start
+    }
+    fn any_mapped(&self, start: u64, end: u64) -> bool {
+        self.pages.range(start..end).next().is_some()
+    }
+    fn range(&self, start: u64, end: u64) -> impl Iterator<Item = (&u64, &Page)> {
+        self.pages.range(start..end)
+    }
+    /// Maximal runs of pages forming one VMA, as `[start, end)` page numbers.
+    fn runs(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut prev: Option<(u64, Page)> = None;
+        for (&vpn, page) in &self.pages {
+            match prev {
+                Some((pv, pp)) if pv + 1 == vpn && page.continues(&pp) => {
+                    out.last_mut().expect("a run is open").1 = vpn + 1;
+                }
+                _ => out.push((vpn, vpn + 1)),
+            }
+            prev = Some((vpn, *page));
+        }
+        out
+    }
+    fn run_containing(&self, vpn: u64) -> Option<(u64, u64)> {
+        self.runs().into_iter().find(|&(s, e)| s <= vpn && vpn < e)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Operations, as generated (abstract) and resolved against the model.
+
+/// Where an operation aims, resolved at run time so that shrinking keeps
+/// aiming at something sensible.
+#[derive(Clone, Copy, Debug)]
+struct Place {
+    kind: u8,
+    a: u32,
+    b: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum AddrMod {
+    None,
+    /// Deliberately not page aligned.
+    Unaligned(u64),
+    /// Just below the top of the user address space.
+    NearTaskEnd,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Size {
+    Pages(u64),
+    /// `n` pages minus a few bytes (rounds up to `n` pages).
+    Unaligned(u64),
+    /// From the address to the end of the VMA holding it.
+    ToRunEnd,
+    /// Some pages from the address, not beyond the end of its VMA.
+    WithinRun(u64),
+    Zero,
+    /// Rounding up overflows.
+    Overflow,
+    /// Ends beyond TASK_SIZE.
+    PastTask,
+    /// (mremap new length) the old length plus `n` pages.
+    Plus(u64),
+    /// (mremap new length) the old length minus `n` pages, at least one.
+    Minus(u64),
+}
+
+/// One step of an [`Op::Block`]: on the whole block, or (`part`) on `len`
+/// pages at `offset` in it.
+#[derive(Clone, Copy, Debug)]
+struct BlockStep {
+    /// 0-2: mprotect, 3-5: madvise, 6: munmap, 7: write, 8: read,
+    /// 9: mremap to `offset` pages past the start of a window (FIXED),
+    /// 10: mremap growing by `offset` pages (MAYMOVE).
+    action: u8,
+    part: bool,
+    offset: u16,
+    len: u16,
+    prot: u32,
+    advice: MadviseAdvice,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Mmap {
+        mm: u8,
+        place: Place,
+        amod: AddrMod,
+        size: Size,
+        prot: u32,
+        /// 0: no hint, 1: hint, 2: MAP_FIXED, 3: MAP_FIXED_NOREPLACE.
+        mode: u8,
+        shared: bool,
+        populate: bool,
+    },
+    Munmap {
+        mm: u8,
+        place: Place,
+        amod: AddrMod,
+        size: Size,
+    },
+    Mprotect {
+        mm: u8,
+        place: Place,
+        amod: AddrMod,
+        size: Size,
+        prot: u32,
+    },
+    Madvise {
+        mm: u8,
+        place: Place,
+        amod: AddrMod,
+        size: Size,
+        advice: MadviseAdvice,
+    },
+    Mremap {
+        mm: u8,
+        place: Place,
+        amod: AddrMod,
+        size: Size,
+        new_size: Size,
+        /// See [`mremap_flags`].
+        flags: u8,
+        to: Place,
+    },
+    Write {
+        mm: u8,
+        place: Place,
+        value: u64,
+    },
+    /// An operation on (part of) a PMD-aligned 2 MiB block inside a VMA, so
+    /// huge pages meet protection changes, advice and partial unmaps.
+    /// A burst of steps on the same block, so multi-step THP sequences
+    /// (populate, protect, zap, collapse, split) happen often.
+    Block {
+        mm: u8,
+        place: Place,
+        steps: Vec<BlockStep>,
+    },
+    /// Writes `value + k` at `count` consecutive pages from `place`.
+    WriteMany {
+        mm: u8,
+        place: Place,
+        value: u64,
+        count: u8,
+    },
+    Read {
+        mm: u8,
+        place: Place,
+    },
+    ReadAll {
+        mm: u8,
+    },
+    Fork {
+        src: u8,
+        dst: u8,
+    },
+    Exit {
+        slot: u8,
+    },
+}
+
+/// Decodes the generated mremap flag choice.
+fn mremap_flags(choice: u8) -> MremapFlags {
+    match choice {
+        0 => MremapFlags::empty(),
+        1 => MremapFlags::MAYMOVE,
+        2 => MremapFlags::MAYMOVE | MremapFlags::FIXED,
+        3 => MremapFlags::MAYMOVE | MremapFlags::DONTUNMAP,
+        4 => MremapFlags::MAYMOVE | MremapFlags::FIXED | MremapFlags::DONTUNMAP,
+        5 => MremapFlags::FIXED,
+        _ => MremapFlags::DONTUNMAP,
+    }
+}
+
+fn place() -> impl Strategy<Value = Place> {
+    (0u8..12, any::<u32>(), any::<u32>()).prop_map(|(kind, a, b)| Place { kind, a, b })
+}
+
+/// A place for a CPU access: mostly inside existing VMAs.
+fn access_place() -> impl Strategy<Value = Place> {
+    (prop::sample::select(vec![0u8, 1, 3, 3, 3, 4, 4, 4, 5, 5, 6, 7, 8]), any::<u32>(), any::<u32>())
+        .prop_map(|(kind, a, b)| Place { kind, a, b })
+}
+
+fn amod() -> impl Strategy<Value = AddrMod> {
+    prop_oneof![
+        40 => Just(AddrMod::None),
+        1 => (1u64..PAGE).prop_map(AddrMod::Unaligned),
+        1 => Just(AddrMod::NearTaskEnd),
+    ]
+}
+
+fn size() -> impl Strategy<Value = Size> {
+    prop_oneof![
+        12 => (1u64..=8).prop_map(Size::Pages),
+        4 => (1u64..=64).prop_map(Size::Pages),
+        2 => (1u64..=8).prop_map(Size::Unaligned),
+        8 => prop::sample::select(vec![256u64, 511, 512, 512, 512, 513, 1024]).prop_map(Size::Pages),
+        5 => Just(Size::ToRunEnd),
+        10 => any::<u64>().prop_map(Size::WithinRun),
+        6 => Just(Size::Pages(PMD_PAGES)),
+        1 => Just(Size::Zero),
+        1 => Just(Size::Overflow),
+        1 => Just(Size::PastTask),
+    ]
+}
+
+fn new_size() -> impl Strategy<Value = Size> {
+    prop_oneof![
+        5 => (1u64..=16).prop_map(Size::Plus),
+        1 => Just(Size::Plus(PMD_PAGES)),
+        3 => (1u64..=8).prop_map(Size::Minus),
+        4 => size(),
+    ]
+}
+
+fn prot() -> impl Strategy<Value = u32> {
+    prop::sample::select(vec![
+        Prot::RW.bits(),
+        Prot::RW.bits(),
+        Prot::RW.bits(),
+        Prot::RW.bits(),
+        Prot::RW.bits(),
+        Prot::READ.bits(),
+        Prot::NONE.bits(),
+        (Prot::READ | Prot::EXEC).bits(),
+    ])
+}
+
+fn advice() -> impl Strategy<Value = MadviseAdvice> {
+    prop::sample::select(vec![
+        MadviseAdvice::DontNeed,
+        MadviseAdvice::DontNeed,
+        MadviseAdvice::Free,
+        MadviseAdvice::HugePage,
+        MadviseAdvice::NoHugePage,
+        MadviseAdvice::PopulateWrite,
+        MadviseAdvice::PopulateWrite,
+        MadviseAdvice::PopulateRead,
+        MadviseAdvice::Collapse,
+        MadviseAdvice::Collapse,
+        MadviseAdvice::DontFork,
+        MadviseAdvice::DoFork,
+        MadviseAdvice::WipeOnFork,
+        MadviseAdvice::KeepOnFork,
+        MadviseAdvice::PageOut,
+    ])
+}
+
+fn block_step() -> impl Strategy<Value = BlockStep> {
+    (
+        0u8..11,
+        prop::bool::weighted(0.35),
+        0u16..512,
+        1u16..600,
+        prop::sample::select(vec![Prot::NONE.bits(), Prot::READ.bits(), Prot::RW.bits()]),
+        prop::sample::select(vec![
+            MadviseAdvice::DontNeed,
+            MadviseAdvice::DontNeed,
+            MadviseAdvice::DontNeed,
+            MadviseAdvice::Collapse,
+            MadviseAdvice::Collapse,
+            MadviseAdvice::Collapse,
+            MadviseAdvice::PopulateWrite,
+            MadviseAdvice::PopulateRead,
+            MadviseAdvice::Free,
+            MadviseAdvice::HugePage,
+            MadviseAdvice::NoHugePage,
+            MadviseAdvice::WipeOnFork,
+            MadviseAdvice::DontFork,
+        ]),
+    )
+        .prop_map(|(action, part, offset, len, prot, advice)| BlockStep {
+            action,
+            part,
+            offset,
+            len,
+            prot,
+            advice,
+        })
+}
+
+/// A first mapping over (part of) a window, so later operations find
+/// something to work on.
+fn setup_op() -> impl Strategy<Value = Op> {
+    (
+        0u32..3,
+        any::<u32>(),
+        prop::sample::select(vec![16u64, 64, 256, 512, 1024]),
+        prot(),
+        prop::bool::weighted(0.15),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(w, b, pages, prot, shared, populate)| Op::Mmap {
+            mm: 0,
+            place: Place { kind: 0, a: w, b: b.wrapping_mul(2) },
+            amod: AddrMod::None,
+            size: Size::Pages(pages),
+            prot,
+            mode: 2,
+            shared,
+            populate,
+        })
+}
+
+/// A few window mappings, often read in (huge zero pages), then anything.
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    (prop::collection::vec(setup_op(), 1..4), any::<bool>(), prop::collection::vec(op(), 1..40)).prop_map(
+        |(mut setup, touch, rest)| {
+            if touch {
+                setup.push(Op::ReadAll { mm: 0 });
+            }
+            setup.extend(rest);
+            setup
+        },
+    )
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        14 => (
+            any::<u8>(),
+            place(),
+            amod(),
+            size(),
+            prot(),
+            prop::sample::select(vec![0u8, 1, 1, 2, 2, 2, 3]),
+            prop::bool::weighted(0.2),
+            prop::bool::weighted(0.2),
+        )
+            .prop_map(|(mm, place, amod, size, prot, mode, shared, populate)| Op::Mmap {
+                mm,
+                place,
+                amod,
+                size,
+                prot,
+                mode,
+                shared,
+                populate,
+            }),
+        7 => (any::<u8>(), place(), amod(), size())
+            .prop_map(|(mm, place, amod, size)| Op::Munmap { mm, place, amod, size }),
+        14 => (
+            any::<u8>(),
+            place(),
+            amod(),
+            size(),
+            prop_oneof![
+                30 => prop::sample::select(vec![
+                    Prot::NONE.bits(),
+                    Prot::READ.bits(),
+                    Prot::RW.bits(),
+                    (Prot::READ | Prot::EXEC).bits(),
+                ]),
+                1 => Just(0x40 | Prot::READ.bits()),
+            ],
+        )
+            .prop_map(|(mm, place, amod, size, prot)| Op::Mprotect {
+                mm,
+                place,
+                amod,
+                size,
+                prot,
+            }),
+        14 => (any::<u8>(), place(), amod(), size(), advice())
+            .prop_map(|(mm, place, amod, size, advice)| Op::Madvise {
+                mm,
+                place,
+                amod,
+                size,
+                advice,
+            }),
+        10 => (
+            any::<u8>(),
+            place(),
+            amod(),
+            size(),
+            new_size(),
+            prop::sample::select(vec![0u8, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 4, 5, 6]),
+            place(),
+        )
+            .prop_map(|(mm, place, amod, size, new_size, flags, to)| Op::Mremap {
+                mm,
+                place,
+                amod,
+                size,
+                new_size,
+                flags,
+                to,
+            }),
+        16 => (any::<u8>(), access_place(), 1u64..u64::MAX)
+            .prop_map(|(mm, place, value)| Op::Write { mm, place, value }),
+        10 => (any::<u8>(), any::<u32>(), any::<u32>(), prop::collection::vec(block_step(), 1..6))
+            .prop_map(|(mm, a, b, steps)| Op::Block { mm, place: Place { kind: 8, a, b }, steps }),
+        8 => (any::<u8>(), access_place(), 1u64..u64::MAX / 2, 2u8..24)
+            .prop_map(|(mm, place, value, count)| Op::WriteMany { mm, place, value, count }),
+        8 => (any::<u8>(), access_place()).prop_map(|(mm, place)| Op::Read { mm, place }),
+        3 => any::<u8>().prop_map(|mm| Op::ReadAll { mm }),
+        4 => (any::<u8>(), 1u8..SLOTS as u8).prop_map(|(src, dst)| Op::Fork { src, dst }),
+        2 => (1u8..SLOTS as u8).prop_map(|slot| Op::Exit { slot }),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// The world: the machine, the address spaces, and their models.
+
+struct Slot {
+    mm: Arc<Mm>,
+    model: Model,
+}
+
+struct World {
+    kernel: Arc<Kernel>,
+    slots: Vec<Option<Slot>>,
+    objs: Vec<Obj>,
+    log: String,
+}
+
+/// What a CPU access should do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Access {
+    Ok(u64),
+    Fault,
+}
+
+/// The errno a failing call must return: Linux's.
+#[derive(Clone, Copy, Debug)]
+struct Errs {
+    linux: Errno,
+}
+
+fn linux(errno: Errno) -> Errs {
+    Errs { linux: errno }
+}
+
+/// A VMA as compared: `(start, end, flags, shared object id and pgoff)`.
+type VmaView = (u64, u64, VmFlags, Option<(u64, u64)>);
+
+fn vma_list(mm: &Mm) -> Vec<VmaView> {
+    mm.mmap_read()
+        .iter()
+        .map(|v| {
+            let shared = match &v.backing {
+                VmaBacking::Anon => None,
+                VmaBacking::File(inode) => Some((inode.id(), v.pgoff)),
+                // Never created here; shown as an impossible object id.
+                #[allow(unreachable_patterns)]
+                _ => Some((u64::MAX, v.pgoff)),
+            };
+            (v.start, v.end, v.flags, shared)
+        })
+        .collect()
+}
+
+fn errno_of<T>(r: &Result<T, MmError>) -> Option<Errno> {
+    r.as_ref().err().map(MmError::errno)
+}
+
+fn page_align(len: u64) -> u64 {
+    len.wrapping_add(PAGE - 1) & !(PAGE - 1)
+}
+
+impl World {
+    fn new(thp: ThpMode) -> (Self, u64) {
+        let kernel = kernel(64, thp);
+        let baseline = kernel.phys().free_frames();
+        let mm = kernel.create_mm().expect("create_mm");
+        let mut slots: Vec<Option<Slot>> = (0..SLOTS).map(|_| None).collect();
+        slots[0] = Some(Slot { mm, model: Model::default() });
+        (Self { kernel, slots, objs: Vec::new(), log: String::new() }, baseline)
+    }
+
+    /// The slot an operation addresses: its own if alive, else slot 0.
+    fn slot_index(&self, mm: u8) -> usize {
+        let i = mm as usize % SLOTS;
+        if self.slots[i].is_some() {
+            i
+        } else {
+            0
+        }
+    }
+
+    fn slot(&self, i: usize) -> &Slot {
+        self.slots[i].as_ref().expect("slot alive")
+    }
+
+    fn model_mut(&mut self, i: usize) -> &mut Model {
+        &mut self.slots[i].as_mut().expect("slot alive").model
+    }
+
+    fn fail(&self, msg: impl std::fmt::Display) -> TestCaseError {
+        TestCaseError::fail(format!("{msg}\n--- operations so far ---\n{}", self.log))
+    }
+
+    fn note(&mut self, line: impl std::fmt::Display) {
+        let _ = writeln!(self.log, "{line}");
+    }
+
+    // --- resolution ------------------------------------------------------
+
+    fn resolve_vpn(model: &Model, p: Place) -> u64 {
+        let window = |a: u32, b: u32| {
+            let w = a as usize % WINDOWS.len();
+            let (base, len) = WINDOWS[w];
+            let idx = if b % 2 == 0 {
+                let pts = INTERESTING[w];
+                pts[(b / 2) as usize % pts.len()]
+            } else {
+                u64::from(b / 2) % len
+            };
+            base / PAGE + idx
+        };
+        let runs = model.runs();
+        // Kinds 0-2: a window page; 3-5: a page of an existing VMA; 6: the
+        // start of one; 7: the page just past one; 8 and up: a PMD-aligned
+        // page in one.
+        match p.kind {
+            0..=2 => window(p.a, p.b),
+            _ if runs.is_empty() => window(p.a, p.b),
+            3..=5 => {
+                let (s, e) = runs[p.a as usize % runs.len()];
+                s + u64::from(p.b) % (e - s)
+            }
+            6 => runs[p.a as usize % runs.len()].0,
+            7 => runs[p.a as usize % runs.len()].1,
+            _ => {
+                // A PMD-aligned page inside a VMA, so THP paths are hit.
+                let (s, e) = runs[p.a as usize % runs.len()];
+                let first = s.div_ceil(PMD_PAGES) * PMD_PAGES;
+                if first < e {
+                    first + u64::from(p.b % 2) * PMD_PAGES
+                } else {
+                    window(p.a, p.b)
+                }
+            }
+        }
+    }
+
+    /// The first page of a 2 MiB block wholly inside a VMA, if there is one;
+    /// else of a block that a VMA reaches into; else of window 1.
+    fn resolve_block(model: &Model, p: Place) -> u64 {
+        let runs = model.runs();
+        let blocks = |whole: bool| -> Vec<u64> {
+            runs.iter()
+                .flat_map(|&(s, e)| {
+                    let first = if whole { s.div_ceil(PMD_PAGES) } else { s / PMD_PAGES };
+                    let last = if whole { e / PMD_PAGES } else { e.div_ceil(PMD_PAGES) };
+                    (first..last).map(|b| b * PMD_PAGES)
+                })
+                .collect()
+        };
+        let whole = blocks(true);
+        let pick = if whole.is_empty() || p.b % 4 == 0 { blocks(false) } else { whole };
+        if pick.is_empty() {
+            WINDOWS[1].0 / PAGE
+        } else {
+            pick[p.a as usize % pick.len()]
+        }
+    }
+
+    fn resolve_addr(model: &Model, p: Place, m: AddrMod) -> u64 {
+        match m {
+            AddrMod::None => Self::resolve_vpn(model, p) * PAGE,
+            AddrMod::Unaligned(k) => Self::resolve_vpn(model, p) * PAGE + k,
+            AddrMod::NearTaskEnd => TASK_SIZE - 2 * PAGE,
+        }
+    }
+
+    fn resolve_len(model: &Model, addr: u64, s: Size, old: u64) -> u64 {
+        match s {
+            Size::Pages(n) => n * PAGE,
+            Size::Unaligned(n) => n * PAGE - 123,
+            Size::ToRunEnd => model.run_containing(addr / PAGE).map_or(PAGE, |(_, e)| (e - addr / PAGE) * PAGE),
+            Size::WithinRun(n) => match model.run_containing(addr / PAGE) {
+                Some((_, e)) => (1 + n % (e - addr / PAGE)) * PAGE,
+                None => (1 + n % 8) * PAGE,
+            },
+            Size::Zero => 0,
+            Size::Overflow => u64::MAX - 100,
+            Size::PastTask => TASK_SIZE,
+            Size::Plus(n) => page_align(old) + n * PAGE,
+            Size::Minus(n) => page_align(old).saturating_sub(n * PAGE).max(PAGE),
+        }
+    }
+
+    // --- model queries ---------------------------------------------------
+
+    /// What a CPU access to the page at `vpn` of slot `i` should do.
+    fn expect_access(&self, i: usize, vpn: u64, write: bool) -> Access {
+        let Some(page) = self.slot(i).model.pages.get(&vpn) else {
+            return Access::Fault;
+        };
+        let allowed = if write { page.writable() } else { page.readable() };
+        if !allowed {
+            return Access::Fault;
+        }
+        match page.backing {
+            Backing::Private { value } => Access::Ok(value),
+            Backing::Shared { obj, index } => {
+                let o = &self.objs[obj];
+                if index >= o.size {
+                    Access::Fault
+                } else {
+                    Access::Ok(o.values.get(&index).copied().unwrap_or(0))
+                }
+            }
+        }
+    }
+
+    fn value_of(&self, page: &Page) -> u64 {
+        match page.backing {
+            Backing::Private { value } => value,
+            Backing::Shared { obj, index } => self.objs[obj].values.get(&index).copied().unwrap_or(0),
+        }
+    }
+
+    /// A huge leaf of slot `i` that crosses a VMA edge, if any.
+    fn straddling_huge_leaf(&self, i: usize) -> Option<u64> {
+        let slot = self.slot(i);
+        slot.model.runs().into_iter().flat_map(|(s, e)| [s * PAGE, e * PAGE]).find(|&va| {
+            let (level, entry) = leaf(&slot.mm, va);
+            level != hmm_pagetable::Level::Pte && !entry.is_none() && va % level.entry_bytes() != 0
+        })
+    }
+
+    fn would_exceed(&self, i: usize, extra_pages: u64) -> bool {
+        self.slot(i).model.pages.len() as u64 + extra_pages > MAX_PAGES_PER_MM
+    }
+
+    // --- invariants ------------------------------------------------------
+
+    fn check_all(&self) -> Result<(), TestCaseError> {
+        for i in 0..SLOTS {
+            if self.slots[i].is_some() {
+                self.check_vmas(i)?;
+                self.check_page_tables(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The VMA tree is exactly the model's runs.
+    fn check_vmas(&self, i: usize) -> Result<(), TestCaseError> {
+        let slot = self.slot(i);
+        let actual = vma_list(&slot.mm);
+        let expected: Vec<VmaView> = slot
+            .model
+            .runs()
+            .into_iter()
+            .map(|(s, e)| {
+                let page = slot.model.pages[&s];
+                let shared = match page.backing {
+                    Backing::Private { .. } => None,
+                    Backing::Shared { obj, index } => Some((self.objs[obj].lib_id, index)),
+                };
+                (s * PAGE, e * PAGE, page.vm_flags(), shared)
+            })
+            .collect();
+        if actual != expected {
+            return Err(self.fail(format!(
+                "mm{i}: VMA tree differs from the model\n  actual:   {}\n  expected: {}",
+                fmt_vmas(&actual),
+                fmt_vmas(&expected)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Looks at the page tables without faulting: data of present entries,
+    /// their permissions, and that unmapped pages have no entries.
+    fn check_page_tables(&self, i: usize) -> Result<(), TestCaseError> {
+        let slot = self.slot(i);
+        let phys = self.kernel.phys();
+        for &vpn in &slot.model.seen {
+            let va = vpn * PAGE;
+            let (level, entry) = leaf(&slot.mm, va);
+            let Some(page) = slot.model.pages.get(&vpn) else {
+                if !entry.is_none() {
+                    return Err(
+                        self.fail(format!("mm{i}: unmapped page {va:#x} still has an entry {entry:?} at {level:?}"))
+                    );
+                }
+                continue;
+            };
+            if entry.is_none() {
+                if let Backing::Private { value } = page.backing {
+                    if value != 0 {
+                        return Err(
+                            self.fail(format!("mm{i}: private page {va:#x} lost its data {value:#x} (no entry)"))
+                        );
+                    }
+                }
+                continue;
+            }
+            if !entry.is_present() {
+                return Err(self.fail(format!("mm{i}: unexpected non-present entry {entry:?} at {va:#x}")));
+            }
+            if entry.is_write() && !page.writable() {
+                return Err(self.fail(format!("mm{i}: {va:#x} has a writable entry but protection {:?}", page.prot)));
+            }
+            if entry.is_accessible() != page.readable() {
+                return Err(self.fail(format!(
+                    "mm{i}: {va:#x} entry accessible={} ({level:?}, {entry:?}) but protection {:?}",
+                    entry.is_accessible(),
+                    page.prot
+                )));
+            }
+            if let Backing::Shared { obj, index } = page.backing {
+                if index >= self.objs[obj].size {
+                    return Err(self.fail(format!(
+                        "mm{i}: {va:#x} maps page {index} of a {}-page shared object",
+                        self.objs[obj].size
+                    )));
+                }
+            }
+            let size = level.entry_bytes();
+            let pfn = Pfn(entry.pfn().as_u64() + (va & (size - 1)) / PAGE);
+            let mut buf = [0u8; 8];
+            phys.read(pfn, 0, &mut buf);
+            let actual = u64::from_le_bytes(buf);
+            let expected = self.value_of(page);
+            if actual != expected {
+                return Err(self.fail(format!(
+                    "mm{i}: {va:#x} ({level:?} entry {entry:?}) holds {actual:#x}, model says {expected:#x}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A failed call left the VMA list as it was.
+    fn check_unchanged(&self, i: usize, before: &[VmaView]) -> Result<(), TestCaseError> {
+        let after = vma_list(&self.slot(i).mm);
+        if after != before {
+            return Err(self.fail(format!(
+                "mm{i}: a failed call changed the VMAs\n  before: {}\n  after:  {}",
+                fmt_vmas(before),
+                fmt_vmas(&after)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Compares an errno outcome; `Ok(true)` when the call failed as expected.
+    fn expect_err<T: std::fmt::Debug>(
+        &self,
+        what: &str,
+        expected: Errs,
+        actual: &Result<T, MmError>,
+    ) -> Result<(), TestCaseError> {
+        match actual {
+            Err(e) if e.errno() == expected.linux => Ok(()),
+            _ => Err(self.fail(format!("{what}: expected {expected:?}, got {actual:?}"))),
+        }
+    }
+
+    // --- steps -----------------------------------------------------------
+
+    fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        match *op {
+            Op::Mmap { mm, place, amod, size, prot, mode, shared, populate } => {
+                self.mmap(mm, place, amod, size, prot, mode, shared, populate)
+            }
+            Op::Munmap { mm, place, amod, size } => self.munmap(mm, place, amod, size),
+            Op::Mprotect { mm, place, amod, size, prot } => self.mprotect(mm, place, amod, size, prot),
+            Op::Madvise { mm, place, amod, size, advice } => self.madvise(mm, place, amod, size, advice),
+            Op::Mremap { mm, place, amod, size, new_size, flags, to } => {
+                self.mremap(mm, place, amod, size, new_size, flags, to)
+            }
+            Op::Write { mm, place, value } => self.write(mm, place, value),
+            Op::Block { mm, place, ref steps } => {
+                let i = self.slot_index(mm);
+                let block = Self::resolve_block(&self.slot(i).model, place);
+                for (k, step) in steps.iter().enumerate() {
+                    let (s, n) = if step.part {
+                        (block + u64::from(step.offset), u64::from(step.len))
+                    } else {
+                        (block, PMD_PAGES)
+                    };
+                    let (addr, len) = (s * PAGE, n * PAGE);
+                    match step.action {
+                        0..=2 => self.mprotect_at(i, addr, len, Prot::from_bits_retain(step.prot)),
+                        3..=5 => self.madvise_at(i, addr, len, step.advice),
+                        6 => self.munmap_at(i, addr, len),
+                        7 => self.write_at(i, s, u64::from(step.len) << 32 | k as u64),
+                        9 => {
+                            let to = WINDOWS[usize::from(step.len) % WINDOWS.len()].0 + u64::from(step.offset) * PAGE;
+                            self.mremap_at(i, addr, len, len, MremapFlags::MAYMOVE | MremapFlags::FIXED, to)
+                        }
+                        10 => {
+                            self.mremap_at(i, addr, len, len + u64::from(step.offset) * PAGE, MremapFlags::MAYMOVE, 0)
+                        }
+                        _ => {
+                            self.note(format!("mm{i}: read_u64 of {n} pages at {addr:#x}"));
+                            (s..s + n).try_for_each(|vpn| self.check_read(i, vpn))
+                        }
+                    }?;
+                    self.check_all()?;
+                }
+                Ok(())
+            }
+            Op::WriteMany { mm, place, value, count } => {
+                let i = self.slot_index(mm);
+                let vpn = Self::resolve_vpn(&self.slot(i).model, place);
+                for k in 0..u64::from(count) {
+                    self.write_at(i, vpn + k, value + k)?;
+                }
+                Ok(())
+            }
+            Op::Read { mm, place } => self.read(mm, place),
+            Op::ReadAll { mm } => self.read_all(mm),
+            Op::Fork { src, dst } => self.fork(src, dst),
+            Op::Exit { slot } => self.exit(slot),
+        }?;
+        self.check_all()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mmap(
+        &mut self,
+        mm: u8,
+        place: Place,
+        amod: AddrMod,
+        size: Size,
+        prot: u32,
+        mode: u8,
+        shared: bool,
+        populate: bool,
+    ) -> Result<(), TestCaseError> {
+        let i = self.slot_index(mm);
+        let model = &self.slot(i).model;
+        let addr = if mode == 0 { 0 } else { Self::resolve_addr(model, place, amod) };
+        let len = Self::resolve_len(model, addr, size, 0);
+        let prot = Prot::from_bits_retain(prot);
+        let mut flags = MapFlags::ANONYMOUS | if shared { MapFlags::SHARED } else { MapFlags::PRIVATE };
+        match mode {
+            2 => flags |= MapFlags::FIXED,
+            3 => flags |= MapFlags::FIXED_NOREPLACE,
+            _ => {}
+        }
+        if populate {
+            flags |= MapFlags::POPULATE;
+        }
+        let call = format!("mm{i}.mmap({addr:#x}, {len:#x}, {prot:?}, {flags:?})");
+        let pages = page_align(len) / PAGE;
+        let fixed = flags.intersects(MapFlags::FIXED | MapFlags::FIXED_NOREPLACE);
+        // do_mmap: zero length is EINVAL; a length that rounds up to zero or
+        // exceeds TASK_SIZE is ENOMEM; with MAP_FIXED the range must fit
+        // below TASK_SIZE (ENOMEM, checked before alignment: EINVAL);
+        // MAP_FIXED_NOREPLACE over anything mapped is EEXIST.
+        let expected: Result<(), Errs> = if len == 0 {
+            Err(linux(Errno::Inval))
+        } else if page_align(len) == 0 || page_align(len) > TASK_SIZE {
+            Err(linux(Errno::NoMem))
+        } else if fixed && addr > TASK_SIZE - page_align(len) {
+            // The range is checked before the alignment.
+            Err(linux(Errno::NoMem))
+        } else if fixed && addr % PAGE != 0 {
+            Err(linux(Errno::Inval))
+        } else if mode == 3 && model.any_mapped(addr / PAGE, addr / PAGE + pages) {
+            Err(linux(Errno::Exist))
+        } else {
+            Ok(())
+        };
+        if expected.is_ok() && self.would_exceed(i, pages) {
+            self.note(format!("{call}: skipped (page budget)"));
+            return Ok(());
+        }
+        let before = vma_list(&self.slot(i).mm);
+        let actual = self.slot(i).mm.mmap(addr, len, prot, flags);
+        self.note(format!("{call} = {actual:x?}"));
+        match expected {
+            Err(e) => {
+                self.expect_err(&call, e, &actual)?;
+                self.check_unchanged(i, &before)
+            }
+            Ok(()) => {
+                let start = match actual {
+                    Ok(start) => start,
+                    Err(_) => return Err(self.fail(format!("{call}: expected success, got {actual:?}"))),
+                };
+                let model = &self.slot(i).model;
+                let (s, e) = (start / PAGE, start / PAGE + pages);
+                let placed_ok = start % PAGE == 0
+                    && start.checked_add(pages * PAGE).is_some_and(|end| end <= TASK_SIZE)
+                    && if fixed {
+                        start == addr
+                    } else {
+                        // Anywhere free, at or above mmap_min_addr; a free,
+                        // aligned hint is honoured.
+                        let hint_free = addr != 0
+                            && addr % PAGE == 0
+                            && addr >= MMAP_MIN_ADDR
+                            && addr + pages * PAGE <= TASK_SIZE
+                            && !model.any_mapped(addr / PAGE, addr / PAGE + pages);
+                        start >= MMAP_MIN_ADDR && !model.any_mapped(s, e) && (!hint_free || start == addr)
+                    };
+                if !placed_ok {
+                    return Err(self.fail(format!("{call}: placed at {start:#x}, not allowed")));
+                }
+                let backing = if shared {
+                    let lib_id = match self.slot(i).mm.mmap_read().vma(start).map(|v| &v.backing) {
+                        Some(VmaBacking::File(inode)) => inode.id(),
+                        other => return Err(self.fail(format!("{call}: no shmem VMA at {start:#x}: {other:?}"))),
+                    };
+                    self.objs.push(Obj { size: pages, values: BTreeMap::new(), lib_id });
+                    Some(self.objs.len() - 1)
+                } else {
+                    None
+                };
+                let model = self.model_mut(i);
+                model.remove(s, e);
+                for (k, vpn) in (s..e).enumerate() {
+                    let b = match backing {
+                        Some(obj) => Backing::Shared { obj, index: k as u64 },
+                        None => Backing::Private { value: 0 },
+                    };
+                    model.insert(vpn, Page::fresh(prot, b));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn munmap(&mut self, mm: u8, place: Place, amod: AddrMod, size: Size) -> Result<(), TestCaseError> {
+        let i = self.slot_index(mm);
+        let model = &self.slot(i).model;
+        let addr = Self::resolve_addr(model, place, amod);
+        let len = Self::resolve_len(model, addr, size, 0);
+        self.munmap_at(i, addr, len)
+    }
+
+    fn munmap_at(&mut self, i: usize, addr: u64, len: u64) -> Result<(), TestCaseError> {
+        let call = format!("mm{i}.munmap({addr:#x}, {len:#x})");
+        // munmap: EINVAL unless aligned, non-empty and below TASK_SIZE.
+        let rlen = page_align(len);
+        let expected =
+            if addr % PAGE != 0 || len == 0 || rlen == 0 || addr.checked_add(rlen).is_none_or(|end| end > TASK_SIZE) {
+                Err(linux(Errno::Inval))
+            } else {
+                Ok(())
+            };
+        let before = vma_list(&self.slot(i).mm);
+        let actual = self.slot(i).mm.munmap(addr, len);
+        self.note(format!("{call} = {actual:?}"));
+        match expected {
+            Err(e) => {
+                self.expect_err(&call, e, &actual)?;
+                self.check_unchanged(i, &before)
+            }
+            Ok(()) => {
+                if actual.is_err() {
+                    return Err(self.fail(format!("{call}: expected success, got {actual:?}")));
+                }
+                self.model_mut(i).remove(addr / PAGE, (addr + rlen) / PAGE);
+                Ok(())
+            }
+        }
+    }
+
+    fn mprotect(&mut self, mm: u8, place: Place, amod: AddrMod, size: Size, prot: u32) -> Result<(), TestCaseError> {
+        let i = self.slot_index(mm);
+        let model = &self.slot(i).model;
+        let addr = Self::resolve_addr(model, place, amod);
+        let len = Self::resolve_len(model, addr, size, 0);
+        self.mprotect_at(i, addr, len, Prot::from_bits_retain(prot))
+    }
+
+    fn mprotect_at(&mut self, i: usize, addr: u64, len: u64, prot: Prot) -> Result<(), TestCaseError> {
+        let model = &self.slot(i).model;
+        let call = format!("mm{i}.mprotect({addr:#x}, {len:#x}, {prot:?})");
+        // do_mprotect_pkey: unaligned start is EINVAL; a zero length
+        // succeeds; an end that wraps (length rounding to zero included) is
+        // ENOMEM; unknown PROT bits are EINVAL; any hole (or part beyond
+        // TASK_SIZE) is ENOMEM. Linux applies the change up to the hole;
+        // this crate changes nothing, and the model follows the crate.
+        let rlen = page_align(len);
+        let end = addr.wrapping_add(rlen);
+        let bad_prot = Prot::from_bits(prot.bits()).is_none();
+        let expected = if addr % PAGE != 0 {
+            Err(linux(Errno::Inval))
+        } else if len == 0 {
+            Ok(false)
+        } else if end <= addr {
+            Err(linux(Errno::NoMem))
+        } else if bad_prot {
+            Err(linux(Errno::Inval))
+        } else if end > TASK_SIZE || !model.fully_mapped(addr / PAGE, end / PAGE) {
+            // Past the address space is simply unmapped.
+            Err(linux(Errno::NoMem))
+        } else {
+            Ok(true)
+        };
+        let before = vma_list(&self.slot(i).mm);
+        let actual = self.slot(i).mm.mprotect(addr, len, prot);
+        self.note(format!("{call} = {actual:?}"));
+        match expected {
+            Err(e) => {
+                self.expect_err(&call, e, &actual)?;
+                self.check_unchanged(i, &before)
+            }
+            Ok(change) => {
+                if actual.is_err() {
+                    return Err(self.fail(format!("{call}: expected success, got {actual:?}")));
+                }
+                if change {
+                    for (_, page) in self.model_mut(i).pages.range_mut(addr / PAGE..end / PAGE) {
+                        page.prot = prot;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn madvise(
+        &mut self,
+        mm: u8,
+        place: Place,
+        amod: AddrMod,
+        size: Size,
+        advice: MadviseAdvice,
+    ) -> Result<(), TestCaseError> {
+        let i = self.slot_index(mm);
+        let model = &self.slot(i).model;
+        let addr = Self::resolve_addr(model, place, amod);
+        let len = Self::resolve_len(model, addr, size, 0);
+        self.madvise_at(i, addr, len, advice)
+    }
+
+    fn madvise_at(&mut self, i: usize, addr: u64, len: u64, advice: MadviseAdvice) -> Result<(), TestCaseError> {
+        let model = &self.slot(i).model;
+        let call = format!("mm{i}.madvise({addr:#x}, {len:#x}, {advice:?})");
+        // do_madvise: unaligned start is EINVAL; a length that rounds to zero
+        // from non-zero, or an end that wraps, is EINVAL; zero length
+        // succeeds; a hole (or part beyond TASK_SIZE) is ENOMEM. Linux
+        // applies the advice to the mapped parts; this crate does nothing,
+        // and the model follows the crate.
+        let rlen = page_align(len);
+        let end = addr.wrapping_add(rlen);
+        let (s, e) = (addr / PAGE, end / PAGE);
+        let expected: Result<bool, Errs> = if addr % PAGE != 0 || (len != 0 && rlen == 0) || end < addr {
+            Err(linux(Errno::Inval))
+        } else if end == addr {
+            Ok(false)
+        } else if end > TASK_SIZE || !model.fully_mapped(s, e) {
+            Err(linux(Errno::NoMem))
+        } else {
+            let pages: Vec<Page> = model.range(s, e).map(|(_, p)| *p).collect();
+            let beyond_object = |p: &Page| match p.backing {
+                Backing::Shared { obj, index } => index >= self.objs[obj].size,
+                Backing::Private { .. } => false,
+            };
+            match advice {
+                // MADV_FREE and MADV_WIPEONFORK: private anonymous only.
+                MadviseAdvice::Free | MadviseAdvice::WipeOnFork if pages.iter().any(Page::is_shared) => {
+                    Err(linux(Errno::Inval))
+                }
+                // Populating faults every page as the CPU would: any page
+                // the access is not allowed on (or that SIGBUSes) is EFAULT.
+                MadviseAdvice::PopulateRead if pages.iter().any(|p| !p.readable() || beyond_object(p)) => {
+                    Err(linux(Errno::Fault))
+                }
+                MadviseAdvice::PopulateWrite if pages.iter().any(|p| !p.writable() || beyond_object(p)) => {
+                    Err(linux(Errno::Fault))
+                }
+                // MADV_COLLAPSE as this crate documents it: each 2 MiB block
+                // inside the range is collapsed if it can be; a block
+                // starting in a shared or NOHUGEPAGE VMA is EINVAL. (Linux
+                // also fails for VMAs that cannot hold an aligned THP and for
+                // blocks it could not collapse; that is not modelled.)
+                MadviseAdvice::Collapse => {
+                    let first_block = addr.div_ceil(PMD_SIZE) * PMD_SIZE / PAGE;
+                    let bad =
+                        (first_block..e).step_by(PMD_PAGES as usize).take_while(|b| b + PMD_PAGES <= e).any(|b| {
+                            let p = &model.pages[&b];
+                            p.is_shared() || p.thp == Thp::NoHuge
+                        });
+                    if bad {
+                        Err(linux(Errno::Inval))
+                    } else {
+                        Ok(false)
+                    }
+                }
+                _ => Ok(true),
+            }
+        };
+        let before = vma_list(&self.slot(i).mm);
+        let actual = self.slot(i).mm.madvise(addr, len, advice);
+        self.note(format!("{call} = {actual:?}"));
+        match expected {
+            Err(e) => {
+                self.expect_err(&call, e, &actual)?;
+                self.check_unchanged(i, &before)
+            }
+            Ok(change) => {
+                if actual.is_err() {
+                    return Err(self.fail(format!("{call}: expected success, got {actual:?}")));
+                }
+                if !change {
+                    return Ok(());
+                }
+                for (_, page) in self.model_mut(i).pages.range_mut(s..e) {
+                    match advice {
+                        // DONTNEED: private anonymous memory reads zero
+                        // afterwards; shared memory refaults from its object.
+                        MadviseAdvice::DontNeed => {
+                            if let Backing::Private { value } = &mut page.backing {
+                                *value = 0;
+                            }
+                        }
+                        MadviseAdvice::HugePage => page.thp = Thp::Huge,
+                        MadviseAdvice::NoHugePage => page.thp = Thp::NoHuge,
+                        MadviseAdvice::DontFork => page.dontfork = true,
+                        MadviseAdvice::DoFork => page.dontfork = false,
+                        MadviseAdvice::WipeOnFork => page.wipeonfork = true,
+                        MadviseAdvice::KeepOnFork => page.wipeonfork = false,
+                        // MADV_FREE keeps the data absent memory pressure
+                        // (there is none here, and no swap); populating and
+                        // PAGEOUT change no data.
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mremap(
+        &mut self,
+        mm: u8,
+        place: Place,
+        amod: AddrMod,
+        size: Size,
+        new_size: Size,
+        flag_choice: u8,
+        to: Place,
+    ) -> Result<(), TestCaseError> {
+        let i = self.slot_index(mm);
+        let model = &self.slot(i).model;
+        let addr = Self::resolve_addr(model, place, amod);
+        let old_len = Self::resolve_len(model, addr, size, 0);
+        let flags = mremap_flags(flag_choice);
+        let new_len =
+            if matches!(flag_choice, 3 | 4) { old_len } else { Self::resolve_len(model, addr, new_size, old_len) };
+        let new_addr = if flags.contains(MremapFlags::FIXED) { Self::resolve_vpn(model, to) * PAGE } else { 0 };
+        self.mremap_at(i, addr, old_len, new_len, flags, new_addr)
+    }
+
+    fn mremap_at(
+        &mut self,
+        i: usize,
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: MremapFlags,
+        new_addr: u64,
+    ) -> Result<(), TestCaseError> {
+        let model = &self.slot(i).model;
+        let fixed = flags.contains(MremapFlags::FIXED);
+        let dontunmap = flags.contains(MremapFlags::DONTUNMAP);
+        let may_move = flags.contains(MremapFlags::MAYMOVE);
+        let call = format!("mm{i}.mremap({addr:#x}, {old_len:#x}, {new_len:#x}, {flags:?}, {new_addr:#x})");
+        let (rold, rnew) = (page_align(old_len), page_align(new_len));
+        let (a, old_pages, new_pages) = (addr / PAGE, rold / PAGE, rnew / PAGE);
+        if rnew > rold && self.would_exceed(i, new_pages - old_pages) {
+            self.note(format!("{call}: skipped (page budget)"));
+            return Ok(());
+        }
+
+        /// What the model predicts.
+        enum Plan {
+            /// Returns `addr`; unmaps `[from, to)` (page numbers), maybe empty.
+            Shrink { from: u64, to: u64 },
+            /// Returns `addr`; the VMA grows in place to `new_pages`.
+            Grow,
+            /// Moves `moved` pages to `new_addr` (or anywhere free when
+            /// `None`) after unmapping the destination (FIXED) and the old
+            /// tail beyond `moved`.
+            Move { dest: Option<u64>, moved: u64 },
+            /// Not modelled; the call is not made.
+            Skip(&'static str),
+        }
+
+        // mremap (mm/mremap.c): flag combinations, then alignment and a zero
+        // new length are EINVAL; the old address must be in a VMA (EFAULT).
+        let run = model.run_containing(a);
+        let old_end = addr.checked_add(rold).filter(|&e| e <= TASK_SIZE);
+        let shared_vma = run.is_some_and(|(s, _)| model.pages[&s].is_shared());
+        let expected: Result<Plan, Errs> = 'plan: {
+            if (fixed && !may_move) || (dontunmap && (!may_move || old_len != new_len)) {
+                break 'plan Err(linux(Errno::Inval));
+            }
+            if addr % PAGE != 0 || rnew == 0 {
+                break 'plan Err(linux(Errno::Inval));
+            }
+            // The destination of MREMAP_FIXED is checked before the VMA is
+            // looked up (Linux 6.16+; older kernels looked the VMA up first).
+            if fixed {
+                if new_addr % PAGE != 0 || rnew > TASK_SIZE || new_addr > TASK_SIZE - rnew {
+                    break 'plan Err(linux(Errno::Inval));
+                }
+                if addr.wrapping_add(rold) > new_addr && new_addr + rnew > addr {
+                    break 'plan Err(linux(Errno::Inval));
+                }
+            }
+            if old_end.is_none() {
+                // An old range reaching beyond TASK_SIZE (only generated on
+                // purpose) is EFAULT or EINVAL depending on the Linux
+                // version: not modelled.
+                break 'plan Ok(Plan::Skip("old range beyond TASK_SIZE"));
+            }
+            let Some((_, vma_end)) = run else {
+                if rold == 0 {
+                    break 'plan Err(linux(Errno::Fault));
+                }
+                break 'plan Err(linux(Errno::Fault));
+            };
+            if rold == 0 && shared_vma {
+                // Linux duplicates a shared mapping for old_len 0: not modelled.
+                break 'plan Ok(Plan::Skip("old_len 0 on shared memory"));
+            }
+            // vma_to_resize for whatever must be moved or grown: a private
+            // mapping with old_len 0 is EINVAL; the old range must lie
+            // within the one VMA (EFAULT).
+            let resize_check = |old_pages: u64| {
+                if old_pages == 0 {
+                    Err(linux(Errno::Inval))
+                } else if a + old_pages > vma_end {
+                    Err(linux(Errno::Fault))
+                } else {
+                    Ok(())
+                }
+            };
+            if fixed || dontunmap {
+                // mremap_to: destination checks, then (FIXED) the destination
+                // is unmapped and the old tail beyond new_len too, and only
+                // then is the old range checked. A failure of that late
+                // check leaves Linux with those unmaps done: not modelled.
+                let moved = old_pages.min(new_pages);
+                if let Err(e) = resize_check(moved) {
+                    if fixed || old_pages > new_pages {
+                        break 'plan Ok(Plan::Skip("Linux unmaps before this error"));
+                    }
+                    break 'plan Err(e);
+                }
+                break 'plan Ok(Plan::Move { dest: fixed.then_some(new_addr), moved });
+            }
+            // Shrinking (or keeping the size) needs only the first page in a
+            // VMA: the tail is simply munmapped, holes and other VMAs alike.
+            if rold >= rnew {
+                break 'plan Ok(Plan::Shrink { from: a + new_pages, to: a + old_pages });
+            }
+            if let Err(e) = resize_check(old_pages) {
+                break 'plan Err(e);
+            }
+            // Growing: in place if the old range ends the VMA and the pages
+            // after it are free; else move if allowed; else ENOMEM.
+            let grow_end = a + new_pages;
+            if a + old_pages == vma_end && grow_end * PAGE <= TASK_SIZE && !model.any_mapped(vma_end, grow_end) {
+                break 'plan Ok(Plan::Grow);
+            }
+            if may_move {
+                Ok(Plan::Move { dest: None, moved: old_pages })
+            } else {
+                Err(linux(Errno::NoMem))
+            }
+        };
+
+        if let Ok(Plan::Skip(why)) = expected {
+            self.note(format!("{call}: skipped ({why})"));
+            return Ok(());
+        }
+        let before = vma_list(&self.slot(i).mm);
+        let actual = self.slot(i).mm.mremap(addr, old_len, new_len, flags, new_addr);
+        self.note(format!("{call} = {actual:x?}"));
+        let plan = match expected {
+            Err(e) => {
+                self.expect_err(&call, e, &actual)?;
+                return self.check_unchanged(i, &before);
+            }
+            Ok(plan) => plan,
+        };
+        let Ok(result) = actual else {
+            return Err(self.fail(format!("{call}: expected success, got {actual:?}")));
+        };
+        match plan {
+            Plan::Skip(_) => unreachable!("skipped above"),
+            Plan::Shrink { from, to } => {
+                if result != addr {
+                    return Err(self.fail(format!("{call}: expected {addr:#x}, got {result:#x}")));
+                }
+                self.model_mut(i).remove(from, to);
+            }
+            Plan::Grow => {
+                if result != addr {
+                    return Err(self.fail(format!("{call}: expected {addr:#x}, got {result:#x}")));
+                }
+                let model = self.model_mut(i);
+                let last = model.pages[&(a + old_pages - 1)];
+                for k in old_pages..new_pages {
+                    model.insert(a + k, extend(&last, k - (old_pages - 1)));
+                }
+            }
+            Plan::Move { dest, moved } => {
+                let model = &self.slot(i).model;
+                let t = result / PAGE;
+                let ok = result % PAGE == 0
+                    && result.checked_add(rnew).is_some_and(|e| e <= TASK_SIZE)
+                    && match dest {
+                        Some(d) => result == d,
+                        None => {
+                            result >= MMAP_MIN_ADDR
+                                && !model.any_mapped(t, t + new_pages)
+                                && !(t < a + old_pages && a < t + new_pages)
+                        }
+                    };
+                if !ok {
+                    return Err(self.fail(format!("{call}: moved to {result:#x}, not allowed")));
+                }
+                let model = self.model_mut(i);
+                model.remove(t, t + new_pages);
+                model.remove(a + moved, a + old_pages);
+                let first = model.pages[&a];
+                let src: Vec<(u64, Page)> = model.range(a, a + moved).map(|(&v, p)| (v, *p)).collect();
+                for (v, page) in &src {
+                    model.insert(t + (v - a), *page);
+                }
+                for k in moved..new_pages {
+                    model.insert(t + k, extend(&first, k));
+                }
+                if dontunmap {
+                    // MREMAP_DONTUNMAP: the old VMA stays, its page tables
+                    // went with the move: private memory reads zero there,
+                    // shared memory refaults from its object.
+                    for (_, page) in model.pages.range_mut(a..a + moved) {
+                        if let Backing::Private { value } = &mut page.backing {
+                            *value = 0;
+                        }
+                    }
+                } else {
+                    model.remove(a, a + moved);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, mm: u8, place: Place, value: u64) -> Result<(), TestCaseError> {
+        let i = self.slot_index(mm);
+        let vpn = Self::resolve_vpn(&self.slot(i).model, place);
+        self.write_at(i, vpn, value)
+    }
+
+    fn write_at(&mut self, i: usize, vpn: u64, value: u64) -> Result<(), TestCaseError> {
+        let va = vpn * PAGE;
+        let expected = self.expect_access(i, vpn, true);
+        let actual = self.slot(i).mm.write_u64(va, value);
+        self.note(format!("mm{i}.write_u64({va:#x}, {value:#x}) = {actual:?}"));
+        match (expected, &actual) {
+            (Access::Fault, Err(e)) if e.errno() == Errno::Fault => Ok(()),
+            (Access::Ok(_), Ok(())) => {
+                let page = self.slot(i).model.pages[&vpn];
+                match page.backing {
+                    Backing::Private { .. } => {
+                        self.model_mut(i).pages.get_mut(&vpn).expect("mapped").backing = Backing::Private { value };
+                    }
+                    Backing::Shared { obj, index } => {
+                        self.objs[obj].values.insert(index, value);
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(self.fail(format!("mm{i}.write_u64({va:#x}): expected {expected:?}, got {actual:?}"))),
+        }
+    }
+
+    fn check_read(&self, i: usize, vpn: u64) -> Result<(), TestCaseError> {
+        let va = vpn * PAGE;
+        let expected = self.expect_access(i, vpn, false);
+        let actual = self.slot(i).mm.read_u64(va);
+        let ok = match (expected, &actual) {
+            (Access::Fault, Err(e)) => e.errno() == Errno::Fault,
+            (Access::Ok(v), Ok(got)) => v == *got,
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(self.fail(format!("mm{i}.read_u64({va:#x}): expected {expected:x?}, got {actual:x?}")))
+        }
+    }
+
+    fn read(&mut self, mm: u8, place: Place) -> Result<(), TestCaseError> {
+        let i = self.slot_index(mm);
+        let vpn = Self::resolve_vpn(&self.slot(i).model, place);
+        self.note(format!("mm{i}.read_u64({:#x})", vpn * PAGE));
+        self.check_read(i, vpn)
+    }
+
+    fn read_all(&mut self, mm: u8) -> Result<(), TestCaseError> {
+        let i = self.slot_index(mm);
+        self.note(format!("mm{i}: read_u64 of every mapped page"));
+        let vpns: Vec<u64> = self.slot(i).model.pages.keys().copied().collect();
+        for vpn in vpns {
+            self.check_read(i, vpn)?;
+        }
+        Ok(())
+    }
+
+    fn fork(&mut self, src: u8, dst: u8) -> Result<(), TestCaseError> {
+        let s = self.slot_index(src);
+        let d = dst as usize % SLOTS;
+        if d == s || d == 0 {
+            self.note(format!("fork mm{s} -> mm{d}: skipped"));
+            return Ok(());
+        }
+        if let Some(va) = self.straddling_huge_leaf(s) {
+            // Every VMA split splits a huge leaf across its edge first
+            // (`vma_adjust_trans_huge`); fork copies per VMA and relies on it.
+            return Err(self.fail(format!("mm{s}: a huge leaf straddles a VMA edge at {va:#x}")));
+        }
+        if let Some(old) = self.slots[d].take() {
+            old.mm.exit();
+            self.note(format!("mm{d}.exit()"));
+        }
+        let child = self.slot(s).mm.fork();
+        self.note(format!("mm{s}.fork() -> mm{d} = {:?}", child.as_ref().map(|_| ())));
+        let child = child.map_err(|e| self.fail(format!("fork failed: {e}")))?;
+        // dup_mmap: DONTFORK VMAs are not copied; WIPEONFORK ones start
+        // empty in the child; private memory is copied (COW), shared memory
+        // stays shared. The flags themselves are inherited.
+        // Whatever the parent ever mapped must not show up in the child
+        // unless the child maps it.
+        let mut model = Model { pages: BTreeMap::new(), seen: self.slot(s).model.seen.clone() };
+        for (&vpn, page) in &self.slot(s).model.pages {
+            if page.dontfork {
+                continue;
+            }
+            let mut page = *page;
+            if page.wipeonfork {
+                if let Backing::Private { value } = &mut page.backing {
+                    *value = 0;
+                }
+            }
+            model.insert(vpn, page);
+        }
+        self.slots[d] = Some(Slot { mm: child, model });
+        Ok(())
+    }
+
+    fn exit(&mut self, slot: u8) -> Result<(), TestCaseError> {
+        let d = slot as usize % SLOTS;
+        let Some(old) = self.slots[d].take().filter(|_| d != 0) else {
+            self.note(format!("mm{d}.exit(): skipped"));
+            return Ok(());
+        };
+        old.mm.exit();
+        self.note(format!("mm{d}.exit()"));
+        if !old.mm.has_exited() {
+            return Err(self.fail(format!("mm{d}: exit did not tear down")));
+        }
+        let r = old.mm.mmap(0, PAGE, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS);
+        if errno_of(&r) != Some(Errno::Srch) {
+            return Err(self.fail(format!("mm{d}: mmap after exit = {r:?}, expected ESRCH")));
+        }
+        Ok(())
+    }
+
+    /// Reads every mapped page through the CPU, exits everything; every
+    /// frame must be back.
+    fn finish(mut self, baseline: u64) -> Result<(), TestCaseError> {
+        for i in 0..SLOTS {
+            if self.slots[i].is_some() {
+                self.read_all(i as u8)?;
+            }
+        }
+        for i in 0..SLOTS {
+            if let Some(slot) = self.slots[i].take() {
+                slot.mm.exit();
+            }
+        }
+        let free = self.kernel.phys().free_frames();
+        if free != baseline {
+            return Err(self.fail(format!(
+                "frames leaked: {free} free after every exit, {baseline} at boot ({} missing)",
+                baseline as i64 - free as i64
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The page `k` pages after `first` in the same VMA, freshly added by a grow:
+/// same attributes, private memory zero, shared memory the next page of the
+/// object.
+fn extend(first: &Page, k: u64) -> Page {
+    let backing = match first.backing {
+        Backing::Private { .. } => Backing::Private { value: 0 },
+        Backing::Shared { obj, index } => Backing::Shared { obj, index: index + k },
+    };
+    Page { backing, ..*first }
+}
+
+fn fmt_vmas(vmas: &[VmaView]) -> String {
+    let mut out = String::new();
+    for (s, e, f, sh) in vmas {
+        let _ = write!(out, "[{s:#x}..{e:#x} {:#x}", f.bits());
+        if let Some((id, pgoff)) = sh {
+            let _ = write!(out, " shm{id}@{pgoff}");
+        }
+        out.push_str("] ");
+    }
+    out
+}
+
+fn run(thp: ThpMode, ops: &[Op]) -> Result<(), TestCaseError> {
+    let (mut world, baseline) = World::new(thp);
+    for op in ops {
+        world.step(op)?;
+    }
+    world.finish(baseline)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 128,
+        max_shrink_iters: 4096,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn model_thp_always(ops in ops()) {
+        run(ThpMode::Always, &ops)?;
+    }
+
+    #[test]
+    fn model_thp_never(ops in ops()) {
+        run(ThpMode::Never, &ops)?;
+    }
+
+    #[test]
+    fn model_thp_madvise(ops in ops()) {
+        run(ThpMode::Madvise, &ops)?;
+    }
+}

@@ -143,13 +143,6 @@ fn hole(guard: &MmapReadGuard<'_>, range: &mut Range<'_>, a: u64, b: u64) -> Res
     Ok(())
 }
 
-/// Waits until the migration that installed `entry` in `slot` is over.
-fn wait_for_migration(slot: Slot<'_>, entry: Entry) {
-    while slot.load() == entry {
-        std::thread::yield_now();
-    }
-}
-
 /// One PTE (`hmm_vma_handle_pte`).
 fn pte(
     guard: &MmapReadGuard<'_>,
@@ -187,7 +180,7 @@ fn pte(
         }
         return match kind {
             k if k.is_migration() => {
-                wait_for_migration(slot, entry);
+                guard.wait_for_migration(va);
                 Err(Stop::Again(va))
             }
             SwapKind::Swap | SwapKind::DeviceExclusive => fault(guard, va, seg_end, need),
@@ -237,7 +230,7 @@ fn huge(
         let need = range.range_need_fault(first, last, 0);
         return match entry.swap_kind() {
             Some(kind) if kind.is_migration() && need.any() => {
-                wait_for_migration(slot, entry);
+                guard.wait_for_migration(a);
                 Err(Stop::Again(a))
             }
             Some(kind) if kind.is_migration() => {

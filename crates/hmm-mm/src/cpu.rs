@@ -27,6 +27,9 @@ pub(crate) struct Held<'a> {
     phys: &'a PhysMem,
     pfn: Pfn,
     counted: bool,
+    /// End of the leaf that maps the frame: the frames up to it are one
+    /// folio, contiguous, and covered by the same reference.
+    leaf_end: u64,
 }
 
 impl Held<'_> {
@@ -112,8 +115,10 @@ fn for_each_page(
     let end = va.checked_add(len as u64).ok_or(MmError::Invalid("access wraps the address space"))?;
     let mut cursor = va;
     while cursor < end {
-        let page_end = ((cursor | (PAGE_SIZE - 1)) + 1).min(end);
+        // One translation (and one reference) per leaf: a huge leaf is
+        // copied in one piece.
         let held = translate_or_fault(guard, cursor, write)?;
+        let page_end = held.leaf_end.min(end);
         let done = (cursor - va) as usize;
         access(&held, cursor % PAGE_SIZE, done..done + (page_end - cursor) as usize);
         cursor = page_end;
@@ -162,7 +167,8 @@ fn translate(mm: &Mm, va: u64, write: bool) -> Option<Held<'_>> {
     // swap-out sees this reference (the fence pairs with the one in
     // `swap/reclaim.rs`).
     fence(Ordering::SeqCst);
-    let held = Held { phys, pfn, counted };
+    let leaf_end = (va & !(size - 1)) + size;
+    let held = Held { phys, pfn, counted, leaf_end };
     let wanted = Entry::access_bits(write);
     let still_mapped = if entry.raw() & wanted == wanted {
         slot.load() == entry

@@ -71,18 +71,22 @@ impl SwapKind {
         })
     }
     /// A migration entry of either direction.
+    #[inline]
     pub const fn is_migration(self) -> bool {
         matches!(self, Self::MigrationRead | Self::MigrationReadExclusive | Self::MigrationWrite)
     }
     /// A device-private entry of either direction.
+    #[inline]
     pub const fn is_device_private(self) -> bool {
         matches!(self, Self::DevicePrivateRead | Self::DevicePrivateWrite)
     }
     /// The offset field is a page frame number (not a swap slot).
+    #[inline]
     pub const fn has_pfn(self) -> bool {
         self.is_migration() || self.is_device_private() || matches!(self, Self::DeviceExclusive | Self::Hwpoison)
     }
     /// The entry records a writable mapping.
+    #[inline]
     pub const fn is_write(self) -> bool {
         matches!(self, Self::MigrationWrite | Self::DevicePrivateWrite)
     }
@@ -133,18 +137,22 @@ impl Entry {
     pub const NONE: Self = Self(0);
 
     /// Reinterprets raw bits (as loaded from a slot).
+    #[inline]
     pub const fn from_raw(raw: u64) -> Self {
         Self(raw)
     }
     /// The raw bits.
+    #[inline]
     pub const fn raw(self) -> u64 {
         self.0
     }
     /// A pointer to a next-level table.
+    #[inline]
     pub const fn table(id: TableId) -> Self {
         Self(PRESENT | (id << PFN_SHIFT))
     }
     /// A present leaf; `huge` for PMD and PUD leaves.
+    #[inline]
     pub const fn present(pfn: Pfn, flags: LeafFlags, huge: bool) -> Self {
         let mut raw = PRESENT | ((pfn.0 << PFN_SHIFT) & PFN_MASK);
         if flags.write {
@@ -165,6 +173,7 @@ impl Entry {
         Self(raw)
     }
     /// A non-present leaf; `huge` for PMD-level entries.
+    #[inline]
     pub const fn swap(kind: SwapKind, offset: u64, huge: bool) -> Self {
         let mut raw = ((kind as u64) << KIND_SHIFT) | ((offset << PFN_SHIFT) & PFN_MASK);
         if huge {
@@ -174,54 +183,67 @@ impl Entry {
     }
 
     /// `pte_none`.
+    #[inline]
     pub const fn is_none(self) -> bool {
         self.0 == 0
     }
     /// `pte_present`: a present leaf or a table pointer.
+    #[inline]
     pub const fn is_present(self) -> bool {
         self.0 & PRESENT != 0
     }
     /// The huge bit (a PMD/PUD leaf, present or not).
+    #[inline]
     pub const fn is_huge(self) -> bool {
         self.0 & HUGE != 0
     }
     /// A pointer to a next-level table, at `level`.
+    #[inline]
     pub const fn is_table(self, level: Level) -> bool {
         self.is_present() && !self.is_huge() && !matches!(level, Level::Pte)
     }
     /// A leaf (present or not) at `level`: not none and not a table.
+    #[inline]
     pub const fn is_leaf(self, level: Level) -> bool {
         !self.is_none() && !self.is_table(level)
     }
     /// The frame (or table id) field.
+    #[inline]
     pub const fn pfn(self) -> Pfn {
         Pfn((self.0 & PFN_MASK) >> PFN_SHIFT)
     }
     /// Writable present leaf.
+    #[inline]
     pub const fn is_write(self) -> bool {
         self.is_present() && self.0 & WRITE != 0
     }
     /// Dirty present leaf.
+    #[inline]
     pub const fn is_dirty(self) -> bool {
         self.is_present() && self.0 & DIRTY != 0
     }
     /// Accessed present leaf.
+    #[inline]
     pub const fn is_accessed(self) -> bool {
         self.is_present() && self.0 & ACCESSED != 0
     }
     /// A present leaf the CPU may not touch (`pte_protnone`: PROT_NONE).
+    #[inline]
     pub const fn is_protnone(self) -> bool {
         self.is_present() && self.0 & PROTNONE != 0
     }
     /// A present leaf the CPU may access (present and not PROT_NONE).
+    #[inline]
     pub const fn is_accessible(self) -> bool {
         self.is_present() && self.0 & PROTNONE == 0
     }
     /// Special present leaf.
+    #[inline]
     pub const fn is_special(self) -> bool {
         self.is_present() && self.0 & SPECIAL != 0
     }
     /// The bits of a present leaf.
+    #[inline]
     pub const fn leaf_flags(self) -> LeafFlags {
         LeafFlags {
             write: self.is_write(),
@@ -231,6 +253,7 @@ impl Entry {
         }
     }
     /// The kind of a non-present entry.
+    #[inline]
     pub const fn swap_kind(self) -> Option<SwapKind> {
         if self.is_present() {
             return None;
@@ -256,26 +279,32 @@ impl Entry {
     }
 
     /// The same present leaf with WRITE cleared (`pte_wrprotect`).
+    #[inline]
     pub const fn wrprotect(self) -> Self {
         Self(self.0 & !WRITE)
     }
     /// The same present leaf with WRITE set (`pte_mkwrite`).
+    #[inline]
     pub const fn mkwrite(self) -> Self {
         Self(self.0 | WRITE)
     }
     /// The same present leaf made inaccessible (PROT_NONE).
+    #[inline]
     pub const fn mkprotnone(self) -> Self {
         Self(self.0 | PROTNONE)
     }
     /// The same present leaf made accessible again.
+    #[inline]
     pub const fn clear_protnone(self) -> Self {
         Self(self.0 & !PROTNONE)
     }
     /// The same present leaf with DIRTY set.
+    #[inline]
     pub const fn mkdirty(self) -> Self {
         Self(self.0 | DIRTY | ACCESSED)
     }
     /// The same entry with the HUGE bit cleared or set.
+    #[inline]
     pub const fn with_huge(self, huge: bool) -> Self {
         if huge {
             Self(self.0 | HUGE)
@@ -284,14 +313,17 @@ impl Entry {
         }
     }
     /// The same present leaf with DIRTY cleared.
+    #[inline]
     pub const fn mkclean(self) -> Self {
         Self(self.0 & !DIRTY)
     }
     /// The same present leaf with ACCESSED cleared.
+    #[inline]
     pub const fn mkold(self) -> Self {
         Self(self.0 & !ACCESSED)
     }
     /// The bits a CPU access sets: ACCESSED, and DIRTY for a write.
+    #[inline]
     pub const fn access_bits(write: bool) -> u64 {
         if write {
             ACCESSED | DIRTY

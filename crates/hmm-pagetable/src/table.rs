@@ -16,26 +16,32 @@ pub struct Slot<'a> {
 }
 
 impl<'a> Slot<'a> {
+    #[inline]
     pub(crate) fn new(cell: &'a AtomicU64, level: Level, va: u64) -> Self {
         Self { cell, level, va: va & !(level.entry_bytes() - 1) }
     }
     /// The level of the table holding this slot.
+    #[inline]
     pub fn level(&self) -> Level {
         self.level
     }
     /// First virtual address the slot maps.
+    #[inline]
     pub fn va(&self) -> u64 {
         self.va
     }
     /// Current entry (acquire, so a table it points to is visible).
+    #[inline]
     pub fn load(&self) -> Entry {
         Entry::from_raw(self.cell.load(Ordering::Acquire))
     }
     /// Unconditional store.
+    #[inline]
     pub fn store(&self, entry: Entry) {
         self.cell.store(entry.raw(), Ordering::Release);
     }
     /// Replaces `current` with `new`; on failure returns what is there.
+    #[inline]
     pub fn compare_exchange(&self, current: Entry, new: Entry) -> Result<Entry, Entry> {
         self.cell
             .compare_exchange(current.raw(), new.raw(), Ordering::AcqRel, Ordering::Acquire)
@@ -44,10 +50,12 @@ impl<'a> Slot<'a> {
     }
     /// Stores `new` and returns the previous entry (`ptep_get_and_clear`
     /// when `new` is none).
+    #[inline]
     pub fn swap(&self, new: Entry) -> Entry {
         Entry::from_raw(self.cell.swap(new.raw(), Ordering::AcqRel))
     }
     /// Sets bits in place (hardware accessed/dirty updates).
+    #[inline]
     pub fn set_bits(&self, bits: u64) -> Entry {
         Entry::from_raw(self.cell.fetch_or(bits, Ordering::AcqRel))
     }
@@ -94,12 +102,14 @@ impl<S: TableStore> PageTable<S> {
     pub fn root(&self) -> TableId {
         self.root
     }
+    #[inline]
     pub(crate) fn cells(&self, id: TableId) -> &[AtomicU64; ENTRIES_PER_TABLE] {
         self.store.table(id)
     }
 
     /// The deepest slot on `va`'s path: where descent stopped at a none
     /// entry or a leaf, or the PTE slot.
+    #[inline]
     pub fn find(&self, va: u64) -> Slot<'_> {
         let mut table = self.root;
         let mut level = Level::ROOT;

@@ -65,6 +65,10 @@ pub struct PhysStats {
 
 /// All simulated physical memory.
 pub struct PhysMem {
+    /// System RAM, region 0, reached without the `OnceLock` of device
+    /// regions: every page-table step and every frame access goes here.
+    ram: Region,
+    /// Device regions 1.. (slot 0 unused).
     regions: Box<[OnceLock<Region>]>,
     buddy: Mutex<Buddy>,
     ram_frames: u64,
@@ -99,11 +103,11 @@ impl PhysMem {
             meta: bytemuck::zeroed_slice_box(ram_frames as usize),
             pagemap: None,
         };
-        regions[0].set(ram).expect("fresh");
         let mut buddy = Buddy::new(ram_frames);
         let huge_zero = buddy.alloc(9).expect("RAM holds at least 4 MiB");
         let zero = buddy.alloc(0).expect("RAM holds at least 4 MiB");
         let mem = Self {
+            ram,
             regions,
             buddy: Mutex::new(buddy),
             ram_frames,
@@ -120,7 +124,11 @@ impl PhysMem {
         Ok(Arc::new(mem))
     }
 
+    #[inline]
     fn region(&self, pfn: Pfn) -> &Region {
+        if pfn.0 >> REGION_SHIFT == 0 {
+            return &self.ram;
+        }
         let region = self.regions[(pfn.0 >> REGION_SHIFT) as usize % MAX_REGIONS]
             .get()
             .unwrap_or_else(|| panic!("{pfn:?} is in no region"));
@@ -128,12 +136,16 @@ impl PhysMem {
         region
     }
 
+    #[inline]
     fn local(pfn: Pfn) -> u64 {
         pfn.0 & ((1 << REGION_SHIFT) - 1)
     }
 
     /// True when the frame number belongs to some region.
     pub fn is_valid_pfn(&self, pfn: Pfn) -> bool {
+        if pfn.0 >> REGION_SHIFT == 0 {
+            return pfn.0 < self.ram_frames;
+        }
         self.regions
             .get((pfn.0 >> REGION_SHIFT) as usize)
             .and_then(OnceLock::get)
@@ -177,11 +189,13 @@ impl PhysMem {
     }
 
     /// Metadata of one frame.
+    #[inline]
     pub fn meta(&self, pfn: Pfn) -> &FrameMeta {
         &self.region(pfn).meta[Self::local(pfn) as usize]
     }
 
     /// The head frame of the folio containing `pfn`.
+    #[inline]
     pub fn folio_head(&self, pfn: Pfn) -> Pfn {
         Pfn(pfn.0 - self.meta(pfn).head_offset())
     }
@@ -203,6 +217,7 @@ impl PhysMem {
 
     /// True for the zero page and every frame of the huge zero page
     /// (`is_zero_pfn`, `is_huge_zero_pfn`).
+    #[inline]
     pub fn is_zero_pfn(&self, pfn: Pfn) -> bool {
         pfn == self.zero_pfn || (self.huge_zero_pfn.0..self.huge_zero_pfn.0 + 512).contains(&pfn.0)
     }
@@ -244,6 +259,7 @@ impl PhysMem {
     /// Takes a reference on the folio containing `pfn` (`folio_get`).
     /// Device memory (DAX) starts idle at zero references, so its first
     /// mapping takes the count from zero; system RAM must be allocated.
+    #[inline]
     pub fn get(&self, pfn: Pfn) {
         let old = self.meta(self.folio_head(pfn)).refcount.fetch_add(1, Ordering::AcqRel);
         debug_assert!(old > 0 || self.region(pfn).pagemap.is_some(), "get on a free frame {pfn:?}");
@@ -256,6 +272,7 @@ impl PhysMem {
 
     /// Takes a reference unless the folio is already free
     /// (`folio_try_get`): the speculative path of lock-free lookups.
+    #[inline]
     pub fn try_get(&self, pfn: Pfn) -> bool {
         let refcount = &self.meta(self.folio_head(pfn)).refcount;
         let mut current = refcount.load(Ordering::Acquire);
@@ -292,6 +309,7 @@ impl PhysMem {
     }
 
     /// Drops `n` references (`folio_put_refs`).
+    #[inline]
     pub fn put_many(&self, pfn: Pfn, n: u32) {
         let head = self.folio_head(pfn);
         let meta = self.meta(head);
@@ -350,18 +368,21 @@ impl PhysMem {
         (meta.refcount(), meta.mapcount())
     }
 
+    #[inline]
     fn bytes_of(&self, pfn: Pfn) -> (&FrameBytes, u64) {
         (&self.region(pfn).bytes, Self::local(pfn) * PAGE_SIZE)
     }
 
     /// Reads bytes at `offset` inside frame `pfn` (may run into the next
     /// frames of the same region).
+    #[inline]
     pub fn read(&self, pfn: Pfn, offset: u64, buf: &mut [u8]) {
         let (bytes, base) = self.bytes_of(pfn);
         bytes.read(base + offset, buf);
     }
 
     /// Writes bytes at `offset` inside frame `pfn`.
+    #[inline]
     pub fn write(&self, pfn: Pfn, offset: u64, data: &[u8]) {
         let (bytes, base) = self.bytes_of(pfn);
         bytes.write(base + offset, data);

@@ -2,6 +2,8 @@
 //! happens and checking that it is what Linux would do; a surprise ends the
 //! demo with an error (and a non-zero exit).
 
+mod dax;
+mod mirror;
 mod mm;
 
 use std::sync::Arc;
@@ -14,8 +16,15 @@ use hmm_types::{Errno, MmuNotifier, NotifierRange};
 use crate::render::Out;
 
 /// Which story.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Which {
+    /// The seed story: a device mirrors DAX mappings (2 MiB and 1 GiB
+    /// leaves) without pinning them; truncation proceeds; a pin blocks it.
+    Dax {
+        /// Backing file of the pmem device (a temporary file by default).
+        #[arg(long)]
+        pmem: Option<std::path::PathBuf>,
+    },
     /// The CPU side: faults, THP, copy-on-write after fork, invalidations.
     Mm,
 }
@@ -31,6 +40,18 @@ impl std::fmt::Display for DemoError {
 }
 
 impl std::error::Error for DemoError {}
+
+impl From<hmm::HmmError> for DemoError {
+    fn from(error: hmm::HmmError) -> Self {
+        Self(format!("{error}"))
+    }
+}
+
+impl From<hmm_types::Errno> for DemoError {
+    fn from(error: hmm_types::Errno) -> Self {
+        Self(format!("{error}"))
+    }
+}
 
 impl From<hmm_mm::MmError> for DemoError {
     fn from(error: hmm_mm::MmError) -> Self {
@@ -50,6 +71,7 @@ pub fn expect(condition: bool, what: &str) -> Result<(), DemoError> {
 /// Runs one demo.
 pub fn run(which: Which, out: &Out) -> Result<(), DemoError> {
     match which {
+        Which::Dax { pmem } => dax::run(out, pmem.as_deref()),
         Which::Mm => mm::run(out),
     }
 }

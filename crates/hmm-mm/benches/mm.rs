@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p hmm-mm --bench mm` for the full run, `-- --quick` for a
 //! short one. Targets: a 4K fault under 1 µs; a CPU copy through mappings
-//! within 2x of memcpy.
+//! within 2x of memcpy; a DAX PMD fault and a 1 GiB device-DAX fault about
+//! the cost of a 4K anonymous fault.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use hmm_mm::testing::leaf;
 use hmm_mm::{Kernel, Mm, ThpMode};
 use hmm_pagetable::Level;
-use hmm_types::{MapFlags, Prot, PAGE_SIZE, PMD_SIZE};
+use hmm_types::{MapFlags, PageSize, Prot, PAGE_SIZE, PMD_SIZE, PUD_SIZE};
 
 const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
 const RAM: u64 = 128 << 20;
@@ -118,6 +119,68 @@ fn fault_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// Time spent faulting `n` leaves of `stride` bytes through mappings made
+/// by `map` (each `per_map` leaves long) and removed by `unmap`, outside the
+/// timed part.
+fn timed_mapped_writes(mm: &Mm, map: impl Fn() -> u64, len: u64, stride: u64, n: u64) -> Duration {
+    let mut left = n;
+    let mut total = Duration::ZERO;
+    while left > 0 {
+        let count = left.min(len / stride);
+        let va = map();
+        let start = Instant::now();
+        for i in 0..count {
+            mm.write_u64(va + i * stride, i).expect("write fault");
+        }
+        total += start.elapsed();
+        mm.munmap(va, len).expect("munmap");
+        left -= count;
+    }
+    total
+}
+
+/// DAX faults: a PMD leaf of an fs-dax file (blocks allocated beforehand, so
+/// only the mapping is timed) and a PUD leaf of device-DAX. No per-4K work
+/// happens at fault time, so each should cost about a 4K anonymous fault.
+fn dax_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fault");
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    let k = kernel(ThpMode::Never);
+    let path = hmm_mm::testing::temp_path("bench.pmem");
+    let fs = hmm_mm::fs::DaxFs::format(&k, &path, 80 << 20).expect("pmem");
+    let file = fs.create("bench").expect("create");
+    let len = 64 << 20;
+    file.ftruncate(len).expect("size");
+    let mm = k.create_mm().expect("mm");
+    let map_file = || mm.mmap_file(0, len, Prot::RW, MapFlags::SHARED, &file, 0).expect("mmap dax");
+    // Allocate every block once, so the timed faults only map.
+    timed_mapped_writes(&mm, map_file, len, PMD_SIZE, len / PMD_SIZE);
+    {
+        let va = map_file();
+        mm.write_u64(va, 1).expect("write fault");
+        assert_eq!(leaf(&mm, va).0, Level::Pmd, "DAX PMD fault expected");
+        mm.munmap(va, len).expect("munmap");
+    }
+    group.bench_function("dax_pmd_write", |b| {
+        b.iter_custom(|n| timed_mapped_writes(&mm, map_file, len, PMD_SIZE, n));
+    });
+    let dev = hmm_mm::devdax::DevDax::create(&k, PUD_SIZE, PageSize::Size1G, None).expect("device-dax");
+    let map_dev = || mm.mmap_devdax(0, PUD_SIZE, Prot::RW, MapFlags::SHARED, &dev, 0).expect("mmap devdax");
+    {
+        let va = map_dev();
+        mm.write_u64(va, 1).expect("write fault");
+        assert_eq!(leaf(&mm, va).0, Level::Pud, "device-DAX PUD fault expected");
+        mm.munmap(va, PUD_SIZE).expect("munmap");
+    }
+    group.bench_function("devdax_pud_write", |b| {
+        b.iter_custom(|n| timed_mapped_writes(&mm, map_dev, PUD_SIZE, PUD_SIZE, n));
+    });
+    group.finish();
+    drop((mm, file, fs));
+    let _ = std::fs::remove_file(path);
+}
+
 /// A populated, writable 64 KiB range: 4K pages or part of one THP.
 fn mapped_range(thp: bool) -> (Arc<Kernel>, Arc<Mm>, u64) {
     let (mode, len, level) =
@@ -177,8 +240,10 @@ fn median_ns(home: &std::path::Path, id: &str, since: SystemTime) -> Option<f64>
 }
 
 fn print_ratios(since: SystemTime) {
-    const PAIRS: [(&str, &str, &str); 6] = [
+    const PAIRS: [(&str, &str, &str); 8] = [
         ("fault/anon_4k_write", "fault/memset_4k", "< 1 µs"),
+        ("fault/dax_pmd_write", "fault/anon_4k_write", "about 1x"),
+        ("fault/devdax_pud_write", "fault/anon_4k_write", "about 1x"),
         ("fault/anon_thp_write", "fault/memset_2m", ""),
         ("cpu/copy_64k_read/4k", "cpu/memcpy_64k", "<= 2x"),
         ("cpu/copy_64k_read/thp", "cpu/memcpy_64k", "<= 2x"),
@@ -220,6 +285,7 @@ fn main() {
     let start = SystemTime::now();
     let mut c = Criterion::default().configure_from_args();
     fault_benches(&mut c);
+    dax_benches(&mut c);
     cpu_benches(&mut c);
     c.final_summary();
     print_ratios(start);

@@ -208,8 +208,19 @@ fn pte(
         range.fill(i, i + 1, HMM_PFN_ERROR);
         return Ok(());
     }
+    check_pagemap(guard, entry)?;
     range.fill_pfns(i, i + 1, entry.pfn().0, cpu);
     Ok(())
+}
+
+/// Device memory (DAX) whose pagemap is being torn down is not reported:
+/// the walk backs off with `EBUSY`, as the DAX patch's `get_dev_pagemap`
+/// check did; the unbind's invalidation follows.
+fn check_pagemap(guard: &MmapReadGuard<'_>, entry: Entry) -> Result<(), Stop> {
+    match guard.mm().phys().pagemap(entry.pfn()) {
+        Some(pagemap) if !pagemap.is_alive() => Err(Stop::Error(HmmError::Busy)),
+        _ => Ok(()),
+    }
 }
 
 /// A PMD or PUD leaf covering `[a, b)` of the walk (`hmm_vma_walk_pmd`,
@@ -251,7 +262,62 @@ fn huge(
     if need.any() {
         return fault(guard, a, b, need);
     }
+    check_pagemap(guard, entry)?;
     let base = entry.pfn().0 + ((a - slot.va()) >> hmm_types::PAGE_SHIFT);
     range.fill_pfns(first, last, base, cpu | order_bits(order));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use hmm_mm::fs::DaxFs;
+    use hmm_mm::testing::{kernel, temp_path};
+    use hmm_mm::ThpMode;
+    use hmm_notifier::{IntervalNotifier, IntervalNotifierOps};
+    use hmm_types::{MapFlags, NotifierRange, Prot, PMD_SIZE};
+
+    use super::range_fault;
+    use crate::pfn::{hmm_pfn_to_map_order, HMM_PFN_VALID};
+    use crate::{HmmError, Range};
+
+    struct Ignore;
+
+    impl IntervalNotifierOps for Ignore {
+        fn invalidate(&self, s: &IntervalNotifier, _: &NotifierRange, seq: u64) -> bool {
+            s.set_seq(seq);
+            true
+        }
+    }
+
+    #[test]
+    fn a_dying_dax_pagemap_makes_the_walk_back_off() {
+        let k = kernel(64, ThpMode::Never);
+        let path = temp_path("dying.pmem");
+        let fs = DaxFs::format(&k, &path, 16 << 20).unwrap();
+        let file = fs.create("f").unwrap();
+        file.ftruncate(PMD_SIZE).unwrap();
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap_file(0, PMD_SIZE, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
+        mm.write_u64(va, 1).unwrap();
+        let notifier = mm.interval_notifier_insert(va, PMD_SIZE, Arc::new(Ignore)).unwrap();
+        let mut pfns = vec![0u64; 512];
+        let mut range = Range {
+            notifier: &notifier,
+            notifier_seq: notifier.read_begin(),
+            start: va,
+            end: va + PMD_SIZE,
+            hmm_pfns: &mut pfns,
+            default_flags: 0,
+            pfn_flags_mask: 0,
+            dev_private_owner: None,
+        };
+        range_fault(&mm.mmap_read(), &mut range).unwrap();
+        assert!(range.hmm_pfns.iter().all(|&w| w & HMM_PFN_VALID != 0 && hmm_pfn_to_map_order(w) == 9));
+        fs.device().pagemap().kill();
+        assert_eq!(range_fault(&mm.mmap_read(), &mut range), Err(HmmError::Busy));
+        drop(range);
+        let _ = std::fs::remove_file(path);
+    }
 }

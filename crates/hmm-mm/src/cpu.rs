@@ -139,7 +139,7 @@ pub(crate) fn translate_or_fault<'a>(guard: &MmapReadGuard<'a>, va: u64, write: 
             error: crate::error::FaultError::Segv(crate::error::SegvReason::NotMapped),
         })?;
         let flags = if write { FaultFlags::WRITE } else { FaultFlags::empty() };
-        handle_fault(mm, vma, va, flags).map_err(|error| match error {
+        handle_fault(mm, guard, vma, va, flags).map_err(|error| match error {
             crate::error::FaultError::Oom => MmError::NoMem,
             error => MmError::Fault { addr: va, error },
         })?;

@@ -13,6 +13,7 @@
 
 pub mod cpu;
 pub mod devdax;
+pub mod device;
 mod error;
 pub mod fault;
 pub mod fs;
@@ -34,6 +35,6 @@ pub use error::{FaultError, MmError, SegvReason};
 pub use fault::FaultFlags;
 pub use kernel::{Kernel, KernelConfig, ThpMode};
 pub use migrate::{MigrateStats, MigrationHook, MigrationPoint};
-pub use mm::{CpuPageTable, Mm, MmUser, MmapReadGuard, MmapWriteGuard};
+pub use mm::{CpuPageTable, Mm, MmUser, MmapLocked, MmapReadGuard, MmapWriteGuard};
 pub use notify::{Invalidation, NotifierChain};
 pub use zap::Gather;

@@ -235,6 +235,16 @@ impl MmapReadGuard<'_> {
 /// caller holds the mmap lock **for reading** (never for writing: the
 /// migrator needs it to restore), which keeps the table alive.
 pub(crate) fn migration_entry_wait(mm: &Mm, va: u64) {
+    migration_entry_wait_inner(mm, va)
+}
+
+/// Wakes whoever waits on migration entries for `pfn` (after they were
+/// replaced): `folio_wake_bit`. Device migration (`MigrateVma`) uses it.
+pub(crate) fn migration_entries_replaced(mm: &Mm, pfn: Pfn) {
+    mm.kernel().migration().waitq.wake(pfn);
+}
+
+fn migration_entry_wait_inner(mm: &Mm, va: u64) {
     let slot = mm.pgtable().find(va);
     let entry = slot.load();
     if is_migration_entry(entry) {

@@ -203,6 +203,25 @@ impl Drop for MmUser {
     }
 }
 
+/// Proof that the mmap lock of `mm` is held (for reading or writing): the
+/// address space and its VMA tree, as the device-memory callbacks get it.
+#[derive(Clone, Copy, Debug)]
+pub struct MmapLocked<'a> {
+    pub(crate) mm: &'a Mm,
+    pub(crate) vmas: &'a VmaTree,
+}
+
+impl<'a> MmapLocked<'a> {
+    /// The locked address space.
+    pub fn mm(&self) -> &'a Mm {
+        self.mm
+    }
+    /// Its VMAs.
+    pub fn vmas(&self) -> &'a VmaTree {
+        self.vmas
+    }
+}
+
 /// The mmap lock held for reading; derefs to the VMA tree.
 pub struct MmapReadGuard<'a> {
     mm: &'a Mm,
@@ -219,6 +238,10 @@ impl<'a> MmapReadGuard<'a> {
     /// The locked address space.
     pub fn mm(&self) -> &'a Mm {
         self.mm
+    }
+    /// The proof of the lock, for APIs shared with fault context.
+    pub fn locked(&self) -> MmapLocked<'_> {
+        MmapLocked { mm: self.mm, vmas: &self.vmas }
     }
     /// The VMA containing `va` (`vma_lookup`); the borrow ends with the lock.
     pub fn vma(&self, va: u64) -> Option<&Vma> {

@@ -14,7 +14,7 @@ use hmm_types::{VmFlags, PMD_SIZE};
 use crate::error::FaultError;
 use crate::kernel::ThpMode;
 use crate::migrate::{is_migration_entry, migration_entry_wait};
-use crate::mm::Mm;
+use crate::mm::{Mm, MmapLocked};
 use crate::phys::PageFlags;
 use crate::vma::Vma;
 
@@ -35,7 +35,8 @@ fn new_anon_entry(pfn: hmm_types::Pfn, huge: bool) -> Entry {
     Entry::present(pfn, LeafFlags { write: true, dirty: true, accessed: true, special: false }, huge)
 }
 
-pub(super) fn fault(mm: &Mm, vma: &Vma, va: u64, write: bool) -> Result<(), FaultError> {
+pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, va: u64, write: bool) -> Result<(), FaultError> {
+    let mm = locked.mm();
     let phys = mm.phys();
     let pt = mm.pgtable();
     loop {
@@ -145,6 +146,17 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, va: u64, write: bool) -> Result<(), Faul
         if entry.swap_kind() == Some(SwapKind::Swap) {
             swap::fault(mm, vma, pte, entry, write)?;
             continue;
+        }
+        match entry.swap_kind() {
+            Some(kind) if kind.is_device_private() => {
+                crate::device::to_ram::fault(locked, vma, va, pte, entry)?;
+                continue;
+            }
+            Some(SwapKind::DeviceExclusive) => {
+                crate::device::exclusive::restore(mm, vma, pte, entry);
+                continue;
+            }
+            _ => {}
         }
         return Err(FaultError::Sigbus("unsupported non-present entry"));
     }

@@ -27,8 +27,9 @@ use hmm_types::VmFlags;
 
 use crate::error::{FaultError, SegvReason};
 use crate::fs::InodeKind;
+use crate::mm::MmapLocked;
 use crate::mm::{Mm, MmapReadGuard};
-use crate::vma::{Vma, VmaBacking};
+use crate::vma::{Vma, VmaBacking, VmaTree};
 
 bitflags! {
     /// `FAULT_FLAG_*`.
@@ -47,12 +48,12 @@ impl MmapReadGuard<'_> {
     /// access to PROT_NONE, is SIGSEGV.
     pub fn handle_mm_fault(&self, va: u64, flags: FaultFlags) -> Result<(), FaultError> {
         let vma = self.vma(va).ok_or(FaultError::Segv(SegvReason::NotMapped))?;
-        handle_fault(self.mm(), vma, va, flags)
+        handle_fault(self.mm(), self, vma, va, flags)
     }
 }
 
 /// Fault handling once the VMA is known; the caller holds the mmap lock.
-pub(crate) fn handle_fault(mm: &Mm, vma: &Vma, va: u64, flags: FaultFlags) -> Result<(), FaultError> {
+pub(crate) fn handle_fault(mm: &Mm, vmas: &VmaTree, vma: &Vma, va: u64, flags: FaultFlags) -> Result<(), FaultError> {
     let write = flags.contains(FaultFlags::WRITE);
     // As on x86, write and exec permission imply read.
     let allowed = if write {
@@ -65,7 +66,7 @@ pub(crate) fn handle_fault(mm: &Mm, vma: &Vma, va: u64, flags: FaultFlags) -> Re
     }
     let va = va & !(hmm_types::PAGE_SIZE - 1);
     match &vma.backing {
-        VmaBacking::Anon => anon::fault(mm, vma, va, write),
+        VmaBacking::Anon => anon::fault(MmapLocked { mm, vmas }, vma, va, write),
         VmaBacking::File(inode) => match inode.kind() {
             InodeKind::Dax(fs) => dax::fault(mm, vma, inode, fs, va, write),
             InodeKind::PageCache => file::fault(mm, vma, inode, va, write),

@@ -80,7 +80,35 @@ fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool) -> Resul
             Err(EnsureError::NoMem(_)) => return ControlFlow::Break(MmError::NoMem),
             Err(EnsureError::Leaf(_)) => unreachable!("the child's table is built in order"),
         };
-        if entry.is_present() {
+        if entry.swap_kind() == Some(SwapKind::DeviceExclusive) {
+            // The device loses exclusivity; the page is copied as a normal
+            // present page (`try_restore_exclusive_pte`).
+            let restored = hmm_pagetable::Entry::present(
+                entry.pfn(),
+                hmm_pagetable::LeafFlags { write: true, dirty: true, accessed: true, special: false },
+                false,
+            );
+            let invalidation =
+                parent.notifiers().start(parent.id(), slot.va(), slot.va() + hmm_types::PAGE_SIZE, Event::Exclusive);
+            if slot.compare_exchange(entry, restored).is_ok() {
+                entry = restored;
+            }
+            invalidation.end();
+        }
+        if entry.swap_kind().is_some_and(|k| k.is_device_private()) {
+            // Device-private pages are shared read-only by both processes;
+            // a write faults the page back to RAM, then copies.
+            if cow && entry.swap_kind() == Some(SwapKind::DevicePrivateWrite) {
+                let read_only = hmm_pagetable::Entry::swap(SwapKind::DevicePrivateRead, entry.pfn().0, false);
+                while let Err(now) = slot.compare_exchange(entry, read_only) {
+                    entry = now;
+                }
+                entry = read_only;
+            }
+            phys.get(entry.pfn());
+            phys.map_add(entry.pfn(), 1);
+            target.store(entry);
+        } else if entry.is_present() {
             if cow && entry.is_write() {
                 loop {
                     match slot.compare_exchange(entry, entry.wrprotect()) {

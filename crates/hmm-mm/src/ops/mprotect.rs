@@ -96,6 +96,26 @@ fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags) {
                 slot.store(Entry::swap(kind, entry.pfn().0, entry.is_huge()));
                 return ControlFlow::Continue(());
             }
+            if !access.contains(VmFlags::WRITE) {
+                let downgraded = match entry.swap_kind() {
+                    Some(SwapKind::DevicePrivateWrite) => {
+                        Some(Entry::swap(SwapKind::DevicePrivateRead, entry.pfn().0, false))
+                    }
+                    // The device loses exclusivity; the CPU entry comes back
+                    // and is downgraded below.
+                    Some(SwapKind::DeviceExclusive) => Some(Entry::present(
+                        entry.pfn(),
+                        hmm_pagetable::LeafFlags { write: false, dirty: true, accessed: true, special: false },
+                        false,
+                    )),
+                    _ => None,
+                };
+                if let Some(new) = downgraded {
+                    if slot.compare_exchange(entry, new).is_ok() {
+                        entry = new;
+                    }
+                }
+            }
             while entry.is_present() {
                 let mut new = entry;
                 if !access.contains(VmFlags::WRITE) {

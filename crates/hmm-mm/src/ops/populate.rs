@@ -20,7 +20,7 @@ pub(crate) fn populate_locked(mm: &Mm, vmas: &VmaTree, start: u64, end: u64, wri
             .ok_or(MmError::NotMapped(hmm_types::VaRange::from_bounds(va, end).map_err(MmError::from_range)?))?;
         let stop = vma.end.min(end);
         while va < stop {
-            handle_fault(mm, vma, va, flags).map_err(|error| match error {
+            handle_fault(mm, vmas, vma, va, flags).map_err(|error| match error {
                 FaultError::Oom => MmError::NoMem,
                 error => MmError::Fault { addr: va, error },
             })?;

@@ -135,6 +135,10 @@ impl FrameMeta {
         self.mapping.store(0, Ordering::Relaxed);
         self.refcount.store(1, Ordering::Release);
     }
+    /// Makes the frame a folio of its own (order 0), keeping its counts.
+    pub(crate) fn init_single(&self) {
+        self.compound.store(0, Ordering::Release);
+    }
     pub(crate) fn init_tail(&self, offset: u64) {
         self.compound.store(TAIL | offset as u32, Ordering::Release);
         self.flags.store(0, Ordering::Relaxed);

@@ -296,6 +296,34 @@ impl PhysMem {
         refcount.compare_exchange(expected, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
+    /// Splits a PTE-mapped anonymous folio of RAM into order-0 pages
+    /// (`split_folio`), when every page is mapped the same number of times
+    /// and nothing else references it; returns whether it split. The count
+    /// is frozen meanwhile, so speculative lookups fail and retry.
+    pub fn split_folio(&self, head: Pfn) -> bool {
+        let meta = self.meta(head);
+        let order = meta.order();
+        let nr = 1u32 << order;
+        let (refcount, mapcount) = (meta.refcount(), meta.mapcount());
+        let uniform = order > 0 && mapcount > 0 && refcount == mapcount as u32 && refcount % nr == 0;
+        if !uniform || self.region(head).pagemap.is_some() || !self.ref_freeze(head, refcount) {
+            return false;
+        }
+        let per = refcount / nr;
+        let flags = meta.flags();
+        for i in (1..u64::from(nr)).rev() {
+            let tail = self.meta(head.add(i));
+            tail.refcount.store(per, Ordering::Relaxed);
+            tail.mapcount.store(per as i32, Ordering::Relaxed);
+            tail.set_flags(flags);
+            tail.init_single();
+        }
+        meta.mapcount.store(per as i32, Ordering::Relaxed);
+        meta.init_single();
+        self.ref_unfreeze(head, per);
+        true
+    }
+
     /// Gives a frozen folio `count` references again (`folio_ref_unfreeze`).
     pub(crate) fn ref_unfreeze(&self, pfn: Pfn, count: u32) {
         let refcount = &self.meta(self.folio_head(pfn)).refcount;
@@ -340,6 +368,20 @@ impl PhysMem {
             // (what `dax_layout_busy_page` waits for) and the owner is told.
             Some(pagemap) => pagemap.folio_idle(head),
         }
+    }
+
+    /// Hands a free device page to its driver's use: one reference, locked
+    /// (`zone_device_page_init`).
+    pub fn zone_device_page_init(&self, pfn: Pfn) {
+        self.init_device_folio(pfn, 0);
+        self.meta(pfn).refcount.store(1, Ordering::Release);
+        self.meta(pfn).set_flags(PageFlags::LOCKED);
+    }
+
+    /// Unlocks a page and drops a reference (`unlock_page` + `put_page`).
+    pub fn unlock_put(&self, pfn: Pfn) {
+        self.meta(pfn).unlock();
+        self.put(pfn);
     }
 
     /// Describes `1 << order` device frames from `head` as one folio with

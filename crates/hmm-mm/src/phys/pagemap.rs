@@ -10,8 +10,17 @@ use hmm_types::{Owner, Pfn};
 
 /// What a device's memory manager is told (`struct dev_pagemap_ops`).
 pub trait PagemapOps: Send + Sync {
-    /// The folio headed by `head` lost its last reference (`folio_free`).
+    /// The folio headed by `head` lost its last reference (`folio_free`):
+    /// the driver takes it back into its allocator.
     fn folio_free(&self, _head: Pfn) {}
+    /// The CPU (or GUP, or another device's `range_fault`) touched a
+    /// device-private page (`migrate_to_ram`). The page is locked and
+    /// referenced; the driver must migrate at least it back to system RAM,
+    /// typically with `MigrateVma` and `fault_page` set. An error is the
+    /// fault's result (SIGBUS kills the access).
+    fn migrate_to_ram(&self, _fault: &crate::device::DeviceFault<'_>) -> Result<(), crate::FaultError> {
+        Err(crate::FaultError::Sigbus("the device cannot migrate its page back"))
+    }
 }
 
 /// The kind of memory behind a frame.
@@ -69,6 +78,9 @@ impl Pagemap {
     pub fn with_ops(mut self, ops: Arc<dyn PagemapOps>) -> Self {
         self.ops = Some(ops);
         self
+    }
+    pub(crate) fn ops(&self) -> Option<&Arc<dyn PagemapOps>> {
+        self.ops.as_ref()
     }
     pub(crate) fn folio_idle(&self, head: Pfn) {
         if let Some(ops) = &self.ops {

@@ -1,0 +1,98 @@
+//! Device-exclusive access: a page taken away from the CPU so a device can
+//! do atomics on it. The CPU entry becomes a device-exclusive entry; the
+//! next CPU access restores the original entry, announcing an EXCLUSIVE
+//! invalidation with no owner (so the device that made it exclusive drops
+//! its mapping too).
+//!
+//! Linux: `mm/rmap.c` (`make_device_exclusive`), `mm/memory.c`
+//! (`remove_device_exclusive_entry`).
+
+use hmm_pagetable::{Entry, LeafFlags, Slot, SwapKind};
+use hmm_types::{Event, Owner, Pfn, VmFlags, PAGE_SIZE};
+
+use crate::cpu::translate_or_fault;
+use crate::error::MmError;
+use crate::huge::split_huge_at;
+use crate::mm::{Mm, MmapReadGuard};
+use crate::phys::{PageFlags, PhysMem};
+use crate::vma::Vma;
+
+/// A page made device-exclusive, locked and referenced until dropped (the
+/// driver maps it for atomics in between, then drops it).
+#[must_use = "dropping it unlocks the page at once"]
+#[derive(Debug)]
+pub struct ExclusivePage<'a> {
+    phys: &'a PhysMem,
+    pfn: Pfn,
+}
+
+impl ExclusivePage<'_> {
+    /// The page.
+    pub fn pfn(&self) -> Pfn {
+        self.pfn
+    }
+}
+
+impl Drop for ExclusivePage<'_> {
+    fn drop(&mut self) {
+        self.phys.unlock_put(self.pfn);
+    }
+}
+
+/// Makes the page at `addr` exclusive to the device `owner`
+/// (`make_device_exclusive`): faults it in writable (breaking COW,
+/// splitting a THP mapping), then, under an EXCLUSIVE invalidation carrying
+/// `owner` (which that device must ignore), replaces its entry.
+/// `EOPNOTSUPP` unless private anonymous memory; fault errors as usual.
+pub fn make_device_exclusive<'a>(
+    guard: &MmapReadGuard<'a>,
+    addr: u64,
+    owner: Owner,
+) -> Result<ExclusivePage<'a>, MmError> {
+    let mm = guard.mm();
+    let phys = mm.phys();
+    let addr = addr & !(PAGE_SIZE - 1);
+    loop {
+        let vma = guard
+            .vma(addr)
+            .ok_or(MmError::Fault { addr, error: crate::FaultError::Segv(crate::SegvReason::NotMapped) })?;
+        if !vma.is_anonymous() || vma.flags.contains(VmFlags::HUGETLB) {
+            return Err(MmError::NotSupported("device-exclusive access needs private anonymous memory"));
+        }
+        split_huge_at(mm, addr)?;
+        split_huge_at(mm, addr + PAGE_SIZE)?;
+        let pfn = translate_or_fault(guard, addr, true)?.keep();
+        if !phys.meta(pfn).try_lock() {
+            phys.put(pfn);
+            std::thread::yield_now();
+            continue;
+        }
+        let invalidation = mm.notifiers().start_owned(mm.id(), addr, addr + PAGE_SIZE, Event::Exclusive, owner);
+        let slot = mm.pgtable().find(addr);
+        let entry = slot.load();
+        let still = entry.is_accessible() && entry.is_write() && entry.pfn() == pfn;
+        let swapped =
+            still && slot.compare_exchange(entry, Entry::swap(SwapKind::DeviceExclusive, pfn.0, false)).is_ok();
+        invalidation.end();
+        if !swapped {
+            phys.unlock_put(pfn);
+            continue;
+        }
+        if entry.is_dirty() {
+            phys.meta(pfn).set_flags(PageFlags::DIRTY);
+        }
+        return Ok(ExclusivePage { phys, pfn });
+    }
+}
+
+/// A CPU access met a device-exclusive entry: restore the original entry
+/// (writable if the VMA is), after an EXCLUSIVE invalidation with no owner.
+pub(crate) fn restore(mm: &Mm, vma: &Vma, slot: Slot<'_>, entry: Entry) {
+    let va = slot.va();
+    let invalidation = mm.notifiers().start(mm.id(), va, va + PAGE_SIZE, Event::Exclusive);
+    let write = vma.flags.contains(VmFlags::WRITE);
+    let restored =
+        Entry::present(entry.pfn(), LeafFlags { write, dirty: write, accessed: true, special: false }, false);
+    let _ = slot.compare_exchange(entry, restored);
+    invalidation.end();
+}

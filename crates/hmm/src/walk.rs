@@ -317,7 +317,6 @@ mod tests {
         assert!(range.hmm_pfns.iter().all(|&w| w & HMM_PFN_VALID != 0 && hmm_pfn_to_map_order(w) == 9));
         fs.device().pagemap().kill();
         assert_eq!(range_fault(&mm.mmap_read(), &mut range), Err(HmmError::Busy));
-        drop(range);
         let _ = std::fs::remove_file(path);
     }
 }

@@ -14,6 +14,7 @@
 //! device-private entries), `mm/rmap.c` (`make_device_exclusive`).
 
 mod commit;
+mod evict;
 pub mod exclusive;
 mod finalize;
 mod migrate_vma;
@@ -27,6 +28,7 @@ use hmm_types::Pfn;
 use crate::mm::MmapLocked;
 use crate::vma::Vma;
 
+pub use evict::MigrateDevice;
 pub use exclusive::{make_device_exclusive, ExclusivePage};
 pub use migrate_vma::{
     migrate_pfn, migrate_pfn_to_pfn, MigrateSelect, MigrateVma, MIGRATE_PFN_COMPOUND, MIGRATE_PFN_MIGRATE,

@@ -304,3 +304,43 @@ fn exclusive_then_mprotect_and_fork() {
     assert_eq!(mm.read_u64(va + PAGE_SIZE).unwrap(), 2);
     child.exit();
 }
+
+#[test]
+fn evicting_device_memory_brings_every_mapping_back() {
+    use super::MigrateDevice;
+    let k = kernel(64, ThpMode::Never);
+    let device = Device::new(&k, OWNER, 8);
+    let parent = k.create_mm().unwrap();
+    let va = parent.mmap(0, 3 * PAGE_SIZE, Prot::RW, ANON).unwrap();
+    for i in 0..3 {
+        parent.write_u64(va + i * PAGE_SIZE, 40 + i).unwrap();
+    }
+    to_device(&device, &parent, va, va + 3 * PAGE_SIZE);
+    let child = parent.fork().unwrap();
+    assert_eq!(device.free_pages(), 5);
+    let rec = record(&parent);
+    let base = *device.base.get().unwrap();
+    let mut evict = MigrateDevice::setup(&k, base, 8).unwrap();
+    assert_eq!(evict.src.iter().filter(|w| *w & MIGRATE_PFN_MIGRATE != 0).count(), 3);
+    for i in 0..8 {
+        if let Some(src) = migrate_pfn_to_pfn(evict.src[i]) {
+            let dst = k.phys().alloc_folio(0, false).unwrap();
+            k.phys().meta(dst).try_lock();
+            k.phys().copy_frames(dst, src, 1);
+            evict.dst[i] = migrate_pfn(dst);
+        }
+    }
+    evict.pages();
+    evict.finalize();
+    assert_eq!(rec.take_events().len(), 3, "one invalidation per unmapped page");
+    assert_eq!(device.free_pages(), 8, "every device page went back to the driver");
+    for i in 0..3 {
+        assert!(leaf(&parent, va + i * PAGE_SIZE).1.is_present());
+        assert_eq!(parent.read_u64(va + i * PAGE_SIZE).unwrap(), 40 + i);
+        assert_eq!(child.read_u64(va + i * PAGE_SIZE).unwrap(), 40 + i);
+    }
+    child.write_u64(va, 1).unwrap();
+    assert_eq!(parent.read_u64(va).unwrap(), 40, "still copy-on-write after eviction");
+    assert_eq!(MigrateDevice::setup(&k, k.phys().zero_pfn(), 1).unwrap_err().errno(), Errno::Inval);
+    child.exit();
+}

@@ -7,6 +7,9 @@
 //!   inside the collision-retry protocol ([`range_fault_loop`] does it for
 //!   you with the customary 1000 ms budget).
 //! * Read the results with the `HMM_PFN_*` constants and helpers in [`pfn`].
+//! * Move anonymous memory to device memory and back with [`MigrateVma`]
+//!   (setup, copy, pages, finalize), evict it with [`MigrateDevice`], take
+//!   a page for device atomics with [`make_device_exclusive`].
 //!
 //! The walk takes no page reference. A mirror is correct because the
 //! driver's `invalidate` callback removes its entries before the CPU side
@@ -36,6 +39,10 @@ mod retry;
 mod walk;
 
 pub use error::HmmError;
+pub use hmm_mm::device::{
+    make_device_exclusive, migrate_pfn, migrate_pfn_to_pfn, DeviceFault, ExclusivePage, MigrateDevice, MigrateSelect,
+    MigrateVma,
+};
 pub use hmm_mm::Mm;
 pub use hmm_notifier::{IntervalNotifier, IntervalNotifierOps, Subscriptions};
 pub use range::Range;

@@ -51,20 +51,7 @@ impl DevDax {
             return Err(MmError::Invalid("device-dax size must be a non-zero multiple of its alignment"));
         }
         let nr_frames = size_bytes / PAGE_SIZE;
-        let file = match backing {
-            Some(path) => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(path)
-                    .map_err(|_| MmError::Io("cannot open the device-dax backing file"))?;
-                file.set_len(size_bytes).map_err(|_| MmError::Io("cannot size the device-dax backing file"))?;
-                Some(file)
-            }
-            None => None,
-        };
+        let file = backing.map(|path| crate::fs::dax::open_backing_file(path, size_bytes)).transpose()?;
         let pagemap = Arc::new(Pagemap::new(MemoryType::Generic, None));
         let base = kernel
             .phys()

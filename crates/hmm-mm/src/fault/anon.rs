@@ -8,7 +8,7 @@
 //! `thp_vma_allowable_order`, `do_swap_page` and `pmd_migration_entry_wait`
 //! (for migration entries).
 
-use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level, SwapKind};
+use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
 use hmm_types::{VmFlags, PMD_SIZE};
 
 use crate::error::FaultError;
@@ -18,7 +18,7 @@ use crate::mm::{Mm, MmapLocked};
 use crate::phys::PageFlags;
 use crate::vma::Vma;
 
-use super::{swap, wp};
+use super::{existing_pte, wp, Existing};
 
 /// True when a PMD-sized anonymous THP may back `va` in `vma`.
 pub(crate) fn thp_allowed(mm: &Mm, vma: &Vma, va: u64) -> bool {
@@ -128,36 +128,9 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, va: u64, write: bool) -> 
             }
             continue;
         }
-        if entry.is_present() {
-            if !write || entry.is_write() {
-                return Ok(());
-            }
-            if wp::pte(mm, vma, pte, entry)? {
-                return Ok(());
-            }
-            continue;
+        match existing_pte(locked, vma, pte, entry, write)? {
+            Existing::Done => return Ok(()),
+            Existing::Retry => continue,
         }
-        if is_migration_entry(entry) {
-            // Sleep until the migrator replaced the entry, then retry
-            // (`do_swap_page` → `migration_entry_wait`).
-            migration_entry_wait(mm, va);
-            continue;
-        }
-        if entry.swap_kind() == Some(SwapKind::Swap) {
-            swap::fault(mm, vma, pte, entry, write)?;
-            continue;
-        }
-        match entry.swap_kind() {
-            Some(kind) if kind.is_device_private() => {
-                crate::device::to_ram::fault(locked, vma, va, pte, entry)?;
-                continue;
-            }
-            Some(SwapKind::DeviceExclusive) => {
-                crate::device::exclusive::restore(mm, vma, pte, entry);
-                continue;
-            }
-            _ => {}
-        }
-        return Err(FaultError::Sigbus("unsupported non-present entry"));
     }
 }

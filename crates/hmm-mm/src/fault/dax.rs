@@ -12,20 +12,28 @@ use hmm_types::{Event, PAGE_SIZE, PMD_SIZE};
 use crate::error::FaultError;
 use crate::fs::dax::DaxShared;
 use crate::fs::Inode;
-use crate::mm::Mm;
+use crate::mm::{Mm, MmapLocked};
 use crate::vma::Vma;
 use crate::zap::{release_entry, Gather};
 
 use super::file;
 
-pub(super) fn fault(mm: &Mm, vma: &Vma, inode: &Inode, fs: &DaxShared, va: u64, write: bool) -> Result<(), FaultError> {
+pub(super) fn fault(
+    locked: MmapLocked<'_>,
+    vma: &Vma,
+    inode: &Inode,
+    fs: &DaxShared,
+    va: u64,
+    write: bool,
+) -> Result<(), FaultError> {
+    let mm = locked.mm();
     if !fs.pmem().pagemap().is_alive() {
         return Err(FaultError::Sigbus("the DAX device is gone"));
     }
     if vma.flags.is_shared() && pmd_possible(vma, va) && try_pmd(mm, vma, inode, fs, va, write)? {
         return Ok(());
     }
-    file::fault(mm, vma, inode, va, write)
+    file::fault(locked, vma, inode, va, write)
 }
 
 /// A PMD leaf fits: the VMA covers the aligned 2 MiB around `va` and that

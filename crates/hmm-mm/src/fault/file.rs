@@ -11,20 +11,20 @@
 //! Linux: `do_read_fault`, `do_shared_fault`, `do_cow_fault`,
 //! `filemap_fault`, `shmem_fault`.
 
-use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level, SwapKind};
+use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
 use hmm_types::{Event, PAGE_SIZE};
 
 use crate::error::FaultError;
 use crate::fs::Inode;
-use crate::migrate::{is_migration_entry, migration_entry_wait};
-use crate::mm::Mm;
+use crate::mm::MmapLocked;
 use crate::phys::PageFlags;
 use crate::vma::Vma;
 use crate::zap::{release_entry, Gather};
 
-use super::{swap, wp};
+use super::{existing_pte, Existing};
 
-pub(super) fn fault(mm: &Mm, vma: &Vma, inode: &Inode, va: u64, write: bool) -> Result<(), FaultError> {
+pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va: u64, write: bool) -> Result<(), FaultError> {
+    let mm = locked.mm();
     let phys = mm.phys();
     let shared = vma.flags.is_shared();
     let index = vma.page_index(va);
@@ -35,26 +35,12 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, inode: &Inode, va: u64, write: bool) -> 
             Err(EnsureError::Leaf(_)) => return Err(FaultError::Sigbus("huge entry in a page-cache mapping")),
         };
         let entry = pte.load();
-        if entry.is_present() {
-            if !write || entry.is_write() {
-                return Ok(());
-            }
-            if wp::pte(mm, vma, pte, entry)? {
-                return Ok(());
-            }
-            continue;
-        }
-        if is_migration_entry(entry) {
-            migration_entry_wait(mm, va);
-            continue;
-        }
-        if entry.swap_kind() == Some(SwapKind::Swap) {
-            // A private copy-on-write page that was swapped out.
-            swap::fault(mm, vma, pte, entry, write)?;
-            continue;
-        }
         if !entry.is_none() {
-            return Err(FaultError::Sigbus("unsupported non-present entry in a file mapping"));
+            // Private copy-on-write pages may be swapped out or migrated.
+            match existing_pte(locked, vma, pte, entry, write)? {
+                Existing::Done => return Ok(()),
+                Existing::Retry => continue,
+            }
         }
         let cached = inode
             .get_page_for_map(index)

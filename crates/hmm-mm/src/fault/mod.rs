@@ -68,8 +68,8 @@ pub(crate) fn handle_fault(mm: &Mm, vmas: &VmaTree, vma: &Vma, va: u64, flags: F
     match &vma.backing {
         VmaBacking::Anon => anon::fault(MmapLocked { mm, vmas }, vma, va, write),
         VmaBacking::File(inode) => match inode.kind() {
-            InodeKind::Dax(fs) => dax::fault(mm, vma, inode, fs, va, write),
-            InodeKind::PageCache => file::fault(mm, vma, inode, va, write),
+            InodeKind::Dax(fs) => dax::fault(MmapLocked { mm, vmas }, vma, inode, fs, va, write),
+            InodeKind::PageCache => file::fault(MmapLocked { mm, vmas }, vma, inode, va, write),
         },
         VmaBacking::DevDax(dev) => devdax::fault(mm, vma, dev, va, write),
         VmaBacking::Hugetlb(object) => hugetlb::fault(mm, vma, object, va, write),
@@ -77,6 +77,42 @@ pub(crate) fn handle_fault(mm: &Mm, vmas: &VmaTree, vma: &Vma, va: u64, flags: F
             Err(FaultError::Sigbus("no page to fault into a VM_PFNMAP/VM_MIXEDMAP mapping"))
         }
     }
+}
+
+/// What became of a fault on an entry that is not none.
+pub(super) enum Existing {
+    /// The access can proceed.
+    Done,
+    /// The entry changed (or was replaced): look again.
+    Retry,
+}
+
+/// A fault on a PTE that holds something (`handle_pte_fault` past
+/// `pte_none`): a write to a read-only page, a migration entry to wait
+/// out, a swap entry to read in, a device-private page to bring back, a
+/// device-exclusive entry to restore. Anything else is SIGBUS.
+pub(super) fn existing_pte(
+    locked: MmapLocked<'_>,
+    vma: &Vma,
+    slot: hmm_pagetable::Slot<'_>,
+    entry: hmm_pagetable::Entry,
+    write: bool,
+) -> Result<Existing, FaultError> {
+    let mm = locked.mm();
+    let va = slot.va();
+    if entry.is_present() {
+        let done = !write || entry.is_write() || wp::pte(mm, vma, slot, entry)?;
+        return Ok(if done { Existing::Done } else { Existing::Retry });
+    }
+    match entry.swap_kind() {
+        // `do_swap_page` → `migration_entry_wait`: sleep, then retry.
+        _ if crate::migrate::is_migration_entry(entry) => crate::migrate::migration_entry_wait(mm, va),
+        Some(hmm_pagetable::SwapKind::Swap) => swap::fault(mm, vma, slot, entry, write)?,
+        Some(kind) if kind.is_device_private() => crate::device::to_ram::fault(locked, vma, va, slot, entry)?,
+        Some(hmm_pagetable::SwapKind::DeviceExclusive) => crate::device::exclusive::restore(mm, vma, slot, entry),
+        _ => return Err(FaultError::Sigbus("unsupported non-present entry")),
+    }
+    Ok(Existing::Retry)
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use super::inode::InodeState;
 use super::{File, Inode, InodeKind, OpenMode};
 use layout::FileRecord;
 
+pub(crate) use pmem::open_backing_file;
 pub use pmem::{PmemDevice, META_PAGES};
 
 const CHUNK: u64 = 512;

@@ -54,17 +54,7 @@ impl PmemDevice {
         if nr_frames < META_PAGES + CHUNK {
             return Err(MmError::Invalid("a pmem device needs at least 4 MiB"));
         }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|_| MmError::Io("cannot open the pmem backing file"))?;
-        let len = file.metadata().map_err(|_| MmError::Io("cannot stat the pmem backing file"))?.len();
-        if len < nr_frames * PAGE_SIZE {
-            file.set_len(nr_frames * PAGE_SIZE).map_err(|_| MmError::Io("cannot size the pmem backing file"))?;
-        }
+        let file = open_backing_file(path, nr_frames * PAGE_SIZE)?;
         let pagemap = Arc::new(Pagemap::new(MemoryType::FsDax, None));
         let base = phys
             .add_device_region(pagemap.clone(), nr_frames, Some(&file))
@@ -164,4 +154,21 @@ impl PmemDevice {
         debug_assert!(page >= META_PAGES && used[page as usize], "double free of pmem page {page}");
         used[page as usize] = false;
     }
+}
+
+/// Opens (creating it if needed) the file that holds a device's bytes,
+/// grown to at least `len` bytes; existing contents are kept.
+pub(crate) fn open_backing_file(path: &Path, len: u64) -> Result<std::fs::File, MmError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|_| MmError::Io("cannot open the device's backing file"))?;
+    let current = file.metadata().map_err(|_| MmError::Io("cannot stat the device's backing file"))?.len();
+    if current < len {
+        file.set_len(len).map_err(|_| MmError::Io("cannot size the device's backing file"))?;
+    }
+    Ok(file)
 }

@@ -1,0 +1,168 @@
+//! Reference counts and mapcounts: when a folio is free, and the freeze
+//! and split that migration needs.
+//!
+//! Linux: `include/linux/page_ref.h`, `mm/swap.c` (`folio_put`),
+//! `mm/huge_memory.c` (`split_folio`), `mm/memremap.c`
+//! (`zone_device_page_init`).
+
+use core::sync::atomic::Ordering;
+
+use hmm_types::Pfn;
+
+use super::{PageFlags, PhysMem};
+
+impl PhysMem {
+    /// Takes a reference on the folio containing `pfn` (`folio_get`).
+    /// Device memory (DAX) starts idle at zero references, so its first
+    /// mapping takes the count from zero; system RAM must be allocated.
+    #[inline]
+    pub fn get(&self, pfn: Pfn) {
+        let old = self.meta(self.folio_head(pfn)).refcount.fetch_add(1, Ordering::AcqRel);
+        debug_assert!(old > 0 || self.region(pfn).pagemap.is_some(), "get on a free frame {pfn:?}");
+    }
+
+    /// Adds `n` references at once (`folio_ref_add`).
+    pub fn get_many(&self, pfn: Pfn, n: u32) {
+        self.meta(self.folio_head(pfn)).refcount.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Takes a reference unless the folio is already free
+    /// (`folio_try_get`): the speculative path of lock-free lookups.
+    #[inline]
+    pub fn try_get(&self, pfn: Pfn) -> bool {
+        let refcount = &self.meta(self.folio_head(pfn)).refcount;
+        let mut current = refcount.load(Ordering::Acquire);
+        loop {
+            if current == 0 {
+                return false;
+            }
+            match refcount.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Sets the folio's reference count to zero if it is exactly
+    /// `expected` (`folio_ref_freeze`): speculative lookups
+    /// ([`Self::try_get`]) then fail until [`Self::ref_unfreeze`]. Returns
+    /// false, changing nothing, if someone else holds a reference.
+    pub(crate) fn ref_freeze(&self, pfn: Pfn, expected: u32) -> bool {
+        let refcount = &self.meta(self.folio_head(pfn)).refcount;
+        refcount.compare_exchange(expected, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Splits a PTE-mapped anonymous folio of RAM into order-0 pages
+    /// (`split_folio`), when every page is mapped the same number of times
+    /// and nothing else references it; returns whether it split. The count
+    /// is frozen meanwhile, so speculative lookups fail and retry.
+    pub fn split_folio(&self, head: Pfn) -> bool {
+        let meta = self.meta(head);
+        let order = meta.order();
+        let nr = 1u32 << order;
+        let (refcount, mapcount) = (meta.refcount(), meta.mapcount());
+        let uniform = order > 0 && mapcount > 0 && refcount == mapcount as u32 && refcount % nr == 0;
+        if !uniform || self.region(head).pagemap.is_some() || !self.ref_freeze(head, refcount) {
+            return false;
+        }
+        let per = refcount / nr;
+        let flags = meta.flags();
+        for i in (1..u64::from(nr)).rev() {
+            let tail = self.meta(head.add(i));
+            tail.refcount.store(per, Ordering::Relaxed);
+            tail.mapcount.store(per as i32, Ordering::Relaxed);
+            tail.set_flags(flags);
+            tail.init_single();
+        }
+        meta.mapcount.store(per as i32, Ordering::Relaxed);
+        meta.init_single();
+        self.ref_unfreeze(head, per);
+        true
+    }
+
+    /// Gives a frozen folio `count` references again (`folio_ref_unfreeze`).
+    pub(crate) fn ref_unfreeze(&self, pfn: Pfn, count: u32) {
+        let refcount = &self.meta(self.folio_head(pfn)).refcount;
+        debug_assert_eq!(refcount.load(Ordering::Acquire), 0, "unfreezing a folio that is not frozen");
+        refcount.store(count, Ordering::Release);
+    }
+
+    /// Drops a reference; the last one frees the folio (`folio_put`).
+    pub fn put(&self, pfn: Pfn) {
+        self.put_many(pfn, 1);
+    }
+
+    /// Drops `n` references (`folio_put_refs`).
+    #[inline]
+    pub fn put_many(&self, pfn: Pfn, n: u32) {
+        let head = self.folio_head(pfn);
+        let meta = self.meta(head);
+        let old = meta.refcount.fetch_sub(n, Ordering::AcqRel);
+        assert!(old >= n, "reference count underflow on {head:?}");
+        if old == n {
+            self.free_folio(head);
+        }
+    }
+
+    fn free_folio(&self, head: Pfn) {
+        let order = self.meta(head).order();
+        debug_assert!(!self.meta(head).flags().contains(PageFlags::RESERVED), "freeing a reserved page {head:?}");
+        debug_assert_eq!(self.meta(head).mapcount(), 0, "freeing a mapped folio {head:?}");
+        self.stats.folio_frees.fetch_add(1, Ordering::Relaxed);
+        if self.meta(head).flags().contains(PageFlags::HUGETLB) {
+            self.hugetlb_free(head);
+            return;
+        }
+        match &self.region(head).pagemap {
+            None => {
+                for i in 0..(1u64 << order) {
+                    self.meta(head.add(i)).reset();
+                }
+                self.buddy.lock().free(Self::local(head), order);
+            }
+            // Device memory belongs to its device: the folio is idle now
+            // (what `dax_layout_busy_page` waits for) and the owner is told.
+            Some(pagemap) => pagemap.folio_idle(head),
+        }
+    }
+
+    /// Hands a free device page to its driver's use: one reference, locked
+    /// (`zone_device_page_init`).
+    pub fn zone_device_page_init(&self, pfn: Pfn) {
+        self.init_device_folio(pfn, 0);
+        self.meta(pfn).refcount.store(1, Ordering::Release);
+        self.meta(pfn).set_flags(PageFlags::LOCKED);
+    }
+
+    /// Unlocks a page and drops a reference (`unlock_page` + `put_page`).
+    pub fn unlock_put(&self, pfn: Pfn) {
+        self.meta(pfn).unlock();
+        self.put(pfn);
+    }
+
+    /// Describes `1 << order` device frames from `head` as one folio with
+    /// no reference (idle), as a device or DAX filesystem sets its memory
+    /// up for mapping (`zone_device_folio_init` without the reference).
+    pub fn init_device_folio(&self, head: Pfn, order: u32) {
+        assert!(self.region(head).pagemap.is_some(), "only device memory is set up by its owner");
+        self.init_folio(head, order);
+        self.meta(head).refcount.store(0, Ordering::Release);
+    }
+
+    /// Adds `n` page-table mappings to the folio's mapcount.
+    pub fn map_add(&self, pfn: Pfn, n: i32) {
+        self.meta(self.folio_head(pfn)).mapcount.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Removes `n` page-table mappings from the folio's mapcount.
+    pub fn map_sub(&self, pfn: Pfn, n: i32) {
+        let old = self.meta(self.folio_head(pfn)).mapcount.fetch_sub(n, Ordering::AcqRel);
+        debug_assert!(old >= n, "mapcount underflow on {pfn:?}");
+    }
+
+    /// Folio's reference count and mapcount, read from its head.
+    pub fn folio_counts(&self, pfn: Pfn) -> (u32, i32) {
+        let meta = self.meta(self.folio_head(pfn));
+        (meta.refcount(), meta.mapcount())
+    }
+}

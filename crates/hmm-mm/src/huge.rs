@@ -56,6 +56,18 @@ pub(crate) fn split_huge_leaf(mm: &Mm, slot: Slot<'_>, entry: Entry) -> Result<b
             phys.put_many(entry.pfn(), extra);
         }
         done
+    } else if entry.swap_kind().is_some_and(|k| k.is_device_private()) {
+        // A device-private PMD: each part maps one page of the device folio
+        // and holds its own reference, as for a THP.
+        let extra = hmm_pagetable::ENTRIES_PER_TABLE as u32 - 1;
+        phys.get_many(entry.pfn(), extra);
+        phys.map_add(entry.pfn(), extra as i32);
+        let done = pt.split_leaf(slot, entry)?;
+        if !done {
+            phys.map_sub(entry.pfn(), extra as i32);
+            phys.put_many(entry.pfn(), extra);
+        }
+        done
     } else {
         pt.split_leaf(slot, entry)?
     };

@@ -238,6 +238,24 @@ fn huge(
     let (first, last) = (range.index(a), range.index(b));
     let order = slot.level().shift() - hmm_types::PAGE_SHIFT;
     if !entry.is_present() {
+        if let Some(kind) = entry.swap_kind().filter(|k| k.is_device_private()) {
+            // [THP] `hmm_vma_handle_absent_pmd`: the owner sees every
+            // sub-page; anyone else faults it back or reads ERROR (not 0,
+            // unlike the PTE case: a Linux quirk kept as is).
+            let owner = guard.mm().phys().pagemap(entry.pfn()).and_then(|p| p.owner());
+            if owner.is_some() && owner == range.dev_private_owner {
+                let write = if kind.is_write() { HMM_PFN_WRITE } else { 0 };
+                let base = entry.pfn().0 + ((a - slot.va()) >> hmm_types::PAGE_SHIFT);
+                range.fill_pfns(first, last, base, HMM_PFN_VALID | write | order_bits(order));
+                return Ok(());
+            }
+            let need = range.range_need_fault(first, last, 0);
+            if need.any() {
+                return fault(guard, a, b, need);
+            }
+            range.fill(first, last, HMM_PFN_ERROR);
+            return Ok(());
+        }
         let need = range.range_need_fault(first, last, 0);
         return match entry.swap_kind() {
             Some(kind) if kind.is_migration() && need.any() => {

@@ -13,7 +13,7 @@ use crate::notify::Invalidation;
 use crate::phys::{MemoryType, PageFlags};
 use crate::vma::Vma;
 
-use super::migrate_vma::{migrate_pfn_to_pfn, MigrateVma, MIGRATE_PFN_MIGRATE};
+use super::migrate_vma::{migrate_pfn_to_pfn, MigrateVma, MIGRATE_PFN_COMPOUND, MIGRATE_PFN_MIGRATE};
 
 const ANON_FLAGS: PageFlags =
     PageFlags::ANON.union(PageFlags::SWAPBACKED).union(PageFlags::UPTODATE).union(PageFlags::ANON_EXCLUSIVE);
@@ -32,9 +32,15 @@ impl MigrateVma {
             return;
         };
         let phys = mm.phys();
+        self.expand_fallbacks(mm);
         let mut invalidation: Option<Invalidation> = None;
         for i in 0..self.src.len() {
             if self.src[i] & MIGRATE_PFN_MIGRATE == 0 {
+                continue;
+            }
+            if self.dst[i] & MIGRATE_PFN_COMPOUND != 0 && self.src[i] & MIGRATE_PFN_COMPOUND == 0 {
+                // A large destination for a small source.
+                self.src[i] &= !MIGRATE_PFN_MIGRATE;
                 continue;
             }
             let Some(dst) = migrate_pfn_to_pfn(self.dst[i]) else {
@@ -49,7 +55,8 @@ impl MigrateVma {
                         invalidation =
                             Some(mm.notifiers().start_owned(mm.id(), va, self.end, Event::Migrate, self.pgmap_owner));
                     }
-                    if !insert_page(mm, vma, va, dst) {
+                    let huge = self.src[i] & MIGRATE_PFN_COMPOUND != 0;
+                    if !insert_page(mm, vma, va, dst, huge) {
                         self.src[i] &= !MIGRATE_PFN_MIGRATE;
                     }
                 }
@@ -72,12 +79,13 @@ impl MigrateVma {
 /// Installs `dst` where a hole or the zero page was
 /// (`migrate_vma_insert_page`): anonymous VMAs only; loses to a CPU fault
 /// that filled the hole meanwhile.
-fn insert_page(mm: &Mm, vma: &Vma, va: u64, dst: hmm_types::Pfn) -> bool {
+fn insert_page(mm: &Mm, vma: &Vma, va: u64, dst: hmm_types::Pfn, huge: bool) -> bool {
     let phys = mm.phys();
     if !vma.is_anonymous() {
         return false;
     }
-    let slot = match mm.pgtable().ensure(va, Level::Pte) {
+    let level = if huge { Level::Pmd } else { Level::Pte };
+    let slot = match mm.pgtable().ensure(va, level) {
         Ok(slot) => slot,
         Err(EnsureError::NoMem(_) | EnsureError::Leaf(_)) => return false,
     };
@@ -88,10 +96,10 @@ fn insert_page(mm: &Mm, vma: &Vma, va: u64, dst: hmm_types::Pfn) -> bool {
     }
     let writable = vma.flags.contains(VmFlags::WRITE);
     let new = if phys.memory_type(dst) == MemoryType::DevicePrivate {
-        Entry::swap(if writable { SwapKind::DevicePrivateWrite } else { SwapKind::DevicePrivateRead }, dst.0, false)
+        Entry::swap(if writable { SwapKind::DevicePrivateWrite } else { SwapKind::DevicePrivateRead }, dst.0, huge)
     } else {
         phys.meta(dst).set_flags(ANON_FLAGS);
-        Entry::present(dst, LeafFlags { write: writable, dirty: writable, accessed: true, special: false }, false)
+        Entry::present(dst, LeafFlags { write: writable, dirty: writable, accessed: true, special: false }, huge)
     };
     phys.get(dst);
     phys.map_add(dst, 1);

@@ -80,10 +80,14 @@ pub(super) fn restore(mm: &Mm, va: u64, src: Pfn, target: Pfn) {
     if ours {
         let write = current.swap_kind() == Some(SwapKind::MigrationWrite);
         let new = if phys.memory_type(target) == MemoryType::DevicePrivate {
-            Entry::swap(if write { SwapKind::DevicePrivateWrite } else { SwapKind::DevicePrivateRead }, target.0, false)
+            Entry::swap(
+                if write { SwapKind::DevicePrivateWrite } else { SwapKind::DevicePrivateRead },
+                target.0,
+                current.is_huge(),
+            )
         } else {
             let dirty = phys.meta(target).flags().contains(PageFlags::DIRTY);
-            Entry::present(target, LeafFlags { write, dirty, accessed: true, special: false }, false)
+            Entry::present(target, LeafFlags { write, dirty, accessed: true, special: false }, current.is_huge())
         };
         if target != src {
             phys.get(target);

@@ -104,7 +104,7 @@ impl MigrateVma {
         }
     }
 
-    fn index(&self, va: u64) -> usize {
+    pub(super) fn index(&self, va: u64) -> usize {
         ((va - self.start) >> PAGE_SHIFT) as usize
     }
 
@@ -121,9 +121,13 @@ impl MigrateVma {
         self.npages = (self.end - self.start) >> PAGE_SHIFT;
         self.cpages = 0;
         self.others.clear();
-        split_leaves(mm, self.start, self.end)?;
+        let whole = self.compound_blocks(mm, vma);
+        split_leaves(mm, self.start, self.end, &whole)?;
         let invalidation = mm.notifiers().start_owned(mm.id(), self.start, self.end, Event::Migrate, self.pgmap_owner);
-        self.collect(mm, vma);
+        for &block in &whole {
+            self.collect_block(mm, block);
+        }
+        self.collect(mm, vma, &whole);
         invalidation.end();
         self.unmap_others(mm);
         self.unmap_pinned(mm);
@@ -160,10 +164,17 @@ impl MigrateVma {
 
     /// `migrate_vma_collect`: one word per page; collected pages get a
     /// reference, the page lock and a migration entry.
-    fn collect(&mut self, mm: &Mm, vma: &Vma) {
+    fn collect(&mut self, mm: &Mm, vma: &Vma, whole: &[u64]) {
         let anon = vma.is_anonymous();
         let (start, end) = (self.start, self.end);
         let _ = mm.pgtable().walk(start, end, |visit| {
+            let va = match &visit {
+                Visit::Hole { start, .. } => *start,
+                Visit::Slot { slot, .. } => slot.va(),
+            };
+            if whole.contains(&(va & !(hmm_types::PMD_SIZE - 1))) {
+                return ControlFlow::Continue(());
+            }
             match visit {
                 Visit::Hole { start: a, end: b, .. } => {
                     for va in (a..b).step_by(PAGE_SIZE as usize) {
@@ -322,11 +333,13 @@ impl MigrateVma {
 /// one: a PMD-mapped THP becomes 512 PTEs and, if nothing else holds it,
 /// 512 order-0 pages (a folio that cannot split is skipped, as Linux skips
 /// it); the huge zero page becomes zero-page PTEs.
-fn split_leaves(mm: &Mm, start: u64, end: u64) -> Result<(), MmError> {
+fn split_leaves(mm: &Mm, start: u64, end: u64, whole: &[u64]) -> Result<(), MmError> {
     loop {
         let mut huge = None;
         let _ = mm.pgtable().walk(start, end, |visit| match visit {
-            Visit::Slot { slot, entry } if slot.level() > hmm_pagetable::Level::Pte && !entry.is_none() => {
+            Visit::Slot { slot, entry }
+                if slot.level() > hmm_pagetable::Level::Pte && !entry.is_none() && !whole.contains(&slot.va()) =>
+            {
                 huge = Some((slot.va(), entry));
                 ControlFlow::Break(())
             }

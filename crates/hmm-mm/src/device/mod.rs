@@ -14,6 +14,7 @@
 //! device-private entries), `mm/rmap.c` (`make_device_exclusive`).
 
 mod commit;
+mod compound;
 mod evict;
 pub mod exclusive;
 mod finalize;

@@ -9,7 +9,7 @@ use hmm_pagetable::SwapKind;
 use hmm_types::{Errno, Event, MapFlags, Owner, Pfn, Prot, PAGE_SIZE, PMD_SIZE};
 
 use super::{make_device_exclusive, migrate_pfn, migrate_pfn_to_pfn, DeviceFault, MigrateSelect, MigrateVma};
-use super::{MIGRATE_PFN_MIGRATE, MIGRATE_PFN_WRITE};
+use super::{MIGRATE_PFN_COMPOUND, MIGRATE_PFN_MIGRATE, MIGRATE_PFN_WRITE};
 use crate::gup::FollFlags;
 use crate::mm::{Mm, MmapLocked};
 use crate::phys::{MemoryType, Pagemap, PagemapOps, PhysMem};
@@ -23,9 +23,11 @@ const OWNER: Owner = Owner(0xd0);
 struct Device {
     phys: Arc<PhysMem>,
     base: OnceLock<Pfn>,
-    free: Mutex<Vec<Pfn>>,
+    free: Mutex<std::collections::BTreeSet<u64>>,
     owner: Owner,
     to_ram: Mutex<u32>,
+    /// Failure injection: large (2 MiB) allocations fail.
+    fail_huge: std::sync::atomic::AtomicBool,
 }
 
 struct Ops(Weak<Device>);
@@ -33,17 +35,23 @@ struct Ops(Weak<Device>);
 impl PagemapOps for Ops {
     fn folio_free(&self, head: Pfn) {
         if let Some(device) = self.0.upgrade() {
-            device.free.lock().push(head);
+            let order = device.phys.folio_order(head);
+            device.free.lock().extend((0..1u64 << order).map(|i| head.0 + i));
         }
     }
     fn migrate_to_ram(&self, fault: &DeviceFault<'_>) -> Result<(), FaultError> {
         let device = self.0.upgrade().ok_or(FaultError::Sigbus("device gone"))?;
         *device.to_ram.lock() += 1;
-        let mut migrate =
-            MigrateVma::new(fault.address, fault.address + PAGE_SIZE, device.owner, MigrateSelect::DEVICE_PRIVATE);
+        // Bring back the whole folio the page belongs to, as dmirror does.
+        let huge = device.phys.folio_order(fault.page) == 9;
+        let size = if huge { PMD_SIZE } else { PAGE_SIZE };
+        let start = fault.address & !(size - 1);
+        let select =
+            MigrateSelect::DEVICE_PRIVATE | if huge { MigrateSelect::COMPOUND } else { MigrateSelect::empty() };
+        let mut migrate = MigrateVma::new(start, start + size, device.owner, select);
         migrate.fault_page = Some(fault.page);
         migrate.setup(fault.locked).map_err(|_| FaultError::Sigbus("setup failed"))?;
-        device.copy(&mut migrate, |phys| phys.alloc_folio(0, false).ok());
+        device.copy(&mut migrate, |phys, order| phys.alloc_folio(order, false).ok());
         migrate.pages(fault.locked);
         migrate.finalize(fault.locked);
         Ok(())
@@ -55,22 +63,32 @@ impl Device {
         let device = Arc::new(Device {
             phys: kernel.phys().clone(),
             base: OnceLock::new(),
-            free: Mutex::new(Vec::new()),
+            free: Mutex::new(Default::default()),
             owner,
             to_ram: Mutex::new(0),
+            fail_huge: Default::default(),
         });
         let pagemap =
             Pagemap::new(MemoryType::DevicePrivate, Some(owner)).with_ops(Arc::new(Ops(Arc::downgrade(&device))));
         let base = kernel.phys().add_device_region(Arc::new(pagemap), nr, None).unwrap();
         device.base.set(base).unwrap();
-        *device.free.lock() = (0..nr).rev().map(|i| base.add(i)).collect();
+        *device.free.lock() = (0..nr).map(|i| base.0 + i).collect();
         device
     }
 
-    fn alloc(&self) -> Option<Pfn> {
-        let pfn = self.free.lock().pop()?;
-        self.phys.zone_device_page_init(pfn);
-        Some(pfn)
+    fn alloc(&self, order: u32) -> Option<Pfn> {
+        let mut free = self.free.lock();
+        let n = 1u64 << order;
+        if order > 0 && self.fail_huge.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let head = free.iter().copied().find(|&p| p % n == 0 && (p..p + n).all(|q| free.contains(&q)))?;
+        for q in head..head + n {
+            free.remove(&q);
+        }
+        drop(free);
+        self.phys.zone_device_folio_init(Pfn(head), order);
+        Some(Pfn(head))
     }
 
     fn free_pages(&self) -> usize {
@@ -79,25 +97,57 @@ impl Device {
 
     /// The driver's copy step: a locked destination per migrating entry,
     /// data copied (or zeroed for a hole).
-    fn copy(&self, migrate: &mut MigrateVma, alloc: impl Fn(&PhysMem) -> Option<Pfn>) {
-        for i in 0..migrate.src.len() {
-            if migrate.src[i] & MIGRATE_PFN_MIGRATE == 0 {
+    fn copy(&self, migrate: &mut MigrateVma, alloc: impl Fn(&PhysMem, u32) -> Option<Pfn>) {
+        let mut i = 0;
+        while i < migrate.src.len() {
+            let word = migrate.src[i];
+            if word & MIGRATE_PFN_MIGRATE == 0 {
+                i += 1;
                 continue;
             }
-            let Some(dst) = alloc(&self.phys) else { continue };
-            self.phys.meta(dst).try_lock();
-            match migrate_pfn_to_pfn(migrate.src[i]) {
-                Some(src) => self.phys.copy_frames(dst, src, 1),
-                None => self.phys.zero_frames(dst, 1),
+            let compound = word & MIGRATE_PFN_COMPOUND != 0;
+            if compound {
+                if let Some(dst) = alloc(&self.phys, 9) {
+                    self.phys.meta(dst).try_lock();
+                    match migrate_pfn_to_pfn(word) {
+                        Some(src) => self.phys.copy_frames(dst, src, 512),
+                        None => self.phys.zero_frames(dst, 512),
+                    }
+                    migrate.dst[i] = migrate_pfn(dst) | MIGRATE_PFN_COMPOUND;
+                    i += 512;
+                    continue;
+                }
             }
-            migrate.dst[i] = migrate_pfn(dst);
+            // 4K pages (also the fallback for a compound source: the
+            // source is split in `pages`, one destination per page).
+            let pages = if compound { 512 } else { 1 };
+            for k in 0..pages {
+                let Some(dst) = alloc(&self.phys, 0) else { break };
+                self.phys.meta(dst).try_lock();
+                match migrate_pfn_to_pfn(word) {
+                    Some(src) => self.phys.copy_frames(dst, src.add(k as u64), 1),
+                    None => self.phys.zero_frames(dst, 1),
+                }
+                migrate.dst[i + k] = migrate_pfn(dst);
+            }
+            i += pages;
         }
     }
 
     fn migrate_to_device(&self, locked: MmapLocked<'_>, start: u64, end: u64) -> MigrateVma {
-        let mut migrate = MigrateVma::new(start, end, self.owner, MigrateSelect::SYSTEM);
+        self.migrate_to_device_with(locked, start, end, MigrateSelect::SYSTEM)
+    }
+
+    fn migrate_to_device_with(
+        &self,
+        locked: MmapLocked<'_>,
+        start: u64,
+        end: u64,
+        select: MigrateSelect,
+    ) -> MigrateVma {
+        let mut migrate = MigrateVma::new(start, end, self.owner, select);
         migrate.setup(locked).unwrap();
-        self.copy(&mut migrate, |_| self.alloc());
+        self.copy(&mut migrate, |_, order| self.alloc(order));
         migrate.pages(locked);
         migrate.finalize(locked);
         migrate
@@ -343,4 +393,73 @@ fn evicting_device_memory_brings_every_mapping_back() {
     assert_eq!(parent.read_u64(va).unwrap(), 40, "still copy-on-write after eviction");
     assert_eq!(MigrateDevice::setup(&k, k.phys().zero_pfn(), 1).unwrap_err().errno(), Errno::Inval);
     child.exit();
+}
+
+#[test]
+fn a_thp_moves_whole_to_the_device_and_back() {
+    let k = kernel(64, ThpMode::Always);
+    let device = Device::new(&k, OWNER, 1024);
+    let mm = k.create_mm().unwrap();
+    let va = mm.mmap(0, 2 * PMD_SIZE, Prot::RW, ANON).unwrap();
+    for i in 0..512 {
+        mm.write_u64(va + i * PAGE_SIZE, i).unwrap();
+    }
+    assert_eq!(leaf(&mm, va).0, hmm_pagetable::Level::Pmd);
+    let free = k.phys().free_frames();
+    let migrate = {
+        let guard = mm.mmap_read();
+        device.migrate_to_device_with(
+            guard.locked(),
+            va,
+            va + 2 * PMD_SIZE,
+            MigrateSelect::SYSTEM | MigrateSelect::COMPOUND,
+        )
+    };
+    assert_eq!(migrate.cpages, 2, "one THP and one empty block, each collected whole");
+    assert!(migrate.src[0] & MIGRATE_PFN_COMPOUND != 0 && migrate.src[1] == 0);
+    assert!(migrate.src[512] & MIGRATE_PFN_COMPOUND != 0 && migrate_pfn_to_pfn(migrate.src[512]).is_none());
+    let (level, entry) = leaf(&mm, va);
+    assert_eq!((level, entry.swap_kind()), (hmm_pagetable::Level::Pmd, Some(SwapKind::DevicePrivateWrite)));
+    assert_eq!(k.phys().folio_order(entry.pfn()), 9);
+    assert_eq!(k.phys().free_frames(), free + 512, "the THP went back to the allocator");
+    assert_eq!(device.free_pages(), 0);
+    // The CPU brings the whole folio back with one fault.
+    assert_eq!(mm.read_u64(va + 77 * PAGE_SIZE).unwrap(), 77);
+    assert_eq!(*device.to_ram.lock(), 1);
+    let (level, entry) = leaf(&mm, va);
+    assert!(level == hmm_pagetable::Level::Pmd && entry.is_present());
+    assert_eq!(mm.read_u64(va + 511 * PAGE_SIZE).unwrap(), 511);
+    assert_eq!(device.free_pages(), 512);
+    mm.munmap(va, 2 * PMD_SIZE).unwrap();
+    assert_eq!(device.free_pages(), 1024);
+}
+
+#[test]
+fn a_failed_large_allocation_falls_back_to_4k_pages() {
+    let k = kernel(64, ThpMode::Always);
+    let device = Device::new(&k, OWNER, 1024);
+    device.fail_huge.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mm = k.create_mm().unwrap();
+    let va = mm.mmap(0, PMD_SIZE, Prot::RW, ANON).unwrap();
+    for i in 0..512 {
+        mm.write_u64(va + i * PAGE_SIZE, 1000 + i).unwrap();
+    }
+    let migrate = {
+        let guard = mm.mmap_read();
+        device.migrate_to_device_with(
+            guard.locked(),
+            va,
+            va + PMD_SIZE,
+            MigrateSelect::SYSTEM | MigrateSelect::COMPOUND,
+        )
+    };
+    assert!(migrate.src.iter().all(|w| w & MIGRATE_PFN_MIGRATE != 0), "the THP was split and moved page by page");
+    let (level, entry) = leaf(&mm, va + 5 * PAGE_SIZE);
+    assert_eq!((level, entry.swap_kind()), (hmm_pagetable::Level::Pte, Some(SwapKind::DevicePrivateWrite)));
+    assert_eq!(device.free_pages(), 512);
+    for i in (0..512).step_by(37) {
+        assert_eq!(mm.read_u64(va + i * PAGE_SIZE).unwrap(), 1000 + i);
+    }
+    mm.munmap(va, PMD_SIZE).unwrap();
+    assert_eq!(device.free_pages(), 1024);
 }

@@ -40,7 +40,15 @@ pub(crate) fn fault(
     } else {
         let ops = phys.pagemap(page).and_then(|p| p.ops().cloned());
         match ops {
-            Some(ops) => ops.migrate_to_ram(&DeviceFault { locked, vma, address: va, page }),
+            Some(ops) => ops.migrate_to_ram(&DeviceFault { locked, vma, address: va, page }).and_then(|()| {
+                // A driver that could not move the page would make the
+                // access fault forever: that is its SIGBUS.
+                if slot.load() == entry {
+                    Err(FaultError::Sigbus("the device did not migrate its page back"))
+                } else {
+                    Ok(())
+                }
+            }),
             None => Err(FaultError::Sigbus("a device-private page without a driver")),
         }
     };

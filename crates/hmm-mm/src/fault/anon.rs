@@ -72,6 +72,10 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, va: u64, write: bool) -> 
                     migration_entry_wait(mm, va);
                     continue;
                 }
+                if entry.swap_kind().is_some_and(|k| k.is_device_private()) {
+                    crate::device::to_ram::fault(locked, vma, va, pmd, entry)?;
+                    continue;
+                }
                 if !entry.is_present() {
                     return Err(FaultError::Sigbus("unsupported non-present PMD entry"));
                 }
@@ -101,6 +105,10 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, va: u64, write: bool) -> 
                 }
                 if is_migration_entry(entry) {
                     migration_entry_wait(mm, va);
+                    continue;
+                }
+                if entry.swap_kind().is_some_and(|k| k.is_device_private()) {
+                    crate::device::to_ram::fault(locked, vma, va, slot, entry)?;
                     continue;
                 }
                 return Err(FaultError::Sigbus("unexpected huge entry in anonymous memory"));

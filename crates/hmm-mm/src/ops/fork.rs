@@ -99,7 +99,7 @@ fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool) -> Resul
             // Device-private pages are shared read-only by both processes;
             // a write faults the page back to RAM, then copies.
             if cow && entry.swap_kind() == Some(SwapKind::DevicePrivateWrite) {
-                let read_only = hmm_pagetable::Entry::swap(SwapKind::DevicePrivateRead, entry.pfn().0, false);
+                let read_only = hmm_pagetable::Entry::swap(SwapKind::DevicePrivateRead, entry.pfn().0, entry.is_huge());
                 while let Err(now) = slot.compare_exchange(entry, read_only) {
                     entry = now;
                 }

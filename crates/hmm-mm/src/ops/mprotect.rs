@@ -99,7 +99,7 @@ fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags) {
             if !access.contains(VmFlags::WRITE) {
                 let downgraded = match entry.swap_kind() {
                     Some(SwapKind::DevicePrivateWrite) => {
-                        Some(Entry::swap(SwapKind::DevicePrivateRead, entry.pfn().0, false))
+                        Some(Entry::swap(SwapKind::DevicePrivateRead, entry.pfn().0, entry.is_huge()))
                     }
                     // The device loses exclusivity; the CPU entry comes back
                     // and is downgraded below.

@@ -80,6 +80,16 @@ impl PhysMem {
         true
     }
 
+    /// Makes `pfn` a folio of its own with `refcount` references, no
+    /// mapping and `flags`, during the split of its frozen folio.
+    pub(crate) fn split_off_page(&self, pfn: Pfn, refcount: u32, flags: PageFlags) {
+        let meta = self.meta(pfn);
+        meta.refcount.store(refcount, Ordering::Relaxed);
+        meta.mapcount.store(0, Ordering::Relaxed);
+        meta.set_flags(flags);
+        meta.init_single();
+    }
+
     /// Gives a frozen folio `count` references again (`folio_ref_unfreeze`).
     pub(crate) fn ref_unfreeze(&self, pfn: Pfn, count: u32) {
         let refcount = &self.meta(self.folio_head(pfn)).refcount;
@@ -129,9 +139,15 @@ impl PhysMem {
     /// Hands a free device page to its driver's use: one reference, locked
     /// (`zone_device_page_init`).
     pub fn zone_device_page_init(&self, pfn: Pfn) {
-        self.init_device_folio(pfn, 0);
-        self.meta(pfn).refcount.store(1, Ordering::Release);
-        self.meta(pfn).set_flags(PageFlags::LOCKED);
+        self.zone_device_folio_init(pfn, 0);
+    }
+
+    /// The same for a folio of `1 << order` aligned device frames
+    /// (`zone_device_folio_init`), for compound migration.
+    pub fn zone_device_folio_init(&self, head: Pfn, order: u32) {
+        self.init_device_folio(head, order);
+        self.meta(head).refcount.store(1, Ordering::Release);
+        self.meta(head).set_flags(PageFlags::LOCKED);
     }
 
     /// Unlocks a page and drops a reference (`unlock_page` + `put_page`).

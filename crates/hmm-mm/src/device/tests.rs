@@ -60,6 +60,10 @@ impl PagemapOps for Ops {
 
 impl Device {
     fn new(kernel: &Kernel, owner: Owner, nr: u64) -> Arc<Self> {
+        Self::with_type(kernel, owner, nr, MemoryType::DevicePrivate)
+    }
+
+    fn with_type(kernel: &Kernel, owner: Owner, nr: u64, memory_type: MemoryType) -> Arc<Self> {
         let device = Arc::new(Device {
             phys: kernel.phys().clone(),
             base: OnceLock::new(),
@@ -68,8 +72,7 @@ impl Device {
             to_ram: Mutex::new(0),
             fail_huge: Default::default(),
         });
-        let pagemap =
-            Pagemap::new(MemoryType::DevicePrivate, Some(owner)).with_ops(Arc::new(Ops(Arc::downgrade(&device))));
+        let pagemap = Pagemap::new(memory_type, Some(owner)).with_ops(Arc::new(Ops(Arc::downgrade(&device))));
         let base = kernel.phys().add_device_region(Arc::new(pagemap), nr, None).unwrap();
         device.base.set(base).unwrap();
         *device.free.lock() = (0..nr).map(|i| base.0 + i).collect();
@@ -462,4 +465,32 @@ fn a_failed_large_allocation_falls_back_to_4k_pages() {
     }
     mm.munmap(va, PMD_SIZE).unwrap();
     assert_eq!(device.free_pages(), 1024);
+}
+
+#[test]
+fn device_coherent_pages_are_mapped_by_the_cpu() {
+    let k = kernel(64, ThpMode::Never);
+    let device = Device::with_type(&k, OWNER, 8, MemoryType::DeviceCoherent);
+    let mm = k.create_mm().unwrap();
+    let va = mm.mmap(0, 2 * PAGE_SIZE, Prot::RW, ANON).unwrap();
+    mm.write_u64(va, 21).unwrap();
+    to_device(&device, &mm, va, va + 2 * PAGE_SIZE);
+    let (_, entry) = leaf(&mm, va);
+    assert!(entry.is_present() && entry.is_write());
+    assert_eq!(k.phys().memory_type(entry.pfn()), MemoryType::DeviceCoherent);
+    assert_eq!(mm.read_u64(va).unwrap(), 21, "the CPU reads coherent device memory directly");
+    assert_eq!(*device.to_ram.lock(), 0);
+    mm.write_u64(va + PAGE_SIZE, 22).unwrap();
+    // Back to RAM, selected as device-coherent memory of this owner.
+    let guard = mm.mmap_read();
+    let mut back = MigrateVma::new(va, va + 2 * PAGE_SIZE, OWNER, MigrateSelect::DEVICE_COHERENT);
+    back.setup(guard.locked()).unwrap();
+    assert_eq!(back.cpages, 2);
+    device.copy(&mut back, |phys, order| phys.alloc_folio(order, false).ok());
+    back.pages(guard.locked());
+    back.finalize(guard.locked());
+    drop(guard);
+    assert_eq!(k.phys().memory_type(leaf(&mm, va).1.pfn()), MemoryType::System);
+    assert_eq!(mm.read_u64(va + PAGE_SIZE).unwrap(), 22);
+    assert_eq!(device.free_pages(), 8);
 }

@@ -41,6 +41,10 @@ pub(crate) struct InodeState {
     pub(crate) pages: BTreeMap<u64, Pfn>,
     /// DAX only: how each 2 MiB block is mapped.
     pub(crate) dax_entries: BTreeMap<u64, DaxEntry>,
+    /// DAX only: blocks a truncation holds (the DAX entry lock): faults on
+    /// them wait, so a refault cannot make a block busy again while the
+    /// filesystem waits for it to become idle.
+    pub(crate) dax_locked: std::collections::BTreeSet<u64>,
 }
 
 /// A file's metadata and data.
@@ -113,7 +117,7 @@ impl Inode {
     /// there; `None` beyond end of file. The cache keeps its own reference;
     /// the caller gets one more (for its mapping).
     pub(crate) fn get_page_for_map(&self, index: u64) -> Result<Option<Pfn>, MmError> {
-        let mut state = self.state.lock();
+        let mut state = self.lock_unlocked_block(index / 512);
         if index >= state.size.div_ceil(PAGE_SIZE) {
             return Ok(None);
         }
@@ -128,6 +132,18 @@ impl Inode {
         drop(state);
         self.after_allocation(allocated)?;
         Ok(Some(pfn))
+    }
+
+    /// The state, once DAX block `block` is not held by a truncation.
+    pub(crate) fn lock_unlocked_block(&self, block: u64) -> parking_lot::MutexGuard<'_, InodeState> {
+        loop {
+            let state = self.state.lock();
+            if !state.dax_locked.contains(&block) {
+                return state;
+            }
+            drop(state);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// DAX block allocations are metadata changes: persist them.

@@ -63,7 +63,9 @@ pub(crate) fn punch_hole(inode: &Arc<Inode>, offset: u64, len: u64) -> Result<()
 /// (`unmap_mapping_pages`). With `even_cows`, private copies go too.
 pub(crate) fn unmap_mapping_pages(inode: &Arc<Inode>, first: u64, last: u64, even_cows: bool) -> Result<(), MmError> {
     for mm in inode.mappers() {
-        let guard = mm.mmap_read();
+        // Recursive: a fault of this very mm may hold the read lock while
+        // it waits for a DAX block lock that this truncation holds.
+        let guard = mm.mmap_read_recursive();
         if mm.has_exited() {
             continue;
         }
@@ -106,9 +108,14 @@ fn remove_pages(inode: &Arc<Inode>, first: u64, last: u64, even_cows: bool) -> R
             Ok(())
         }
         InodeKind::Dax(fs) => {
+            // Lock the blocks first: a refault may not map them again while
+            // the filesystem waits for them to become idle.
+            let blocks = fs.lock_blocks(inode, first, last);
             let (from, to) = fs.unmap_span(inode, first, last);
-            unmap_mapping_pages(inode, from, to, even_cows)?;
-            fs.release_pages(inode, first, last)
+            let result =
+                unmap_mapping_pages(inode, from, to, even_cows).and_then(|()| fs.release_pages(inode, first, last));
+            fs.unlock_blocks(inode, &blocks);
+            result
         }
     }
 }

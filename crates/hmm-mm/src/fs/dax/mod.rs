@@ -228,7 +228,7 @@ impl DaxShared {
     /// the block PMD-mapped if nothing maps it yet and it is one aligned
     /// chunk inside the file; `None` means "map it with PTEs".
     pub(crate) fn pmd_entry(&self, inode: &Inode, block: u64) -> Result<Option<Pfn>, MmError> {
-        let mut state = inode.state.lock();
+        let mut state = inode.lock_unlocked_block(block);
         let pages = block * CHUNK..(block + 1) * CHUNK;
         if pages.end > state.size.div_ceil(PAGE_SIZE) {
             return Ok(None);
@@ -277,6 +277,24 @@ impl DaxShared {
         (first, last)
     }
 
+    /// Takes the entry locks of the 2 MiB blocks holding file pages
+    /// `[first, last)`; returns them for [`Self::unlock_blocks`].
+    pub(crate) fn lock_blocks(&self, inode: &Inode, first: u64, last: u64) -> Vec<u64> {
+        let mut state = inode.state.lock();
+        let last_page = state.pages.keys().next_back().map_or(first, |&p| p + 1).min(last);
+        let blocks: Vec<u64> = (first / CHUNK..last_page.div_ceil(CHUNK)).collect();
+        state.dax_locked.extend(blocks.iter().copied());
+        blocks
+    }
+
+    /// Releases entry locks taken by [`Self::lock_blocks`].
+    pub(crate) fn unlock_blocks(&self, inode: &Inode, blocks: &[u64]) {
+        let mut state = inode.state.lock();
+        for block in blocks {
+            state.dax_locked.remove(block);
+        }
+    }
+
     /// Frees the blocks of file pages `[first, last)` once idle: waits (up
     /// to the busy timeout) until no mapping or pin references them; then
     /// the blocks return to the allocator and the affected 2 MiB blocks
@@ -293,7 +311,9 @@ impl DaxShared {
                 break;
             }
             if Instant::now() >= deadline {
-                return Err(MmError::Busy("a DAX page is still referenced (pinned): the filesystem cannot free it"));
+                return Err(MmError::Busy(
+                    "a DAX page is still referenced (pinned or mapped): the filesystem cannot free it",
+                ));
             }
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -146,3 +146,36 @@ fn map_sync_and_unbind() {
         other => panic!("expected SIGBUS after unbind, got {other:?}"),
     }
 }
+
+#[test]
+fn a_refault_of_the_kept_half_does_not_keep_truncation_busy() {
+    let k = kernel(64, ThpMode::Never);
+    let path = TempFile(temp_path("refault.pmem"));
+    let fs = DaxFs::format(&k, &path.0, 16 * MIB).unwrap();
+    fs.set_busy_timeout(Duration::from_millis(2000));
+    let file = fs.create("r").unwrap();
+    file.ftruncate(2 * MIB).unwrap();
+    let mm = k.create_mm().unwrap();
+    let va = mm.mmap_file(0, 2 * MIB, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
+    mm.write_u64(va, 1).unwrap();
+    assert_eq!(leaf(&mm, va).0, Level::Pmd);
+    let pin = mm.pin_user_pages(va + 3 * MIB / 2, 1, FollFlags::empty()).unwrap();
+    // While the truncation waits for the pin, another thread refaults the
+    // kept half (it waits for the block's entry lock instead of making the
+    // block busy again), and a third drops the pin.
+    let refault = {
+        let mm = mm.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            mm.read_u64(va).unwrap()
+        })
+    };
+    let unpin = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        drop(pin);
+    });
+    file.ftruncate(MIB).expect("nothing in the cut range is referenced once the pin is gone");
+    unpin.join().unwrap();
+    assert_eq!(refault.join().unwrap(), 1);
+    assert_eq!(mm.read_u64(va).unwrap(), 1);
+}

@@ -30,4 +30,4 @@ pub use entry::{Entry, EntryKind, LeafFlags, SwapKind};
 pub use level::Level;
 pub use store::{TableId, TableStore, TableStoreFull, ENTRIES_PER_TABLE};
 pub use table::{EnsureError, PageTable, Slot};
-pub use walk::Visit;
+pub use walk::{BatchVisit, Visit};

@@ -16,8 +16,9 @@ pub struct Slot<'a> {
 }
 
 impl<'a> Slot<'a> {
+    /// The slot `cell` of a table at `level`, mapping `va`'s entry.
     #[inline]
-    pub(crate) fn new(cell: &'a AtomicU64, level: Level, va: u64) -> Self {
+    pub fn new(cell: &'a AtomicU64, level: Level, va: u64) -> Self {
         Self { cell, level, va: va & !(level.entry_bytes() - 1) }
     }
     /// The level of the table holding this slot.

@@ -74,6 +74,86 @@ impl<S: TableStore> PageTable<S> {
     }
 }
 
+/// What a batched walk reports: like [`Visit`], but a run of PTEs comes
+/// as one slice of its table, for callers that convert entries in a tight
+/// loop.
+#[derive(Debug)]
+pub enum BatchVisit<'a> {
+    /// As [`Visit::Hole`].
+    Hole {
+        /// First address.
+        start: u64,
+        /// One past the last address.
+        end: u64,
+    },
+    /// A leaf above the PTE level.
+    Huge {
+        /// The slot.
+        slot: Slot<'a>,
+        /// Its entry when visited.
+        entry: Entry,
+    },
+    /// The PTEs mapping `[va, va + 4 KiB * cells.len())`, in order.
+    Ptes {
+        /// Address of the first.
+        va: u64,
+        /// The table cells.
+        cells: &'a [core::sync::atomic::AtomicU64],
+    },
+}
+
+impl<S: TableStore> PageTable<S> {
+    /// Like [`PageTable::walk`], reporting PTEs a table run at a time.
+    pub fn walk_batched<B>(
+        &self,
+        start: u64,
+        end: u64,
+        mut visit: impl FnMut(BatchVisit<'_>) -> ControlFlow<B>,
+    ) -> ControlFlow<B> {
+        if start >= end {
+            return ControlFlow::Continue(());
+        }
+        self.walk_batched_in(self.root(), Level::ROOT, start, end, &mut visit)
+    }
+
+    fn walk_batched_in<B>(
+        &self,
+        table: TableId,
+        level: Level,
+        start: u64,
+        end: u64,
+        visit: &mut impl FnMut(BatchVisit<'_>) -> ControlFlow<B>,
+    ) -> ControlFlow<B> {
+        let cells = self.cells(table);
+        if level == Level::Pte {
+            let first = Level::Pte.index(start);
+            let count = ((end - start) >> 12) as usize;
+            return visit(BatchVisit::Ptes { va: start, cells: &cells[first..first + count] });
+        }
+        let span = level.entry_bytes();
+        let mut va = start;
+        while va < end {
+            let index = level.index(va);
+            let entry_end = (va & !(span - 1)).saturating_add(span).min(end);
+            let cell = &cells[index];
+            let entry = Entry::from_raw(cell.load(core::sync::atomic::Ordering::Acquire));
+            let child = level.child().expect("above the PTE level");
+            if entry.is_table(level) {
+                self.walk_batched_in(entry.pfn().0, child, va, entry_end, visit)?;
+            } else if entry.is_none() {
+                visit(BatchVisit::Hole { start: va, end: entry_end })?;
+            } else {
+                visit(BatchVisit::Huge { slot: Slot::new(cell, level, va), entry })?;
+            }
+            if entry_end == end {
+                break;
+            }
+            va = entry_end;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,8 +116,9 @@ impl Range<'_> {
     /// Writes consecutive frames `base_pfn, base_pfn + 1, …` with `flags`
     /// to entries `[first, last)`, keeping sticky bits.
     pub(crate) fn fill_pfns(&mut self, first: usize, last: usize, base_pfn: u64, flags: u64) {
+        let base = flags | base_pfn;
         for (i, word) in self.hmm_pfns[first..last].iter_mut().enumerate() {
-            *word = (*word & HMM_PFN_INOUT_FLAGS) | flags | (base_pfn + i as u64);
+            *word = (*word & HMM_PFN_INOUT_FLAGS) | (base + i as u64);
         }
     }
 }

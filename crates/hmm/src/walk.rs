@@ -9,14 +9,18 @@
 
 use core::ops::ControlFlow;
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use hmm_mm::vma::Vma;
 use hmm_mm::MmapReadGuard;
-use hmm_pagetable::{Entry, Level, Slot, SwapKind, Visit};
+
+use hmm_pagetable::{BatchVisit, Entry, Level, Slot, SwapKind};
 use hmm_types::{VmFlags, PMD_SIZE};
 
 use crate::error::HmmError;
 use crate::fault::fault_segment;
-use crate::pfn::{order_bits, HMM_PFN_ERROR, HMM_PFN_VALID, HMM_PFN_WRITE};
+use crate::pfn::{
+    order_bits, HMM_PFN_ERROR, HMM_PFN_INOUT_FLAGS, HMM_PFN_REQ_FAULT, HMM_PFN_REQ_WRITE, HMM_PFN_VALID, HMM_PFN_WRITE,
+};
 use crate::range::{Need, Range};
 
 /// Why a walk stopped early.
@@ -96,21 +100,14 @@ fn walk_vma(guard: &MmapReadGuard<'_>, range: &mut Range<'_>, vma: &Vma, start: 
     }
     let hugetlb = vma.flags.contains(VmFlags::HUGETLB);
     let mm = guard.mm();
-    let flow = mm.pgtable().walk(start, end, |visit| {
+    let flow = mm.pgtable().walk_batched(start, end, |visit| {
         let result = match visit {
-            Visit::Hole { start: a, end: b, .. } => hole(guard, range, a, b),
-            Visit::Slot { slot, entry } if slot.level() == Level::Pte => {
-                let seg_end = ((slot.va() | (PMD_SIZE - 1)) + 1).min(end);
-                pte(guard, range, slot, entry, seg_end)
-            }
-            Visit::Slot { slot, entry } => {
+            BatchVisit::Hole { start: a, end: b } => hole(guard, range, a, b),
+            BatchVisit::Ptes { va, cells } => ptes(guard, range, va, cells, end),
+            BatchVisit::Huge { slot, entry } => {
                 let size = slot.level().entry_bytes();
                 let (a, b) = (slot.va().max(start), (slot.va() + size).min(end));
-                if entry.is_none() {
-                    hole(guard, range, a, b)
-                } else {
-                    huge(guard, range, slot, entry, a, b, hugetlb)
-                }
+                huge(guard, range, slot, entry, a, b, hugetlb)
             }
         };
         match result {
@@ -140,6 +137,44 @@ fn hole(guard: &MmapReadGuard<'_>, range: &mut Range<'_>, a: u64, b: u64) -> Res
         return fault(guard, a, b, need);
     }
     range.fill(first, last, 0);
+    Ok(())
+}
+
+/// A run of PTEs of one table. The common case (a present, accessible
+/// page of system RAM whose request is already satisfied) is converted in
+/// a tight loop; everything else goes through [`pte`].
+fn ptes(guard: &MmapReadGuard<'_>, range: &mut Range<'_>, va: u64, cells: &[AtomicU64], end: u64) -> Result<(), Stop> {
+    let phys = guard.mm().phys();
+    let seg_end = ((va | (PMD_SIZE - 1)) + 1).min(end);
+    let (mask, default) = (range.pfn_flags_mask, range.default_flags);
+    let first = range.index(va);
+    let mut k = 0;
+    while k < cells.len() {
+        let out = &mut range.hmm_pfns[first..first + cells.len()];
+        while k < cells.len() {
+            let entry = Entry::from_raw(cells[k].load(Ordering::Relaxed));
+            if !entry.is_accessible() || entry.is_special() || !phys.is_ram(entry.pfn()) {
+                break;
+            }
+            // The request is satisfied unless it asks for a write this
+            // read-only page cannot give (`hmm_pte_need_fault` with a
+            // VALID cpu).
+            let request = (out[k] & mask) | default;
+            let write = entry.is_write();
+            if request & HMM_PFN_REQ_FAULT != 0 && request & HMM_PFN_REQ_WRITE != 0 && !write {
+                break;
+            }
+            let cpu = HMM_PFN_VALID | if write { HMM_PFN_WRITE } else { 0 };
+            out[k] = (out[k] & HMM_PFN_INOUT_FLAGS) | cpu | entry.pfn().0;
+            k += 1;
+        }
+        if k < cells.len() {
+            let entry = Entry::from_raw(cells[k].load(Ordering::Acquire));
+            let slot = Slot::new(&cells[k], Level::Pte, va + ((k as u64) << hmm_types::PAGE_SHIFT));
+            pte(guard, range, slot, entry, seg_end)?;
+            k += 1;
+        }
+    }
     Ok(())
 }
 
@@ -217,7 +252,11 @@ fn pte(
 /// the walk backs off with `EBUSY`, as the DAX patch's `get_dev_pagemap`
 /// check did; the unbind's invalidation follows.
 fn check_pagemap(guard: &MmapReadGuard<'_>, entry: Entry) -> Result<(), Stop> {
-    match guard.mm().phys().pagemap(entry.pfn()) {
+    let phys = guard.mm().phys();
+    if phys.is_ram(entry.pfn()) {
+        return Ok(());
+    }
+    match phys.pagemap(entry.pfn()) {
         Some(pagemap) if !pagemap.is_alive() => Err(Stop::Error(HmmError::Busy)),
         _ => Ok(()),
     }

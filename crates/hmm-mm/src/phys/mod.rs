@@ -143,6 +143,12 @@ impl PhysMem {
         pfn.0 & ((1 << REGION_SHIFT) - 1)
     }
 
+    /// True for a frame of system RAM (no pagemap), without a lookup.
+    #[inline]
+    pub fn is_ram(&self, pfn: Pfn) -> bool {
+        pfn.0 < self.ram_frames
+    }
+
     /// True when the frame number belongs to some region.
     pub fn is_valid_pfn(&self, pfn: Pfn) -> bool {
         if pfn.0 >> REGION_SHIFT == 0 {

@@ -56,6 +56,8 @@ struct State {
     set: IntervalSet<Arc<IntervalNotifier>>,
     deferred: Vec<Deferred>,
     next_id: u64,
+    /// Threads sleeping in `read_begin` or `remove`.
+    sleepers: u32,
 }
 
 /// The interval subscriptions of one address space
@@ -106,7 +108,9 @@ impl IntervalNotifier {
         let mut state = lock(&registry.state);
         let seq = self.invalidate_seq.load(Ordering::Acquire);
         while seq == state.seq {
+            state.sleepers += 1;
             state = registry.seq_changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state.sleepers -= 1;
         }
         seq
     }
@@ -150,6 +154,7 @@ impl Subscriptions {
                 set: IntervalSet::default(),
                 deferred: Vec::new(),
                 next_id: 1,
+                sleepers: 0,
             }),
             seq_changed: Condvar::new(),
             has_itree: AtomicBool::new(false),
@@ -241,7 +246,9 @@ impl Subscriptions {
             // Tested under the lock: the epoch that may still call us ends
             // when the sequence moves on.
             while state.seq == seq {
+                state.sleepers += 1;
                 state = self.seq_changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                state.sleepers -= 1;
             }
         }
     }
@@ -299,8 +306,13 @@ impl Subscriptions {
                 }
             }
         }
+        // Waking costs a system call: only when someone sleeps (counted
+        // under the same lock, so none can be missed).
+        let wake = state.sleepers > 0;
         drop(state);
-        self.seq_changed.notify_all();
+        if wake {
+            self.seq_changed.notify_all();
+        }
     }
 
     /// Teardown of the address space (`__mmu_notifier_release`, interval

@@ -148,24 +148,25 @@ fn ptes(guard: &MmapReadGuard<'_>, range: &mut Range<'_>, va: u64, cells: &[Atom
     let seg_end = ((va | (PMD_SIZE - 1)) + 1).min(end);
     let (mask, default) = (range.pfn_flags_mask, range.default_flags);
     let first = range.index(va);
+    let ram_frames = phys.ram_frames();
     let mut k = 0;
     while k < cells.len() {
-        let out = &mut range.hmm_pfns[first..first + cells.len()];
-        while k < cells.len() {
-            let entry = Entry::from_raw(cells[k].load(Ordering::Relaxed));
-            if !entry.is_accessible() || entry.is_special() || !phys.is_ram(entry.pfn()) {
+        let out = &mut range.hmm_pfns[first + k..first + cells.len()];
+        for (cell, word) in cells[k..].iter().zip(out.iter_mut()) {
+            let entry = Entry::from_raw(cell.load(Ordering::Relaxed));
+            if !entry.is_accessible() || entry.is_special() || entry.pfn().0 >= ram_frames {
                 break;
             }
             // The request is satisfied unless it asks for a write this
             // read-only page cannot give (`hmm_pte_need_fault` with a
             // VALID cpu).
-            let request = (out[k] & mask) | default;
+            let request = (*word & mask) | default;
             let write = entry.is_write();
             if request & HMM_PFN_REQ_FAULT != 0 && request & HMM_PFN_REQ_WRITE != 0 && !write {
                 break;
             }
             let cpu = HMM_PFN_VALID | if write { HMM_PFN_WRITE } else { 0 };
-            out[k] = (out[k] & HMM_PFN_INOUT_FLAGS) | cpu | entry.pfn().0;
+            *word = (*word & HMM_PFN_INOUT_FLAGS) | cpu | entry.pfn().0;
             k += 1;
         }
         if k < cells.len() {

@@ -86,8 +86,21 @@ pub fn make_device_exclusive<'a>(
 }
 
 /// A CPU access met a device-exclusive entry: restore the original entry
-/// (writable if the VMA is), after an EXCLUSIVE invalidation with no owner.
+/// (writable if the VMA is), under the page lock (so not while the driver
+/// still holds the page), after an EXCLUSIVE invalidation with no owner.
 pub(crate) fn restore(mm: &Mm, vma: &Vma, slot: Slot<'_>, entry: Entry) {
+    let phys = mm.phys();
+    let page = entry.pfn();
+    if !phys.try_get(page) {
+        return;
+    }
+    while !phys.meta(page).try_lock() {
+        if slot.load() != entry {
+            phys.put(page);
+            return;
+        }
+        std::thread::yield_now();
+    }
     let va = slot.va();
     let invalidation = mm.notifiers().start(mm.id(), va, va + PAGE_SIZE, Event::Exclusive);
     let write = vma.flags.contains(VmFlags::WRITE);
@@ -95,4 +108,5 @@ pub(crate) fn restore(mm: &Mm, vma: &Vma, slot: Slot<'_>, entry: Entry) {
         Entry::present(entry.pfn(), LeafFlags { write, dirty: write, accessed: true, special: false }, false);
     let _ = slot.compare_exchange(entry, restored);
     invalidation.end();
+    phys.unlock_put(page);
 }

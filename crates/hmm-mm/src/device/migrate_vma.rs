@@ -294,8 +294,9 @@ impl MigrateVma {
                 }
                 let write = entry.is_write() || entry.swap_kind() == Some(SwapKind::DevicePrivateWrite);
                 let kind = if write { SwapKind::MigrationWrite } else { SwapKind::MigrationRead };
-                let invalidation =
-                    other.notifiers().start_owned(other.id(), va, va + PAGE_SIZE, Event::Migrate, self.pgmap_owner);
+                // As `try_to_migrate_one` announces it: CLEAR with no owner,
+                // so no mirror of the other process may skip it.
+                let invalidation = other.notifiers().start(other.id(), va, va + PAGE_SIZE, Event::Clear);
                 let swapped = slot.compare_exchange(entry, Entry::swap(kind, pfn.0, false)).is_ok();
                 invalidation.end();
                 if swapped {

@@ -28,9 +28,11 @@ pub(crate) fn fault(
         return Ok(());
     }
     if !phys.meta(page).try_lock() {
-        // Another fault is migrating it: let it finish, then look again.
+        // Someone holds the page (another fault migrating it, or its driver
+        // between `pages` and `finalize`): wait for the unlock, then look
+        // again (newest kernels wait for the page lock too).
         phys.put(page);
-        while slot.load() == entry {
+        while slot.load() == entry && phys.meta(page).flags().contains(crate::phys::PageFlags::LOCKED) {
             std::thread::yield_now();
         }
         return Ok(());
@@ -40,15 +42,9 @@ pub(crate) fn fault(
     } else {
         let ops = phys.pagemap(page).and_then(|p| p.ops().cloned());
         match ops {
-            Some(ops) => ops.migrate_to_ram(&DeviceFault { locked, vma, address: va, page }).and_then(|()| {
-                // A driver that could not move the page would make the
-                // access fault forever: that is its SIGBUS.
-                if slot.load() == entry {
-                    Err(FaultError::Sigbus("the device did not migrate its page back"))
-                } else {
-                    Ok(())
-                }
-            }),
+            // `Ok` without moving the page means "fault again" (a driver
+            // that can never move it must answer SIGBUS itself).
+            Some(ops) => ops.migrate_to_ram(&DeviceFault { locked, vma, address: va, page }),
             None => Err(FaultError::Sigbus("a device-private page without a driver")),
         }
     };

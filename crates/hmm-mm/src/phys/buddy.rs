@@ -87,6 +87,15 @@ impl Buddy {
         }
     }
 
+    /// True when `index` lies in a block that is already free (a double
+    /// free even after the first free merged it into a larger block).
+    fn is_inside_free_block(&self, index: u64) -> bool {
+        (0..=MAX_ORDER).any(|order| {
+            let head = index & !((1u64 << order) - 1);
+            head + (1 << order) <= self.nr_frames && self.is_free_head(head, order)
+        })
+    }
+
     /// A naturally aligned block of `1 << order` frames.
     pub(crate) fn alloc(&mut self, order: u32) -> Option<u64> {
         let (mut at, index) = (order..=MAX_ORDER).find_map(|o| self.pop(o).map(|i| (o, i)))?;
@@ -101,7 +110,7 @@ impl Buddy {
     /// Returns a block obtained from [`Self::alloc`] with the same order.
     pub(crate) fn free(&mut self, mut index: u64, mut order: u32) {
         debug_assert!(index % (1 << order) == 0 && index + (1 << order) <= self.nr_frames);
-        debug_assert!(self.free_order[index as usize] == 0, "double free of frame {index}");
+        debug_assert!(!self.is_inside_free_block(index), "double free of frame {index} (order {order})");
         self.free_frames += 1 << order;
         while order < MAX_ORDER {
             let buddy = index ^ (1 << order);

@@ -22,7 +22,6 @@
 //! for a shorter run.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,6 +36,11 @@ use hmm_mm::testing::leaf;
 use hmm_mm::{Kernel, Mm, MmapLocked, ThpMode};
 use hmm_pagetable::Level;
 use hmm_types::{MapFlags, Owner, Pfn, Prot, PAGE_SIZE, PMD_SIZE};
+
+#[path = "support/report.rs"]
+mod report;
+
+use report::{criterion_home, median_ns};
 
 const LEN: u64 = 8 << 20;
 const NPAGES: u64 = LEN / PAGE_SIZE;
@@ -341,28 +345,6 @@ fn migrate_benches(c: &mut Criterion, steps: &mut Vec<(Shape, Steps, Steps)>) {
 // ---------------------------------------------------------------------------
 // The report
 // ---------------------------------------------------------------------------
-
-/// Where criterion keeps its estimates: `$CRITERION_HOME`, else the
-/// `criterion` folder of the target directory this binary was built in.
-fn criterion_home() -> Option<PathBuf> {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return Some(home.into());
-    }
-    let exe = std::env::current_exe().ok()?;
-    exe.ancestors().map(|dir| dir.join("criterion")).find(|dir| dir.is_dir())
-}
-
-/// The median (ns per iteration) criterion estimated for `id` in this run.
-fn median_ns(home: &std::path::Path, id: &str, since: SystemTime) -> Option<f64> {
-    let path = home.join(id).join("new/estimates.json");
-    if std::fs::metadata(&path).ok()?.modified().ok()? < since {
-        return None;
-    }
-    let json = std::fs::read_to_string(path).ok()?;
-    let median = &json[json.find("\"median\"")?..];
-    let value = &median[median.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
-    value[..value.find([',', '}'])?].trim().parse().ok()
-}
 
 fn gbps(ns: f64) -> f64 {
     LEN as f64 / ns

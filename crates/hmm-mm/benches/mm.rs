@@ -9,7 +9,6 @@
 //! the cost of a 4K anonymous fault.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,6 +17,11 @@ use hmm_mm::testing::leaf;
 use hmm_mm::{Kernel, Mm, ThpMode};
 use hmm_pagetable::Level;
 use hmm_types::{MapFlags, PageSize, Prot, PAGE_SIZE, PMD_SIZE, PUD_SIZE};
+
+#[path = "support/report.rs"]
+mod report;
+
+use report::{criterion_home, fmt_ns, median_ns};
 
 const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
 const RAM: u64 = 128 << 20;
@@ -217,28 +221,6 @@ fn cpu_benches(c: &mut Criterion) {
     group.finish();
 }
 
-/// Where criterion keeps its estimates: `$CRITERION_HOME`, else the
-/// `criterion` folder of the target directory this binary was built in.
-fn criterion_home() -> Option<PathBuf> {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return Some(home.into());
-    }
-    let exe = std::env::current_exe().ok()?;
-    exe.ancestors().map(|dir| dir.join("criterion")).find(|dir| dir.is_dir())
-}
-
-/// The median (ns per iteration) criterion estimated for `id` in this run.
-fn median_ns(home: &std::path::Path, id: &str, since: SystemTime) -> Option<f64> {
-    let path = home.join(id).join("new/estimates.json");
-    if std::fs::metadata(&path).ok()?.modified().ok()? < since {
-        return None;
-    }
-    let json = std::fs::read_to_string(path).ok()?;
-    let median = &json[json.find("\"median\"")?..];
-    let value = &median[median.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
-    value[..value.find([',', '}'])?].trim().parse().ok()
-}
-
 fn print_ratios(since: SystemTime) {
     const PAIRS: [(&str, &str, &str); 8] = [
         ("fault/anon_4k_write", "fault/memset_4k", "< 1 µs"),
@@ -268,16 +250,6 @@ fn print_ratios(since: SystemTime) {
     println!("{:<24} {:>12}   {:<18} {:>12} {:>7}  target", "benchmark", "time", "baseline", "time", "ratio");
     for (bench, t, base, b, target) in rows {
         println!("{bench:<24} {:>12}   {base:<18} {:>12} {:>6.2}x  {target}", fmt_ns(t), fmt_ns(b), t / b);
-    }
-}
-
-fn fmt_ns(ns: f64) -> String {
-    if ns >= 1e6 {
-        format!("{:.3} ms", ns / 1e6)
-    } else if ns >= 1e3 {
-        format!("{:.3} µs", ns / 1e3)
-    } else {
-        format!("{ns:.1} ns")
     }
 }
 

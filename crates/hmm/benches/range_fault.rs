@@ -13,7 +13,6 @@
 //! invalidation cost growing logarithmically with the subscriptions.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -25,6 +24,11 @@ use hmm_mm::testing::leaf;
 use hmm_mm::{Kernel, Mm, ThpMode};
 use hmm_pagetable::Level;
 use hmm_types::{Event, MapFlags, MmId, NotifierRange, PageSize, Prot, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PUD_SIZE};
+
+#[path = "../../hmm-mm/benches/support/report.rs"]
+mod report;
+
+use report::{criterion_home, fmt_ns, median_ns};
 
 const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
 const RAM: u64 = 128 << 20;
@@ -224,28 +228,6 @@ fn invalidation_benches(c: &mut Criterion) {
 // The ratios
 // ---------------------------------------------------------------------------
 
-/// Where criterion keeps its estimates: `$CRITERION_HOME`, else the
-/// `criterion` folder of the target directory this binary was built in.
-fn criterion_home() -> Option<PathBuf> {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return Some(home.into());
-    }
-    let exe = std::env::current_exe().ok()?;
-    exe.ancestors().map(|dir| dir.join("criterion")).find(|dir| dir.is_dir())
-}
-
-/// The median (ns per iteration) criterion estimated for `id` in this run.
-fn median_ns(home: &std::path::Path, id: &str, since: SystemTime) -> Option<f64> {
-    let path = home.join(id).join("new/estimates.json");
-    if std::fs::metadata(&path).ok()?.modified().ok()? < since {
-        return None;
-    }
-    let json = std::fs::read_to_string(path).ok()?;
-    let median = &json[json.find("\"median\"")?..];
-    let value = &median[median.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
-    value[..value.find([',', '}'])?].trim().parse().ok()
-}
-
 fn print_ratios(since: SystemTime) {
     let Some(home) = criterion_home() else {
         return;
@@ -286,16 +268,6 @@ fn print_ratios(since: SystemTime) {
             .map(|t| t.map_or(format!("{:>18}", "-"), |t| format!("{:>10} {:>5.2}x", fmt_ns(t), t / one)))
             .collect();
         println!("{op:<14} {}", cells.join(""));
-    }
-}
-
-fn fmt_ns(ns: f64) -> String {
-    if ns >= 1e6 {
-        format!("{:.2}ms", ns / 1e6)
-    } else if ns >= 1e3 {
-        format!("{:.2}µs", ns / 1e3)
-    } else {
-        format!("{ns:.0}ns")
     }
 }
 

@@ -26,6 +26,7 @@ mod mm;
 mod notify;
 mod ops;
 pub mod phys;
+pub mod proc_pagemap;
 pub mod swap;
 pub mod testing;
 pub mod vma;

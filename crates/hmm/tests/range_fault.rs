@@ -1143,8 +1143,8 @@ fn mixedmap_pages_are_reported_valid() {
     let k = kernel(64, ThpMode::Never);
     let pages: Vec<Pfn> = (0..3).map(|_| k.phys().alloc_folio(0, true).unwrap()).collect();
     let mm = k.create_mm().unwrap();
-    let va = mm.mmap_pages(Prot::RW, &pages).unwrap();
-    let ro = mm.mmap_pages(Prot::READ, &pages).unwrap();
+    let va = mm.mmap_pages(Prot::RW, MapFlags::SHARED, &pages).unwrap();
+    let ro = mm.mmap_pages(Prot::READ, MapFlags::SHARED, &pages).unwrap();
     let m = Mirror::new(&mm);
     let expected: Vec<u64> = pages.iter().map(|p| VALID | WRITE | p.0).collect();
     let expected_ro: Vec<u64> = pages.iter().map(|p| VALID | p.0).collect();
@@ -1280,7 +1280,7 @@ fn zoo() -> Zoo {
     let bar = phys.add_device_region(Arc::new(Pagemap::new(MemoryType::PciP2pDma, Some(Owner(1)))), 4, None).unwrap();
     let pfnmap = mm.mmap_pfn_range(4 * PAGE, Prot::RW, bar).unwrap();
     let pages: Vec<Pfn> = (0..4).map(|_| phys.alloc_folio(0, true).unwrap()).collect();
-    let mixed = mm.mmap_pages(Prot::RW, &pages).unwrap();
+    let mixed = mm.mmap_pages(Prot::RW, MapFlags::SHARED, &pages).unwrap();
 
     let pfn_at = |va: u64| leaf(&mm, va).1.pfn().0;
     kinds.push(("present rw", rw, 4, vas(rw, 4).map(|v| VALID | WRITE | pfn_at(v)).collect()));

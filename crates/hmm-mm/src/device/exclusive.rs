@@ -42,13 +42,15 @@ impl Drop for ExclusivePage<'_> {
 /// Makes the page at `addr` exclusive to the device `owner`
 /// (`make_device_exclusive`): faults it in writable (breaking COW,
 /// splitting a THP mapping), then, under an EXCLUSIVE invalidation carrying
-/// `owner` (which that device must ignore), replaces its entry.
+/// `owner` (which that device must ignore), replaces its entry. `None` is
+/// Linux's `owner = NULL`: every mirror, the caller's too, drops the page.
 /// `EOPNOTSUPP` unless private anonymous memory; fault errors as usual.
 pub fn make_device_exclusive<'a>(
     guard: &MmapReadGuard<'a>,
     addr: u64,
-    owner: Owner,
+    owner: impl Into<Option<Owner>>,
 ) -> Result<ExclusivePage<'a>, MmError> {
+    let owner = owner.into();
     let mm = guard.mm();
     let phys = mm.phys();
     let addr = addr & !(PAGE_SIZE - 1);
@@ -67,7 +69,10 @@ pub fn make_device_exclusive<'a>(
             std::thread::yield_now();
             continue;
         }
-        let invalidation = mm.notifiers().start_owned(mm.id(), addr, addr + PAGE_SIZE, Event::Exclusive, owner);
+        let invalidation = match owner {
+            Some(owner) => mm.notifiers().start_owned(mm.id(), addr, addr + PAGE_SIZE, Event::Exclusive, owner),
+            None => mm.notifiers().start(mm.id(), addr, addr + PAGE_SIZE, Event::Exclusive),
+        };
         let slot = mm.pgtable().find(addr);
         let entry = slot.load();
         let still = entry.is_accessible() && entry.is_write() && entry.pfn() == pfn;

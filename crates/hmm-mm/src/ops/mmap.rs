@@ -90,12 +90,18 @@ impl Mm {
     }
 
     /// A driver's `vm_insert_page` over a new `VM_MIXEDMAP` mapping: each
-    /// page (which must be allocated) is mapped with a reference.
-    pub fn mmap_pages(&self, prot: Prot, pages: &[Pfn]) -> Result<u64, MmError> {
+    /// page (which must be allocated) is mapped with a reference. `flags`
+    /// is `MAP_SHARED` or `MAP_PRIVATE`; in a private mapping the entries
+    /// are read-only even when the mapping is writable, so a write copies
+    /// (`vm_insert_page` protects COW mappings so).
+    pub fn mmap_pages(&self, prot: Prot, flags: MapFlags, pages: &[Pfn]) -> Result<u64, MmError> {
         if pages.iter().any(|&pfn| !self.phys().is_valid_pfn(pfn) || self.phys().folio_counts(pfn).0 == 0) {
             return Err(MmError::Invalid("vm_insert_page of a frame that is not allocated"));
         }
-        self.do_mmap(0, pages.len() as u64 * PAGE_SIZE, prot, MapFlags::SHARED, Source::Pages(pages))
+        if flags.difference(MapFlags::SHARED | MapFlags::PRIVATE).bits() != 0 {
+            return Err(MmError::Invalid("a driver mapping takes only MAP_SHARED or MAP_PRIVATE"));
+        }
+        self.do_mmap(0, pages.len() as u64 * PAGE_SIZE, prot, flags, Source::Pages(pages))
     }
 
     fn do_mmap(&self, addr: u64, len: u64, prot: Prot, flags: MapFlags, source: Source<'_>) -> Result<u64, MmError> {
@@ -213,7 +219,8 @@ impl Mm {
         }
         let end = start + len;
         if let Some((frames, special)) = inserted {
-            insert_frames(self, start, &frames, special, vm_flags.contains(VmFlags::WRITE))?;
+            let write = vm_flags.contains(VmFlags::WRITE) && (special || shared);
+            insert_frames(self, start, &frames, special, write)?;
         }
         guard.vmas_mut().insert(Vma { start, end, flags: vm_flags, pgoff, backing });
         guard.vmas_mut().merge_range(start, end);
@@ -384,7 +391,7 @@ mod special_tests {
         let k = kernel(64, ThpMode::Never);
         let page = k.phys().alloc_folio(0, true).unwrap();
         let mm = k.create_mm().unwrap();
-        let va = mm.mmap_pages(Prot::RW, &[page]).unwrap();
+        let va = mm.mmap_pages(Prot::RW, MapFlags::SHARED, &[page]).unwrap();
         assert!(mm.mmap_read().lookup(va).unwrap().flags.contains(VmFlags::MIXEDMAP));
         assert_eq!(k.phys().folio_counts(page), (2, 1));
         mm.write_u64(va, 1).unwrap();
@@ -393,6 +400,13 @@ mod special_tests {
         let shared = MapFlags::SHARED;
         assert!(mm.mmap(0, 4096, Prot::RW, shared).is_err());
         k.phys().put(page);
-        assert!(mm.mmap_pages(Prot::RW, &[page]).is_err(), "a free frame cannot be inserted");
+        assert!(mm.mmap_pages(Prot::RW, MapFlags::SHARED, &[page]).is_err(), "a free frame cannot be inserted");
+        let page = k.phys().alloc_folio(0, true).unwrap();
+        let private = mm.mmap_pages(Prot::RW, MapFlags::PRIVATE, &[page]).unwrap();
+        let entry = mm.pgtable().find(private).load();
+        assert!(entry.is_present() && !entry.is_write(), "a private driver mapping is write-protected: {entry:?}");
+        let fixed = MapFlags::PRIVATE | MapFlags::FIXED;
+        assert!(mm.mmap_pages(Prot::RW, fixed, &[page]).is_err(), "only SHARED or PRIVATE");
+        k.phys().put(page);
     }
 }

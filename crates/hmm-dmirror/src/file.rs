@@ -1,0 +1,330 @@
+//! An open file of a device: the mirror of the opener's whole address
+//! space (device page table, interval notifier, per-open flags), the ioctl
+//! entry point with Linux's argument checks, and the typed calls behind it
+//! (spec §5.2, §5.4).
+//!
+//! Lock order: the opener's mmap lock, then a mirror's table mutex; the
+//! mutex is never held across `read_begin`, `range_fault` or a migration's
+//! `setup` (both run invalidation callbacks, which take it).
+//!
+//! Linux: `struct dmirror`, `dmirror_fops_*`, `dmirror_interval_invalidate`
+//! (`lib/test_hmm.c`).
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Mutex, MutexGuard};
+
+use hmm::{IntervalNotifier, IntervalNotifierOps};
+use hmm_mm::{Mm, MmUser};
+use hmm_types::{Errno, Event, MapFlags, NotifierRange, Prot, PAGE_SIZE, TASK_SIZE};
+
+use crate::device::DmirrorDevice;
+use crate::error::DmirrorError;
+use crate::table::DeviceTable;
+use crate::uapi::{HmmDmirrorCmd, Request};
+
+/// What a command reports besides its data (`cpages`, `faults`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct Counts {
+    /// Pages copied or processed.
+    pub cpages: u64,
+    /// Device fault rounds.
+    pub faults: u64,
+}
+
+/// The state of one open file (`struct dmirror`).
+#[derive(Debug)]
+pub(crate) struct Mirror {
+    pub(crate) device: Arc<DmirrorDevice>,
+    pub(crate) mm: Arc<Mm>,
+    pub(crate) notifier: OnceLock<Arc<IntervalNotifier>>,
+    /// The driver update lock and the device page table it protects.
+    pub(crate) table: Mutex<DeviceTable>,
+    /// `HMM_DMIRROR_FLAG_*`.
+    pub(crate) flags: AtomicU64,
+    /// Migrations this file is running: its own MIGRATE events then leave
+    /// its table alone (see [`Mirror::invalidate`]).
+    pub(crate) migrating: AtomicU32,
+}
+
+impl Mirror {
+    pub(crate) fn new(device: Arc<DmirrorDevice>, mm: &Arc<Mm>) -> Result<Arc<Self>, Errno> {
+        let table = DeviceTable::new().map_err(|error| error.errno())?;
+        let mirror = Arc::new(Self {
+            device,
+            mm: mm.clone(),
+            notifier: OnceLock::new(),
+            table: Mutex::new(table),
+            flags: AtomicU64::new(0),
+            migrating: AtomicU32::new(0),
+        });
+        let notifier = mm.interval_notifier_insert(0, TASK_SIZE, mirror.clone())?;
+        mirror.notifier.set(notifier).expect("set once, here");
+        Ok(mirror)
+    }
+
+    pub(crate) fn notifier(&self) -> &Arc<IntervalNotifier> {
+        self.notifier.get().expect("set when the file was opened")
+    }
+
+    /// A user reference on the mirrored address space (`mmget_not_zero`).
+    pub(crate) fn mm_user(&self) -> Result<MmUser, DmirrorError> {
+        self.mm.mmget_not_zero().ok_or(DmirrorError::MmGone)
+    }
+
+    pub(crate) fn lock_table(&self) -> MutexGuard<'_, DeviceTable> {
+        self.table.lock()
+    }
+
+    /// Consumes `HMM_DMIRROR_FLAG_FAIL_ALLOC` if set.
+    pub(crate) fn take_fail_alloc(&self) -> bool {
+        let flag = crate::uapi::HMM_DMIRROR_FLAG_FAIL_ALLOC;
+        self.flags.fetch_and(!flag, Ordering::AcqRel) & flag != 0
+    }
+
+    /// Runs `f` as this file's own migration.
+    pub(crate) fn migrating<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.migrating.fetch_add(1, Ordering::AcqRel);
+        let result = f();
+        self.migrating.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+}
+
+impl IntervalNotifierOps for Mirror {
+    /// `dmirror_interval_invalidate`, with two deliberate differences:
+    /// * on its own MIGRATE event the file keeps its table (it maintains it
+    ///   during the migration) but still records the sequence, so that a
+    ///   device fault of this file that read a page being migrated away
+    ///   retries; Linux's test device returns at once and has that window;
+    /// * only the file running the migration skips: another file of the
+    ///   same device clears, since its entries may name pages that are
+    ///   about to move (Linux skips in every file of the device).
+    ///
+    /// Kept from Linux: the cleared range ends one page after the event's
+    /// (the xarray walk there is inclusive), so the page after an
+    /// invalidated range faults again.
+    fn invalidate(&self, subscription: &IntervalNotifier, range: &NotifierRange, cur_seq: u64) -> bool {
+        let own_migrate = range.event == Event::Migrate
+            && range.owner == Some(self.device.owner())
+            && self.migrating.load(Ordering::Acquire) > 0;
+        let mut table = if range.blockable {
+            self.table.lock()
+        } else {
+            match self.table.try_lock() {
+                Some(table) => table,
+                None => return false,
+            }
+        };
+        subscription.set_seq(cur_seq);
+        if !own_migrate {
+            table.clear(range.start, range.end.saturating_add(PAGE_SIZE).min(TASK_SIZE));
+        }
+        true
+    }
+}
+
+/// An open `/dev/hmm_dmirror<N>`. Dropping it closes it.
+#[derive(Debug)]
+pub struct DmirrorFile {
+    mirror: Arc<Mirror>,
+}
+
+impl DmirrorFile {
+    pub(crate) fn new(mirror: Arc<Mirror>) -> Self {
+        Self { mirror }
+    }
+
+    /// The device this file was opened on.
+    pub fn device(&self) -> &Arc<DmirrorDevice> {
+        &self.mirror.device
+    }
+
+    /// Pages the device currently maps for this file.
+    pub fn mapped_pages(&self) -> u64 {
+        self.mirror.lock_table().len()
+    }
+
+    /// The ioctl: Linux's prologue (alignment and range checks), then the
+    /// command. `cmd.ptr` is an address in the opener's address space; on
+    /// error `cmd` is left as it was, as Linux does not copy it back.
+    pub fn ioctl(&self, request: u64, cmd: &mut HmmDmirrorCmd) -> Result<(), DmirrorError> {
+        let request = Request::try_from(request)?;
+        let npages = checked_npages(cmd.addr, cmd.npages)?;
+        let mut done = HmmDmirrorCmd { cpages: 0, faults: 0, ..*cmd };
+        let bytes = (npages * PAGE_SIZE) as usize;
+        let counts = match request {
+            Request::Read => {
+                let mut bounce = vec![0u8; bytes];
+                let counts = self.read(cmd.addr, npages, &mut bounce)?;
+                self.copy_to_user(cmd.ptr, &bounce)?;
+                counts
+            }
+            Request::Write => {
+                let mut bounce = vec![0u8; bytes];
+                self.copy_from_user(cmd.ptr, &mut bounce)?;
+                self.write(cmd.addr, npages, &bounce)?
+            }
+            Request::MigrateToDev => {
+                let mut bounce = vec![0u8; bytes];
+                let counts = self.migrate_to_dev(cmd.addr, npages, &mut bounce)?;
+                self.copy_to_user(cmd.ptr, &bounce)?;
+                counts
+            }
+            Request::MigrateToSys => self.migrate_to_sys(cmd.addr, npages)?,
+            Request::Snapshot => {
+                let mut bytes = vec![0u8; npages as usize];
+                let counts = self.snapshot(cmd.addr, npages, &mut bytes)?;
+                self.copy_to_user(cmd.ptr, &bytes)?;
+                counts
+            }
+            Request::Exclusive => {
+                let mut bounce = vec![0u8; bytes];
+                let counts = self.exclusive(cmd.addr, npages, &mut bounce)?;
+                self.copy_to_user(cmd.ptr, &bounce)?;
+                counts
+            }
+            Request::CheckExclusive => self.check_exclusive(cmd.addr, npages).map(|()| Counts::default())?,
+            Request::Release => {
+                self.release();
+                Counts::default()
+            }
+            Request::Flags => {
+                self.set_flags(cmd.npages);
+                Counts::default()
+            }
+        };
+        done.cpages = counts.cpages;
+        done.faults = counts.faults;
+        *cmd = done;
+        Ok(())
+    }
+
+    fn copy_to_user(&self, ptr: u64, data: &[u8]) -> Result<(), DmirrorError> {
+        self.mirror.mm.write_bytes(ptr, data).map_err(|_| DmirrorError::UserCopy(ptr))
+    }
+
+    fn copy_from_user(&self, ptr: u64, data: &mut [u8]) -> Result<(), DmirrorError> {
+        self.mirror.mm.read_bytes(ptr, data).map_err(|_| DmirrorError::UserCopy(ptr))
+    }
+
+    /// READ: the device reads `npages` from `addr` into `out`, faulting
+    /// what it lacks (`dmirror_read`).
+    pub fn read(&self, addr: u64, npages: u64, out: &mut [u8]) -> Result<Counts, DmirrorError> {
+        check_buffer(addr, npages, out.len())?;
+        crate::rw::read(&self.mirror, addr, npages, out)
+    }
+
+    /// WRITE: the device writes `data` to `npages` from `addr`, faulting
+    /// for write what it lacks (`dmirror_write`).
+    pub fn write(&self, addr: u64, npages: u64, data: &[u8]) -> Result<Counts, DmirrorError> {
+        check_buffer(addr, npages, data.len())?;
+        crate::rw::write(&self.mirror, addr, npages, data)
+    }
+
+    /// MIGRATE_TO_DEV: moves the range to device memory, then reads it back
+    /// through the device table into `out` (`ENOENT` for a page the device
+    /// does not map) (`dmirror_migrate_to_device`).
+    pub fn migrate_to_dev(&self, addr: u64, npages: u64, out: &mut [u8]) -> Result<Counts, DmirrorError> {
+        check_buffer(addr, npages, out.len())?;
+        crate::migrate::to_device(&self.mirror, addr, npages, out)
+    }
+
+    /// MIGRATE_TO_SYS: moves this device's pages of the range back to
+    /// system RAM; `cpages` counts them (`dmirror_migrate_to_system`).
+    pub fn migrate_to_sys(&self, addr: u64, npages: u64) -> Result<Counts, DmirrorError> {
+        checked_npages(addr, npages)?;
+        crate::migrate::to_system(&self.mirror, addr, npages)
+    }
+
+    /// SNAPSHOT: one byte per page, what the device would see without
+    /// faulting (`dmirror_snapshot`; bytes in [`crate::uapi::prot`]).
+    pub fn snapshot(&self, addr: u64, npages: u64, out: &mut [u8]) -> Result<Counts, DmirrorError> {
+        if out.len() as u64 != checked_npages(addr, npages)? {
+            return Err(DmirrorError::BufferLength { expected: npages, got: out.len() as u64 });
+        }
+        crate::snapshot::snapshot(&self.mirror, addr, npages, out)
+    }
+
+    /// EXCLUSIVE: takes the pages for device atomics, then reads them back
+    /// into `out` (`dmirror_exclusive`).
+    pub fn exclusive(&self, addr: u64, npages: u64, out: &mut [u8]) -> Result<Counts, DmirrorError> {
+        check_buffer(addr, npages, out.len())?;
+        crate::exclusive::exclusive(&self.mirror, addr, npages, out)
+    }
+
+    /// CHECK_EXCLUSIVE: `EPERM` while a page of the range is still mapped
+    /// for atomics (`dmirror_check_atomic`).
+    pub fn check_exclusive(&self, addr: u64, npages: u64) -> Result<(), DmirrorError> {
+        checked_npages(addr, npages)?;
+        crate::exclusive::check(&self.mirror, addr, npages)
+    }
+
+    /// RELEASE: migrates all of the device's memory back to system RAM
+    /// (`dmirror_device_remove_chunks`).
+    pub fn release(&self) {
+        self.mirror.device.remove_chunks();
+    }
+
+    /// FLAGS: sets this file's flag word.
+    pub fn set_flags(&self, flags: u64) {
+        self.mirror.flags.store(flags, Ordering::Release);
+    }
+
+    /// mmap of the device file (`dmirror_fops_mmap`): `npages` zeroed pages
+    /// inserted with `vm_insert_page` into a new `VM_MIXEDMAP` mapping of
+    /// the opener. A private writable mapping gets read-only entries.
+    pub fn mmap(&self, npages: u64, prot: Prot, flags: MapFlags) -> Result<u64, DmirrorError> {
+        if npages == 0 {
+            return Err(DmirrorError::BadRange { addr: 0, npages });
+        }
+        let phys = self.mirror.mm.phys();
+        let mut pages = Vec::with_capacity(npages as usize);
+        let allocated = (0..npages).try_for_each(|_| {
+            pages.push(phys.alloc_folio(0, true).map_err(|_| DmirrorError::NoMem("pages for the mapping"))?);
+            Ok(())
+        });
+        let mapped = allocated.and_then(|()| Ok(self.mirror.mm.mmap_pages(prot, flags, &pages)?));
+        // The mapping holds its own references (or failed): the driver's go.
+        for &page in &pages {
+            phys.put(page);
+        }
+        mapped
+    }
+
+    /// Closes the file (`dmirror_fops_release`): unsubscribes, then evicts
+    /// all of the device's memory, as the newest Linux does on every close.
+    pub fn close(self) {}
+}
+
+impl Drop for DmirrorFile {
+    fn drop(&mut self) {
+        self.mirror.notifier().remove();
+        self.mirror.device.remove_chunks();
+        self.mirror.device.forget(&self.mirror);
+        self.mirror.lock_table().clear(0, TASK_SIZE);
+    }
+}
+
+/// Linux's range check: `addr` page aligned, `npages` non-zero, and the
+/// end not wrapping (`addr >= addr + (npages << PAGE_SHIFT)` is `EINVAL`;
+/// the model also refuses a page count whose byte size overflows).
+pub(crate) fn checked_npages(addr: u64, npages: u64) -> Result<u64, DmirrorError> {
+    if addr % PAGE_SIZE != 0 {
+        return Err(DmirrorError::Unaligned(addr));
+    }
+    let end = npages.checked_mul(PAGE_SIZE).and_then(|size| addr.checked_add(size));
+    match end {
+        Some(end) if end > addr => Ok(npages),
+        _ => Err(DmirrorError::BadRange { addr, npages }),
+    }
+}
+
+fn check_buffer(addr: u64, npages: u64, len: usize) -> Result<(), DmirrorError> {
+    let npages = checked_npages(addr, npages)?;
+    if len as u64 != npages * PAGE_SIZE {
+        return Err(DmirrorError::BufferLength { expected: npages * PAGE_SIZE, got: len as u64 });
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! READ and WRITE: the device copies between user memory and a buffer
+//! through its page table, and when a page is missing runs one fault round
+//! (`range_fault` in 32-page chunks inside the collision-retry loop) and
+//! tries again from that page (spec §5.5).
+//!
+//! Linux: `dmirror_read`, `dmirror_write`, `dmirror_do_read`,
+//! `dmirror_do_write`, `dmirror_fault`, `dmirror_range_fault`,
+//! `dmirror_do_fault` (`lib/test_hmm.c`).
+
+use core::ops::ControlFlow;
+
+use hmm::pfn::{hmm_pfn_to_pfn, HMM_PFN_REQ_FAULT, HMM_PFN_REQ_WRITE, HMM_PFN_WRITE};
+use hmm::{range_fault_loop, Range, HMM_RANGE_DEFAULT_TIMEOUT};
+use hmm_types::PAGE_SIZE;
+
+use crate::error::DmirrorError;
+use crate::file::{Counts, Mirror};
+use crate::table::{Access, DeviceEntry, DeviceTable};
+
+/// Pages per `range_fault` call of a fault round.
+pub(crate) const FAULT_CHUNK_PAGES: u64 = 32;
+
+const PAGE: usize = PAGE_SIZE as usize;
+
+/// Copies the device-mapped pages of `[start, end)` into `out` (page `i`
+/// of the range at `out[i * PAGE..]`, the range starting at `base`).
+/// `Err(va)`: the first page the device does not map.
+pub(crate) fn do_read(mirror: &Mirror, table: &DeviceTable, base: u64, start: u64, end: u64, out: &mut [u8]) -> Result<(), u64> {
+    let phys = mirror.mm.phys();
+    let walked = table.for_each(start, end, |va, entry| {
+        let Some(entry) = entry else { return ControlFlow::Break(va) };
+        let at = ((va - base) / PAGE_SIZE) as usize * PAGE;
+        phys.read(entry.pfn, 0, &mut out[at..at + PAGE]);
+        ControlFlow::Continue(())
+    });
+    match walked {
+        ControlFlow::Break(va) => Err(va),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+fn do_write(mirror: &Mirror, table: &DeviceTable, base: u64, start: u64, end: u64, data: &[u8]) -> Result<(), u64> {
+    let phys = mirror.mm.phys();
+    let walked = table.for_each(start, end, |va, entry| match entry {
+        Some(DeviceEntry { pfn, access: Access::Write }) => {
+            let at = ((va - base) / PAGE_SIZE) as usize * PAGE;
+            phys.write(pfn, 0, &data[at..at + PAGE]);
+            ControlFlow::Continue(())
+        }
+        _ => ControlFlow::Break(va),
+    });
+    match walked {
+        ControlFlow::Break(va) => Err(va),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// READ.
+pub(crate) fn read(mirror: &Mirror, addr: u64, npages: u64, out: &mut [u8]) -> Result<Counts, DmirrorError> {
+    copy_loop(mirror, addr, npages, false, |table, start, end| do_read(mirror, table, addr, start, end, out))
+}
+
+/// WRITE.
+pub(crate) fn write(mirror: &Mirror, addr: u64, npages: u64, data: &[u8]) -> Result<Counts, DmirrorError> {
+    copy_loop(mirror, addr, npages, true, |table, start, end| do_write(mirror, table, addr, start, end, data))
+}
+
+/// Copies under the table lock until done; each miss costs one fault round
+/// from the missing page to the end.
+fn copy_loop(
+    mirror: &Mirror,
+    addr: u64,
+    npages: u64,
+    write: bool,
+    mut copy: impl FnMut(&DeviceTable, u64, u64) -> Result<(), u64>,
+) -> Result<Counts, DmirrorError> {
+    let end = addr + npages * PAGE_SIZE;
+    let mut start = addr;
+    let mut faults = 0;
+    loop {
+        let copied = copy(&mirror.lock_table(), start, end);
+        match copied {
+            Ok(()) => return Ok(Counts { cpages: npages, faults }),
+            Err(missing) => {
+                start = missing;
+                fault(mirror, start, end, write)?;
+                faults += 1;
+            }
+        }
+    }
+}
+
+/// One fault round over `[start, end)` (`dmirror_fault`): 32 pages at a
+/// time, each mapped under the table lock after `read_retry` says the walk
+/// is still valid.
+pub(crate) fn fault(mirror: &Mirror, start: u64, end: u64, write: bool) -> Result<(), DmirrorError> {
+    // Linux's test device returns success here once the address space is
+    // gone, and READ/WRITE then loop forever; the model says so instead.
+    let user = mirror.mm_user()?;
+    let default_flags = HMM_PFN_REQ_FAULT | if write { HMM_PFN_REQ_WRITE } else { 0 };
+    let mut pfns = [0u64; FAULT_CHUNK_PAGES as usize];
+    let mut at = start;
+    while at < end {
+        let next = end.min(at + FAULT_CHUNK_PAGES * PAGE_SIZE);
+        let pfns = &mut pfns[..((next - at) / PAGE_SIZE) as usize];
+        let mut range = Range {
+            notifier: mirror.notifier(),
+            notifier_seq: 0,
+            start: at,
+            end: next,
+            hmm_pfns: pfns,
+            default_flags,
+            pfn_flags_mask: 0,
+            dev_private_owner: Some(mirror.device.owner()),
+        };
+        range_fault_loop(&user, &mut range, HMM_RANGE_DEFAULT_TIMEOUT, |range| {
+            let mut table = mirror.lock_table();
+            if range.notifier.read_retry(range.notifier_seq) {
+                return None;
+            }
+            Some(do_fault(&mut table, range, write))
+        })??;
+        at = next;
+    }
+    Ok(())
+}
+
+/// Maps what the walk found (`dmirror_do_fault`): the frame exactly as
+/// reported, writable iff `HMM_PFN_WRITE`.
+fn do_fault(table: &mut DeviceTable, range: &Range<'_>, write: bool) -> Result<(), DmirrorError> {
+    for (i, &word) in range.hmm_pfns.iter().enumerate() {
+        let va = range.start + i as u64 * PAGE_SIZE;
+        let writable = word & HMM_PFN_WRITE != 0;
+        // Only an owned read-only device-private page comes back without
+        // the write asked for (the walk never faults those).
+        if write && !writable {
+            return Err(DmirrorError::ReadOnlyForWrite(va));
+        }
+        let access = if writable { Access::Write } else { Access::Read };
+        table.set(va, DeviceEntry { pfn: hmm_pfn_to_pfn(word), access })?;
+    }
+    Ok(())
+}

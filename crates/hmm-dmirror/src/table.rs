@@ -1,0 +1,187 @@
+//! The device page table: virtual page → the frame the device reads and
+//! writes, with its rights (read, write, or atomic after EXCLUSIVE). It runs
+//! on the same radix engine as the CPU page tables, with 4K entries only.
+//! It holds **no page reference**: an entry is valid only because the
+//! mirror's notifier removes it before the CPU side frees or changes the
+//! page (spec §5.3).
+//!
+//! Every access happens under the mirror's mutex (the driver update lock),
+//! so the engine's atomics are never contended here.
+//!
+//! Linux: the `xarray pt` of `struct dmirror`, its `DPT_XA_TAG_*` tags.
+
+use core::ops::ControlFlow;
+
+use hmm_pagetable::{ArenaStore, EnsureError, Entry, LeafFlags, Level, PageTable, SwapKind, Visit};
+use hmm_types::{Pfn, PAGE_SIZE};
+
+use crate::error::DmirrorError;
+
+/// Table pages a device table may use: enough for every 4K page of 4 TiB.
+const MAX_TABLES: usize = 1 << 21;
+
+/// The rights of a device mapping (the xarray tag).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Access {
+    /// Untagged: read only.
+    Read,
+    /// `DPT_XA_TAG_WRITE`: read and write.
+    Write,
+    /// `DPT_XA_TAG_ATOMIC`: installed by EXCLUSIVE; readable, not writable
+    /// through WRITE.
+    Atomic,
+}
+
+/// One device mapping.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct DeviceEntry {
+    /// The frame holding the data.
+    pub pfn: Pfn,
+    /// What the device may do.
+    pub access: Access,
+}
+
+impl DeviceEntry {
+    fn encode(self) -> Entry {
+        match self.access {
+            Access::Atomic => Entry::swap(SwapKind::DeviceExclusive, self.pfn.0, false),
+            access => {
+                let flags = LeafFlags { write: access == Access::Write, ..LeafFlags::default() };
+                Entry::present(self.pfn, flags, false)
+            }
+        }
+    }
+
+    fn decode(entry: Entry) -> Option<Self> {
+        if entry.is_present() {
+            let access = if entry.is_write() { Access::Write } else { Access::Read };
+            Some(Self { pfn: entry.pfn(), access })
+        } else if entry.swap_kind() == Some(SwapKind::DeviceExclusive) {
+            Some(Self { pfn: entry.pfn(), access: Access::Atomic })
+        } else {
+            None
+        }
+    }
+}
+
+/// A device page table.
+pub(crate) struct DeviceTable {
+    tree: PageTable<ArenaStore>,
+    entries: u64,
+}
+
+impl core::fmt::Debug for DeviceTable {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DeviceTable").field("entries", &self.entries).finish()
+    }
+}
+
+impl DeviceTable {
+    pub(crate) fn new() -> Result<Self, DmirrorError> {
+        let tree = PageTable::new(ArenaStore::new(MAX_TABLES))
+            .map_err(|_| DmirrorError::NoMem("the device page table's root"))?;
+        Ok(Self { tree, entries: 0 })
+    }
+
+    /// Mapped pages.
+    pub(crate) fn len(&self) -> u64 {
+        self.entries
+    }
+
+    /// The mapping of the page at `va`.
+    pub(crate) fn get(&self, va: u64) -> Option<DeviceEntry> {
+        let slot = self.tree.find(va);
+        if slot.level() != Level::Pte {
+            return None;
+        }
+        DeviceEntry::decode(slot.load())
+    }
+
+    /// Maps the page at `va` (`xa_store`), replacing any mapping.
+    pub(crate) fn set(&mut self, va: u64, entry: DeviceEntry) -> Result<(), DmirrorError> {
+        let slot = match self.tree.ensure(va, Level::Pte) {
+            Ok(slot) => slot,
+            Err(EnsureError::NoMem(_)) => return Err(DmirrorError::NoMem("device page-table pages")),
+            Err(EnsureError::Leaf(_)) => unreachable!("the device table has no huge leaves"),
+        };
+        if slot.swap(entry.encode()).is_none() {
+            self.entries += 1;
+        }
+        Ok(())
+    }
+
+    /// Unmaps the page at `va`; returns whether it was mapped.
+    pub(crate) fn remove(&mut self, va: u64) -> bool {
+        let slot = self.tree.find(va);
+        let removed = slot.level() == Level::Pte && !slot.swap(Entry::NONE).is_none();
+        self.entries -= u64::from(removed);
+        removed
+    }
+
+    /// Unmaps every page in `[start, end)`; returns how many were mapped.
+    pub(crate) fn clear(&mut self, start: u64, end: u64) -> u64 {
+        let mut cleared = 0;
+        let _ = self.tree.walk(start, end, |visit| {
+            if let Visit::Slot { slot, entry } = visit {
+                if !entry.is_none() {
+                    slot.store(Entry::NONE);
+                    cleared += 1;
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        self.entries -= cleared;
+        if cleared > 0 {
+            self.tree.free_empty_tables(start, end);
+        }
+        cleared
+    }
+
+    /// Visits the pages of `[start, end)` in order with their mapping;
+    /// stops at the first `Break`.
+    pub(crate) fn for_each<B>(
+        &self,
+        start: u64,
+        end: u64,
+        mut visit: impl FnMut(u64, Option<DeviceEntry>) -> ControlFlow<B>,
+    ) -> ControlFlow<B> {
+        self.tree.walk(start, end, |v| match v {
+            Visit::Hole { start, end, .. } => {
+                for va in (start..end).step_by(PAGE_SIZE as usize) {
+                    visit(va, None)?;
+                }
+                ControlFlow::Continue(())
+            }
+            Visit::Slot { slot, entry } => visit(slot.va(), DeviceEntry::decode(entry)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_keep_their_frame_and_rights_and_clear_by_range() {
+        let mut table = DeviceTable::new().unwrap();
+        let at = |i: u64| 0x7f00_0000_0000 + i * PAGE_SIZE;
+        for (i, access) in [Access::Read, Access::Write, Access::Atomic].into_iter().enumerate() {
+            table.set(at(i as u64), DeviceEntry { pfn: Pfn(100 + i as u64), access }).unwrap();
+        }
+        assert_eq!(table.len(), 3);
+        assert_eq!(table.get(at(1)), Some(DeviceEntry { pfn: Pfn(101), access: Access::Write }));
+        assert_eq!(table.get(at(2)).unwrap().access, Access::Atomic);
+        assert_eq!(table.get(at(3)), None);
+        let mut seen = Vec::new();
+        let _ = table.for_each(at(0), at(5), |va, e| {
+            seen.push((va, e.map(|e| e.pfn.0)));
+            ControlFlow::<()>::Continue(())
+        });
+        assert_eq!(seen, vec![(at(0), Some(100)), (at(1), Some(101)), (at(2), Some(102)), (at(3), None), (at(4), None)]);
+        assert_eq!(table.clear(at(1), at(3)), 2);
+        assert_eq!(table.len(), 1);
+        assert!(table.remove(at(0)));
+        assert!(!table.remove(at(0)));
+        assert_eq!(table.len(), 0);
+    }
+}

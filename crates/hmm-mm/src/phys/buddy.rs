@@ -123,6 +123,13 @@ impl Buddy {
         }
         self.push(index, order);
     }
+
+    /// Returns many blocks, each as by [`Self::free`].
+    pub(crate) fn free_many(&mut self, blocks: impl IntoIterator<Item = (u64, u32)>) {
+        for (index, order) in blocks {
+            self.free(index, order);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +158,17 @@ mod tests {
         let mut sorted = got.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn free_many_is_free_one_by_one() {
+        let mut b = Buddy::new(1024);
+        let mut blocks: Vec<(u64, u32)> = (0..8).map(|_| (b.alloc(0).unwrap(), 0)).collect();
+        blocks.push((b.alloc(9).unwrap(), 9));
+        assert_eq!(b.free_frames(), 1024 - 520);
+        b.free_many(blocks);
+        assert_eq!(b.free_frames(), 1024);
+        assert_eq!(b.alloc(10), Some(0), "everything merged back into one block");
     }
 
     proptest! {

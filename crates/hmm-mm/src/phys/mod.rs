@@ -17,6 +17,7 @@ mod access;
 mod buddy;
 mod bytes;
 mod frame;
+mod free_batch;
 mod hugetlb;
 mod pagemap;
 mod refcount;
@@ -30,6 +31,7 @@ use hmm_pagetable::{TableId, TableStore, TableStoreFull, ENTRIES_PER_TABLE};
 use hmm_types::{Pfn, PAGE_SIZE};
 
 pub use frame::{FrameMeta, PageFlags};
+pub use free_batch::FreeBatch;
 pub use hugetlb::HugetlbStats;
 pub use pagemap::{MemoryType, Pagemap, PagemapOps};
 

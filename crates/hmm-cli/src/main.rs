@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod demo;
 mod render;
 
@@ -29,6 +30,8 @@ enum Command {
         #[command(subcommand)]
         which: demo::Which,
     },
+    /// Measure the model against this machine's own limits, with targets.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
     let out = render::Out::new(cli.no_color);
     let result = match cli.command {
         Command::Demo { which } => demo::run(which, &out),
+        Command::Bench(args) => bench::run(args, &out).map_err(|e| demo::DemoError(e.to_string())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,6 +24,12 @@ impl Out {
         Self { color }
     }
 
+    /// True when output is coloured (a terminal, colour not disabled):
+    /// the cue for drawing progress bars too.
+    pub fn is_color(&self) -> bool {
+        self.color
+    }
+
     fn paint(&self, style: &str, text: &str) -> String {
         if self.color {
             format!("{style}{text}{RESET}")

@@ -24,6 +24,9 @@ pub(crate) struct Buddy {
 }
 
 impl Buddy {
+    /// Bookkeeping bytes per frame (`free_order`).
+    pub(crate) const BYTES_PER_FRAME: usize = core::mem::size_of::<u8>();
+
     /// Every frame free.
     pub(crate) fn new(nr_frames: u64) -> Self {
         let mut buddy = Self {

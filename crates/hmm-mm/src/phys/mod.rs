@@ -247,6 +247,14 @@ impl PhysMem {
         self.stats.page_tables.load(Ordering::Relaxed)
     }
 
+    /// Bytes of bookkeeping the model keeps for every frame of system RAM,
+    /// in use or not: its [`FrameMeta`] (Linux's `struct page`) and the
+    /// buddy allocator's free-order byte. Page tables come on top, as
+    /// frames ([`Self::page_table_frames`]).
+    pub const fn ram_metadata_bytes_per_frame() -> u64 {
+        (core::mem::size_of::<FrameMeta>() + Buddy::BYTES_PER_FRAME) as u64
+    }
+
     fn init_folio(&self, head: Pfn, order: u32) {
         self.meta(head).init_head(order);
         for i in 1..(1u64 << order) {
@@ -287,6 +295,12 @@ impl TableStore for PhysMem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_per_frame_is_frame_meta_plus_the_buddy_byte() {
+        assert_eq!(core::mem::size_of::<FrameMeta>(), 32);
+        assert_eq!(PhysMem::ram_metadata_bytes_per_frame(), 33);
+    }
 
     #[test]
     fn alloc_put_returns_frames() {

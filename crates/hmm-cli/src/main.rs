@@ -7,6 +7,7 @@
 mod bench;
 mod demo;
 mod render;
+mod selftest;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,9 @@ enum Command {
         #[command(subcommand)]
         which: demo::Which,
     },
+    /// Run Linux's HMM selftests (and the DAX conformance tests) on the
+    /// dmirror reference device.
+    Selftest(selftest::Args),
     /// Measure the model against this machine's own limits, with targets.
     Bench(bench::Args),
 }
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
     let out = render::Out::new(cli.no_color);
     let result = match cli.command {
         Command::Demo { which } => demo::run(which, &out),
+        Command::Selftest(args) => selftest::run(&args, &out),
         Command::Bench(args) => bench::run(args, &out).map_err(|e| demo::DemoError(e.to_string())),
     };
     match result {

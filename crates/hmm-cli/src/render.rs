@@ -17,6 +17,17 @@ const RED: &str = "\x1b[31m";
 const DIM: &str = "\x1b[2m";
 const RESET: &str = "\x1b[0m";
 
+/// The three kinds of test result line.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TestLine {
+    /// Passed.
+    Ok,
+    /// Failed.
+    NotOk,
+    /// Skipped.
+    Skip,
+}
+
 impl Out {
     /// Colour only on a terminal, unless disabled.
     pub fn new(no_color: bool) -> Self {
@@ -61,6 +72,21 @@ impl Out {
     /// Commentary.
     pub fn note(&self, text: &str) {
         println!("    {}", self.paint(DIM, text));
+    }
+
+    /// One test's result line: `ok`, `not ok` or `skip`, then the text.
+    pub fn test_line(&self, result: TestLine, text: &str) {
+        let (tag, style) = match result {
+            TestLine::Ok => ("ok", GREEN),
+            TestLine::NotOk => ("not ok", RED),
+            TestLine::Skip => ("skip", YELLOW),
+        };
+        println!("{} {text}", self.paint(style, tag));
+    }
+
+    /// A plain line.
+    pub fn line(&self, text: &str) {
+        println!("{text}");
     }
 
     /// A failure of the command itself.

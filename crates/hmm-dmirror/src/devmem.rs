@@ -78,7 +78,13 @@ impl PagemapOps for ChunkOps {
 }
 
 impl DeviceMemory {
-    pub(crate) fn new(kind: MemoryKind, owner: Owner, kernel: Arc<Kernel>, chunk_pages: u64, max_chunks: usize) -> Self {
+    pub(crate) fn new(
+        kind: MemoryKind,
+        owner: Owner,
+        kernel: Arc<Kernel>,
+        chunk_pages: u64,
+        max_chunks: usize,
+    ) -> Self {
         Self { kind, owner, kernel, chunk_pages, max_chunks, pools: Mutex::new(Pools::default()) }
     }
 

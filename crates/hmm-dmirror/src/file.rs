@@ -118,9 +118,15 @@ impl IntervalNotifierOps for Mirror {
             }
         };
         subscription.set_seq(cur_seq);
-        if !own_migrate {
-            table.clear(range.start, range.end.saturating_add(PAGE_SIZE).min(TASK_SIZE));
+        if own_migrate {
+            return true;
         }
+        // Linux's inclusive end, except on this device's own MIGRATE: Linux
+        // skips those events entirely, so the page after a migrated range
+        // keeps its entry there.
+        let own_device = range.event == Event::Migrate && range.owner == Some(self.device.owner());
+        let end = if own_device { range.end } else { range.end.saturating_add(PAGE_SIZE).min(TASK_SIZE) };
+        table.clear(range.start, end);
         true
     }
 }

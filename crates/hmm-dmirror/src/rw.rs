@@ -25,7 +25,14 @@ const PAGE: usize = PAGE_SIZE as usize;
 /// Copies the device-mapped pages of `[start, end)` into `out` (page `i`
 /// of the range at `out[i * PAGE..]`, the range starting at `base`).
 /// `Err(va)`: the first page the device does not map.
-pub(crate) fn do_read(mirror: &Mirror, table: &DeviceTable, base: u64, start: u64, end: u64, out: &mut [u8]) -> Result<(), u64> {
+pub(crate) fn do_read(
+    mirror: &Mirror,
+    table: &DeviceTable,
+    base: u64,
+    start: u64,
+    end: u64,
+    out: &mut [u8],
+) -> Result<(), u64> {
     let phys = mirror.mm.phys();
     let walked = table.for_each(start, end, |va, entry| {
         let Some(entry) = entry else { return ControlFlow::Break(va) };

@@ -177,7 +177,10 @@ mod tests {
             seen.push((va, e.map(|e| e.pfn.0)));
             ControlFlow::<()>::Continue(())
         });
-        assert_eq!(seen, vec![(at(0), Some(100)), (at(1), Some(101)), (at(2), Some(102)), (at(3), None), (at(4), None)]);
+        assert_eq!(
+            seen,
+            vec![(at(0), Some(100)), (at(1), Some(101)), (at(2), Some(102)), (at(3), None), (at(4), None)]
+        );
         assert_eq!(table.clear(at(1), at(3)), 2);
         assert_eq!(table.len(), 1);
         assert!(table.remove(at(0)));

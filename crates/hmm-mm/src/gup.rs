@@ -18,10 +18,11 @@ use bitflags::bitflags;
 use hmm_types::{Pfn, VaRange, VmFlags, PAGE_SIZE};
 
 use crate::cpu::translate_or_fault;
+use crate::device::{migrate_pfn, migrate_pfn_to_pfn, MigrateDevice};
 use crate::error::{FaultError, MmError, SegvReason};
 use crate::fs::InodeKind;
 use crate::mm::Mm;
-use crate::phys::PhysMem;
+use crate::phys::{MemoryType, PhysMem};
 
 /// References a pin adds (`GUP_PIN_COUNTING_BIAS`).
 pub const GUP_PIN_COUNTING_BIAS: u32 = 1024;
@@ -85,7 +86,34 @@ impl Mm {
         Ok(PinnedPages { phys: self.phys().clone(), pfns })
     }
 
+    /// GUP proper; a long-term pin first moves the device-coherent pages it
+    /// found to system RAM and tries again (`check_and_migrate_movable_pages`
+    /// with `migrate_device_coherent_folio`): device memory must stay free
+    /// for its device.
     fn gup(&self, start: u64, nr_pages: u64, flags: FollFlags) -> Result<Vec<Pfn>, MmError> {
+        const TRIES: usize = 8;
+        for _ in 0..TRIES {
+            let taken = self.gup_once(start, nr_pages, flags)?;
+            if !flags.contains(FollFlags::LONGTERM) {
+                return Ok(taken);
+            }
+            let phys = self.phys();
+            let coherent: Vec<Pfn> =
+                taken.iter().copied().filter(|&p| phys.memory_type(p) == MemoryType::DeviceCoherent).collect();
+            if coherent.is_empty() {
+                return Ok(taken);
+            }
+            for pfn in taken {
+                phys.put(pfn);
+            }
+            for pfn in coherent {
+                migrate_coherent_page(self.kernel(), pfn)?;
+            }
+        }
+        Err(MmError::Busy("device-coherent pages keep coming back under a long-term pin"))
+    }
+
+    fn gup_once(&self, start: u64, nr_pages: u64, flags: FollFlags) -> Result<Vec<Pfn>, MmError> {
         self.check_alive()?;
         let len = nr_pages.checked_mul(PAGE_SIZE).ok_or(MmError::Invalid("page count overflows"))?;
         let range = VaRange::new(start, len).map_err(MmError::from_range)?;
@@ -120,6 +148,26 @@ impl Mm {
             }
         }
     }
+}
+
+/// Moves one device-coherent page to a new system page wherever it is
+/// mapped (`migrate_device_coherent_folio`). Large coherent folios are left
+/// in place (the caller then retries and gives up with `EBUSY`).
+fn migrate_coherent_page(kernel: &Arc<crate::Kernel>, pfn: Pfn) -> Result<(), MmError> {
+    let phys = kernel.phys();
+    if phys.folio_order(pfn) > 0 {
+        return Ok(());
+    }
+    let mut migrate = MigrateDevice::setup(kernel, pfn, 1)?;
+    if let Some(src) = migrate_pfn_to_pfn(migrate.src[0]) {
+        let dst = phys.alloc_folio(0, false)?;
+        phys.meta(dst).try_lock();
+        phys.copy_frames(dst, src, 1);
+        migrate.dst[0] = migrate_pfn(dst);
+    }
+    migrate.pages();
+    migrate.finalize();
+    Ok(())
 }
 
 impl PhysMem {

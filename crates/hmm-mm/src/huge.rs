@@ -16,6 +16,7 @@ use hmm_types::Event;
 
 use crate::error::MmError;
 use crate::mm::Mm;
+use crate::phys::MemoryType;
 use crate::zap::{release_entry, Gather};
 
 /// Splits the huge leaf `entry` held by `slot`. Returns `Ok(false)` if the
@@ -26,7 +27,8 @@ pub(crate) fn split_huge_leaf(mm: &Mm, slot: Slot<'_>, entry: Entry) -> Result<b
     let va = slot.va();
     let invalidation = mm.notifiers().start(mm.id(), va, va + slot.level().entry_bytes(), Event::Clear);
     let pt = mm.pgtable();
-    let split = if entry.is_present() && phys.memory_type(entry.pfn()).is_zone_device() {
+    let dax = entry.is_present() && matches!(phys.memory_type(entry.pfn()), MemoryType::FsDax | MemoryType::Generic);
+    let split = if dax {
         // A DAX leaf is not split into smaller entries: it is removed whole
         // and the remaining part refaults, as `__split_huge_pmd` does for
         // file-backed leaves.
@@ -66,6 +68,11 @@ pub(crate) fn split_huge_leaf(mm: &Mm, slot: Slot<'_>, entry: Entry) -> Result<b
         if !done {
             phys.map_sub(entry.pfn(), extra as i32);
             phys.put_many(entry.pfn(), extra);
+        } else {
+            // The device folio splits too when nothing else holds it (as
+            // the driver's `folio_split` lets Linux do), so each page can
+            // later move, be unmapped or be copied on its own.
+            phys.split_folio(entry.pfn());
         }
         done
     } else {

@@ -47,16 +47,14 @@ impl ArenaStore {
         self.chunks.iter().filter(|c| c.get().is_some()).count() * CHUNK_TABLES * core::mem::size_of::<Table>()
     }
     fn chunk(&self, index: usize) -> &[Table] {
-        self.chunks[index].get_or_init(|| (0..CHUNK_TABLES).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect())
+        self.chunks[index]
+            .get_or_init(|| (0..CHUNK_TABLES).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect())
     }
 }
 
 impl core::fmt::Debug for ArenaStore {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ArenaStore")
-            .field("capacity", &self.capacity)
-            .field("in_use", &self.tables_in_use())
-            .finish()
+        f.debug_struct("ArenaStore").field("capacity", &self.capacity).field("in_use", &self.tables_in_use()).finish()
     }
 }
 

@@ -10,8 +10,8 @@ use hmm_dmirror::{Dmirror, DmirrorConfig, DmirrorFile, HmmDmirrorCmd};
 use hmm_mm::{Kernel, KernelConfig, Mm, MmError, ThpMode};
 use hmm_types::{Errno, MadviseAdvice, MapFlags, Prot, PAGE_SIZE};
 
+use crate::ok;
 use crate::verdict::{Fail, Verdict};
-use crate::{check, ok};
 
 /// `HMM_BUFFER_SIZE`.
 pub const HMM_BUFFER_SIZE: u64 = 1024 << 12;
@@ -247,7 +247,9 @@ impl Ctx {
         };
         let kernel = Kernel::new(config).map_err(|e| mm_fail("boot", e))?;
         let module = DmirrorConfig { coherent: setup.coherent, ..DmirrorConfig::default() };
-        let dmirror = Arc::new(Dmirror::probe(&kernel, module).map_err(|e| Fail::failed(format!("probe: {e}"), file!(), line!()))?);
+        let dmirror = Arc::new(
+            Dmirror::probe(&kernel, module).map_err(|e| Fail::failed(format!("probe: {e}"), file!(), line!()))?,
+        );
         let mm = kernel.create_mm().map_err(|e| mm_fail("create the process", e))?;
         let process = Process { mm };
         let mut files = Vec::new();
@@ -391,8 +393,14 @@ pub fn pmd_pagesize() -> u64 {
     TWOMEG
 }
 
-/// Checks a command returned 0.
+/// Checks a command returned 0 (failures name the caller's line).
+#[track_caller]
 pub fn check_ok(result: Result<(), Errno>) -> Verdict {
-    check!(result.is_ok(), "the command failed: {:?}", result);
-    Ok(())
+    match result {
+        Ok(()) => Ok(()),
+        Err(errno) => {
+            let at = std::panic::Location::caller();
+            Err(Fail::failed(format!("the command failed: {errno}"), at.file(), at.line()))
+        }
+    }
 }

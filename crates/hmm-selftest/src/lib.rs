@@ -160,11 +160,7 @@ pub fn run_one(setup: &Setup, instance: &Instance) -> Report {
 }
 
 /// Runs every instance matching `filter`, calling `report` after each.
-pub fn run(
-    filter: Option<&str>,
-    setup: &Setup,
-    mut report: impl FnMut(&Instance, &Report),
-) -> Summary {
+pub fn run(filter: Option<&str>, setup: &Setup, mut report: impl FnMut(&Instance, &Report)) -> Summary {
     let mut summary = Summary::default();
     for instance in instances(filter) {
         let result = run_one(setup, &instance);

@@ -2,9 +2,9 @@
 //!
 //! With `MigrateSelect::COMPOUND`, every 2 MiB-aligned block of the range
 //! that is an empty PMD, the huge zero page, a PMD-mapped anonymous THP or
-//! a device-private PMD (mapped once) is collected as one `COMPOUND` entry
-//! followed by 511 zero placeholders; a THP or device PMD is unmapped behind
-//! one PMD migration entry. If the driver gives a compound destination the
+//! a device-private or device-coherent PMD of the owner (mapped once) is
+//! collected as one `COMPOUND` entry followed by 511 zero placeholders; a
+//! THP or device PMD is unmapped behind one PMD migration entry. If the driver gives a compound destination the
 //! block moves whole; if it gives 4K pages instead (a large allocation
 //! failed) the source is split and each page moves alone.
 //!
@@ -52,12 +52,19 @@ impl MigrateVma {
                 if slot.level() != Level::Pmd || phys.folio_counts(entry.pfn()) != (refs, 1) {
                     return false;
                 }
+                let owned = phys.pagemap(entry.pfn()).and_then(|p| p.owner()) == Some(self.pgmap_owner);
                 if entry.is_present() {
-                    system && phys.memory_type(entry.pfn()) == MemoryType::System && phys.folio_order(entry.pfn()) == 9
+                    let coherent = self.flags.contains(MigrateSelect::DEVICE_COHERENT) && owned;
+                    let selected = match phys.memory_type(entry.pfn()) {
+                        MemoryType::System => system,
+                        MemoryType::DeviceCoherent => coherent,
+                        _ => false,
+                    };
+                    selected && phys.folio_order(entry.pfn()) == 9
                 } else {
                     entry.swap_kind().is_some_and(|k| k.is_device_private())
                         && self.flags.contains(MigrateSelect::DEVICE_PRIVATE)
-                        && phys.pagemap(entry.pfn()).and_then(|p| p.owner()) == Some(self.pgmap_owner)
+                        && owned
                 }
             })
             .collect()

@@ -11,7 +11,7 @@
 use core::ops::ControlFlow;
 use std::sync::Arc;
 
-use hmm_pagetable::{EnsureError, SwapKind, Visit};
+use hmm_pagetable::{EnsureError, Level, SwapKind, Visit};
 use hmm_types::{Event, VmFlags, TASK_SIZE};
 
 use crate::error::MmError;
@@ -48,6 +48,7 @@ impl Mm {
             if refaults || !has_entries(self, vma.start, vma.end) {
                 continue;
             }
+            split_device_private_pmds(self, vma.start, vma.end)?;
             let invalidation = vma
                 .is_cow_mapping()
                 .then(|| self.notifiers().start(self.id(), vma.start, vma.end, Event::ProtectionPage));
@@ -58,6 +59,30 @@ impl Mm {
         drop(child_guard);
         Ok(child)
     }
+}
+
+/// Device-private PMDs of `[start, end)` become 512 PTEs and their device
+/// folios order-0 pages before the copy, so that each process can later
+/// bring back (and copy on write) the pages it touches, one at a time: a
+/// device THP mapped by two processes could otherwise move neither whole
+/// nor in parts.
+fn split_device_private_pmds(mm: &Mm, start: u64, end: u64) -> Result<(), MmError> {
+    let mut found = Vec::new();
+    let _ = mm.pgtable().walk(start, end, |visit| {
+        if let Visit::Slot { slot, entry } = visit {
+            if slot.level() == Level::Pmd && entry.swap_kind().is_some_and(|k| k.is_device_private()) {
+                found.push((slot.va(), entry));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    for (va, entry) in found {
+        let slot = mm.pgtable().find(va);
+        if slot.level() == Level::Pmd && crate::huge::split_huge_leaf(mm, slot, entry)? {
+            mm.phys().split_folio(entry.pfn());
+        }
+    }
+    Ok(())
 }
 
 /// Copies the entries of `[start, end)` into `child`, write-protecting both

@@ -9,7 +9,7 @@ use core::sync::atomic::Ordering;
 
 use hmm_types::Pfn;
 
-use super::{PageFlags, PhysMem};
+use super::{MemoryType, PageFlags, PhysMem};
 
 impl PhysMem {
     /// Takes a reference on the folio containing `pfn` (`folio_get`).
@@ -52,7 +52,8 @@ impl PhysMem {
         refcount.compare_exchange(expected, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
-    /// Splits a PTE-mapped anonymous folio of RAM into order-0 pages
+    /// Splits a PTE-mapped anonymous folio of RAM or device memory into
+    /// order-0 pages
     /// (`split_folio`), when every page is mapped the same number of times
     /// and nothing else references it; returns whether it split. The count
     /// is frozen meanwhile, so speculative lookups fail and retry.
@@ -62,7 +63,12 @@ impl PhysMem {
         let nr = 1u32 << order;
         let (refcount, mapcount) = (meta.refcount(), meta.mapcount());
         let uniform = order > 0 && mapcount > 0 && refcount == mapcount as u32 && refcount % nr == 0;
-        if !uniform || self.region(head).pagemap.is_some() || !self.ref_freeze(head, refcount) {
+        // RAM and device memory a driver migrates split; DAX blocks do not.
+        let splittable = matches!(
+            self.memory_type(head),
+            MemoryType::System | MemoryType::DevicePrivate | MemoryType::DeviceCoherent
+        );
+        if !uniform || !splittable || !self.ref_freeze(head, refcount) {
             return false;
         }
         let per = refcount / nr;

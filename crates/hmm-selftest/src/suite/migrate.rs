@@ -7,8 +7,8 @@ use hmm_types::{Errno, MapFlags, Prot};
 
 use super::anon::check_counts;
 use crate::harness::{
-    check_ints, check_ok, hmm_dmirror_cmd, hmm_migrate_dev_to_sys, hmm_migrate_sys_to_dev, Ctx, ExitStatus,
-    ANON, HMM_BUFFER_SIZE, NTIMES, SHARED_ANON, SIGKILL,
+    check_ints, check_ok, hmm_dmirror_cmd, hmm_migrate_dev_to_sys, hmm_migrate_sys_to_dev, Ctx, ExitStatus, ANON,
+    HMM_BUFFER_SIZE, NTIMES, SHARED_ANON, SIGKILL,
 };
 use crate::verdict::Verdict;
 use crate::{check, check_eq, ok};

@@ -9,8 +9,8 @@ use hmm_mm::proc_pagemap::{PM_PRESENT, PM_SWAP};
 use hmm_types::{MadviseAdvice, MremapFlags, Prot};
 
 use crate::harness::{
-    align_window, check_ints, check_ok, hmm_dmirror_cmd, hmm_migrate_dev_to_sys, hmm_migrate_sys_to_dev,
-    pmd_pagesize, Ctx, HmmBuffer, ANON,
+    align_window, check_ints, check_ok, hmm_dmirror_cmd, hmm_migrate_dev_to_sys, hmm_migrate_sys_to_dev, pmd_pagesize,
+    Ctx, HmmBuffer, ANON,
 };
 use crate::verdict::Verdict;
 use crate::{check, check_eq, ok, Fail};

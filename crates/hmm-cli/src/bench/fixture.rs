@@ -1,6 +1,8 @@
 //! The machines and mappings the categories measure: a populated mapping
 //! of each leaf kind with one subscription over it ([`Populated`]), and an
-//! untouched anonymous range to fault ([`Untouched`]). Each fixture boots
+//! untouched anonymous range to fault ([`Untouched`]), a populated
+//! anonymous range with the reference device loaded beside it
+//! ([`DmirrorRange`]). Each fixture boots
 //! its own machine, sized to what it maps, so nothing else shares it.
 
 use std::path::PathBuf;
@@ -9,13 +11,14 @@ use std::time::Duration;
 
 use hmm::pfn::{hmm_pfn_to_map_order, HMM_PFN_REQ_FAULT, HMM_PFN_REQ_WRITE, HMM_PFN_VALID, HMM_PFN_WRITE};
 use hmm::IntervalNotifier;
+use hmm_dmirror::{Dmirror, DmirrorConfig, DmirrorFile};
 use hmm_mm::devdax::DevDax;
 use hmm_mm::fs::DaxFs;
 use hmm_mm::gup::FollFlags;
 use hmm_mm::testing::{leaf, temp_path};
 use hmm_mm::{Kernel, KernelConfig, Mm, ThpMode};
 use hmm_pagetable::Level;
-use hmm_types::{MapFlags, PageSize, Prot, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PUD_SIZE};
+use hmm_types::{MadviseAdvice, MapFlags, PageSize, Prot, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PUD_SIZE};
 
 use super::device::{walk, NoDevice};
 use super::measure::time;
@@ -237,5 +240,98 @@ impl Untouched {
 impl Drop for Untouched {
     fn drop(&mut self) {
         self.notifier.remove();
+    }
+}
+
+/// A populated private anonymous range at `REGION`, in 4 KiB pages
+/// (`MADV_NOHUGEPAGE`) or 2 MiB THPs (`MADV_HUGEPAGE`, aligned; the machine's
+/// THP mode is `madvise`), and `hmm-dmirror` loaded on the same machine
+/// (devices 0 and 1 device-private, 2 and 3 device-coherent).
+pub struct DmirrorRange {
+    pub mm: Arc<Mm>,
+    pub dmirror: Dmirror,
+    pub len: u64,
+    /// What the range holds (not a constant, so a misplaced page shows).
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for DmirrorRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DmirrorRange").field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
+impl DmirrorRange {
+    /// Maps, advises, writes every byte and checks the leaves; then probes
+    /// the devices.
+    pub fn new(len: u64, huge: bool) -> Result<Self, BenchError> {
+        // Room for the range twice over: migration back allocates before
+        // the device pages are freed.
+        let kernel = machine(2 * len, ThpMode::Madvise, 0)?;
+        let mm = kernel.create_mm()?;
+        mm.mmap(REGION, len, Prot::RW, ANON_FIXED)?;
+        mm.madvise(REGION, len, if huge { MadviseAdvice::HugePage } else { MadviseAdvice::NoHugePage })?;
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / PAGE_SIZE + 1) as u8).collect();
+        mm.write_bytes(REGION, &data)?;
+        check_leaves(&mm, REGION, len, if huge { Level::Pmd } else { Level::Pte })?;
+        let dmirror = Dmirror::probe(&kernel, DmirrorConfig::default())?;
+        Ok(Self { mm, dmirror, len, data })
+    }
+
+    /// 4 KiB pages.
+    pub fn npages(&self) -> u64 {
+        self.len >> PAGE_SHIFT
+    }
+
+    /// Opens `/dev/hmm_dmirror<minor>` from the range's process.
+    pub fn open(&self, minor: usize) -> Result<DmirrorFile, BenchError> {
+        Ok(self.dmirror.device(minor)?.open(&self.mm)?)
+    }
+}
+
+/// A zeroed host buffer whose first byte is page aligned, as a driver's
+/// DMA buffer is. (A large `Vec` starts 16 bytes into a page; copying
+/// whole pages from page-aligned frames to such a buffer runs at about half
+/// of memcpy's speed on AVX-512 hosts, stores then splitting cache lines,
+/// which is the host's cost, not the model's.)
+#[derive(Debug)]
+pub struct AlignedBuf {
+    storage: Vec<u8>,
+    offset: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// `len` bytes, each written once (no host fault in a timed run).
+    pub fn new(len: u64) -> Self {
+        let len = len as usize;
+        let page = PAGE_SIZE as usize;
+        let storage = vec![1u8; len + page];
+        let offset = storage.as_ptr().align_offset(page);
+        Self { storage, offset, len }
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.storage[self.offset..self.offset + self.len]
+    }
+
+    /// The bytes, to fill.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.offset..self.offset + self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_aligned_buffer_starts_on_a_page_and_has_its_length() {
+        for len in [0, 1, PAGE_SIZE, 3 * PAGE_SIZE + 5] {
+            let mut buf = AlignedBuf::new(len);
+            assert_eq!(buf.bytes().len() as u64, len);
+            assert_eq!(buf.bytes_mut().as_ptr() as u64 % PAGE_SIZE, 0);
+        }
     }
 }

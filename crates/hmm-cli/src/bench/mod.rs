@@ -8,7 +8,8 @@
 //! module turns a [`Mode`] into [`Case`]s, each case into [`Row`]s. Files:
 //! `measure.rs` (timing, medians, ratio and slope), `limits.rs` (the
 //! limits), `fixture.rs` and `device.rs` (machines, mappings, a flat
-//! mirroring device), one file per category, `report.rs` (table and JSON),
+//! mirroring device, the reference device `hmm-dmirror` over a populated
+//! range), one file per category, `report.rs` (table and JSON),
 //! `progress.rs` (bar or lines).
 
 mod device;
@@ -21,7 +22,6 @@ mod measure;
 mod migrate;
 mod overhead;
 mod pin;
-mod private_device;
 mod progress;
 mod report;
 mod scaling;
@@ -140,7 +140,7 @@ macro_rules! bench_error_from {
     )*};
 }
 
-bench_error_from!(hmm::HmmError, hmm_types::Errno, hmm_mm::MmError, std::io::Error);
+bench_error_from!(hmm::HmmError, hmm_types::Errno, hmm_mm::MmError, hmm_dmirror::DmirrorError, std::io::Error);
 
 /// One measurement: a label for the progress display and the work.
 pub struct Case {

@@ -330,6 +330,35 @@ impl MigrateVma {
     }
 }
 
+/// Splits the large folios mapped by PTEs in `[start, end)` (a THP whose
+/// PMD was split by mprotect, mremap or munmap), so their pages can be
+/// collected one by one; best effort, as Linux's `split_folio` in the
+/// collection.
+fn split_pte_mapped_folios(mm: &Mm, start: u64, end: u64) {
+    let phys = mm.phys();
+    let mut heads = Vec::new();
+    let _ = mm.pgtable().walk(start, end, |visit| {
+        if let Visit::Slot { slot, entry } = visit {
+            let candidate = slot.level() == hmm_pagetable::Level::Pte
+                && entry.is_present()
+                && !entry.is_special()
+                && !phys.is_zero_pfn(entry.pfn())
+                && matches!(phys.memory_type(entry.pfn()), MemoryType::System | MemoryType::DeviceCoherent)
+                && phys.folio_order(entry.pfn()) > 0;
+            if candidate {
+                let head = phys.folio_head(entry.pfn());
+                if heads.last() != Some(&head) {
+                    heads.push(head);
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    for head in heads {
+        phys.split_folio(head);
+    }
+}
+
 /// Splits every huge leaf in `[start, end)` so pages are collected one by
 /// one: a PMD-mapped THP becomes 512 PTEs and, if nothing else holds it,
 /// 512 order-0 pages (a folio that cannot split is skipped, as Linux skips
@@ -346,7 +375,10 @@ fn split_leaves(mm: &Mm, start: u64, end: u64, whole: &[u64]) -> Result<(), MmEr
             }
             _ => ControlFlow::Continue(()),
         });
-        let Some((va, entry)) = huge else { return Ok(()) };
+        let Some((va, entry)) = huge else {
+            split_pte_mapped_folios(mm, start, end);
+            return Ok(());
+        };
         let slot = mm.pgtable().find(va);
         split_huge_leaf(mm, slot, entry)?;
         if entry.is_present() && !mm.phys().is_zero_pfn(entry.pfn()) {

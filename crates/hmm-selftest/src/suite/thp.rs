@@ -124,12 +124,16 @@ pub(crate) fn migrate_remap_fault(ctx: &Ctx) -> Verdict {
         for dont_unmap in [false, true] {
             for advice in [MadviseAdvice::HugePage, MadviseAdvice::NoHugePage] {
                 for offset in [0, size / 4, size / 2] {
+                    // The mirror first, as Linux's test mallocs it before
+                    // the mapping: made later, it could land in the hole the
+                    // mremap then fills.
+                    let mirror = cpu.mmap(size, Prot::RW, ANON)?;
                     let map = cpu.mmap(8 * size, Prot::RW, ANON)?;
                     let old = align_window(map, size);
                     cpu.madvise(old, size, advice)?;
                     cpu.munmap(old + size, 2 * size)?;
                     let npages = size >> ctx.page_shift;
-                    let mut buffer = ctx.buffer_at(old, size)?;
+                    let mut buffer = HmmBuffer { ptr: old, mirror, size, cpages: 0, faults: 0 };
                     cpu.write_ints(buffer.ptr, buffer.ints(), |i| i as i32)?;
                     let mut flags = MremapFlags::MAYMOVE | MremapFlags::FIXED;
                     if dont_unmap {

@@ -1,0 +1,168 @@
+//! The device's own contract, beyond the conformance suite: the ioctl
+//! prologue's argument checks, the errors of bad input (with the command
+//! block untouched), the SNAPSHOT encoding, the quirks kept or changed
+//! (inclusive-end invalidation, an exited address space, a second file of
+//! the same device), and the allocation counters.
+
+use std::sync::Arc;
+
+use hmm::pfn::{HMM_PFN_ERROR, HMM_PFN_VALID, HMM_PFN_WRITE};
+use hmm_dmirror::uapi::{prot, HMM_DMIRROR_FLAGS, HMM_DMIRROR_READ};
+use hmm_dmirror::{mkentry, Dmirror, DmirrorConfig, DmirrorError, HmmDmirrorCmd};
+use hmm_mm::{Kernel, KernelConfig, Mm, ThpMode};
+use hmm_types::{Errno, MadviseAdvice, MapFlags, Owner, Prot, PAGE_SIZE};
+
+const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+const PAGE: u64 = PAGE_SIZE;
+
+fn machine() -> (Arc<Kernel>, Dmirror, Arc<Mm>) {
+    let kernel = Kernel::new(KernelConfig { ram_bytes: 256 << 20, thp: ThpMode::Never, ..KernelConfig::default() })
+        .expect("boot");
+    let config = DmirrorConfig { chunk_pages: 4096, ..DmirrorConfig::default() };
+    let dmirror = Dmirror::probe(&kernel, config).expect("probe");
+    let mm = kernel.create_mm().expect("process");
+    (kernel, dmirror, mm)
+}
+
+fn filled(mm: &Mm, npages: u64) -> u64 {
+    let va = mm.mmap(0, npages * PAGE, Prot::RW, ANON).unwrap();
+    for i in 0..npages {
+        mm.write_u64(va + i * PAGE, 0x1000 + i).unwrap();
+    }
+    va
+}
+
+#[test]
+fn the_prologue_rejects_bad_arguments_and_leaves_the_command_block_alone() {
+    let (_k, dmirror, mm) = machine();
+    let fd = dmirror.device(0).unwrap().open(&mm).unwrap();
+    let va = filled(&mm, 2);
+    let out = mm.mmap(0, 2 * PAGE, Prot::RW, ANON).unwrap();
+    let cases = [
+        (HMM_DMIRROR_READ, HmmDmirrorCmd { addr: va + 8, ptr: out, npages: 1, cpages: 7, faults: 7 }),
+        (HMM_DMIRROR_READ, HmmDmirrorCmd { addr: va, ptr: out, npages: 0, cpages: 7, faults: 7 }),
+        (HMM_DMIRROR_READ, HmmDmirrorCmd { addr: va, ptr: out, npages: u64::MAX / 2, cpages: 7, faults: 7 }),
+        (0xC028_4809, HmmDmirrorCmd { addr: va, ptr: out, npages: 1, cpages: 7, faults: 7 }),
+        // FLAGS carries its flag word in npages, and the range check applies.
+        (HMM_DMIRROR_FLAGS, HmmDmirrorCmd { addr: va, ptr: out, npages: 0, cpages: 7, faults: 7 }),
+    ];
+    for (request, cmd) in cases {
+        let mut given = cmd;
+        let error = fd.ioctl(request, &mut given).expect_err("bad arguments");
+        assert_eq!(error.errno(), Errno::Inval, "{request:#x} {cmd:?}: {error}");
+        assert_eq!(given, cmd, "on error the block is not copied back");
+    }
+    assert!(matches!(fd.read(va, 2, &mut [0u8; 100]), Err(DmirrorError::BufferLength { .. })));
+    // A user buffer that is not mapped: EFAULT, nothing copied back.
+    let mut cmd = HmmDmirrorCmd { addr: va, ptr: 0x1000, npages: 2, cpages: 7, faults: 7 };
+    assert_eq!(fd.ioctl(HMM_DMIRROR_READ, &mut cmd).map_err(|e| e.errno()), Err(Errno::Fault));
+    assert_eq!((cmd.cpages, cmd.faults), (7, 7));
+    // The good command reports its counters (no fault round: the failed
+    // one above had filled the device table before its copy-out failed).
+    let mut cmd = HmmDmirrorCmd { addr: va, ptr: out, npages: 2, cpages: 7, faults: 7 };
+    fd.ioctl(HMM_DMIRROR_READ, &mut cmd).unwrap();
+    assert_eq!((cmd.cpages, cmd.faults), (2, 0));
+    assert_eq!(mm.read_u64(out + PAGE).unwrap(), 0x1001);
+}
+
+#[test]
+fn an_access_outside_any_mapping_is_efault_and_a_write_to_read_only_memory_eperm() {
+    let (_k, dmirror, mm) = machine();
+    let fd = dmirror.device(0).unwrap().open(&mm).unwrap();
+    let mut buf = vec![0u8; PAGE as usize];
+    assert_eq!(fd.read(0x7000_0000_0000, 1, &mut buf).unwrap_err().errno(), Errno::Fault);
+    let ro = mm.mmap(0, PAGE, Prot::READ, ANON).unwrap();
+    assert_eq!(fd.write(ro, 1, &buf).unwrap_err().errno(), Errno::Perm);
+    assert_eq!(fd.migrate_to_dev(0x7000_0000_0000, 1, &mut buf).unwrap_err().errno(), Errno::Inval);
+}
+
+#[test]
+fn an_invalidation_clears_one_page_past_its_range_as_linux_does() {
+    let (_k, dmirror, mm) = machine();
+    let fd = dmirror.device(0).unwrap().open(&mm).unwrap();
+    let va = filled(&mm, 3);
+    let mut buf = vec![0u8; 3 * PAGE as usize];
+    assert_eq!(fd.read(va, 3, &mut buf).unwrap().faults, 1);
+    assert_eq!(fd.mapped_pages(), 3);
+    mm.madvise(va, PAGE, MadviseAdvice::DontNeed).unwrap();
+    assert_eq!(fd.mapped_pages(), 1, "page 0 and, by the inclusive end, page 1 are gone");
+    assert_eq!(fd.read(va + 2 * PAGE, 1, &mut buf[..PAGE as usize]).unwrap().faults, 0);
+}
+
+#[test]
+fn a_second_file_of_the_same_device_drops_pages_the_first_migrates_away() {
+    let (_k, dmirror, mm) = machine();
+    let device = dmirror.device(0).unwrap();
+    let (reader, migrator) = (device.open(&mm).unwrap(), device.open(&mm).unwrap());
+    let va = filled(&mm, 4);
+    let mut buf = vec![0u8; 4 * PAGE as usize];
+    reader.read(va, 4, &mut buf).unwrap();
+    assert_eq!(reader.mapped_pages(), 4);
+    migrator.migrate_to_dev(va, 4, &mut buf).unwrap();
+    assert_eq!(migrator.mapped_pages(), 4);
+    assert_eq!(reader.mapped_pages(), 0, "its entries named the system pages that moved");
+    // The reader now gets the device's pages reported (same owner), no fault.
+    let counts = reader.read(va, 4, &mut buf).unwrap();
+    assert_eq!((counts.faults, u64::from_le_bytes(buf[..8].try_into().unwrap())), (1, 0x1000));
+}
+
+#[test]
+fn read_after_the_process_exited_fails_instead_of_spinning() {
+    let (_k, dmirror, mm) = machine();
+    let fd = dmirror.device(0).unwrap().open(&mm).unwrap();
+    let va = filled(&mm, 1);
+    mm.exit();
+    let error = fd.read(va, 1, &mut vec![0u8; PAGE as usize]).unwrap_err();
+    assert_eq!(error, DmirrorError::MmGone);
+    assert_eq!(error.errno(), Errno::Inval);
+}
+
+#[test]
+fn counters_follow_pages_to_the_device_and_back_and_close_evicts() {
+    let (_k, dmirror, mm) = machine();
+    let device = dmirror.device(0).unwrap();
+    let fd = device.open(&mm).unwrap();
+    let va = filled(&mm, 8);
+    let free = device.free_pages();
+    let mut buf = vec![0u8; 8 * PAGE as usize];
+    fd.migrate_to_dev(va, 8, &mut buf).unwrap();
+    assert_eq!(device.counters(), (8, 0));
+    assert_eq!(device.free_pages(), free - 8);
+    assert_eq!(fd.migrate_to_sys(va, 4).unwrap().cpages, 4);
+    assert_eq!(device.counters(), (8, 4));
+    drop(fd);
+    // Closing evicted the other four: the CPU finds them in RAM.
+    for i in 0..8 {
+        let word = mm.pagemap_entry(va + i * PAGE).unwrap();
+        assert_ne!(word & hmm_mm::proc_pagemap::PM_PRESENT, 0, "page {i} is back: {word:#x}");
+        assert_eq!(mm.read_u64(va + i * PAGE).unwrap(), 0x1000 + i);
+    }
+}
+
+#[test]
+fn snapshot_bytes_follow_linux_encoding() {
+    let (kernel, dmirror, _mm) = machine();
+    let phys = kernel.phys();
+    let owner = dmirror.device(0).unwrap().owner();
+    let ram = phys.alloc_folio(0, true).unwrap();
+    let zero = phys.zero_pfn();
+    assert_eq!(mkentry(phys, owner, HMM_PFN_ERROR), prot::ERROR);
+    assert_eq!(mkentry(phys, owner, 0), prot::NONE);
+    assert_eq!(mkentry(phys, owner, HMM_PFN_VALID | zero.0), prot::ZERO | prot::READ);
+    assert_eq!(mkentry(phys, owner, HMM_PFN_VALID | HMM_PFN_WRITE | ram.0), prot::WRITE);
+    let pmd = HMM_PFN_VALID | (9u64 << hmm::pfn::HMM_PFN_ORDER_SHIFT) | ram.0;
+    assert_eq!(mkentry(phys, owner, pmd), prot::READ | prot::PMD);
+    let pud = HMM_PFN_VALID | HMM_PFN_WRITE | (18u64 << hmm::pfn::HMM_PFN_ORDER_SHIFT) | ram.0;
+    assert_eq!(mkentry(phys, Owner(1), pud), prot::WRITE | prot::PUD);
+    phys.put(ram);
+}
+
+#[test]
+fn without_coherent_memory_devices_2_and_3_do_not_exist() {
+    let kernel = Kernel::new(KernelConfig { ram_bytes: 64 << 20, ..KernelConfig::default() }).unwrap();
+    let dmirror = Dmirror::probe(&kernel, DmirrorConfig { coherent: false, chunk_pages: 512, max_chunks: 1 }).unwrap();
+    assert_eq!(dmirror.devices().len(), 2);
+    assert_eq!(dmirror.device(2).unwrap_err(), Errno::NoDev);
+    let bad = DmirrorConfig { chunk_pages: 100, ..DmirrorConfig::default() };
+    assert_eq!(Dmirror::probe(&kernel, bad).unwrap_err(), Errno::Inval);
+}

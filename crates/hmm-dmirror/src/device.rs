@@ -155,18 +155,20 @@ impl DmirrorDevice {
         self.mirrors.lock().retain(|m| m.strong_count() > 0 && !core::ptr::eq(m.as_ptr(), Arc::as_ptr(mirror)));
     }
 
-    /// Erases every file's device mapping of the `nr` pages from `va` that
-    /// name the frames from `first`: they are leaving the device (Linux
-    /// erases the entry of the file that migrated the page in; the model
-    /// does not record which, and erasing more is always safe).
-    pub(crate) fn erase_mappings(&self, va: u64, first: hmm_types::Pfn, nr: u64) {
+    /// Erases every file's device mapping of the pages given as `(address,
+    /// first frame, pages)` runs: they are leaving the device. Linux erases
+    /// the entry of the file that migrated the page in; the model does not
+    /// record which, and erasing more is always safe.
+    pub(crate) fn erase_mappings(&self, runs: impl Iterator<Item = (u64, hmm_types::Pfn, u64)> + Clone) {
         let mirrors: Vec<Arc<Mirror>> = self.mirrors.lock().iter().filter_map(Weak::upgrade).collect();
         for mirror in mirrors {
             let mut table = mirror.lock_table();
-            for j in 0..nr {
-                let at = va + j * hmm_types::PAGE_SIZE;
-                if table.get(at).is_some_and(|e| e.pfn == first.add(j)) {
-                    table.remove(at);
+            for (va, first, nr) in runs.clone() {
+                for j in 0..nr {
+                    let at = va + j * hmm_types::PAGE_SIZE;
+                    if table.get(at).is_some_and(|e| e.pfn == first.add(j)) {
+                        table.remove(at);
+                    }
                 }
             }
         }

@@ -228,8 +228,12 @@ fn finalize_and_map(mirror: &Mirror, migrate: &MigrateVma) -> Result<(), Dmirror
 fn fault_alloc_and_copy(device: &DmirrorDevice, migrate: &mut MigrateVma, file: Option<&Mirror>) -> Result<(), ()> {
     let phys = device.memory().phys().clone();
     let mut result = Ok(());
+    // (address, device page, system page, pages): the mappings are erased
+    // for the whole chunk at once, then the data copied, so no device
+    // write can land in a page after its copy.
+    let mut moves: Vec<(u64, Pfn, Pfn, u64)> = Vec::new();
     let mut i = 0;
-    while i < migrate.src.len() {
+    while i < migrate.src.len() && result.is_ok() {
         let src = migrate.src[i];
         let nr = entry_pages(src) as usize;
         let Some(spage) = migrate_pfn_to_pfn(src).filter(|_| src & MIGRATE_PFN_MIGRATE != 0) else {
@@ -242,8 +246,7 @@ fn fault_alloc_and_copy(device: &DmirrorDevice, migrate: &mut MigrateVma, file: 
         let large = if nr > 1 && !fail_large { phys.alloc_folio(9, false).ok() } else { None };
         if let Some(dpage) = large {
             phys.meta(dpage).try_lock();
-            device.erase_mappings(va, spage, nr as u64);
-            phys.copy_frames(dpage, spage, nr as u64);
+            moves.push((va, spage, dpage, nr as u64));
             migrate.dst[i] = migrate_pfn(dpage) | write | MIGRATE_PFN_COMPOUND;
         } else {
             for j in 0..nr {
@@ -252,16 +255,15 @@ fn fault_alloc_and_copy(device: &DmirrorDevice, migrate: &mut MigrateVma, file: 
                     break;
                 };
                 phys.meta(dpage).try_lock();
-                let (va, spage) = (va + j as u64 * PAGE_SIZE, spage.add(j as u64));
-                device.erase_mappings(va, spage, 1);
-                phys.copy_frames(dpage, spage, 1);
+                moves.push((va + j as u64 * PAGE_SIZE, spage.add(j as u64), dpage, 1));
                 migrate.dst[i + j] = migrate_pfn(dpage) | write;
-            }
-            if result.is_err() {
-                break;
             }
         }
         i += nr;
+    }
+    device.erase_mappings(moves.iter().map(|&(va, spage, _, nr)| (va, spage, nr)));
+    for (_, spage, dpage, nr) in moves {
+        phys.copy_frames(dpage, spage, nr);
     }
     result
 }

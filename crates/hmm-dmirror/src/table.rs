@@ -17,8 +17,9 @@ use hmm_types::{Pfn, PAGE_SIZE};
 
 use crate::error::DmirrorError;
 
-/// Table pages a device table may use: enough for every 4K page of 4 TiB.
-const MAX_TABLES: usize = 1 << 21;
+/// Table pages a device table may use: enough for every 4K page of
+/// 512 GiB (the arena allocates them as the table grows).
+const MAX_TABLES: usize = 1 << 18;
 
 /// The rights of a device mapping (the xarray tag).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]

@@ -77,6 +77,16 @@ impl Mirror {
         self.table.lock()
     }
 
+    /// The table lock for an invalidation callback: waited for when the
+    /// event may block, only tried when not (`None`: refuse the event).
+    pub(crate) fn lock_for(&self, range: &NotifierRange) -> Option<MutexGuard<'_, DeviceTable>> {
+        if range.blockable {
+            Some(self.table.lock())
+        } else {
+            self.table.try_lock()
+        }
+    }
+
     /// Consumes `HMM_DMIRROR_FLAG_FAIL_ALLOC` if set.
     pub(crate) fn take_fail_alloc(&self) -> bool {
         let flag = crate::uapi::HMM_DMIRROR_FLAG_FAIL_ALLOC;
@@ -109,14 +119,7 @@ impl IntervalNotifierOps for Mirror {
         let own_migrate = range.event == Event::Migrate
             && range.owner == Some(self.device.owner())
             && self.migrating.load(Ordering::Acquire) > 0;
-        let mut table = if range.blockable {
-            self.table.lock()
-        } else {
-            match self.table.try_lock() {
-                Some(table) => table,
-                None => return false,
-            }
-        };
+        let Some(mut table) = self.lock_for(range) else { return false };
         subscription.set_seq(cur_seq);
         if own_migrate {
             return true;

@@ -23,14 +23,7 @@ struct ChunkWatch(Arc<Mirror>);
 
 impl IntervalNotifierOps for ChunkWatch {
     fn invalidate(&self, subscription: &IntervalNotifier, range: &NotifierRange, cur_seq: u64) -> bool {
-        let _table = if range.blockable {
-            self.0.table.lock()
-        } else {
-            match self.0.table.try_lock() {
-                Some(table) => table,
-                None => return false,
-            }
-        };
+        let Some(_table) = self.0.lock_for(range) else { return false };
         subscription.set_seq(cur_seq);
         true
     }

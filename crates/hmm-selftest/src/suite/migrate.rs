@@ -7,8 +7,8 @@ use hmm_types::{Errno, MapFlags, Prot};
 
 use super::anon::check_counts;
 use crate::harness::{
-    check_ints, check_ok, hmm_dmirror_cmd, hmm_migrate_dev_to_sys, hmm_migrate_sys_to_dev, Ctx, ExitStatus, ANON,
-    HMM_BUFFER_SIZE, NTIMES, SHARED_ANON, SIGKILL,
+    check_ints, check_ok, hmm_dmirror_cmd, hmm_migrate_dev_to_sys, hmm_migrate_sys_to_dev, Ctx, ExitStatus, HmmBuffer,
+    ANON, HMM_BUFFER_SIZE, NTIMES, SHARED_ANON, SIGKILL,
 };
 use crate::verdict::Verdict;
 use crate::{check, check_eq, ok};
@@ -17,15 +17,21 @@ fn npages(ctx: &Ctx) -> u64 {
     HMM_BUFFER_SIZE >> ctx.page_shift
 }
 
+/// Fills `buffer` with `ptr = i`, moves its `npages` to the device and
+/// checks the read-back (`mirror == i`): the start of most tests here.
+fn fill_and_migrate(ctx: &Ctx, buffer: &mut HmmBuffer, npages: u64) -> Verdict {
+    let cpu = ctx.cpu();
+    cpu.write_ints(buffer.ptr, buffer.ints(), |i| i as i32)?;
+    check_ok(hmm_migrate_sys_to_dev(ctx.fd(), buffer, npages))?;
+    check_eq!(buffer.cpages, npages);
+    check_ints("mirror", &cpu.read_ints(buffer.mirror, buffer.ints())?, |i| i as i32)
+}
+
 /// Test 12: Anonymous memory moves to the device and reads back.
 pub(crate) fn migrate(ctx: &Ctx) -> Verdict {
     let npages = npages(ctx);
-    let cpu = ctx.cpu();
     let mut buffer = ctx.buffer(npages << ctx.page_shift, Prot::RW, ANON)?;
-    cpu.write_ints(buffer.ptr, buffer.ints(), |i| i as i32)?;
-    check_ok(hmm_migrate_sys_to_dev(ctx.fd(), &mut buffer, npages))?;
-    check_eq!(buffer.cpages, npages);
-    check_ints("mirror", &cpu.read_ints(buffer.mirror, buffer.ints())?, |i| i as i32)
+    fill_and_migrate(ctx, &mut buffer, npages)
 }
 
 /// Test 13: The COW copies of a private file mapping are anonymous: they move.
@@ -39,10 +45,7 @@ pub(crate) fn migrate_file_private(ctx: &Ctx) -> Verdict {
     ok!(file.ftruncate(size));
     let ptr = ok!(cpu.mm.mmap_file(0, size, Prot::RW, MapFlags::PRIVATE, &file, 0));
     let mut buffer = ctx.buffer_at(ptr, size)?;
-    cpu.write_ints(buffer.ptr, buffer.ints(), |i| i as i32)?;
-    check_ok(hmm_migrate_sys_to_dev(ctx.fd(), &mut buffer, npages))?;
-    check_eq!(buffer.cpages, npages);
-    check_ints("mirror", &cpu.read_ints(buffer.mirror, buffer.ints())?, |i| i as i32)
+    fill_and_migrate(ctx, &mut buffer, npages)
 }
 
 /// Test 14: CPU reads fault half the pages back; migrating again handles the
@@ -51,10 +54,7 @@ pub(crate) fn migrate_fault(ctx: &Ctx) -> Verdict {
     let npages = npages(ctx);
     let cpu = ctx.cpu();
     let mut buffer = ctx.buffer(npages << ctx.page_shift, Prot::RW, ANON)?;
-    cpu.write_ints(buffer.ptr, buffer.ints(), |i| i as i32)?;
-    check_ok(hmm_migrate_sys_to_dev(ctx.fd(), &mut buffer, npages))?;
-    check_eq!(buffer.cpages, npages);
-    check_ints("mirror", &cpu.read_ints(buffer.mirror, buffer.ints())?, |i| i as i32)?;
+    fill_and_migrate(ctx, &mut buffer, npages)?;
     check_ints("ptr", &cpu.read_ints(buffer.ptr, buffer.ints() / 2)?, |i| i as i32)?;
     check_ok(hmm_migrate_sys_to_dev(ctx.fd(), &mut buffer, npages))?;
     check_eq!(buffer.cpages, npages);
@@ -66,10 +66,7 @@ pub(crate) fn migrate_release(ctx: &Ctx) -> Verdict {
     let npages = npages(ctx);
     let cpu = ctx.cpu();
     let mut buffer = ctx.buffer(npages << ctx.page_shift, Prot::RW, ANON)?;
-    cpu.write_ints(buffer.ptr, buffer.ints(), |i| i as i32)?;
-    check_ok(hmm_migrate_sys_to_dev(ctx.fd(), &mut buffer, npages))?;
-    check_eq!(buffer.cpages, npages);
-    check_ints("mirror", &cpu.read_ints(buffer.mirror, buffer.ints())?, |i| i as i32)?;
+    fill_and_migrate(ctx, &mut buffer, npages)?;
     check_ok(hmm_dmirror_cmd(ctx.fd(), HMM_DMIRROR_RELEASE, &mut buffer, npages))?;
     check_ints("ptr", &cpu.read_ints(buffer.ptr, buffer.ints() / 2)?, |i| i as i32)
 }
@@ -165,10 +162,7 @@ pub(crate) fn hmm_gup_test(ctx: &Ctx) -> Verdict {
     let page = ctx.page_size;
     let cpu = ctx.cpu();
     let mut buffer = ctx.buffer(npages * page, Prot::RW, ANON)?;
-    cpu.write_ints(buffer.ptr, buffer.ints(), |i| i as i32)?;
-    check_ok(hmm_migrate_sys_to_dev(ctx.fd(), &mut buffer, npages))?;
-    check_eq!(buffer.cpages, npages);
-    check_ints("mirror", &cpu.read_ints(buffer.mirror, buffer.ints())?, |i| i as i32)?;
+    fill_and_migrate(ctx, &mut buffer, npages)?;
     let mm = &cpu.mm;
     let phys = mm.phys();
     // GUP_BASIC_TEST and GUP_FAST_BENCHMARK: get and put one page each.

@@ -149,9 +149,27 @@ pub(crate) fn translate_or_fault<'a>(guard: &MmapReadGuard<'a>, va: u64, write: 
 /// The hardware walk: the frame if the entry permits the access, with a
 /// reference taken and accessed/dirty bits set; `None` means "fault".
 fn translate(mm: &Mm, va: u64, write: bool) -> Option<Held<'_>> {
+    translate_racing(mm, va, write, || {})
+}
+
+/// [`translate`], running `window` between finding the slot and reading
+/// it: lets a test put a race there.
+#[inline]
+fn translate_racing(mm: &Mm, va: u64, write: bool, mut window: impl FnMut()) -> Option<Held<'_>> {
     let phys = mm.phys();
-    let slot = mm.pgtable().find(va);
-    let entry = slot.load();
+    // `find` stops at a none entry or a leaf, but a concurrent fault
+    // (`ensure`) or split may link a table there before the slot is read:
+    // a table entry looks present and accessible, yet it is no leaf, and
+    // reading it as one accesses the table's own frame and its neighbours.
+    // Walk again then; tables only go away under the mmap write lock.
+    let (slot, entry) = loop {
+        let slot = mm.pgtable().find(va);
+        window();
+        let entry = slot.load();
+        if !entry.is_table(slot.level()) {
+            break (slot, entry);
+        }
+    };
     if !entry.is_accessible() || (write && !entry.is_write()) {
         return None;
     }
@@ -211,6 +229,28 @@ mod tests {
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
         assert_eq!(mm.read_u64(va), Ok(4000));
+    }
+
+    /// A read's walk stops at an empty upper-level entry; before it reads the slot, another
+    /// thread's fault links a PTE table there. The table entry is no leaf:
+    /// the read must not access the table's frame as if it were the page.
+    #[test]
+    fn a_table_linked_after_the_walk_is_not_read_as_a_leaf() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let fixed = MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED;
+        let va = mm.mmap(0x4000_0000, 2 * 4096, Prot::RW, fixed).unwrap();
+        let guard = mm.mmap_read();
+        let mut linked = false;
+        let held = super::translate_racing(&mm, va, false, || {
+            if !std::mem::replace(&mut linked, true) {
+                assert!(mm.pgtable().find(va).load().is_none(), "no table below the walk's stop yet");
+                mm.write_u64(va + 4096, u64::MAX).unwrap();
+            }
+        });
+        assert!(held.is_none(), "nothing is mapped at {va:#x} yet: the access must fault");
+        drop(guard);
+        assert_eq!(mm.read_u64(va), Ok(0));
+        assert_eq!(mm.read_u64(va + 4096), Ok(u64::MAX));
     }
 
     #[test]

@@ -46,29 +46,11 @@ pub(crate) fn split_huge_leaf(mm: &Mm, slot: Slot<'_>, entry: Entry) -> Result<b
             zero = zero.mkprotnone();
         }
         pt.split_leaf_with(slot, entry, |_| zero)?
-    } else if entry.is_present() && !entry.is_special() {
-        let extra = hmm_pagetable::ENTRIES_PER_TABLE as u32 - 1;
-        // Publish the parts' references before the parts themselves, so a
-        // concurrent zap of one part can never free the folio.
-        phys.get_many(entry.pfn(), extra);
-        phys.map_add(entry.pfn(), extra as i32);
-        let done = pt.split_leaf(slot, entry)?;
-        if !done {
-            phys.map_sub(entry.pfn(), extra as i32);
-            phys.put_many(entry.pfn(), extra);
-        }
-        done
-    } else if entry.swap_kind().is_some_and(|k| k.is_device_private()) {
-        // A device-private PMD: each part maps one page of the device folio
-        // and holds its own reference, as for a THP.
-        let extra = hmm_pagetable::ENTRIES_PER_TABLE as u32 - 1;
-        phys.get_many(entry.pfn(), extra);
-        phys.map_add(entry.pfn(), extra as i32);
-        let done = pt.split_leaf(slot, entry)?;
-        if !done {
-            phys.map_sub(entry.pfn(), extra as i32);
-            phys.put_many(entry.pfn(), extra);
-        } else {
+    } else if (entry.is_present() && !entry.is_special()) || entry.swap_kind().is_some_and(|k| k.is_device_private()) {
+        // A THP, or a device-private PMD: each part maps one page of the
+        // folio and holds its own reference and mapcount share.
+        let done = split_counted(mm, slot, entry)?;
+        if done && !entry.is_present() {
             // The device folio splits too when nothing else holds it (as
             // the driver's `folio_split` lets Linux do), so each page can
             // later move, be unmapped or be copied on its own.
@@ -82,6 +64,36 @@ pub(crate) fn split_huge_leaf(mm: &Mm, slot: Slot<'_>, entry: Entry) -> Result<b
     Ok(split)
 }
 
+/// Splits a leaf whose parts each hold a reference and a mapcount share.
+///
+/// `entry` was read without holding its folio: the folio may have been
+/// unmapped, freed and reused since. References are therefore only added
+/// once the folio is pinned speculatively and the slot is seen to still
+/// map it; adding them blindly would resurrect a free frame or land on its
+/// next owner, and undoing them would free it (again).
+fn split_counted(mm: &Mm, slot: Slot<'_>, entry: Entry) -> Result<bool, MmError> {
+    let phys = mm.phys();
+    if !phys.try_get(entry.pfn()) {
+        return Ok(false);
+    }
+    if slot.load() != entry {
+        phys.put(entry.pfn());
+        return Ok(false);
+    }
+    let extra = hmm_pagetable::ENTRIES_PER_TABLE as u32 - 1;
+    // The speculative reference is one of the parts'. Publish the parts'
+    // references before the parts themselves, so a concurrent zap of one
+    // part can never free the folio.
+    phys.get_many(entry.pfn(), extra - 1);
+    phys.map_add(entry.pfn(), extra as i32);
+    let done = mm.pgtable().split_leaf(slot, entry);
+    if !matches!(done, Ok(true)) {
+        phys.map_sub(entry.pfn(), extra as i32);
+        phys.put_many(entry.pfn(), extra);
+    }
+    Ok(done?)
+}
+
 /// Makes sure no huge leaf straddles `va`: splits the leaf containing it
 /// (repeatedly, PUD then PMD) unless `va` is on its edge.
 pub(crate) fn split_huge_at(mm: &Mm, va: u64) -> Result<(), MmError> {
@@ -92,5 +104,44 @@ pub(crate) fn split_huge_at(mm: &Mm, va: u64) -> Result<(), MmError> {
             return Ok(());
         }
         split_huge_leaf(mm, slot, entry)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hmm_pagetable::Level;
+    use hmm_types::{MadviseAdvice, MapFlags, Prot, PMD_SIZE};
+
+    use super::split_huge_leaf;
+    use crate::testing::{kernel, leaf};
+    use crate::ThpMode;
+
+    const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+
+    /// A fault or an edge split reads a huge leaf, then another thread's
+    /// DONTNEED frees its THP and the frames are reused: splitting the
+    /// stale leaf must find the slot changed and touch no folio.
+    #[test]
+    fn splitting_a_stale_leaf_leaves_its_freed_or_reused_folio_alone() {
+        let k = kernel(64, ThpMode::Always);
+        let (mm, phys) = (k.create_mm().unwrap(), k.phys());
+        let va = mm.mmap(0, PMD_SIZE, Prot::RW, ANON).unwrap();
+        mm.write_u64(va, 1).unwrap();
+        let (level, stale) = leaf(&mm, va);
+        assert_eq!((level, phys.folio_order(stale.pfn())), (Level::Pmd, 9));
+        let slot = mm.pgtable().find(va);
+        mm.madvise(va, PMD_SIZE, MadviseAdvice::DontNeed).unwrap();
+        let free = phys.free_frames();
+        assert_eq!(split_huge_leaf(&mm, slot, stale), Ok(false));
+        assert_eq!(phys.free_frames(), free, "the freed THP was freed again");
+
+        let mut taken = Vec::new();
+        while phys.folio_counts(stale.pfn()).0 == 0 {
+            taken.push(phys.alloc_folio(0, false).unwrap());
+        }
+        assert_eq!(split_huge_leaf(&mm, slot, stale), Ok(false));
+        assert_eq!(phys.folio_counts(stale.pfn()), (1, 0), "the head frame's new owner lost or gained references");
+        taken.into_iter().for_each(|pfn| phys.put(pfn));
+        assert_eq!(phys.free_frames(), free);
     }
 }

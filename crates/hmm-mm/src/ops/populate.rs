@@ -34,7 +34,9 @@ pub(crate) fn populate_locked(mm: &Mm, vmas: &VmaTree, start: u64, end: u64, wri
 /// if one now maps `va`.
 fn next_step(mm: &Mm, va: u64) -> u64 {
     let slot = mm.pgtable().find(va);
-    if slot.load().is_present() {
+    let entry = slot.load();
+    // A table linked since `find` is no leaf to skip.
+    if entry.is_present() && !entry.is_table(slot.level()) {
         let size = slot.level().entry_bytes();
         size - (va & (size - 1))
     } else {

@@ -28,9 +28,39 @@ impl PhysMem {
 
     /// Takes a reference unless the folio is already free
     /// (`folio_try_get`): the speculative path of lock-free lookups.
+    ///
+    /// The folio is found before the reference is taken, so it may have
+    /// been freed and reused, or split, in between: the head is checked
+    /// again once held, and a reference that landed on another folio is
+    /// dropped and the lookup retried (as `try_grab_folio_fast` rechecks
+    /// `page_folio`). Otherwise a later [`Self::put`] of `pfn` would drop a
+    /// reference `pfn`'s folio never had.
     #[inline]
     pub fn try_get(&self, pfn: Pfn) -> bool {
-        let refcount = &self.meta(self.folio_head(pfn)).refcount;
+        self.try_get_racing(pfn, || {})
+    }
+
+    /// [`Self::try_get`], running `window` between finding the head and
+    /// taking the reference: lets a test put a race there.
+    #[inline]
+    fn try_get_racing(&self, pfn: Pfn, mut window: impl FnMut()) -> bool {
+        loop {
+            let head = self.folio_head(pfn);
+            window();
+            if !self.ref_try_add(head) {
+                return false;
+            }
+            if self.folio_head(pfn) == head {
+                return true;
+            }
+            self.put_exact(head, 1);
+        }
+    }
+
+    /// Adds a reference to the count kept at `head` unless it is zero.
+    #[inline]
+    fn ref_try_add(&self, head: Pfn) -> bool {
+        let refcount = &self.meta(head).refcount;
         let mut current = refcount.load(Ordering::Acquire);
         loop {
             if current == 0 {
@@ -111,7 +141,13 @@ impl PhysMem {
     /// Drops `n` references (`folio_put_refs`).
     #[inline]
     pub fn put_many(&self, pfn: Pfn, n: u32) {
-        let head = self.folio_head(pfn);
+        self.put_exact(self.folio_head(pfn), n);
+    }
+
+    /// Drops `n` references from the count kept at `head`, without looking
+    /// the head up again.
+    #[inline]
+    fn put_exact(&self, head: Pfn, n: u32) {
         let meta = self.meta(head);
         let old = meta.refcount.fetch_sub(n, Ordering::AcqRel);
         assert!(old >= n, "reference count underflow on {head:?}");
@@ -186,5 +222,69 @@ impl PhysMem {
     pub fn folio_counts(&self, pfn: Pfn) -> (u32, i32) {
         let meta = self.meta(self.folio_head(pfn));
         (meta.refcount(), meta.mapcount())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 2 MiB folio mapped by 512 PTEs (after a PMD split), one reference
+    /// each: splittable.
+    fn pte_mapped_thp(mem: &PhysMem) -> Pfn {
+        let thp = mem.alloc_folio(9, false).unwrap();
+        mem.get_many(thp, 511);
+        mem.map_add(thp, 512);
+        thp
+    }
+
+    /// Frees all 512 pages of a split `pte_mapped_thp`.
+    fn unmap_all(mem: &PhysMem, thp: Pfn) {
+        for i in 0..512 {
+            mem.map_sub(thp.add(i), 1);
+            mem.put(thp.add(i));
+        }
+    }
+
+    #[test]
+    fn try_get_lets_go_of_a_head_split_off_before_the_reference_landed() {
+        let mem = PhysMem::new(8 << 20).unwrap();
+        let free = mem.free_frames();
+        let thp = pte_mapped_thp(&mem);
+        let page = thp.add(5);
+        let mut split = false;
+        assert!(mem.try_get_racing(page, || split = split || mem.split_folio(thp)));
+        assert!(split);
+        assert_eq!(mem.folio_counts(thp), (1, 1), "the reference that landed on the old head was dropped");
+        assert_eq!(mem.folio_counts(page), (2, 1), "the reference is on the page's own folio");
+        mem.put(page);
+        unmap_all(&mem, thp);
+        assert_eq!(mem.free_frames(), free);
+    }
+
+    #[test]
+    fn try_get_lets_go_of_a_head_freed_and_reused_before_the_reference_landed() {
+        let mem = PhysMem::new(8 << 20).unwrap();
+        let free = mem.free_frames();
+        let thp = pte_mapped_thp(&mem);
+        let page = thp.add(5);
+        let mut others = Vec::new();
+        let mut reused = false;
+        // In the window the folio is unmapped and freed, and its head and
+        // `page` become order-0 folios of new owners.
+        assert!(mem.try_get_racing(page, || {
+            if !std::mem::replace(&mut reused, true) {
+                mem.map_sub(thp, 512);
+                mem.put_many(thp, 512);
+                while mem.folio_counts(thp).0 == 0 || mem.folio_counts(page).0 == 0 {
+                    others.push(mem.alloc_folio(0, false).unwrap());
+                }
+            }
+        }));
+        assert_eq!(mem.folio_counts(thp), (1, 0), "the reference that landed on the old head was dropped");
+        assert_eq!(mem.folio_counts(page), (2, 0), "the reference is on the page's own folio");
+        mem.put(page);
+        others.into_iter().for_each(|pfn| mem.put(pfn));
+        assert_eq!(mem.free_frames(), free);
     }
 }

@@ -162,6 +162,7 @@ fn entry_pages(word: u64) -> u64 {
 fn alloc_and_copy(mirror: &Mirror, migrate: &mut MigrateVma) {
     let device = &mirror.device;
     let phys = mirror.mm.phys();
+    let mut copies = Copies::new();
     let mut i = 0;
     while i < migrate.src.len() {
         let src = migrate.src[i];
@@ -177,7 +178,7 @@ fn alloc_and_copy(mirror: &Mirror, migrate: &mut MigrateVma) {
         let dpage = if mirror.take_fail_alloc() { None } else { device.memory().alloc(device.weak(), order) };
         match dpage {
             Some(dpage) => {
-                copy_or_clear(phys, dpage, spage, nr as u64);
+                copies.push(phys, dpage, spage, nr as u64);
                 let compound = if nr > 1 { MIGRATE_PFN_COMPOUND } else { 0 };
                 migrate.dst[i] = migrate_pfn(dpage) | write | compound;
             }
@@ -185,7 +186,7 @@ fn alloc_and_copy(mirror: &Mirror, migrate: &mut MigrateVma) {
                 // The large allocation failed: 4K device pages instead.
                 for j in 0..nr {
                     let Some(dpage) = device.memory().alloc(device.weak(), 0) else { continue };
-                    copy_or_clear(phys, dpage, spage.map(|p| p.add(j as u64)), 1);
+                    copies.push(phys, dpage, spage.map(|p| p.add(j as u64)), 1);
                     migrate.dst[i + j] = migrate_pfn(dpage) | write;
                 }
             }
@@ -195,10 +196,51 @@ fn alloc_and_copy(mirror: &Mirror, migrate: &mut MigrateVma) {
     }
 }
 
-fn copy_or_clear(phys: &hmm_mm::phys::PhysMem, dst: Pfn, src: Option<Pfn>, nr: u64) {
-    match src {
-        Some(src) => phys.copy_frames(dst, src, nr),
-        None => phys.zero_frames(dst, nr),
+/// The driver's copies, joined while both sides stay contiguous (one call
+/// per run, as a copy engine takes a scatter list), done when dropped or
+/// when a run ends.
+struct Copies<'a> {
+    phys: Option<&'a hmm_mm::phys::PhysMem>,
+    /// (destination, source or `None` to clear, pages).
+    run: Option<(Pfn, Option<Pfn>, u64)>,
+}
+
+impl<'a> Copies<'a> {
+    fn new() -> Self {
+        Self { phys: None, run: None }
+    }
+
+    fn push(&mut self, phys: &'a hmm_mm::phys::PhysMem, dst: Pfn, src: Option<Pfn>, nr: u64) {
+        self.phys = Some(phys);
+        if let Some((d, s, n)) = &mut self.run {
+            let same_region = |a: Pfn, b: Pfn| a.0 >> 28 == b.0 >> 28;
+            let dst_follows = d.0 + *n == dst.0 && same_region(*d, dst);
+            let src_follows = match (*s, src) {
+                (Some(s), Some(src)) => s.0 + *n == src.0 && same_region(s, src),
+                (None, None) => true,
+                _ => false,
+            };
+            if dst_follows && src_follows {
+                *n += nr;
+                return;
+            }
+        }
+        self.flush();
+        self.run = Some((dst, src, nr));
+    }
+
+    fn flush(&mut self) {
+        let (Some(phys), Some((dst, src, nr))) = (self.phys, self.run.take()) else { return };
+        match src {
+            Some(src) => phys.copy_frames(dst, src, nr),
+            None => phys.zero_frames(dst, nr),
+        }
+    }
+}
+
+impl Drop for Copies<'_> {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

@@ -11,7 +11,7 @@ use core::ops::ControlFlow;
 
 use hmm::pfn::{hmm_pfn_to_pfn, HMM_PFN_REQ_FAULT, HMM_PFN_REQ_WRITE, HMM_PFN_WRITE};
 use hmm::{range_fault_loop, Range, HMM_RANGE_DEFAULT_TIMEOUT};
-use hmm_types::PAGE_SIZE;
+use hmm_types::{Pfn, PAGE_SIZE};
 
 use crate::error::DmirrorError;
 use crate::file::{Counts, Mirror};
@@ -21,6 +21,33 @@ use crate::table::{Access, DeviceEntry, DeviceTable};
 pub(crate) const FAULT_CHUNK_PAGES: u64 = 32;
 
 const PAGE: usize = PAGE_SIZE as usize;
+
+/// Runs of pages that are contiguous both in the range and in one region
+/// of frames, so each run is copied with one call (what a device's DMA
+/// engine would do with a scatter list): `(first page's offset in the
+/// range, first frame, pages)`.
+#[derive(Default)]
+struct Runs {
+    current: Option<(usize, Pfn, u64)>,
+}
+
+impl Runs {
+    /// Adds the page at range offset `at` in frame `pfn`; returns the run
+    /// it closes, if any.
+    fn push(&mut self, at: usize, pfn: Pfn) -> Option<(usize, Pfn, u64)> {
+        if let Some((first, base, n)) = &mut self.current {
+            let follows = *first + *n as usize * PAGE == at && base.0 + *n == pfn.0;
+            if follows && base.0 >> REGION_BITS == pfn.0 >> REGION_BITS {
+                *n += 1;
+                return None;
+            }
+        }
+        self.current.replace((at, pfn, 1))
+    }
+}
+
+/// Frames of one region share the bits above this (the model's regions).
+const REGION_BITS: u32 = 28;
 
 /// Copies the device-mapped pages of `[start, end)` into `out` (page `i`
 /// of the range at `out[i * PAGE..]`, the range starting at `base`).
@@ -34,12 +61,18 @@ pub(crate) fn do_read(
     out: &mut [u8],
 ) -> Result<(), u64> {
     let phys = mirror.mm.phys();
+    let mut copy = |(at, pfn, n): (usize, Pfn, u64)| phys.read(pfn, 0, &mut out[at..at + n as usize * PAGE]);
+    let mut runs = Runs::default();
     let walked = table.for_each(start, end, |va, entry| {
         let Some(entry) = entry else { return ControlFlow::Break(va) };
-        let at = ((va - base) / PAGE_SIZE) as usize * PAGE;
-        phys.read(entry.pfn, 0, &mut out[at..at + PAGE]);
+        if let Some(run) = runs.push(((va - base) / PAGE_SIZE) as usize * PAGE, entry.pfn) {
+            copy(run);
+        }
         ControlFlow::Continue(())
     });
+    if let Some(run) = runs.current {
+        copy(run);
+    }
     match walked {
         ControlFlow::Break(va) => Err(va),
         ControlFlow::Continue(()) => Ok(()),
@@ -48,14 +81,20 @@ pub(crate) fn do_read(
 
 fn do_write(mirror: &Mirror, table: &DeviceTable, base: u64, start: u64, end: u64, data: &[u8]) -> Result<(), u64> {
     let phys = mirror.mm.phys();
+    let copy = |(at, pfn, n): (usize, Pfn, u64)| phys.write(pfn, 0, &data[at..at + n as usize * PAGE]);
+    let mut runs = Runs::default();
     let walked = table.for_each(start, end, |va, entry| match entry {
         Some(DeviceEntry { pfn, access: Access::Write }) => {
-            let at = ((va - base) / PAGE_SIZE) as usize * PAGE;
-            phys.write(pfn, 0, &data[at..at + PAGE]);
+            if let Some(run) = runs.push(((va - base) / PAGE_SIZE) as usize * PAGE, pfn) {
+                copy(run);
+            }
             ControlFlow::Continue(())
         }
         _ => ControlFlow::Break(va),
     });
+    if let Some(run) = runs.current {
+        copy(run);
+    }
     match walked {
         ControlFlow::Break(va) => Err(va),
         ControlFlow::Continue(()) => Ok(()),
@@ -147,4 +186,25 @@ fn do_fault(table: &mut DeviceTable, range: &Range<'_>, write: bool) -> Result<(
         table.set(va, DeviceEntry { pfn: hmm_pfn_to_pfn(word), access })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_join_pages_contiguous_in_the_range_and_in_one_region_only() {
+        let mut runs = Runs::default();
+        assert_eq!(runs.push(0, Pfn(10)), None);
+        assert_eq!(runs.push(PAGE, Pfn(11)), None);
+        // A gap in frames closes the run.
+        assert_eq!(runs.push(2 * PAGE, Pfn(20)), Some((0, Pfn(10), 2)));
+        // A gap in the range closes it too.
+        assert_eq!(runs.push(4 * PAGE, Pfn(21)), Some((2 * PAGE, Pfn(20), 1)));
+        // Frames on both sides of a region boundary are not one run.
+        let last = (1 << REGION_BITS) - 1;
+        assert_eq!(runs.push(5 * PAGE, Pfn(last)), Some((4 * PAGE, Pfn(21), 1)));
+        assert_eq!(runs.push(6 * PAGE, Pfn(last + 1)), Some((5 * PAGE, Pfn(last), 1)));
+        assert_eq!(runs.current, Some((6 * PAGE, Pfn(last + 1), 1)));
+    }
 }

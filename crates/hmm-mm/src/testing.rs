@@ -86,3 +86,80 @@ impl MmuNotifier for Recorder {
         self.log.lock().push(Recorded::End(*range));
     }
 }
+
+/// splitmix64: a small deterministic generator for tests that pick pages
+/// and operations at random (reproducible from the seed).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
+    }
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// A number in `[0, n)`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    /// True once in `n` times.
+    pub fn one_in(&mut self, n: u64) -> bool {
+        self.below(n) == 0
+    }
+    /// A random run of pages inside `[0, pages)`: `(first, count)`, at most
+    /// `max` long.
+    pub fn pages(&mut self, pages: u64, max: u64) -> (u64, u64) {
+        let count = 1 + self.below(max.min(pages));
+        (self.below(pages - count + 1), count)
+    }
+}
+
+/// Sets the flag when dropped, also while unwinding: racing threads that
+/// wait for it stop even when the test fails.
+#[derive(Debug)]
+pub struct SetOnDrop<'a>(pub &'a core::sync::atomic::AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, core::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Aborts the process if dropped later than `limit` after creation: a race
+/// test that deadlocks or livelocks ends with a message, not a hang.
+#[derive(Debug)]
+pub struct Watchdog {
+    alive: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Starts watching; `name` is printed if the limit passes.
+    pub fn new(name: &str, limit: std::time::Duration) -> Self {
+        let (alive, watched) = std::sync::mpsc::channel::<()>();
+        let name = name.to_owned();
+        let thread = std::thread::spawn(move || {
+            if watched.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                eprintln!("{name}: not done after {limit:?}: deadlock or livelock; aborting");
+                std::process::abort();
+            }
+        });
+        Self { alive: Some(alive), thread: Some(thread) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.alive.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

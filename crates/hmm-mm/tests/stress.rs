@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hmm_mm::phys::PhysMem;
-use hmm_mm::testing::kernel;
+use hmm_mm::testing::{kernel, Rng};
 use hmm_mm::{Kernel, Mm, MmError, ThpMode};
 use hmm_types::{Errno, MadviseAdvice, MapFlags, MmuNotifier, NotifierRange, Pfn, Prot, PAGE_SIZE, PMD_SIZE};
 
@@ -32,29 +32,6 @@ const REGION: u64 = 0x1000_0000_0000;
 // ---------------------------------------------------------------------------
 // Infrastructure
 // ---------------------------------------------------------------------------
-
-/// splitmix64: small, deterministic, good enough to pick pages.
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-}
 
 /// A machine plus what its allocator looked like right after boot.
 struct Machine {
@@ -363,7 +340,7 @@ fn decode_owner_value(value: u64) -> Option<(u64, u64, u64)> {
 
 /// What a thread that is not an owner writes: never an owner's value.
 fn junk(rng: &mut Rng) -> u64 {
-    0xDEAD_0000_0000_0000 | (rng.next() & 0xFFFF_FFFF_FFFF)
+    0xDEAD_0000_0000_0000 | (rng.next_u64() & 0xFFFF_FFFF_FFFF)
 }
 
 /// Checks that the pages of `range` hold what `shadow` says.
@@ -1076,7 +1053,7 @@ fn fork_trees_exited_in_any_order_return_every_frame() {
                         for _ in 0..8 {
                             let r = if rng.one_in(2) { data } else { small };
                             let page = rng.below(r.pages);
-                            match child.write_u64(r.cell(page), rng.next()) {
+                            match child.write_u64(r.cell(page), rng.next_u64()) {
                                 Ok(()) => {}
                                 Err(e) => assert_eq!(e.errno(), Errno::Fault, "child write: {e}"),
                             }
@@ -1125,7 +1102,7 @@ fn fork_trees_exited_in_any_order_return_every_frame() {
                     let r = if rng.one_in(2) { data } else { small };
                     let va = r.cell(rng.below(r.pages));
                     let result =
-                        if rng.one_in(2) { user.read_u64(va).map(drop) } else { user.write_u64(va, rng.next()) };
+                        if rng.one_in(2) { user.read_u64(va).map(drop) } else { user.write_u64(va, rng.next_u64()) };
                     if let Err(e) = result {
                         assert_eq!(e.errno(), Errno::Fault, "device access: unexpected {e}");
                     }
@@ -1138,7 +1115,7 @@ fn fork_trees_exited_in_any_order_return_every_frame() {
             let mut shadow: Vec<u64> = (0..data.pages).map(|p| if p % 3 == 0 { p + 1 } else { 0 }).collect();
             while stop.running() {
                 let page = rng.below(data.pages);
-                let value = rng.next();
+                let value = rng.next_u64();
                 root.write_u64(data.cell(page), value).expect("root write");
                 shadow[page as usize] = value;
                 if rng.one_in(64) {

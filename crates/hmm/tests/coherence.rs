@@ -37,7 +37,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::{mpsc, Arc, Weak};
+use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,7 @@ use hmm::{range_fault_loop, HmmError, IntervalNotifier, IntervalNotifierOps, Ran
 use hmm_mm::fs::{DaxFs, File};
 use hmm_mm::gup::FollFlags;
 use hmm_mm::phys::PhysMem;
-use hmm_mm::testing::{kernel, kernel_with_swap, temp_path};
+use hmm_mm::testing::{kernel, kernel_with_swap, temp_path, Rng, Watchdog};
 use hmm_mm::{Kernel, Mm, ThpMode};
 use hmm_pagetable::Level;
 use hmm_types::{Errno, MadviseAdvice, MapFlags, NotifierRange, Prot, PAGE_SHIFT, PAGE_SIZE};
@@ -77,34 +77,6 @@ const BUDGET: Duration = Duration::from_secs(3);
 // Infrastructure
 // ---------------------------------------------------------------------------
 
-/// splitmix64: small, deterministic.
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-    /// A random run of pages inside `[0, pages)`: `(first, count)`.
-    fn pages(&mut self, pages: u64, max: u64) -> (u64, u64) {
-        let count = 1 + self.below(max.min(pages));
-        (self.below(pages - count + 1), count)
-    }
-}
-
 /// The value the tests keep in the first word of the page at `va`.
 fn pattern(va: u64) -> u64 {
     va ^ 0x5eed_0000_0000_0001
@@ -127,35 +99,6 @@ impl Machine {
         assert_eq!(phys.page_table_frames(), 0, "page-table pages leaked");
         assert_eq!(phys.free_frames(), self.free_at_boot, "frames leaked");
         assert_eq!(self.kernel.swap().used_slots(), 0, "swap slots leaked");
-    }
-}
-
-/// Aborts the process if dropped later than `limit` after creation.
-struct Watchdog {
-    alive: Option<mpsc::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Watchdog {
-    fn new(name: &str, limit: Duration) -> Self {
-        let (alive, watched) = mpsc::channel::<()>();
-        let name = name.to_owned();
-        let thread = thread::spawn(move || {
-            if watched.recv_timeout(limit) == Err(mpsc::RecvTimeoutError::Timeout) {
-                eprintln!("{name}: not done after {limit:?}: deadlock or livelock; aborting");
-                std::process::abort();
-            }
-        });
-        Self { alive: Some(alive), thread: Some(thread) }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        drop(self.alive.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -48,7 +48,7 @@ use hmm_mm::device::{
     MIGRATE_PFN_MIGRATE, MIGRATE_PFN_WRITE,
 };
 use hmm_mm::phys::{MemoryType, Pagemap, PagemapOps, PhysMem};
-use hmm_mm::testing::{kernel, leaf};
+use hmm_mm::testing::{kernel, leaf, SetOnDrop, Watchdog};
 use hmm_mm::{FaultError, Kernel, Mm, MmError, MmapLocked, MmapReadGuard, ThpMode};
 use hmm_pagetable::SwapKind;
 use hmm_types::{Errno, Event, MapFlags, MmId, NotifierRange, Owner, Pfn, Prot, PAGE_SHIFT, PAGE_SIZE};
@@ -93,45 +93,6 @@ fn frame_bytes(phys: &PhysMem, pfn: Pfn) -> Vec<u8> {
     let mut buf = vec![0u8; PAGE as usize];
     phys.read(pfn, 0, &mut buf);
     buf
-}
-
-/// Sets the flag when dropped, also while unwinding: racing threads that
-/// wait for it stop even when the test fails.
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, SeqCst);
-    }
-}
-
-/// Aborts the process if dropped later than `limit` after creation.
-struct Watchdog {
-    alive: Option<mpsc::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Watchdog {
-    fn new(name: &str, limit: Duration) -> Self {
-        let (alive, watched) = mpsc::channel::<()>();
-        let name = name.to_owned();
-        let thread = thread::spawn(move || {
-            if watched.recv_timeout(limit) == Err(mpsc::RecvTimeoutError::Timeout) {
-                eprintln!("{name}: not done after {limit:?}: deadlock or livelock; aborting");
-                std::process::abort();
-            }
-        });
-        Self { alive: Some(alive), thread: Some(thread) }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        drop(self.alive.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------

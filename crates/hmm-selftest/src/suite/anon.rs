@@ -261,14 +261,11 @@ pub(crate) fn anon_teardown(ctx: &Ctx) -> Verdict {
     let npages = npages(ctx);
     let size = npages << ctx.page_shift;
     let cpu = ctx.cpu();
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rng = hmm_mm::testing::Rng::new(20);
     for c in 0..NTIMES {
         let mut buffer = ctx.buffer(size, Prot::RW, ANON)?;
         cpu.write_ints(buffer.ptr, buffer.ints(), |i| (i + c) as i32)?;
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let delay = Duration::from_nanos(seed % 32_000);
+        let delay = Duration::from_nanos(rng.below(32_000));
         let mm = Arc::clone(&cpu.mm);
         let half = buffer.ptr + size / 2;
         let unmapper = std::thread::spawn(move || {

@@ -3,15 +3,21 @@
 //! a process, one or two open devices, buffers of `int`s, the
 //! `hmm_dmirror_cmd` wrapper and `fork` (spec §6.1).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use hmm_dmirror::{Dmirror, DmirrorConfig, DmirrorFile, HmmDmirrorCmd};
-use hmm_mm::{Kernel, KernelConfig, Mm, MmError, ThpMode};
-use hmm_types::{Errno, MadviseAdvice, MapFlags, Prot, PAGE_SIZE};
+use hmm_mm::{Kernel, KernelConfig, ThpMode};
+use hmm_types::{Errno, MapFlags, Prot, PAGE_SIZE};
 
 use crate::ok;
 use crate::verdict::{Fail, Verdict};
+
+mod fork;
+mod process;
+
+pub use fork::{check_exited_ok, Child, ChildHandle, ExitStatus, SIGKILL};
+use process::mm_fail;
+pub use process::{check_ints, Process};
 
 /// `HMM_BUFFER_SIZE`.
 pub const HMM_BUFFER_SIZE: u64 = 1024 << 12;
@@ -74,69 +80,6 @@ impl Default for Setup {
     }
 }
 
-/// A process of the test: an address space and the CPU acting on it.
-#[derive(Clone, Debug)]
-pub struct Process {
-    /// Its address space.
-    pub mm: Arc<Mm>,
-}
-
-fn mm_fail(what: &str, error: MmError) -> Fail {
-    Fail::failed(format!("{what}: {error}"), file!(), line!())
-}
-
-impl Process {
-    /// `mmap(NULL, len, prot, flags, -1, 0)`.
-    pub fn mmap(&self, len: u64, prot: Prot, flags: MapFlags) -> Result<u64, Fail> {
-        self.mm.mmap(0, len, prot, flags).map_err(|e| mm_fail("mmap", e))
-    }
-    /// `munmap`.
-    pub fn munmap(&self, addr: u64, len: u64) -> Verdict {
-        self.mm.munmap(addr, len).map_err(|e| mm_fail("munmap", e))
-    }
-    /// `mprotect`.
-    pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> Verdict {
-        self.mm.mprotect(addr, len, prot).map_err(|e| mm_fail("mprotect", e))
-    }
-    /// `madvise`.
-    pub fn madvise(&self, addr: u64, len: u64, advice: MadviseAdvice) -> Verdict {
-        self.mm.madvise(addr, len, advice).map_err(|e| mm_fail("madvise", e))
-    }
-    /// Writes `n` ints from `va`, element `i` = `value(i)` (one CPU copy).
-    pub fn write_ints(&self, va: u64, n: usize, value: impl Fn(usize) -> i32) -> Verdict {
-        let bytes: Vec<u8> = (0..n).flat_map(|i| value(i).to_le_bytes()).collect();
-        self.mm.write_bytes(va, &bytes).map_err(|e| mm_fail("CPU write", e))
-    }
-    /// Reads `n` ints from `va`.
-    pub fn read_ints(&self, va: u64, n: usize) -> Result<Vec<i32>, Fail> {
-        let mut bytes = vec![0u8; n * 4];
-        self.mm.read_bytes(va, &mut bytes).map_err(|e| mm_fail("CPU read", e))?;
-        Ok(bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
-    }
-    /// Reads one int, element `index` of the array at `va`.
-    pub fn read_int(&self, va: u64, index: usize) -> Result<i32, Fail> {
-        Ok(self.read_ints(va + index as u64 * 4, 1)?[0])
-    }
-    /// Adds one to element `index` atomically; returns the old value.
-    pub fn increment_int(&self, va: u64, index: usize) -> Result<i32, Fail> {
-        // The CPU's atomics work on u64: add to the right half.
-        let at = va + index as u64 * 4;
-        let word = at & !7;
-        let shift = (at - word) * 8;
-        let old = self.mm.atomic_fetch_add(word, 1 << shift).map_err(|e| mm_fail("CPU atomic add", e))?;
-        Ok((old >> shift) as u32 as i32)
-    }
-}
-
-/// Checks that `values[i] == expected(i)` for every `i`, naming the first
-/// element that differs.
-pub fn check_ints(what: &str, values: &[i32], expected: impl Fn(usize) -> i32) -> Verdict {
-    if let Some((i, &v)) = values.iter().enumerate().find(|&(i, &v)| v != expected(i)) {
-        return Err(Fail::failed(format!("{what}[{i}] = {v}, expected {}", expected(i)), file!(), line!()));
-    }
-    Ok(())
-}
-
 /// A test buffer (`struct hmm_buffer`): `ptr` is the memory under test,
 /// `mirror` the device-side user buffer, both in the process.
 #[derive(Clone, Copy, Debug)]
@@ -157,54 +100,6 @@ impl HmmBuffer {
     /// Ints in the buffer.
     pub fn ints(&self) -> usize {
         (self.size / 4) as usize
-    }
-}
-
-/// A child process after `fork`, as the child sees it.
-#[derive(Debug)]
-pub struct Child {
-    /// The child's process.
-    pub process: Process,
-    /// The module, to open devices from the child.
-    pub dmirror: Arc<Dmirror>,
-    killed: Arc<AtomicBool>,
-}
-
-impl Child {
-    /// True once the parent sent SIGKILL.
-    pub fn killed(&self) -> bool {
-        self.killed.load(Ordering::Acquire)
-    }
-}
-
-/// How a child ended (`waitpid`'s status).
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub enum ExitStatus {
-    /// `WIFEXITED`, with `WEXITSTATUS` and the failure that caused a
-    /// non-zero status.
-    Exited(i32, Option<String>),
-    /// `WIFSIGNALED`, with `WTERMSIG`.
-    Signaled(i32),
-}
-
-/// `SIGKILL`.
-pub const SIGKILL: i32 = 9;
-
-/// A forked child running in its own thread.
-#[derive(Debug)]
-pub struct ChildHandle {
-    thread: std::thread::JoinHandle<ExitStatus>,
-    killed: Arc<AtomicBool>,
-}
-
-impl ChildHandle {
-    /// `kill(pid, SIGKILL)`.
-    pub fn kill(&self) {
-        self.killed.store(true, Ordering::Release);
-    }
-    /// `waitpid(pid, &status, 0)`.
-    pub fn wait(self) -> ExitStatus {
-        self.thread.join().unwrap_or_else(|_| ExitStatus::Exited(134, Some("the child panicked".into())))
     }
 }
 
@@ -328,25 +223,7 @@ impl Ctx {
     /// handle to wait for (or kill) it.
     pub fn fork(&self, child: impl FnOnce(&Child) -> Verdict + Send + 'static) -> Result<ChildHandle, Fail> {
         let mm = ok!(self.process.mm.fork());
-        let killed = Arc::new(AtomicBool::new(false));
-        let me = Child { process: Process { mm }, dmirror: self.dmirror.clone(), killed: killed.clone() };
-        let thread = std::thread::Builder::new()
-            .name("hmm-selftest child".into())
-            .spawn(move || {
-                let verdict = child(&me);
-                let status = if me.killed() {
-                    ExitStatus::Signaled(SIGKILL)
-                } else {
-                    match verdict {
-                        Ok(()) => ExitStatus::Exited(0, None),
-                        Err(fail) => ExitStatus::Exited(1, Some(fail.to_string())),
-                    }
-                };
-                me.process.mm.exit();
-                status
-            })
-            .map_err(|e| Fail::failed(format!("fork: {e}"), file!(), line!()))?;
-        Ok(ChildHandle { thread, killed })
+        fork::spawn(Process { mm }, self.dmirror.clone(), child)
     }
 }
 
@@ -369,17 +246,6 @@ pub fn hmm_migrate_sys_to_dev(fd: &DmirrorFile, buffer: &mut HmmBuffer, npages: 
 /// `hmm_migrate_dev_to_sys`.
 pub fn hmm_migrate_dev_to_sys(fd: &DmirrorFile, buffer: &mut HmmBuffer, npages: u64) -> Result<(), Errno> {
     hmm_dmirror_cmd(fd, hmm_dmirror::uapi::HMM_DMIRROR_MIGRATE_TO_SYS, buffer, npages)
-}
-
-/// Checks that a child exited with status 0.
-pub fn check_exited_ok(status: &ExitStatus) -> Verdict {
-    match status {
-        ExitStatus::Exited(0, _) => Ok(()),
-        ExitStatus::Exited(code, why) => {
-            Err(Fail::failed(format!("child exited {code}: {}", why.as_deref().unwrap_or("?")), file!(), line!()))
-        }
-        ExitStatus::Signaled(sig) => Err(Fail::failed(format!("child killed by signal {sig}"), file!(), line!())),
-    }
 }
 
 /// The PMD-aligned window of `size` bytes inside `[start, start + 2 *

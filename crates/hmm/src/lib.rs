@@ -34,6 +34,7 @@ pub mod pfn;
 
 mod error;
 mod fault;
+mod plain;
 mod range;
 mod retry;
 mod walk;

@@ -18,7 +18,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use hmm_mm::device::{migrate_pfn, migrate_pfn_to_pfn, DeviceFault, MigrateDevice};
+use hmm_mm::device::{DeviceFault, MigrateDevice};
 use hmm_mm::phys::{MemoryType, Pagemap, PagemapOps, PhysMem};
 use hmm_mm::{FaultError, Kernel};
 use hmm_types::{Owner, Pfn};
@@ -222,20 +222,10 @@ impl DeviceMemory {
     fn evict_run(&self, start: Pfn, npages: u64) {
         let phys = self.phys();
         let in_use = (0..npages).any(|j| phys.folio_counts(start.add(j)).0 > 0);
-        if !in_use {
-            return;
+        if in_use {
+            // Linux's eviction cannot fail for want of RAM (__GFP_NOFAIL);
+            // here a page without a RAM page stays on the device.
+            let _ = MigrateDevice::to_ram(&self.kernel, start, npages);
         }
-        let Ok(mut migrate) = MigrateDevice::setup(&self.kernel, start, npages) else { return };
-        for j in 0..migrate.src.len() {
-            let Some(src) = migrate_pfn_to_pfn(migrate.src[j]) else { continue };
-            // Eviction must not fail for want of RAM in Linux (it uses
-            // __GFP_NOFAIL); here a failed allocation leaves the page.
-            let Ok(dst) = phys.alloc_folio(0, false) else { continue };
-            phys.meta(dst).try_lock();
-            phys.copy_frames(dst, src, 1);
-            migrate.dst[j] = migrate_pfn(dst);
-        }
-        migrate.pages();
-        migrate.finalize();
     }
 }

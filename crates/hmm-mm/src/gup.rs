@@ -18,7 +18,7 @@ use bitflags::bitflags;
 use hmm_types::{Pfn, VaRange, VmFlags, PAGE_SIZE};
 
 use crate::cpu::translate_or_fault;
-use crate::device::{migrate_pfn, migrate_pfn_to_pfn, MigrateDevice};
+use crate::device::MigrateDevice;
 use crate::error::{FaultError, MmError, SegvReason};
 use crate::fs::InodeKind;
 use crate::mm::Mm;
@@ -154,19 +154,9 @@ impl Mm {
 /// mapped (`migrate_device_coherent_folio`). Large coherent folios are left
 /// in place (the caller then retries and gives up with `EBUSY`).
 fn migrate_coherent_page(kernel: &Arc<crate::Kernel>, pfn: Pfn) -> Result<(), MmError> {
-    let phys = kernel.phys();
-    if phys.folio_order(pfn) > 0 {
-        return Ok(());
+    if kernel.phys().folio_order(pfn) == 0 {
+        MigrateDevice::to_ram(kernel, pfn, 1)?;
     }
-    let mut migrate = MigrateDevice::setup(kernel, pfn, 1)?;
-    if let Some(src) = migrate_pfn_to_pfn(migrate.src[0]) {
-        let dst = phys.alloc_folio(0, false)?;
-        phys.meta(dst).try_lock();
-        phys.copy_frames(dst, src, 1);
-        migrate.dst[0] = migrate_pfn(dst);
-    }
-    migrate.pages();
-    migrate.finalize();
     Ok(())
 }
 

@@ -67,6 +67,29 @@ impl MigrateDevice {
         Ok(this)
     }
 
+    /// Moves every in-use frame of `[start, start + npages)` to a new
+    /// system page wherever it is mapped, with the core doing the copy
+    /// (`migrate_device_coherent_folio`, and the loop a driver runs to
+    /// release its memory): setup, a RAM page per collected frame, pages,
+    /// finalize. A frame without a RAM page (out of memory) stays; returns
+    /// the frames moved.
+    pub fn to_ram(kernel: &Arc<Kernel>, start: Pfn, npages: u64) -> Result<u64, MmError> {
+        let phys = kernel.phys();
+        let mut migrate = Self::setup(kernel, start, npages)?;
+        let mut moved = 0;
+        for i in 0..migrate.src.len() {
+            let Some(src) = migrate_pfn_to_pfn(migrate.src[i]) else { continue };
+            let Ok(dst) = phys.alloc_folio(0, false) else { continue };
+            phys.meta(dst).try_lock();
+            phys.copy_frames(dst, src, 1);
+            migrate.dst[i] = migrate_pfn(dst);
+            moved += 1;
+        }
+        migrate.pages();
+        migrate.finalize();
+        Ok(moved)
+    }
+
     fn unmap(&mut self, start: Pfn, npages: u64) {
         let phys = self.kernel.phys().clone();
         for mm in self.kernel.live_mms() {

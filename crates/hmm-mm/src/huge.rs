@@ -54,7 +54,7 @@ pub(crate) fn split_huge_leaf(mm: &Mm, slot: Slot<'_>, entry: Entry) -> Result<b
             // The device folio splits too when nothing else holds it (as
             // the driver's `folio_split` lets Linux do), so each page can
             // later move, be unmapped or be copied on its own.
-            phys.split_folio(entry.pfn());
+            phys.split_folio(entry.pfn(), hmm_pagetable::ENTRIES_PER_TABLE as u32);
         }
         done
     } else {
@@ -101,6 +101,20 @@ pub(crate) fn split_huge_at(mm: &Mm, va: u64) -> Result<(), MmError> {
         let slot = mm.pgtable().find(va);
         let entry = slot.load();
         if slot.level() == Level::Pte || !entry.is_leaf(slot.level()) || va % slot.level().entry_bytes() == 0 {
+            return Ok(());
+        }
+        split_huge_leaf(mm, slot, entry)?;
+    }
+}
+
+/// Splits every huge leaf mapping `va` until a PTE maps it
+/// (`split_huge_pmd` as GUP's `FOLL_SPLIT_PMD` asks for it). A hole or a
+/// non-leaf entry is left alone.
+pub(crate) fn split_to_pte(mm: &Mm, va: u64) -> Result<(), MmError> {
+    loop {
+        let slot = mm.pgtable().find(va);
+        let entry = slot.load();
+        if slot.level() == Level::Pte || !entry.is_leaf(slot.level()) {
             return Ok(());
         }
         split_huge_leaf(mm, slot, entry)?;

@@ -73,6 +73,21 @@ pub struct Kernel {
     mms: Mutex<Vec<Weak<Mm>>>,
 }
 
+/// In debug builds the machine's last reference checks frame accounting
+/// ([`PhysMem::check_frames`]): by then no address space is left and no
+/// operation is in flight, so any inconsistency is a bug of the model (a
+/// reference or mapping dropped twice, or one never dropped).
+#[cfg(debug_assertions)]
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            if let Err(error) = self.phys.check_frames() {
+                panic!("{error}");
+            }
+        }
+    }
+}
+
 impl Kernel {
     /// Boots a machine.
     pub fn new(config: KernelConfig) -> Result<Arc<Self>, MmError> {

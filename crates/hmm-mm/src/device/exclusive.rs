@@ -7,12 +7,12 @@
 //! Linux: `mm/rmap.c` (`make_device_exclusive`), `mm/memory.c`
 //! (`remove_device_exclusive_entry`).
 
-use hmm_pagetable::{Entry, LeafFlags, Slot, SwapKind};
+use hmm_pagetable::{Entry, LeafFlags, Level, Slot, SwapKind};
 use hmm_types::{Event, Owner, Pfn, VmFlags, PAGE_SIZE};
 
 use crate::cpu::translate_or_fault;
 use crate::error::MmError;
-use crate::huge::split_huge_at;
+use crate::huge::split_to_pte;
 use crate::mm::{Mm, MmapReadGuard};
 use crate::phys::{PageFlags, PhysMem};
 use crate::vma::Vma;
@@ -61,9 +61,14 @@ pub fn make_device_exclusive<'a>(
         if !vma.is_anonymous() || vma.flags.contains(VmFlags::HUGETLB) {
             return Err(MmError::NotSupported("device-exclusive access needs private anonymous memory"));
         }
-        split_huge_at(mm, addr)?;
-        split_huge_at(mm, addr + PAGE_SIZE)?;
+        // GUP with FOLL_WRITE | FOLL_SPLIT_PMD: fault the page in first
+        // (untouched memory may get a THP), then make sure a PTE maps it;
+        // only a PTE can become a device-exclusive entry.
         let pfn = translate_or_fault(guard, addr, true)?.keep();
+        if let Err(error) = split_to_pte(mm, addr) {
+            phys.put(pfn);
+            return Err(error);
+        }
         if !phys.meta(pfn).try_lock() {
             phys.put(pfn);
             std::thread::yield_now();
@@ -75,7 +80,7 @@ pub fn make_device_exclusive<'a>(
         };
         let slot = mm.pgtable().find(addr);
         let entry = slot.load();
-        let still = entry.is_accessible() && entry.is_write() && entry.pfn() == pfn;
+        let still = slot.level() == Level::Pte && entry.is_accessible() && entry.is_write() && entry.pfn() == pfn;
         let swapped =
             still && slot.compare_exchange(entry, Entry::swap(SwapKind::DeviceExclusive, pfn.0, false)).is_ok();
         invalidation.end();
@@ -114,4 +119,41 @@ pub(crate) fn restore(mm: &Mm, vma: &Vma, slot: Slot<'_>, entry: Entry) {
     let _ = slot.compare_exchange(entry, restored);
     invalidation.end();
     phys.unlock_put(page);
+}
+
+#[cfg(test)]
+mod tests {
+    use hmm_pagetable::{Level, SwapKind};
+    use hmm_types::{MapFlags, Prot, PAGE_SIZE, PMD_SIZE};
+
+    use super::make_device_exclusive;
+    use crate::testing::{kernel, leaf};
+    use crate::ThpMode;
+
+    /// Regression: on untouched memory eligible for a THP, the write fault
+    /// mapped a PMD and the PMD itself became the device-exclusive entry;
+    /// exit then underflowed the mapcount. Linux faults the page in with
+    /// `FOLL_WRITE | FOLL_SPLIT_PMD`: a PTE of a zeroed page becomes
+    /// exclusive, and the CPU reads zeros back.
+    #[test]
+    fn untouched_memory_is_faulted_in_and_a_pte_becomes_exclusive() {
+        let k = kernel(64, ThpMode::Always);
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap(0, 2 * PMD_SIZE, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS).unwrap();
+        {
+            let guard = mm.mmap_read();
+            for page in 0..10 {
+                drop(make_device_exclusive(&guard, va + page * PAGE_SIZE, None).unwrap());
+            }
+        }
+        for page in 0..10 {
+            let (level, entry) = leaf(&mm, va + page * PAGE_SIZE);
+            assert_eq!((level, entry.swap_kind()), (Level::Pte, Some(SwapKind::DeviceExclusive)));
+        }
+        assert_eq!(mm.read_u64(va + 9 * PAGE_SIZE).unwrap(), 0);
+        mm.write_u64(va, 7).unwrap();
+        mm.exit();
+        drop(mm);
+        assert_eq!(k.phys().check_frames().unwrap().in_use, 0);
+    }
 }

@@ -336,8 +336,13 @@ impl MigrateVma {
 /// collection.
 fn split_pte_mapped_folios(mm: &Mm, start: u64, end: u64) {
     let phys = mm.phys();
-    let mut heads = Vec::new();
-    let _ = mm.pgtable().walk(start, end, |visit| {
+    // Count every PTE of this space naming each folio, over the whole
+    // 2 MiB blocks around the range: a folio splits only when they are all
+    // of its mappings (see `PhysMem::split_folio`).
+    let block = hmm_types::PMD_SIZE;
+    let (outer_start, outer_end) = (start & !(block - 1), end.checked_next_multiple_of(block).unwrap_or(end));
+    let mut heads: Vec<(Pfn, u32, bool)> = Vec::new();
+    let _ = mm.pgtable().walk(outer_start, outer_end, |visit| {
         if let Visit::Slot { slot, entry } = visit {
             let candidate = slot.level() == hmm_pagetable::Level::Pte
                 && entry.is_present()
@@ -347,15 +352,22 @@ fn split_pte_mapped_folios(mm: &Mm, start: u64, end: u64) {
                 && phys.folio_order(entry.pfn()) > 0;
             if candidate {
                 let head = phys.folio_head(entry.pfn());
-                if heads.last() != Some(&head) {
-                    heads.push(head);
+                let inside = (start..end).contains(&slot.va());
+                match heads.iter_mut().find(|(h, _, _)| *h == head) {
+                    Some((_, n, seen_inside)) => {
+                        *n += 1;
+                        *seen_inside |= inside;
+                    }
+                    None => heads.push((head, 1, inside)),
                 }
             }
         }
         ControlFlow::<()>::Continue(())
     });
-    for head in heads {
-        phys.split_folio(head);
+    for (head, ptes, inside) in heads {
+        if inside {
+            phys.split_folio(head, ptes);
+        }
     }
 }
 
@@ -380,11 +392,9 @@ fn split_leaves(mm: &Mm, start: u64, end: u64, whole: &[u64]) -> Result<(), MmEr
             return Ok(());
         };
         let slot = mm.pgtable().find(va);
+        // The folio itself splits (best effort, as Linux's split_folio: a
+        // folio that cannot split is skipped by the collection) once no
+        // huge leaf is left, with the PTE-mapped ones.
         split_huge_leaf(mm, slot, entry)?;
-        if entry.is_present() && !mm.phys().is_zero_pfn(entry.pfn()) {
-            // Best effort, as Linux's split_folio: a folio that cannot
-            // split is skipped by the collection.
-            mm.phys().split_folio(mm.phys().folio_head(entry.pfn()));
-        }
     }
 }

@@ -494,3 +494,37 @@ fn device_coherent_pages_are_mapped_by_the_cpu() {
     assert_eq!(mm.read_u64(va + PAGE_SIZE).unwrap(), 22);
     assert_eq!(device.free_pages(), 8);
 }
+
+/// Regression: after fork a THP is PMD-mapped by the child and, once the
+/// parent wrote one page (COW splits its PMD), PTE-mapped 511 times by the
+/// parent: 512 mappings, which looked like "every page mapped once". A
+/// device-private migration over the parent's range (dmirror's eviction on
+/// close) split the folio under the child's PMD, and the exits underflowed
+/// the mapcount. The folio must stay whole and every count balance.
+#[test]
+fn a_thp_pmd_mapped_in_a_fork_child_is_not_split_by_the_parent_migration() {
+    let k = kernel(64, ThpMode::Always);
+    let mm = k.create_mm().unwrap();
+    let va = mm.mmap(0, 2 * PMD_SIZE, Prot::RW, ANON).unwrap();
+    mm.write_u64(va, 1).unwrap();
+    let thp = leaf(&mm, va).1.pfn();
+    let child = mm.fork().unwrap();
+    mm.write_u64(va + 300 * PAGE_SIZE, 2).unwrap();
+    assert_eq!(k.phys().folio_counts(thp), (512, 512));
+    {
+        let guard = mm.mmap_read();
+        let select = MigrateSelect::DEVICE_PRIVATE | MigrateSelect::COMPOUND;
+        let mut migrate = MigrateVma::new(va, va + 2 * PMD_SIZE, OWNER, select);
+        migrate.setup(guard.locked()).unwrap();
+        assert_eq!(migrate.cpages, 0, "no device page to collect");
+        migrate.pages(guard.locked());
+        migrate.finalize(guard.locked());
+    }
+    assert_eq!(k.phys().folio_order(thp), 9, "the child's PMD still maps the whole folio");
+    assert_eq!(child.read_u64(va).unwrap(), 1);
+    assert_eq!(mm.read_u64(va + 300 * PAGE_SIZE).unwrap(), 2);
+    mm.exit();
+    child.exit();
+    drop((mm, child));
+    assert_eq!(k.phys().check_frames().unwrap().in_use, 0);
+}

@@ -79,7 +79,7 @@ fn split_device_private_pmds(mm: &Mm, start: u64, end: u64) -> Result<(), MmErro
     for (va, entry) in found {
         let slot = mm.pgtable().find(va);
         if slot.level() == Level::Pmd && crate::huge::split_huge_leaf(mm, slot, entry)? {
-            mm.phys().split_folio(entry.pfn());
+            mm.phys().split_folio(entry.pfn(), hmm_pagetable::ENTRIES_PER_TABLE as u32);
         }
     }
     Ok(())

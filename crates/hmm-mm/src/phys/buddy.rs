@@ -92,7 +92,7 @@ impl Buddy {
 
     /// True when `index` lies in a block that is already free (a double
     /// free even after the first free merged it into a larger block).
-    fn is_inside_free_block(&self, index: u64) -> bool {
+    pub(crate) fn is_inside_free_block(&self, index: u64) -> bool {
         (0..=MAX_ORDER).any(|order| {
             let head = index & !((1u64 << order) - 1);
             head + (1 << order) <= self.nr_frames && self.is_free_head(head, order)

@@ -14,6 +14,7 @@
 //! `page_ref_*`), `mm/huge_memory.c` (huge zero page).
 
 mod access;
+mod audit;
 mod buddy;
 mod bytes;
 mod frame;
@@ -30,6 +31,7 @@ use parking_lot::Mutex;
 use hmm_pagetable::{TableId, TableStore, TableStoreFull, ENTRIES_PER_TABLE};
 use hmm_types::{Pfn, PAGE_SIZE};
 
+pub use audit::{FrameAccountingError, FrameAudit};
 pub use frame::{FrameMeta, PageFlags};
 pub use free_batch::FreeBatch;
 pub use hugetlb::HugetlbStats;

@@ -83,16 +83,28 @@ impl PhysMem {
     }
 
     /// Splits a PTE-mapped anonymous folio of RAM or device memory into
-    /// order-0 pages
-    /// (`split_folio`), when every page is mapped the same number of times
-    /// and nothing else references it; returns whether it split. The count
-    /// is frozen meanwhile, so speculative lookups fail and retry.
-    pub fn split_folio(&self, head: Pfn) -> bool {
+    /// order-0 pages (`split_folio`), when every page is mapped the same
+    /// number of times and nothing else references it; returns whether it
+    /// split. The count is frozen meanwhile, so speculative lookups fail
+    /// and retry.
+    ///
+    /// `pte_mappings` is how many PTEs naming the folio the caller found.
+    /// The folio's mapcount adds PMD and PTE mappings alike, so only when
+    /// it equals that number is the folio known not to be PMD-mapped
+    /// elsewhere (a fork child): splitting under a PMD mapping would leave
+    /// it naming an order-0 page and corrupt every count at its unmap. Linux
+    /// splits those PMDs through the reverse map first; the model, which
+    /// has none, leaves such a folio whole.
+    pub fn split_folio(&self, head: Pfn, pte_mappings: u32) -> bool {
         let meta = self.meta(head);
         let order = meta.order();
         let nr = 1u32 << order;
         let (refcount, mapcount) = (meta.refcount(), meta.mapcount());
-        let uniform = order > 0 && mapcount > 0 && refcount == mapcount as u32 && refcount % nr == 0;
+        let uniform = order > 0
+            && mapcount > 0
+            && mapcount as u32 == pte_mappings
+            && refcount == mapcount as u32
+            && refcount % nr == 0;
         // RAM and device memory a driver migrates split; DAX blocks do not.
         let splittable = matches!(
             self.memory_type(head),
@@ -246,6 +258,19 @@ mod tests {
         }
     }
 
+    /// 511 PTEs here and one PMD in a fork child add up to 512 mappings,
+    /// as 512 PTEs would: only the caller's count of PTEs tells them apart,
+    /// and a folio a PMD still maps must stay whole.
+    #[test]
+    fn a_folio_still_mapped_by_a_pmd_elsewhere_does_not_split() {
+        let mem = PhysMem::new(8 << 20).unwrap();
+        let thp = pte_mapped_thp(&mem);
+        assert!(!mem.split_folio(thp, 511));
+        assert_eq!((mem.folio_order(thp), mem.folio_counts(thp)), (9, (512, 512)));
+        assert!(mem.split_folio(thp, 512));
+        unmap_all(&mem, thp);
+    }
+
     #[test]
     fn try_get_lets_go_of_a_head_split_off_before_the_reference_landed() {
         let mem = PhysMem::new(8 << 20).unwrap();
@@ -253,7 +278,7 @@ mod tests {
         let thp = pte_mapped_thp(&mem);
         let page = thp.add(5);
         let mut split = false;
-        assert!(mem.try_get_racing(page, || split = split || mem.split_folio(thp)));
+        assert!(mem.try_get_racing(page, || split = split || mem.split_folio(thp, 512)));
         assert!(split);
         assert_eq!(mem.folio_counts(thp), (1, 1), "the reference that landed on the old head was dropped");
         assert_eq!(mem.folio_counts(page), (2, 1), "the reference is on the page's own folio");

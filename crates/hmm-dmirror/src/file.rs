@@ -11,7 +11,7 @@
 //! (`lib/test_hmm.c`).
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::{Mutex, MutexGuard};
 
@@ -59,7 +59,12 @@ impl Mirror {
             flags: AtomicU64::new(0),
             migrating: AtomicU32::new(0),
         });
-        let notifier = mm.interval_notifier_insert(0, TASK_SIZE, mirror.clone())?;
+        // The subscription holds the mirror weakly: the mirror holds the
+        // subscription and the address space, so a strong reference back
+        // would keep all three alive after close (Linux breaks the same
+        // cycle with `mmu_interval_notifier_remove` in release).
+        let ops = Arc::new(MirrorOps(Arc::downgrade(&mirror)));
+        let notifier = mm.interval_notifier_insert(0, TASK_SIZE, ops)?;
         mirror.notifier.set(notifier).expect("set once, here");
         Ok(mirror)
     }
@@ -102,7 +107,24 @@ impl Mirror {
     }
 }
 
-impl IntervalNotifierOps for Mirror {
+/// The notifier callback's view of a mirror: weak, see [`Mirror::new`].
+#[derive(Debug)]
+struct MirrorOps(Weak<Mirror>);
+
+impl IntervalNotifierOps for MirrorOps {
+    fn invalidate(&self, subscription: &IntervalNotifier, range: &NotifierRange, cur_seq: u64) -> bool {
+        match self.0.upgrade() {
+            Some(mirror) => mirror.invalidate(subscription, range, cur_seq),
+            // The file is closing: its table is being dropped with it.
+            None => {
+                subscription.set_seq(cur_seq);
+                true
+            }
+        }
+    }
+}
+
+impl Mirror {
     /// `dmirror_interval_invalidate`, with two deliberate differences:
     /// * on its own MIGRATE event the file keeps its table (it maintains it
     ///   during the migration) but still records the sequence, so that a

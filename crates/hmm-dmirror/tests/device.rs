@@ -166,3 +166,78 @@ fn without_coherent_memory_devices_2_and_3_do_not_exist() {
     let bad = DmirrorConfig { chunk_pages: 100, ..DmirrorConfig::default() };
     assert_eq!(Dmirror::probe(&kernel, bad).unwrap_err(), Errno::Inval);
 }
+
+/// Regression (leak): the file's subscription held the file's mirror, which
+/// holds the subscription and the address space, so no closed file and no
+/// address space it had mirrored was ever freed. Thousands of
+/// open/read/close cycles must leave no reference on the address space and
+/// every frame back once it goes.
+#[test]
+fn closing_a_file_frees_its_mirror_and_lets_the_address_space_go() {
+    let (kernel, dmirror, mm) = machine();
+    let va = filled(&mm, 4);
+    let mut buf = vec![0u8; 4 * PAGE as usize];
+    for round in 0..2000 {
+        let fd = dmirror.device(round % 2).unwrap().open(&mm).unwrap();
+        fd.read(va, 4, &mut buf).unwrap();
+        drop(fd);
+        assert_eq!(Arc::strong_count(&mm), 1, "round {round}: a closed file still holds the address space");
+    }
+    assert_eq!(u64::from_ne_bytes(buf[PAGE as usize..][..8].try_into().unwrap()), 0x1001);
+    let gone = Arc::downgrade(&mm);
+    drop(mm);
+    assert!(gone.upgrade().is_none(), "the address space was freed");
+    assert_eq!(kernel.phys().check_frames().unwrap().in_use, 0, "every frame returned");
+}
+
+/// Regression: EXCLUSIVE on memory never touched (4 MiB, eligible for a
+/// THP) corrupted the counts (the THP's PMD became the exclusive entry) and
+/// exit panicked. Linux faults the pages in for write and splits the PMD:
+/// the call succeeds and the device reads zeros.
+#[test]
+fn exclusive_on_untouched_memory_faults_it_in() {
+    let kernel = Kernel::new(KernelConfig { ram_bytes: 256 << 20, thp: ThpMode::Always, ..KernelConfig::default() })
+        .expect("boot");
+    let dmirror = Dmirror::probe(&kernel, DmirrorConfig { chunk_pages: 4096, ..DmirrorConfig::default() }).unwrap();
+    let mm = kernel.create_mm().unwrap();
+    let fd = dmirror.device(0).unwrap().open(&mm).unwrap();
+    let va = mm.mmap(0, 4 << 20, Prot::RW, ANON).unwrap();
+    let mut out = vec![0xffu8; 10 * PAGE as usize];
+    let counts = fd.exclusive(va, 10, &mut out).unwrap();
+    assert_eq!(counts.cpages, 10);
+    assert!(out.iter().all(|&b| b == 0));
+    mm.write_u64(va, 1).unwrap();
+    assert!(fd.check_exclusive(va, 1).is_ok(), "the CPU access revoked the first page");
+    drop(fd);
+    mm.exit();
+    drop(mm);
+    assert_eq!(kernel.phys().check_frames().unwrap().in_use, 0);
+}
+
+/// Regression: a fork child PMD-maps a THP the parent PTE-maps after a copy
+/// on write; closing a file (which evicts device memory from the parent's
+/// address space) split the folio under the child's PMD, and exit
+/// underflowed the mapcount in a destructor.
+#[test]
+fn closing_a_file_after_fork_and_copy_on_write_keeps_the_counts() {
+    let kernel = Kernel::new(KernelConfig { ram_bytes: 256 << 20, thp: ThpMode::Always, ..KernelConfig::default() })
+        .expect("boot");
+    let dmirror = Dmirror::probe(&kernel, DmirrorConfig { chunk_pages: 4096, ..DmirrorConfig::default() }).unwrap();
+    let mm = kernel.create_mm().unwrap();
+    let fd = dmirror.device(0).unwrap().open(&mm).unwrap();
+    let va = mm.mmap(0, 673 * PAGE, Prot::RW, ANON).unwrap();
+    mm.write_u64(va + 118 * PAGE, 1).unwrap();
+    let shared = mm.mmap(0, 569 * PAGE, Prot::READ, MapFlags::SHARED | MapFlags::ANONYMOUS).unwrap();
+    let mut snap = vec![0u8; 569];
+    fd.snapshot(shared, 569, &mut snap).unwrap();
+    let child = mm.fork().unwrap();
+    mm.write_u64(va + 433 * PAGE, 2).unwrap();
+    fd.release();
+    drop(fd);
+    assert_eq!(child.read_u64(va + 118 * PAGE).unwrap(), 1);
+    assert_eq!(child.read_u64(va + 433 * PAGE).unwrap(), 0);
+    mm.exit();
+    child.exit();
+    drop((mm, child));
+    assert_eq!(kernel.phys().check_frames().unwrap().in_use, 0);
+}

@@ -184,34 +184,28 @@ impl DmirrorFile {
         let request = Request::try_from(request)?;
         let npages = checked_npages(cmd.addr, cmd.npages)?;
         let mut done = HmmDmirrorCmd { cpages: 0, faults: 0, ..*cmd };
-        let bytes = (npages * PAGE_SIZE) as usize;
         let counts = match request {
             Request::Read => {
-                let mut bounce = vec![0u8; bytes];
+                let mut bounce = self.bounce(npages)?;
                 let counts = self.read(cmd.addr, npages, &mut bounce)?;
                 self.copy_to_user(cmd.ptr, &bounce)?;
                 counts
             }
             Request::Write => {
-                let mut bounce = vec![0u8; bytes];
+                let mut bounce = self.bounce(npages)?;
                 self.copy_from_user(cmd.ptr, &mut bounce)?;
                 self.write(cmd.addr, npages, &bounce)?
             }
             Request::MigrateToDev => {
-                let mut bounce = vec![0u8; bytes];
+                let mut bounce = self.bounce(npages)?;
                 let counts = self.migrate_to_dev(cmd.addr, npages, &mut bounce)?;
                 self.copy_to_user(cmd.ptr, &bounce)?;
                 counts
             }
             Request::MigrateToSys => self.migrate_to_sys(cmd.addr, npages)?,
-            Request::Snapshot => {
-                let mut bytes = vec![0u8; npages as usize];
-                let counts = self.snapshot(cmd.addr, npages, &mut bytes)?;
-                self.copy_to_user(cmd.ptr, &bytes)?;
-                counts
-            }
+            Request::Snapshot => self.snapshot_to_user(cmd.addr, npages, cmd.ptr)?,
             Request::Exclusive => {
-                let mut bounce = vec![0u8; bytes];
+                let mut bounce = self.bounce(npages)?;
                 let counts = self.exclusive(cmd.addr, npages, &mut bounce)?;
                 self.copy_to_user(cmd.ptr, &bounce)?;
                 counts
@@ -230,6 +224,39 @@ impl DmirrorFile {
         done.faults = counts.faults;
         *cmd = done;
         Ok(())
+    }
+
+    /// The kernel buffer of a copying command (`dmirror_bounce_init`):
+    /// `ENOMEM` when it would exceed RAM, as `vmalloc` refuses, or when the
+    /// host cannot give it; never an abort.
+    fn bounce(&self, npages: u64) -> Result<Vec<u8>, DmirrorError> {
+        if npages > self.mirror.mm.phys().ram_frames() {
+            return Err(DmirrorError::NoMem("a bounce buffer larger than RAM"));
+        }
+        let bytes = (npages * PAGE_SIZE) as usize;
+        let mut bounce = Vec::new();
+        bounce.try_reserve_exact(bytes).map_err(|_| DmirrorError::NoMem("the bounce buffer"))?;
+        bounce.resize(bytes, 0);
+        Ok(bounce)
+    }
+
+    /// SNAPSHOT for the ioctl: chunk by chunk, each copied out before the
+    /// next, as Linux does with its on-stack chunk buffer; no buffer is
+    /// sized by `npages`.
+    fn snapshot_to_user(&self, addr: u64, npages: u64, ptr: u64) -> Result<Counts, DmirrorError> {
+        const CHUNK: u64 = 64;
+        let mut bytes = [0u8; CHUNK as usize];
+        let mut done = 0;
+        while done < npages {
+            let n = (npages - done).min(CHUNK);
+            let chunk = &mut bytes[..n as usize];
+            crate::snapshot::snapshot(&self.mirror, addr + done * PAGE_SIZE, n, chunk)?;
+            // `done` pages copied out already lie in the user's buffer.
+            let at = ptr.checked_add(done).ok_or(DmirrorError::UserCopy(ptr))?;
+            self.copy_to_user(at, chunk)?;
+            done += n;
+        }
+        Ok(Counts { cpages: npages, faults: 0 })
     }
 
     fn copy_to_user(&self, ptr: u64, data: &[u8]) -> Result<(), DmirrorError> {
@@ -311,7 +338,14 @@ impl DmirrorFile {
             return Err(DmirrorError::BadRange { addr: 0, npages });
         }
         let phys = self.mirror.mm.phys();
-        let mut pages = Vec::with_capacity(npages as usize);
+        // More pages than RAM holds cannot be allocated (and a length past
+        // the user address space is ENOMEM from mmap itself): refuse before
+        // reserving anything sized by the caller.
+        if npages > phys.ram_frames() {
+            return Err(DmirrorError::NoMem("more pages than RAM holds"));
+        }
+        let mut pages = Vec::new();
+        pages.try_reserve_exact(npages as usize).map_err(|_| DmirrorError::NoMem("the page list"))?;
         let allocated = (0..npages).try_for_each(|_| {
             pages.push(phys.alloc_folio(0, true).map_err(|_| DmirrorError::NoMem("pages for the mapping"))?);
             Ok(())

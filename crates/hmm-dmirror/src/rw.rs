@@ -147,7 +147,8 @@ pub(crate) fn fault(mirror: &Mirror, start: u64, end: u64, write: bool) -> Resul
     let mut pfns = [0u64; FAULT_CHUNK_PAGES as usize];
     let mut at = start;
     while at < end {
-        let next = end.min(at + FAULT_CHUNK_PAGES * PAGE_SIZE);
+        // `end` may lie within a chunk of 2^64: step by what is left.
+        let next = at + (end - at).min(FAULT_CHUNK_PAGES * PAGE_SIZE);
         let pfns = &mut pfns[..((next - at) / PAGE_SIZE) as usize];
         let mut range = Range {
             notifier: mirror.notifier(),

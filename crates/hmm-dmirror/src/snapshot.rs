@@ -39,7 +39,8 @@ pub(crate) fn snapshot(mirror: &Arc<Mirror>, addr: u64, npages: u64, out: &mut [
     let mut cpages = 0;
     let mut at = addr;
     while at < end {
-        let next = end.min(at + FAULT_CHUNK_PAGES * PAGE_SIZE);
+        // `end` may lie within a chunk of 2^64: step by what is left.
+        let next = at + (end - at).min(FAULT_CHUNK_PAGES * PAGE_SIZE);
         let n = ((next - at) / PAGE_SIZE) as usize;
         let watch = user
             .interval_notifier_insert(at, next - at, Arc::new(ChunkWatch(mirror.clone())))

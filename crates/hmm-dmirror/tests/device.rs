@@ -241,3 +241,72 @@ fn closing_a_file_after_fork_and_copy_on_write_keeps_the_counts() {
     drop((mm, child));
     assert_eq!(kernel.phys().check_frames().unwrap().in_use, 0);
 }
+
+/// Every command near the top of the address space (within a fault chunk
+/// of 2^64, at 2^63, in the kernel half) and with page counts no buffer
+/// can hold fails with Linux's errno: nothing panics, aborts or wraps.
+#[test]
+fn commands_at_the_edges_of_the_address_space_fail_cleanly() {
+    use hmm_dmirror::uapi::{
+        HMM_DMIRROR_CHECK_EXCLUSIVE, HMM_DMIRROR_EXCLUSIVE, HMM_DMIRROR_MIGRATE_TO_DEV, HMM_DMIRROR_MIGRATE_TO_SYS,
+        HMM_DMIRROR_SNAPSHOT, HMM_DMIRROR_WRITE,
+    };
+    let (kernel, dmirror, mm) = machine();
+    let fd = dmirror.device(0).unwrap().open(&mm).unwrap();
+    let out = mm.mmap(0, 64 * PAGE, Prot::RW, ANON).unwrap();
+    let requests = [
+        HMM_DMIRROR_READ,
+        HMM_DMIRROR_WRITE,
+        HMM_DMIRROR_MIGRATE_TO_DEV,
+        HMM_DMIRROR_MIGRATE_TO_SYS,
+        HMM_DMIRROR_SNAPSHOT,
+        HMM_DMIRROR_EXCLUSIVE,
+        HMM_DMIRROR_CHECK_EXCLUSIVE,
+    ];
+    let top = 0u64.wrapping_sub(32 * PAGE);
+    let cases = [(top, 31), (top + PAGE, 30), (1 << 63, 32), (0xffff_8000_0000_0000, 8), (1 << 47, 4)];
+    for request in requests {
+        for (addr, npages) in cases {
+            let mut cmd = HmmDmirrorCmd { addr, ptr: out, npages, cpages: 0, faults: 0 };
+            let result = fd.ioctl(request, &mut cmd);
+            if request == HMM_DMIRROR_CHECK_EXCLUSIVE {
+                assert!(result.is_ok(), "{request:#x} {addr:#x}: nothing there is exclusive");
+                continue;
+            }
+            if request == HMM_DMIRROR_SNAPSHOT {
+                // No VMA and no fault asked: every page reads as an error.
+                result.unwrap();
+                assert_eq!(cmd.cpages, npages);
+                let mut bytes = vec![0u8; npages as usize];
+                mm.read_bytes(out, &mut bytes).unwrap();
+                assert!(bytes.iter().all(|&b| b == prot::ERROR), "{addr:#x}: {bytes:?}");
+                continue;
+            }
+            let errno = result.expect_err("nothing is mapped there").errno();
+            let expected = match request {
+                HMM_DMIRROR_MIGRATE_TO_DEV | HMM_DMIRROR_MIGRATE_TO_SYS => Errno::Inval,
+                _ => Errno::Fault,
+            };
+            assert_eq!(errno, expected, "{request:#x} {addr:#x} {npages}");
+        }
+    }
+    // Page counts whose bounce buffer exceeds RAM: ENOMEM, as vmalloc
+    // refuses, before anything is allocated. SNAPSHOT needs no buffer the
+    // size of the range: it walks chunk by chunk and fails on the hole.
+    let va = filled(&mm, 2);
+    for npages in [kernel.phys().ram_frames() + 1, 1 << 30, 1 << 44] {
+        for request in [HMM_DMIRROR_READ, HMM_DMIRROR_WRITE, HMM_DMIRROR_MIGRATE_TO_DEV, HMM_DMIRROR_EXCLUSIVE] {
+            let mut cmd = HmmDmirrorCmd { addr: va, ptr: out, npages, cpages: 0, faults: 0 };
+            assert_eq!(fd.ioctl(request, &mut cmd).unwrap_err().errno(), Errno::NoMem, "{request:#x} {npages}");
+        }
+        // One byte a page: the 64-page user buffer holds 2^18 of them.
+        let mut cmd = HmmDmirrorCmd { addr: va, ptr: out, npages, cpages: 0, faults: 0 };
+        let snapshot = fd.ioctl(HMM_DMIRROR_SNAPSHOT, &mut cmd).map_err(|e| e.errno());
+        assert_eq!(snapshot, if npages <= 64 * PAGE { Ok(()) } else { Err(Errno::Fault) }, "{npages}");
+    }
+    // The device file's mmap of more pages than memory holds: ENOMEM.
+    for npages in [u64::MAX, 1 << 52, kernel.phys().ram_frames() + 1] {
+        let error = fd.mmap(npages, Prot::READ, MapFlags::SHARED).unwrap_err();
+        assert_eq!(error.errno(), Errno::NoMem, "{npages}");
+    }
+}

@@ -112,7 +112,12 @@ fn for_each_page(
     write: bool,
     mut access: impl FnMut(&Held<'_>, u64, core::ops::Range<usize>),
 ) -> Result<(), MmError> {
-    let end = va.checked_add(len as u64).ok_or(MmError::Invalid("access wraps the address space"))?;
+    // An access running past 2^64 runs into the kernel half, which no
+    // user mapping reaches: SIGSEGV (EFAULT for a kernel copy).
+    let end = va.checked_add(len as u64).ok_or(MmError::Fault {
+        addr: va,
+        error: crate::error::FaultError::Segv(crate::error::SegvReason::NotMapped),
+    })?;
     let mut cursor = va;
     while cursor < end {
         // One translation (and one reference) per leaf: a huge leaf is
@@ -260,6 +265,7 @@ mod tests {
         mm.write_u64(va, 1).unwrap();
         let (_, entry) = crate::testing::leaf(&mm, va);
         assert!(entry.is_dirty() && entry.is_accessed());
-        assert_eq!(mm.write_bytes(u64::MAX - 3, &[0; 8]).unwrap_err().errno(), Errno::Inval);
+        // Past 2^64 is the kernel half: SIGSEGV, EFAULT for a kernel copy.
+        assert_eq!(mm.write_bytes(u64::MAX - 3, &[0; 8]).unwrap_err().errno(), Errno::Fault);
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bitflags::bitflags;
 
-use hmm_types::{Pfn, VaRange, VmFlags, PAGE_SIZE};
+use hmm_types::{Pfn, VmFlags, PAGE_SIZE};
 
 use crate::cpu::translate_or_fault;
 use crate::device::MigrateDevice;
@@ -115,14 +115,22 @@ impl Mm {
 
     fn gup_once(&self, start: u64, nr_pages: u64, flags: FollFlags) -> Result<Vec<Pfn>, MmError> {
         self.check_alive()?;
-        let len = nr_pages.checked_mul(PAGE_SIZE).ok_or(MmError::Invalid("page count overflows"))?;
-        let range = VaRange::new(start, len).map_err(MmError::from_range)?;
+        // `is_valid_gup_args`: flags outside the permitted set are EINVAL.
+        if FollFlags::from_bits(flags.bits()).is_none() {
+            return Err(MmError::Invalid("unknown FOLL_* flags"));
+        }
+        // As Linux: an unaligned start means the page holding it, no page
+        // is no work, and a range running past the user address space (or
+        // past 2^64) fails at its first page without a mapping (EFAULT).
+        let start = start & !(PAGE_SIZE - 1);
         let write = flags.contains(FollFlags::WRITE);
         let guard = self.mmap_read();
-        let mut taken = Vec::with_capacity(nr_pages as usize);
+        // Grown page by page: a count no memory could back fails at its
+        // first unmapped page, not in an allocation sized by the caller.
+        let mut taken = Vec::new();
         let result = (|| {
-            let mut va = range.start();
-            while va < range.end() {
+            let mut va = start;
+            for _ in 0..nr_pages {
                 let fault = |reason| MmError::Fault { addr: va, error: FaultError::Segv(reason) };
                 let vma = guard.vma(va).ok_or(fault(SegvReason::NotMapped))?;
                 if vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
@@ -134,6 +142,7 @@ impl Mm {
                     return Err(MmError::NotSupported("FOLL_LONGTERM pins are refused on fs-dax"));
                 }
                 taken.push(translate_or_fault(&guard, va, write)?.keep());
+                // The last page of 2^64 has no VMA, so this never wraps.
                 va += PAGE_SIZE;
             }
             Ok(())

@@ -228,9 +228,11 @@ impl VmaTree {
     /// Like [`Self::find_free`], with placements (hint included) multiples
     /// of `align` (a power of two): huge-page mappings need their size.
     pub fn find_free_aligned(&self, len: u64, hint: Option<u64>, align: u64) -> Option<u64> {
+        // A hint that does not fit (past the user address space, even
+        // wrapping) is ignored, as Linux ignores it, not an error.
         if let Some(hint) = hint.filter(|h| h % align == 0) {
-            let end = hint.checked_add(len)?;
-            if hint >= MMAP_MIN_ADDR && end <= TASK_SIZE && self.overlapping(hint, end).next().is_none() {
+            let fits = hint.checked_add(len).is_some_and(|end| end <= TASK_SIZE);
+            if fits && hint >= MMAP_MIN_ADDR && self.overlapping(hint, hint + len).next().is_none() {
                 return Some(hint);
             }
         }

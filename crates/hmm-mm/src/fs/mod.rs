@@ -23,6 +23,19 @@ use crate::phys::PhysMem;
 pub use dax::DaxFs;
 pub use inode::{Inode, InodeKind};
 
+/// The largest file size and offset (`MAX_LFS_FILESIZE`, tmpfs's
+/// `s_maxbytes` on 64-bit): `loff_t` is signed, so larger values are
+/// negative offsets to Linux.
+pub const MAX_LFS_FILESIZE: u64 = i64::MAX as u64;
+
+/// A byte offset of a file call: `EINVAL` if negative as Linux's `loff_t`.
+fn offset_ok(offset: u64, what: &'static str) -> Result<u64, MmError> {
+    if offset > MAX_LFS_FILESIZE {
+        return Err(MmError::Invalid(what));
+    }
+    Ok(offset)
+}
+
 /// How a file was opened.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum OpenMode {
@@ -60,24 +73,41 @@ impl File {
         self.inode.size()
     }
     /// `pread`: bytes read, short at end of file.
+    /// `EINVAL` for an offset past `MAX_LFS_FILESIZE` (negative).
     pub fn pread(&self, offset: u64, buf: &mut [u8]) -> Result<usize, MmError> {
+        offset_ok(offset, "negative read offset")?;
         Ok(self.inode.read_at(offset, buf))
     }
-    /// `pwrite`: `EBADF` unless opened for writing.
+    /// `pwrite`: `EBADF` unless opened for writing; `EINVAL` for a negative
+    /// offset, `EFBIG` at `MAX_LFS_FILESIZE`, and a short write up to it
+    /// (`generic_write_check_limits`).
     pub fn pwrite(&self, offset: u64, data: &[u8]) -> Result<usize, MmError> {
         self.check_writable()?;
-        self.inode.write_at(offset, data)
+        offset_ok(offset, "negative write offset")?;
+        if offset == MAX_LFS_FILESIZE && !data.is_empty() {
+            return Err(MmError::FileTooBig("write at the largest file offset"));
+        }
+        let room = (MAX_LFS_FILESIZE - offset).min(data.len() as u64) as usize;
+        self.inode.write_at(offset, &data[..room])
     }
     /// `ftruncate`: grows with zeros or shrinks, unmapping the cut pages
-    /// from every process first.
+    /// from every process first. `EINVAL` for a negative size (as `loff_t`).
     pub fn ftruncate(&self, size: u64) -> Result<(), MmError> {
+        offset_ok(size, "negative file size")?;
         self.check_writable()?;
         truncate::truncate(&self.inode, size)
     }
     /// `fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`: frees the
     /// whole pages inside `[offset, offset + len)` and zeroes the partial
-    /// ones; the size is unchanged.
+    /// ones; the size is unchanged. `EINVAL` for a negative offset or an
+    /// empty or negative length, `EFBIG` past `MAX_LFS_FILESIZE`
+    /// (`vfs_fallocate`).
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<(), MmError> {
+        offset_ok(offset, "negative hole offset")?;
+        offset_ok(len, "negative hole length")?;
+        if offset + len > MAX_LFS_FILESIZE {
+            return Err(MmError::FileTooBig("hole past the largest file size"));
+        }
         self.check_writable()?;
         truncate::punch_hole(&self.inode, offset, len)
     }

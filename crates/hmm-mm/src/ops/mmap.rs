@@ -85,7 +85,14 @@ impl Mm {
     /// free address, `VM_IO | VM_PFNMAP | VM_DONTEXPAND`, entries installed
     /// now and marked special (no `struct page` semantics). HMM refuses to
     /// mirror such a range.
+    ///
+    /// Every frame must exist (`EINVAL` otherwise): Linux maps any frame
+    /// number, MMIO included, but the model has bytes only behind the
+    /// frames of its regions, so a frame beyond them could never be read.
     pub fn mmap_pfn_range(&self, len: u64, prot: Prot, base: Pfn) -> Result<u64, MmError> {
+        if len != 0 && !self.phys().is_valid_pfn_range(base, len.div_ceil(PAGE_SIZE)) {
+            return Err(MmError::Invalid("remap_pfn_range of frames that do not exist"));
+        }
         self.do_mmap(0, len, prot, MapFlags::SHARED, Source::Pfns(base))
     }
 
@@ -165,8 +172,11 @@ impl Mm {
                 None => None,
             },
             Source::File(file, offset) => {
-                if (offset >> PAGE_SHIFT).checked_add(len >> PAGE_SHIFT).is_none() {
-                    return Err(MmError::Overflow("file offset plus length"));
+                // `file_mmap_ok`: the mapping must end within the largest
+                // file size (`EOVERFLOW`), which also keeps it from wrapping.
+                let max = crate::fs::MAX_LFS_FILESIZE;
+                if len > max || offset >> PAGE_SHIFT > (max - len) >> PAGE_SHIFT {
+                    return Err(MmError::Overflow("file offset plus length past the largest file size"));
                 }
                 if shared && !file.is_writable() {
                     if prot.contains(Prot::WRITE) {
@@ -182,6 +192,10 @@ impl Mm {
                 }
                 if offset % granule != 0 {
                     return Err(MmError::Invalid("device-dax offset not aligned to the device alignment"));
+                }
+                // A character device's limit is the whole `unsigned long`.
+                if offset.checked_add(len).is_none() {
+                    return Err(MmError::Overflow("device offset plus length wraps"));
                 }
                 vm_flags |= VmFlags::HUGEPAGE;
                 Some((VmaBacking::DevDax(dev.clone()), offset >> PAGE_SHIFT))

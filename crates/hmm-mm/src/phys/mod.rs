@@ -164,6 +164,16 @@ impl PhysMem {
             .is_some_and(|r| Self::local(pfn) < r.nr_frames)
     }
 
+    /// True when `npages` (at least one) frames from `base` all exist:
+    /// regions are contiguous, so the first and the last frame must be in
+    /// the same one.
+    pub fn is_valid_pfn_range(&self, base: Pfn, npages: u64) -> bool {
+        let last = npages.checked_sub(1).and_then(|n| base.0.checked_add(n)).map(Pfn);
+        last.is_some_and(|last| {
+            self.is_valid_pfn(base) && self.is_valid_pfn(last) && base.0 >> REGION_SHIFT == last.0 >> REGION_SHIFT
+        })
+    }
+
     /// Adds a device region of `nr_frames` described by `pagemap`, backed by
     /// anonymous memory or by `file` (persistent memory). Returns its first
     /// frame. Its frames start unallocated: the device manages them.

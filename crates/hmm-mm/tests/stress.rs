@@ -66,6 +66,9 @@ impl Machine {
                 }
             }
         }
+        if let Err(error) = phys.check_frames() {
+            panic!("{error}");
+        }
         assert_eq!(phys.page_table_frames(), 0, "page-table pages leaked after every address space is gone");
         assert_eq!(
             phys.free_frames(),
@@ -1009,10 +1012,20 @@ fn readers_racing_munmap_and_remap_see_only_zero_old_new_or_efault() {
 /// keeps breaking COW in the root: once all are gone, everything is free.
 #[test]
 fn fork_trees_exited_in_any_order_return_every_frame() {
-    let machine = Machine::new(64);
-    let root = machine.mm();
     let data = Range::new(0, 0, 1024);
     let small = Range::new(4, 3, 64);
+    // Memory for the worst case, with no overcommit: the device thread may
+    // write every page of every live address space while the workers are
+    // descheduled, so each may hold a private copy of both ranges (plus its
+    // page tables). Alive at once: the root, up to 17 in the pool, one
+    // child per worker not yet in it, one victim per worker being exited,
+    // and one kept by the device's user reference. With less, Linux would
+    // run out of memory too (this test once did, with 64 MiB).
+    const WORKERS: u64 = 3;
+    const MAX_ALIVE: u64 = 1 + 17 + WORKERS + WORKERS + 1;
+    let pages_each = data.pages + small.pages + 16;
+    let machine = Machine::new((MAX_ALIVE * pages_each * PAGE_SIZE >> 20) + 16);
+    let root = machine.mm();
     for r in [data, small] {
         assert_eq!(root.mmap(r.start(), r.len(), Prot::RW, FIXED | MapFlags::POPULATE), Ok(r.start()));
         for page in (0..r.pages).step_by(3) {
@@ -1028,7 +1041,7 @@ fn fork_trees_exited_in_any_order_return_every_frame() {
             let pool = pool.lock();
             (!pool.is_empty()).then(|| pool[rng.below(pool.len() as u64) as usize].clone())
         };
-        let workers: Vec<Job<'_>> = (0..3u64)
+        let workers: Vec<Job<'_>> = (0..WORKERS)
             .map(|w| {
                 job(format!("tree-{w}"), move || {
                     let mut rng = Rng::new(10_000 + w);

@@ -52,12 +52,25 @@ pub struct Args {
 }
 
 impl Args {
-    /// Checks what clap cannot: the JSON file's directory exists.
+    /// Checks what clap cannot, before the run rather than after it: the
+    /// JSON file's directory exists, the path is not a directory, and the
+    /// file can be written (a file created for the check is removed).
     fn validate(&self) -> Result<(), BenchError> {
         if let Some(path) = &self.json {
             let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
             if !dir.is_dir() {
                 return Err(BenchError(format!("--json {}: no directory {}", path.display(), dir.display())));
+            }
+            if path.is_dir() {
+                return Err(BenchError(format!("--json {}: is a directory, not a file", path.display())));
+            }
+            let existed = path.exists();
+            let opened = std::fs::OpenOptions::new().append(true).create(true).open(path);
+            if let Err(error) = opened {
+                return Err(BenchError(format!("--json {}: cannot write: {error}", path.display())));
+            }
+            if !existed {
+                let _ = std::fs::remove_file(path);
             }
         }
         Ok(())
@@ -208,7 +221,8 @@ pub fn run(args: Args, out: &Out) -> Result<(), BenchError> {
     let (met, missed) = report.tally();
     println!("\n{met} targets met, {missed} missed; {:.1} s wall time", report.wall_seconds);
     if let Some(path) = &args.json {
-        std::fs::write(path, report.json())?;
+        std::fs::write(path, report.json())
+            .map_err(|error| BenchError(format!("--json {}: cannot write: {error}", path.display())))?;
         println!("JSON written to {}", path.display());
     }
     if failures > 0 {
@@ -258,6 +272,24 @@ mod tests {
         let error = args.validate().unwrap_err();
         assert!(error.0.contains("no directory /nonexistent-hmm-dir"), "{error}");
         assert!(parse(&["--json", "out.json"]).unwrap().validate().is_ok());
+        assert!(!std::path::Path::new("out.json").exists(), "the check leaves no file behind");
+    }
+
+    /// Regression: `--json DIR` ran the whole benchmark, then failed with
+    /// an I/O error that did not name the path.
+    #[test]
+    fn a_json_path_that_cannot_be_written_is_named_before_running() {
+        let dir = std::env::temp_dir();
+        let error = parse(&["--json", dir.to_str().unwrap()]).unwrap().validate().unwrap_err();
+        assert!(error.0.contains(&format!("--json {}: is a directory", dir.display())), "{error}");
+        let file = dir.join(format!("hmm-bench-validate-{}", std::process::id()));
+        std::fs::write(&file, "kept").unwrap();
+        let nested = file.join("out.json");
+        let error = parse(&["--json", nested.to_str().unwrap()]).unwrap().validate().unwrap_err();
+        assert!(error.0.contains(&nested.display().to_string()), "{error}");
+        parse(&["--json", file.to_str().unwrap()]).unwrap().validate().unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept", "an existing file is not truncated by the check");
+        std::fs::remove_file(file).unwrap();
     }
 
     #[test]

@@ -8,7 +8,8 @@ use hmm_mm::{Kernel, KernelConfig, Mm, MmError};
 use hmm_types::{Errno, MapFlags, Pfn, Prot, PAGE_SIZE, TASK_SIZE};
 
 const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
-const TOP: u64 = u64::MAX & !(PAGE_SIZE - 1);
+/// The last page below 2^64.
+const TOP: u64 = 0u64.wrapping_sub(PAGE_SIZE);
 
 fn machine() -> (std::sync::Arc<Kernel>, std::sync::Arc<Mm>) {
     let kernel = Kernel::new(KernelConfig { ram_bytes: 64 << 20, ..KernelConfig::default() }).unwrap();

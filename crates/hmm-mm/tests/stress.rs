@@ -1024,7 +1024,7 @@ fn fork_trees_exited_in_any_order_return_every_frame() {
     const WORKERS: u64 = 3;
     const MAX_ALIVE: u64 = 1 + 17 + WORKERS + WORKERS + 1;
     let pages_each = data.pages + small.pages + 16;
-    let machine = Machine::new((MAX_ALIVE * pages_each * PAGE_SIZE >> 20) + 16);
+    let machine = Machine::new(((MAX_ALIVE * pages_each * PAGE_SIZE) >> 20) + 16);
     let root = machine.mm();
     for r in [data, small] {
         assert_eq!(root.mmap(r.start(), r.len(), Prot::RW, FIXED | MapFlags::POPULATE), Ok(r.start()));

@@ -188,6 +188,9 @@ fn closing_a_file_frees_its_mirror_and_lets_the_address_space_go() {
     drop(mm);
     assert!(gone.upgrade().is_none(), "the address space was freed");
     assert_eq!(kernel.phys().check_frames().unwrap().in_use, 0, "every frame returned");
+    let machine = Arc::downgrade(&kernel);
+    drop((dmirror, kernel));
+    assert!(machine.upgrade().is_none(), "the device keeps no machine alive");
 }
 
 /// Regression: EXCLUSIVE on memory never touched (4 MiB, eligible for a

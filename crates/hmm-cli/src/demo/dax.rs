@@ -66,7 +66,7 @@ fn story(out: &Out, path: &Path) -> Result<(), DemoError> {
 
     out.step(3, "a device mirrors both with range_fault: no fault requested, a pure snapshot");
     let mirror = Mirror::bind(&mm)?;
-    let file_frame = hmm_mm::testing::leaf(&mm, file_va).1.pfn();
+    let file_frame = mm.leaf_at(file_va).1.pfn();
     let refs_before = kernel.phys().folio_counts(file_frame);
     mirror.fault(file_va, 2 * PMD_SIZE, false, false)?;
     mirror.fault(dev_va, 4 * PMD_SIZE, false, false)?;

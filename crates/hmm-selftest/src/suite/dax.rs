@@ -8,6 +8,7 @@
 //! Each test formats a fresh 64 MiB pmem device backed by a temporary file.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hmm_dmirror::uapi::{prot, HMM_DMIRROR_READ, HMM_DMIRROR_SNAPSHOT, HMM_DMIRROR_WRITE};
@@ -34,10 +35,17 @@ impl Drop for Backing {
     }
 }
 
+/// A path for a new backing file, unique to this process and call.
+fn scratch_path() -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("hmm-selftest-{}-{n}.pmem", std::process::id()))
+}
+
 /// A fresh DAX filesystem with one 4 MiB file mapped shared at a PMD
 /// boundary (MAP_SYNC with `sync`) and a buffer over it.
 fn dax_file(ctx: &Ctx, sync: bool) -> Result<(Backing, DaxFs, File, HmmBuffer), Fail> {
-    let backing = Backing(hmm_mm::testing::temp_path("selftest.pmem"));
+    let backing = Backing(scratch_path());
     let fs = ok!(DaxFs::format(&ctx.kernel, &backing.0, PMEM_BYTES));
     let file = ok!(fs.create("mirrored"));
     ok!(file.ftruncate(FILE_BYTES));

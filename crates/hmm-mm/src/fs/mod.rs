@@ -20,7 +20,10 @@ use parking_lot::Mutex;
 use crate::error::MmError;
 use crate::phys::PhysMem;
 
-pub use dax::DaxFs;
+/// The largest file size (Linux's `MAX_LFS_FILESIZE` on 64-bit).
+pub const MAX_LFS_FILESIZE: u64 = i64::MAX as u64;
+
+pub use dax::{Corruption, DaxFs, FormatMode, PmemError};
 pub use inode::{Inode, InodeKind};
 
 /// How a file was opened.
@@ -70,8 +73,12 @@ impl File {
     }
     /// `ftruncate`: grows with zeros or shrinks, unmapping the cut pages
     /// from every process first.
+    /// `EFBIG` past the largest file size, as `inode_newsize_ok` says.
     pub fn ftruncate(&self, size: u64) -> Result<(), MmError> {
         self.check_writable()?;
+        if size > MAX_LFS_FILESIZE {
+            return Err(MmError::FileTooBig("size past the largest file size"));
+        }
         truncate::truncate(&self.inode, size)
     }
     /// `fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`: frees the

@@ -41,6 +41,9 @@ use bytes::FrameBytes;
 /// log2 of the frames per region.
 const REGION_SHIFT: u32 = 28;
 const MAX_REGIONS: usize = 64;
+/// The most frames one device memory range may have (1 TiB of 4 KiB
+/// frames, less one): the model's addressable physical range per device.
+pub const MAX_DEVICE_FRAMES: u64 = (1 << REGION_SHIFT) - 1;
 
 /// Not enough free frames for the request.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]

@@ -172,12 +172,15 @@ pub(crate) fn truncate_with_a_pinned_page(ctx: &Ctx) -> Verdict {
 /// process exits: a new machine mounting it reads it back.
 pub(crate) fn device_writes_persist(ctx: &Ctx) -> Verdict {
     let cpu = ctx.cpu();
-    let (backing, fs, _file, mut buffer) = dax_file(ctx, false)?;
+    let (backing, fs, file, mut buffer) = dax_file(ctx, false)?;
     let npages = FILE_BYTES >> ctx.page_shift;
     cpu.write_ints(buffer.mirror, buffer.ints(), |i| (i as i32) ^ 0x5a5a)?;
     check_ok(hmm_dmirror_cmd(ctx.fd(), HMM_DMIRROR_WRITE, &mut buffer, npages))?;
     ok!(fs.sync());
     ok!(cpu.mm.munmap(buffer.ptr, FILE_BYTES));
+    // Unmount: with no file open or mapped, the device and its backing
+    // file's lock go with the last handle.
+    drop(file);
     drop(fs);
     let next = ok!(Kernel::new(KernelConfig { ram_bytes: 64 << 20, ..KernelConfig::default() }));
     let fs = ok!(DaxFs::mount(&next, &backing.0, PMEM_BYTES));

@@ -192,16 +192,28 @@ impl PhysMem {
     }
 
     /// The pagemap of a device frame, `None` for system RAM.
+    ///
+    /// # Panics
+    ///
+    /// If `pfn` is in no region (RAM or a plugged-in device).
     pub fn pagemap(&self, pfn: Pfn) -> Option<&Arc<Pagemap>> {
         self.region(pfn).pagemap.as_ref()
     }
 
     /// The memory type of a frame.
+    ///
+    /// # Panics
+    ///
+    /// If `pfn` is in no region (RAM or a plugged-in device).
     pub fn memory_type(&self, pfn: Pfn) -> MemoryType {
         self.pagemap(pfn).map_or(MemoryType::System, |p| p.memory_type())
     }
 
     /// Metadata of one frame.
+    ///
+    /// # Panics
+    ///
+    /// If `pfn` is in no region (RAM or a plugged-in device).
     #[inline]
     pub fn meta(&self, pfn: Pfn) -> &FrameMeta {
         &self.region(pfn).meta[Self::local(pfn) as usize]

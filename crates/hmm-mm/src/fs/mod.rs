@@ -149,7 +149,7 @@ impl Tmpfs {
 mod tests {
     use hmm_types::{Errno, MapFlags, Prot};
 
-    use super::OpenMode;
+    use super::{OpenMode, MAX_LFS_FILESIZE};
     use crate::testing::kernel;
     use crate::{FaultError, MmError, ThpMode};
 
@@ -165,6 +165,21 @@ mod tests {
         assert_eq!(file.pread(20_000, &mut buf).unwrap(), 0);
         assert_eq!(file.inode().nr_cached_pages(), 1, "the hole before the data holds no page");
         assert!(file.inode().is_page_dirty(2));
+    }
+
+    /// Regression: sizes past `MAX_LFS_FILESIZE` were accepted, and a DAX
+    /// image holding one could not be mounted again.
+    #[test]
+    fn sizes_stop_at_the_largest_file_size() {
+        let k = kernel(64, ThpMode::Never);
+        let file = k.tmpfs().create("big").unwrap();
+        assert_eq!(file.ftruncate(MAX_LFS_FILESIZE + 1).unwrap_err().errno(), Errno::FBig);
+        assert_eq!(file.ftruncate(u64::MAX).unwrap_err().errno(), Errno::FBig);
+        assert_eq!(file.pwrite(1 << 63, b"x").unwrap_err().errno(), Errno::Inval, "a negative loff_t");
+        assert_eq!(file.pwrite(MAX_LFS_FILESIZE, b"x").unwrap_err().errno(), Errno::Inval);
+        assert_eq!(file.size(), 0, "nothing changed");
+        file.ftruncate(MAX_LFS_FILESIZE).unwrap();
+        assert_eq!(file.size(), MAX_LFS_FILESIZE);
     }
 
     #[test]

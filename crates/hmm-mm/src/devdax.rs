@@ -15,8 +15,10 @@ use std::sync::Arc;
 use hmm_types::{PageSize, Pfn, PAGE_SIZE};
 
 use crate::error::MmError;
+use crate::fs::dax::BackingFile;
+use crate::fs::PmemError;
 use crate::kernel::Kernel;
-use crate::phys::{MemoryType, Pagemap, PhysMem};
+use crate::phys::{MemoryType, Pagemap, PhysMem, MAX_DEVICE_FRAMES};
 
 /// A device-DAX instance.
 pub struct DevDax {
@@ -25,7 +27,8 @@ pub struct DevDax {
     nr_frames: u64,
     align: PageSize,
     pagemap: Arc<Pagemap>,
-    _file: Option<std::fs::File>,
+    // Holds the backing file's lock while the device lives.
+    _file: Option<BackingFile>,
 }
 
 impl core::fmt::Debug for DevDax {
@@ -40,7 +43,11 @@ impl core::fmt::Debug for DevDax {
 
 impl DevDax {
     /// A device of `size_bytes` (a multiple of `align`) in anonymous host
-    /// memory, or in `backing` if given (persistent across runs).
+    /// memory, or in `backing` if given (persistent across runs; created or
+    /// grown as needed, and locked while the device lives). `EINVAL` for a
+    /// size that is not a multiple of `align` or larger than a device
+    /// memory range ([`PmemError::TooLarge`]); the backing file's own
+    /// errors as [`PmemError`].
     pub fn create(
         kernel: &Kernel,
         size_bytes: u64,
@@ -51,12 +58,24 @@ impl DevDax {
             return Err(MmError::Invalid("device-dax size must be a non-zero multiple of its alignment"));
         }
         let nr_frames = size_bytes / PAGE_SIZE;
-        let file = backing.map(|path| crate::fs::dax::open_backing_file(path, size_bytes)).transpose()?;
+        if nr_frames > MAX_DEVICE_FRAMES {
+            // Linux: memremap_pages refuses a range past the addressable
+            // physical space with EINVAL.
+            return Err(PmemError::TooLarge { bytes: size_bytes, max: MAX_DEVICE_FRAMES * PAGE_SIZE }.into());
+        }
+        let file = match backing {
+            Some(path) => {
+                let mut file = BackingFile::open(path, true)?;
+                file.grow_to(size_bytes)?;
+                Some(file)
+            }
+            None => None,
+        };
         let pagemap = Arc::new(Pagemap::new(MemoryType::Generic, None));
         let base = kernel
             .phys()
-            .add_device_region(pagemap.clone(), nr_frames, file.as_ref())
-            .map_err(|_| MmError::Io("cannot set up device-dax memory"))?;
+            .add_device_region(pagemap.clone(), nr_frames, file.as_ref().map(BackingFile::file))
+            .map_err(|e| PmemError::Map { bytes: size_bytes, source: e.into() })?;
         let phys = kernel.phys().clone();
         for unit in (0..nr_frames).step_by(align.nr_pages() as usize) {
             phys.init_device_folio(base.add(unit), align.order());

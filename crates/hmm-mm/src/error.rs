@@ -97,6 +97,10 @@ pub enum MmError {
     /// An offset or size does not fit.
     #[error("value too large: {0}")]
     Overflow(&'static str),
+    /// A persistent-memory device or its DAX image: the backing file's own
+    /// error (kept as the source), a lock held elsewhere, a corrupt image.
+    #[error(transparent)]
+    Pmem(#[from] crate::fs::PmemError),
 }
 
 impl MmError {
@@ -118,6 +122,7 @@ impl MmError {
             Self::FileTooBig(_) => Errno::FBig,
             Self::Io(_) => Errno::Io,
             Self::DeviceFull(_) => Errno::NoSpc,
+            Self::Pmem(error) => error.errno(),
         }
     }
     /// Wraps a range validation errno from [`VaRange`].

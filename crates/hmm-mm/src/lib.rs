@@ -28,6 +28,7 @@ mod ops;
 pub mod phys;
 pub mod proc_pagemap;
 pub mod swap;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod vma;
 mod zap;

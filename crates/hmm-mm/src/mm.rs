@@ -89,6 +89,15 @@ impl Mm {
     pub fn pgtable(&self) -> &CpuPageTable {
         &self.pgtable
     }
+    /// The level and entry of the CPU page-table slot that maps `va` now:
+    /// the leaf (4K, 2M or 1G), or the empty slot where the walk stopped.
+    /// Takes the mmap lock for reading; the answer may be stale as soon as
+    /// it returns (what `/proc/<pid>/pagemap` and `follow_pte` show).
+    pub fn leaf_at(&self, va: u64) -> (hmm_pagetable::Level, hmm_pagetable::Entry) {
+        let _guard = self.mmap_read();
+        let slot = self.pgtable.find(va);
+        (slot.level(), slot.load())
+    }
     /// The invalidation subscribers.
     pub fn notifiers(&self) -> &NotifierChain {
         &self.notifiers

@@ -77,7 +77,14 @@ impl NotifierChain {
         let subscribers = self.subscribers.read().clone();
         for (index, sub) in subscribers.iter().enumerate() {
             if let Err(errno) = sub.invalidate_range_start(&range) {
-                assert!(!range.blockable, "a subscriber refused a blockable invalidation");
+                if range.blockable {
+                    // A blockable invalidation cannot be refused: Linux
+                    // warns (WARN_ON in mn_hlist_invalidate_range_start)
+                    // and the change goes ahead; the subscriber still gets
+                    // its end.
+                    warn_refused_blockable(errno);
+                    continue;
+                }
                 for accepted in &subscribers[..index] {
                     accepted.invalidate_range_end(&range);
                 }
@@ -152,6 +159,18 @@ impl Drop for Invalidation {
     }
 }
 
+/// The kernel log's warning for a subscriber that refused a blockable
+/// invalidation, printed once per process.
+fn warn_refused_blockable(errno: Errno) {
+    static WARNED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, core::sync::atomic::Ordering::Relaxed) {
+        eprintln!(
+            "hmm-mm: warning: an MmuNotifier refused a blockable invalidation ({}); it cannot be refused and goes ahead",
+            errno.name()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +203,31 @@ mod tests {
         assert_eq!(chain.start_range(range).err(), Some(Errno::Again));
         let log = accepting.take();
         assert_eq!(log.len(), 2, "start and its matching end: {log:?}");
+    }
+
+    /// Regression: a subscriber refusing a blockable invalidation used to
+    /// panic the process; Linux warns and the invalidation goes ahead.
+    #[test]
+    fn a_refused_blockable_start_goes_ahead_and_ends() {
+        struct AlwaysRefuses(Mutex<Vec<&'static str>>);
+        impl MmuNotifier for AlwaysRefuses {
+            fn invalidate_range_start(&self, _: &NotifierRange) -> Result<(), Errno> {
+                self.0.lock().push("refused");
+                Err(Errno::Busy)
+            }
+            fn invalidate_range_end(&self, _: &NotifierRange) {
+                self.0.lock().push("end");
+            }
+        }
+        let chain = NotifierChain::new(MmId(1));
+        let refuser = Arc::new(AlwaysRefuses(Mutex::new(Vec::new())));
+        let after = Arc::new(crate::testing::Recorder::default());
+        chain.register(refuser.clone());
+        chain.register(after.clone());
+        let invalidation = chain.start(MmId(1), 0, 4096, Event::Clear);
+        drop(invalidation);
+        assert_eq!(*refuser.0.lock(), ["refused", "end"]);
+        assert_eq!(after.take_events(), [(Event::Clear, 0, 4096)], "the next subscriber is still told");
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! Helpers for tests of this crate and of crates built on it: a recording
-//! invalidation subscriber.
+//! Helpers for tests of this crate and of crates built on it: small
+//! machines, throw-away file paths, a recording invalidation subscriber, a
+//! seeded generator, a watchdog. Not part of the public API: compiled for
+//! this crate's unit tests and, with the `testing` cargo feature, for the
+//! tests and benchmarks of other crates (enable it only in
+//! `[dev-dependencies]`).
 
 use std::sync::Arc;
 
@@ -39,9 +43,7 @@ pub fn record(mm: &Mm) -> Arc<Recorder> {
 
 /// The level and entry that map `va` in `mm`'s CPU page table now.
 pub fn leaf(mm: &Mm, va: u64) -> (Level, Entry) {
-    let _guard = mm.mmap_read();
-    let slot = mm.pgtable().find(va);
-    (slot.level(), slot.load())
+    mm.leaf_at(va)
 }
 
 /// One recorded callback.

@@ -51,6 +51,12 @@ pub enum Errno {
     /// No such device.
     #[error("ENODEV: no such device")]
     NoDev = 19,
+    /// A path component is not a directory.
+    #[error("ENOTDIR: not a directory")]
+    NotDir = 20,
+    /// Is a directory.
+    #[error("EISDIR: is a directory")]
+    IsDir = 21,
     /// Invalid argument.
     #[error("EINVAL: invalid argument")]
     Inval = 22,
@@ -60,6 +66,9 @@ pub enum Errno {
     /// No space left on device.
     #[error("ENOSPC: no space left on device")]
     NoSpc = 28,
+    /// Read-only file system.
+    #[error("EROFS: read-only file system")]
+    Rofs = 30,
     /// Value too large for defined data type.
     #[error("EOVERFLOW: value too large")]
     Overflow = 75,
@@ -69,6 +78,10 @@ pub enum Errno {
     /// Timed out.
     #[error("ETIMEDOUT: timed out")]
     TimedOut = 110,
+    /// Structure needs cleaning: what filesystems return for corrupt
+    /// metadata (`EFSCORRUPTED` is defined as this).
+    #[error("EUCLEAN: structure needs cleaning (corrupt filesystem metadata)")]
+    Uclean = 117,
 }
 
 impl Errno {
@@ -93,13 +106,48 @@ impl Errno {
             Self::Busy => "EBUSY",
             Self::Exist => "EEXIST",
             Self::NoDev => "ENODEV",
+            Self::NotDir => "ENOTDIR",
+            Self::IsDir => "EISDIR",
             Self::Inval => "EINVAL",
             Self::FBig => "EFBIG",
             Self::NoSpc => "ENOSPC",
+            Self::Rofs => "EROFS",
             Self::Overflow => "EOVERFLOW",
             Self::OpNotSupp => "EOPNOTSUPP",
             Self::TimedOut => "ETIMEDOUT",
+            Self::Uclean => "EUCLEAN",
         }
+    }
+    /// The errno with number `code`, if it is one of these; e.g. the
+    /// `raw_os_error` of an `std::io::Error`.
+    pub const fn from_code(code: i32) -> Option<Self> {
+        Some(match code {
+            1 => Self::Perm,
+            2 => Self::NoEnt,
+            3 => Self::Srch,
+            4 => Self::Intr,
+            5 => Self::Io,
+            6 => Self::Nxio,
+            9 => Self::BadF,
+            11 => Self::Again,
+            12 => Self::NoMem,
+            13 => Self::Acces,
+            14 => Self::Fault,
+            16 => Self::Busy,
+            17 => Self::Exist,
+            19 => Self::NoDev,
+            20 => Self::NotDir,
+            21 => Self::IsDir,
+            22 => Self::Inval,
+            27 => Self::FBig,
+            28 => Self::NoSpc,
+            30 => Self::Rofs,
+            75 => Self::Overflow,
+            95 => Self::OpNotSupp,
+            110 => Self::TimedOut,
+            117 => Self::Uclean,
+            _ => return None,
+        })
     }
 }
 
@@ -114,5 +162,17 @@ mod tests {
         assert_eq!(Errno::Overflow.code(), 75);
         assert_eq!(Errno::OpNotSupp.name(), "EOPNOTSUPP");
         assert!(Errno::Inval.to_string().starts_with("EINVAL"));
+        assert_eq!(Errno::Uclean.code(), 117);
+        assert_eq!(Errno::IsDir.code(), 21);
+    }
+
+    #[test]
+    fn from_code_inverts_code() {
+        for errno in [Errno::Perm, Errno::NoEnt, Errno::Acces, Errno::IsDir, Errno::NotDir, Errno::Rofs, Errno::Uclean]
+        {
+            assert_eq!(Errno::from_code(errno.code()), Some(errno));
+        }
+        assert_eq!(Errno::from_code(0), None);
+        assert_eq!(Errno::from_code(4095), None);
     }
 }

@@ -16,16 +16,72 @@
 //! frees or changes anything, and because a walk that raced with an
 //! invalidation is detected (`read_retry`) and repeated.
 //!
-//! ```text
+//! A minimal mirroring driver (`examples/mirror.rs` is the same, with
+//! commentary: `cargo run -p hmm --example mirror`):
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use std::sync::{Arc, Mutex};
+//!
+//! use hmm::pfn::{HMM_PFN_REQ_FAULT, HMM_PFN_VALID};
+//! use hmm::{range_fault, HmmError, IntervalNotifier, IntervalNotifierOps, Range};
+//! use hmm_mm::{Kernel, KernelConfig};
+//! use hmm_types::{MapFlags, NotifierRange, Prot, PAGE_SIZE};
+//!
+//! /// The device page table (page -> hmm pfn word) behind the driver lock.
+//! #[derive(Default)]
+//! struct Device(Mutex<BTreeMap<u64, u64>>);
+//!
+//! impl IntervalNotifierOps for Device {
+//!     fn invalidate(&self, sub: &IntervalNotifier, range: &NotifierRange, cur_seq: u64) -> bool {
+//!         let mut table = self.0.lock().unwrap();
+//!         sub.set_seq(cur_seq); // under the driver lock
+//!         table.retain(|&va, _| va < range.start || va >= range.end);
+//!         true
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let kernel = Kernel::new(KernelConfig { ram_bytes: 64 << 20, ..KernelConfig::default() })?;
+//! let mm = kernel.create_mm()?;
+//! let len = 4 * PAGE_SIZE;
+//! let va = mm.mmap(0, len, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS)?;
+//! let device = Arc::new(Device::default());
+//! let notifier = mm.interval_notifier_insert(va, len, device.clone())?;
+//!
+//! let mut pfns = vec![0u64; (len / PAGE_SIZE) as usize];
 //! loop {
-//!     seq = notifier.read_begin();          // may wait for an invalidation
-//!     range_fault(&mm.mmap_read(), range)?;  // EBUSY: loop again
-//!     lock(driver.update);
-//!     if notifier.read_retry(seq) { unlock; continue }
-//!     program the device page table from range.hmm_pfns;
-//!     unlock(driver.update);
+//!     let seq = notifier.read_begin(); // may wait for an invalidation
+//!     let mut range = Range {
+//!         notifier: &notifier,
+//!         notifier_seq: seq,
+//!         start: va,
+//!         end: va + len,
+//!         hmm_pfns: &mut pfns,
+//!         default_flags: HMM_PFN_REQ_FAULT,
+//!         pfn_flags_mask: 0,
+//!         dev_private_owner: None,
+//!     };
+//!     match range_fault(&mm.mmap_read(), &mut range) {
+//!         Err(HmmError::Busy) => continue, // collided with an invalidation
+//!         result => result?,
+//!     }
+//!     let mut table = device.0.lock().unwrap();
+//!     if notifier.read_retry(seq) {
+//!         continue; // an invalidation ran since read_begin: walk again
+//!     }
+//!     for (i, &word) in pfns.iter().enumerate().filter(|(_, &w)| w & HMM_PFN_VALID != 0) {
+//!         table.insert(va + i as u64 * PAGE_SIZE, word); // program the device
+//!     }
 //!     break;
 //! }
+//! assert_eq!(device.0.lock().unwrap().len(), 4);
+//!
+//! mm.munmap(va, len)?; // the callback removes the device's entries first
+//! assert!(device.0.lock().unwrap().is_empty());
+//! notifier.remove();
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! Linux: `include/linux/hmm.h`, `mm/hmm.c`, `Documentation/mm/hmm.rst`.

@@ -15,7 +15,6 @@ use hmm_dmirror::{Dmirror, DmirrorConfig, DmirrorFile};
 use hmm_mm::devdax::DevDax;
 use hmm_mm::fs::DaxFs;
 use hmm_mm::gup::FollFlags;
-use hmm_mm::testing::{leaf, temp_path};
 use hmm_mm::{Kernel, KernelConfig, Mm, ThpMode};
 use hmm_pagetable::Level;
 use hmm_types::{MadviseAdvice, MapFlags, PageSize, Prot, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PUD_SIZE};
@@ -71,7 +70,7 @@ pub fn machine(ram_bytes: u64, thp: ThpMode, hugetlb_2m_pages: u64) -> Result<Ar
 /// Checks that `[va, va + len)` is mapped writable by leaves at `level`.
 pub fn check_leaves(mm: &Mm, va: u64, len: u64, level: Level) -> Result<(), BenchError> {
     for at in (va..va + len).step_by(level.entry_bytes().min(len) as usize) {
-        let (found, entry) = leaf(mm, at);
+        let (found, entry) = mm.leaf_at(at);
         if found != level || !entry.is_write() {
             return Err(BenchError(format!("{at:#x}: expected a writable {level:?} leaf, found {found:?}")));
         }
@@ -82,6 +81,15 @@ pub fn check_leaves(mm: &Mm, va: u64, len: u64, level: Level) -> Result<(), Benc
 /// A throw-away pmem backing file, removed on drop.
 #[derive(Debug)]
 struct TempFile(PathBuf);
+
+impl TempFile {
+    /// A new path in the temporary directory, unique to this process and call.
+    fn new() -> Self {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(std::env::temp_dir().join(format!("hmm-bench-{}-{n}.pmem", std::process::id())))
+    }
+}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
@@ -133,7 +141,7 @@ impl Populated {
                 va
             }
             Leaves::FsDax => {
-                let path = TempFile(temp_path("bench.pmem"));
+                let path = TempFile::new();
                 let dax = DaxFs::format(&kernel, &path.0, 2 * len + (16 << 20))?;
                 let file = dax.create("bench")?;
                 file.ftruncate(len)?;

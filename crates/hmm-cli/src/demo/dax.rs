@@ -3,16 +3,20 @@
 //! with `range_fault`, holding no page reference; CPU and device share the
 //! data; the file is truncated while mirrored and the device is simply told;
 //! a pinned page, by contrast, blocks the filesystem.
+//!
+//! With `--pmem FILE` the emulated device's image is kept in FILE and reused
+//! by the next run; a FILE holding anything else is refused unless
+//! `--format` asks to erase it.
 
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hmm::pfn::hmm_pfn_to_pfn;
 use hmm_mm::devdax::DevDax;
-use hmm_mm::fs::DaxFs;
+use hmm_mm::fs::{DaxFs, FormatMode, PmemError};
 use hmm_mm::gup::FollFlags;
-use hmm_mm::{Kernel, KernelConfig, ThpMode};
+use hmm_mm::{Kernel, KernelConfig, MmError, ThpMode};
 use hmm_types::{Errno, MapFlags, PageSize, Prot, PMD_SIZE, PUD_SIZE};
 
 use super::mirror::Mirror;
@@ -22,12 +26,15 @@ use crate::render::Out;
 const PMEM_BYTES: u64 = 64 << 20;
 const MESSAGE: &[u8] = b"written by the device into persistent memory";
 
-/// Runs the story; `pmem` is the backing file (a temporary one if `None`).
-pub fn run(out: &Out, pmem: Option<&Path>) -> Result<(), DemoError> {
+/// Runs the story; `pmem` is the backing file (a temporary one if `None`),
+/// erased first if `format`.
+pub fn run(out: &Out, pmem: Option<&Path>, format: bool) -> Result<(), DemoError> {
     out.heading("hmm demo dax: mirroring DAX mappings without pinning them");
     let temp = pmem.is_none().then(|| std::env::temp_dir().join(format!("hmm-demo-{}.pmem", std::process::id())));
-    let path: PathBuf = pmem.map(Path::to_path_buf).or(temp.clone()).expect("one of the two");
-    let result = story(out, &path);
+    let Some(path) = pmem.map(Path::to_path_buf).or(temp.clone()) else {
+        return Err(DemoError("no backing file".into()));
+    };
+    let result = story(out, &path, pmem.is_some(), format);
     if let Some(temp) = temp {
         let _ = std::fs::remove_file(temp);
     }
@@ -38,21 +45,56 @@ fn machine() -> Result<std::sync::Arc<Kernel>, DemoError> {
     Ok(Kernel::new(KernelConfig { ram_bytes: 256 << 20, thp: ThpMode::Always, ..KernelConfig::default() })?)
 }
 
-fn story(out: &Out, path: &Path) -> Result<(), DemoError> {
-    out.step(1, &format!("plug in a {} MiB pmem device backed by {}", PMEM_BYTES >> 20, path.display()));
-    // A previous run's filesystem, if any, is read on a machine of its own.
-    if let Ok(previous) = DaxFs::mount(&*machine()?, path, PMEM_BYTES) {
-        if let Ok(file) = previous.open("seed", hmm_mm::fs::OpenMode::ReadOnly) {
-            let mut buf = vec![0u8; MESSAGE.len()];
-            file.pread(4096, &mut buf)?;
-            out.fact(&format!("a previous run left \"{}\" in the file", String::from_utf8_lossy(&buf)));
-        }
+/// Durations in one format throughout.
+fn ms(duration: Duration) -> String {
+    format!("{:.1} ms", duration.as_secs_f64() * 1e3)
+}
+
+/// Formats or mounts the device image in `path`; explains a refusal.
+fn open_fs(kernel: &Kernel, path: &Path, format: bool) -> Result<DaxFs, DemoError> {
+    let result = if format {
+        DaxFs::format_with(kernel, path, PMEM_BYTES, FormatMode::Overwrite)
+    } else {
+        DaxFs::mount_or_format(kernel, path, PMEM_BYTES)
+    };
+    result.map_err(|error| match &error {
+        MmError::Pmem(
+            PmemError::NotAnImage { .. }
+            | PmemError::Version { .. }
+            | PmemError::Corrupt { .. }
+            | PmemError::SizeMismatch { .. },
+        ) => DemoError(format!(
+            "{error}\n(--pmem FILE keeps a device image between runs; to erase FILE and start afresh, add --format)"
+        )),
+        _ => error.into(),
+    })
+}
+
+fn story(out: &Out, path: &Path, kept: bool, format: bool) -> Result<(), DemoError> {
+    out.step(1, &format!("plug in a {} MiB emulated persistent-memory (pmem) device", PMEM_BYTES >> 20));
+    if kept {
+        out.note(&format!("its bytes live in {} and are kept after the demo: the next run", path.display()));
+        out.note("with the same --pmem mounts this image and finds this run's data; --format erases the");
+        out.note("file and starts afresh (without it, a file that is not a device image is refused)");
+    } else {
+        out.note(&format!("its bytes live in {} (temporary; --pmem FILE keeps them)", path.display()));
     }
     let kernel = machine()?;
-    let fs = DaxFs::format(&kernel, path, PMEM_BYTES)?;
+    let fresh = format || std::fs::metadata(path).map_or(true, |m| m.len() == 0);
+    let fs = open_fs(&kernel, path, format)?;
+    if fresh {
+        out.fact("formatted a new DAX filesystem on it");
+    } else {
+        out.fact("mounted the device image an earlier run kept");
+    }
+    if let Ok(previous) = fs.open("seed", hmm_mm::fs::OpenMode::ReadOnly) {
+        let mut buf = vec![0u8; MESSAGE.len()];
+        previous.pread(4096, &mut buf)?;
+        out.fact(&format!("the earlier run left \"{}\" in its file", String::from_utf8_lossy(&buf)));
+    }
     let file = fs.create("seed")?;
     file.ftruncate(2 * PMD_SIZE)?;
-    out.fact("formatted a DAX filesystem and created a 4 MiB file: its blocks are device frames, no page cache");
+    out.fact("created a 4 MiB file: its blocks are the device's own memory (no page cache in between)");
 
     out.step(2, "a process maps the file shared, 2 MiB aligned, and a 1 GiB device-DAX region");
     let mm = kernel.create_mm()?;
@@ -62,24 +104,35 @@ fn story(out: &Out, path: &Path) -> Result<(), DemoError> {
     mm.write_u64(file_va, 1)?;
     mm.write_u64(file_va + PMD_SIZE, 2)?;
     mm.write_u64(dev_va + 12345 * 8, 3)?;
-    out.fact(&format!("file at {file_va:#x} (PMD leaves), device-DAX at {dev_va:#x} (a PUD leaf)"));
+    out.fact(&format!("file at {file_va:#x}: the CPU maps it with two 2 MiB page-table leaves (PMD)"));
+    out.fact(&format!("device-DAX at {dev_va:#x}: the CPU maps all 1 GiB with one leaf (PUD)"));
 
-    out.step(3, "a device mirrors both with range_fault: no fault requested, a pure snapshot");
+    out.step(3, "a device mirrors both with range_fault: a snapshot of the CPU page table, nothing faulted in");
     let mirror = Mirror::bind(&mm)?;
-    let file_frame = hmm_mm::testing::leaf(&mm, file_va).1.pfn();
+    let file_frame = mm.leaf_at(file_va).1.pfn();
     let refs_before = kernel.phys().folio_counts(file_frame);
     mirror.fault(file_va, 2 * PMD_SIZE, false, false)?;
-    mirror.fault(dev_va, 4 * PMD_SIZE, false, false)?;
+    let dev_mirrored = 4 * PMD_SIZE;
+    mirror.fault(dev_va, dev_mirrored, false, false)?;
     let file_orders = mirror.orders(file_va, file_va + 2 * PMD_SIZE);
-    let dev_orders = mirror.orders(dev_va, dev_va + 4 * PMD_SIZE);
+    let dev_orders = mirror.orders(dev_va, dev_va + dev_mirrored);
     expect(file_orders.keys().eq([9].iter()), "the DAX file to be mirrored at order 9")?;
     expect(dev_orders.keys().eq([18].iter()), "the device-DAX region to be mirrored at order 18")?;
+    out.note("the device table has one entry per 4 KiB page; each entry also tells the size of the CPU");
+    out.note("leaf behind it as an order: 2^order pages of 4 KiB (order 9 = 2 MiB, order 18 = 1 GiB)");
+    out.fact(&format!("DAX file, all 4 MiB: {} entries of order 9 (2 MiB leaves)", file_orders[&9]));
     out.fact(&format!(
-        "DAX file: {} slots of order 9; device-DAX: {} slots of order 18",
-        file_orders[&9], dev_orders[&18]
+        "device-DAX, its first {} MiB [{dev_va:#x}, {:#x}) of 1 GiB: {} entries of order 18 (one 1 GiB leaf)",
+        dev_mirrored >> 20,
+        dev_va + dev_mirrored,
+        dev_orders[&18]
     ));
     expect(kernel.phys().folio_counts(file_frame) == refs_before, "the mirror to take no page reference")?;
-    out.fact(&format!("reference count of the mirrored block unchanged: {:?} (refcount, mapcount)", refs_before));
+    out.fact(&format!(
+        "the file's first 2 MiB block (page frame number, PFN {file_frame}): reference count {}, map count {}, \
+         unchanged by the mirror",
+        refs_before.0, refs_before.1
+    ));
 
     out.step(4, "CPU and device share the data");
     mm.write_bytes(file_va + 64, b"from the CPU")?;
@@ -97,7 +150,8 @@ fn story(out: &Out, path: &Path) -> Result<(), DemoError> {
     out.step(5, "the data is in the backing file");
     fs.sync()?;
     let word = mirror.entry(file_va + 4096).ok_or_else(|| DemoError("the device lost its entry".into()))?;
-    let offset = (hmm_pfn_to_pfn(word).0 - fs.device().base().0) * 4096;
+    let pfn = hmm_pfn_to_pfn(word);
+    let offset = (pfn.0 - fs.device().base().0) * 4096;
     let mut on_disk = vec![0u8; MESSAGE.len()];
     let mut backing = std::fs::File::open(path).map_err(|e| DemoError(e.to_string()))?;
     backing
@@ -105,19 +159,25 @@ fn story(out: &Out, path: &Path) -> Result<(), DemoError> {
         .and_then(|_| backing.read_exact(&mut on_disk))
         .map_err(|e| DemoError(e.to_string()))?;
     expect(on_disk == MESSAGE, "the device's bytes in the backing file")?;
-    out.fact(&format!("byte {offset:#x} of {}: \"{}\"", path.display(), String::from_utf8_lossy(&on_disk)));
-    out.note("run again with --pmem FILE to see the next run read it back");
+    out.fact(&format!(
+        "the device wrote to PFN {pfn}, which is byte {offset:#x} of {}: \"{}\"",
+        path.display(),
+        String::from_utf8_lossy(&on_disk)
+    ));
 
     out.step(6, "truncate the file to 2 MiB while the device mirrors it");
     let started = Instant::now();
     file.ftruncate(PMD_SIZE)?;
     let took = started.elapsed();
+    out.note("each \"notifier\" line is an invalidation the device received: its kind (MMU_NOTIFY_CLEAR:");
+    out.note("the CPU mapping of the range is being removed) and the virtual address range");
     for line in mirror.take_log() {
         out.event(&line);
     }
     expect(mirror.entry(file_va + PMD_SIZE).is_none(), "the device entry for the cut block to be gone")?;
-    out.fact(&format!("truncate completed in {took:?}: nothing to wait for, the mirror holds no reference"));
-    let denied = mirror.read(file_va + PMD_SIZE, &mut [0u8; 8]).expect_err("beyond end of file must fail");
+    out.fact(&format!("truncate completed in {}: nothing to wait for, the mirror holds no reference", ms(took)));
+    let denied = mirror.read(file_va + PMD_SIZE, &mut [0u8; 8]).err();
+    let denied = denied.ok_or_else(|| DemoError("expected the device's access past the end to fail".into()))?;
     expect(denied.errno() == Errno::Fault, "the device's access past the end to fail with EFAULT")?;
     out.fact(&format!("the device's next access past the end fails: {denied}"));
 
@@ -128,18 +188,30 @@ fn story(out: &Out, path: &Path) -> Result<(), DemoError> {
     // Keep the device's message (page 1) for the next run; cut the rest of
     // the 2 MiB block, which the pin holds busy.
     let keep = 4096 + MESSAGE.len() as u64;
-    let blocked = file.ftruncate(keep).expect_err("a pinned DAX page must block truncation");
+    let blocked = file.ftruncate(keep).err();
+    let blocked = blocked.ok_or_else(|| DemoError("expected the pinned page to block truncation".into()))?;
     expect(blocked.errno() == Errno::Busy, "EBUSY from the blocked filesystem")?;
-    out.fact(&format!("the filesystem waited {:?} for the pin and gave up: {blocked}", started.elapsed()));
-    pin.unpin();
-    file.ftruncate(keep)?;
-    fs.sync()?;
-    out.fact("after unpin_user_pages the truncate completes");
     for line in mirror.take_log() {
         out.event(&line);
     }
+    expect(mirror.entry(file_va + 4096).is_none(), "the device's entries to go before the filesystem waits")?;
+    out.note("the filesystem first unmaps the block everywhere (the device drops its entries at once),");
+    out.note("then waits for the block to be unused; the pin keeps it in use");
+    out.fact(&format!("the filesystem waited {} for the pin and gave up: {blocked}", ms(started.elapsed())));
+    pin.unpin();
+    file.ftruncate(keep)?;
+    fs.sync()?;
+    let log = mirror.take_log();
+    for line in &log {
+        out.event(line);
+    }
+    out.note("the retry announces the same range again; the device has nothing left there, hence 0");
+    out.fact("after unpin_user_pages the truncate completes");
     drop(mirror);
     mm.exit();
     out.note("a mirror built with range_fault never blocks the filesystem; a pin does.");
+    if kept {
+        out.note(&format!("run again with --pmem {} to see the next run read the message back", path.display()));
+    }
     Ok(())
 }

@@ -34,7 +34,7 @@ impl IntervalNotifierOps for Device {
             table.remove(va);
         }
         self.log.lock().push(format!(
-            "{} [{:#x}, {:#x}): {} device entries removed",
+            "{} [{:#x}, {:#x}): the device removed {} of its entries (one per 4 KiB page)",
             range.event.kernel_name(),
             range.start,
             range.end.min(1 << 47),

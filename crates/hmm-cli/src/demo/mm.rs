@@ -1,6 +1,5 @@
 //! `hmm demo mm`: the CPU side HMM mirrors, told step by step.
 
-use hmm_mm::testing::leaf;
 use hmm_mm::{Kernel, KernelConfig, ThpMode};
 use hmm_pagetable::Level;
 use hmm_types::{MadviseAdvice, MapFlags, Prot, PMD_SIZE};
@@ -22,26 +21,26 @@ pub fn run(out: &Out) -> Result<(), DemoError> {
 
     out.step(2, "read the first page: a read fault maps the huge zero page");
     expect(mm.read_u64(va)? == 0, "untouched memory to read as zero")?;
-    let (level, entry) = leaf(&mm, va);
+    let (level, entry) = mm.leaf_at(va);
     expect(level == Level::Pmd && entry.pfn() == kernel.phys().huge_zero_pfn(), "a PMD leaf on the huge zero page")?;
     out.fact(&format!("PMD leaf -> huge zero page {}, read-only", entry.pfn()));
 
     out.step(3, "write the second 2 MiB: a write fault allocates a THP");
     mm.write_u64(va + PMD_SIZE + 64, 0xfeed)?;
-    let (level, entry) = leaf(&mm, va + PMD_SIZE);
+    let (level, entry) = mm.leaf_at(va + PMD_SIZE);
     expect(level == Level::Pmd && entry.is_write(), "a writable PMD leaf")?;
     out.fact(&format!("PMD leaf -> THP at {}, writable, order 9", entry.pfn()));
 
     out.step(4, "write into the huge zero page: split it, then copy one 4K page");
     mm.write_u64(va + 8, 42)?;
     narrator.tell(out);
-    expect(leaf(&mm, va).0 == Level::Pte, "the huge zero PMD to be split into PTEs")?;
+    expect(mm.leaf_at(va).0 == Level::Pte, "the huge zero PMD to be split into PTEs")?;
     out.fact("the first 2 MiB is now 512 PTEs; one maps a fresh page");
 
     out.step(5, "fork: private memory becomes copy-on-write in both processes");
     let child = mm.fork()?;
     narrator.tell(out);
-    expect(!leaf(&mm, va + PMD_SIZE).1.is_write(), "the parent's THP to be write-protected")?;
+    expect(!mm.leaf_at(va + PMD_SIZE).1.is_write(), "the parent's THP to be write-protected")?;
     out.fact("parent and child share the THP read-only");
 
     out.step(6, "the parent writes: the shared THP splits and one page is copied");

@@ -21,9 +21,15 @@ pub enum Which {
     /// The seed story: a device mirrors DAX mappings (2 MiB and 1 GiB
     /// leaves) without pinning them; truncation proceeds; a pin blocks it.
     Dax {
-        /// Backing file of the pmem device (a temporary file by default).
-        #[arg(long)]
+        /// Keep the emulated pmem device's image in FILE and reuse it next
+        /// time (default: a temporary file). A FILE that is neither new,
+        /// empty, nor a device image is refused.
+        #[arg(long, value_name = "FILE")]
         pmem: Option<std::path::PathBuf>,
+        /// Erase FILE and format a new device image on it, whatever it
+        /// holds.
+        #[arg(long, requires = "pmem")]
+        format: bool,
     },
     /// The CPU side: faults, THP, copy-on-write after fork, invalidations.
     Mm,
@@ -71,7 +77,7 @@ pub fn expect(condition: bool, what: &str) -> Result<(), DemoError> {
 /// Runs one demo.
 pub fn run(which: Which, out: &Out) -> Result<(), DemoError> {
     match which {
-        Which::Dax { pmem } => dax::run(out, pmem.as_deref()),
+        Which::Dax { pmem, format } => dax::run(out, pmem.as_deref(), format),
         Which::Mm => mm::run(out),
     }
 }

@@ -190,7 +190,11 @@ impl Inode {
 
     /// Writes at `offset`, extending the file; returns the bytes written.
     pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> Result<usize, MmError> {
-        let end = offset.checked_add(data.len() as u64).ok_or(MmError::Invalid("write past the largest offset"))?;
+        // rw_verify_area: a position or end past the largest loff_t is EINVAL.
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&end| end <= super::MAX_LFS_FILESIZE)
+            .ok_or(MmError::Invalid("write past the largest offset"))?;
         let mut state = self.state.lock();
         // Grow first, so a DAX write into a fresh 2 MiB block gets a whole
         // chunk.

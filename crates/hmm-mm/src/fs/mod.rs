@@ -20,13 +20,23 @@ use parking_lot::Mutex;
 use crate::error::MmError;
 use crate::phys::PhysMem;
 
-pub use dax::DaxFs;
+pub use dax::{Corruption, DaxFs, FormatMode, PmemError};
 pub use inode::{Inode, InodeKind};
 
 /// The largest file size and offset (`MAX_LFS_FILESIZE`, tmpfs's
 /// `s_maxbytes` on 64-bit): `loff_t` is signed, so larger values are
 /// negative offsets to Linux.
 pub const MAX_LFS_FILESIZE: u64 = i64::MAX as u64;
+
+/// A byte range of a read or write call: `EINVAL` if its start or end is
+/// negative as Linux's `loff_t` (`rw_verify_area`; probed on 6.18 tmpfs:
+/// `pwrite` of 8 KiB at 2^63 - 4 KiB is EINVAL, not a short write).
+fn io_range_ok(offset: u64, len: usize, what: &'static str) -> Result<(), MmError> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= MAX_LFS_FILESIZE => Ok(()),
+        _ => Err(MmError::Invalid(what)),
+    }
+}
 
 /// A byte offset of a file call: `EINVAL` if negative as Linux's `loff_t`.
 fn offset_ok(offset: u64, what: &'static str) -> Result<u64, MmError> {
@@ -73,22 +83,19 @@ impl File {
         self.inode.size()
     }
     /// `pread`: bytes read, short at end of file.
-    /// `EINVAL` for an offset past `MAX_LFS_FILESIZE` (negative).
+    /// `EINVAL` if the range's start or end is past `MAX_LFS_FILESIZE`
+    /// (negative as `loff_t`).
     pub fn pread(&self, offset: u64, buf: &mut [u8]) -> Result<usize, MmError> {
-        offset_ok(offset, "negative read offset")?;
+        io_range_ok(offset, buf.len(), "negative read offset")?;
         Ok(self.inode.read_at(offset, buf))
     }
-    /// `pwrite`: `EBADF` unless opened for writing; `EINVAL` for a negative
-    /// offset, `EFBIG` at `MAX_LFS_FILESIZE`, and a short write up to it
-    /// (`generic_write_check_limits`).
+    /// `pwrite`: `EBADF` unless opened for writing; `EINVAL` if the range's
+    /// start or end is past `MAX_LFS_FILESIZE` (negative as `loff_t`; tmpfs's
+    /// `s_maxbytes` is that same limit, so its `EFBIG` cannot be reached).
     pub fn pwrite(&self, offset: u64, data: &[u8]) -> Result<usize, MmError> {
         self.check_writable()?;
-        offset_ok(offset, "negative write offset")?;
-        if offset == MAX_LFS_FILESIZE && !data.is_empty() {
-            return Err(MmError::FileTooBig("write at the largest file offset"));
-        }
-        let room = (MAX_LFS_FILESIZE - offset).min(data.len() as u64) as usize;
-        self.inode.write_at(offset, &data[..room])
+        io_range_ok(offset, data.len(), "negative write offset")?;
+        self.inode.write_at(offset, data)
     }
     /// `ftruncate`: grows with zeros or shrinks, unmapping the cut pages
     /// from every process first. `EINVAL` for a negative size (as `loff_t`).
@@ -172,7 +179,7 @@ impl Tmpfs {
 mod tests {
     use hmm_types::{Errno, MapFlags, Prot};
 
-    use super::OpenMode;
+    use super::{OpenMode, MAX_LFS_FILESIZE};
     use crate::testing::kernel;
     use crate::{FaultError, MmError, ThpMode};
 
@@ -188,6 +195,22 @@ mod tests {
         assert_eq!(file.pread(20_000, &mut buf).unwrap(), 0);
         assert_eq!(file.inode().nr_cached_pages(), 1, "the hole before the data holds no page");
         assert!(file.inode().is_page_dirty(2));
+    }
+
+    /// Regression: sizes past `MAX_LFS_FILESIZE` were accepted, and a DAX
+    /// image holding one could not be mounted again.
+    #[test]
+    fn sizes_stop_at_the_largest_file_size() {
+        let k = kernel(64, ThpMode::Never);
+        let file = k.tmpfs().create("big").unwrap();
+        // Negative as `loff_t` (probed on 6.18: ftruncate(2^63 - 1) works on tmpfs).
+        assert_eq!(file.ftruncate(MAX_LFS_FILESIZE + 1).unwrap_err().errno(), Errno::Inval);
+        assert_eq!(file.ftruncate(u64::MAX).unwrap_err().errno(), Errno::Inval);
+        assert_eq!(file.pwrite(1 << 63, b"x").unwrap_err().errno(), Errno::Inval, "a negative loff_t");
+        assert_eq!(file.pwrite(MAX_LFS_FILESIZE, b"x").unwrap_err().errno(), Errno::Inval);
+        assert_eq!(file.size(), 0, "nothing changed");
+        file.ftruncate(MAX_LFS_FILESIZE).unwrap();
+        assert_eq!(file.size(), MAX_LFS_FILESIZE);
     }
 
     #[test]

@@ -43,6 +43,9 @@ use bytes::FrameBytes;
 /// log2 of the frames per region.
 const REGION_SHIFT: u32 = 28;
 const MAX_REGIONS: usize = 64;
+/// The most frames one device memory range may have (1 TiB of 4 KiB
+/// frames, less one): the model's addressable physical range per device.
+pub const MAX_DEVICE_FRAMES: u64 = (1 << REGION_SHIFT) - 1;
 
 /// Not enough free frames for the request.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
@@ -201,16 +204,28 @@ impl PhysMem {
     }
 
     /// The pagemap of a device frame, `None` for system RAM.
+    ///
+    /// # Panics
+    ///
+    /// If `pfn` is in no region (RAM or a plugged-in device).
     pub fn pagemap(&self, pfn: Pfn) -> Option<&Arc<Pagemap>> {
         self.region(pfn).pagemap.as_ref()
     }
 
     /// The memory type of a frame.
+    ///
+    /// # Panics
+    ///
+    /// If `pfn` is in no region (RAM or a plugged-in device).
     pub fn memory_type(&self, pfn: Pfn) -> MemoryType {
         self.pagemap(pfn).map_or(MemoryType::System, |p| p.memory_type())
     }
 
     /// Metadata of one frame.
+    ///
+    /// # Panics
+    ///
+    /// If `pfn` is in no region (RAM or a plugged-in device).
     #[inline]
     pub fn meta(&self, pfn: Pfn) -> &FrameMeta {
         &self.region(pfn).meta[Self::local(pfn) as usize]

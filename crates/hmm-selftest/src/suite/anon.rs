@@ -261,11 +261,18 @@ pub(crate) fn anon_teardown(ctx: &Ctx) -> Verdict {
     let npages = npages(ctx);
     let size = npages << ctx.page_shift;
     let cpu = ctx.cpu();
-    let mut rng = hmm_mm::testing::Rng::new(20);
+    // A fixed pseudo-random delay per round (splitmix64 of the round), so
+    // a failing round can be replayed.
+    let jitter = |round: u64| {
+        let mut z = round.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
     for c in 0..NTIMES {
         let mut buffer = ctx.buffer(size, Prot::RW, ANON)?;
         cpu.write_ints(buffer.ptr, buffer.ints(), |i| (i + c) as i32)?;
-        let delay = Duration::from_nanos(rng.below(32_000));
+        let delay = Duration::from_nanos(jitter(c as u64) % 32_000);
         let mm = Arc::clone(&cpu.mm);
         let half = buffer.ptr + size / 2;
         let unmapper = std::thread::spawn(move || {

@@ -8,6 +8,7 @@
 //! Each test formats a fresh 64 MiB pmem device backed by a temporary file.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hmm_dmirror::uapi::{prot, HMM_DMIRROR_READ, HMM_DMIRROR_SNAPSHOT, HMM_DMIRROR_WRITE};
@@ -34,10 +35,17 @@ impl Drop for Backing {
     }
 }
 
+/// A path for a new backing file, unique to this process and call.
+fn scratch_path() -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("hmm-selftest-{}-{n}.pmem", std::process::id()))
+}
+
 /// A fresh DAX filesystem with one 4 MiB file mapped shared at a PMD
 /// boundary (MAP_SYNC with `sync`) and a buffer over it.
 fn dax_file(ctx: &Ctx, sync: bool) -> Result<(Backing, DaxFs, File, HmmBuffer), Fail> {
-    let backing = Backing(hmm_mm::testing::temp_path("selftest.pmem"));
+    let backing = Backing(scratch_path());
     let fs = ok!(DaxFs::format(&ctx.kernel, &backing.0, PMEM_BYTES));
     let file = ok!(fs.create("mirrored"));
     ok!(file.ftruncate(FILE_BYTES));
@@ -164,12 +172,15 @@ pub(crate) fn truncate_with_a_pinned_page(ctx: &Ctx) -> Verdict {
 /// process exits: a new machine mounting it reads it back.
 pub(crate) fn device_writes_persist(ctx: &Ctx) -> Verdict {
     let cpu = ctx.cpu();
-    let (backing, fs, _file, mut buffer) = dax_file(ctx, false)?;
+    let (backing, fs, file, mut buffer) = dax_file(ctx, false)?;
     let npages = FILE_BYTES >> ctx.page_shift;
     cpu.write_ints(buffer.mirror, buffer.ints(), |i| (i as i32) ^ 0x5a5a)?;
     check_ok(hmm_dmirror_cmd(ctx.fd(), HMM_DMIRROR_WRITE, &mut buffer, npages))?;
     ok!(fs.sync());
     ok!(cpu.mm.munmap(buffer.ptr, FILE_BYTES));
+    // Unmount: with no file open or mapped, the device and its backing
+    // file's lock go with the last handle.
+    drop(file);
     drop(fs);
     let next = ok!(Kernel::new(KernelConfig { ram_bytes: 64 << 20, ..KernelConfig::default() }));
     let fs = ok!(DaxFs::mount(&next, &backing.0, PMEM_BYTES));

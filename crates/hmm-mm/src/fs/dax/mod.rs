@@ -12,6 +12,10 @@
 //! Linux: `fs/dax.c` (`dax_iomap_fault`, `dax_layout_busy_page_range`),
 //! `xfs_break_dax_layouts`, `MEMORY_DEVICE_FS_DAX`.
 
+mod backing;
+mod error;
+#[cfg(test)]
+mod image_tests;
 mod layout;
 mod pmem;
 #[cfg(test)]
@@ -31,10 +35,23 @@ use crate::kernel::Kernel;
 
 use super::inode::InodeState;
 use super::{File, Inode, InodeKind, OpenMode};
-use layout::FileRecord;
+use backing::Backing;
+use layout::{FileRecord, Probe, HEADER_LEN};
 
-pub(crate) use pmem::open_backing_file;
+pub(crate) use backing::Backing as BackingFile;
+pub use error::{Corruption, Found, IoCause, PmemError};
 pub use pmem::{PmemDevice, META_PAGES};
+
+/// What `format` may do to a backing file that already holds bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum FormatMode {
+    /// Format only a new or empty file; refuse anything else (someone's
+    /// data, an image to keep, an image of another version).
+    #[default]
+    OnlyEmpty,
+    /// Erase whatever the file holds (the CLI's `--format`, `mkfs -f`).
+    Overwrite,
+}
 
 const CHUNK: u64 = 512;
 
@@ -60,40 +77,109 @@ impl core::fmt::Debug for DaxShared {
     }
 }
 
-/// A mounted DAX filesystem.
+/// A mounted DAX filesystem. Dropping the last handle unmounts it when no
+/// file of it is open or mapped any more: the device is released and its
+/// backing file unlocked. Otherwise (as `umount` fails with `EBUSY`) it
+/// stays mounted, and its backing file locked, until the process ends.
 #[derive(Debug, Clone)]
 pub struct DaxFs {
     shared: Arc<DaxShared>,
+    _mount: Arc<Unmount>,
+}
+
+/// Unmounts on drop (of the last [`DaxFs`] handle).
+#[derive(Debug)]
+struct Unmount(Arc<DaxShared>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        // Inodes point back at the filesystem, so the namespace keeps it
+        // alive: empty the namespace if the handle's holders were the only
+        // users, which lets the device (and its file lock) go.
+        let mut files = self.0.files.lock();
+        if files.values().all(|inode| Arc::strong_count(inode) == 1) {
+            files.clear();
+            drop(files);
+            // Best effort, as a sync at unmount: the metadata is already
+            // written; this writes the bytes back to the backing file.
+            let _ = self.0.pmem.flush();
+        }
+    }
 }
 
 impl DaxFs {
-    /// Creates an empty filesystem on a pmem device backed by `path`.
+    /// Creates an empty filesystem on a pmem device of `size_bytes`
+    /// (rounded down to 2 MiB) backed by `path`, a new or empty file:
+    /// anything else is refused with [`PmemError::NotEmpty`] and left
+    /// untouched. The file stays locked while the filesystem lives.
     pub fn format(kernel: &Kernel, path: &Path, size_bytes: u64) -> Result<Self, MmError> {
-        let fs = Self::attach(kernel, path, size_bytes)?;
+        Self::format_with(kernel, path, size_bytes, FormatMode::OnlyEmpty)
+    }
+
+    /// [`Self::format`], erasing a non-empty file if `mode` says so.
+    pub fn format_with(kernel: &Kernel, path: &Path, size_bytes: u64, mode: FormatMode) -> Result<Self, MmError> {
+        let nr_frames = PmemDevice::frames_for(size_bytes)?;
+        let backing = Backing::open(path, true)?;
+        Self::format_backing(kernel, backing, nr_frames, mode)
+    }
+
+    /// Mounts the filesystem a previous run left in `path`, after checking
+    /// the whole image: magic, version, checksums, every count, name,
+    /// size and extent against the device. A corrupt image is refused with
+    /// [`PmemError::Corrupt`] saying what is wrong.
+    pub fn mount(kernel: &Kernel, path: &Path, size_bytes: u64) -> Result<Self, MmError> {
+        let nr_frames = PmemDevice::frames_for(size_bytes)?;
+        let backing = Backing::open(path, false)?;
+        Self::mount_backing(kernel, backing, nr_frames)
+    }
+
+    /// Mounts the image in `path`, or formats it if the file is new or
+    /// empty; refuses anything else, as [`Self::mount`] does.
+    pub fn mount_or_format(kernel: &Kernel, path: &Path, size_bytes: u64) -> Result<Self, MmError> {
+        let nr_frames = PmemDevice::frames_for(size_bytes)?;
+        let backing = Backing::open(path, true)?;
+        if backing.len() == 0 {
+            Self::format_backing(kernel, backing, nr_frames, FormatMode::OnlyEmpty)
+        } else {
+            Self::mount_backing(kernel, backing, nr_frames)
+        }
+    }
+
+    fn format_backing(
+        kernel: &Kernel,
+        mut backing: Backing,
+        nr_frames: u64,
+        mode: FormatMode,
+    ) -> Result<Self, MmError> {
+        if backing.len() != 0 && mode == FormatMode::OnlyEmpty {
+            let mut first = [0u8; HEADER_LEN];
+            let n = backing.read_at(0, &mut first)?;
+            let found = match layout::probe(&first[..n]) {
+                Probe::Image => Found::Image,
+                Probe::OtherVersion(v) => Found::OtherVersion(v),
+                Probe::Data => Found::Data,
+            };
+            let path = backing.path().to_path_buf();
+            return Err(PmemError::NotEmpty { path, len: backing.len(), found }.into());
+        }
+        backing.grow_to(nr_frames * PAGE_SIZE)?;
+        let fs = Self::attach(kernel, backing, nr_frames)?;
         fs.shared.persist()?;
         Ok(fs)
     }
 
-    /// Mounts the filesystem a previous run left in `path`.
-    pub fn mount(kernel: &Kernel, path: &Path, size_bytes: u64) -> Result<Self, MmError> {
-        let fs = Self::attach(kernel, path, size_bytes)?;
+    fn mount_backing(kernel: &Kernel, backing: Backing, nr_frames: u64) -> Result<Self, MmError> {
+        let records = read_image(&backing, nr_frames)?;
+        let fs = Self::attach(kernel, backing, nr_frames)?;
         let pmem = &fs.shared.pmem;
-        let mut header = [0u8; 16];
-        pmem.phys().read(pmem.base(), 0, &mut header);
-        let len = layout::payload_len(&header).ok_or(MmError::Io("no hmm DAX filesystem on this device"))?;
-        if len > META_PAGES * PAGE_SIZE - 16 {
-            return Err(MmError::Io("corrupt DAX metadata: table too large"));
-        }
-        let mut payload = vec![0u8; len as usize];
-        pmem.phys().read(pmem.base(), 16, &mut payload);
         let mut files = fs.shared.files.lock();
-        for record in layout::decode(&payload)? {
+        for record in records {
             let inode = Inode::new(pmem.phys().clone(), InodeKind::Dax(fs.shared.clone()));
             {
                 let mut state = inode.state.lock();
                 state.size = record.size;
-                for (file_page, dev_page, pages) in record.extents {
-                    pmem.claim(dev_page, pages)?;
+                for &(file_page, dev_page, pages) in &record.extents {
+                    pmem.claim(&record.name, (file_page, dev_page, pages))?;
                     for i in 0..pages {
                         state.pages.insert(file_page + i, pmem.pfn(dev_page + i));
                     }
@@ -105,14 +191,14 @@ impl DaxFs {
         Ok(fs)
     }
 
-    fn attach(kernel: &Kernel, path: &Path, size_bytes: u64) -> Result<Self, MmError> {
-        let pmem = PmemDevice::attach(kernel.phys(), path, size_bytes)?;
+    fn attach(kernel: &Kernel, backing: Backing, nr_frames: u64) -> Result<Self, MmError> {
+        let pmem = PmemDevice::attach(kernel.phys(), backing, nr_frames)?;
         let shared = Arc::new(DaxShared {
             pmem,
             files: Mutex::new(BTreeMap::new()),
             busy_timeout: Mutex::new(Duration::from_secs(1)),
         });
-        Ok(Self { shared })
+        Ok(Self { _mount: Arc::new(Unmount(shared.clone())), shared })
     }
 
     /// The device.
@@ -196,7 +282,7 @@ impl DaxShared {
                 FileRecord { name: name.clone(), size: state.size, extents: layout::extents_of(pages) }
             })
             .collect();
-        let bytes = layout::encode(&records);
+        let bytes = layout::encode(self.pmem.nr_frames(), &records);
         if bytes.len() as u64 > META_PAGES * PAGE_SIZE {
             return Err(MmError::DeviceFull("DAX metadata area is full"));
         }
@@ -338,4 +424,45 @@ impl DaxShared {
         drop(state);
         self.persist()
     }
+}
+
+/// Reads and validates the image in `backing` for a device of `nr_frames`,
+/// from the file itself, before anything is mapped: every allocation is
+/// bounded by the metadata area, not by what the image claims.
+fn read_image(backing: &Backing, nr_frames: u64) -> Result<Vec<FileRecord>, PmemError> {
+    let path = || backing.path().to_path_buf();
+    let corrupt = |what| PmemError::Corrupt { path: path(), what };
+    let mut first = [0u8; HEADER_LEN];
+    let n = backing.read_at(0, &mut first)?;
+    match layout::probe(&first[..n]) {
+        Probe::Image => {}
+        Probe::OtherVersion(found) => {
+            return Err(PmemError::Version { path: path(), found, expected: layout::VERSION });
+        }
+        Probe::Data => return Err(PmemError::NotAnImage { path: path() }),
+    }
+    let header = layout::decode_header(&first).map_err(corrupt)?;
+    let valid_size = header.device_pages % CHUNK == 0
+        && PmemDevice::frames_for(header.device_pages.saturating_mul(PAGE_SIZE)).is_ok();
+    if !valid_size {
+        return Err(corrupt(Corruption::DeviceSize { pages: header.device_pages }));
+    }
+    let device_bytes = header.device_pages * PAGE_SIZE;
+    if backing.len() < device_bytes {
+        return Err(corrupt(Corruption::Truncated { file_bytes: backing.len(), device_bytes }));
+    }
+    if header.device_pages != nr_frames {
+        return Err(PmemError::SizeMismatch {
+            path: path(),
+            image_bytes: device_bytes,
+            requested_bytes: nr_frames * PAGE_SIZE,
+        });
+    }
+    let max = META_PAGES * PAGE_SIZE - HEADER_LEN as u64;
+    if header.table_len > max {
+        return Err(corrupt(Corruption::TableTooLarge { len: header.table_len, max }));
+    }
+    let mut table = vec![0u8; header.table_len as usize];
+    backing.read_at(HEADER_LEN as u64, &mut table)?;
+    layout::decode(&header, &table, META_PAGES).map_err(corrupt)
 }

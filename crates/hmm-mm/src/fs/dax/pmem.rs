@@ -18,7 +18,10 @@ use parking_lot::Mutex;
 use hmm_types::{Pfn, PAGE_SIZE, PMD_SIZE};
 
 use crate::error::MmError;
-use crate::phys::{MemoryType, Pagemap, PhysMem};
+use crate::phys::{MemoryType, Pagemap, PhysMem, MAX_DEVICE_FRAMES};
+
+use super::backing::Backing;
+use super::error::{Corruption, PmemError};
 
 /// Frames reserved for metadata at the start of the device (2 MiB).
 pub const META_PAGES: u64 = 512;
@@ -28,7 +31,8 @@ const CHUNK: u64 = PMD_SIZE / PAGE_SIZE;
 pub struct PmemDevice {
     phys: Arc<PhysMem>,
     path: PathBuf,
-    _file: std::fs::File,
+    // Holds the file's lock while the device lives.
+    _backing: Backing,
     base: Pfn,
     nr_frames: u64,
     pagemap: Arc<Pagemap>,
@@ -46,25 +50,33 @@ impl core::fmt::Debug for PmemDevice {
 }
 
 impl PmemDevice {
-    /// Opens (creating if needed) a backing file of `size_bytes` and plugs
-    /// it in as device memory. The size is rounded down to 2 MiB and must
-    /// leave room for data after the metadata.
-    pub fn attach(phys: &Arc<PhysMem>, path: &Path, size_bytes: u64) -> Result<Self, MmError> {
+    /// The frames of a device of `size_bytes` (rounded down to 2 MiB),
+    /// which must leave room for data after the metadata and fit a device
+    /// memory range.
+    pub(crate) fn frames_for(size_bytes: u64) -> Result<u64, PmemError> {
         let nr_frames = (size_bytes / PMD_SIZE) * CHUNK;
         if nr_frames < META_PAGES + CHUNK {
-            return Err(MmError::Invalid("a pmem device needs at least 4 MiB"));
+            return Err(PmemError::TooSmall { bytes: size_bytes, min: (META_PAGES + CHUNK) * PAGE_SIZE });
         }
-        let file = open_backing_file(path, nr_frames * PAGE_SIZE)?;
+        if nr_frames > MAX_DEVICE_FRAMES {
+            return Err(PmemError::TooLarge { bytes: size_bytes, max: MAX_DEVICE_FRAMES * PAGE_SIZE });
+        }
+        Ok(nr_frames)
+    }
+
+    /// Plugs in `nr_frames` frames whose bytes live in `backing` (already
+    /// checked, locked, and at least that long) as device memory.
+    pub(crate) fn attach(phys: &Arc<PhysMem>, backing: Backing, nr_frames: u64) -> Result<Self, MmError> {
         let pagemap = Arc::new(Pagemap::new(MemoryType::FsDax, None));
         let base = phys
-            .add_device_region(pagemap.clone(), nr_frames, Some(&file))
-            .map_err(|_| MmError::Io("cannot map the pmem backing file"))?;
+            .add_device_region(pagemap.clone(), nr_frames, Some(backing.file()))
+            .map_err(|e| PmemError::Map { bytes: nr_frames * PAGE_SIZE, source: e.into() })?;
         let mut used = vec![false; nr_frames as usize];
         used[..META_PAGES as usize].fill(true);
         Ok(Self {
             phys: phys.clone(),
-            path: path.to_path_buf(),
-            _file: file,
+            path: backing.path().to_path_buf(),
+            _backing: backing,
             base,
             nr_frames,
             pagemap,
@@ -101,22 +113,39 @@ impl PmemDevice {
     }
     /// Writes the device's bytes to its backing file.
     pub(crate) fn flush(&self) -> Result<(), MmError> {
-        self.phys.flush_region(self.base).map_err(|_| MmError::Io("cannot flush the pmem backing file"))
+        Ok(self.phys.flush_region(self.base).map_err(|e| PmemError::File {
+            path: self.path.clone(),
+            what: "write back",
+            source: e.into(),
+        })?)
     }
     /// Free data pages.
     pub fn free_pages(&self) -> u64 {
         self.used.lock().iter().filter(|&&u| !u).count() as u64
     }
 
-    /// Marks pages as used (when mounting an existing filesystem).
-    pub(crate) fn claim(&self, first: u64, count: u64) -> Result<(), MmError> {
+    /// Marks pages as used (when mounting an existing filesystem, whose
+    /// extents were validated against the device and each other).
+    pub(crate) fn claim(&self, name: &str, (file_page, first, count): (u64, u64, u64)) -> Result<(), MmError> {
         let mut used = self.used.lock();
-        let range = first as usize..(first + count) as usize;
-        if range.end > used.len() || used[range.clone()].iter().any(|&u| u) {
-            return Err(MmError::Io("corrupt DAX metadata: overlapping or out-of-range extents"));
+        let range = usize::try_from(first).ok().zip(first.checked_add(count).and_then(|e| usize::try_from(e).ok()));
+        match range {
+            Some((start, end)) if end <= used.len() && !used[start..end].iter().any(|&u| u) => {
+                used[start..end].fill(true);
+                Ok(())
+            }
+            _ => Err(PmemError::Corrupt {
+                path: self.path.clone(),
+                what: Corruption::Extent {
+                    name: name.to_string(),
+                    file_page,
+                    dev_page: first,
+                    pages: count,
+                    why: "is outside the device or already in use",
+                },
+            }
+            .into()),
         }
-        used[range].fill(true);
-        Ok(())
     }
 
     /// A free, 2 MiB-aligned chunk of 512 pages, zeroed.
@@ -154,21 +183,4 @@ impl PmemDevice {
         debug_assert!(page >= META_PAGES && used[page as usize], "double free of pmem page {page}");
         used[page as usize] = false;
     }
-}
-
-/// Opens (creating it if needed) the file that holds a device's bytes,
-/// grown to at least `len` bytes; existing contents are kept.
-pub(crate) fn open_backing_file(path: &Path, len: u64) -> Result<std::fs::File, MmError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|_| MmError::Io("cannot open the device's backing file"))?;
-    let current = file.metadata().map_err(|_| MmError::Io("cannot stat the device's backing file"))?.len();
-    if current < len {
-        file.set_len(len).map_err(|_| MmError::Io("cannot size the device's backing file"))?;
-    }
-    Ok(file)
 }

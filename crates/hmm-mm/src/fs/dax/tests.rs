@@ -75,7 +75,8 @@ fn data_survives_a_remount() {
     file.pread(2 * MIB, &mut tail).unwrap();
     assert_eq!(&tail, b"tail");
     let missing = temp_path("never-formatted.pmem");
-    assert_eq!(DaxFs::mount(&k, &missing, 16 * MIB).unwrap_err().errno(), Errno::Io);
+    // Regression: the open's own error, not EIO.
+    assert_eq!(DaxFs::mount(&k, &missing, 16 * MIB).unwrap_err().errno(), Errno::NoEnt);
     let _ = std::fs::remove_file(missing);
 }
 

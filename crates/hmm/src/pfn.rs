@@ -68,7 +68,11 @@ mod tests {
         assert_eq!(order_field & HMM_PFN_INOUT_FLAGS, 0, "no sticky flag inside the order field");
         let outputs = HMM_PFN_VALID | HMM_PFN_WRITE | HMM_PFN_ERROR;
         assert_eq!(outputs | HMM_PFN_INOUT_FLAGS | order_field, HMM_PFN_FLAGS, "the eleven flag bits, none free");
-        assert_eq!(hmm_pfn_to_map_order(HMM_PFN_INOUT_FLAGS | order_bits(18)), 18, "sticky bits do not leak into the order");
+        assert_eq!(
+            hmm_pfn_to_map_order(HMM_PFN_INOUT_FLAGS | order_bits(18)),
+            18,
+            "sticky bits do not leak into the order"
+        );
     }
 
     #[test]

@@ -203,3 +203,68 @@ fn a_write_request_on_a_read_only_mapping_is_eperm() {
     r.default_flags |= hmm::pfn::HMM_PFN_REQ_WRITE;
     assert_eq!(range_fault_unlocked_timeout(&s.mm, &mut r, Duration::ZERO), Err(HmmError::Perm));
 }
+
+/// Delta §1.7.4: HMM faults lack FAULT_FLAG_USER, so a USER_MODE_ONLY
+/// context refuses them (EFAULT) even in the unlocked variant; so does a
+/// context with UFFD_FEATURE_SIGBUS. Neither queues a message.
+#[test]
+fn sigbus_contexts_fail_the_unlocked_variant_too() {
+    use hmm_mm::uffd::{O_NONBLOCK, UFFD_FEATURE_SIGBUS, UFFD_USER_MODE_ONLY};
+    for (open_flags, features) in [(UFFD_USER_MODE_ONLY, 0), (0, UFFD_FEATURE_SIGBUS)] {
+        let s = setup(1);
+        let uffd = Userfaultfd::new(&s.mm, O_NONBLOCK | open_flags).unwrap();
+        uffd.api(UFFD_API, features).unwrap();
+        uffd.register(s.va, PAGE_SIZE, UFFDIO_REGISTER_MODE_MISSING).unwrap();
+        let mut pfns = vec![0; 1];
+        let mut r = range(&s, &mut pfns);
+        let result = range_fault_unlocked_timeout(&s.mm, &mut r, Duration::ZERO);
+        assert_eq!(result.map_err(|e| e.errno()), Err(Errno::Fault), "flags {open_flags:#x} features {features:#x}");
+        assert!(!uffd.poll().readable);
+    }
+}
+
+/// Delta §1.7.4: a pure snapshot of a userfaultfd range reports 0 for the
+/// missing pages with no userfaultfd traffic.
+#[test]
+fn a_snapshot_of_a_userfaultfd_range_asks_nothing_of_the_handler() {
+    let s = setup(2);
+    let uffd = uffd(&s, 2);
+    let mut pfns = vec![0; 2];
+    let mut r = range(&s, &mut pfns);
+    r.default_flags = 0;
+    range_fault_unlocked_timeout(&s.mm, &mut r, Duration::ZERO).unwrap();
+    assert_eq!(pfns, [0, 0]);
+    assert!(!uffd.poll().readable);
+}
+
+/// Delta §1.7.2: after a lock drop the next walk starts again from
+/// `range.start`, so pages changed meanwhile before the faulting one are
+/// reported as they are now, not as the first walk saw them.
+#[test]
+fn after_a_lock_drop_every_entry_is_recomputed_from_the_start() {
+    let s = setup(2);
+    s.mm.write_u64(s.va, 1).unwrap();
+    let uffd = Userfaultfd::new(&s.mm, O_CLOEXEC).unwrap();
+    uffd.api(UFFD_API, 0).unwrap();
+    uffd.register(s.va, 2 * PAGE_SIZE, UFFDIO_REGISTER_MODE_MISSING).unwrap();
+    let mm = s.mm.clone();
+    let va = s.va;
+    let handler = thread::spawn(move || {
+        let msg = uffd.read().unwrap();
+        assert_eq!(msg.address, va + PAGE_SIZE, "page 0 is present");
+        // While the device's fault sleeps, page 0 is zapped: the next walk
+        // must see that (and fault page 0 too).
+        mm.madvise(va, PAGE_SIZE, hmm_types::MadviseAdvice::DontNeed).unwrap();
+        uffd.copy(va + PAGE_SIZE, &[5; PAGE], 0).unwrap();
+        let msg = uffd.read().unwrap();
+        assert_eq!(msg.address, va, "the restart faulted page 0 again");
+        uffd.copy(va, &[6; PAGE], 0).unwrap();
+    });
+    let mut pfns = vec![0; 2];
+    let mut r = range(&s, &mut pfns);
+    range_fault_unlocked_timeout(&s.mm, &mut r, Duration::ZERO).unwrap();
+    handler.join().unwrap();
+    for (i, &w) in pfns.iter().enumerate() {
+        assert_eq!(hmm_pfn_to_pfn(w), leaf(&s.mm, s.va + i as u64 * PAGE_SIZE).1.pfn(), "entry {i} is current");
+    }
+}

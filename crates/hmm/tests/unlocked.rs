@@ -268,3 +268,27 @@ fn after_a_lock_drop_every_entry_is_recomputed_from_the_start() {
         assert_eq!(hmm_pfn_to_pfn(w), leaf(&s.mm, s.va + i as u64 * PAGE_SIZE).1.pfn(), "entry {i} is current");
     }
 }
+
+/// `mmap_read_lock_killable`: a fatal signal ends a wait for the lock
+/// (EINTR); an uncontended lock is taken even with a signal pending, so a
+/// walk that needs no lock drop still succeeds.
+#[test]
+fn a_fatal_signal_interrupts_only_a_contended_lock() {
+    let s = Arc::new(setup(1));
+    s.mm.send_fatal_signal();
+    let mut pfns = vec![0; 1];
+    let mut r = range(&s, &mut pfns);
+    assert_eq!(range_fault_unlocked_timeout(&s.mm, &mut r, Duration::ZERO), Ok(()), "uncontended");
+
+    let writer = s.mm.mmap_write();
+    let caller = {
+        let s = s.clone();
+        thread::spawn(move || {
+            let mut pfns = vec![0; 1];
+            let mut r = range(&s, &mut pfns);
+            range_fault_unlocked_timeout(&s.mm, &mut r, Duration::ZERO)
+        })
+    };
+    assert_eq!(caller.join().unwrap(), Err(HmmError::Intr), "interrupted while waiting for the lock");
+    drop(writer);
+}

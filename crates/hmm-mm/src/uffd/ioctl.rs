@@ -26,10 +26,12 @@ enum Fill<'a> {
 impl Userfaultfd {
     /// `UFFDIO_COPY`: fills `[dst, dst + src.len())` with `src` (the model
     /// takes the source bytes; Linux reads them from the caller's address
-    /// space). Returns the bytes copied. `EEXIST` at the first page already
-    /// mapped (pages before it stay filled and are woken), `ENOENT` outside
-    /// a range registered here, `EINVAL` for a bad mode or shape; `WP` is
-    /// refused since WP registration is not modelled.
+    /// space). Returns the bytes copied. A failure on the first page is its
+    /// error (`EEXIST` for a page already mapped, `ENOENT` outside a range
+    /// registered here, `ENOMEM`); a later one is [`UffdError::Partial`]
+    /// (`EAGAIN`), the pages before it filled and woken. `EINVAL` for a bad
+    /// mode or shape; `WP` is refused since WP registration is not
+    /// modelled.
     pub fn copy(&self, dst: u64, src: &[u8], mode: u64) -> Result<u64, UffdError> {
         if mode & !(UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP) != 0 {
             return Err(UffdError::Invalid("unknown UFFDIO_COPY mode"));
@@ -77,7 +79,11 @@ impl Userfaultfd {
         if mode & UFFDIO_COPY_MODE_DONTWAKE == 0 && done > 0 {
             self.ctx.wake_range(dst, dst + done);
         }
-        result.map(|()| done)
+        match result {
+            Ok(()) => Ok(done),
+            Err(_) if done > 0 => Err(UffdError::Partial { copied: done }),
+            Err(error) => Err(error),
+        }
     }
 
     fn fill_page(&self, guard: &MmapReadGuard<'_>, va: u64, fill: Fill<'_>, offset: usize) -> Result<(), UffdError> {

@@ -109,6 +109,14 @@ pub enum UffdError {
     /// `EAGAIN`: nothing to read on a non-blocking file.
     #[error("EAGAIN: no message pending")]
     Again,
+    /// `EAGAIN` from COPY or ZEROPAGE: only the first `copied` bytes were
+    /// filled (and woken) before a page failed; Linux stores `copied` in
+    /// the `copy`/`zeropage` field.
+    #[error("EAGAIN: only {copied:#x} bytes were filled")]
+    Partial {
+        /// Bytes filled from the start of the range.
+        copied: u64,
+    },
     /// `ENOENT`: the destination is not a range registered here.
     #[error("ENOENT: {0:#x} is not in a range registered with this userfaultfd")]
     NotRegistered(u64),
@@ -132,7 +140,7 @@ impl UffdError {
             Self::Perm(_) => Errno::Perm,
             Self::Busy => Errno::Busy,
             Self::Exists(_) => Errno::Exist,
-            Self::Again => Errno::Again,
+            Self::Again | Self::Partial { .. } => Errno::Again,
             Self::NotRegistered(_) => Errno::NoEnt,
             Self::NoMem => Errno::NoMem,
             Self::Exited => Errno::Srch,

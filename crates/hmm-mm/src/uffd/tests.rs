@@ -273,3 +273,27 @@ fn poll_wait_returns_on_a_message_or_an_interrupt() {
     uffd.wake(va, PAGE_SIZE).unwrap();
     assert_eq!(reader.join().unwrap(), Ok(0x0303_0303_0303_0303));
 }
+
+#[test]
+fn a_copy_stopped_by_a_mapped_page_reports_the_bytes_it_filled() {
+    let mm = mm();
+    let uffd = uffd(&mm, 0);
+    let va = mm.mmap(0, 3 * PAGE_SIZE, Prot::RW, ANON).unwrap();
+    uffd.register(va, 3 * PAGE_SIZE, UFFDIO_REGISTER_MODE_MISSING).unwrap();
+    uffd.zeropage(va + PAGE_SIZE, PAGE_SIZE, 0).unwrap();
+    let reader = {
+        let mm = mm.clone();
+        std::thread::spawn(move || mm.read_u64(va))
+    };
+    uffd.read().unwrap();
+    let error = uffd.copy(va, &[9u8; 3 * PAGE], 0).unwrap_err();
+    assert_eq!(error, UffdError::Partial { copied: PAGE_SIZE });
+    assert_eq!(error.errno(), Errno::Again);
+    assert_eq!(reader.join().unwrap(), Ok(0x0909_0909_0909_0909), "the filled page was woken");
+    assert_eq!(
+        uffd.copy(va + PAGE_SIZE, &[9u8; PAGE], 0),
+        Err(UffdError::Exists(va + PAGE_SIZE)),
+        "no progress: the error itself"
+    );
+    assert!(leaf(&mm, va + 2 * PAGE_SIZE).1.is_none(), "nothing after the failing page");
+}

@@ -219,6 +219,12 @@ impl DmirrorFile {
                 self.set_flags(cmd.npages);
                 Counts::default()
             }
+            Request::ReadUnlocked => {
+                let mut bounce = vec![0u8; bytes];
+                let counts = self.read_unlocked(cmd.addr, npages, &mut bounce)?;
+                self.copy_to_user(cmd.ptr, &bounce)?;
+                counts
+            }
         };
         done.cpages = counts.cpages;
         done.faults = counts.faults;
@@ -272,6 +278,14 @@ impl DmirrorFile {
     pub fn read(&self, addr: u64, npages: u64, out: &mut [u8]) -> Result<Counts, DmirrorError> {
         check_buffer(addr, npages, out.len())?;
         crate::rw::read(&self.mirror, addr, npages, out)
+    }
+
+    /// READ_UNLOCKED: READ whose faults let HMM take and drop the mmap
+    /// lock, so a userfaultfd handler can serve them
+    /// (`dmirror_read_unlocked`).
+    pub fn read_unlocked(&self, addr: u64, npages: u64, out: &mut [u8]) -> Result<Counts, DmirrorError> {
+        check_buffer(addr, npages, out.len())?;
+        crate::unlocked::read(&self.mirror, addr, npages, out)
     }
 
     /// WRITE: the device writes `data` to `npages` from `addr`, faulting

@@ -41,6 +41,7 @@ mod migrate;
 mod rw;
 mod snapshot;
 mod table;
+mod unlocked;
 
 pub use device::{Dmirror, DmirrorConfig, DmirrorDevice, DEVMEM_CHUNK_PAGES, DMIRROR_NDEVICES};
 pub use error::DmirrorError;

@@ -174,7 +174,7 @@ pub(crate) fn fault(mirror: &Mirror, start: u64, end: u64, write: bool) -> Resul
 
 /// Maps what the walk found (`dmirror_do_fault`): the frame exactly as
 /// reported, writable iff `HMM_PFN_WRITE`.
-fn do_fault(table: &mut DeviceTable, range: &Range<'_>, write: bool) -> Result<(), DmirrorError> {
+pub(crate) fn do_fault(table: &mut DeviceTable, range: &Range<'_>, write: bool) -> Result<(), DmirrorError> {
     for (i, &word) in range.hmm_pfns.iter().enumerate() {
         let va = range.start + i as u64 * PAGE_SIZE;
         let writable = word & HMM_PFN_WRITE != 0;

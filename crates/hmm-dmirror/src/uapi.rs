@@ -47,6 +47,9 @@ pub const HMM_DMIRROR_CHECK_EXCLUSIVE: u64 = iowr(0x06);
 pub const HMM_DMIRROR_RELEASE: u64 = iowr(0x07);
 /// `HMM_DMIRROR_FLAGS`: set the per-open flag word (`npages`).
 pub const HMM_DMIRROR_FLAGS: u64 = iowr(0x08);
+/// `HMM_DMIRROR_READ_UNLOCKED` (Linux 7.3): READ whose faults go through
+/// `range_fault_unlocked_timeout`, so userfaultfd ranges can be served.
+pub const HMM_DMIRROR_READ_UNLOCKED: u64 = iowr(0x09);
 
 /// `HMM_DMIRROR_FLAG_FAIL_ALLOC`: the next device (or, migrating back,
 /// large system) allocation fails once.
@@ -73,11 +76,13 @@ pub enum Request {
     Release,
     /// `HMM_DMIRROR_FLAGS`.
     Flags,
+    /// `HMM_DMIRROR_READ_UNLOCKED` (7.3).
+    ReadUnlocked,
 }
 
 impl Request {
     /// Every request, in number order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Read,
         Self::Write,
         Self::MigrateToDev,
@@ -87,6 +92,7 @@ impl Request {
         Self::CheckExclusive,
         Self::Release,
         Self::Flags,
+        Self::ReadUnlocked,
     ];
 
     /// The ioctl number.
@@ -101,6 +107,7 @@ impl Request {
             Self::CheckExclusive => HMM_DMIRROR_CHECK_EXCLUSIVE,
             Self::Release => HMM_DMIRROR_RELEASE,
             Self::Flags => HMM_DMIRROR_FLAGS,
+            Self::ReadUnlocked => HMM_DMIRROR_READ_UNLOCKED,
         }
     }
 
@@ -116,6 +123,7 @@ impl Request {
             Self::CheckExclusive => "HMM_DMIRROR_CHECK_EXCLUSIVE",
             Self::Release => "HMM_DMIRROR_RELEASE",
             Self::Flags => "HMM_DMIRROR_FLAGS",
+            Self::ReadUnlocked => "HMM_DMIRROR_READ_UNLOCKED",
         }
     }
 }
@@ -179,12 +187,13 @@ mod tests {
             0xC028_4806,
             0xC028_4807,
             0xC028_4808,
+            0xC028_4809,
         ];
         for (request, number) in Request::ALL.into_iter().zip(expected) {
             assert_eq!(request.number(), number, "{}", request.kernel_name());
             assert_eq!(Request::try_from(number).unwrap(), request);
         }
-        // READ_UNLOCKABLE (0x09) has no handler in the test device.
-        assert_eq!(Request::try_from(0xC028_4809), Err(DmirrorError::UnknownRequest(0xC028_4809)));
+        // 7.3 gave 0x09 a handler (READ_UNLOCKED); 0x0A is still unknown.
+        assert_eq!(Request::try_from(0xC028_480A), Err(DmirrorError::UnknownRequest(0xC028_480A)));
     }
 }

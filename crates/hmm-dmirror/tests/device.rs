@@ -42,7 +42,7 @@ fn the_prologue_rejects_bad_arguments_and_leaves_the_command_block_alone() {
         (HMM_DMIRROR_READ, HmmDmirrorCmd { addr: va + 8, ptr: out, npages: 1, cpages: 7, faults: 7 }),
         (HMM_DMIRROR_READ, HmmDmirrorCmd { addr: va, ptr: out, npages: 0, cpages: 7, faults: 7 }),
         (HMM_DMIRROR_READ, HmmDmirrorCmd { addr: va, ptr: out, npages: u64::MAX / 2, cpages: 7, faults: 7 }),
-        (0xC028_4809, HmmDmirrorCmd { addr: va, ptr: out, npages: 1, cpages: 7, faults: 7 }),
+        (0xC028_480A, HmmDmirrorCmd { addr: va, ptr: out, npages: 1, cpages: 7, faults: 7 }),
         // FLAGS carries its flag word in npages, and the range check applies.
         (HMM_DMIRROR_FLAGS, HmmDmirrorCmd { addr: va, ptr: out, npages: 0, cpages: 7, faults: 7 }),
     ];

@@ -55,16 +55,16 @@ impl Drop for Held<'_> {
 impl Mm {
     /// Reads `buf.len()` bytes at `va`.
     pub fn read_bytes(&self, va: u64, buf: &mut [u8]) -> Result<(), MmError> {
-        let guard = self.mmap_read();
-        for_each_page(&guard, va, buf.len(), false, |held, offset, range| {
+        let mut guard = self.mmap_read();
+        for_each_page(&mut guard, va, buf.len(), false, |held, offset, range| {
             held.phys.read(held.pfn, offset, &mut buf[range]);
         })
     }
 
     /// Writes `data` at `va`.
     pub fn write_bytes(&self, va: u64, data: &[u8]) -> Result<(), MmError> {
-        let guard = self.mmap_read();
-        for_each_page(&guard, va, data.len(), true, |held, offset, range| {
+        let mut guard = self.mmap_read();
+        for_each_page(&mut guard, va, data.len(), true, |held, offset, range| {
             held.phys.write(held.pfn, offset, &data[range]);
         })
     }
@@ -97,8 +97,8 @@ impl Mm {
         if va % 8 != 0 {
             return Err(MmError::Invalid("atomic access must be 8-byte aligned"));
         }
-        let guard = self.mmap_read();
-        let held = translate_or_fault(&guard, va, true)?;
+        let mut guard = self.mmap_read();
+        let held = user_translate_or_fault(&mut guard, va, true)?;
         Ok(op(held.phys.atomic_u64(held.pfn, va % PAGE_SIZE)))
     }
 }
@@ -106,7 +106,7 @@ impl Mm {
 /// Calls `access(frame, offset_in_frame, buffer_range)` for each page piece
 /// of `[va, va + len)`.
 fn for_each_page(
-    guard: &MmapReadGuard<'_>,
+    guard: &mut MmapReadGuard<'_>,
     va: u64,
     len: usize,
     write: bool,
@@ -122,7 +122,7 @@ fn for_each_page(
     while cursor < end {
         // One translation (and one reference) per leaf: a huge leaf is
         // copied in one piece.
-        let held = translate_or_fault(guard, cursor, write)?;
+        let held = user_translate_or_fault(guard, cursor, write)?;
         let page_end = held.leaf_end.min(end);
         let done = (cursor - va) as usize;
         access(&held, cursor % PAGE_SIZE, done..done + (page_end - cursor) as usize);
@@ -148,6 +148,33 @@ pub(crate) fn translate_or_fault<'a>(guard: &MmapReadGuard<'a>, va: u64, write: 
             crate::error::FaultError::Oom => MmError::NoMem,
             error => MmError::Fault { addr: va, error },
         })?;
+    }
+}
+
+/// [`translate_or_fault`] for the CPU itself: a user fault
+/// (`FAULT_FLAG_USER|ALLOW_RETRY|KILLABLE`), which may sleep without the
+/// mmap lock for a userfaultfd handler and then translates again. A fatal
+/// signal during that sleep ends the access with SIGBUS.
+fn user_translate_or_fault<'a>(guard: &mut MmapReadGuard<'a>, va: u64, write: bool) -> Result<Held<'a>, MmError> {
+    let mm = guard.mm();
+    loop {
+        if let Some(held) = translate(mm, va, write) {
+            return Ok(held);
+        }
+        let mut flags = FaultFlags::USER | FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
+        if write {
+            flags |= FaultFlags::WRITE;
+        }
+        let outcome = guard.handle_mm_fault_unlockable(va, flags).map_err(|error| match error {
+            crate::error::FaultError::Oom => MmError::NoMem,
+            error => MmError::Fault { addr: va, error },
+        })?;
+        if outcome == crate::fault::FaultOutcome::Released && mm.fatal_signal_pending() {
+            return Err(MmError::Fault {
+                addr: va,
+                error: crate::error::FaultError::Sigbus("killed while waiting for the userfaultfd handler"),
+            });
+        }
     }
 }
 

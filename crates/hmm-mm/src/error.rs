@@ -32,6 +32,9 @@ pub enum FaultError {
     /// `VM_FAULT_OOM`.
     #[error("out of memory while handling the fault")]
     Oom,
+    /// `VM_FAULT_HWPOISON`: the page behind the address is poisoned.
+    #[error("the page is hardware-poisoned")]
+    Hwpoison,
 }
 
 /// Errors of the memory manager's public operations.

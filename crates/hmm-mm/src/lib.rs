@@ -27,14 +27,16 @@ mod notify;
 mod ops;
 pub mod phys;
 pub mod proc_pagemap;
+mod signal;
 pub mod swap;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod uffd;
 pub mod vma;
 mod zap;
 
 pub use error::{FaultError, MmError, SegvReason};
-pub use fault::FaultFlags;
+pub use fault::{FaultFlags, FaultOutcome};
 pub use kernel::{Kernel, KernelConfig, ThpMode};
 pub use migrate::{MigrateStats, MigrationHook, MigrationPoint};
 pub use mm::{CpuPageTable, Mm, MmUser, MmapLocked, MmapReadGuard, MmapWriteGuard};

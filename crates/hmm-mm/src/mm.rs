@@ -42,6 +42,8 @@ pub struct Mm {
     /// Migrations of this address space's pages between unmap and restore
     /// (see `crate::migrate`): while zero, no migration entry exists.
     migrating: AtomicU32,
+    /// Fatal signal and OOM-reaper state (`crate::signal`).
+    signals: crate::signal::Signals,
 }
 
 impl core::fmt::Debug for Mm {
@@ -64,6 +66,7 @@ impl Mm {
             users: AtomicU32::new(1),
             exited: AtomicBool::new(false),
             migrating: AtomicU32::new(0),
+            signals: crate::signal::Signals::default(),
         });
         mm.kernel.register_mm(&mm);
         Ok(mm)
@@ -124,12 +127,31 @@ impl Mm {
     pub fn mmap_read(&self) -> MmapReadGuard<'_> {
         MmapReadGuard { mm: self, vmas: self.mmap_lock.read() }
     }
+    /// `mmap_read_lock_killable`: takes the lock for reading, or gives up
+    /// (`None`) if a fatal signal is pending while it has to wait. An
+    /// uncontended lock is taken even with a signal pending, as Linux's
+    /// fast path does. A signal cannot wake a parked waiter, so the
+    /// contended path re-checks every millisecond.
+    pub fn mmap_read_killable(&self) -> Option<MmapReadGuard<'_>> {
+        loop {
+            if let Some(vmas) = self.mmap_lock.try_read_for(std::time::Duration::from_millis(1)) {
+                return Some(MmapReadGuard { mm: self, vmas });
+            }
+            if self.fatal_signal_pending() {
+                return None;
+            }
+        }
+    }
     /// Takes the mmap lock for reading even when a writer is queued, as
     /// long as another reader holds it (`RwLock::read_recursive`). Only the
     /// migrator uses it, to restore entries that readers are waiting on
     /// while a writer waits behind them (see `crate::migrate`).
     pub(crate) fn mmap_read_recursive(&self) -> MmapReadGuard<'_> {
         MmapReadGuard { mm: self, vmas: self.mmap_lock.read_recursive() }
+    }
+    /// Fatal signal and OOM-reaper state.
+    pub(crate) fn signals(&self) -> &crate::signal::Signals {
+        &self.signals
     }
     /// Migrations in flight in this address space.
     pub(crate) fn migrating(&self) -> &AtomicU32 {
@@ -255,6 +277,12 @@ impl<'a> MmapReadGuard<'a> {
     /// The VMA containing `va` (`vma_lookup`); the borrow ends with the lock.
     pub fn vma(&self, va: u64) -> Option<&Vma> {
         self.vmas.lookup(va)
+    }
+    /// Runs `f` with the lock released, then takes it again: how a fault
+    /// handler sleeps without the mmap lock (`VM_FAULT_RETRY`). The `&mut`
+    /// borrow proves no VMA reference survives the gap.
+    pub(crate) fn unlocked<U>(&mut self, f: impl FnOnce() -> U) -> U {
+        RwLockReadGuard::unlocked(&mut self.vmas, f)
     }
 }
 

@@ -58,6 +58,9 @@ pub struct Vma {
     pub pgoff: u64,
     /// What backs it.
     pub backing: VmaBacking,
+    /// The userfaultfd context it is registered with
+    /// (`vm_userfaultfd_ctx`); the `VM_UFFD_*` flags say for what.
+    pub uffd: Option<crate::uffd::UffdBinding>,
 }
 
 impl Vma {
@@ -105,6 +108,7 @@ impl Vma {
             flags: self.flags,
             pgoff: self.page_index(at),
             backing: self.backing.clone(),
+            uffd: self.uffd.clone(),
         };
         self.end = at;
         tail
@@ -113,6 +117,7 @@ impl Vma {
         self.end == next.start
             && self.flags == next.flags
             && self.backing.same_object(&next.backing)
+            && self.uffd == next.uffd
             && (self.is_anonymous() || self.page_index(self.end) == next.pgoff)
     }
 }
@@ -258,7 +263,7 @@ mod tests {
     use super::*;
 
     fn anon(start: u64, end: u64, flags: VmFlags) -> Vma {
-        Vma { start, end, flags, pgoff: start >> PAGE_SHIFT, backing: VmaBacking::Anon }
+        Vma { start, end, flags, pgoff: start >> PAGE_SHIFT, backing: VmaBacking::Anon, uffd: None }
     }
 
     const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE);

@@ -11,13 +11,15 @@
 //! last stored. The memory manager calls [`Subscriptions::invalidate_start`]
 //! and [`Subscriptions::invalidate_end`] around every change; drivers call
 //! [`IntervalNotifier::read_begin`], [`IntervalNotifier::read_retry`] and,
-//! from their callback, [`IntervalNotifier::set_seq`].
+//! from their callback, [`IntervalNotifier::set_seq`]. A subscriber may
+//! work in two passes ([`IntervalNotifierOps::invalidate_start`] issues,
+//! [`InvalidateFinish`] waits), as Linux 7.3 allows.
 //!
 //! It knows nothing of page tables or devices, and depends only on
 //! `hmm-types`. Built with `--cfg loom`, its locks and atomics come from
 //! loom, so `tests/loom.rs` model-checks the protocol.
 //!
-//! Linux: `mm/mmu_notifier.c` (`mn_itree_inv_start_range`,
+//! Linux 7.3: `mm/mmu_notifier.c` (`mn_itree_invalidate`, `mn_itree_inv_start_range`,
 //! `mn_itree_inv_end`, `mmu_interval_read_begin`,
 //! `mmu_interval_notifier_insert`, `mmu_interval_notifier_remove`),
 //! `include/linux/mmu_notifier.h`.
@@ -28,4 +30,6 @@ mod subscriptions;
 mod sync;
 mod tree;
 
-pub use subscriptions::{IntervalNotifier, IntervalNotifierOps, Subscriptions, Ticket};
+pub use subscriptions::{
+    IntervalNotifier, IntervalNotifierOps, InvalidateFinish, InvalidateStart, Subscriptions, Ticket,
+};

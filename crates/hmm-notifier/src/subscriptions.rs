@@ -17,6 +17,63 @@ pub trait IntervalNotifierOps: Send + Sync {
     /// may be refused (return false, with no side effect). Must not take
     /// the mmap lock, and must not insert or remove subscriptions.
     fn invalidate(&self, subscription: &IntervalNotifier, range: &NotifierRange, cur_seq: u64) -> bool;
+
+    /// The first pass of a two-pass subscriber
+    /// (`mmu_interval_notifier_ops::invalidate_start`). The core calls it
+    /// instead of [`Self::invalidate`]; the default delegates to it, so a
+    /// one-pass subscriber implements `invalidate` only.
+    ///
+    /// A two-pass subscriber sets the sequence and *issues* its device
+    /// invalidation under its driver lock, then returns
+    /// [`InvalidateStart::Queued`] with the work that *waits* for it. The
+    /// core runs every queued finish, in start order, after all starts and
+    /// before `invalidate_start` returns, so device latencies overlap.
+    /// Returning [`InvalidateStart::Done`] means this pass did the whole
+    /// job, as `invalidate` would have.
+    fn invalidate_start(
+        &self,
+        subscription: &IntervalNotifier,
+        range: &NotifierRange,
+        cur_seq: u64,
+    ) -> InvalidateStart {
+        if self.invalidate(subscription, range, cur_seq) {
+            InvalidateStart::Done
+        } else {
+            InvalidateStart::Refused
+        }
+    }
+}
+
+/// The second pass of a two-pass invalidation
+/// (`struct mmu_interval_notifier_finish` with `ops->invalidate_finish`).
+/// Linux WARNs at insert when a subscriber has a start without a finish;
+/// here a queued start always carries its finish, so that state cannot
+/// be written.
+pub trait InvalidateFinish: Send {
+    /// Waits for the device invalidation that the start pass issued. Must
+    /// not fail, take the mmap lock, or insert or remove subscriptions.
+    fn invalidate_finish(self: Box<Self>, subscription: &IntervalNotifier);
+}
+
+/// What a start pass did ([`IntervalNotifierOps::invalidate_start`]).
+pub enum InvalidateStart {
+    /// Refused a non-blockable range, with no side effect (`false`).
+    Refused,
+    /// The whole job is done (`true` with `*finish` left NULL).
+    Done,
+    /// Issued; the finish must run before the invalidation may proceed
+    /// (`true` with `*finish` set).
+    Queued(Box<dyn InvalidateFinish>),
+}
+
+impl fmt::Debug for InvalidateStart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Refused => "Refused",
+            Self::Done => "Done",
+            Self::Queued(_) => "Queued",
+        })
+    }
 }
 
 /// One subscription (`struct mmu_interval_notifier`).
@@ -255,8 +312,11 @@ impl Subscriptions {
 
     /// The interval half of `invalidate_range_start`
     /// (`mn_itree_invalidate`): counts the invalidation, freezes the set if
-    /// any interval overlaps, and calls each overlapping subscription. A
-    /// refused non-blockable range is undone here and reported as `EAGAIN`.
+    /// any interval overlaps, runs each overlapping subscription's start
+    /// pass in interval order, then every queued finish in start order. A
+    /// non-blockable range refused by one subscriber stops the start loop;
+    /// the finishes already queued still run, then the epoch is closed and
+    /// the refusal reported as `EAGAIN`.
     pub fn invalidate_start(&self, range: &NotifierRange) -> Result<Ticket, Errno> {
         if !self.has_itree() {
             return Ok(Ticket { counted: false });
@@ -272,15 +332,29 @@ impl Subscriptions {
             }
             state.seq
         };
+        let mut finishes = Vec::new();
+        let mut refused = false;
         for subscription in hits {
-            if !subscription.ops.invalidate(&subscription, range, cur_seq) {
-                if range.blockable {
+            match subscription.ops.invalidate_start(&subscription, range, cur_seq) {
+                InvalidateStart::Done => {}
+                InvalidateStart::Queued(finish) => finishes.push((subscription, finish)),
+                InvalidateStart::Refused if range.blockable => {
                     debug_assert!(false, "{subscription:?} refused a blockable invalidation");
-                    continue;
                 }
-                self.invalidate_end(Ticket { counted: true });
-                return Err(Errno::Again);
+                InvalidateStart::Refused => {
+                    refused = true;
+                    break;
+                }
             }
+        }
+        // Still inside the odd epoch: no reader can commit until the
+        // waits are over.
+        for (subscription, finish) in finishes {
+            finish.invalidate_finish(&subscription);
+        }
+        if refused {
+            self.invalidate_end(Ticket { counted: true });
+            return Err(Errno::Again);
         }
         Ok(Ticket { counted: true })
     }
@@ -317,7 +391,7 @@ impl Subscriptions {
 
     /// Teardown of the address space (`__mmu_notifier_release`, interval
     /// half): one RELEASE invalidation over everything, every callback
-    /// called. Subscriptions stay registered until their drivers remove
+    /// called, with the same two passes as any invalidation. Subscriptions stay registered until their drivers remove
     /// them.
     pub fn release(&self) {
         let range = NotifierRange::new(self.mm, 0, u64::MAX, Event::Release);
@@ -330,3 +404,6 @@ impl Subscriptions {
 
 #[cfg(all(test, not(loom)))]
 mod tests;
+
+#[cfg(all(test, not(loom)))]
+mod two_pass_tests;

@@ -69,6 +69,7 @@ conformance!(
     migrate_anon_huge_err,
     migrate_anon_huge_zero_err,
     benchmark_thp_migration,
+    userfaultfd_read,
     read_write_through_pmd,
     read_write_through_devdax_pud,
     truncate_while_mirrored,

@@ -20,6 +20,13 @@ pub enum HmmError {
     /// Malformed range (`-EINVAL`).
     #[error("EINVAL: {0}")]
     Invalid(&'static str),
+    /// The fault handler ran out of memory (`-ENOMEM`; `-EFAULT` before
+    /// Linux 7.3).
+    #[error("ENOMEM: out of memory while faulting")]
+    NoMem,
+    /// A fatal signal is pending (`-EINTR`, unlocked variant).
+    #[error("EINTR: a fatal signal is pending")]
+    Intr,
 }
 
 impl HmmError {
@@ -30,6 +37,8 @@ impl HmmError {
             Self::Fault(_) => Errno::Fault,
             Self::Perm => Errno::Perm,
             Self::Invalid(_) => Errno::Inval,
+            Self::NoMem => Errno::NoMem,
+            Self::Intr => Errno::Intr,
         }
     }
 }

@@ -6,6 +6,9 @@
 //! * Fill a device page table on demand: [`range_fault`] over a [`Range`],
 //!   inside the collision-retry protocol ([`range_fault_loop`] does it for
 //!   you with the customary 1000 ms budget).
+//! * Or let HMM take the mmap lock itself and wait for userfaultfd
+//!   handlers: [`range_fault_unlocked_timeout`] (Linux 7.3's normal
+//!   interface; `notifier_seq` is its output).
 //! * Read the results with the `HMM_PFN_*` constants and helpers in [`pfn`].
 //! * Move anonymous memory to device memory and back with [`MigrateVma`]
 //!   (setup, copy, pages, finalize), evict it with [`MigrateDevice`], take
@@ -84,7 +87,7 @@
 //! # }
 //! ```
 //!
-//! Linux: `include/linux/hmm.h`, `mm/hmm.c`, `Documentation/mm/hmm.rst`.
+//! Linux 7.3: `include/linux/hmm.h`, `mm/hmm.c`, `Documentation/mm/hmm.rst`.
 
 pub mod pfn;
 
@@ -93,7 +96,11 @@ mod fault;
 mod plain;
 mod range;
 mod retry;
+mod unlocked;
 mod walk;
+
+#[cfg(test)]
+mod record_tests;
 
 pub use error::HmmError;
 pub use hmm_mm::device::{
@@ -104,4 +111,5 @@ pub use hmm_mm::Mm;
 pub use hmm_notifier::{IntervalNotifier, IntervalNotifierOps, Subscriptions};
 pub use range::Range;
 pub use retry::{range_fault_loop, HMM_RANGE_DEFAULT_TIMEOUT};
+pub use unlocked::range_fault_unlocked_timeout;
 pub use walk::range_fault;

@@ -1,5 +1,7 @@
-//! The 64-bit hmm pfn word (Linux ≥ 6.16 layout): flags in the top 11 bits,
-//! map order in bits 53..58, the frame number below.
+//! The 64-bit hmm pfn word (Linux 7.3 layout, delta §1.2): VALID, WRITE
+//! and ERROR in bits 63–61, the sticky DMA_MAPPED, P2PDMA and P2PDMA_BUS in
+//! bits 60–58, the map order in bits 53–57 (five bits, none free), the
+//! frame number in bits 0–52.
 //!
 //! On input the same word carries requests (`REQ_FAULT`, `REQ_WRITE`) and
 //! the sticky DMA bookkeeping bits, which every output keeps.
@@ -56,6 +58,22 @@ pub(crate) const fn order_bits(order: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Delta §1.2 corrects the spec: bit 57 belongs to the order field.
+    #[test]
+    fn order_field_is_bits_53_to_57_and_the_sticky_flags_sit_above_it() {
+        let order_field = order_bits(0x1f);
+        assert_eq!(order_field, 0x03e0_0000_0000_0000);
+        assert_eq!(HMM_PFN_INOUT_FLAGS, 0x1c00_0000_0000_0000);
+        assert_eq!(order_field & HMM_PFN_INOUT_FLAGS, 0, "no sticky flag inside the order field");
+        let outputs = HMM_PFN_VALID | HMM_PFN_WRITE | HMM_PFN_ERROR;
+        assert_eq!(outputs | HMM_PFN_INOUT_FLAGS | order_field, HMM_PFN_FLAGS, "the eleven flag bits, none free");
+        assert_eq!(
+            hmm_pfn_to_map_order(HMM_PFN_INOUT_FLAGS | order_bits(18)),
+            18,
+            "sticky bits do not leak into the order"
+        );
+    }
 
     #[test]
     fn layout_matches_linux() {

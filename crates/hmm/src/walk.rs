@@ -3,7 +3,13 @@
 //! correctness rests on the interval notifier, and a walk that raced with an
 //! invalidation is simply repeated by the driver.
 //!
-//! Linux: `mm/hmm.c` (`hmm_range_fault`, `hmm_vma_walk_test`,
+//! As in Linux 7.3 the walk never faults: a callback that needs a fault
+//! records `[addr, end)` and its needs ([`Stop::Fault`]) and unwinds; the
+//! engine performs it outside the walk (`fault.rs`) and walks again from
+//! `addr` within the same locked session. Migration entries are still
+//! waited for inside the walk.
+//!
+//! Linux 7.3: `mm/hmm.c` (`hmm_range_fault`, `hmm_range_fault_locked`, `hmm_vma_walk_test`,
 //! `hmm_vma_walk_hole`, `hmm_vma_walk_pmd`, `hmm_vma_handle_pte`,
 //! `hmm_vma_walk_pud`, `hmm_vma_walk_hugetlb_entry`).
 
@@ -17,28 +23,34 @@ use hmm_pagetable::{BatchVisit, Entry, Level, Slot, SwapKind};
 use hmm_types::{VmFlags, PMD_SIZE};
 
 use crate::error::HmmError;
-use crate::fault::fault_segment;
+use crate::fault::{do_fault_locked, Recorded};
 use crate::pfn::{order_bits, HMM_PFN_ERROR, HMM_PFN_VALID, HMM_PFN_WRITE};
 use crate::plain::Plain;
 use crate::range::{Need, Range};
 
 /// Why a walk stopped early.
-enum Stop {
-    /// Pages were faulted in (or a migration finished): walk again from here.
+pub(crate) enum Stop {
+    /// A migration entry was waited out: walk again from here.
     Again(u64),
+    /// A fault is needed (`HMM_FAULT_PENDING`): perform it, then walk
+    /// again from its `addr`.
+    Fault(Recorded),
     /// A hard error, returned to the caller.
     Error(HmmError),
 }
 
 /// Fills `range.hmm_pfns` for `[range.start, range.end)` of the address
-/// space locked by `guard` (`hmm_range_fault`).
+/// space locked by `guard` (`hmm_range_fault`). The lock is never released:
+/// a fault that would have to sleep without it (a userfaultfd range) fails
+/// with `Fault`; use [`crate::range_fault_unlocked_timeout`] for those.
 ///
 /// Returns `Ok` with every entry written; `Busy` if an invalidation of the
 /// notifier's interval collided (take a new `read_begin` and retry);
 /// `Fault` if a requested fault is impossible; `Perm` if a write fault was
-/// requested on a mapping without write permission; `Invalid` for a
-/// malformed range. After an error the entries before the failing address
-/// hold outputs and the rest still hold their inputs.
+/// requested on a mapping without write permission; `NoMem` if the fault
+/// ran out of memory; `Invalid` for a malformed range. After an error the
+/// entries before the failing address hold outputs and the rest still hold
+/// their inputs.
 pub fn range_fault(guard: &MmapReadGuard<'_>, range: &mut Range<'_>) -> Result<(), HmmError> {
     range.validate()?;
     if guard.mm().id() != range.notifier.mm() {
@@ -52,12 +64,18 @@ pub fn range_fault(guard: &MmapReadGuard<'_>, range: &mut Range<'_>) -> Result<(
         match walk(guard, range, last) {
             Ok(()) => return Ok(()),
             Err(Stop::Again(addr)) => last = addr,
+            Err(Stop::Fault(recorded)) => {
+                do_fault_locked(guard, recorded)?;
+                last = recorded.addr;
+            }
             Err(Stop::Error(error)) => return Err(error),
         }
     }
 }
 
-fn walk(guard: &MmapReadGuard<'_>, range: &mut Range<'_>, from: u64) -> Result<(), Stop> {
+/// One walk from `from` to `range.end` (`walk_page_range` with the HMM
+/// callbacks).
+pub(crate) fn walk(guard: &MmapReadGuard<'_>, range: &mut Range<'_>, from: u64) -> Result<(), Stop> {
     let mut addr = from;
     while addr < range.end {
         let next = guard.overlapping(addr, range.end).next();
@@ -120,12 +138,9 @@ fn walk_vma(guard: &MmapReadGuard<'_>, range: &mut Range<'_>, vma: &Vma, start: 
     }
 }
 
-/// Faults `[a, b)` and asks for a re-walk from `a`.
-fn fault(guard: &MmapReadGuard<'_>, a: u64, b: u64, need: Need) -> Result<(), Stop> {
-    match fault_segment(guard, a, b, need) {
-        Ok(()) => Err(Stop::Again(a)),
-        Err(error) => Err(Stop::Error(error)),
-    }
+/// Records a fault of `[a, b)` and unwinds the walk (`hmm_record_fault`).
+fn fault(_guard: &MmapReadGuard<'_>, a: u64, b: u64, need: Need) -> Result<(), Stop> {
+    Err(Stop::Fault(Recorded { addr: a, end: b, need }))
 }
 
 /// Empty page-table levels: fill 0, or fault the whole hole.

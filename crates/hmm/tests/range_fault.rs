@@ -1104,17 +1104,17 @@ fn sigbus_from_the_fault_handler_is_efault() {
     assert_eq!(out[0] & (VALID | WRITE), VALID | WRITE);
 }
 
-/// §2.6: VM_FAULT_OOM maps to EFAULT in released kernels; there is no
-/// ENOMEM.
+/// Delta §1.4 (7.3 changed spec §2.6): the fault's result goes through
+/// `vm_fault_to_errno`, so VM_FAULT_OOM is ENOMEM (it was EFAULT).
 #[test]
-fn out_of_memory_in_the_fault_handler_is_efault_not_enomem() {
+fn out_of_memory_in_the_fault_handler_is_enomem() {
     let k = kernel(4, ThpMode::Never);
     let mm = k.create_mm().unwrap();
     let npages = 2 * k.phys().ram_frames();
     let va = mm.mmap(REGION, npages * PAGE, Prot::RW, FIXED).unwrap();
     let m = Mirror::new(&mm);
     let (result, _) = m.request(va, npages, REQ_W, Way::Default);
-    assert_eq!(result.map_err(|e| e.errno()), Err(Errno::Fault));
+    assert_eq!(result.map_err(|e| e.errno()), Err(Errno::NoMem));
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod dax;
 mod devdax;
 mod file;
 mod hugetlb;
+mod retry;
 mod swap;
 mod wp;
 
@@ -31,12 +32,24 @@ use crate::mm::MmapLocked;
 use crate::mm::{Mm, MmapReadGuard};
 use crate::vma::{Vma, VmaBacking, VmaTree};
 
+pub use retry::FaultOutcome;
+
 bitflags! {
     /// `FAULT_FLAG_*`.
     #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
     pub struct FaultFlags: u32 {
         /// A write access (`FAULT_FLAG_WRITE`).
         const WRITE = 1 << 0;
+        /// The handler may release the mmap lock and ask for a retry
+        /// (`FAULT_FLAG_ALLOW_RETRY`); only [`MmapReadGuard::handle_mm_fault_unlockable`]
+        /// honours it.
+        const ALLOW_RETRY = 1 << 2;
+        /// A wait inside the handler ends on a fatal signal (`FAULT_FLAG_KILLABLE`).
+        const KILLABLE = 1 << 4;
+        /// A retry after the lock was released once (`FAULT_FLAG_TRIED`).
+        const TRIED = 1 << 5;
+        /// From user mode (`FAULT_FLAG_USER`): CPU accesses, not HMM or GUP.
+        const USER = 1 << 6;
         /// On behalf of another agent (`FAULT_FLAG_REMOTE`): a device, GUP.
         const REMOTE = 1 << 7;
     }
@@ -65,6 +78,16 @@ pub(crate) fn handle_fault(mm: &Mm, vmas: &VmaTree, vma: &Vma, va: u64, flags: F
         return Err(FaultError::Segv(SegvReason::Protection));
     }
     let va = va & !(hmm_types::PAGE_SIZE - 1);
+    // A userfaultfd range: here the lock cannot be released, so a fault
+    // that would have to wait for the handler is SIGBUS
+    // (`retry::handle_mm_fault_unlockable` is the path that waits).
+    match crate::uffd::verdict(mm, vma, va, flags) {
+        crate::uffd::Verdict::Proceed => {}
+        crate::uffd::Verdict::Sigbus(why) => return Err(FaultError::Sigbus(why)),
+        crate::uffd::Verdict::Wait(_) => {
+            return Err(FaultError::Sigbus("userfaultfd fault that may not release the mmap lock"))
+        }
+    }
     match &vma.backing {
         VmaBacking::Anon => anon::fault(MmapLocked { mm, vmas }, vma, va, write),
         VmaBacking::File(inode) => match inode.kind() {
@@ -110,6 +133,7 @@ pub(super) fn existing_pte(
         Some(hmm_pagetable::SwapKind::Swap) => swap::fault(mm, vma, slot, entry, write)?,
         Some(kind) if kind.is_device_private() => crate::device::to_ram::fault(locked, vma, va, slot, entry)?,
         Some(hmm_pagetable::SwapKind::DeviceExclusive) => crate::device::exclusive::restore(mm, vma, slot, entry),
+        Some(hmm_pagetable::SwapKind::Hwpoison) => return Err(FaultError::Hwpoison),
         _ => return Err(FaultError::Sigbus("unsupported non-present entry")),
     }
     Ok(Existing::Retry)

@@ -33,7 +33,10 @@ impl Mm {
             if vma.flags.contains(VmFlags::DONTCOPY) {
                 continue;
             }
-            let copy = vma.clone();
+            let mut copy = vma.clone();
+            // Without UFFD_FEATURE_EVENT_FORK (not modelled) the child's
+            // VMAs are not registered (`dup_userfaultfd`).
+            crate::uffd::forget_on_fork(&mut copy);
             if let Some(inode) = vma.file() {
                 inode.add_mapper(child.weak());
             }

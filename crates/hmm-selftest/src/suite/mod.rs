@@ -6,6 +6,7 @@ mod exclusive;
 mod migrate;
 mod snapshot;
 mod thp;
+mod uffd;
 
 use crate::{Case, Fixture};
 
@@ -15,7 +16,7 @@ macro_rules! case {
     };
 }
 
-/// Every test, in the order of `hmm-tests.c`, then the DAX tests.
+/// Every test, in the order of Linux 7.3's `hmm-tests.c`, then the DAX tests.
 pub(crate) fn cases() -> Vec<Case> {
     vec![
         case!(Hmm, anon::open_close),
@@ -56,6 +57,7 @@ pub(crate) fn cases() -> Vec<Case> {
         case!(Hmm, thp::migrate_anon_huge_err),
         case!(Hmm, thp::migrate_anon_huge_zero_err),
         case!(Hmm, thp::benchmark_thp_migration),
+        case!(Hmm, uffd::userfaultfd_read),
         case!(Dax, dax::read_write_through_pmd),
         case!(Dax, dax::read_write_through_devdax_pud),
         case!(Dax, dax::truncate_while_mirrored),
@@ -69,11 +71,11 @@ pub(crate) fn cases() -> Vec<Case> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_kernel_suite_has_38_tests_35_on_hmm_and_3_on_hmm2() {
+    fn the_kernel_suite_has_39_tests_36_on_hmm_and_3_on_hmm2() {
         let cases = super::cases();
         let kernel: Vec<_> = cases.iter().filter(|c| c.fixture != crate::Fixture::Dax).collect();
-        assert_eq!(kernel.len(), 38);
+        assert_eq!(kernel.len(), 39, "Linux 7.3 added userfaultfd_read");
         assert_eq!(kernel.iter().filter(|c| c.fixture == crate::Fixture::Hmm2).count(), 3);
-        assert_eq!(crate::instances(None).iter().filter(|i| i.case.fixture != crate::Fixture::Dax).count(), 76);
+        assert_eq!(crate::instances(None).iter().filter(|i| i.case.fixture != crate::Fixture::Dax).count(), 78);
     }
 }

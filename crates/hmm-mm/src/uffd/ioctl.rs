@@ -1,0 +1,129 @@
+//! Resolving faults: `UFFDIO_COPY` (a new anonymous page with the given
+//! contents), `UFFDIO_ZEROPAGE` (the shared zero page) and `UFFDIO_WAKE`.
+//! Both fills install into a none PTE only, under the mmap read lock and by
+//! compare-and-swap, with no mmu-notifier invalidation (none → present
+//! removes nothing a mirror could hold), then wake the faults waiting on
+//! the range unless `DONTWAKE`.
+//!
+//! Linux 7.3: `mm/userfaultfd.c` (`mfill_atomic_copy`,
+//! `mfill_atomic_pte_copy`, `mfill_atomic_pte_zeropage`,
+//! `userfaultfd_wake`).
+
+use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
+use hmm_types::{VmFlags, PAGE_SIZE};
+
+use super::{check_range, UffdError, Userfaultfd, UFFDIO_COPY_MODE_DONTWAKE, UFFDIO_COPY_MODE_WP};
+use crate::mm::MmapReadGuard;
+use crate::phys::PageFlags;
+
+/// What to put in each page.
+#[derive(Clone, Copy)]
+enum Fill<'a> {
+    Copy(&'a [u8]),
+    Zero,
+}
+
+impl Userfaultfd {
+    /// `UFFDIO_COPY`: fills `[dst, dst + src.len())` with `src` (the model
+    /// takes the source bytes; Linux reads them from the caller's address
+    /// space). Returns the bytes copied. A failure on the first page is its
+    /// error (`EEXIST` for a page already mapped, `ENOENT` outside a range
+    /// registered here, `ENOMEM`); a later one is [`UffdError::Partial`]
+    /// (`EAGAIN`), the pages before it filled and woken. `EINVAL` for a bad
+    /// mode or shape; `WP` is refused since WP registration is not
+    /// modelled.
+    pub fn copy(&self, dst: u64, src: &[u8], mode: u64) -> Result<u64, UffdError> {
+        if mode & !(UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP) != 0 {
+            return Err(UffdError::Invalid("unknown UFFDIO_COPY mode"));
+        }
+        if mode & UFFDIO_COPY_MODE_WP != 0 {
+            return Err(UffdError::Invalid("UFFDIO_COPY_MODE_WP on a range not registered for WP"));
+        }
+        self.fill(dst, src.len() as u64, Fill::Copy(src), mode)
+    }
+
+    /// `UFFDIO_ZEROPAGE`: maps the zero page read-only over
+    /// `[start, start + len)`; errors as [`Self::copy`].
+    pub fn zeropage(&self, start: u64, len: u64, mode: u64) -> Result<u64, UffdError> {
+        if mode & !UFFDIO_COPY_MODE_DONTWAKE != 0 {
+            return Err(UffdError::Invalid("unknown UFFDIO_ZEROPAGE mode"));
+        }
+        self.fill(start, len, Fill::Zero, mode)
+    }
+
+    /// `UFFDIO_WAKE`: wakes the faults waiting on `[start, start + len)`.
+    pub fn wake(&self, start: u64, len: u64) -> Result<(), UffdError> {
+        self.features()?;
+        let end = check_range(start, len)?;
+        self.ctx.wake_range(start, end);
+        Ok(())
+    }
+
+    fn fill(&self, dst: u64, len: u64, fill: Fill<'_>, mode: u64) -> Result<u64, UffdError> {
+        self.features()?;
+        let end = check_range(dst, len)?;
+        let mm = self.mm()?;
+        let mut done = 0;
+        let result = {
+            let guard = mm.mmap_read();
+            let mut result = Ok(());
+            while dst + done < end {
+                if let Err(error) = self.fill_page(&guard, dst + done, fill, done as usize) {
+                    result = Err(error);
+                    break;
+                }
+                done += PAGE_SIZE;
+            }
+            result
+        };
+        if mode & UFFDIO_COPY_MODE_DONTWAKE == 0 && done > 0 {
+            self.ctx.wake_range(dst, dst + done);
+        }
+        match result {
+            Ok(()) => Ok(done),
+            Err(_) if done > 0 => Err(UffdError::Partial { copied: done }),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn fill_page(&self, guard: &MmapReadGuard<'_>, va: u64, fill: Fill<'_>, offset: usize) -> Result<(), UffdError> {
+        let vma = guard.vma(va).ok_or(UffdError::NotRegistered(va))?;
+        if !vma.uffd.as_ref().is_some_and(|b| std::sync::Arc::ptr_eq(&b.0, &self.ctx)) {
+            return Err(UffdError::NotRegistered(va));
+        }
+        let mm = guard.mm();
+        let phys = mm.phys();
+        let pte = match mm.pgtable().ensure(va, Level::Pte) {
+            Ok(slot) => slot,
+            Err(EnsureError::NoMem(_)) => return Err(UffdError::NoMem),
+            Err(EnsureError::Leaf(_)) => return Err(UffdError::Exists(va)),
+        };
+        if !pte.load().is_none() {
+            return Err(UffdError::Exists(va));
+        }
+        let new = match fill {
+            Fill::Copy(src) => {
+                let page = phys.alloc_folio(0, false).map_err(|_| UffdError::NoMem)?;
+                phys.write(page, 0, &src[offset..offset + PAGE_SIZE as usize]);
+                phys.meta(page).set_flags(
+                    PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE,
+                );
+                phys.map_add(page, 1);
+                let write = vma.flags.contains(VmFlags::WRITE);
+                Entry::present(page, LeafFlags { write, dirty: true, accessed: true, special: false }, false)
+            }
+            Fill::Zero => {
+                let flags = LeafFlags { special: true, accessed: true, ..LeafFlags::default() };
+                Entry::present(phys.zero_pfn(), flags, false)
+            }
+        };
+        if pte.compare_exchange(Entry::NONE, new).is_err() {
+            if let Fill::Copy(_) = fill {
+                phys.map_sub(new.pfn(), 1);
+                phys.put(new.pfn());
+            }
+            return Err(UffdError::Exists(va));
+        }
+        Ok(())
+    }
+}

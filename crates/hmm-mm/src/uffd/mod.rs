@@ -1,0 +1,420 @@
+//! userfaultfd: a user-space handler resolves page faults of registered
+//! ranges. The file object ([`Userfaultfd`]) negotiates the API, registers
+//! ranges, and hands out fault messages ([`UffdMsg`]) through `read` and
+//! `poll`; the handler answers with `COPY`, `ZEROPAGE` or `WAKE`.
+//!
+//! Files: `mod.rs` the context, the file object and the message queue;
+//! `register.rs` REGISTER/UNREGISTER and close; `ioctl.rs` COPY, ZEROPAGE,
+//! WAKE; `wait.rs` the fault side (queue a message, sleep with the mmap
+//! lock released, or SIGBUS).
+//!
+//! Modelled: MISSING mode on private anonymous memory; features
+//! `UFFD_FEATURE_SIGBUS` and `UFFD_FEATURE_EXACT_ADDRESS`; the open flag
+//! `UFFD_USER_MODE_ONLY`. Not modelled (refused with a typed error, never
+//! silently accepted): WP, MINOR and RWP modes, shmem and hugetlb
+//! registration, the non-cooperative events, MOVE, WRITEPROTECT, CONTINUE,
+//! POISON, SET_MODE.
+//!
+//! Lock order: the mmap lock, then a context's `state` mutex (taken to
+//! queue a message while the faulting thread still holds the mmap read
+//! lock); a fault sleeps on the context with **no** mmap lock held.
+//!
+//! Linux 7.3: `mm/userfaultfd.c` (`handle_userfault`,
+//! `userfaultfd_register`, `mfill_atomic_copy`, `userfaultfd_read`),
+//! `include/uapi/linux/userfaultfd.h`.
+
+mod ioctl;
+mod register;
+mod wait;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+
+use hmm_types::Errno;
+
+use crate::mm::Mm;
+use crate::vma::Vma;
+
+pub(crate) use wait::{verdict, wait_for_handler, Verdict};
+
+/// `UFFD_API`.
+pub const UFFD_API: u64 = 0xAA;
+/// `UFFD_USER_MODE_ONLY`: only faults from user mode are reported.
+pub const UFFD_USER_MODE_ONLY: u32 = 1;
+/// `O_NONBLOCK` (x86-64): `read` with nothing pending is `EAGAIN`.
+pub const O_NONBLOCK: u32 = 0o4000;
+/// `O_CLOEXEC` (x86-64); accepted, no effect in the model.
+pub const O_CLOEXEC: u32 = 0o2000000;
+
+/// `UFFD_FEATURE_SIGBUS`: faults get SIGBUS instead of a message.
+pub const UFFD_FEATURE_SIGBUS: u64 = 1 << 7;
+/// `UFFD_FEATURE_EXACT_ADDRESS`: messages carry the exact fault address.
+pub const UFFD_FEATURE_EXACT_ADDRESS: u64 = 1 << 11;
+/// The features this model offers (a subset of Linux's).
+pub const UFFD_API_FEATURES: u64 = UFFD_FEATURE_SIGBUS | UFFD_FEATURE_EXACT_ADDRESS;
+
+/// `UFFDIO_REGISTER_MODE_MISSING`.
+pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+/// `UFFDIO_REGISTER_MODE_WP`.
+pub const UFFDIO_REGISTER_MODE_WP: u64 = 2;
+/// `UFFDIO_REGISTER_MODE_MINOR`.
+pub const UFFDIO_REGISTER_MODE_MINOR: u64 = 4;
+/// `UFFDIO_REGISTER_MODE_RWP` (7.3).
+pub const UFFDIO_REGISTER_MODE_RWP: u64 = 8;
+
+/// `UFFDIO_COPY_MODE_DONTWAKE` (also ZEROPAGE's).
+pub const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1;
+/// `UFFDIO_COPY_MODE_WP`.
+pub const UFFDIO_COPY_MODE_WP: u64 = 2;
+
+/// ioctl numbers (`_UFFDIO_*`), as bits of the `ioctls` masks.
+pub mod nr {
+    /// `_UFFDIO_REGISTER`.
+    pub const REGISTER: u32 = 0x00;
+    /// `_UFFDIO_UNREGISTER`.
+    pub const UNREGISTER: u32 = 0x01;
+    /// `_UFFDIO_WAKE`.
+    pub const WAKE: u32 = 0x02;
+    /// `_UFFDIO_COPY`.
+    pub const COPY: u32 = 0x03;
+    /// `_UFFDIO_ZEROPAGE`.
+    pub const ZEROPAGE: u32 = 0x04;
+    /// `_UFFDIO_API`.
+    pub const API: u32 = 0x3F;
+}
+
+/// `UFFD_EVENT_PAGEFAULT`.
+pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+/// `UFFD_PAGEFAULT_FLAG_WRITE`.
+pub const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
+
+/// Errors of the userfaultfd calls, each with Linux's errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UffdError {
+    /// `EINVAL`: a malformed argument or a call out of order.
+    #[error("EINVAL: {0}")]
+    Invalid(&'static str),
+    /// `EPERM`: the mapping may never be written (`VM_MAYWRITE` clear).
+    #[error("EPERM: {0}")]
+    Perm(&'static str),
+    /// `EBUSY`: the range is registered with another userfaultfd.
+    #[error("EBUSY: the range is registered with another userfaultfd")]
+    Busy,
+    /// `EEXIST`: the page is already mapped.
+    #[error("EEXIST: a page is already mapped at {0:#x}")]
+    Exists(u64),
+    /// `EAGAIN`: nothing to read on a non-blocking file.
+    #[error("EAGAIN: no message pending")]
+    Again,
+    /// `EAGAIN` from COPY or ZEROPAGE: only the first `copied` bytes were
+    /// filled (and woken) before a page failed; Linux stores `copied` in
+    /// the `copy`/`zeropage` field.
+    #[error("EAGAIN: only {copied:#x} bytes were filled")]
+    Partial {
+        /// Bytes filled from the start of the range.
+        copied: u64,
+    },
+    /// `ENOENT`: the destination is not a range registered here.
+    #[error("ENOENT: {0:#x} is not in a range registered with this userfaultfd")]
+    NotRegistered(u64),
+    /// `ENOMEM`: no frame for the page.
+    #[error("ENOMEM: out of memory")]
+    NoMem,
+    /// `ESRCH`: the address space has exited.
+    #[error("ESRCH: the address space has exited")]
+    Exited,
+    /// `EOPNOTSUPP`: a mode or memory kind Linux supports but this model
+    /// does not.
+    #[error("not supported by the model: {0}")]
+    NotModelled(&'static str),
+}
+
+impl UffdError {
+    /// Linux's errno.
+    pub fn errno(&self) -> Errno {
+        match self {
+            Self::Invalid(_) => Errno::Inval,
+            Self::Perm(_) => Errno::Perm,
+            Self::Busy => Errno::Busy,
+            Self::Exists(_) => Errno::Exist,
+            Self::Again | Self::Partial { .. } => Errno::Again,
+            Self::NotRegistered(_) => Errno::NoEnt,
+            Self::NoMem => Errno::NoMem,
+            Self::Exited => Errno::Srch,
+            Self::NotModelled(_) => Errno::OpNotSupp,
+        }
+    }
+}
+
+/// One message (`struct uffd_msg`); only page faults are modelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UffdMsg {
+    /// `UFFD_EVENT_*`.
+    pub event: u8,
+    /// `UFFD_PAGEFAULT_FLAG_*`.
+    pub flags: u64,
+    /// The fault address, page aligned unless EXACT_ADDRESS was negotiated.
+    pub address: u64,
+    /// The faulting thread (`UFFD_FEATURE_THREAD_ID`; always 0 here).
+    pub ptid: u32,
+}
+
+impl UffdMsg {
+    /// The 32-byte packed layout `read(2)` returns.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out[0] = self.event;
+        out[8..16].copy_from_slice(&self.flags.to_le_bytes());
+        out[16..24].copy_from_slice(&self.address.to_le_bytes());
+        out[24..28].copy_from_slice(&self.ptid.to_le_bytes());
+        out
+    }
+}
+
+/// What `poll` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PollEvents {
+    /// `POLLIN`: a fault message is pending.
+    pub readable: bool,
+    /// `POLLERR`: the API handshake has not happened.
+    pub error: bool,
+    /// The [`PollInterrupt`] fired (the test port's stop eventfd).
+    pub interrupted: bool,
+}
+
+/// A fault waiting for the handler.
+struct Waiter {
+    id: u64,
+    /// Page-aligned fault address.
+    page: u64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Negotiated features once `UFFDIO_API` succeeded.
+    features: Option<u64>,
+    /// Queued, not yet read, by waiter id.
+    pending: VecDeque<(u64, UffdMsg)>,
+    /// Faults sleeping until a wake covers their page.
+    waiting: Vec<Waiter>,
+    next_id: u64,
+    /// The file was closed: every fault retries and finds no registration.
+    released: bool,
+    /// A [`PollInterrupt`] fired and was not yet consumed.
+    interrupted: bool,
+}
+
+/// The context behind a userfaultfd file (`struct userfaultfd_ctx`).
+pub(crate) struct UffdCtx {
+    mm: Weak<Mm>,
+    user_mode_only: bool,
+    nonblocking: bool,
+    state: Mutex<State>,
+    /// Faults sleep here (`fault_wqh`).
+    faults: Condvar,
+    /// Blocking readers and pollers sleep here (`fd_wqh`).
+    readers: Condvar,
+}
+
+impl UffdCtx {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the faults sleeping on a page of `[start, end)`.
+    fn wake_range(&self, start: u64, end: u64) {
+        let mut state = self.lock();
+        let before = state.waiting.len();
+        state.waiting.retain(|w| w.page < start || w.page >= end);
+        if state.waiting.len() != before {
+            self.faults.notify_all();
+        }
+    }
+}
+
+impl crate::signal::SignalWake for UffdCtx {
+    fn wake_for_signal(&self) {
+        let _state = self.lock();
+        self.faults.notify_all();
+    }
+}
+
+/// A VMA's registration (`vm_userfaultfd_ctx`): equal when it names the
+/// same context, so only VMAs of one context merge.
+#[derive(Clone)]
+pub struct UffdBinding(pub(crate) Arc<UffdCtx>);
+
+impl PartialEq for UffdBinding {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl core::fmt::Debug for UffdBinding {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "UffdBinding({:p})", Arc::as_ptr(&self.0))
+    }
+}
+
+/// Clears a VMA's registration in a fork child (`dup_userfaultfd` without
+/// `UFFD_FEATURE_EVENT_FORK`).
+pub(crate) fn forget_on_fork(vma: &mut Vma) {
+    vma.uffd = None;
+    vma.flags.remove(hmm_types::VmFlags::UFFD_MISSING);
+}
+
+/// An open userfaultfd (`userfaultfd(2)`); dropping it is `close`, which
+/// unregisters every range and lets waiting faults proceed.
+pub struct Userfaultfd {
+    ctx: Arc<UffdCtx>,
+}
+
+impl core::fmt::Debug for Userfaultfd {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Userfaultfd").field("ctx", &Arc::as_ptr(&self.ctx)).finish()
+    }
+}
+
+/// Ends a [`Userfaultfd::poll_wait`] from another thread, as a write to an
+/// eventfd polled alongside the userfaultfd does.
+#[derive(Clone)]
+pub struct PollInterrupt(Weak<UffdCtx>);
+
+impl core::fmt::Debug for PollInterrupt {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("PollInterrupt")
+    }
+}
+
+impl PollInterrupt {
+    /// Wakes the poller (it sees `interrupted`).
+    pub fn interrupt(&self) {
+        if let Some(ctx) = self.0.upgrade() {
+            ctx.lock().interrupted = true;
+            ctx.readers.notify_all();
+        }
+    }
+}
+
+impl Userfaultfd {
+    /// `userfaultfd(flags)` for the process owning `mm`. `flags` ⊆
+    /// {`O_CLOEXEC`, `O_NONBLOCK`, `UFFD_USER_MODE_ONLY`}, else `EINVAL`.
+    /// The model's caller is privileged (`CAP_SYS_PTRACE`), so `EPERM`
+    /// never happens.
+    pub fn new(mm: &Arc<Mm>, flags: u32) -> Result<Self, UffdError> {
+        if flags & !(O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY) != 0 {
+            return Err(UffdError::Invalid("unknown userfaultfd flags"));
+        }
+        if mm.has_exited() {
+            return Err(UffdError::Exited);
+        }
+        let ctx = Arc::new(UffdCtx {
+            mm: Arc::downgrade(mm),
+            user_mode_only: flags & UFFD_USER_MODE_ONLY != 0,
+            nonblocking: flags & O_NONBLOCK != 0,
+            state: Mutex::new(State::default()),
+            faults: Condvar::new(),
+            readers: Condvar::new(),
+        });
+        let waker: Weak<dyn crate::signal::SignalWake> = Arc::downgrade(&ctx) as Weak<UffdCtx>;
+        mm.signals().add_waker(waker);
+        Ok(Self { ctx })
+    }
+
+    /// `UFFDIO_API`: `api` must be [`UFFD_API`] and `features` a subset of
+    /// [`UFFD_API_FEATURES`]; once per file. Returns (features, ioctls):
+    /// the available features and the bits of the file-level ioctls.
+    pub fn api(&self, api: u64, features: u64) -> Result<(u64, u64), UffdError> {
+        let mut state = self.ctx.lock();
+        if state.features.is_some() {
+            return Err(UffdError::Invalid("UFFDIO_API was already called on this file"));
+        }
+        if api != UFFD_API {
+            return Err(UffdError::Invalid("api must be UFFD_API (0xAA)"));
+        }
+        if features & !UFFD_API_FEATURES != 0 {
+            return Err(UffdError::Invalid("a requested feature is not available"));
+        }
+        state.features = Some(features);
+        let ioctls = (1 << nr::REGISTER) | (1 << nr::UNREGISTER) | (1u64 << nr::API);
+        Ok((UFFD_API_FEATURES, ioctls))
+    }
+
+    /// `read(2)`: the oldest pending message. `EAGAIN` when nothing is
+    /// pending on a non-blocking file; a blocking file sleeps until a
+    /// fault queues one. `EINVAL` before `UFFDIO_API`.
+    pub fn read(&self) -> Result<UffdMsg, UffdError> {
+        let mut state = self.ctx.lock();
+        if state.features.is_none() {
+            return Err(UffdError::Invalid("read before UFFDIO_API"));
+        }
+        loop {
+            if let Some((_, msg)) = state.pending.pop_front() {
+                return Ok(msg);
+            }
+            if self.ctx.nonblocking {
+                return Err(UffdError::Again);
+            }
+            state = self.ctx.readers.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// `poll(2)` without sleeping.
+    pub fn poll(&self) -> PollEvents {
+        let state = self.ctx.lock();
+        Self::events(&state)
+    }
+
+    /// `poll(2)` with no timeout over this file and its [`PollInterrupt`]:
+    /// sleeps until a message is pending or the interrupt fires (consumed).
+    pub fn poll_wait(&self) -> PollEvents {
+        let mut state = self.ctx.lock();
+        loop {
+            let events = Self::events(&state);
+            if events != PollEvents::default() {
+                state.interrupted = false;
+                return events;
+            }
+            state = self.ctx.readers.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The handle that ends [`Self::poll_wait`].
+    pub fn poll_interrupt(&self) -> PollInterrupt {
+        PollInterrupt(Arc::downgrade(&self.ctx))
+    }
+
+    fn events(state: &State) -> PollEvents {
+        PollEvents {
+            readable: state.features.is_some() && !state.pending.is_empty(),
+            error: state.features.is_none(),
+            interrupted: state.interrupted,
+        }
+    }
+
+    /// The negotiated features, or `EINVAL` before `UFFDIO_API`.
+    fn features(&self) -> Result<u64, UffdError> {
+        self.ctx.lock().features.ok_or(UffdError::Invalid("UFFDIO_API has not been called"))
+    }
+
+    /// The address space, with a user reference for the call.
+    fn mm(&self) -> Result<crate::mm::MmUser, UffdError> {
+        self.ctx.mm.upgrade().and_then(|mm| mm.mmget_not_zero()).ok_or(UffdError::Exited)
+    }
+}
+
+/// Page-aligned, non-empty, inside the user address space.
+fn check_range(start: u64, len: u64) -> Result<u64, UffdError> {
+    let page = hmm_types::PAGE_SIZE;
+    if start % page != 0 || len % page != 0 || len == 0 {
+        return Err(UffdError::Invalid("start and len must be page aligned and len non-zero"));
+    }
+    let end = start.checked_add(len).ok_or(UffdError::Invalid("range wraps"))?;
+    if end > hmm_types::TASK_SIZE {
+        return Err(UffdError::Invalid("range beyond the user address space"));
+    }
+    Ok(end)
+}

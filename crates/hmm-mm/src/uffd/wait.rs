@@ -1,0 +1,93 @@
+//! The fault side of userfaultfd (`handle_userfault`): decide whether a
+//! fault in a registered range must go to the handler, and if so queue a
+//! message and sleep with the mmap lock released until a COPY, ZEROPAGE,
+//! WAKE, UNREGISTER or close covers the page, or a fatal signal arrives.
+//!
+//! A fault that may not release the lock (no `FAULT_FLAG_ALLOW_RETRY`:
+//! the locked `hmm::range_fault`, GUP here), a context created with
+//! `UFFD_FEATURE_SIGBUS`, and a non-user fault on a `UFFD_USER_MODE_ONLY`
+//! context get SIGBUS at once, with no message queued.
+//!
+//! Linux 7.3: `mm/userfaultfd.c` (`handle_userfault`,
+//! `userfaultfd_must_wait`), reached from `do_anonymous_page`.
+
+use std::sync::Arc;
+
+use hmm_types::{VmFlags, PAGE_SIZE};
+
+use super::{
+    UffdCtx, UffdMsg, Waiter, UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_EXACT_ADDRESS, UFFD_FEATURE_SIGBUS,
+    UFFD_PAGEFAULT_FLAG_WRITE,
+};
+use crate::fault::FaultFlags;
+use crate::mm::{Mm, MmapReadGuard};
+use crate::vma::Vma;
+
+/// What a fault in `vma` must do about userfaultfd.
+pub(crate) enum Verdict {
+    /// Not a userfaultfd fault: handle it normally.
+    Proceed,
+    /// `VM_FAULT_SIGBUS`, no message.
+    Sigbus(&'static str),
+    /// Queue a message and wait for the handler (needs ALLOW_RETRY).
+    Wait(Arc<UffdCtx>),
+}
+
+/// Decides, under the mmap lock, without side effects. MISSING mode fires
+/// on an address with no entry at any level.
+pub(crate) fn verdict(mm: &Mm, vma: &Vma, va: u64, flags: FaultFlags) -> Verdict {
+    let Some(binding) = &vma.uffd else { return Verdict::Proceed };
+    if !vma.flags.contains(VmFlags::UFFD_MISSING) || !mm.pgtable().find(va).load().is_none() {
+        return Verdict::Proceed;
+    }
+    let ctx = &binding.0;
+    let features = ctx.lock().features.unwrap_or(0);
+    if features & UFFD_FEATURE_SIGBUS != 0 {
+        return Verdict::Sigbus("userfaultfd with UFFD_FEATURE_SIGBUS");
+    }
+    if ctx.user_mode_only && !flags.contains(FaultFlags::USER) {
+        return Verdict::Sigbus("userfaultfd is UFFD_USER_MODE_ONLY and the fault is not from user mode");
+    }
+    if !flags.contains(FaultFlags::ALLOW_RETRY) {
+        return Verdict::Sigbus("userfaultfd fault that may not release the mmap lock");
+    }
+    Verdict::Wait(ctx.clone())
+}
+
+/// Queues the PAGEFAULT message (while the mmap read lock is still held,
+/// as Linux does), then sleeps with the lock released until the page is
+/// woken, the context is closed, or (KILLABLE) a fatal signal is pending.
+/// Returns with the lock taken again; the caller must look everything up
+/// afresh (`VM_FAULT_RETRY`).
+pub(crate) fn wait_for_handler(guard: &mut MmapReadGuard<'_>, ctx: Arc<UffdCtx>, va: u64, flags: FaultFlags) {
+    let page = va & !(PAGE_SIZE - 1);
+    let id = {
+        let mut state = ctx.lock();
+        let exact = state.features.unwrap_or(0) & UFFD_FEATURE_EXACT_ADDRESS != 0;
+        let msg = UffdMsg {
+            event: UFFD_EVENT_PAGEFAULT,
+            flags: if flags.contains(FaultFlags::WRITE) { UFFD_PAGEFAULT_FLAG_WRITE } else { 0 },
+            address: if exact { va } else { page },
+            ptid: 0,
+        };
+        let id = state.next_id;
+        state.next_id += 1;
+        state.pending.push_back((id, msg));
+        state.waiting.push(Waiter { id, page });
+        ctx.readers.notify_all();
+        id
+    };
+    let mm = guard.mm();
+    let killable = flags.contains(FaultFlags::KILLABLE);
+    guard.unlocked(|| {
+        let mut state = ctx.lock();
+        while !state.released && state.waiting.iter().any(|w| w.id == id) {
+            if killable && mm.fatal_signal_pending() {
+                state.waiting.retain(|w| w.id != id);
+                state.pending.retain(|(i, _)| *i != id);
+                break;
+            }
+            state = ctx.faults.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    });
+}

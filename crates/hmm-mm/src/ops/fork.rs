@@ -14,6 +14,7 @@ use std::sync::Arc;
 use hmm_pagetable::{EnsureError, Level, SwapKind, Visit};
 use hmm_types::{Event, VmFlags, TASK_SIZE};
 
+use crate::anon_vma::{AnonVma, AnonVmaSlot};
 use crate::error::MmError;
 use crate::mm::Mm;
 use crate::vma::VmaBacking;
@@ -33,7 +34,11 @@ impl Mm {
             if vma.flags.contains(VmFlags::DONTCOPY) {
                 continue;
             }
-            let copy = vma.clone();
+            let mut copy = vma.clone();
+            // The child gets its own anon_vma, linked to the parent's too
+            // (`anon_vma_fork`); none under WIPEONFORK.
+            let wiped = vma.flags.contains(VmFlags::WIPEONFORK);
+            copy.anon_vma = AnonVmaSlot::with(vma.anon_vma.get().filter(|_| !wiped).map(|_| AnonVma::new(false)));
             if let Some(inode) = vma.file() {
                 inode.add_mapper(child.weak());
             }

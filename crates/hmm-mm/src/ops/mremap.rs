@@ -7,8 +7,9 @@
 use core::ops::ControlFlow;
 
 use hmm_pagetable::{EnsureError, Entry, Level, Visit};
-use hmm_types::{Event, MremapFlags, VmFlags, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
+use hmm_types::{Event, MremapFlags, VmFlags, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
 
+use crate::anon_vma::AnonVmaSlot;
 use crate::error::{FaultError, MmError, SegvReason};
 use crate::huge::split_huge_at;
 use crate::mm::{Mm, MmapWriteGuard};
@@ -272,9 +273,19 @@ fn move_mapping(
     let mut moved = vma.clone();
     moved.start = new;
     moved.end = new + new_len;
-    moved.pgoff = vma.page_index(old);
+    // Anonymous memory that never had a page takes the offset of its new
+    // address, so it merges like a fresh mapping; otherwise the offset
+    // stays with the pages (`copy_vma`). Linux 6.18 on the host: a written
+    // VMA moved next to another stays apart, an unwritten one merges.
+    moved.pgoff =
+        if vma.is_anonymous() && vma.anon_vma.get().is_none() { new >> PAGE_SHIFT } else { vma.page_index(old) };
     if !flags.contains(MremapFlags::DONTUNMAP) {
         guard.vmas_mut().remove_range(old, old + len);
+    } else if vma.start == old && vma.end == old + len {
+        // The emptied source keeps no anon_vma (`dontunmap_complete`).
+        for source in guard.vmas_mut().split_range_mut(old, old + len) {
+            source.anon_vma = AnonVmaSlot::default();
+        }
     }
     guard.vmas_mut().insert(moved);
     guard.vmas_mut().merge_range(new, new + new_len);

@@ -85,6 +85,15 @@ struct Page {
     /// MADV_FREE marked this private page lazily freeable and it was not
     /// written since.
     freed: bool,
+    /// The page offset of a private page (`vm_pgoff` of its VMA plus its
+    /// place in it): the page number it was first mapped at, kept when a
+    /// VMA with an anon_vma moves.
+    pgoff: u64,
+    /// The anon_vma of the page's VMA, as `(id, reusable)`: none until a
+    /// write fault (or POPULATE_WRITE, or MAP_POPULATE of a writable
+    /// mapping) creates a private page; `reusable` is false in a forked
+    /// child.
+    anon: Anon,
     /// A MADV_PAGEOUT came after MADV_FREE: Linux discards a clean lazily
     /// freed page (Linux 6.18 on the host: FREE, then PAGEOUT, reads 0;
     /// a page written in between keeps its value). Whether the crate
@@ -93,9 +102,32 @@ struct Page {
     may_be_zero: bool,
 }
 
+/// An anon_vma: `(id, reusable)`.
+type Anon = Option<(u64, bool)>;
+
+/// True when VMAs with these anon_vmas may merge: the same one, or one
+/// side without and the other not a forked child's (is_mergeable_anon_vma).
+fn anon_mergeable(a: Anon, b: Anon) -> bool {
+    match (a, b) {
+        (Some(x), Some(y)) => x.0 == y.0,
+        (Some(only), None) | (None, Some(only)) => only.1,
+        (None, None) => true,
+    }
+}
+
 impl Page {
-    fn fresh(prot: Prot, backing: Backing) -> Self {
-        Self { prot, thp: Thp::Default, dontfork: false, wipeonfork: false, backing, freed: false, may_be_zero: false }
+    fn fresh(prot: Prot, backing: Backing, vpn: u64) -> Self {
+        Self {
+            prot,
+            thp: Thp::Default,
+            dontfork: false,
+            wipeonfork: false,
+            backing,
+            pgoff: vpn,
+            anon: None,
+            freed: false,
+            may_be_zero: false,
+        }
     }
     /// As on x86, write and exec imply read; only PROT_NONE cannot be read.
     fn readable(&self) -> bool {
@@ -108,17 +140,28 @@ impl Page {
         matches!(self.backing, Backing::Shared { .. })
     }
     /// True when this page (at `prev`'s page number + 1) belongs to the same
-    /// VMA as `prev`. The crate merges adjacent anonymous VMAs with equal
-    /// flags whatever their pgoff (Linux also wants a matching pgoff and
-    /// anon_vma, so after mremap Linux would keep more VMAs apart), and
-    /// shared ones when they map consecutive pages of the same object.
-    fn continues(&self, prev: &Page) -> bool {
-        self.prot == prev.prot
-            && self.thp == prev.thp
+    /// VMA as `prev`, whose run so far has the anon_vma `run_anon`. Linux
+    /// merges adjacent private VMAs with equal flags, page offsets that line
+    /// up and mergeable anon_vmas (Linux 6.18 on the host: a written VMA
+    /// moved next to another stays apart; two VMAs written separately stay
+    /// apart), and shared ones when they map consecutive pages of the same
+    /// object.
+    fn continues(&self, prev: &Page, run_anon: Anon) -> bool {
+        self.same_but_protection(prev)
+            && self.prot == prev.prot
+            && match (prev.backing, self.backing) {
+                (Backing::Private { .. }, Backing::Private { .. }) => anon_mergeable(run_anon, self.anon),
+                _ => true,
+            }
+    }
+    /// True when the pages could be in one VMA but for their protection
+    /// (anon_vma_compatible, for private pages).
+    fn same_but_protection(&self, prev: &Page) -> bool {
+        self.thp == prev.thp
             && self.dontfork == prev.dontfork
             && self.wipeonfork == prev.wipeonfork
             && match (prev.backing, self.backing) {
-                (Backing::Private { .. }, Backing::Private { .. }) => true,
+                (Backing::Private { .. }, Backing::Private { .. }) => self.pgoff == prev.pgoff + 1,
                 (Backing::Shared { obj: a, index: i }, Backing::Shared { obj: b, index: j }) => a == b && j == i + 1,
                 _ => false,
             }
@@ -198,18 +241,83 @@ impl Model {
     }
     /// Maximal runs of pages forming one VMA, as `[start, end)` page numbers.
     fn runs(&self) -> Vec<(u64, u64)> {
-        let mut out: Vec<(u64, u64)> = Vec::new();
+        self.runs_with_anon().into_iter().map(|(s, e, _)| (s, e)).collect()
+    }
+    /// The runs with the anon_vma of each (the first one seen in it).
+    fn runs_with_anon(&self) -> Vec<(u64, u64, Anon)> {
+        let mut out: Vec<(u64, u64, Anon)> = Vec::new();
         let mut prev: Option<(u64, Page)> = None;
         for (&vpn, page) in &self.pages {
             match prev {
-                Some((pv, pp)) if pv + 1 == vpn && page.continues(&pp) => {
-                    out.last_mut().expect("a run is open").1 = vpn + 1;
+                Some((pv, pp)) if pv + 1 == vpn && page.continues(&pp, out.last().expect("a run is open").2) => {
+                    let run = out.last_mut().expect("a run is open");
+                    run.1 = vpn + 1;
+                    run.2 = run.2.or(page.anon);
                 }
-                _ => out.push((vpn, vpn + 1)),
+                _ => out.push((vpn, vpn + 1, page.anon)),
             }
             prev = Some((vpn, *page));
         }
         out
+    }
+    /// The runs lying wholly inside `[start, end)`.
+    fn whole_runs(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        self.runs().into_iter().filter(|&(s, e)| start <= s && e <= end).collect()
+    }
+    /// A DONTUNMAP move emptied these runs whole: their VMAs drop their
+    /// anon_vma (dontunmap_complete); the page offsets stay (Linux 6.18 on
+    /// the host: a fresh mapping right after such a source stays apart).
+    fn drop_anon(&mut self, runs: &[(u64, u64)]) {
+        for &(s, e) in runs {
+            for (_, page) in self.pages.range_mut(s..e) {
+                page.anon = None;
+            }
+        }
+    }
+    /// True when emptying the runs wholly inside `[start, end)` by a
+    /// DONTUNMAP move would make one mergeable with a neighbour.
+    fn dontunmap_leaves_mergeable(&self, start: u64, end: u64) -> bool {
+        let whole = self.whole_runs(start, end);
+        let mut after = self.clone();
+        after.drop_anon(&whole);
+        let runs = after.runs();
+        whole.iter().any(|run| !runs.contains(run))
+    }
+    /// Gives every page of a run the run's anon_vma (the VMAs merged).
+    fn normalise(&mut self) {
+        for (s, e, anon) in self.runs_with_anon() {
+            for (_, page) in self.pages.range_mut(s..e) {
+                page.anon = anon;
+            }
+        }
+    }
+    /// anon_vma_prepare for the private VMA holding `vpn`: the next or else
+    /// the previous neighbour's reusable anon_vma if the two differ only in
+    /// protection (Linux 6.18 on the host: [2,4) of [0,4) made RWX, both
+    /// halves written, back to RW: one VMA), else a new one.
+    fn prepare_anon(&mut self, vpn: u64, next_id: &mut u64) {
+        let Some((s, e, None)) = self.runs_with_anon().into_iter().find(|&(s, e, _)| s <= vpn && vpn < e) else {
+            return;
+        };
+        if !matches!(self.pages[&s].backing, Backing::Private { .. }) {
+            return;
+        }
+        // The anon_vma of the page at `other` if the pages at `a` and
+        // `a + 1` (one of them `other`) may share one.
+        let shareable = |a: u64, other: u64| -> Anon {
+            let (pa, pb) = (self.pages.get(&a)?, self.pages.get(&(a + 1))?);
+            let ok = pb.same_but_protection(pa) && matches!(pa.backing, Backing::Private { .. });
+            self.pages[&other].anon.filter(|anon| ok && anon.1)
+        };
+        let from_next = shareable(e - 1, e);
+        let from_prev = || s.checked_sub(1).and_then(|p| shareable(p, p));
+        let anon = from_next.or_else(from_prev).unwrap_or_else(|| {
+            *next_id += 1;
+            (*next_id, true)
+        });
+        for (_, page) in self.pages.range_mut(s..e) {
+            page.anon = Some(anon);
+        }
     }
     fn run_containing(&self, vpn: u64) -> Option<(u64, u64)> {
         self.runs().into_iter().find(|&(s, e)| s <= vpn && vpn < e)
@@ -611,6 +719,8 @@ struct World {
     slots: Vec<Option<Slot>>,
     objs: Vec<Obj>,
     log: String,
+    /// The last anon_vma id handed out.
+    last_anon: u64,
 }
 
 /// What a CPU access should do.
@@ -666,7 +776,7 @@ impl World {
         let mm = kernel.create_mm().expect("create_mm");
         let mut slots: Vec<Option<Slot>> = (0..SLOTS).map(|_| None).collect();
         slots[0] = Some(Slot { mm, model: Model::default() });
-        (Self { kernel, slots, objs: Vec::new(), log: String::new() }, baseline)
+        (Self { kernel, slots, objs: Vec::new(), log: String::new(), last_anon: 0 }, baseline)
     }
 
     /// The slot an operation addresses: its own if alive, else slot 0.
@@ -828,6 +938,21 @@ impl World {
     }
 
     // --- invariants ------------------------------------------------------
+
+    /// Merged runs share one anon_vma (see [`Model::normalise`]).
+    fn normalise_all(&mut self) {
+        for slot in self.slots.iter_mut().flatten() {
+            slot.model.normalise();
+        }
+    }
+
+    /// A private page is about to be created at `vpn` of slot `i`.
+    fn prepare_anon(&mut self, i: usize, vpn: u64) {
+        let mut last = self.last_anon;
+        self.model_mut(i).normalise();
+        self.model_mut(i).prepare_anon(vpn, &mut last);
+        self.last_anon = last;
+    }
 
     fn check_all(&self) -> Result<(), TestCaseError> {
         for i in 0..SLOTS {
@@ -995,6 +1120,7 @@ impl World {
                             (s..s + n).try_for_each(|vpn| self.check_read(i, vpn))
                         }
                     }?;
+                    self.normalise_all();
                     self.check_all()?;
                 }
                 Ok(())
@@ -1012,6 +1138,7 @@ impl World {
             Op::Fork { src, dst } => self.fork(src, dst),
             Op::Exit { slot } => self.exit(slot),
         }?;
+        self.normalise_all();
         self.check_all()
     }
 
@@ -1115,7 +1242,12 @@ impl World {
                         Some(obj) => Backing::Shared { obj, index: k as u64 },
                         None => Backing::Private { value: 0 },
                     };
-                    model.insert(vpn, Page::fresh(prot, b));
+                    model.insert(vpn, Page::fresh(prot, b, vpn));
+                }
+                // MAP_POPULATE of a writable private mapping write-faults it:
+                // the (possibly merged) VMA gets an anon_vma.
+                if populate && !shared && prot.contains(Prot::WRITE) {
+                    self.prepare_anon(i, s);
                 }
                 Ok(())
             }
@@ -1243,13 +1375,18 @@ impl World {
         let end = addr.wrapping_add(rlen);
         let (s, e) = (addr / PAGE, end / PAGE);
         // `[from, to)` pages get the advice.
+        let mut populated_for_write = Vec::new();
         let (expected, pieces): (Result<(), Errs>, Vec<(u64, u64)>) =
             if addr % PAGE != 0 || (len != 0 && rlen == 0) || end < addr {
                 (Err(linux(Errno::Inval)), Vec::new())
             } else if end == addr {
                 (Ok(()), Vec::new())
             } else if matches!(advice, MadviseAdvice::PopulateRead | MadviseAdvice::PopulateWrite) {
-                (self.expect_populate(i, s, e, advice == MadviseAdvice::PopulateWrite), Vec::new())
+                let (result, faulted) = self.expect_populate(i, s, e, advice == MadviseAdvice::PopulateWrite);
+                if advice == MadviseAdvice::PopulateWrite {
+                    populated_for_write = faulted;
+                }
+                (result, Vec::new())
             } else {
                 let mut pieces = Vec::new();
                 let mut result = Ok(());
@@ -1275,6 +1412,9 @@ impl World {
                 return Err(self.fail(format!("{call}: expected success, got {actual:?}")));
             }
             Ok(()) => {}
+        }
+        for vpn in populated_for_write {
+            self.prepare_anon(i, vpn);
         }
         if pieces.is_empty() {
             return self.check_unchanged(i, &before);
@@ -1339,25 +1479,30 @@ impl World {
     /// PROT_WRITE-only and PROT_EXEC-only although x86 lets the CPU read
     /// those) or without VM_WRITE (POPULATE_WRITE) is EINVAL; a page past
     /// the end of its shmem object SIGBUSes: EFAULT.
-    fn expect_populate(&self, i: usize, s: u64, e: u64, write: bool) -> Result<(), Errs> {
+    /// Also returns the pages where a fault was made (their VMAs get an
+    /// anon_vma on POPULATE_WRITE).
+    fn expect_populate(&self, i: usize, s: u64, e: u64, write: bool) -> (Result<(), Errs>, Vec<u64>) {
         let model = &self.slot(i).model;
+        let mut faulted = Vec::new();
         let mut vpn = s;
         while vpn < e {
             let Some(page) = model.pages.get(&vpn) else {
-                return Err(linux(Errno::NoMem));
+                return (Err(linux(Errno::NoMem)), faulted);
             };
             let needed = if write { Prot::WRITE } else { Prot::READ };
             if !page.prot.contains(needed) {
-                return Err(linux(Errno::Inval));
+                return (Err(linux(Errno::Inval)), faulted);
             }
             if let Backing::Shared { obj, index } = page.backing {
                 if index >= self.objs[obj].size {
-                    return Err(linux(Errno::Fault));
+                    return (Err(linux(Errno::Fault)), faulted);
                 }
+            } else {
+                faulted.push(vpn);
             }
             vpn += 1;
         }
-        Ok(())
+        (Ok(()), faulted)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1514,6 +1659,19 @@ impl World {
             }
         };
 
+        // The source VMAs a DONTUNMAP move empties whole lose their
+        // anon_vma, but Linux does not try to merge them then: where that
+        // would make one mergeable with a neighbour, the model (maximal
+        // runs) cannot follow.
+        let expected = match expected {
+            Ok(Plan::Move { moved, .. }) if dontunmap && model.dontunmap_leaves_mergeable(a, a + moved) => {
+                Ok(Plan::Skip("DONTUNMAP leaves a mergeable neighbour unmerged"))
+            }
+            Ok(Plan::MoveEach) if dontunmap && model.dontunmap_leaves_mergeable(a, a + old_pages) => {
+                Ok(Plan::Skip("DONTUNMAP leaves a mergeable neighbour unmerged"))
+            }
+            other => other,
+        };
         if let Ok(Plan::Skip(why)) = expected {
             self.note(format!("{call}: skipped ({why})"));
             return Ok(());
@@ -1539,10 +1697,14 @@ impl World {
                 }
                 let t = new_addr / PAGE;
                 let model = self.model_mut(i);
+                let whole_runs = model.whole_runs(a, a + old_pages);
                 let src: Vec<(u64, Page)> = model.range(a, a + old_pages).map(|(&v, p)| (v, *p)).collect();
                 for (v, page) in &src {
                     model.remove(t + (v - a), t + (v - a) + 1);
-                    model.insert(t + (v - a), *page);
+                    model.insert(t + (v - a), moved_page(page, t + (v - a)));
+                }
+                if dontunmap {
+                    model.drop_anon(&whole_runs);
                 }
                 for (v, _) in &src {
                     if dontunmap {
@@ -1589,11 +1751,12 @@ impl World {
                 let model = self.model_mut(i);
                 model.remove(t, t + new_pages);
                 model.remove(a + moved, a + old_pages);
-                let first = model.pages[&a];
+                let whole_runs = model.whole_runs(a, a + moved);
                 let src: Vec<(u64, Page)> = model.range(a, a + moved).map(|(&v, p)| (v, *p)).collect();
                 for (v, page) in &src {
-                    model.insert(t + (v - a), *page);
+                    model.insert(t + (v - a), moved_page(page, t + (v - a)));
                 }
+                let first = model.pages[&t];
                 for k in moved..new_pages {
                     model.insert(t + k, extend(&first, k));
                 }
@@ -1606,6 +1769,7 @@ impl World {
                             *value = 0;
                         }
                     }
+                    model.drop_anon(&whole_runs);
                 } else {
                     model.remove(a, a + moved);
                 }
@@ -1635,6 +1799,7 @@ impl World {
                         page.backing = Backing::Private { value };
                         page.freed = false;
                         page.may_be_zero = false;
+                        self.prepare_anon(i, vpn);
                     }
                     Backing::Shared { obj, index } => {
                         self.objs[obj].values.insert(index, value);
@@ -1704,19 +1869,33 @@ impl World {
         // stays shared. The flags themselves are inherited.
         // Whatever the parent ever mapped must not show up in the child
         // unless the child maps it.
+        // Each child VMA with an anon_vma gets a new one of its own, not
+        // reusable by neighbours (anon_vma_fork; Linux 6.18 on the host: two
+        // halves split by mprotect re-merge in the parent, not the child);
+        // a WIPEONFORK one gets none.
         let mut model = Model { pages: BTreeMap::new(), seen: self.slot(s).model.seen.clone() };
-        for (&vpn, page) in &self.slot(s).model.pages {
-            if page.dontfork {
-                continue;
-            }
-            let mut page = *page;
-            if page.wipeonfork {
-                if let Backing::Private { value } = &mut page.backing {
-                    *value = 0;
+        let mut last = self.last_anon;
+        for (start, end, anon) in self.slot(s).model.runs_with_anon() {
+            let child_anon = anon.map(|_| {
+                last += 1;
+                (last, false)
+            });
+            for (&vpn, page) in self.slot(s).model.pages.range(start..end) {
+                if page.dontfork {
+                    continue;
                 }
+                let mut page = *page;
+                page.anon = child_anon;
+                if page.wipeonfork {
+                    page.anon = None;
+                    if let Backing::Private { value } = &mut page.backing {
+                        *value = 0;
+                    }
+                }
+                model.insert(vpn, page);
             }
-            model.insert(vpn, page);
         }
+        self.last_anon = last;
         self.slots[d] = Some(Slot { mm: child, model });
         Ok(())
     }
@@ -1771,7 +1950,20 @@ fn extend(first: &Page, k: u64) -> Page {
         Backing::Private { .. } => Backing::Private { value: 0 },
         Backing::Shared { obj, index } => Backing::Shared { obj, index: index + k },
     };
-    Page { backing, ..*first }
+    Page { backing, pgoff: first.pgoff + k, freed: false, may_be_zero: false, ..*first }
+}
+
+/// `page` moved by mremap to page number `to`: a private page of a VMA
+/// without anon_vma takes its new address as page offset, like a fresh
+/// mapping; otherwise the offset stays (copy_vma). Linux 6.18 on the host:
+/// a written VMA moved next to another stays apart, an unwritten one
+/// merges.
+fn moved_page(page: &Page, to: u64) -> Page {
+    let mut moved = *page;
+    if matches!(page.backing, Backing::Private { .. }) && page.anon.is_none() {
+        moved.pgoff = to;
+    }
+    moved
 }
 
 fn fmt_vmas(vmas: &[VmaView]) -> String {

@@ -465,6 +465,30 @@ mod tests {
     }
 
     #[test]
+    fn linux_refuses_dofork_and_discarding_on_vm_io_but_allows_dontfork() {
+        // Linux (madvise_vma_behavior): MADV_DOFORK on a VM_IO VMA is
+        // EINVAL, MADV_DONTFORK is not checked; DONTNEED and POPULATE of a
+        // VM_PFNMAP VMA are EINVAL. (The host has no /dev/mem to probe
+        // VM_IO: these facts come from the 6.18 source.)
+        use std::sync::Arc;
+
+        use hmm_types::Owner;
+
+        use crate::phys::{MemoryType, Pagemap};
+        let k = kernel(64, ThpMode::Never);
+        let pagemap = Arc::new(Pagemap::new(MemoryType::PciP2pDma, Some(Owner(1))));
+        let bar = k.phys().add_device_region(pagemap, 16, None).unwrap();
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap_pfn_range(4 * 4096, Prot::RW, bar).unwrap();
+        let errno = |advice| mm.madvise(va, 4 * 4096, advice).map_err(|e| e.errno());
+        assert_eq!(errno(MadviseAdvice::DontFork), Ok(()));
+        assert_eq!(errno(MadviseAdvice::DoFork), Err(Errno::Inval));
+        assert_eq!(errno(MadviseAdvice::DontNeed), Err(Errno::Inval));
+        assert_eq!(errno(MadviseAdvice::PopulateRead), Err(Errno::Inval));
+        assert_eq!(errno(MadviseAdvice::PopulateWrite), Err(Errno::Inval));
+    }
+
+    #[test]
     fn collapse_builds_a_thp_with_the_same_data() {
         let k = kernel(64, ThpMode::Never);
         let mm = k.create_mm().unwrap();

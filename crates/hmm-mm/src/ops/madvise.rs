@@ -130,6 +130,20 @@ fn discard_piece(
     end: u64,
     advice: MadviseAdvice,
 ) -> Result<(), MmError> {
+    let mut end = end;
+    if advice == MadviseAdvice::DontNeed && vma.flags.contains(VmFlags::HUGETLB) {
+        // Linux 6.18 on the host: a start inside a huge page is EINVAL, the
+        // end is rounded down, so a partly covered huge page is kept
+        // (`madvise_dontneed_free_valid_vma`).
+        let huge = vma.split_granule();
+        if start % huge != 0 {
+            return Err(MmError::Invalid("MADV_DONTNEED start inside a huge page"));
+        }
+        end &= !(huge - 1);
+        if end <= start {
+            return Ok(());
+        }
+    }
     vmas.check_split(start)?;
     vmas.check_split(end)?;
     if advice == MadviseAdvice::PageOut {
@@ -486,6 +500,25 @@ mod tests {
         assert_eq!(errno(MadviseAdvice::DontNeed), Err(Errno::Inval));
         assert_eq!(errno(MadviseAdvice::PopulateRead), Err(Errno::Inval));
         assert_eq!(errno(MadviseAdvice::PopulateWrite), Err(Errno::Inval));
+    }
+
+    #[test]
+    fn linux_dontneed_on_hugetlb_rounds_the_end_down() {
+        // Linux 6.18 on the host, two 2 MiB hugetlb pages written: DONTNEED
+        // at +4 KiB = EINVAL; over 2 MiB + 4 KiB = 0 with only the first
+        // page zapped; over 4 KiB or 2 MiB - 4 KiB = 0, nothing zapped.
+        let config = crate::KernelConfig { ram_bytes: 64 << 20, hugetlb_2m_pages: 2, ..Default::default() };
+        let mm = crate::Kernel::new(config).unwrap().create_mm().unwrap();
+        let va = mm.mmap(0, 2 * PMD_SIZE, Prot::RW, ANON | MapFlags::HUGETLB).unwrap();
+        mm.write_u64(va, 1).unwrap();
+        mm.write_u64(va + PMD_SIZE, 2).unwrap();
+        assert_eq!(mm.madvise(va + 4096, 4096, MadviseAdvice::DontNeed).unwrap_err().errno(), Errno::Inval);
+        mm.madvise(va, PMD_SIZE + 4096, MadviseAdvice::DontNeed).unwrap();
+        assert_eq!([mm.read_u64(va), mm.read_u64(va + PMD_SIZE)], [Ok(0), Ok(2)]);
+        mm.write_u64(va, 1).unwrap();
+        mm.madvise(va, 4096, MadviseAdvice::DontNeed).unwrap();
+        mm.madvise(va, PMD_SIZE - 4096, MadviseAdvice::DontNeed).unwrap();
+        assert_eq!(mm.read_u64(va), Ok(1));
     }
 
     #[test]

@@ -658,6 +658,8 @@ fn op() -> impl Strategy<Value = Op> {
                     (Prot::READ | Prot::EXEC).bits(),
                 ]),
                 1 => Just(0x40 | Prot::READ.bits()),
+                // PROT_SEM.
+                1 => Just(0x8),
             ],
         )
             .prop_map(|(mm, place, amod, size, prot)| Op::Mprotect {
@@ -1311,7 +1313,9 @@ impl World {
         // VM_MAYWRITE, never generated here.)
         let rlen = page_align(len);
         let end = addr.wrapping_add(rlen);
-        let bad_prot = Prot::from_bits(prot.bits()).is_none();
+        // PROT_SEM (0x8) is valid on x86 and grants nothing (Linux 6.18 on
+        // the host: mprotect(PROT_SEM) = 0, the VMA becomes ---p).
+        let bad_prot = prot.bits() & !(Prot::all().bits() | 0x8) != 0;
         let (s, e) = (addr / PAGE, end / PAGE);
         let (expected, changed_end): (Result<(), Errs>, u64) = if addr % PAGE != 0 {
             (Err(linux(Errno::Inval)), s)
@@ -1339,7 +1343,7 @@ impl World {
             return self.check_unchanged(i, &before);
         }
         for (_, page) in self.model_mut(i).pages.range_mut(s..changed_end) {
-            page.prot = prot;
+            page.prot = Prot::from_bits_truncate(prot.bits());
         }
         Ok(())
     }
@@ -1857,18 +1861,6 @@ impl World {
             // (`vma_adjust_trans_huge`); fork copies per VMA and relies on it.
             return Err(self.fail(format!("mm{s}: a huge leaf straddles a VMA edge at {va:#x}")));
         }
-        if let Some(old) = self.slots[d].take() {
-            old.mm.exit();
-            self.note(format!("mm{d}.exit()"));
-        }
-        let child = self.slot(s).mm.fork();
-        self.note(format!("mm{s}.fork() -> mm{d} = {:?}", child.as_ref().map(|_| ())));
-        let child = child.map_err(|e| self.fail(format!("fork failed: {e}")))?;
-        // dup_mmap: DONTFORK VMAs are not copied; WIPEONFORK ones start
-        // empty in the child; private memory is copied (COW), shared memory
-        // stays shared. The flags themselves are inherited.
-        // Whatever the parent ever mapped must not show up in the child
-        // unless the child maps it.
         // Each child VMA with an anon_vma gets a new one of its own, not
         // reusable by neighbours (anon_vma_fork; Linux 6.18 on the host: two
         // halves split by mprotect re-merge in the parent, not the child);
@@ -1895,7 +1887,28 @@ impl World {
                 model.insert(vpn, page);
             }
         }
+        // dup_mmap never merges: if the child's VMAs would be mergeable
+        // where the parent's were not (WIPEONFORK drops the anon_vmas that
+        // kept them apart), the model's maximal runs cannot follow.
+        let parent_runs: Vec<(u64, u64)> =
+            self.slot(s).model.runs().into_iter().filter(|&(rs, _)| !self.slot(s).model.pages[&rs].dontfork).collect();
+        if model.runs() != parent_runs {
+            self.note(format!("fork mm{s} -> mm{d}: skipped (the child would have mergeable VMAs)"));
+            return Ok(());
+        }
         self.last_anon = last;
+        if let Some(old) = self.slots[d].take() {
+            old.mm.exit();
+            self.note(format!("mm{d}.exit()"));
+        }
+        let child = self.slot(s).mm.fork();
+        self.note(format!("mm{s}.fork() -> mm{d} = {:?}", child.as_ref().map(|_| ())));
+        let child = child.map_err(|e| self.fail(format!("fork failed: {e}")))?;
+        // dup_mmap: DONTFORK VMAs are not copied; WIPEONFORK ones start
+        // empty in the child; private memory is copied (COW), shared memory
+        // stays shared. The flags themselves are inherited.
+        // Whatever the parent ever mapped must not show up in the child
+        // unless the child maps it.
         self.slots[d] = Some(Slot { mm: child, model });
         Ok(())
     }

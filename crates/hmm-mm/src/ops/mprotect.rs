@@ -21,6 +21,12 @@ use crate::phys::PageFlags;
 use crate::zap::has_entries;
 
 const ACCESS: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlags::EXEC);
+/// `PROT_SEM`: accepted, no effect on x86.
+const PROT_SEM: u32 = 0x8;
+/// `PROT_GROWSDOWN`: extend the change down to the start of a stack VMA.
+const PROT_GROWSDOWN: u32 = 0x0100_0000;
+/// `PROT_GROWSUP`.
+const PROT_GROWSUP: u32 = 0x0200_0000;
 const MAY: VmFlags = VmFlags::MAYREAD.union(VmFlags::MAYWRITE).union(VmFlags::MAYEXEC);
 
 impl Mm {
@@ -32,6 +38,12 @@ impl Mm {
     /// protection (`do_mprotect_pkey`).
     pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> Result<(), MmError> {
         self.check_alive()?;
+        let grows = prot.bits() & (PROT_GROWSDOWN | PROT_GROWSUP);
+        if grows == PROT_GROWSDOWN | PROT_GROWSUP {
+            return Err(MmError::Invalid("PROT_GROWSDOWN and PROT_GROWSUP together"));
+        }
+        // PROT_SEM is valid on x86 and grants nothing (`arch_validate_prot`).
+        let prot = Prot::from_bits_retain(prot.bits() & !(grows | PROT_SEM));
         if addr % PAGE_SIZE != 0 {
             return Err(MmError::Invalid("mprotect address not page aligned"));
         }
@@ -49,6 +61,9 @@ impl Mm {
         }
         let start = addr;
         let mut guard = self.mmap_write();
+        if grows != 0 {
+            return Err(refuse_grows(&guard, start, end, grows));
+        }
         let new_access = VmFlags::from_prot(prot);
         let (done_end, outcome) = walk_prefix(&guard, start, end, new_access);
         if done_end > start {
@@ -56,6 +71,21 @@ impl Mm {
         }
         outcome
     }
+}
+
+/// `mprotect` with PROT_GROWSDOWN or PROT_GROWSUP: no VMA is a stack
+/// growing that way here, so it fails before any change, `ENOMEM` where
+/// Linux finds no VMA to start from, `EINVAL` otherwise. Linux 6.18 on the
+/// host: PROT_READ|PROT_GROWSDOWN on an ordinary mapping is EINVAL.
+fn refuse_grows(guard: &MmapWriteGuard<'_>, start: u64, end: u64, grows: u32) -> MmError {
+    let Some(first) = guard.overlapping(start, end).next() else {
+        return VaRange::from_bounds(start, end.min(TASK_SIZE))
+            .map_or(MmError::OutOfRange("mprotect range past the address space"), MmError::NotMapped);
+    };
+    if grows == PROT_GROWSUP && first.start > start {
+        return MmError::NotMapped(first.range());
+    }
+    MmError::Invalid("PROT_GROWSDOWN/PROT_GROWSUP on a mapping that does not grow")
 }
 
 /// How far `mprotect` gets: the end of the prefix of `[start, end)` it
@@ -241,7 +271,7 @@ mod tests {
         assert_eq!(mm.mprotect(va + 5 * 4096, 3 * 4096, Prot::READ).unwrap_err().errno(), Errno::NoMem);
         assert_eq!(layout(&mm), before);
         assert_eq!(mm.mprotect(va + 1, 4096, Prot::READ).unwrap_err().errno(), Errno::Inval);
-        assert_eq!(mm.mprotect(va, 4096, Prot::from_bits_retain(8)).unwrap_err().errno(), Errno::Inval);
+        assert_eq!(mm.mprotect(va, 4096, Prot::from_bits_retain(0x10)).unwrap_err().errno(), Errno::Inval);
     }
 
     #[test]
@@ -260,6 +290,27 @@ mod tests {
         assert_eq!(mm.mprotect(va, 5 * 4096, rwx).unwrap_err().errno(), Errno::Acces);
         let flags: Vec<VmFlags> = mm.mmap_read().iter().map(|v| v.flags & VmFlags::from_prot(rwx)).collect();
         assert_eq!(flags, [VmFlags::from_prot(rwx), VmFlags::READ, VmFlags::from_prot(Prot::RW)]);
+    }
+
+    #[test]
+    fn linux_accepts_prot_sem_and_refuses_prot_grows_on_ordinary_mappings() {
+        // Linux 6.18 on the host (x86-64): PROT_SEM (0x8) alone = 0 and
+        // the VMA becomes ---p; 0x10, 0x20, 0x80000000 = EINVAL;
+        // PROT_READ|PROT_GROWSDOWN or |PROT_GROWSUP = EINVAL, both = EINVAL;
+        // an unknown bit with a wrapping length = ENOMEM (the wrap first).
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0x2000_0000, 4 * 4096, Prot::RW, ANON).unwrap();
+        let errno = |addr: u64, len: u64, bits: u32| {
+            mm.mprotect(addr, len, Prot::from_bits_retain(bits)).map_err(|e| e.errno())
+        };
+        assert_eq!(errno(va, 4096, 0x8), Ok(()));
+        assert_eq!(layout(&mm), [(va, va + 4096, false), (va + 4096, va + 4 * 4096, true)]);
+        assert!(mm.mmap_read().lookup(va).unwrap().flags.prot().is_empty());
+        for bits in [0x10, 0x20, 0x8000_0000, 0x0100_0001, 0x0200_0001, 0x0300_0001] {
+            assert_eq!(errno(va + 4096, 4096, bits), Err(Errno::Inval), "{bits:#x}");
+        }
+        assert_eq!(errno(va, u64::MAX, 0x10), Err(Errno::NoMem));
+        assert_eq!(layout(&mm)[1], (va + 4096, va + 4 * 4096, true));
     }
 
     #[test]

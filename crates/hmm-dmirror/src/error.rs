@@ -30,10 +30,14 @@ pub enum DmirrorError {
         /// The page count given.
         npages: u64,
     },
-    /// The mirrored address space has exited (`EINVAL`; see the crate
-    /// docs for READ and WRITE).
+    /// The mirrored address space has exited, seen by SNAPSHOT, MIGRATE or
+    /// EXCLUSIVE (`EINVAL`).
     #[error("the mirrored address space has exited")]
     MmGone,
+    /// The mirrored address space has exited, seen by the fault round of
+    /// READ or WRITE (`EFAULT`, Linux 7.3's `dmirror_fault`).
+    #[error("the mirrored address space has exited before the device fault")]
+    MmGoneInFault,
     /// A migration chunk starts outside any VMA, or in one without
     /// `VM_READ` (`EINVAL`).
     #[error("no readable mapping at {0:#x}")]
@@ -75,7 +79,7 @@ impl DmirrorError {
             | Self::NoReadableVma(_) => Errno::Inval,
             Self::NotMapped(_) => Errno::NoEnt,
             Self::StillExclusive(_) => Errno::Perm,
-            Self::ReadOnlyForWrite(_) | Self::UserCopy(_) => Errno::Fault,
+            Self::ReadOnlyForWrite(_) | Self::UserCopy(_) | Self::MmGoneInFault => Errno::Fault,
             Self::NoMem(_) => Errno::NoMem,
             Self::Hmm(error) => error.errno(),
             Self::Mm(error) => error.errno(),

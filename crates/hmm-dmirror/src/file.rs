@@ -220,7 +220,7 @@ impl DmirrorFile {
                 Counts::default()
             }
             Request::ReadUnlocked => {
-                let mut bounce = vec![0u8; bytes];
+                let mut bounce = self.bounce(npages)?;
                 let counts = self.read_unlocked(cmd.addr, npages, &mut bounce)?;
                 self.copy_to_user(cmd.ptr, &bounce)?;
                 counts

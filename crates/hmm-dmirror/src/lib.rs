@@ -19,8 +19,9 @@
 //!   range; `faults` counts fault rounds; on error the command block is not
 //!   updated; MIGRATE_TO_DEV and EXCLUSIVE verify by reading back
 //!   (`ENOENT`); closing any file evicts all of the device's memory;
-//! * changed: READ and WRITE on an exited address space fail with `EINVAL`
-//!   instead of looping forever; a file records the sequence on its own
+//! * gone in 7.3 and followed: READ and WRITE on an exited address space
+//!   fail with `EFAULT` instead of looping forever;
+//! * changed: a file records the sequence on its own
 //!   MIGRATE event and only the migrating file skips clearing (`file.rs`); device-private pages hold their data themselves, with no
 //!   hidden system "backing page", so a fault that reports this device's
 //!   page maps it correctly (`devmem.rs`); a page count whose byte size

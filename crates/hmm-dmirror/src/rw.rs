@@ -142,7 +142,8 @@ fn copy_loop(
 pub(crate) fn fault(mirror: &Mirror, start: u64, end: u64, write: bool) -> Result<(), DmirrorError> {
     // Linux's test device returns success here once the address space is
     // gone, and READ/WRITE then loop forever; the model says so instead.
-    let user = mirror.mm_user()?;
+    // Linux 7.3: EFAULT here (older kernels returned 0 and READ spun).
+    let user = mirror.mm_user().map_err(|_| DmirrorError::MmGoneInFault)?;
     let default_flags = HMM_PFN_REQ_FAULT | if write { HMM_PFN_REQ_WRITE } else { 0 };
     let mut pfns = [0u64; FAULT_CHUNK_PAGES as usize];
     let mut at = start;

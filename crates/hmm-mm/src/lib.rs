@@ -11,6 +11,7 @@
 //! Linux: `mm/` (memory.c, mmap.c, mprotect.c, madvise.c, mremap.c,
 //! huge_memory.c, shmem.c, migrate.c), `kernel/fork.c`.
 
+pub mod anon_vma;
 pub mod cpu;
 pub mod devdax;
 pub mod device;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use hmm_types::{VaRange, VmFlags, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
 
+use crate::anon_vma::{mergeable, AnonVmaSlot};
 use crate::devdax::DevDax;
 use crate::fs::Inode;
 use crate::hugetlb::HugetlbFile;
@@ -61,6 +62,8 @@ pub struct Vma {
     /// The userfaultfd context it is registered with
     /// (`vm_userfaultfd_ctx`); the `VM_UFFD_*` flags say for what.
     pub uffd: Option<crate::uffd::UffdBinding>,
+    /// Its anon_vma, once it has private anonymous pages.
+    pub anon_vma: AnonVmaSlot,
 }
 
 impl Vma {
@@ -109,16 +112,26 @@ impl Vma {
             pgoff: self.page_index(at),
             backing: self.backing.clone(),
             uffd: self.uffd.clone(),
+            anon_vma: self.anon_vma.clone(),
         };
         self.end = at;
         tail
     }
+    /// True when both map the same object (or both anonymous memory).
+    pub(crate) fn same_object(&self, other: &Vma) -> bool {
+        self.backing.same_object(&other.backing)
+    }
+    /// Linux merges neighbours with equal flags, the same object, page
+    /// offsets that line up (anonymous memory included: its offset is the
+    /// address it was first mapped at, and a moved VMA with pages keeps
+    /// it) and compatible anon_vmas (`can_vma_merge_after`).
     fn can_merge_with_next(&self, next: &Vma) -> bool {
         self.end == next.start
             && self.flags == next.flags
             && self.backing.same_object(&next.backing)
             && self.uffd == next.uffd
-            && (self.is_anonymous() || self.page_index(self.end) == next.pgoff)
+            && self.page_index(self.end) == next.pgoff
+            && mergeable(self.anon_vma.get(), next.anon_vma.get())
     }
 }
 
@@ -216,7 +229,11 @@ impl VmaTree {
                 let mergeable = self.vmas[&p].can_merge_with_next(&self.vmas[&key]);
                 if mergeable {
                     let next = self.vmas.remove(&key).expect("key from the map");
-                    self.vmas.get_mut(&p).expect("key from the map").end = next.end;
+                    let merged = self.vmas.get_mut(&p).expect("key from the map");
+                    merged.end = next.end;
+                    if merged.anon_vma.get().is_none() {
+                        merged.anon_vma = next.anon_vma;
+                    }
                     continue;
                 }
             }
@@ -263,7 +280,15 @@ mod tests {
     use super::*;
 
     fn anon(start: u64, end: u64, flags: VmFlags) -> Vma {
-        Vma { start, end, flags, pgoff: start >> PAGE_SHIFT, backing: VmaBacking::Anon, uffd: None }
+        Vma {
+            start,
+            end,
+            flags,
+            pgoff: start >> PAGE_SHIFT,
+            backing: VmaBacking::Anon,
+            uffd: None,
+            anon_vma: AnonVmaSlot::default(),
+        }
     }
 
     const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE);

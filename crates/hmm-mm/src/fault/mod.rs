@@ -88,6 +88,10 @@ pub(crate) fn handle_fault(mm: &Mm, vmas: &VmaTree, vma: &Vma, va: u64, flags: F
             return Err(FaultError::Sigbus("userfaultfd fault that may not release the mmap lock"))
         }
     }
+    if write && !vma.flags.is_shared() && matches!(vma.backing, VmaBacking::Anon | VmaBacking::File(_)) {
+        // A private page may be created: it needs an anon_vma first.
+        crate::anon_vma::anon_vma_prepare(vmas, vma);
+    }
     match &vma.backing {
         VmaBacking::Anon => anon::fault(MmapLocked { mm, vmas }, vma, va, write),
         VmaBacking::File(inode) => match inode.kind() {

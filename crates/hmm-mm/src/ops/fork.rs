@@ -14,6 +14,7 @@ use std::sync::Arc;
 use hmm_pagetable::{EnsureError, Level, SwapKind, Visit};
 use hmm_types::{Event, VmFlags, TASK_SIZE};
 
+use crate::anon_vma::{AnonVma, AnonVmaSlot};
 use crate::error::MmError;
 use crate::mm::Mm;
 use crate::vma::VmaBacking;
@@ -37,6 +38,10 @@ impl Mm {
             // Without UFFD_FEATURE_EVENT_FORK (not modelled) the child's
             // VMAs are not registered (`dup_userfaultfd`).
             crate::uffd::forget_on_fork(&mut copy);
+            // The child gets its own anon_vma, linked to the parent's too
+            // (`anon_vma_fork`); none under WIPEONFORK.
+            let wiped = vma.flags.contains(VmFlags::WIPEONFORK);
+            copy.anon_vma = AnonVmaSlot::with(vma.anon_vma.get().filter(|_| !wiped).map(|_| AnonVma::new(false)));
             if let Some(inode) = vma.file() {
                 inode.add_mapper(child.weak());
             }

@@ -13,4 +13,4 @@ mod munmap;
 mod populate;
 
 pub(crate) use munmap::unmap_locked;
-pub(crate) use populate::populate_locked;
+pub(crate) use populate::{madvise_populate, populate_locked};

@@ -12,22 +12,38 @@
 use core::ops::ControlFlow;
 
 use hmm_pagetable::{Entry, SwapKind, Visit};
-use hmm_types::{Event, Prot, VaRange, VmFlags, PAGE_SIZE};
+use hmm_types::{Event, Prot, VaRange, VmFlags, PAGE_SIZE, TASK_SIZE};
 
 use crate::error::MmError;
 use crate::huge::split_huge_at;
-use crate::mm::Mm;
+use crate::mm::{Mm, MmapWriteGuard};
 use crate::phys::PageFlags;
 use crate::zap::has_entries;
 
 const ACCESS: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlags::EXEC);
+/// `PROT_SEM`: accepted, no effect on x86.
+const PROT_SEM: u32 = 0x8;
+/// `PROT_GROWSDOWN`: extend the change down to the start of a stack VMA.
+const PROT_GROWSDOWN: u32 = 0x0100_0000;
+/// `PROT_GROWSUP`.
+const PROT_GROWSUP: u32 = 0x0200_0000;
+const MAY: VmFlags = VmFlags::MAYREAD.union(VmFlags::MAYWRITE).union(VmFlags::MAYEXEC);
 
 impl Mm {
-    /// Sets the protection of `[addr, addr + len)`. The whole range must be
-    /// mapped (`ENOMEM` otherwise, with nothing changed) and each VMA must
-    /// allow the new rights (`EACCES`).
+    /// Sets the protection of `[addr, addr + len)`, as Linux does: VMA by
+    /// VMA in address order until the first gap or refused VMA. The range
+    /// must start inside a VMA (`ENOMEM`, nothing changed); a gap later on
+    /// stops the walk with `ENOMEM` and a VMA that may not get the new
+    /// rights with `EACCES`, the VMAs before it keeping their new
+    /// protection (`do_mprotect_pkey`).
     pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> Result<(), MmError> {
         self.check_alive()?;
+        let grows = prot.bits() & (PROT_GROWSDOWN | PROT_GROWSUP);
+        if grows == PROT_GROWSDOWN | PROT_GROWSUP {
+            return Err(MmError::Invalid("PROT_GROWSDOWN and PROT_GROWSUP together"));
+        }
+        // PROT_SEM is valid on x86 and grants nothing (`arch_validate_prot`).
+        let prot = Prot::from_bits_retain(prot.bits() & !(grows | PROT_SEM));
         if addr % PAGE_SIZE != 0 {
             return Err(MmError::Invalid("mprotect address not page aligned"));
         }
@@ -35,49 +51,97 @@ impl Mm {
             return Ok(());
         }
         // Linux's order: a wrapping range (ENOMEM), the protection (EINVAL),
-        // then a range past the address space, which is unmapped (ENOMEM).
-        let wraps = len.checked_add(PAGE_SIZE - 1).and_then(|l| addr.checked_add(l & !(PAGE_SIZE - 1))).is_none();
-        if wraps {
+        // then the walk; a range past the address space simply meets a gap.
+        let end = len.checked_add(PAGE_SIZE - 1).and_then(|l| addr.checked_add(l & !(PAGE_SIZE - 1)));
+        let Some(end) = end else {
             return Err(MmError::OutOfRange("mprotect range wraps"));
-        }
+        };
         if Prot::from_bits(prot.bits()).is_none() {
             return Err(MmError::Invalid("unknown PROT_* bits"));
         }
-        let range = VaRange::new_round_len(addr, len)
-            .map_err(|_| MmError::OutOfRange("mprotect range ends past the user address space"))?;
-        let (start, end) = (range.start(), range.end());
+        let start = addr;
         let mut guard = self.mmap_write();
-        if !guard.is_fully_mapped(start, end) {
-            return Err(MmError::NotMapped(range));
+        if grows != 0 {
+            return Err(refuse_grows(&guard, start, end, grows));
         }
-        guard.check_split(start)?;
-        guard.check_split(end)?;
-        for vma in guard.overlapping(start, end) {
-            if prot.contains(Prot::WRITE) && !vma.flags.contains(VmFlags::MAYWRITE) {
-                return Err(MmError::Access("mapping may not become writable"));
-            }
-        }
-        split_huge_at(self, start)?;
-        split_huge_at(self, end)?;
         let new_access = VmFlags::from_prot(prot);
-        let changes: Vec<(u64, u64)> = guard
-            .overlapping(start, end)
-            .filter(|vma| vma.flags & ACCESS != new_access)
-            .map(|vma| (vma.start.max(start), vma.end.min(end)))
-            .collect();
-        for &(chunk_start, chunk_end) in &changes {
-            if has_entries(self, chunk_start, chunk_end) {
-                let invalidation = self.notifiers().start(self.id(), chunk_start, chunk_end, Event::ProtectionVma);
-                change_protection(self, chunk_start, chunk_end, new_access);
-                invalidation.end();
-            }
+        let (done_end, outcome) = walk_prefix(&guard, start, end, new_access);
+        if done_end > start {
+            apply(self, &mut guard, start, done_end, new_access)?;
         }
-        for vma in guard.vmas_mut().split_range_mut(start, end) {
-            vma.flags = (vma.flags - ACCESS) | new_access;
-        }
-        guard.vmas_mut().merge_range(start, end);
-        Ok(())
+        outcome
     }
+}
+
+/// `mprotect` with PROT_GROWSDOWN or PROT_GROWSUP: no VMA is a stack
+/// growing that way here, so it fails before any change, `ENOMEM` where
+/// Linux finds no VMA to start from, `EINVAL` otherwise. Linux 6.18 on the
+/// host: PROT_READ|PROT_GROWSDOWN on an ordinary mapping is EINVAL.
+fn refuse_grows(guard: &MmapWriteGuard<'_>, start: u64, end: u64, grows: u32) -> MmError {
+    let Some(first) = guard.overlapping(start, end).next() else {
+        return VaRange::from_bounds(start, end.min(TASK_SIZE))
+            .map_or(MmError::OutOfRange("mprotect range past the address space"), MmError::NotMapped);
+    };
+    if grows == PROT_GROWSUP && first.start > start {
+        return MmError::NotMapped(first.range());
+    }
+    MmError::Invalid("PROT_GROWSDOWN/PROT_GROWSUP on a mapping that does not grow")
+}
+
+/// How far `mprotect` gets: the end of the prefix of `[start, end)` it
+/// changes, and what it returns. Each VMA is checked in turn, and a gap
+/// after it ends the walk (`ENOMEM`).
+fn walk_prefix(guard: &MmapWriteGuard<'_>, start: u64, end: u64, access: VmFlags) -> (u64, Result<(), MmError>) {
+    let mut cursor = start;
+    for vma in guard.overlapping(start, end) {
+        if vma.start > cursor {
+            break;
+        }
+        // Each right asked for needs its VM_MAY* bit (`VM_MAYREAD` is
+        // `VM_READ << 4`).
+        let may = VmFlags::from_bits_truncate((vma.flags & MAY).bits() >> 4);
+        if !may.contains(access) {
+            return (cursor, Err(MmError::Access("mapping may not get this protection")));
+        }
+        // A split inside a VMA that cannot be split there (hugetlb,
+        // device-DAX) fails at that VMA.
+        let first_cut = if vma.start < start { guard.check_split(start) } else { Ok(()) };
+        let last_cut = if end < vma.end { guard.check_split(end) } else { Ok(()) };
+        if let Err(error) = first_cut.and(last_cut) {
+            return (cursor, Err(error));
+        }
+        cursor = vma.end.min(end);
+    }
+    if cursor < end {
+        let hole = VaRange::from_bounds(cursor, end.min(TASK_SIZE).max(cursor + PAGE_SIZE));
+        let error = hole.map_or(MmError::OutOfRange("mprotect range past the address space"), MmError::NotMapped);
+        return (cursor, Err(error));
+    }
+    (end, Ok(()))
+}
+
+/// Gives every VMA of `[start, end)` (no gap in it) the access bits, and
+/// rewrites their entries.
+fn apply(mm: &Mm, guard: &mut MmapWriteGuard<'_>, start: u64, end: u64, new_access: VmFlags) -> Result<(), MmError> {
+    split_huge_at(mm, start)?;
+    split_huge_at(mm, end)?;
+    let changes: Vec<(u64, u64)> = guard
+        .overlapping(start, end)
+        .filter(|vma| vma.flags & ACCESS != new_access)
+        .map(|vma| (vma.start.max(start), vma.end.min(end)))
+        .collect();
+    for &(chunk_start, chunk_end) in &changes {
+        if has_entries(mm, chunk_start, chunk_end) {
+            let invalidation = mm.notifiers().start(mm.id(), chunk_start, chunk_end, Event::ProtectionVma);
+            change_protection(mm, chunk_start, chunk_end, new_access);
+            invalidation.end();
+        }
+    }
+    for vma in guard.vmas_mut().split_range_mut(start, end) {
+        vma.flags = (vma.flags - ACCESS) | new_access;
+    }
+    guard.vmas_mut().merge_range(start, end);
+    Ok(())
 }
 
 /// Rewrites the present leaves of `[start, end)` for the new access bits,
@@ -171,16 +235,82 @@ mod tests {
         assert_eq!(mm.read_u64(va).unwrap(), 5);
     }
 
+    /// The VMA layout as `(start, end, writable)`.
+    fn layout(mm: &crate::Mm) -> Vec<(u64, u64, bool)> {
+        mm.mmap_read().iter().map(|v| (v.start, v.end, v.flags.contains(VmFlags::WRITE))).collect()
+    }
+
     #[test]
-    fn a_hole_is_enomem_and_changes_nothing() {
+    fn linux_changes_the_vmas_before_a_gap_then_fails_with_enomem() {
+        // Linux 6.18 on the host: pages [0,4) and [6,10) mapped RW;
+        // mprotect([2,8), PROT_READ) = ENOMEM with [2,4) now read-only and
+        // [6,10) untouched; mprotect([8,12), PROT_READ) = ENOMEM with [8,10)
+        // read-only (the trailing gap is found after the change).
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
-        let va = mm.mmap(0x2000_0000, 4096, Prot::RW, ANON).unwrap();
+        let va = mm.mmap(0x2000_0000, 10 * 4096, Prot::RW, ANON).unwrap();
+        mm.munmap(va + 4 * 4096, 2 * 4096).unwrap();
+        mm.write_u64(va + 2 * 4096, 7).unwrap();
         let rec = record(&mm);
-        assert_eq!(mm.mprotect(va, 2 * 4096, Prot::READ).unwrap_err().errno(), Errno::NoMem);
-        assert_eq!(mm.mmap_read().lookup(va).unwrap().flags & VmFlags::WRITE, VmFlags::WRITE);
-        assert!(rec.take_events().is_empty());
+        assert_eq!(mm.mprotect(va + 2 * 4096, 6 * 4096, Prot::READ).unwrap_err().errno(), Errno::NoMem);
+        assert_eq!(rec.take_events(), [(Event::ProtectionVma, va + 2 * 4096, va + 4 * 4096)]);
+        let p = |n: u64| va + n * 4096;
+        assert_eq!(layout(&mm), [(p(0), p(2), true), (p(2), p(4), false), (p(6), p(10), true)]);
+        assert_eq!(mm.write_u64(p(2), 1).unwrap_err().errno(), Errno::Fault);
+        assert_eq!(mm.mprotect(p(8), 4 * 4096, Prot::READ).unwrap_err().errno(), Errno::NoMem);
+        assert_eq!(layout(&mm), [(p(0), p(2), true), (p(2), p(4), false), (p(6), p(8), true), (p(8), p(10), false)]);
+    }
+
+    #[test]
+    fn linux_changes_nothing_when_the_range_starts_in_a_gap() {
+        // Linux 6.18 on the host: mprotect([5,8), PROT_READ) with [4,6)
+        // unmapped = ENOMEM, [6,10) untouched.
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0x2000_0000, 10 * 4096, Prot::RW, ANON).unwrap();
+        mm.munmap(va + 4 * 4096, 2 * 4096).unwrap();
+        let before = layout(&mm);
+        assert_eq!(mm.mprotect(va + 5 * 4096, 3 * 4096, Prot::READ).unwrap_err().errno(), Errno::NoMem);
+        assert_eq!(layout(&mm), before);
         assert_eq!(mm.mprotect(va + 1, 4096, Prot::READ).unwrap_err().errno(), Errno::Inval);
-        assert_eq!(mm.mprotect(va, 4096, Prot::from_bits_retain(8)).unwrap_err().errno(), Errno::Inval);
+        assert_eq!(mm.mprotect(va, 4096, Prot::from_bits_retain(0x10)).unwrap_err().errno(), Errno::Inval);
+    }
+
+    #[test]
+    fn linux_keeps_earlier_vmas_changed_when_a_later_one_refuses_with_eacces() {
+        // Linux 6.18 on the host: [0,2) anon RW, [2,3) a MAP_SHARED file
+        // opened read-only, [3,5) anon RW; mprotect([0,5), RWX) = EACCES
+        // with [0,2) now rwx and [3,5) still rw.
+        let k = kernel(64, ThpMode::Never);
+        let file = k.tmpfs().create("ro").unwrap();
+        file.ftruncate(4096).unwrap();
+        let ro = k.tmpfs().open("ro", crate::fs::OpenMode::ReadOnly).unwrap();
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap(0x2000_0000, 5 * 4096, Prot::RW, ANON).unwrap();
+        mm.mmap_file(va + 2 * 4096, 4096, Prot::READ, MapFlags::SHARED | MapFlags::FIXED, &ro, 0).unwrap();
+        let rwx = Prot::RW | Prot::EXEC;
+        assert_eq!(mm.mprotect(va, 5 * 4096, rwx).unwrap_err().errno(), Errno::Acces);
+        let flags: Vec<VmFlags> = mm.mmap_read().iter().map(|v| v.flags & VmFlags::from_prot(rwx)).collect();
+        assert_eq!(flags, [VmFlags::from_prot(rwx), VmFlags::READ, VmFlags::from_prot(Prot::RW)]);
+    }
+
+    #[test]
+    fn linux_accepts_prot_sem_and_refuses_prot_grows_on_ordinary_mappings() {
+        // Linux 6.18 on the host (x86-64): PROT_SEM (0x8) alone = 0 and
+        // the VMA becomes ---p; 0x10, 0x20, 0x80000000 = EINVAL;
+        // PROT_READ|PROT_GROWSDOWN or |PROT_GROWSUP = EINVAL, both = EINVAL;
+        // an unknown bit with a wrapping length = ENOMEM (the wrap first).
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0x2000_0000, 4 * 4096, Prot::RW, ANON).unwrap();
+        let errno = |addr: u64, len: u64, bits: u32| {
+            mm.mprotect(addr, len, Prot::from_bits_retain(bits)).map_err(|e| e.errno())
+        };
+        assert_eq!(errno(va, 4096, 0x8), Ok(()));
+        assert_eq!(layout(&mm), [(va, va + 4096, false), (va + 4096, va + 4 * 4096, true)]);
+        assert!(mm.mmap_read().lookup(va).unwrap().flags.prot().is_empty());
+        for bits in [0x10, 0x20, 0x8000_0000, 0x0100_0001, 0x0200_0001, 0x0300_0001] {
+            assert_eq!(errno(va + 4096, 4096, bits), Err(Errno::Inval), "{bits:#x}");
+        }
+        assert_eq!(errno(va, u64::MAX, 0x10), Err(Errno::NoMem));
+        assert_eq!(layout(&mm)[1], (va + 4096, va + 4 * 4096, true));
     }
 
     #[test]

@@ -7,12 +7,13 @@
 use core::ops::ControlFlow;
 
 use hmm_pagetable::{EnsureError, Entry, Level, Visit};
-use hmm_types::{Event, MremapFlags, VmFlags, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
+use hmm_types::{Event, MremapFlags, VmFlags, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
 
-use crate::error::MmError;
+use crate::anon_vma::AnonVmaSlot;
+use crate::error::{FaultError, MmError, SegvReason};
 use crate::huge::split_huge_at;
 use crate::mm::{Mm, MmapWriteGuard};
-use crate::vma::Vma;
+use crate::vma::{Vma, VmaBacking};
 
 use super::unmap_locked;
 
@@ -23,7 +24,10 @@ fn page_round(len: u64) -> u64 {
 
 impl Mm {
     /// Resizes or moves the mapping at `old_addr` (`mremap`); returns its
-    /// address afterwards. `new_addr` is used only with `MREMAP_FIXED`.
+    /// address afterwards. `new_addr` is used only with `MREMAP_FIXED` (or
+    /// `MREMAP_DONTUNMAP`, where it is a hint that is not modelled).
+    /// `MREMAP_FIXED` with equal lengths moves every VMA of the range,
+    /// gaps kept (Linux 6.17+, `remap_move`).
     pub fn mremap(
         &self,
         old_addr: u64,
@@ -33,61 +37,36 @@ impl Mm {
         new_addr: u64,
     ) -> Result<u64, MmError> {
         self.check_alive()?;
-        if old_addr % PAGE_SIZE != 0 {
-            return Err(MmError::Invalid("mremap address not page aligned"));
-        }
-        let may_move = flags.contains(MremapFlags::MAYMOVE);
-        if flags.intersects(MremapFlags::FIXED | MremapFlags::DONTUNMAP) && !may_move {
-            return Err(MmError::Invalid("MREMAP_FIXED and MREMAP_DONTUNMAP need MREMAP_MAYMOVE"));
-        }
+        check_params(old_addr, old_len, new_len, flags, new_addr)?;
         let (old_len, new_len) = (page_round(old_len), page_round(new_len));
-        if new_len == 0 {
-            return Err(MmError::Invalid("mremap to zero length"));
+        if old_addr >= TASK_SIZE {
+            // Nothing is mapped there.
+            return Err(not_mapped(old_addr));
         }
-        if flags.contains(MremapFlags::DONTUNMAP) && old_len != new_len {
-            return Err(MmError::Invalid("MREMAP_DONTUNMAP needs equal old and new lengths"));
-        }
-        let old_end =
-            old_addr.checked_add(old_len).filter(|&e| e <= TASK_SIZE).ok_or(MmError::Invalid("range overflows"))?;
+        let old_end = old_addr + old_len;
         let fixed = flags.contains(MremapFlags::FIXED);
-        if fixed {
-            let new_end = new_addr.checked_add(new_len).filter(|&e| e <= TASK_SIZE);
-            let Some(new_end) = new_end.filter(|_| new_addr % PAGE_SIZE == 0) else {
-                return Err(MmError::Invalid("MREMAP_FIXED address unaligned or out of range"));
-            };
-            if new_addr < old_end && old_addr < new_end {
-                return Err(MmError::Invalid("MREMAP_FIXED ranges overlap"));
-            }
-        }
 
         // Moving a migration entry would hide it from the migrator.
         let mut guard = self.mmap_write_settled(old_addr, old_end);
         self.check_alive()?;
-        let not_mapped = || MmError::Fault {
-            addr: old_addr,
-            error: crate::error::FaultError::Segv(crate::error::SegvReason::NotMapped),
-        };
-        let vma = guard.lookup(old_addr).cloned().ok_or_else(not_mapped)?;
+        if fixed && old_len == new_len {
+            return remap_move(&mut guard, old_addr, old_len, new_addr, flags);
+        }
+        let vma = guard.lookup(old_addr).cloned().ok_or_else(|| not_mapped(old_addr))?;
         if old_len == 0 {
-            // Linux duplicates a shared mapping here; not modelled.
+            // Linux duplicates a shared mapping here; not modelled. A
+            // private one is EINVAL.
             return Err(MmError::Invalid("mremap of zero old length"));
         }
         // Only the part that survives must lie in one VMA: a shrink first
-        // cuts the tail off, wherever it reaches (`vma_to_resize`).
+        // cuts the tail off, wherever it reaches (`vma_to_resize`). Linux
+        // 6.18 checks this before unmapping anything.
         let kept_end = old_addr + old_len.min(new_len);
         let moves_or_grows = fixed || new_len > old_len || flags.contains(MremapFlags::DONTUNMAP);
         if moves_or_grows && kept_end > vma.end {
-            return Err(not_mapped());
+            return Err(not_mapped(old_addr));
         }
-        if flags.contains(MremapFlags::DONTUNMAP) && vma.flags.intersects(VmFlags::PFNMAP | VmFlags::DONTEXPAND) {
-            return Err(MmError::Invalid("MREMAP_DONTUNMAP of a VM_PFNMAP/VM_DONTEXPAND mapping"));
-        }
-        if vma.flags.intersects(VmFlags::PFNMAP | VmFlags::DONTEXPAND) && new_len > old_len {
-            return Err(MmError::Fault {
-                addr: old_addr,
-                error: crate::error::FaultError::Segv(crate::error::SegvReason::Protection),
-            });
-        }
+        check_vma(&vma, old_addr, new_len > old_len, flags)?;
 
         if fixed {
             unmap_locked(&mut guard, new_addr, new_addr + new_len)?;
@@ -103,12 +82,14 @@ impl Mm {
             }
             return Ok(old_addr);
         }
-        let grow_end = old_addr + new_len;
-        let in_place = !flags.contains(MremapFlags::DONTUNMAP)
-            && old_end == vma.end
-            && grow_end <= TASK_SIZE
-            && guard.overlapping(old_end, grow_end).next().is_none();
-        if in_place {
+        // Growing in place past the address space is ENOMEM, as on Linux.
+        let grow_end = old_addr.checked_add(new_len).filter(|&e| e <= TASK_SIZE);
+        let in_place = grow_end.filter(|&grow_end| {
+            !flags.contains(MremapFlags::DONTUNMAP)
+                && old_end == vma.end
+                && guard.overlapping(old_end, grow_end).next().is_none()
+        });
+        if let Some(grow_end) = in_place {
             let mut grown = vma.clone();
             grown.start = old_end;
             grown.end = grow_end;
@@ -117,12 +98,115 @@ impl Mm {
             guard.vmas_mut().merge_range(vma.start, grow_end);
             return Ok(old_addr);
         }
-        if !may_move {
+        if !flags.contains(MremapFlags::MAYMOVE) {
             return Err(MmError::NoSpace(new_len));
         }
         let target = guard.find_free(new_len, None).ok_or(MmError::NoSpace(new_len))?;
         move_mapping(&mut guard, &vma, old_addr, old_len, target, new_len, flags)
     }
+}
+
+/// The argument checks before any lookup, in Linux's order
+/// (`check_mremap_params`); all are `EINVAL`. Linux 6.18 on the host: an
+/// unknown flag bit, a new length rounding to zero or past `TASK_SIZE`
+/// (lengths near 2^64 included), and an old range ending past
+/// `TASK_SIZE` are each EINVAL.
+fn check_params(old_addr: u64, old_len: u64, new_len: u64, flags: MremapFlags, new_addr: u64) -> Result<(), MmError> {
+    if MremapFlags::from_bits(flags.bits()).is_none() {
+        return Err(MmError::Invalid("unknown MREMAP_* flag"));
+    }
+    if old_addr % PAGE_SIZE != 0 {
+        return Err(MmError::Invalid("mremap address not page aligned"));
+    }
+    let (old_len, new_len) = (page_round(old_len), page_round(new_len));
+    if new_len == 0 {
+        return Err(MmError::Invalid("mremap to zero length"));
+    }
+    if new_len > TASK_SIZE {
+        return Err(MmError::Invalid("mremap new length past the address space"));
+    }
+    // An address past the address space passes (and is then unmapped,
+    // EFAULT), as the unsigned subtraction wraps.
+    if old_len > TASK_SIZE.wrapping_sub(old_addr) {
+        return Err(MmError::Invalid("mremap old range past the address space"));
+    }
+    if flags.intersects(MremapFlags::FIXED | MremapFlags::DONTUNMAP) {
+        if new_addr > TASK_SIZE - new_len {
+            return Err(MmError::Invalid("mremap new range past the address space"));
+        }
+        if new_addr % PAGE_SIZE != 0 {
+            return Err(MmError::Invalid("mremap new address not page aligned"));
+        }
+        if !flags.contains(MremapFlags::MAYMOVE) {
+            return Err(MmError::Invalid("MREMAP_FIXED and MREMAP_DONTUNMAP need MREMAP_MAYMOVE"));
+        }
+        if flags.contains(MremapFlags::DONTUNMAP) && old_len != new_len {
+            return Err(MmError::Invalid("MREMAP_DONTUNMAP needs equal old and new lengths"));
+        }
+        let fixed = flags.contains(MremapFlags::FIXED);
+        if fixed && new_addr < old_addr + old_len && old_addr < new_addr + new_len {
+            return Err(MmError::Invalid("MREMAP_FIXED ranges overlap"));
+        }
+    }
+    Ok(())
+}
+
+/// `EFAULT`: no VMA (or not one VMA) where the call needs one.
+fn not_mapped(addr: u64) -> MmError {
+    MmError::Fault { addr, error: FaultError::Segv(SegvReason::NotMapped) }
+}
+
+/// The per-VMA refusals of a move or resize (`check_prep_vma`).
+fn check_vma(vma: &Vma, addr: u64, grows: bool, flags: MremapFlags) -> Result<(), MmError> {
+    if flags.contains(MremapFlags::DONTUNMAP) && vma.flags.intersects(VmFlags::PFNMAP | VmFlags::DONTEXPAND) {
+        return Err(MmError::Invalid("MREMAP_DONTUNMAP of a VM_PFNMAP/VM_DONTEXPAND mapping"));
+    }
+    if grows && vma.flags.intersects(VmFlags::PFNMAP | VmFlags::DONTEXPAND) {
+        return Err(MmError::Fault { addr, error: FaultError::Segv(SegvReason::Protection) });
+    }
+    Ok(())
+}
+
+/// True when a VMA may be one of several moved by one call
+/// (`vma_multi_allowed`): not userfaultfd-armed, and no file whose mapping
+/// placement is its own (device-DAX aligns its mappings).
+fn multi_allowed(vma: &Vma) -> bool {
+    !vma.flags.contains(VmFlags::UFFD_MISSING) && !matches!(vma.backing, VmaBacking::DevDax(_))
+}
+
+/// `MREMAP_FIXED` with `old_len == new_len`: moves the part of every VMA
+/// of `[addr, addr + len)` so that the destination has the source's
+/// layout, gaps included (`remap_move`). Linux 6.18 on the host: a gap at
+/// the start is EFAULT; destination addresses facing source gaps are not
+/// unmapped; pieces moved before an error stay moved.
+fn remap_move(
+    guard: &mut MmapWriteGuard<'_>,
+    addr: u64,
+    len: u64,
+    new_addr: u64,
+    flags: MremapFlags,
+) -> Result<u64, MmError> {
+    let end = addr + len;
+    let vmas: Vec<Vma> = guard.overlapping(addr, end).cloned().collect();
+    match vmas.first() {
+        Some(first) if first.start <= addr => {}
+        _ => return Err(not_mapped(addr)),
+    }
+    for (i, vma) in vmas.iter().enumerate() {
+        let piece_start = vma.start.max(addr);
+        let piece_len = vma.end.min(end) - piece_start;
+        if !multi_allowed(vma) && (i > 0 || vma.end < end) {
+            return Err(not_mapped(piece_start));
+        }
+        // The source pieces are untouched by earlier moves (the ranges do
+        // not overlap), but merging may have changed the VMA around them.
+        let current = guard.lookup(piece_start).cloned().expect("source pieces stay mapped");
+        check_vma(&current, piece_start, false, flags)?;
+        let dest = new_addr + (piece_start - addr);
+        unmap_locked(guard, dest, dest + piece_len)?;
+        move_mapping(guard, &current, piece_start, piece_len, dest, piece_len, flags)?;
+    }
+    Ok(new_addr)
 }
 
 /// Address and level of every non-none leaf in `[start, end)`.
@@ -189,9 +273,19 @@ fn move_mapping(
     let mut moved = vma.clone();
     moved.start = new;
     moved.end = new + new_len;
-    moved.pgoff = vma.page_index(old);
+    // Anonymous memory that never had a page takes the offset of its new
+    // address, so it merges like a fresh mapping; otherwise the offset
+    // stays with the pages (`copy_vma`). Linux 6.18 on the host: a written
+    // VMA moved next to another stays apart, an unwritten one merges.
+    moved.pgoff =
+        if vma.is_anonymous() && vma.anon_vma.get().is_none() { new >> PAGE_SHIFT } else { vma.page_index(old) };
     if !flags.contains(MremapFlags::DONTUNMAP) {
         guard.vmas_mut().remove_range(old, old + len);
+    } else if vma.start == old && vma.end == old + len {
+        // The emptied source keeps no anon_vma (`dontunmap_complete`).
+        for source in guard.vmas_mut().split_range_mut(old, old + len) {
+            source.anon_vma = AnonVmaSlot::default();
+        }
     }
     guard.vmas_mut().insert(moved);
     guard.vmas_mut().merge_range(new, new + new_len);
@@ -203,7 +297,7 @@ fn move_mapping(
 #[cfg(test)]
 mod tests {
     use hmm_pagetable::Level;
-    use hmm_types::{Errno, Event, MapFlags, MremapFlags, Prot, PMD_SIZE};
+    use hmm_types::{Errno, Event, MapFlags, MremapFlags, Prot, VmFlags, PMD_SIZE, TASK_SIZE};
 
     use crate::testing::{kernel, leaf, record};
     use crate::ThpMode;
@@ -283,5 +377,122 @@ mod tests {
         let flags = MremapFlags::MAYMOVE | MremapFlags::FIXED;
         assert_eq!(errno(mm.mremap(va, 2 * 4096, 2 * 4096, flags, va + 4096)), Errno::Inval);
         assert_eq!(mm.mmap_read().len(), 1);
+    }
+
+    #[test]
+    fn linux_rejects_unknown_flags_and_huge_lengths_with_einval() {
+        // Linux 6.18 on the host: flags 8 or 16|MAYMOVE = EINVAL; new_len
+        // -1, -4096 or 2^47 = EINVAL (no panic, nothing changed); new_len
+        // TASK_SIZE with MAYMOVE = ENOMEM (no room); growing in place past
+        // TASK_SIZE = ENOMEM; an old range ending past TASK_SIZE = EINVAL;
+        // an address past TASK_SIZE = EFAULT (no VMA there).
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0x3000_0000, 4 * 4096, Prot::RW, ANON).unwrap();
+        let errno = |r: Result<u64, crate::MmError>| r.unwrap_err().errno();
+        assert_eq!(errno(mm.mremap(va, 4096, 4096, MremapFlags::from_bits_retain(8), 0)), Errno::Inval);
+        assert_eq!(errno(mm.mremap(va, 4096, 4096, MremapFlags::from_bits_retain(16 | 1), 0)), Errno::Inval);
+        for new_len in [u64::MAX, u64::MAX - 4095, u64::MAX - 8191, 1 << 47, TASK_SIZE + 1] {
+            for flags in [MremapFlags::empty(), MremapFlags::MAYMOVE] {
+                assert_eq!(errno(mm.mremap(va, 4096, new_len, flags, 0)), Errno::Inval, "{new_len:#x}");
+            }
+        }
+        assert_eq!(errno(mm.mremap(va, 4096, TASK_SIZE, MremapFlags::MAYMOVE, 0)), Errno::NoMem);
+        assert_eq!(errno(mm.mremap(va, 4 * 4096, TASK_SIZE - va + 4096, MremapFlags::empty(), 0)), Errno::NoMem);
+        assert_eq!(errno(mm.mremap(va, TASK_SIZE - va + 4096, 4096, MremapFlags::empty(), 0)), Errno::Inval);
+        assert_eq!(errno(mm.mremap(u64::MAX - 4095, 4096, 4096, MremapFlags::empty(), 0)), Errno::Fault);
+        let fixed = MremapFlags::MAYMOVE | MremapFlags::FIXED;
+        assert_eq!(errno(mm.mremap(va, 4096, 2 * 4096, fixed, TASK_SIZE - 4096)), Errno::Inval);
+        assert_eq!(mm.mremap(va, 4096, 2 * 4096, fixed, TASK_SIZE - 2 * 4096), Ok(TASK_SIZE - 2 * 4096));
+    }
+
+    /// `(start, end, writable)` of every VMA, relative to `base` in pages.
+    fn layout(mm: &crate::Mm, base: u64) -> Vec<(u64, u64, bool)> {
+        let page = |va: u64| (va - base) / 4096;
+        mm.mmap_read().iter().map(|v| (page(v.start), page(v.end), v.flags.contains(VmFlags::WRITE))).collect()
+    }
+
+    /// The source layout of the host probe: [0,2) RW, [3,5) R, [5,6) RW,
+    /// [8,9) RW (pages 0, 5 and 8 written), and at the destination (page
+    /// 100) occupants in the source's gaps: [102,103) R and [106,108) RX.
+    fn multi_source() -> (std::sync::Arc<crate::Mm>, u64) {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let base = mm.mmap(0x3000_0000, 200 * 4096, Prot::RW, ANON).unwrap();
+        mm.munmap(base, 200 * 4096).unwrap();
+        let p = |n: u64| base + n * 4096;
+        let map = |n: u64, pages: u64, prot: Prot| mm.mmap(p(n), pages * 4096, prot, ANON | MapFlags::FIXED).unwrap();
+        map(0, 2, Prot::RW);
+        map(3, 2, Prot::READ);
+        map(5, 1, Prot::RW);
+        map(8, 1, Prot::RW);
+        for n in [0, 5, 8] {
+            mm.write_u64(p(n), n + 1).unwrap();
+        }
+        map(102, 1, Prot::READ);
+        map(106, 2, Prot::READ | Prot::EXEC);
+        (mm, base)
+    }
+
+    #[test]
+    fn linux_moves_every_vma_of_a_fixed_equal_length_range_keeping_gaps() {
+        // Linux 6.18 on the host, mremap([0,9), 9 pages, FIXED) to page
+        // 100: [100,102) rw, [102,105) r (the moved never-faulted [3,5)
+        // merges with the occupant at 102, which is not unmapped since it
+        // faces a source gap), [105,106) rw, [106,108) r-x kept, [108,109)
+        // rw; the data moved along.
+        let (mm, base) = multi_source();
+        let p = |n: u64| base + n * 4096;
+        let fixed = MremapFlags::MAYMOVE | MremapFlags::FIXED;
+        assert_eq!(mm.mremap(p(0), 9 * 4096, 9 * 4096, fixed, p(100)), Ok(p(100)));
+        let layout_now = layout(&mm, base);
+        assert_eq!(&layout_now[..2], [(100, 102, true), (102, 105, false)]);
+        assert_eq!(
+            layout_now.iter().map(|v| (v.0, v.1)).collect::<Vec<_>>()[2..],
+            [(105, 106), (106, 108), (108, 109)]
+        );
+        assert_eq!([mm.read_u64(p(100)), mm.read_u64(p(105)), mm.read_u64(p(108))], [Ok(1), Ok(6), Ok(9)]);
+        // Starting in a gap: EFAULT, nothing moves.
+        assert_eq!(mm.mremap(p(99), 9 * 4096, 9 * 4096, fixed, p(150)).unwrap_err().errno(), Errno::Fault);
+        assert_eq!(mm.mmap_read().len(), layout_now.len());
+    }
+
+    #[test]
+    fn linux_dontunmap_moves_several_vmas_and_leaves_them_empty() {
+        // Linux 6.18 on the host: the same move with DONTUNMAP succeeds;
+        // the source VMAs stay with their layout and read zero.
+        let (mm, base) = multi_source();
+        let p = |n: u64| base + n * 4096;
+        let flags = MremapFlags::MAYMOVE | MremapFlags::FIXED | MremapFlags::DONTUNMAP;
+        assert_eq!(mm.mremap(p(0), 9 * 4096, 9 * 4096, flags, p(100)), Ok(p(100)));
+        let source: Vec<_> = layout(&mm, base).into_iter().filter(|v| v.0 < 100).collect();
+        assert_eq!(source, [(0, 2, true), (3, 5, false), (5, 6, true), (8, 9, true)]);
+        assert_eq!([mm.read_u64(p(0)), mm.read_u64(p(5))], [Ok(0), Ok(0)]);
+        assert_eq!([mm.read_u64(p(100)), mm.read_u64(p(108))], [Ok(1), Ok(9)]);
+    }
+
+    #[test]
+    fn linux_moves_only_with_fixed_and_equal_lengths() {
+        // Linux 6.18 on the host over the multi-VMA source: FIXED growing
+        // or shrinking to 5 pages = EFAULT with nothing unmapped; FIXED
+        // shrinking to 1 page moves [0,1) and unmaps [1,9) whatever is
+        // there; MAYMOVE without FIXED at equal length is a no-op
+        // returning the address; a trailing gap is fine for the move.
+        let (mm, base) = multi_source();
+        let p = |n: u64| base + n * 4096;
+        let fixed = MremapFlags::MAYMOVE | MremapFlags::FIXED;
+        let before = layout(&mm, base);
+        for new_pages in [12, 5] {
+            let r = mm.mremap(p(0), 9 * 4096, new_pages * 4096, fixed, p(100));
+            assert_eq!(r.unwrap_err().errno(), Errno::Fault);
+            assert_eq!(layout(&mm, base), before);
+        }
+        assert_eq!(mm.mremap(p(0), 9 * 4096, 9 * 4096, MremapFlags::MAYMOVE, 0), Ok(p(0)));
+        assert_eq!(layout(&mm, base), before);
+        assert_eq!(mm.mremap(p(0), 7 * 4096, 7 * 4096, fixed, p(100)), Ok(p(100)));
+        assert_eq!(layout(&mm, base)[0], (8, 9, true), "[8,9) lay past the range");
+        let (mm, base) = multi_source();
+        let p = |n: u64| base + n * 4096;
+        assert_eq!(mm.mremap(p(0), 9 * 4096, 4096, fixed, p(100)), Ok(p(100)));
+        let pages: Vec<_> = layout(&mm, base).into_iter().map(|v| (v.0, v.1)).collect();
+        assert_eq!(pages, [(100, 101), (102, 103), (106, 108)]);
     }
 }

@@ -11,7 +11,7 @@
 //! (`lib/test_hmm.c`).
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::{Mutex, MutexGuard};
 
@@ -59,7 +59,11 @@ impl Mirror {
             flags: AtomicU64::new(0),
             migrating: AtomicU32::new(0),
         });
-        let notifier = mm.interval_notifier_insert(0, TASK_SIZE, mirror.clone())?;
+        // The subscription reaches the mirror through a weak reference: the
+        // mirror owns the subscription, and a strong reference back would
+        // keep both (and the address space) alive after close.
+        let ops = Arc::new(MirrorOps(Arc::downgrade(&mirror)));
+        let notifier = mm.interval_notifier_insert(0, TASK_SIZE, ops)?;
         mirror.notifier.set(notifier).expect("set once, here");
         Ok(mirror)
     }
@@ -134,6 +138,22 @@ impl IntervalNotifierOps for Mirror {
     }
 }
 
+/// The callback a file subscribes: its mirror, while the file is open.
+struct MirrorOps(Weak<Mirror>);
+
+impl IntervalNotifierOps for MirrorOps {
+    fn invalidate(&self, subscription: &IntervalNotifier, range: &NotifierRange, cur_seq: u64) -> bool {
+        match self.0.upgrade() {
+            Some(mirror) => mirror.invalidate(subscription, range, cur_seq),
+            // Closed: the table is gone, nothing to clear.
+            None => {
+                subscription.set_seq(cur_seq);
+                true
+            }
+        }
+    }
+}
+
 /// An open `/dev/hmm_dmirror<N>`. Dropping it closes it.
 #[derive(Debug)]
 pub struct DmirrorFile {
@@ -153,6 +173,13 @@ impl DmirrorFile {
     /// Pages the device currently maps for this file.
     pub fn mapped_pages(&self) -> u64 {
         self.mirror.lock_table().len()
+    }
+
+    /// Every page the device maps for this file, as `(address, entry)` in
+    /// address order: a diagnostic for tests and fuzzers that check the
+    /// device table against the CPU's (no Linux counterpart).
+    pub fn device_entries(&self) -> Vec<(u64, crate::table::DeviceEntry)> {
+        self.mirror.lock_table().entries()
     }
 
     /// The ioctl: Linux's prologue (alignment and range checks), then the

@@ -138,6 +138,18 @@ impl DeviceTable {
         cleared
     }
 
+    /// Every mapped page, in address order (holes are skipped whole).
+    pub(crate) fn entries(&self) -> Vec<(u64, DeviceEntry)> {
+        let mut out = Vec::new();
+        let _ = self.tree.walk(0, hmm_types::TASK_SIZE, |visit| {
+            if let Visit::Slot { slot, entry } = visit {
+                out.extend(DeviceEntry::decode(entry).map(|e| (slot.va(), e)));
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        out
+    }
+
     /// Visits the pages of `[start, end)` in order with their mapping;
     /// stops at the first `Break`.
     pub(crate) fn for_each<B>(

@@ -118,6 +118,20 @@ fn read_after_the_process_exited_fails_instead_of_spinning() {
 }
 
 #[test]
+fn closing_a_file_lets_its_address_space_go() {
+    // Regression (found by the API fuzzer): the subscription held the
+    // mirror and the mirror the subscription, so a closed file kept the
+    // address space, and with it its page-table root, alive forever.
+    let (kernel, dmirror, mm) = machine();
+    let free = kernel.phys().free_frames();
+    dmirror.device(0).unwrap().open(&mm).unwrap().close();
+    assert_eq!(Arc::strong_count(&mm), 1);
+    mm.exit();
+    drop(mm);
+    assert_eq!(kernel.phys().free_frames(), free + 1, "the root table is freed with the address space");
+}
+
+#[test]
 fn counters_follow_pages_to_the_device_and_back_and_close_evicts() {
     let (_k, dmirror, mm) = machine();
     let device = dmirror.device(0).unwrap();

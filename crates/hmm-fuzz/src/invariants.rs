@@ -59,6 +59,11 @@ fn cpu_at(mm: &Mm, va: u64) -> Cpu {
     }
 }
 
+/// True when the CPU maps a page at `va` (present, or a device page).
+pub fn is_populated(mm: &Mm, va: u64) -> bool {
+    va < TASK_SIZE && cpu_at(mm, va) != Cpu::None
+}
+
 /// Checks a call's outcome, then the whole world.
 pub fn after_call(world: &World, op: &Op, outcome: &Outcome) -> Result<(), Violation> {
     if let Outcome::Violation(message) = outcome {

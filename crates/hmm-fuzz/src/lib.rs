@@ -25,5 +25,5 @@ pub mod ops;
 pub mod runner;
 
 pub use exec::{Exclusions, Outcome, World};
-pub use ops::{Addr, Count, DmCmd, Len, MapKind, Op, Placement};
+pub use ops::{to_rust, Addr, Count, DmCmd, Len, MapKind, Op, Placement};
 pub use runner::{fuzz, replay, run_sequence, Finding, Report, Settings, Stats};

@@ -8,8 +8,8 @@
 //! [`Count`]): most aim at a small window so that state builds up and
 //! operations collide, the rest are the extremes every entry point must
 //! refuse cleanly (0, 1, page - 1, 2^63, 2^64 - page, unaligned, the kernel
-//! half, counts of 2^30 to 2^44 pages). `Debug` of a sequence is valid Rust,
-//! so a shrunk failure pastes into a regression test as it is printed.
+//! half, counts of 2^30 to 2^44 pages). [`to_rust`] prints a sequence as
+//! Rust, so a shrunk failure pastes into a regression test as printed.
 
 use proptest::prelude::*;
 
@@ -235,6 +235,55 @@ impl Count {
             Self::Max => u64::MAX,
         }
     }
+}
+
+/// The sequence as a Rust expression with qualified variant names
+/// (`Op::Mmap { addr: Addr::Win(3), … }`): `Debug` with each variant
+/// prefixed by its type, found from the field it fills.
+pub fn to_rust(ops: &[Op]) -> String {
+    let text = format!("{ops:?}");
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut field: Option<String> = None;
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        if !(c.is_ascii_alphabetic() || c == '_') {
+            if c != ':' && c != ' ' {
+                field = None;
+            }
+            out.push(c);
+            continue;
+        }
+        let mut end = at + c.len_utf8();
+        while let Some(&(next, d)) = chars.peek() {
+            if !(d.is_ascii_alphanumeric() || d == '_') {
+                break;
+            }
+            end = next + d.len_utf8();
+            chars.next();
+        }
+        let ident = &text[at..end];
+        if ident.starts_with(|c: char| c.is_ascii_uppercase()) {
+            let prefix = match field.take().as_deref() {
+                None => "Op",
+                Some("addr" | "ptr" | "new_addr") => "Addr",
+                Some("len" | "old_len" | "new_len" | "size" | "offset") => "Len",
+                Some("npages" | "pgoff") => "Count",
+                Some("kind") => "MapKind",
+                Some("place") => "Placement",
+                Some("cmd") => "DmCmd",
+                Some("advice") => "MadviseAdvice",
+                Some(_) => "",
+            };
+            if !prefix.is_empty() {
+                out.push_str(prefix);
+                out.push_str("::");
+            }
+        } else if chars.peek().is_some_and(|&(_, d)| d == ':') {
+            field = Some(ident.to_owned());
+        }
+        out.push_str(ident);
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ use hmm_mm::testing::{Rng, Watchdog};
 
 use crate::exec::{Exclusions, Outcome, World};
 use crate::invariants;
-use crate::ops::{sequence, Op};
+use crate::ops::{sequence, to_rust, Op};
 
 /// How long one call may take before the run is declared hung.
 pub const CALL_LIMIT: Duration = Duration::from_secs(60);
@@ -71,7 +71,7 @@ fn take_panic_message() -> String {
 /// the process naming `label`, the call and the sequence), the invariants
 /// after each call, the end-of-world accounting after teardown.
 pub fn run_sequence(ops: &[Op], exclusions: Exclusions, label: &str) -> Result<(), String> {
-    let listing = format!("{ops:?}");
+    let listing = to_rust(ops);
     let watch = |what: &str| Watchdog::new(&format!("{label}: {what} hung\nsequence: {listing}"), CALL_LIMIT);
     let mut world = {
         let _dog = watch("boot");
@@ -213,7 +213,7 @@ impl Finding {
         let mut text = String::new();
         let _ = writeln!(text, "finding: HMM_FUZZ_SEED={:#x} HMM_FUZZ_CASE={}", self.seed, self.case);
         let _ = writeln!(text, "  reason: {}", self.reason);
-        let _ = writeln!(text, "  shrunk to {} calls: replay(&{:?});", self.ops.len(), self.ops);
+        let _ = writeln!(text, "  shrunk to {} calls: replay(&{});", self.ops.len(), to_rust(&self.ops));
         text
     }
 }

@@ -156,6 +156,22 @@ impl Mirror {
     }
 }
 
+/// The callback a file subscribes: its mirror, while the file is open.
+struct MirrorOps(Weak<Mirror>);
+
+impl IntervalNotifierOps for MirrorOps {
+    fn invalidate(&self, subscription: &IntervalNotifier, range: &NotifierRange, cur_seq: u64) -> bool {
+        match self.0.upgrade() {
+            Some(mirror) => mirror.invalidate(subscription, range, cur_seq),
+            // Closed: the table is gone, nothing to clear.
+            None => {
+                subscription.set_seq(cur_seq);
+                true
+            }
+        }
+    }
+}
+
 /// An open `/dev/hmm_dmirror<N>`. Dropping it closes it.
 #[derive(Debug)]
 pub struct DmirrorFile {
@@ -175,6 +191,13 @@ impl DmirrorFile {
     /// Pages the device currently maps for this file.
     pub fn mapped_pages(&self) -> u64 {
         self.mirror.lock_table().len()
+    }
+
+    /// Every page the device maps for this file, as `(address, entry)` in
+    /// address order: a diagnostic for tests and fuzzers that check the
+    /// device table against the CPU's (no Linux counterpart).
+    pub fn device_entries(&self) -> Vec<(u64, crate::table::DeviceEntry)> {
+        self.mirror.lock_table().entries()
     }
 
     /// The ioctl: Linux's prologue (alignment and range checks), then the

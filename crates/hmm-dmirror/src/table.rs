@@ -13,7 +13,7 @@
 use core::ops::ControlFlow;
 
 use hmm_pagetable::{ArenaStore, EnsureError, Entry, LeafFlags, Level, PageTable, SwapKind, Visit};
-use hmm_types::{Pfn, PAGE_SIZE};
+use hmm_types::{Pfn, PAGE_SIZE, TASK_SIZE};
 
 use crate::error::DmirrorError;
 
@@ -136,6 +136,34 @@ impl DeviceTable {
             self.tree.free_empty_tables(start, end);
         }
         cleared
+    }
+
+    /// Visits the mapped pages of `[start, end)` in address order, holes
+    /// skipped whole (so a huge, sparse range costs what it maps); stops at
+    /// the first `Break`.
+    pub(crate) fn for_each_mapped<B>(
+        &self,
+        start: u64,
+        end: u64,
+        mut visit: impl FnMut(u64, DeviceEntry) -> ControlFlow<B>,
+    ) -> ControlFlow<B> {
+        self.tree.walk(start, end.min(TASK_SIZE), |v| match v {
+            Visit::Slot { slot, entry } => match DeviceEntry::decode(entry) {
+                Some(mapped) => visit(slot.va(), mapped),
+                None => ControlFlow::Continue(()),
+            },
+            Visit::Hole { .. } => ControlFlow::Continue(()),
+        })
+    }
+
+    /// Every mapped page, in address order.
+    pub(crate) fn entries(&self) -> Vec<(u64, DeviceEntry)> {
+        let mut out = Vec::new();
+        let _ = self.for_each_mapped(0, TASK_SIZE, |va, entry| {
+            out.push((va, entry));
+            ControlFlow::<()>::Continue(())
+        });
+        out
     }
 
     /// Visits the pages of `[start, end)` in order with their mapping;

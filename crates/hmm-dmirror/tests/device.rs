@@ -119,6 +119,33 @@ fn read_after_the_process_exited_fails_instead_of_spinning() {
 }
 
 #[test]
+fn closing_a_file_lets_its_address_space_go() {
+    // Regression (found by the API fuzzer): the subscription held the
+    // mirror and the mirror the subscription, so a closed file kept the
+    // address space, and with it its page-table root, alive forever.
+    let (kernel, dmirror, mm) = machine();
+    let free = kernel.phys().free_frames();
+    dmirror.device(0).unwrap().open(&mm).unwrap().close();
+    assert_eq!(Arc::strong_count(&mm), 1);
+    mm.exit();
+    drop(mm);
+    assert_eq!(kernel.phys().free_frames(), free + 1, "the root table is freed with the address space");
+}
+
+#[test]
+fn check_exclusive_of_a_huge_sparse_range_returns_at_once() {
+    // Regression (found by the API fuzzer): the check visited every page of
+    // the range, mapped or not, so 2^35 pages took minutes.
+    let (_k, dmirror, mm) = machine();
+    let fd = dmirror.device(0).unwrap().open(&mm).unwrap();
+    let va = filled(&mm, 4);
+    fd.read(va, 4, &mut vec![0u8; 4 * PAGE as usize]).unwrap();
+    let _dog = hmm_mm::testing::Watchdog::new("check_exclusive of 2^35 pages", std::time::Duration::from_secs(20));
+    fd.check_exclusive(0, 1 << 35).unwrap();
+    fd.check_exclusive(1 << 63, 1 << 35).unwrap();
+}
+
+#[test]
 fn counters_follow_pages_to_the_device_and_back_and_close_evicts() {
     let (_k, dmirror, mm) = machine();
     let device = dmirror.device(0).unwrap();

@@ -125,9 +125,10 @@ impl Mm {
         let start = start & !(PAGE_SIZE - 1);
         let write = flags.contains(FollFlags::WRITE);
         let guard = self.mmap_read();
-        // Grown page by page: a count no memory could back fails at its
-        // first unmapped page, not in an allocation sized by the caller.
-        let mut taken = Vec::new();
+        // The count is the caller's: reserve a little and grow as pages are
+        // taken, so a huge count over an unmapped range fails with EFAULT
+        // instead of an impossible allocation.
+        let mut taken = Vec::with_capacity(nr_pages.min(512) as usize);
         let result = (|| {
             let mut va = start;
             for _ in 0..nr_pages {
@@ -174,5 +175,31 @@ impl PhysMem {
     /// (`folio_maybe_dma_pinned`).
     pub fn maybe_pinned(&self, pfn: Pfn) -> bool {
         self.folio_counts(pfn).0 >= GUP_PIN_COUNTING_BIAS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hmm_types::{Errno, MapFlags, Prot, PAGE_SIZE};
+
+    use super::FollFlags;
+    use crate::testing::kernel;
+    use crate::ThpMode;
+
+    #[test]
+    fn a_huge_count_fails_on_the_first_unmapped_page_without_allocating_for_all() {
+        // Regression (found by the API fuzzer): the result vector was
+        // reserved for the whole count first, so 2^32 pages aborted the
+        // process on an impossible allocation.
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED;
+        let va = mm.mmap(0x1000_0000, 4 * PAGE_SIZE, Prot::RW, flags).unwrap();
+        for nr_pages in [1u64 << 32, 1 << 34] {
+            let error = mm.pin_user_pages(va, nr_pages, FollFlags::WRITE).unwrap_err();
+            assert_eq!(error.errno(), Errno::Fault, "{nr_pages}");
+            let error = mm.get_user_pages(0x2000_0000, nr_pages, FollFlags::empty()).unwrap_err();
+            assert_eq!(error.errno(), Errno::Fault, "{nr_pages}");
+        }
+        assert_eq!(mm.pin_user_pages(va, 4, FollFlags::WRITE).unwrap().pfns().len(), 4);
     }
 }

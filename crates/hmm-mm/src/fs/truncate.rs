@@ -42,10 +42,16 @@ pub(crate) fn truncate(inode: &Arc<Inode>, size: u64) -> Result<(), MmError> {
 /// partial pages at its edges; private copy-on-write copies survive, as
 /// Linux's `even_cows = 0` keeps them.
 pub(crate) fn punch_hole(inode: &Arc<Inode>, offset: u64, len: u64) -> Result<(), MmError> {
-    if len == 0 {
-        return Err(MmError::Invalid("hole of zero length"));
+    // vfs_fallocate's order: a negative offset or a non-positive length
+    // (as loff_t) is EINVAL, then an end past MAX_LFS_FILESIZE is EFBIG.
+    const MAX_LFS_FILESIZE: u64 = i64::MAX as u64;
+    if offset > MAX_LFS_FILESIZE || len == 0 || len > MAX_LFS_FILESIZE {
+        return Err(MmError::Invalid("hole with a negative offset or a non-positive length"));
     }
-    let end = offset.checked_add(len).ok_or(MmError::FileTooBig("hole past the largest offset"))?;
+    let end = offset + len;
+    if end > MAX_LFS_FILESIZE {
+        return Err(MmError::FileTooBig("hole past the largest file offset"));
+    }
     let end = end.min(inode.size());
     if offset >= end {
         return Ok(());
@@ -173,6 +179,28 @@ mod tests {
         assert_eq!(a.read_u64(va_a + 5 * 4096 + 100).unwrap(), 0, "its tail reads zero");
         assert_eq!(a.read_u64(va_a + 6 * 4096).unwrap_err().errno(), Errno::Fault);
         assert_eq!(b.read_u64(va_b + 2 * 4096).unwrap_err().errno(), Errno::Fault);
+    }
+
+    #[test]
+    fn punch_hole_checks_its_arguments_as_loff_t() {
+        // Regression (found by the API fuzzer): an offset or length of 2^63
+        // or more is a negative loff_t, EINVAL on Linux; it punched nothing
+        // and returned success. Values checked against Linux 6.18 on tmpfs.
+        let k = kernel(64, ThpMode::Never);
+        let file = k.tmpfs().create("p").unwrap();
+        file.ftruncate(64 * 4096).unwrap();
+        let max = i64::MAX as u64;
+        for (offset, len, errno) in [
+            (4096, 1 << 63, Errno::Inval),
+            (1 << 63, 4096, Errno::Inval),
+            (4096, 0, Errno::Inval),
+            (1 << 62, 1 << 62, Errno::FBig),
+            (4096, max, Errno::FBig),
+        ] {
+            assert_eq!(file.punch_hole(offset, len).unwrap_err().errno(), errno, "{offset:#x} + {len:#x}");
+        }
+        file.punch_hole(0, max).unwrap();
+        assert_eq!(file.size(), 64 * 4096);
     }
 
     #[test]

@@ -116,6 +116,12 @@ impl Mm {
         if len == 0 {
             return Err(MmError::Invalid("mmap of zero length"));
         }
+        // do_mmap rounds the length to pages before it looks at the sharing
+        // type or anything else: a length within a page of 2^64 is ENOMEM
+        // first. (MAP_HUGETLB rounds to its own page size, below.)
+        if !flags.contains(MapFlags::HUGETLB) && len.checked_add(PAGE_SIZE - 1).is_none() {
+            return Err(MmError::NoSpace(len));
+        }
         if Prot::from_bits(prot.bits()).is_none() {
             return Err(MmError::Invalid("unknown PROT_* bits"));
         }
@@ -297,6 +303,23 @@ mod tests {
     use crate::{MmError, ThpMode};
 
     const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+
+    #[test]
+    fn a_length_that_rounds_past_2_pow_64_is_enomem_before_a_bad_sharing_type() {
+        // Regression (found by the API fuzzer): the sharing type was checked
+        // first (EINVAL). Linux 6.18 answers ENOMEM for MAP_ANONYMOUS |
+        // MAP_FIXED without a type and for an unknown bit with
+        // MAP_SHARED_VALIDATE alike.
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let len = u64::MAX - 4094;
+        let unknown = MapFlags::from_bits_retain(0x400);
+        for flags in
+            [MapFlags::ANONYMOUS | MapFlags::FIXED, ANON | MapFlags::SHARED_VALIDATE | MapFlags::FIXED | unknown]
+        {
+            assert_eq!(mm.mmap(0x4000_0000, len, Prot::RW, flags).unwrap_err().errno(), Errno::NoMem);
+        }
+        assert_eq!(mm.mmap(0x4000_0000, 4096, Prot::RW, MapFlags::ANONYMOUS).unwrap_err().errno(), Errno::Inval);
+    }
 
     #[test]
     fn private_anonymous_round_trip() {

@@ -156,22 +156,6 @@ impl Mirror {
     }
 }
 
-/// The callback a file subscribes: its mirror, while the file is open.
-struct MirrorOps(Weak<Mirror>);
-
-impl IntervalNotifierOps for MirrorOps {
-    fn invalidate(&self, subscription: &IntervalNotifier, range: &NotifierRange, cur_seq: u64) -> bool {
-        match self.0.upgrade() {
-            Some(mirror) => mirror.invalidate(subscription, range, cur_seq),
-            // Closed: the table is gone, nothing to clear.
-            None => {
-                subscription.set_seq(cur_seq);
-                true
-            }
-        }
-    }
-}
-
 /// An open `/dev/hmm_dmirror<N>`. Dropping it closes it.
 #[derive(Debug)]
 pub struct DmirrorFile {

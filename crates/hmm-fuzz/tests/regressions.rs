@@ -72,13 +72,11 @@ fn mmap_of_a_length_near_2_pow_64_is_enomem_first() {
 // Known bugs, fixed on other branches.
 
 #[test]
-#[ignore = "known bug, fix on another branch (exclusion impossible_pfnmap): mmap_pfn_range of an impossible pfn, then a read, panics"]
 fn pfn_map_of_an_impossible_frame_then_read() {
     replay(&[Op::PfnMap { pfn: 4503599627370495, npages: 1 }]);
 }
 
 #[test]
-#[ignore = "known bug, fix on another branch (exclusion unknown_mremap_flags): unknown mremap flags are not EINVAL"]
 fn mremap_with_unknown_flags_is_einval() {
     replay(&[
         anon(Addr::Win(0), Len::Pages(1)),
@@ -93,7 +91,6 @@ fn mremap_with_unknown_flags_is_einval() {
 }
 
 #[test]
-#[ignore = "known bug, fix on another branch (exclusion file_offset_past_max): mmap of a file past MAX_LFS_FILESIZE succeeds"]
 fn mmap_file_past_the_largest_offset_fails() {
     replay(&[Op::Mmap {
         addr: Addr::Win(0),
@@ -106,13 +103,11 @@ fn mmap_file_past_the_largest_offset_fails() {
 }
 
 #[test]
-#[ignore = "known bug, fix on another branch (exclusion negative_truncate): ftruncate to a negative loff_t succeeds"]
 fn ftruncate_to_a_negative_size_is_einval() {
     replay(&[Op::Truncate { file: 0, size: Len::Half }]);
 }
 
 #[test]
-#[ignore = "known bug, fix on another branch (exclusion dmirror_near_top): dmirror READ within 32 pages of 2^64 overflows"]
 fn dmirror_read_near_the_top_of_the_address_space() {
     replay(&[
         Op::DmOpen(0),
@@ -121,7 +116,6 @@ fn dmirror_read_near_the_top_of_the_address_space() {
 }
 
 #[test]
-#[ignore = "known bug, fix on another branch (exclusion mremap_huge_len): mremap to a length near 2^64 panics"]
 fn mremap_to_a_length_near_2_pow_64() {
     replay(&[
         anon(Addr::Win(3), Len::Pages(512)),
@@ -136,7 +130,6 @@ fn mremap_to_a_length_near_2_pow_64() {
 }
 
 #[test]
-#[ignore = "known bug, fix on another branch (exclusion huge_dmirror_buffers): dmirror READ of 2^32 pages aborts on its buffer"]
 fn dmirror_read_of_a_huge_count() {
     replay(&[
         Op::DmOpen(0),
@@ -145,19 +138,16 @@ fn dmirror_read_of_a_huge_count() {
 }
 
 #[test]
-#[ignore = "known bug, fix on another branch (exclusion huge_dmirror_mmap): dmirror mmap of u64::MAX pages panics"]
 fn dmirror_mmap_of_u64_max_pages() {
     replay(&[Op::DmOpen(0), Op::DmMmap { file: 0, npages: Count::Max, shared: true }]);
 }
 
 #[test]
-#[ignore = "known bug, fix on another branch (exclusion huge_vma_eviction): close walks a 4 TiB mapping to evict (hangs)"]
 fn closing_a_device_file_with_a_huge_mapping() {
     replay(&[anon(Addr::Win(511), Len::HugePages(30)), Op::Fork, Op::DmOpen(3), Op::DmClose(0)]);
 }
 
 #[test]
-#[ignore = "known bug, fix on another branch (exclusion eviction_after_fork): closing a device file after fork and a GUP COW break of a THP underflows the mapcount at exit"]
 fn device_close_after_fork_and_a_thp_cow_break() {
     replay(&[
         Op::Mmap {
@@ -177,7 +167,6 @@ fn device_close_after_fork_and_a_thp_cow_break() {
 }
 
 #[test]
-#[ignore = "known bug, fix on another branch (exclusion exclusive_untouched): EXCLUSIVE on untouched memory corrupts the mapcount, which underflows at exit"]
 fn exclusive_on_untouched_memory() {
     replay(&[
         Op::DmOpen(0),
@@ -206,7 +195,6 @@ fn exclusive_on_untouched_memory() {
 /// write pin, process 0 forks again, then process 1 migrates a range
 /// across the PMD edge to the device.
 #[test]
-#[ignore = "reported, not in the known list (exclusion migrate_after_fork): MIGRATE_TO_DEV of THP memory shared by fork, with a pin nearby, underflows the mapcount at exit"]
 fn migrate_to_device_after_fork_and_pin() {
     replay(&[
         Op::Mmap {
@@ -227,7 +215,6 @@ fn migrate_to_device_after_fork_and_pin() {
 }
 
 #[test]
-#[ignore = "reported, not in the known list (exclusion hugetlb_mremap): mremap of a hugetlb mapping to a length that is not a multiple of 2 MiB, then a read, panics"]
 fn mremap_of_a_hugetlb_mapping_then_read() {
     replay(&[
         Op::Mmap {

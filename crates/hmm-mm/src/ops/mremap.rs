@@ -7,7 +7,7 @@
 use core::ops::ControlFlow;
 
 use hmm_pagetable::{EnsureError, Entry, Level, Visit};
-use hmm_types::{Event, MremapFlags, VmFlags, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
+use hmm_types::{Event, MremapFlags, PageSize, VmFlags, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
 
 use crate::anon_vma::AnonVmaSlot;
 use crate::error::{FaultError, MmError, SegvReason};
@@ -43,12 +43,16 @@ impl Mm {
             // Nothing is mapped there.
             return Err(not_mapped(old_addr));
         }
-        let old_end = old_addr + old_len;
         let fixed = flags.contains(MremapFlags::FIXED);
 
         // Moving a migration entry would hide it from the migrator.
-        let mut guard = self.mmap_write_settled(old_addr, old_end);
+        let mut guard = self.mmap_write_settled(old_addr, old_addr + old_len);
         self.check_alive()?;
+        let (old_len, new_len) = match guard.lookup(old_addr).map(|vma| &vma.backing) {
+            Some(VmaBacking::Hugetlb(file)) => align_hugetlb(file.page_size(), old_addr, old_len, new_len, new_addr)?,
+            _ => (old_len, new_len),
+        };
+        let old_end = old_addr + old_len;
         if fixed && old_len == new_len {
             return remap_move(&mut guard, old_addr, old_len, new_addr, flags);
         }
@@ -104,6 +108,26 @@ impl Mm {
         let target = guard.find_free(new_len, None).ok_or(MmError::NoSpace(new_len))?;
         move_mapping(&mut guard, &vma, old_addr, old_len, target, new_len, flags)
     }
+}
+
+/// A hugetlb VMA (`align_hugetlb`): both lengths round up to the huge
+/// page, both addresses must be aligned to it (`new_addr` even without
+/// MREMAP_FIXED) and growing is refused (the reservation cannot be split);
+/// each is `EINVAL`. A length rounded past the address space is `EINVAL`
+/// too, as no huge page fits there.
+fn align_hugetlb(size: PageSize, old_addr: u64, old_len: u64, new_len: u64, new_addr: u64) -> Result<(u64, u64), MmError> {
+    let huge = size.bytes();
+    let round = |len: u64| len.checked_next_multiple_of(huge).filter(|&len| len <= TASK_SIZE);
+    let (Some(old_len), Some(new_len)) = (round(old_len), round(new_len)) else {
+        return Err(MmError::Invalid("mremap length past the address space"));
+    };
+    if old_addr % huge != 0 || new_addr % huge != 0 {
+        return Err(MmError::Invalid("mremap of hugetlb memory at an address not huge-page aligned"));
+    }
+    if new_len > old_len {
+        return Err(MmError::Invalid("mremap cannot grow hugetlb memory"));
+    }
+    Ok((old_len, new_len))
 }
 
 /// The argument checks before any lookup, in Linux's order

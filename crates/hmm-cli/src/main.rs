@@ -7,6 +7,7 @@
 mod bench;
 mod demo;
 mod render;
+mod scenario;
 mod selftest;
 
 use std::process::ExitCode;
@@ -36,18 +37,25 @@ enum Command {
     Selftest(selftest::Args),
     /// Measure the model against this machine's own limits, with targets.
     Bench(bench::Args),
+    /// Run a scenario on the model: each operation, its result, and every
+    /// invalidation it caused. Exits 1 if an `expect` line fails.
+    Run(scenario::RunArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = render::Out::new(cli.no_color);
+    // `Ok(false)`: the command ran and reports a failure (an expectation,
+    // a divergence) it has already printed.
     let result = match cli.command {
-        Command::Demo { which } => demo::run(which, &out),
-        Command::Selftest(args) => selftest::run(&args, &out),
-        Command::Bench(args) => bench::run(args, &out).map_err(|e| demo::DemoError(e.to_string())),
+        Command::Demo { which } => demo::run(which, &out).map(|()| true),
+        Command::Selftest(args) => selftest::run(&args, &out).map(|()| true),
+        Command::Bench(args) => bench::run(args, &out).map(|()| true).map_err(|e| demo::DemoError(e.to_string())),
+        Command::Run(args) => scenario::run(&args, &out),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(error) => {
             out.error(&error.to_string());
             ExitCode::FAILURE

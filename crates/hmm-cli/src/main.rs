@@ -40,6 +40,13 @@ enum Command {
     /// Run a scenario on the model: each operation, its result, and every
     /// invalidation it caused. Exits 1 if an `expect` line fails.
     Run(scenario::RunArgs),
+    /// Run a scenario on the model and on this machine's Linux kernel and
+    /// print the first difference. Exits 1 on a divergence.
+    Diff(scenario::DiffArgs),
+    /// The host runner (`hmm diff` and `hmm fuzz` start this binary again
+    /// with it): a scenario on stdin, real system calls, JSON on stdout.
+    #[command(name = "__host-runner", hide = true)]
+    HostRunner,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +59,8 @@ fn main() -> ExitCode {
         Command::Selftest(args) => selftest::run(&args, &out).map(|()| true),
         Command::Bench(args) => bench::run(args, &out).map(|()| true).map_err(|e| demo::DemoError(e.to_string())),
         Command::Run(args) => scenario::run(&args, &out),
+        Command::Diff(args) => scenario::diff(&args, &out),
+        Command::HostRunner => hmm_scenario::exec::host::runner_main(),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

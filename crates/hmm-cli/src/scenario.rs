@@ -4,10 +4,13 @@
 
 use std::path::PathBuf;
 
+use hmm_scenario::compare::{self, Verdict};
+use hmm_scenario::exec::host::HostExecutor;
 use hmm_scenario::exec::model::ModelExecutor;
 use hmm_scenario::exec::Executor;
 use hmm_scenario::lang;
-use hmm_scenario::observe::{Shown, Trace};
+use hmm_scenario::observe::{Outcome, Shown, Trace};
+use hmm_scenario::versions;
 
 use crate::demo::DemoError;
 use crate::render::{Out, TestLine};
@@ -69,5 +72,85 @@ fn render_trace(trace: &Trace, out: &Out) {
 }
 
 fn rel(va: u64, window: u64) -> String {
-    Shown { outcome: &hmm_scenario::observe::Outcome::Addr(va), window }.to_string()
+    Shown { outcome: &Outcome::Addr(va), window }.to_string()
+}
+
+/// Arguments of `hmm diff`.
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// The scenario file (`.hmm`).
+    file: PathBuf,
+    /// Print every step's verdict, not only the first difference.
+    #[arg(long)]
+    all: bool,
+}
+
+/// The host executor: this binary again, as `hmm __host-runner`.
+pub(crate) fn host_executor() -> Result<HostExecutor, DemoError> {
+    if let Some(why) = HostExecutor::unavailable() {
+        return Err(DemoError(why));
+    }
+    let program = std::env::current_exe().map_err(|e| DemoError(format!("finding the hmm binary: {e}")))?;
+    Ok(HostExecutor { program, args: vec!["__host-runner".into()] })
+}
+
+pub(crate) fn host_version() -> (u32, u32) {
+    versions::host_version().unwrap_or((0, 0))
+}
+
+/// Runs a scenario on the model and on this machine's kernel and prints the
+/// first difference; `Ok(false)` when there is one.
+pub fn diff(args: &DiffArgs, out: &Out) -> Result<bool, DemoError> {
+    let scenario = load(&args.file)?;
+    let mut host = host_executor()?;
+    let version = host_version();
+    let (model_trace, _, cmp) = compare::diff_scenario(&scenario, &mut ModelExecutor::default(), &mut host, version)
+        .map_err(|e| DemoError(e.to_string()))?;
+    let w = model_trace.window;
+    let show = |o: &Outcome| Shown { outcome: o, window: w }.to_string();
+    if let Some(why) = &cmp.host_aborted {
+        out.test_line(TestLine::NotOk, &format!("the host runner did not finish: {why}"));
+        return Ok(false);
+    }
+    for s in &cmp.steps {
+        let step = &scenario.steps[s.step];
+        let text = lang::print_step(step);
+        match &s.verdict {
+            Verdict::Version(behaviour) => out.test_line(
+                TestLine::Skip,
+                &format!(
+                    "line {}: {text}: expected version difference ({behaviour}): model {}, host {}",
+                    step.line,
+                    show(&s.model),
+                    show(&s.host)
+                ),
+            ),
+            Verdict::Inconclusive(why) if args.all => {
+                out.test_line(TestLine::Skip, &format!("line {}: {text}: inconclusive ({why})", step.line))
+            }
+            Verdict::Match if args.all => {
+                out.test_line(TestLine::Ok, &format!("line {}: {text} -> {}", step.line, show(&s.model)))
+            }
+            _ => {}
+        }
+    }
+    let (matched, differ, version_diffs, inconclusive) = cmp.counts();
+    if let Some(first) = cmp.first_divergence() {
+        out.heading(&format!("first difference, at line {}", scenario.steps[first.step].line));
+        out.note("the operations that led to it:");
+        for step in &scenario.steps[..=first.step] {
+            if !matches!(step.op, hmm_scenario::lang::ast::Op::Expect { .. }) {
+                out.line(&format!("{:>4}  {}", step.line, lang::print_step(step)));
+            }
+        }
+        out.line(&format!("model: {}", show(&first.model)));
+        out.line(&format!("host:  {}", show(&first.host)));
+    }
+    out.line(&format!(
+        "model vs Linux {}.{} on this machine: {} steps, {matched} match, {differ} differ, {version_diffs} expected version differences, {inconclusive} inconclusive",
+        version.0,
+        version.1,
+        cmp.steps.len()
+    ));
+    Ok(differ == 0)
 }

@@ -8,6 +8,8 @@
 //! [`exec::Executor`] (model, or host via the `hmm-host-runner` child) →
 //! [`observe::Trace`] → [`compare::compare`].
 
+pub mod compare;
 pub mod exec;
 pub mod lang;
 pub mod observe;
+pub mod versions;

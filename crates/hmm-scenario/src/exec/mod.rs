@@ -9,7 +9,7 @@
 //! (`model.rs`, `host/calls.rs`). A capability an executor may lack (devices,
 //! DAX) is a [`Capability`] the interpreter checks before calling.
 
-// pub mod host;
+pub mod host;
 mod interp;
 pub mod model;
 

@@ -43,6 +43,9 @@ enum Command {
     /// Run a scenario on the model and on this machine's Linux kernel and
     /// print the first difference. Exits 1 on a divergence.
     Diff(scenario::DiffArgs),
+    /// Random scenarios on the model and on this machine's kernel; each
+    /// divergence is shrunk and written to a file. Exits 1 if any is found.
+    Fuzz(scenario::FuzzArgs),
     /// The host runner (`hmm diff` and `hmm fuzz` start this binary again
     /// with it): a scenario on stdin, real system calls, JSON on stdout.
     #[command(name = "__host-runner", hide = true)]
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args, &out).map(|()| true).map_err(|e| demo::DemoError(e.to_string())),
         Command::Run(args) => scenario::run(&args, &out),
         Command::Diff(args) => scenario::diff(&args, &out),
+        Command::Fuzz(args) => scenario::fuzz(&args, &out),
         Command::HostRunner => hmm_scenario::exec::host::runner_main(),
     };
     match result {

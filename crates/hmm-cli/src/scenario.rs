@@ -154,3 +154,66 @@ pub fn diff(args: &DiffArgs, out: &Out) -> Result<bool, DemoError> {
     ));
     Ok(differ == 0)
 }
+
+/// Arguments of `hmm fuzz`.
+#[derive(Debug, clap::Args)]
+pub struct FuzzArgs {
+    /// How long to search.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// The seed (random, and printed, if not given).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where shrunk divergences are written, one `.hmm` file each.
+    #[arg(long, default_value = "scenarios/found")]
+    out: PathBuf,
+}
+
+/// Random scenarios on both executors; `Ok(false)` if any diverged.
+pub fn fuzz(args: &FuzzArgs, out: &Out) -> Result<bool, DemoError> {
+    let seed = args.seed.unwrap_or_else(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        h.finish()
+    });
+    let mut host = host_executor()?;
+    let version = host_version();
+    out.line(&format!(
+        "hmm fuzz --seconds {} --seed {seed} (model vs Linux {}.{})",
+        args.seconds, version.0, version.1
+    ));
+    let report = hmm_scenario::fuzz::fuzz(
+        std::time::Duration::from_secs(args.seconds),
+        seed,
+        &mut ModelExecutor::default(),
+        &mut host,
+        version,
+    );
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    out.line(&format!(
+        "{} scenarios in {:.1} s: {:.1} scenarios/s",
+        report.scenarios,
+        secs,
+        report.scenarios as f64 / secs
+    ));
+    let total: u64 = report.op_mix.values().sum();
+    let mix: Vec<String> =
+        report.op_mix.iter().map(|(k, n)| format!("{k} {:.1}%", *n as f64 * 100.0 / total.max(1) as f64)).collect();
+    out.line(&format!("operation mix: {}", mix.join(", ")));
+    for e in report.host_errors.iter().take(5) {
+        out.test_line(TestLine::Skip, &format!("host could not run a scenario: {e}"));
+    }
+    if !report.found.is_empty() {
+        std::fs::create_dir_all(&args.out).map_err(|e| DemoError(format!("{}: {e}", args.out.display())))?;
+    }
+    for found in &report.found {
+        let path = args.out.join(format!("{}.hmm", found.signature));
+        let body = format!("# found by hmm fuzz --seed {seed}: {}\n{}", found.first, found.text);
+        std::fs::write(&path, body).map_err(|e| DemoError(format!("{}: {e}", path.display())))?;
+        out.test_line(TestLine::NotOk, &format!("divergence {} -> {}", found.signature, path.display()));
+        out.note(&found.first);
+    }
+    out.line(&format!("{} distinct divergences", report.found.len()));
+    Ok(report.found.is_empty())
+}

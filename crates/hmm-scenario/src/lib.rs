@@ -10,6 +10,7 @@
 
 pub mod compare;
 pub mod exec;
+pub mod fuzz;
 pub mod lang;
 pub mod observe;
 pub mod versions;

@@ -96,10 +96,16 @@ pub fn host_like_config() -> KernelConfig {
     }
 }
 
+/// A system call's error: its errno.
 fn errno(e: MmError) -> Outcome {
+    Outcome::Errno(e.errno() as i32)
+}
+
+/// A CPU access's error: a fault is a signal, not an errno.
+fn access(e: MmError) -> Outcome {
     match e {
         MmError::Fault { .. } => Outcome::Fault,
-        other => Outcome::Errno(other.errno() as i32),
+        other => errno(other),
     }
 }
 
@@ -118,6 +124,12 @@ impl Backend for ModelBackend {
         let mm = p.mm.clone();
         match *call {
             Call::Mmap { addr, len, prot, flags, file, offset } => {
+                // Linux looks the descriptor up before anything else
+                // (`ksys_mmap_pgoff`): without MAP_ANONYMOUS, fd -1 is EBADF.
+                let file = file.and_then(|id| p.files.get(&id));
+                if flags & MapFlags::ANONYMOUS.bits() == 0 && file.is_none() {
+                    return Outcome::Errno(Errno::BadF as i32);
+                }
                 let (prot, flags) = match (Prot::from_raw(prot), MapFlags::from_raw(flags)) {
                     (Ok(p), Ok(f)) => (p, f),
                     (Err(e), _) | (_, Err(e)) => return Outcome::Errno(e as i32),
@@ -126,8 +138,7 @@ impl Backend for ModelBackend {
                     // Linux ignores the descriptor of an anonymous mapping.
                     mm.mmap(addr, len, prot, flags)
                 } else {
-                    // Without MAP_ANONYMOUS, fd -1 (no file) is EBADF.
-                    match file.and_then(|id| p.files.get(&id)) {
+                    match file {
                         Some(f) => mm.mmap_file(addr, len, prot, flags, f, offset),
                         None => return Outcome::Errno(Errno::BadF as i32),
                     }
@@ -147,12 +158,12 @@ impl Backend for ModelBackend {
                 Some(flags) => mm.mremap(old, old_len, new_len, flags, new_addr).map_or_else(errno, Outcome::Addr),
                 None => Outcome::Errno(Errno::Inval as i32),
             },
-            Call::Read { addr } => mm.read_u64(addr).map_or_else(errno, Outcome::Value),
-            Call::Write { addr, value } => done(mm.write_u64(addr, value)),
-            Call::AtomicAdd { addr, value } => mm.atomic_fetch_add(addr, value).map_or_else(errno, Outcome::Value),
+            Call::Read { addr } => mm.read_u64(addr).map_or_else(access, Outcome::Value),
+            Call::Write { addr, value } => mm.write_u64(addr, value).map_or_else(access, |()| Outcome::Ok),
+            Call::AtomicAdd { addr, value } => mm.atomic_fetch_add(addr, value).map_or_else(access, Outcome::Value),
             Call::Cmpxchg { addr, old, new } => match mm.atomic_compare_exchange(addr, old, new) {
                 Ok(Ok(found) | Err(found)) => Outcome::Value(found),
-                Err(e) => errno(e),
+                Err(e) => access(e),
             },
             Call::Fork { child } => match mm.fork() {
                 Ok(child_mm) => {

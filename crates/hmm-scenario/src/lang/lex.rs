@@ -98,6 +98,18 @@ pub fn bits(tok: Token<'_>, table: &[(u32, &str)], what: &str) -> Result<u32, Pa
     Ok(value)
 }
 
+/// Reads one value from `table` by name, or a raw number (advice is a
+/// value, not a set of bits).
+pub fn named(tok: Token<'_>, table: &[(u32, &str)], what: &str) -> Result<u32, ParseError> {
+    if let Some(&(value, _)) = table.iter().find(|(_, name)| *name == tok.text) {
+        return Ok(value);
+    }
+    if !tok.text.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(ParseError::at(tok.col, format!("unknown {what} `{}`", tok.text)));
+    }
+    u32::try_from(number(tok)?).map_err(|_| ParseError::at(tok.col, format!("{what} does not fit in 32 bits")))
+}
+
 /// Reads a protection: `rwx`-style letters with `-` for absent ones
 /// (`rw-`, `---`), or a number for raw bits.
 pub fn prot(tok: Token<'_>) -> Result<u32, ParseError> {

@@ -5,7 +5,7 @@
 pub mod ast;
 pub mod lex;
 mod parse;
-mod print;
+pub mod print;
 
 pub use parse::parse;
 pub use print::{print, print_step};

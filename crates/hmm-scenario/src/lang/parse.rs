@@ -117,7 +117,7 @@ impl<'a> Args<'a, '_> {
             "madvise" => Op::Madvise {
                 addr: self.expr("an address")?,
                 len: self.expr("a length")?,
-                advice: lex::bits(self.take("an advice")?, &ADVICE, "advice")?,
+                advice: lex::named(self.take("an advice")?, &ADVICE, "advice")?,
             },
             "mremap" => {
                 let old = self.expr("an old address")?;
@@ -209,6 +209,7 @@ mod tests {
         assert!(parse("t.hmm", "frobnicate 1\n").unwrap_err().message.contains("unknown operation"));
         assert!(parse("t.hmm", "read w 3\n").unwrap_err().message.contains("unexpected `3`"));
         assert!(parse("t.hmm", "expect\n").is_err());
+        assert!(parse("t.hmm", "madvise w 1p dontneed|free\n").unwrap_err().message.contains("unknown advice"));
     }
 
     #[test]

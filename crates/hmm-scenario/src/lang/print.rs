@@ -52,7 +52,7 @@ pub fn print_step(step: &Step) -> String {
         Op::Madvise { addr, len, advice } => {
             arg(expr(addr));
             arg(expr(len));
-            arg(bits(*advice, &ADVICE));
+            arg(named(*advice, &ADVICE));
         }
         Op::Mremap { old, old_len, new_len, flags, new_addr } => {
             arg(expr(old));
@@ -119,6 +119,11 @@ pub fn prot(bits: u32) -> String {
         return format!("{bits:#x}");
     }
     PROT_BITS.iter().map(|&(bit, letter)| if bits & bit != 0 { letter } else { '-' }).collect()
+}
+
+/// The name of a value from `table`, or the number.
+pub fn named(value: u32, table: &[(u32, &str)]) -> String {
+    table.iter().find(|(v, _)| *v == value).map_or_else(|| format!("{value:#x}"), |(_, name)| name.to_string())
 }
 
 /// Known bits by name, the rest as one hex number, joined by `|`; `0` if none.
@@ -205,7 +210,10 @@ mod tests {
 
     #[test]
     fn canonical_spelling() {
-        let s = parse("t", "a = mmap w+4p 2p rw- private|anon|0x8\nmadvise a 1p 0x63\n").unwrap();
-        assert_eq!(print(&s), "a = mmap w+0x4000 0x2000 rw- private|anon|0x8\nmadvise a 0x1000 0x63\n");
+        let s = parse("t", "a = mmap w+4p 2p rw- private|anon|0x8\nmadvise a 1p 0x63\nmadvise a 1p 25\n").unwrap();
+        assert_eq!(
+            print(&s),
+            "a = mmap w+0x4000 0x2000 rw- private|anon|0x8\nmadvise a 0x1000 0x63\nmadvise a 0x1000 collapse\n"
+        );
     }
 }

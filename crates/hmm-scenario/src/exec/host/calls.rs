@@ -95,15 +95,18 @@ impl Local {
             Call::Write { addr, value } if self.inside(addr, 8) => {
                 access(sys::write_u64(addr, value).map(|()| 0)).map_value(|_| Outcome::Ok)
             }
-            Call::AtomicAdd { addr, value } if self.inside(addr, 8) => {
-                access(sys::read_u64(addr).and_then(|old| sys::write_u64(addr, old.wrapping_add(value)).map(|()| old)))
-            }
-            // A CPU's cmpxchg is a write access even when the comparison
-            // fails, so the found value is written back.
-            Call::Cmpxchg { addr, old, new } if self.inside(addr, 8) => access(
+            // A locked read-modify-write is one write access: where the VMA
+            // forbids writing, the CPU faults before reading anything (so
+            // no zero page gets mapped by a read first).
+            Call::AtomicAdd { addr, value } if self.inside(addr, 8) => access(writable(addr).and_then(|()| {
+                sys::read_u64(addr).and_then(|old| sys::write_u64(addr, old.wrapping_add(value)).map(|()| old))
+            })),
+            // cmpxchg writes even when the comparison fails: the found value
+            // is written back.
+            Call::Cmpxchg { addr, old, new } if self.inside(addr, 8) => access(writable(addr).and_then(|()| {
                 sys::read_u64(addr)
-                    .and_then(|found| sys::write_u64(addr, if found == old { new } else { found }).map(|()| found)),
-            ),
+                    .and_then(|found| sys::write_u64(addr, if found == old { new } else { found }).map(|()| found))
+            })),
             Call::Fork { child } => self.fork(child),
             Call::Exit => {
                 // The runner itself cannot exit mid-scenario: `main` exits by
@@ -211,6 +214,18 @@ fn access(r: Result<u64, i32>) -> Outcome {
         Ok(v) => Outcome::Value(v),
         Err(libc::EFAULT) => Outcome::Fault,
         Err(e) => Outcome::Inconclusive(format!("process_vm access failed with errno {e}")),
+    }
+}
+
+/// `Err(EFAULT)` unless VMAs allowing writes cover `[addr, addr + 8)`.
+fn writable(addr: u64) -> Result<(), i32> {
+    let text = std::fs::read_to_string("/proc/self/maps").map_err(|_| libc::EIO)?;
+    let vmas: Vec<VmaView> = text.lines().filter_map(parse_maps_line).collect();
+    let ok = |va: u64| vmas.iter().any(|v| v.start <= va && va < v.end && v.perms.as_bytes()[1] == b'w');
+    if ok(addr) && ok(addr + 7) {
+        Ok(())
+    } else {
+        Err(libc::EFAULT)
     }
 }
 

@@ -23,6 +23,10 @@ pub struct RunArgs {
     /// Write one JSON object per operation instead of text.
     #[arg(long)]
     json: bool,
+    /// Run on this machine's kernel instead of the model (no invalidations
+    /// are visible there).
+    #[arg(long)]
+    host: bool,
 }
 
 pub(crate) fn load(file: &PathBuf) -> Result<lang::ast::Scenario, DemoError> {
@@ -30,10 +34,14 @@ pub(crate) fn load(file: &PathBuf) -> Result<lang::ast::Scenario, DemoError> {
     lang::parse(&file.display().to_string(), &text).map_err(|e| DemoError(e.to_string()))
 }
 
-/// Runs a scenario on the model; `Ok(false)` when an expectation failed.
+/// Runs a scenario on the model (or the host); `Ok(false)` when an expectation failed.
 pub fn run(args: &RunArgs, out: &Out) -> Result<bool, DemoError> {
     let scenario = load(&args.file)?;
-    let trace = ModelExecutor::default().run(&scenario).map_err(|e| DemoError(e.to_string()))?;
+    let trace = if args.host { host_executor()?.run(&scenario) } else { ModelExecutor::default().run(&scenario) }
+        .map_err(|e| DemoError(e.to_string()))?;
+    if let Some(why) = &trace.aborted {
+        return Err(DemoError(format!("the host runner did not finish: {why}")));
+    }
     if args.json {
         for record in &trace.records {
             out.line(&serde_json::to_string(record).map_err(|e| DemoError(e.to_string()))?);

@@ -7,6 +7,11 @@
 //! Flow: text → [`lang::parse`] → [`lang::ast::Scenario`] → an
 //! [`exec::Executor`] (model, or host via the `hmm-host-runner` child) →
 //! [`observe::Trace`] → [`compare::compare`].
+//!
+//! `unsafe` is denied everywhere except `exec/host/sys.rs`, the one module
+//! that makes raw system calls.
+
+#![deny(unsafe_code)]
 
 pub mod compare;
 pub mod exec;

@@ -4,6 +4,8 @@
 //! CLI itself as `hmm __host-runner`); a later issue builds it statically
 //! for a VM guest.
 
+#![forbid(unsafe_code)]
+
 fn main() {
     hmm_scenario::exec::host::runner_main()
 }

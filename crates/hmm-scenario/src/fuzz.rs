@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -229,6 +230,10 @@ pub fn fuzz(
 ) -> FuzzReport {
     let start = Instant::now();
     let deadline = start + duration;
+    // Panics are caught and reported as findings; keep the default hook's
+    // backtraces out of the report meanwhile.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
     let report = RefCell::new(FuzzReport::default());
     let executors = RefCell::new((model, host));
     let mut batch = 0u64;
@@ -240,10 +245,19 @@ pub fn fuzz(
         let config = Config { cases: 32, failure_persistence: None, max_shrink_iters: 400, ..Config::default() };
         let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
         let known: Vec<String> = report.borrow().found.iter().map(|f| f.signature.clone()).collect();
-        let run_one = |scenario: &Scenario| {
+        // A panic in the model is a finding like any divergence: caught,
+        // shrunk and written out (and the session goes on).
+        let run_one = |scenario: &Scenario| -> Result<Outcome3, String> {
             let mut ex = executors.borrow_mut();
             let (model, host) = &mut *ex;
-            diff_scenario(scenario, &mut **model, &mut **host, host_version)
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                diff_scenario(scenario, &mut **model, &mut **host, host_version)
+            }));
+            match result {
+                Ok(Ok(x)) => Ok(Ok(x)),
+                Ok(Err(e)) => Ok(Err(e.to_string())),
+                Err(payload) => Err(panic_message(payload.as_ref())),
+            }
         };
         let result = runner.run(&scenario(), |steps| {
             // Past the deadline cases pass untried, so the session ends.
@@ -259,11 +273,13 @@ pub fn fuzz(
                 }
             }
             let (_, host_trace, cmp) = match run_one(&scenario) {
-                Ok(x) => x,
-                Err(e) => {
-                    report.borrow_mut().host_errors.push(e.to_string());
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    report.borrow_mut().host_errors.push(e);
                     return Ok(());
                 }
+                Err(_) if known.iter().any(|k| k == MODEL_PANIC) => return Ok(()),
+                Err(message) => return Err(TestCaseError::fail(format!("{MODEL_PANIC}: {message}"))),
             };
             if let Some(why) = host_trace.aborted {
                 return Err(TestCaseError::fail(format!("host runner aborted: {why}")));
@@ -277,12 +293,13 @@ pub fn fuzz(
             let scenario = complete(&steps);
             let text = crate::lang::print(&scenario);
             let found = match run_one(&scenario) {
-                Ok((_, host_trace, cmp)) => match (host_trace.aborted, signature(&scenario, &cmp)) {
+                Ok(Ok((_, host_trace, cmp))) => match (host_trace.aborted, signature(&scenario, &cmp)) {
                     (Some(why), _) => Some(Found { signature: "host-crash".into(), text, first: why }),
                     (None, Some((signature, first))) => Some(Found { signature, text, first }),
                     (None, None) => None,
                 },
-                Err(e) => Some(Found { signature: "host-error".into(), text, first: format!("{reason}: {e}") }),
+                Ok(Err(e)) => Some(Found { signature: "host-error".into(), text, first: format!("{reason}: {e}") }),
+                Err(message) => Some(Found { signature: MODEL_PANIC.into(), text, first: message }),
             };
             let mut r = report.borrow_mut();
             if let Some(found) = found.filter(|f| !r.found.iter().any(|g| g.signature == f.signature)) {
@@ -290,9 +307,24 @@ pub fn fuzz(
             }
         }
     }
+    std::panic::set_hook(hook);
     let mut report = report.into_inner();
     report.elapsed = start.elapsed();
     report
+}
+
+/// The signature of a panic in the model.
+const MODEL_PANIC: &str = "model-panic";
+
+/// One comparison, or why the host could not run it.
+type Outcome3 = Result<(crate::observe::Trace, crate::observe::Trace, Comparison), String>;
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 #[cfg(test)]

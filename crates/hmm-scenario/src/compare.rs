@@ -1,0 +1,180 @@
+//! Comparing the model's trace with the host's, step by step. A step
+//! matches, differs (a divergence), is an expected version difference
+//! (`versions.rs`), or is inconclusive: the host refused it (outside the
+//! window), could not observe it (no frame numbers without root), or the
+//! difference is one the host may legitimately make (a THP it could not
+//! allocate, and anything observed on pages after that).
+
+use serde::Serialize;
+
+use crate::exec::{ExecError, Executor};
+use crate::lang::ast::{Op, Scenario};
+use crate::observe::{Outcome, PageView, Trace};
+use crate::versions::{self, VersionDifference};
+
+/// The verdict on one step.
+#[derive(Debug, Clone, Serialize)]
+pub enum Verdict {
+    /// Same outcome.
+    Match,
+    /// Different outcomes: a divergence.
+    Differ,
+    /// A difference the version table explains.
+    Version(&'static str),
+    /// Cannot be decided on this host.
+    Inconclusive(String),
+}
+
+/// One compared step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepDiff {
+    /// Index in the scenario.
+    pub step: usize,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The model's outcome.
+    pub model: Outcome,
+    /// The host's outcome.
+    pub host: Outcome,
+}
+
+/// The comparison of a whole scenario.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Comparison {
+    /// One entry per step both executors ran (expect steps left out).
+    pub steps: Vec<StepDiff>,
+    /// Set when the host runner crashed or hung.
+    pub host_aborted: Option<String>,
+}
+
+impl Comparison {
+    /// The first divergence.
+    pub fn first_divergence(&self) -> Option<&StepDiff> {
+        self.steps.iter().find(|s| matches!(s.verdict, Verdict::Differ))
+    }
+    /// Counts: (match, differ, version, inconclusive).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let mut c = (0, 0, 0, 0);
+        for s in &self.steps {
+            match s.verdict {
+                Verdict::Match => c.0 += 1,
+                Verdict::Differ => c.1 += 1,
+                Verdict::Version(_) => c.2 += 1,
+                Verdict::Inconclusive(_) => c.3 += 1,
+            }
+        }
+        c
+    }
+}
+
+/// Runs `scenario` on both executors and compares the traces.
+pub fn diff_scenario(
+    scenario: &Scenario,
+    model: &mut dyn Executor,
+    host: &mut dyn Executor,
+    host_version: (u32, u32),
+) -> Result<(Trace, Trace, Comparison), ExecError> {
+    let model_trace = model.run(scenario)?;
+    let host_trace = host.run(scenario)?;
+    let comparison = compare(scenario, &model_trace, &host_trace, host_version);
+    Ok((model_trace, host_trace, comparison))
+}
+
+/// Compares two traces of `scenario`; `host_version` selects the
+/// version-table entries that apply.
+pub fn compare(scenario: &Scenario, model: &Trace, host: &Trace, host_version: (u32, u32)) -> Comparison {
+    let mut out = Comparison { steps: Vec::new(), host_aborted: host.aborted.clone() };
+    let window = (host.window, model.window);
+    let mut thp_fallback = false;
+    for (m, h) in model.records.iter().zip(&host.records) {
+        let op = &scenario.steps[m.step].op;
+        if matches!(op, Op::Expect { .. } | Op::Proc { .. } | Op::Window { .. }) {
+            continue;
+        }
+        let verdict = judge(op, &m.outcome, &h.outcome, window.0, &mut thp_fallback, host_version);
+        out.steps.push(StepDiff { step: m.step, verdict, model: m.outcome.clone(), host: h.outcome.clone() });
+    }
+    out
+}
+
+const WINDOW_BYTES: u64 = 1 << 40;
+
+fn judge(op: &Op, model: &Outcome, host: &Outcome, window: u64, thp: &mut bool, version: (u32, u32)) -> Verdict {
+    let outside = |o: &Outcome| matches!(o, Outcome::Addr(va) if va.wrapping_sub(window) >= WINDOW_BYTES);
+    match (model, host) {
+        (_, Outcome::Refused(why)) | (Outcome::Refused(why), _) => return Verdict::Inconclusive(why.clone()),
+        (_, Outcome::Inconclusive(why)) | (Outcome::Inconclusive(why), _) => return Verdict::Inconclusive(why.clone()),
+        _ if model == host => return Verdict::Match,
+        _ if outside(model) || outside(host) => {
+            return Verdict::Inconclusive("the kernel placed the mapping outside the window".into())
+        }
+        (Outcome::Pages(mp), Outcome::Pages(hp))
+            if mp.len() == hp.len() && (*thp || mp.iter().zip(hp).all(|(a, b)| a == b || thp_fallback(a, b))) =>
+        {
+            *thp = true;
+            return Verdict::Inconclusive("the host may not get a THP (THP is not guaranteed)".into());
+        }
+        (Outcome::Same(_), Outcome::Same(_)) if *thp => {
+            return Verdict::Inconclusive("follows a THP the host may not have allocated".into());
+        }
+        _ => {}
+    }
+    match versions::explain(version, op, model, host) {
+        Some(VersionDifference { behaviour, .. }) => Verdict::Version(behaviour),
+        None => Verdict::Differ,
+    }
+}
+
+/// The model mapped a huge page where the host has small pages (or none
+/// yet): the host could not allocate a THP, which Linux allows.
+fn thp_fallback(model: &PageView, host: &PageView) -> bool {
+    model.huge && !host.huge
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lang::parse;
+    use crate::observe::Record;
+
+    fn trace(outcomes: Vec<Outcome>) -> Trace {
+        let records = outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(step, outcome)| Record {
+                step,
+                line: step + 1,
+                proc: "main".into(),
+                text: String::new(),
+                outcome,
+                invalidations: vec![],
+                expect_ok: None,
+                got: None,
+            })
+            .collect();
+        Trace { window: 0x1000_0000_0000, records, aborted: None }
+    }
+
+    #[test]
+    fn verdicts() {
+        let s = parse("t", "read w\nread w\nread w\npagemap w 1p\n").unwrap();
+        let huge = PageView { present: true, huge: true, exclusive: true, ..PageView::default() };
+        let small = PageView { present: true, exclusive: true, ..PageView::default() };
+        let m = trace(vec![Outcome::Value(1), Outcome::Value(1), Outcome::Fault, Outcome::Pages(vec![huge])]);
+        let h = trace(vec![
+            Outcome::Value(1),
+            Outcome::Value(2),
+            Outcome::Refused("outside".into()),
+            Outcome::Pages(vec![small]),
+        ]);
+        let c = compare(&s, &m, &h, (6, 18));
+        assert!(matches!(c.steps[0].verdict, Verdict::Match));
+        assert!(matches!(c.steps[1].verdict, Verdict::Differ));
+        assert!(matches!(c.steps[2].verdict, Verdict::Inconclusive(_)));
+        assert!(matches!(c.steps[3].verdict, Verdict::Inconclusive(_)), "THP fallback on the host");
+        assert_eq!(c.first_divergence().unwrap().step, 1);
+        let h2 = trace(vec![Outcome::Value(1), Outcome::Value(1), Outcome::Fault, Outcome::Pages(vec![huge])]);
+        let m2 = trace(vec![Outcome::Value(1), Outcome::Value(1), Outcome::Fault, Outcome::Pages(vec![small])]);
+        assert!(matches!(compare(&s, &m2, &h2, (6, 18)).steps[3].verdict, Verdict::Differ), "host huge, model not");
+    }
+}

@@ -1,0 +1,251 @@
+//! Every raw system call of the host runner, and all of its `unsafe`.
+//! The calls go through `syscall(2)` so the kernel sees exactly the
+//! arguments a scenario gives (no libc wrapper checks or rewrites them);
+//! memory is read and written with `process_vm_readv`/`process_vm_writev`
+//! on our own pid, so a fault comes back as `EFAULT` instead of a signal.
+//!
+//! libc rather than rustix/nix: those type their flags and lengths
+//! (`NonZeroUsize`, closed bit sets), and a scenario must be able to pass
+//! a zero length or unknown bits to see the kernel's errno.
+//!
+//! Linux: `mmap(2)`, `mremap(2)`, `process_vm_readv(2)`,
+//! `ioctl(PAGEMAP_SCAN)` (`fs/proc/task_mmu.c`).
+
+#![allow(unsafe_code)]
+
+use std::os::fd::RawFd;
+
+/// `-errno` of the last failed call, as a positive number.
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn check(ret: libc::c_long) -> Result<u64, i32> {
+    if ret == -1 {
+        Err(last_errno())
+    } else {
+        Ok(ret as u64)
+    }
+}
+
+/// `mmap(addr, len, prot, flags, fd, offset)`.
+pub fn mmap(addr: u64, len: u64, prot: u32, flags: u32, fd: RawFd, offset: u64) -> Result<u64, i32> {
+    // SAFETY: the caller (calls.rs) only lets MAP_FIXED through inside the
+    // scenario's window, which was checked free of this process's own
+    // mappings, so no memory Rust knows of is replaced; a non-fixed call
+    // only adds a mapping the kernel chooses.
+    check(unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot as u64, flags as u64, fd as i64, offset) })
+}
+
+/// `munmap(addr, len)`.
+pub fn munmap(addr: u64, len: u64) -> Result<u64, i32> {
+    // SAFETY: calls.rs passes only ranges inside the window (which holds
+    // only the scenario's mappings) or arguments the kernel rejects.
+    check(unsafe { libc::syscall(libc::SYS_munmap, addr, len) })
+}
+
+/// `mprotect(addr, len, prot)`.
+pub fn mprotect(addr: u64, len: u64, prot: u32) -> Result<u64, i32> {
+    // SAFETY: as munmap: the window only, so no Rust-owned memory changes.
+    check(unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot as u64) })
+}
+
+/// `madvise(addr, len, advice)`.
+pub fn madvise(addr: u64, len: u64, advice: u32) -> Result<u64, i32> {
+    // SAFETY: as munmap: the window only, so no Rust-owned memory changes.
+    check(unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice as u64) })
+}
+
+/// `mremap(old, old_len, new_len, flags, new_addr)`.
+pub fn mremap(old: u64, old_len: u64, new_len: u64, flags: u32, new_addr: u64) -> Result<u64, i32> {
+    // SAFETY: calls.rs checks the source (and a fixed destination) lie in
+    // the window; a moving mremap otherwise lands where the kernel finds
+    // free space.
+    check(unsafe { libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags as u64, new_addr) })
+}
+
+fn iov(addr: u64, len: usize) -> libc::iovec {
+    libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len }
+}
+
+/// Reads 8 bytes at `addr` of this process; `EFAULT` where a CPU load
+/// would fault.
+pub fn read_u64(addr: u64) -> Result<u64, i32> {
+    let mut buf = [0u8; 8];
+    let local = iov(buf.as_mut_ptr() as u64, 8);
+    let remote = iov(addr, 8);
+    // SAFETY: the local iovec is our 8-byte buffer; the remote one is only
+    // read by the kernel, which checks it (EFAULT), never dereferenced here.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    match n {
+        8 => Ok(u64::from_le_bytes(buf)),
+        -1 => Err(last_errno()),
+        _ => Err(libc::EFAULT),
+    }
+}
+
+/// Writes 8 bytes at `addr` of this process; `EFAULT` where a CPU store
+/// would fault.
+pub fn write_u64(addr: u64, value: u64) -> Result<(), i32> {
+    let buf = value.to_le_bytes();
+    let local = iov(buf.as_ptr() as u64, 8);
+    let remote = iov(addr, 8);
+    // SAFETY: the local iovec is our 8-byte buffer, only read; the remote
+    // range is written by the kernel after its own checks, and lies in the
+    // window (calls.rs), so no Rust-owned memory changes.
+    let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+    match n {
+        8 => Ok(()),
+        -1 => Err(last_errno()),
+        _ => Err(libc::EFAULT),
+    }
+}
+
+/// `fork()`: `Ok(0)` in the child, the child's pid in the parent.
+pub fn fork() -> Result<i32, i32> {
+    // SAFETY: the runner is single-threaded, so the child's copy of every
+    // lock and allocator is consistent.
+    match unsafe { libc::fork() } {
+        -1 => Err(last_errno()),
+        pid => Ok(pid),
+    }
+}
+
+/// Ends this process at once, without unwinding or flushing.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// `memfd_create(name, 0)`.
+pub fn memfd_create(name: &str) -> Result<RawFd, i32> {
+    let c = std::ffi::CString::new(name).map_err(|_| libc::EINVAL)?;
+    // SAFETY: `c` is a valid NUL-terminated string for the call.
+    check(unsafe { libc::syscall(libc::SYS_memfd_create, c.as_ptr(), 0u64) }).map(|fd| fd as RawFd)
+}
+
+/// `pwrite(fd, &value, 8, offset)`: bytes written.
+pub fn pwrite_u64(fd: RawFd, offset: u64, value: u64) -> Result<u64, i32> {
+    let buf = value.to_le_bytes();
+    // SAFETY: the buffer is 8 valid bytes for the duration of the call.
+    check(unsafe { libc::pwrite(fd, buf.as_ptr().cast(), 8, offset as i64) } as libc::c_long)
+}
+
+/// `pread(fd, buf, 8, offset)`: the bytes read, zero-padded.
+pub fn pread_u64(fd: RawFd, offset: u64) -> Result<u64, i32> {
+    let mut buf = [0u8; 8];
+    // SAFETY: the buffer is 8 writable bytes for the duration of the call.
+    check(unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), 8, offset as i64) } as libc::c_long)?;
+    Ok(u64::from_le_bytes(buf))
+}
+
+/// `ftruncate(fd, size)`.
+pub fn ftruncate(fd: RawFd, size: u64) -> Result<u64, i32> {
+    // SAFETY: no memory is passed.
+    check(unsafe { libc::syscall(libc::SYS_ftruncate, fd as i64, size) })
+}
+
+/// `fallocate(fd, mode, offset, len)`.
+pub fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> Result<u64, i32> {
+    // SAFETY: no memory is passed.
+    check(unsafe { libc::syscall(libc::SYS_fallocate, fd as i64, mode as i64, offset, len) })
+}
+
+/// `close(fd)`.
+pub fn close(fd: RawFd) -> Result<u64, i32> {
+    // SAFETY: the descriptor belongs to the scenario's file table, which
+    // forgets it now; nothing else in the runner uses it.
+    check(unsafe { libc::close(fd) } as libc::c_long)
+}
+
+/// `prctl(option, arg)`.
+pub fn prctl(option: i32, arg: u64) -> Result<u64, i32> {
+    // SAFETY: PR_SET_PDEATHSIG and PR_SET_CHILD_SUBREAPER take an integer.
+    check(unsafe { libc::prctl(option, arg) } as libc::c_long)
+}
+
+/// `pipe()`: (read end, write end).
+pub fn pipe() -> Result<(RawFd, RawFd), i32> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    check(unsafe { libc::pipe(fds.as_mut_ptr()) } as libc::c_long)?;
+    Ok((fds[0], fds[1]))
+}
+
+/// Reads up to `buf.len()` bytes from `fd`.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> Result<usize, i32> {
+    // SAFETY: `buf` is writable for its length.
+    check(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } as libc::c_long).map(|n| n as usize)
+}
+
+/// Writes all of `data` to `fd`.
+pub fn write_all(fd: RawFd, mut data: &[u8]) -> Result<(), i32> {
+    while !data.is_empty() {
+        // SAFETY: `data` is readable for its length.
+        let n = check(unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) } as libc::c_long)?;
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
+
+/// Waits for any child; `None` when there are none left.
+pub fn wait_any() -> Option<i32> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer.
+    let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+    (pid > 0).then_some(pid)
+}
+
+/// One `struct page_region` of PAGEMAP_SCAN.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct PageRegion {
+    /// First address.
+    pub start: u64,
+    /// One past the last.
+    pub end: u64,
+    /// `PAGE_IS_*` bits.
+    pub categories: u64,
+}
+
+/// `struct pm_scan_arg`.
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `PAGEMAP_SCAN` = `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: u64 = (3 << 30) | ((core::mem::size_of::<PmScanArg>() as u64) << 16) | (0x66 << 8) | 16;
+
+/// `ioctl(pagemap_fd, PAGEMAP_SCAN)` over `[start, end)` returning the
+/// categories in `return_mask` of every page inside a VMA.
+pub fn pagemap_scan(fd: RawFd, start: u64, end: u64, return_mask: u64) -> Result<Vec<PageRegion>, i32> {
+    let nr = ((end - start) / 4096) as usize;
+    let mut regions = vec![PageRegion::default(); nr.max(1)];
+    let mut arg = PmScanArg {
+        size: core::mem::size_of::<PmScanArg>() as u64,
+        start,
+        end,
+        vec: regions.as_mut_ptr() as u64,
+        vec_len: regions.len() as u64,
+        return_mask,
+        ..PmScanArg::default()
+    };
+    // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at
+    // `regions`, writable for `vec_len` entries while the call runs.
+    let n = check(unsafe { libc::ioctl(fd, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) } as libc::c_long)?;
+    regions.truncate(n as usize);
+    Ok(regions)
+}

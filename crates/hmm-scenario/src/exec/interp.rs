@@ -1,0 +1,237 @@
+//! The interpreter both executors share: binds names, tracks the acting
+//! process and which processes have exited, turns each [`Op`] into a
+//! [`Call`] for the backend, and checks `expect` lines.
+
+use std::collections::HashMap;
+
+use super::{Backend, Call, ExecError, ProcId};
+use crate::lang::ast::{Expr, Op, Scenario, DEFAULT_WINDOW, MAIN_PROC, WINDOW_NAME};
+use crate::lang::print_step;
+use crate::observe::{Outcome, Shown, Trace};
+
+/// `MAP_FAILED`, what a failed mmap or mremap binds its name to.
+const MAP_FAILED: u64 = u64::MAX;
+/// `ESRCH`, the outcome of an operation in a process that has exited.
+const ESRCH: i32 = 3;
+/// `EBADF`, the outcome of using a file whose memfd failed.
+const EBADF: i32 = 9;
+
+#[derive(Clone, Copy, Debug)]
+enum Value {
+    Addr(u64),
+    Proc(ProcId),
+    File(Option<usize>),
+}
+
+struct Env {
+    names: HashMap<String, Value>,
+    procs: Vec<String>,
+    alive: Vec<bool>,
+    files: usize,
+}
+
+impl Env {
+    fn addr(&self, line: usize, e: &Expr) -> Result<u64, ExecError> {
+        let base = match &e.base {
+            None => 0,
+            Some(name) => match self.names.get(name) {
+                Some(Value::Addr(va)) => *va,
+                _ => return Err(ExecError::Unbound { line, name: name.clone() }),
+            },
+        };
+        Ok(base.wrapping_add(e.offset as u64))
+    }
+    fn proc(&self, line: usize, name: &str) -> Result<ProcId, ExecError> {
+        match self.names.get(name) {
+            Some(Value::Proc(p)) => Ok(*p),
+            _ if name == MAIN_PROC => Ok(0),
+            _ => Err(ExecError::Unbound { line, name: name.into() }),
+        }
+    }
+    fn file(&self, line: usize, name: &str) -> Result<Option<usize>, ExecError> {
+        match self.names.get(name) {
+            Some(Value::File(f)) => Ok(*f),
+            _ => Err(ExecError::Unbound { line, name: name.into() }),
+        }
+    }
+}
+
+/// Runs `scenario` on `backend` and records every step.
+pub fn run_scenario(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Trace, ExecError> {
+    let (mut base, mut len) = DEFAULT_WINDOW;
+    for (i, step) in scenario.steps.iter().enumerate() {
+        if let Op::Window { base: b, len: l } = &step.op {
+            let empty = Env { names: HashMap::new(), procs: vec![], alive: vec![], files: 0 };
+            if i != 0 {
+                return Err(ExecError::Window { line: step.line, message: "`window` must be the first line".into() });
+            }
+            (base, len) = (empty.addr(step.line, b)?, empty.addr(step.line, l)?);
+        }
+    }
+    backend.set_window(base, len)?;
+    let mut env = Env {
+        names: HashMap::from([(WINDOW_NAME.to_string(), Value::Addr(base))]),
+        procs: vec![MAIN_PROC.to_string()],
+        alive: vec![true],
+        files: 0,
+    };
+    let mut acting: ProcId = 0;
+    let mut trace = Trace { window: base, ..Trace::default() };
+    for (index, step) in scenario.steps.iter().enumerate() {
+        let line = step.line;
+        let mut expect_ok = None;
+        let mut got = None;
+        let outcome = match &step.op {
+            Op::Window { .. } => Outcome::Ok,
+            Op::Expect { text } => {
+                let last = trace.records.iter().rev().find(|r| r.expect_ok.is_none());
+                let shown = last.map(|r| Shown { outcome: &r.outcome, window: base }.to_string()).unwrap_or_default();
+                expect_ok = Some(shown == *text);
+                got = (shown != *text).then_some(shown);
+                Outcome::Ok
+            }
+            Op::Proc { name } => {
+                acting = env.proc(line, name)?;
+                Outcome::Ok
+            }
+            _ if !env.alive[acting] => Outcome::Errno(ESRCH),
+            op => match to_call(&mut env, line, op)? {
+                Err(outcome) => outcome,
+                Ok(call) => {
+                    let outcome = match &call {
+                        Call::Frame { addr } => same(backend, &env, acting, *addr, op, line)?,
+                        _ => backend.call(acting, &call),
+                    };
+                    bind(&mut env, step.bind.as_deref(), &call, &outcome, acting);
+                    outcome
+                }
+            },
+        };
+        let invalidations = backend.take_invalidations(&env.procs);
+        trace.records.push(crate::observe::Record {
+            step: index,
+            line,
+            proc: env.procs[acting].clone(),
+            text: print_step(step),
+            outcome,
+            invalidations,
+            expect_ok,
+            got,
+        });
+    }
+    Ok(trace)
+}
+
+/// `same`: the frames behind both pages, compared within one executor
+/// (frame numbers differ between executors, equality does not).
+fn same(
+    backend: &mut dyn Backend,
+    env: &Env,
+    acting: ProcId,
+    addr: u64,
+    op: &Op,
+    line: usize,
+) -> Result<Outcome, ExecError> {
+    let Op::Same { other, other_addr, .. } = op else { unreachable!("Frame comes only from same") };
+    let other = env.proc(line, other)?;
+    let other_addr = env.addr(line, other_addr)?;
+    if !env.alive[other] {
+        return Ok(Outcome::Errno(ESRCH));
+    }
+    let mine = backend.call(acting, &Call::Frame { addr });
+    let theirs = backend.call(other, &Call::Frame { addr: other_addr });
+    Ok(match (mine, theirs) {
+        (Outcome::Value(a), Outcome::Value(b)) => Outcome::Same(Some(a == b)),
+        (bad @ (Outcome::Inconclusive(_) | Outcome::Refused(_)), _)
+        | (_, bad @ (Outcome::Inconclusive(_) | Outcome::Refused(_))) => bad,
+        _ => Outcome::Same(None),
+    })
+}
+
+/// The call for an operation, or directly its outcome (a bad file).
+fn to_call(env: &mut Env, line: usize, op: &Op) -> Result<Result<Call, Outcome>, ExecError> {
+    let a = |e: &Expr| env.addr(line, e);
+    let file = |name: &str| -> Result<Result<usize, Outcome>, ExecError> {
+        Ok(env.file(line, name)?.ok_or(Outcome::Errno(EBADF)))
+    };
+    Ok(Ok(match op {
+        Op::Mmap { addr, len, prot, flags, file: f } => {
+            let (file, offset) = match f {
+                None => (None, 0),
+                Some((name, off)) => match file(name)? {
+                    Ok(id) => (Some(id), a(off)?),
+                    Err(outcome) => return Ok(Err(outcome)),
+                },
+            };
+            Call::Mmap { addr: a(addr)?, len: a(len)?, prot: *prot, flags: *flags, file, offset }
+        }
+        Op::Munmap { addr, len } => Call::Munmap { addr: a(addr)?, len: a(len)? },
+        Op::Mprotect { addr, len, prot } => Call::Mprotect { addr: a(addr)?, len: a(len)?, prot: *prot },
+        Op::Madvise { addr, len, advice } => Call::Madvise { addr: a(addr)?, len: a(len)?, advice: *advice },
+        Op::Mremap { old, old_len, new_len, flags, new_addr } => Call::Mremap {
+            old: a(old)?,
+            old_len: a(old_len)?,
+            new_len: a(new_len)?,
+            flags: *flags,
+            new_addr: new_addr.as_ref().map(a).transpose()?.unwrap_or(0),
+        },
+        Op::Read { addr } => Call::Read { addr: a(addr)? },
+        Op::Write { addr, value } => Call::Write { addr: a(addr)?, value: *value },
+        Op::AtomicAdd { addr, value } => Call::AtomicAdd { addr: a(addr)?, value: *value },
+        Op::Cmpxchg { addr, old, new } => Call::Cmpxchg { addr: a(addr)?, old: *old, new: *new },
+        Op::Fork => Call::Fork { child: env.procs.len() },
+        Op::Exit => Call::Exit,
+        Op::Memfd { name } => Call::Memfd { name: name.clone(), id: env.files },
+        Op::Fwrite { file: f, offset, value } => match file(f)? {
+            Ok(file) => Call::Fwrite { file, offset: a(offset)?, value: *value },
+            Err(o) => return Ok(Err(o)),
+        },
+        Op::Pread { file: f, offset } => match file(f)? {
+            Ok(file) => Call::Pread { file, offset: a(offset)? },
+            Err(o) => return Ok(Err(o)),
+        },
+        Op::Ftruncate { file: f, size } => match file(f)? {
+            Ok(file) => Call::Ftruncate { file, size: a(size)? },
+            Err(o) => return Ok(Err(o)),
+        },
+        Op::Fallocate { file: f, offset, len, mode } => match file(f)? {
+            Ok(file) => Call::Fallocate { file, offset: a(offset)?, len: a(len)?, mode: (*mode).into() },
+            Err(o) => return Ok(Err(o)),
+        },
+        Op::Close { file: f } => match file(f)? {
+            Ok(file) => Call::Close { file },
+            Err(o) => return Ok(Err(o)),
+        },
+        Op::Maps { addr, len } => Call::Maps { addr: a(addr)?, len: a(len)? },
+        Op::Pagemap { addr, len } => Call::Pagemap { addr: a(addr)?, len: a(len)? },
+        Op::Same { addr, .. } => Call::Frame { addr: a(addr)? },
+        Op::Window { .. } | Op::Expect { .. } | Op::Proc { .. } => unreachable!("handled by the caller"),
+    }))
+}
+
+/// Binds the result of an operation to its name, and tracks processes
+/// and files it created or ended.
+fn bind(env: &mut Env, name: Option<&str>, call: &Call, outcome: &Outcome, acting: ProcId) {
+    let value = match (call, outcome) {
+        (Call::Mmap { .. } | Call::Mremap { .. }, Outcome::Addr(va)) => Some(Value::Addr(*va)),
+        (Call::Mmap { .. } | Call::Mremap { .. }, _) => Some(Value::Addr(MAP_FAILED)),
+        (Call::Fork { child }, Outcome::Ok) => {
+            env.procs.push(name.unwrap_or("child").to_string());
+            env.alive.push(true);
+            Some(Value::Proc(*child))
+        }
+        (Call::Memfd { id, .. }, Outcome::Ok) => {
+            env.files += 1;
+            Some(Value::File(Some(*id)))
+        }
+        (Call::Memfd { .. }, _) => Some(Value::File(None)),
+        (Call::Exit, _) => {
+            env.alive[acting] = false;
+            None
+        }
+        _ => None,
+    };
+    if let (Some(name), Some(value)) = (name, value) {
+        env.names.insert(name.to_string(), value);
+    }
+}

@@ -1,0 +1,200 @@
+//! Executors: the model ([`model::ModelExecutor`]) and the running kernel
+//! ([`host::HostExecutor`]) behind one [`Executor`] trait. Both run the same
+//! interpreter (`interp.rs`), which resolves names and processes and hands
+//! each operation to a [`Backend`] as a concrete [`Call`]; the host backend
+//! runs inside the runner child process.
+//!
+//! Adding an operation: an [`crate::lang::ast::Op`] variant, a [`Call`]
+//! variant, one arm in `interp.rs`, one arm in each backend
+//! (`model.rs`, `host/calls.rs`). A capability an executor may lack (devices,
+//! DAX) is a [`Capability`] the interpreter checks before calling.
+
+pub mod host;
+mod interp;
+pub mod model;
+
+use serde::{Deserialize, Serialize};
+
+pub use interp::run_scenario;
+
+use crate::lang::ast::{FallocMode, Scenario};
+use crate::observe::{InvalidationView, Outcome, Trace};
+
+/// A file handle of the scenario (the order `memfd` created them in).
+pub type FileId = usize;
+/// A process of the scenario (0 is `main`, then in fork order).
+pub type ProcId = usize;
+
+/// One operation with every name resolved to a number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum Call {
+    Mmap {
+        addr: u64,
+        len: u64,
+        prot: u32,
+        flags: u32,
+        file: Option<FileId>,
+        offset: u64,
+    },
+    Munmap {
+        addr: u64,
+        len: u64,
+    },
+    Mprotect {
+        addr: u64,
+        len: u64,
+        prot: u32,
+    },
+    Madvise {
+        addr: u64,
+        len: u64,
+        advice: u32,
+    },
+    Mremap {
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: u32,
+        new_addr: u64,
+    },
+    Read {
+        addr: u64,
+    },
+    Write {
+        addr: u64,
+        value: u64,
+    },
+    AtomicAdd {
+        addr: u64,
+        value: u64,
+    },
+    Cmpxchg {
+        addr: u64,
+        old: u64,
+        new: u64,
+    },
+    /// Fork the acting process; the child becomes process `child`.
+    Fork {
+        child: ProcId,
+    },
+    Exit,
+    /// Create a memfd; it becomes file `id` in the acting process.
+    Memfd {
+        name: String,
+        id: FileId,
+    },
+    Fwrite {
+        file: FileId,
+        offset: u64,
+        value: u64,
+    },
+    Pread {
+        file: FileId,
+        offset: u64,
+    },
+    Ftruncate {
+        file: FileId,
+        size: u64,
+    },
+    Fallocate {
+        file: FileId,
+        offset: u64,
+        len: u64,
+        mode: Falloc,
+    },
+    Close {
+        file: FileId,
+    },
+    Maps {
+        addr: u64,
+        len: u64,
+    },
+    Pagemap {
+        addr: u64,
+        len: u64,
+    },
+    /// The frame behind `addr`: `Value(pfn)`, or `Same(None)` if none.
+    Frame {
+        addr: u64,
+    },
+}
+
+/// [`FallocMode`] in a serializable form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum Falloc {
+    PunchHole,
+    KeepSize,
+}
+
+impl From<FallocMode> for Falloc {
+    fn from(mode: FallocMode) -> Self {
+        match mode {
+            FallocMode::PunchHole => Self::PunchHole,
+            FallocMode::KeepSize => Self::KeepSize,
+        }
+    }
+}
+
+/// What performs calls: the model, or real system calls.
+pub trait Backend {
+    /// Called once before the first call with the scenario's window.
+    fn set_window(&mut self, base: u64, len: u64) -> Result<(), ExecError>;
+    /// Performs one call in process `proc`.
+    fn call(&mut self, proc: ProcId, call: &Call) -> Outcome;
+    /// The invalidations since the last call (the model's recorders).
+    fn take_invalidations(&mut self, _names: &[String]) -> Vec<InvalidationView> {
+        Vec::new()
+    }
+}
+
+/// Something an executor may or may not offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capability {
+    /// Reports the invalidations each operation caused.
+    Invalidations,
+    /// Real frame numbers (host: root only).
+    Frames,
+    /// Later issues: dmirror device commands.
+    Devices,
+    /// Later issues: fs-dax and device-DAX.
+    Dax,
+}
+
+/// Runs whole scenarios.
+pub trait Executor {
+    /// `model` or `host`.
+    fn name(&self) -> &'static str;
+    /// Whether it offers `cap`.
+    fn supports(&self, cap: Capability) -> bool;
+    /// Runs the scenario from a fresh machine or process.
+    fn run(&mut self, scenario: &Scenario) -> Result<Trace, ExecError>;
+}
+
+/// Why a scenario could not be run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// A name used before it was bound.
+    #[error("line {line}: `{name}` is not bound (bind it with `{name} = ...` first)")]
+    Unbound {
+        /// Source line.
+        line: usize,
+        /// The name.
+        name: String,
+    },
+    /// A `window` line that is malformed or not first.
+    #[error("line {line}: {message}")]
+    Window {
+        /// Source line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The model could not be built.
+    #[error("model: {0}")]
+    Model(String),
+    /// The host runner could not be started or talked to.
+    #[error("host runner: {0}")]
+    Host(String),
+}

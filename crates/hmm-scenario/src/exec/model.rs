@@ -1,0 +1,409 @@
+//! The model executor: each scenario on a fresh [`Kernel`] configured like
+//! the host (THP policy, huge zero page, hugetlb pool, no swap), each
+//! process an [`Mm`] with a recording [`MmuNotifier`] subscribed through
+//! the public API, so `hmm run` can show every invalidation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use hmm_mm::fs::File;
+use hmm_mm::vma::VmaBacking;
+use hmm_mm::{Kernel, KernelConfig, Mm, MmError, ThpMode};
+use hmm_types::{Errno, MadviseAdvice, MapFlags, MmuNotifier, MremapFlags, NotifierRange, Prot, VmFlags, PAGE_SIZE};
+
+use super::{Backend, Call, Capability, ExecError, Executor, Falloc, FileId, ProcId};
+use crate::lang::ast::Scenario;
+use crate::observe::{Backing, InvalidationView, Outcome, PageView, Trace, VmaView};
+
+/// Most pages one `pagemap` observation reports.
+pub const MAX_PAGEMAP_PAGES: u64 = 1 << 16;
+
+/// Records the invalidations of one process's address space.
+struct Recorder {
+    proc: ProcId,
+    log: Arc<Mutex<Vec<(ProcId, NotifierRange)>>>,
+}
+
+impl MmuNotifier for Recorder {
+    fn invalidate_range_start(&self, range: &NotifierRange) -> Result<(), Errno> {
+        self.log.lock().push((self.proc, *range));
+        Ok(())
+    }
+    fn invalidate_range_end(&self, _range: &NotifierRange) {}
+}
+
+struct Proc {
+    mm: Arc<Mm>,
+    files: HashMap<FileId, File>,
+}
+
+/// The model behind the [`Backend`] trait.
+pub struct ModelBackend {
+    kernel: Arc<Kernel>,
+    procs: HashMap<ProcId, Proc>,
+    /// Inode id → the scenario's file name, for `maps`.
+    names: HashMap<u64, String>,
+    log: Arc<Mutex<Vec<(ProcId, NotifierRange)>>>,
+}
+
+impl core::fmt::Debug for ModelBackend {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ModelBackend").field("procs", &self.procs.len()).finish_non_exhaustive()
+    }
+}
+
+impl ModelBackend {
+    /// A fresh machine with one process.
+    pub fn new(config: KernelConfig) -> Result<Self, ExecError> {
+        let kernel = Kernel::new(config).map_err(|e| ExecError::Model(e.to_string()))?;
+        let mm = kernel.create_mm().map_err(|e| ExecError::Model(e.to_string()))?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        mm.register_notifier(Arc::new(Recorder { proc: 0, log: log.clone() }));
+        let procs = HashMap::from([(0, Proc { mm, files: HashMap::new() })]);
+        Ok(Self { kernel, procs, names: HashMap::new(), log })
+    }
+
+    fn proc(&mut self, proc: ProcId) -> &mut Proc {
+        self.procs.get_mut(&proc).expect("the interpreter only names live processes")
+    }
+}
+
+/// The model's configuration matching this host: THP policy and huge zero
+/// page from sysfs, the hugetlb pool from /proc/sys/vm/nr_hugepages, no
+/// swap unless /proc/swaps lists some. Defaults where a file is missing.
+pub fn host_like_config() -> KernelConfig {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let thp = read("/sys/kernel/mm/transparent_hugepage/enabled");
+    let thp = if thp.contains("[always]") {
+        ThpMode::Always
+    } else if thp.contains("[never]") {
+        ThpMode::Never
+    } else {
+        ThpMode::Madvise
+    };
+    let use_huge_zero_page = read("/sys/kernel/mm/transparent_hugepage/use_zero_page").trim() != "0";
+    let hugetlb_2m_pages = read("/proc/sys/vm/nr_hugepages").trim().parse().unwrap_or(0).min(64);
+    let has_swap = read("/proc/swaps").lines().count() > 1;
+    KernelConfig {
+        ram_bytes: 1 << 30,
+        thp,
+        use_huge_zero_page,
+        hugetlb_2m_pages,
+        hugetlb_1g_pages: 0,
+        swap_pages: if has_swap { 1 << 16 } else { 0 },
+    }
+}
+
+/// A system call's error: its errno.
+fn errno(e: MmError) -> Outcome {
+    Outcome::Errno(e.errno() as i32)
+}
+
+/// A CPU access's error: a fault is a signal, not an errno.
+fn access(e: MmError) -> Outcome {
+    match e {
+        MmError::Fault { .. } => Outcome::Fault,
+        other => errno(other),
+    }
+}
+
+fn done(r: Result<(), MmError>) -> Outcome {
+    r.map_or_else(errno, |()| Outcome::Ok)
+}
+
+impl Backend for ModelBackend {
+    fn set_window(&mut self, _base: u64, _len: u64) -> Result<(), ExecError> {
+        Ok(())
+    }
+
+    fn call(&mut self, proc: ProcId, call: &Call) -> Outcome {
+        let log = self.log.clone();
+        let p = self.procs.get_mut(&proc).expect("the interpreter only names live processes");
+        let mm = p.mm.clone();
+        match *call {
+            Call::Mmap { addr, len, prot, flags, file, offset } => {
+                // Linux looks the descriptor up before anything else
+                // (`ksys_mmap_pgoff`): without MAP_ANONYMOUS, fd -1 is EBADF.
+                let file = file.and_then(|id| p.files.get(&id));
+                if flags & MapFlags::ANONYMOUS.bits() == 0 && file.is_none() {
+                    return Outcome::Errno(Errno::BadF as i32);
+                }
+                let (prot, flags) = match (Prot::from_raw(prot), MapFlags::from_raw(flags)) {
+                    (Ok(p), Ok(f)) => (p, f),
+                    (Err(e), _) | (_, Err(e)) => return Outcome::Errno(e as i32),
+                };
+                let result = if flags.contains(MapFlags::ANONYMOUS) {
+                    // Linux ignores the descriptor of an anonymous mapping.
+                    mm.mmap(addr, len, prot, flags)
+                } else {
+                    match file {
+                        Some(f) => mm.mmap_file(addr, len, prot, flags, f, offset),
+                        None => return Outcome::Errno(Errno::BadF as i32),
+                    }
+                };
+                result.map_or_else(errno, Outcome::Addr)
+            }
+            Call::Munmap { addr, len } => done(mm.munmap(addr, len)),
+            Call::Mprotect { addr, len, prot } => match Prot::from_raw(prot) {
+                Ok(prot) => done(mm.mprotect(addr, len, prot)),
+                Err(e) => Outcome::Errno(e as i32),
+            },
+            Call::Madvise { addr, len, advice } => match MadviseAdvice::from_raw(advice) {
+                Ok(advice) => done(mm.madvise(addr, len, advice)),
+                Err(e) => Outcome::Errno(e as i32),
+            },
+            Call::Mremap { old, old_len, new_len, flags, new_addr } => match MremapFlags::from_bits(flags) {
+                Some(flags) => mm.mremap(old, old_len, new_len, flags, new_addr).map_or_else(errno, Outcome::Addr),
+                None => Outcome::Errno(Errno::Inval as i32),
+            },
+            Call::Read { addr } => mm.read_u64(addr).map_or_else(access, Outcome::Value),
+            Call::Write { addr, value } => mm.write_u64(addr, value).map_or_else(access, |()| Outcome::Ok),
+            Call::AtomicAdd { addr, value } => mm.atomic_fetch_add(addr, value).map_or_else(access, Outcome::Value),
+            Call::Cmpxchg { addr, old, new } => match mm.atomic_compare_exchange(addr, old, new) {
+                Ok(Ok(found) | Err(found)) => Outcome::Value(found),
+                Err(e) => access(e),
+            },
+            Call::Fork { child } => match mm.fork() {
+                Ok(child_mm) => {
+                    child_mm.register_notifier(Arc::new(Recorder { proc: child, log }));
+                    let files = p.files.clone();
+                    self.procs.insert(child, Proc { mm: child_mm, files });
+                    Outcome::Ok
+                }
+                Err(e) => errno(e),
+            },
+            Call::Exit => {
+                p.files.clear();
+                mm.exit();
+                Outcome::Ok
+            }
+            Call::Memfd { ref name, id } => {
+                // memfds are unnamed files: unique tmpfs names keep two with
+                // the same name apart.
+                match self.kernel.tmpfs().create(&format!("memfd-{id}")) {
+                    Ok(file) => {
+                        self.names.insert(file.inode().id(), name.clone());
+                        self.proc(proc).files.insert(id, file);
+                        Outcome::Ok
+                    }
+                    Err(e) => errno(e),
+                }
+            }
+            Call::Fwrite { file, offset, value } => {
+                with_file(p, file, |f| f.pwrite(offset, &value.to_le_bytes()).map(|n| Outcome::Value(n as u64)))
+            }
+            Call::Pread { file, offset } => with_file(p, file, |f| {
+                let mut buf = [0u8; 8];
+                f.pread(offset, &mut buf).map(|_| Outcome::Value(u64::from_le_bytes(buf)))
+            }),
+            Call::Ftruncate { file, size } => with_file(p, file, |f| f.ftruncate(size).map(|()| Outcome::Ok)),
+            Call::Fallocate { file, offset, len, mode } => with_file(p, file, |f| fallocate(f, offset, len, mode)),
+            Call::Close { file } => match p.files.remove(&file) {
+                Some(_) => Outcome::Ok,
+                None => Outcome::Errno(Errno::BadF as i32),
+            },
+            Call::Maps { addr, len } => self.maps(&mm, addr, len),
+            Call::Pagemap { addr, len } => pagemap(&mm, addr, len),
+            Call::Frame { addr } => match mm.pagemap_entry(addr) {
+                Ok(word) if word & hmm_mm::proc_pagemap::PM_PRESENT != 0 => {
+                    Outcome::Value(word & hmm_mm::proc_pagemap::PM_PFRAME_MASK)
+                }
+                Ok(_) => Outcome::Same(None),
+                Err(e) => errno(e),
+            },
+        }
+    }
+
+    fn take_invalidations(&mut self, names: &[String]) -> Vec<InvalidationView> {
+        self.log
+            .lock()
+            .drain(..)
+            .map(|(proc, range)| {
+                let name = names.get(proc).cloned().unwrap_or_else(|| format!("proc{proc}"));
+                InvalidationView {
+                    subscribers: vec![format!("recorder@{name}")],
+                    proc: name,
+                    event: range.event.kernel_name().to_string(),
+                    start: range.start,
+                    end: range.end,
+                }
+            })
+            .collect()
+    }
+}
+
+fn with_file(p: &Proc, id: FileId, f: impl FnOnce(&File) -> Result<Outcome, MmError>) -> Outcome {
+    match p.files.get(&id) {
+        Some(file) => f(file).unwrap_or_else(errno),
+        None => Outcome::Errno(Errno::BadF as i32),
+    }
+}
+
+/// `fallocate` on tmpfs. The model's files have no separate block
+/// allocation, so KEEP_SIZE only checks its arguments as shmem does.
+fn fallocate(f: &File, offset: u64, len: u64, mode: Falloc) -> Result<Outcome, MmError> {
+    if len == 0 || (offset as i64) < 0 || (len as i64) < 0 {
+        return Err(MmError::Invalid("fallocate offset or length"));
+    }
+    if offset.checked_add(len).is_none_or(|end| end > i64::MAX as u64) {
+        return Err(MmError::FileTooBig("fallocate beyond the largest file"));
+    }
+    match mode {
+        Falloc::PunchHole => f.punch_hole(offset, len)?,
+        Falloc::KeepSize if !f.is_writable() => return Err(MmError::BadFile("file not open for writing")),
+        Falloc::KeepSize => {}
+    }
+    Ok(Outcome::Ok)
+}
+
+impl ModelBackend {
+    fn maps(&self, mm: &Mm, addr: u64, len: u64) -> Outcome {
+        let end = addr.saturating_add(len);
+        let guard = mm.mmap_read();
+        let vmas = guard.locked().vmas().overlapping(addr, end).map(|vma| {
+            let f = vma.flags;
+            let perms: String = [
+                if f.contains(VmFlags::READ) { 'r' } else { '-' },
+                if f.contains(VmFlags::WRITE) { 'w' } else { '-' },
+                if f.contains(VmFlags::EXEC) { 'x' } else { '-' },
+                if f.contains(VmFlags::MAYSHARE) { 's' } else { 'p' },
+            ]
+            .iter()
+            .collect();
+            let backing = match &vma.backing {
+                VmaBacking::Anon => Backing::Anon,
+                VmaBacking::File(inode) => match self.names.get(&inode.id()) {
+                    Some(name) => Backing::File(name.clone()),
+                    None => Backing::SharedAnon,
+                },
+                VmaBacking::Hugetlb(_) => Backing::Hugetlb,
+                other => Backing::Other(format!("{other:?}")),
+            };
+            let offset = if vma.is_anonymous() { 0 } else { vma.pgoff * PAGE_SIZE };
+            VmaView { start: vma.start, end: vma.end, perms, offset, backing }
+        });
+        Outcome::Maps(vmas.collect())
+    }
+}
+
+fn pagemap(mm: &Mm, addr: u64, len: u64) -> Outcome {
+    use hmm_mm::proc_pagemap::{PM_FILE, PM_MMAP_EXCLUSIVE, PM_PFRAME_MASK, PM_PRESENT, PM_SWAP};
+    let start = addr & !(PAGE_SIZE - 1);
+    let nr = len.div_ceil(PAGE_SIZE).min(MAX_PAGEMAP_PAGES);
+    let mut pages = Vec::new();
+    for i in 0..nr {
+        let Some(va) = start.checked_add(i * PAGE_SIZE) else { break };
+        let word = match mm.pagemap_entry(va) {
+            Ok(word) => word,
+            Err(e) => return errno(e),
+        };
+        let present = word & PM_PRESENT != 0;
+        let slot = mm.pgtable().find(va);
+        pages.push(PageView {
+            present,
+            swapped: word & PM_SWAP != 0,
+            exclusive: word & PM_MMAP_EXCLUSIVE != 0,
+            file: word & PM_FILE != 0,
+            huge: present && slot.level() != hmm_pagetable::Level::Pte,
+            zero: present && mm.phys().is_zero_pfn(hmm_types::Pfn(word & PM_PFRAME_MASK)),
+        });
+    }
+    Outcome::Pages(pages)
+}
+
+/// Runs scenarios on a fresh model machine each time.
+#[derive(Debug, Clone)]
+pub struct ModelExecutor {
+    /// The machine each run boots.
+    pub config: KernelConfig,
+}
+
+impl Default for ModelExecutor {
+    fn default() -> Self {
+        Self { config: host_like_config() }
+    }
+}
+
+impl Executor for ModelExecutor {
+    fn name(&self) -> &'static str {
+        "model"
+    }
+    fn supports(&self, cap: Capability) -> bool {
+        matches!(cap, Capability::Invalidations | Capability::Frames)
+    }
+    fn run(&mut self, scenario: &Scenario) -> Result<Trace, ExecError> {
+        let mut backend = ModelBackend::new(self.config.clone())?;
+        let trace = super::run_scenario(scenario, &mut backend);
+        // Tear the processes down so frames return before the next run.
+        for proc in backend.procs.values() {
+            proc.mm.exit();
+        }
+        trace
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lang::parse;
+
+    fn run(text: &str) -> Trace {
+        let scenario = parse("t.hmm", text).unwrap();
+        let config = KernelConfig { ram_bytes: 64 << 20, thp: ThpMode::Never, ..KernelConfig::default() };
+        ModelExecutor { config }.run(&scenario).unwrap()
+    }
+
+    #[test]
+    fn cow_after_fork_shows_in_frames_and_invalidations() {
+        let trace = run("a = mmap w 2p rw- private|anon|fixed\n\
+             write a 7\n\
+             c = fork\n\
+             same a c a\n\
+             expect same\n\
+             proc c\n\
+             write a 9\n\
+             same a main a\n\
+             expect different\n\
+             proc main\n\
+             read a\n\
+             expect 0x7\n");
+        assert_eq!(trace.failed_expectations().count(), 0, "{trace:#?}");
+        let fork = &trace.records[2];
+        assert!(fork.invalidations.iter().any(|i| i.event == "MMU_NOTIFY_PROTECTION_PAGE" && i.proc == "main"));
+        let cow = &trace.records[6];
+        assert!(cow.invalidations.iter().any(|i| i.event == "MMU_NOTIFY_CLEAR" && i.proc == "c"), "{cow:?}");
+    }
+
+    #[test]
+    fn errors_faults_and_maps() {
+        let trace = run("a = mmap w 4p r-- private|anon|fixed\n\
+             write a 1\n\
+             expect fault\n\
+             munmap a+1 1p\n\
+             expect EINVAL\n\
+             mprotect a+1p 1p rw-\n\
+             maps a 4p\n\
+             expect w..w+0x1000 r--p 0x0 anon, w+0x1000..w+0x2000 rw-p 0x0 anon, w+0x2000..w+0x4000 r--p 0x0 anon\n\
+             read a+1p\n\
+             pagemap a 3p\n\
+             expect 1*- 1*PZ 1*-\n\
+             f = memfd data\n\
+             ftruncate f 2p\n\
+             b = mmap w+8p 2p rw- shared fd f 0x1000\n\
+             maps b 1\n\
+             expect w+0x8000..w+0xa000 rw-s 0x1000 file:data\n\
+             close f\n\
+             pread f 0\n\
+             expect EBADF\n");
+        assert_eq!(trace.failed_expectations().count(), 0, "{trace:#?}");
+    }
+
+    #[test]
+    fn unbound_names_are_typed_errors() {
+        let scenario = parse("t", "munmap nowhere 1p\n").unwrap();
+        let err = ModelExecutor::default().run(&scenario).unwrap_err();
+        assert!(matches!(err, ExecError::Unbound { line: 1, .. }), "{err}");
+    }
+}

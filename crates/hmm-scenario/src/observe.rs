@@ -1,0 +1,268 @@
+//! What an executor reports for each operation: its [`Outcome`] (a value,
+//! an errno, a fault, a VMA list, per-page facts), plus, from the model,
+//! the invalidations it caused. The printed form of an outcome is what
+//! `expect` lines compare against.
+//!
+//! Linux: `fs/proc/task_mmu.c` (`show_map_vma`, `pagemap_read`,
+//! `do_pagemap_scan`).
+
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// What backs a VMA, as the last column of /proc/PID/maps tells it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backing {
+    /// Private anonymous memory (no path).
+    Anon,
+    /// `MAP_SHARED|MAP_ANONYMOUS` (`/dev/zero (deleted)`).
+    SharedAnon,
+    /// A memfd/tmpfs file created by the scenario, by its name.
+    File(String),
+    /// hugetlbfs memory (`/anon_hugepage (deleted)`).
+    Hugetlb,
+    /// Anything else, as the host printed it.
+    Other(String),
+}
+
+/// One line of /proc/PID/maps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmaView {
+    /// First address.
+    pub start: u64,
+    /// One past the last.
+    pub end: u64,
+    /// `rwxp`/`rwxs` column.
+    pub perms: String,
+    /// Offset column, in bytes (0 for anonymous memory, as Linux prints).
+    pub offset: u64,
+    /// Path column.
+    pub backing: Backing,
+}
+
+/// Facts about one page from pagemap and PAGEMAP_SCAN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PageView {
+    /// `PM_PRESENT`.
+    pub present: bool,
+    /// `PM_SWAP` (any non-present entry).
+    pub swapped: bool,
+    /// `PM_MMAP_EXCLUSIVE`.
+    pub exclusive: bool,
+    /// `PM_FILE` (file page or shared anonymous).
+    pub file: bool,
+    /// `PAGE_IS_HUGE`: mapped by a PMD (THP) or hugetlb.
+    pub huge: bool,
+    /// `PAGE_IS_PFNZERO`: the zero page or the huge zero page.
+    pub zero: bool,
+}
+
+/// The result of one operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Success with no value.
+    Ok,
+    /// An address (mmap, mremap).
+    Addr(u64),
+    /// A value read, or returned by an atomic or pread.
+    Value(u64),
+    /// The call failed with this errno (positive number).
+    Errno(i32),
+    /// The access faulted (SIGSEGV or SIGBUS; the host runner observes
+    /// accesses through process_vm_readv/writev, which tells only EFAULT).
+    Fault,
+    /// `maps`: the VMAs overlapping the range.
+    Maps(Vec<VmaView>),
+    /// `pagemap`: one entry per page of the range.
+    Pages(Vec<PageView>),
+    /// `same`: whether both pages map one frame (`None`: one is not present).
+    Same(Option<bool>),
+    /// The executor cannot tell reliably; never counts as a match.
+    Inconclusive(String),
+    /// The host runner refused the call (outside the window, or unsupported).
+    Refused(String),
+}
+
+/// Linux errno names for the numbers a scenario meets.
+const ERRNO_NAMES: [(i32, &str); 16] = [
+    (1, "EPERM"),
+    (2, "ENOENT"),
+    (3, "ESRCH"),
+    (5, "EIO"),
+    (9, "EBADF"),
+    (11, "EAGAIN"),
+    (12, "ENOMEM"),
+    (13, "EACCES"),
+    (14, "EFAULT"),
+    (16, "EBUSY"),
+    (17, "EEXIST"),
+    (22, "EINVAL"),
+    (27, "EFBIG"),
+    (28, "ENOSPC"),
+    (75, "EOVERFLOW"),
+    (95, "EOPNOTSUPP"),
+];
+
+/// `ENOMEM` for 12, or `E123` for an unnamed number.
+pub fn errno_name(errno: i32) -> String {
+    ERRNO_NAMES.iter().find(|(n, _)| *n == errno).map_or_else(|| format!("E{errno}"), |(_, name)| name.to_string())
+}
+
+/// Prints an outcome with addresses relative to the window base `w`.
+#[derive(Debug)]
+pub struct Shown<'a> {
+    /// The outcome.
+    pub outcome: &'a Outcome,
+    /// The window base addresses are shown against.
+    pub window: u64,
+}
+
+fn addr(f: &mut fmt::Formatter<'_>, window: u64, va: u64) -> fmt::Result {
+    match va.checked_sub(window) {
+        Some(0) => write!(f, "w"),
+        Some(off) if off < 1 << 40 => write!(f, "w+{off:#x}"),
+        _ => write!(f, "{va:#x}"),
+    }
+}
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.outcome {
+            Outcome::Ok => write!(f, "ok"),
+            Outcome::Addr(va) => addr(f, self.window, *va),
+            Outcome::Value(v) => write!(f, "{v:#x}"),
+            Outcome::Errno(e) => write!(f, "{}", errno_name(*e)),
+            Outcome::Fault => write!(f, "fault"),
+            Outcome::Maps(vmas) if vmas.is_empty() => write!(f, "no vma"),
+            Outcome::Maps(vmas) => {
+                for (i, vma) in vmas.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    addr(f, self.window, vma.start)?;
+                    write!(f, "..")?;
+                    addr(f, self.window, vma.end)?;
+                    write!(f, " {} {:#x} ", vma.perms, vma.offset)?;
+                    match &vma.backing {
+                        Backing::Anon => write!(f, "anon")?,
+                        Backing::SharedAnon => write!(f, "shmem")?,
+                        Backing::File(name) => write!(f, "file:{name}")?,
+                        Backing::Hugetlb => write!(f, "hugetlb")?,
+                        Backing::Other(path) => write!(f, "other:{path}")?,
+                    }
+                }
+                Ok(())
+            }
+            Outcome::Pages(pages) => {
+                // Runs of equal pages: `2*PX 1*-`.
+                let mut i = 0;
+                while i < pages.len() {
+                    let run = pages[i..].iter().take_while(|p| **p == pages[i]).count();
+                    if i > 0 {
+                        write!(f, " ")?;
+                    }
+                    write!(f, "{run}*{}", page_letters(&pages[i]))?;
+                    i += run;
+                }
+                Ok(())
+            }
+            Outcome::Same(Some(same)) => write!(f, "{}", if *same { "same" } else { "different" }),
+            Outcome::Same(None) => write!(f, "not present"),
+            Outcome::Inconclusive(why) => write!(f, "inconclusive ({why})"),
+            Outcome::Refused(why) => write!(f, "refused ({why})"),
+        }
+    }
+}
+
+/// `P` present, `S` swapped, `X` exclusive, `F` file, `H` huge, `Z` zero
+/// page; `-` for none.
+pub fn page_letters(page: &PageView) -> String {
+    let letters: String = [
+        (page.present, 'P'),
+        (page.swapped, 'S'),
+        (page.exclusive, 'X'),
+        (page.file, 'F'),
+        (page.huge, 'H'),
+        (page.zero, 'Z'),
+    ]
+    .iter()
+    .filter(|(set, _)| *set)
+    .map(|(_, c)| *c)
+    .collect();
+    if letters.is_empty() {
+        "-".into()
+    } else {
+        letters
+    }
+}
+
+/// One invalidation the model announced during an operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidationView {
+    /// The process (scenario name) whose address space changed.
+    pub proc: String,
+    /// Linux's event name (`MMU_NOTIFY_UNMAP`...).
+    pub event: String,
+    /// First address.
+    pub start: u64,
+    /// One past the last (`u64::MAX` for RELEASE).
+    pub end: u64,
+    /// The subscribers called (the scenario's recorder of that process).
+    pub subscribers: Vec<String>,
+}
+
+/// One executed step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Index of the step in the scenario.
+    pub step: usize,
+    /// Source line.
+    pub line: usize,
+    /// The acting process.
+    pub proc: String,
+    /// The operation as text.
+    pub text: String,
+    /// Its result.
+    pub outcome: Outcome,
+    /// Invalidations (model only; empty from the host).
+    pub invalidations: Vec<InvalidationView>,
+    /// For `expect` steps: whether the expectation held.
+    pub expect_ok: Option<bool>,
+    /// For failed `expect` steps: what the previous operation printed.
+    pub got: Option<String>,
+}
+
+/// Everything an executor reports for a scenario.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Trace {
+    /// The window base (addresses print relative to it).
+    pub window: u64,
+    /// One record per step.
+    pub records: Vec<Record>,
+    /// Set when the executor stopped early (a crashed host child...).
+    pub aborted: Option<String>,
+}
+
+impl Trace {
+    /// Expectations that failed.
+    pub fn failed_expectations(&self) -> impl Iterator<Item = &Record> {
+        self.records.iter().filter(|r| r.expect_ok == Some(false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_print_relative_to_the_window() {
+        let w = 0x1000_0000_0000;
+        let show = |o: &Outcome| Shown { outcome: o, window: w }.to_string();
+        assert_eq!(show(&Outcome::Addr(w + 0x2000)), "w+0x2000");
+        assert_eq!(show(&Outcome::Errno(12)), "ENOMEM");
+        let vma = VmaView { start: w, end: w + 0x1000, perms: "rw-p".into(), offset: 0, backing: Backing::Anon };
+        assert_eq!(show(&Outcome::Maps(vec![vma])), "w..w+0x1000 rw-p 0x0 anon");
+        let p = PageView { present: true, exclusive: true, ..PageView::default() };
+        assert_eq!(show(&Outcome::Pages(vec![p, p, PageView::default()])), "2*PX 1*-");
+    }
+}

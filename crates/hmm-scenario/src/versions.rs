@@ -1,0 +1,99 @@
+//! Behaviours where Linux changed on purpose between the host's version
+//! and the one the model follows (7.3), as data: `hmm diff` reports a
+//! difference one of these explains as an expected version difference,
+//! never as a match and never as a divergence. Nothing else excuses a
+//! difference. The same table, in prose: docs/version-differences.md.
+
+use crate::lang::ast::{Op, MREMAP_BITS};
+use crate::observe::Outcome;
+
+/// The Linux release the model follows.
+pub const MODEL_VERSION: (u32, u32) = (7, 3);
+
+/// One intended behaviour change.
+#[derive(Debug)]
+pub struct VersionDifference {
+    /// What behaves differently.
+    pub behaviour: &'static str,
+    /// The first release with the model's behaviour; hosts older than this
+    /// behave the old way.
+    pub since: (u32, u32),
+    /// The kernel change.
+    pub change: &'static str,
+    /// Whether this entry explains the model/host outcomes of `op`.
+    pub explains: fn(op: &Op, model: &Outcome, host: &Outcome) -> bool,
+}
+
+fn is_fixed_move(op: &Op) -> bool {
+    let fixed = MREMAP_BITS.iter().find(|(_, n)| *n == "fixed").map_or(2, |(b, _)| *b);
+    matches!(op, Op::Mremap { old_len, new_len, flags, .. } if flags & fixed != 0 && old_len == new_len)
+}
+
+/// The table.
+pub const TABLE: &[VersionDifference] = &[
+    VersionDifference {
+        behaviour: "mremap(MREMAP_FIXED) with old_len == new_len over a range spanning several VMAs (or gaps) \
+                    moves every VMA in it; older kernels fail with EFAULT",
+        since: (6, 17),
+        change: "mm/mremap: permit mremap() move of multiple VMAs (Lorenzo Stoakes, 2025)",
+        explains: |op, model, host| is_fixed_move(op) && matches!(host, Outcome::Errno(14)) && model != host,
+    },
+    VersionDifference {
+        behaviour: "MADV_GUARD_INSTALL/MADV_GUARD_REMOVE (102/103) exist; older kernels reject the advice with EINVAL",
+        since: (6, 13),
+        change: "mm: madvise: implement lightweight guard page mechanism (Lorenzo Stoakes, 2024)",
+        explains: |op, model, host| {
+            matches!(op, Op::Madvise { advice: 102 | 103, .. }) && matches!(host, Outcome::Errno(22)) && model != host
+        },
+    },
+];
+
+/// The entry explaining this difference on a host running `host`, if any.
+pub fn explain(
+    host: (u32, u32),
+    op: &Op,
+    model: &Outcome,
+    host_outcome: &Outcome,
+) -> Option<&'static VersionDifference> {
+    TABLE.iter().find(|d| host < d.since && d.since <= MODEL_VERSION && (d.explains)(op, model, host_outcome))
+}
+
+/// `major.minor` of the running kernel (`uname -r`), from
+/// /proc/sys/kernel/osrelease.
+pub fn host_version() -> Option<(u32, u32)> {
+    parse_release(&std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?)
+}
+
+/// `6.18.44-fc` → (6, 18).
+pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lang::ast::Expr;
+
+    #[test]
+    fn releases_parse() {
+        assert_eq!(parse_release("6.18.44-fc-v1252\n"), Some((6, 18)));
+        assert_eq!(parse_release("7.3"), Some((7, 3)));
+        assert_eq!(parse_release("x"), None);
+    }
+
+    #[test]
+    fn an_entry_applies_only_to_older_hosts() {
+        let op = Op::Mremap {
+            old: Expr::num(0x1000),
+            old_len: Expr::num(0x4000),
+            new_len: Expr::num(0x4000),
+            flags: 3,
+            new_addr: Some(Expr::num(0x10000)),
+        };
+        let (model, host) = (Outcome::Addr(0x10000), Outcome::Errno(14));
+        assert!(explain((6, 12), &op, &model, &host).is_some());
+        assert!(explain((6, 18), &op, &model, &host).is_none(), "6.18 already has the change");
+        assert!(explain((6, 12), &op, &model, &Outcome::Errno(22)).is_none(), "another errno is a divergence");
+    }
+}

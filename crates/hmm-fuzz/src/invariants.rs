@@ -29,6 +29,10 @@ use hmm_mm::Mm;
 use hmm_pagetable::{EntryKind, SwapKind, Visit};
 use hmm_types::{Errno, MapFlags, MremapFlags, Owner, Pfn, Prot, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
 
+/// `PROT_GROWSDOWN` and `PROT_GROWSUP`: valid only on a stack-like VMA.
+const PROT_GROWSDOWN: u32 = 0x0100_0000;
+const PROT_GROWSUP: u32 = 0x0200_0000;
+
 use crate::exec::{Outcome, World};
 use crate::ops::{DmCmd, MapKind, Op};
 
@@ -148,7 +152,11 @@ fn linux_rule(op: &Op) -> Option<Expect> {
             } else if start.wrapping_add(page_align(len)) <= start {
                 Some(Expect::Errno(Errno::NoMem))
             } else {
-                Prot::from_bits(prot).is_none().then_some(Expect::Errno(Errno::Inval))
+                // R|W|X and PROT_SEM (0x8, valid on x86; probed on 6.18);
+                // one GROWS bit depends on the VMA, both are EINVAL.
+                const VALID: u32 = 0xf | PROT_GROWSDOWN | PROT_GROWSUP;
+                let both_grows = prot & (PROT_GROWSDOWN | PROT_GROWSUP) == PROT_GROWSDOWN | PROT_GROWSUP;
+                (prot & !VALID != 0 || both_grows).then_some(Expect::Errno(Errno::Inval))
             }
         }
         // is_valid_madvise: unaligned, rounded to zero, or wrapping is

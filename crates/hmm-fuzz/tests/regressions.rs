@@ -235,3 +235,25 @@ fn mremap_of_a_hugetlb_mapping_then_read() {
         Op::Read { addr: Addr::Win(513), len: 1 },
     ]);
 }
+
+/// Found after the merges (seed 1): MREMAP_FIXED from an address past the
+/// address space overflowed in the overlap check; Linux's unsigned sum
+/// wraps, and the call is EFAULT (nothing mapped there).
+#[test]
+fn mremap_fixed_from_near_the_top() {
+    replay(&[Op::Mremap {
+        addr: Addr::NearTop(1),
+        old_len: Len::Pages(1),
+        new_len: Len::Pages(1),
+        flags: 3,
+        new_addr: Addr::Win(0),
+    }]);
+}
+
+/// Found after the merges (seed 1): PROT_SEM (0x8) is a valid protection
+/// on x86 (probed on 6.18: mprotect with 0x8 succeeds, the VMA becomes
+/// `---p`).
+#[test]
+fn mprotect_with_prot_sem() {
+    replay(&[anon(Addr::Win(0), Len::Pages(1)), Op::Mprotect { addr: Addr::Win(0), len: Len::Pages(1), prot: 8 }]);
+}

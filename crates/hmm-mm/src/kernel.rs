@@ -15,6 +15,7 @@ use crate::fs::Tmpfs;
 use crate::migrate::{MigrationHook, MigrationShared};
 use crate::mm::Mm;
 use crate::phys::PhysMem;
+use crate::rmap::AnonRegistry;
 use crate::swap::{SwapArea, MAX_SWAP_PAGES};
 
 /// Transparent huge page policy (`/sys/kernel/mm/transparent_hugepage/enabled`).
@@ -71,6 +72,8 @@ pub struct Kernel {
     /// Every address space created here, for reclaim. Held only to add or
     /// to snapshot; nothing else is locked under it.
     mms: Mutex<Vec<Weak<Mm>>>,
+    /// The anon roots, for the reverse map (`crate::rmap`).
+    anon_registry: Arc<AnonRegistry>,
 }
 
 impl Kernel {
@@ -94,6 +97,7 @@ impl Kernel {
             next_mm_id: AtomicU64::new(1),
             migration: MigrationShared::default(),
             mms: Mutex::new(Vec::new()),
+            anon_registry: Arc::default(),
         }))
     }
 
@@ -137,6 +141,17 @@ impl Kernel {
 
     pub(crate) fn migration(&self) -> &MigrationShared {
         &self.migration
+    }
+
+    pub(crate) fn anon_registry(&self) -> &Arc<AnonRegistry> {
+        &self.anon_registry
+    }
+
+    /// Address spaces visited by reverse-map walks since boot (a
+    /// diagnostic: eviction and migration cost follows the pages they
+    /// move, not the size of the address spaces).
+    pub fn rmap_visits(&self) -> u64 {
+        self.anon_registry.visits()
     }
 
     pub(crate) fn next_mm_id(&self) -> MmId {

@@ -27,6 +27,7 @@ mod notify;
 mod ops;
 pub mod phys;
 pub mod proc_pagemap;
+mod rmap;
 pub mod swap;
 pub mod testing;
 pub mod vma;

@@ -15,6 +15,7 @@ use hmm_types::{VaRange, VmFlags, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
 use crate::devdax::DevDax;
 use crate::fs::Inode;
 use crate::hugetlb::HugetlbFile;
+use crate::rmap::AnonVmaSlot;
 
 /// What backs a VMA's pages.
 #[derive(Clone, Debug)]
@@ -58,6 +59,9 @@ pub struct Vma {
     pub pgoff: u64,
     /// What backs it.
     pub backing: VmaBacking,
+    /// The anon root of its anonymous pages (`vm_area_struct::anon_vma`),
+    /// kept across split, merge, mremap and fork (`crate::rmap`).
+    pub(crate) anon_vma: AnonVmaSlot,
 }
 
 impl Vma {
@@ -105,6 +109,7 @@ impl Vma {
             flags: self.flags,
             pgoff: self.page_index(at),
             backing: self.backing.clone(),
+            anon_vma: self.anon_vma.clone(),
         };
         self.end = at;
         tail
@@ -113,7 +118,11 @@ impl Vma {
         self.end == next.start
             && self.flags == next.flags
             && self.backing.same_object(&next.backing)
-            && (self.is_anonymous() || self.page_index(self.end) == next.pgoff)
+            && self.page_index(self.end) == next.pgoff
+    }
+    /// A new VMA with no anonymous page yet.
+    pub fn new(start: u64, end: u64, flags: VmFlags, pgoff: u64, backing: VmaBacking) -> Self {
+        Self { start, end, flags, pgoff, backing, anon_vma: AnonVmaSlot::default() }
     }
 }
 
@@ -211,7 +220,9 @@ impl VmaTree {
                 let mergeable = self.vmas[&p].can_merge_with_next(&self.vmas[&key]);
                 if mergeable {
                     let next = self.vmas.remove(&key).expect("key from the map");
-                    self.vmas.get_mut(&p).expect("key from the map").end = next.end;
+                    let prev = self.vmas.get_mut(&p).expect("key from the map");
+                    prev.end = next.end;
+                    prev.anon_vma.adopt(&next.anon_vma);
                     continue;
                 }
             }
@@ -256,7 +267,7 @@ mod tests {
     use super::*;
 
     fn anon(start: u64, end: u64, flags: VmFlags) -> Vma {
-        Vma { start, end, flags, pgoff: start >> PAGE_SHIFT, backing: VmaBacking::Anon }
+        Vma::new(start, end, flags, start >> PAGE_SHIFT, VmaBacking::Anon)
     }
 
     const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE);

@@ -82,11 +82,14 @@ struct Page {
     dontfork: bool,
     wipeonfork: bool,
     backing: Backing,
+    /// Linear page index of private memory (`vm_pgoff` + offset): the
+    /// page number it was mapped at, kept when mremap moves it.
+    pgoff: u64,
 }
 
 impl Page {
-    fn fresh(prot: Prot, backing: Backing) -> Self {
-        Self { prot, thp: Thp::Default, dontfork: false, wipeonfork: false, backing }
+    fn fresh(prot: Prot, backing: Backing, pgoff: u64) -> Self {
+        Self { prot, thp: Thp::Default, dontfork: false, wipeonfork: false, backing, pgoff }
     }
     /// As on x86, write and exec imply read; only PROT_NONE cannot be read.
     fn readable(&self) -> bool {
@@ -99,17 +102,18 @@ impl Page {
         matches!(self.backing, Backing::Shared { .. })
     }
     /// True when this page (at `prev`'s page number + 1) belongs to the same
-    /// VMA as `prev`. The crate merges adjacent anonymous VMAs with equal
-    /// flags whatever their pgoff (Linux also wants a matching pgoff and
-    /// anon_vma, so after mremap Linux would keep more VMAs apart), and
-    /// shared ones when they map consecutive pages of the same object.
+    /// VMA as `prev`: equal flags and consecutive pages of the same object,
+    /// or, for private memory, consecutive linear page indices (so a range
+    /// mremap moved does not merge with neighbours it does not continue).
+    /// Linux also refuses to merge two VMAs with different anon_vmas; the
+    /// crate's VMAs may carry several anon roots and merge anyway.
     fn continues(&self, prev: &Page) -> bool {
         self.prot == prev.prot
             && self.thp == prev.thp
             && self.dontfork == prev.dontfork
             && self.wipeonfork == prev.wipeonfork
             && match (prev.backing, self.backing) {
-                (Backing::Private { .. }, Backing::Private { .. }) => true,
+                (Backing::Private { .. }, Backing::Private { .. }) => self.pgoff == prev.pgoff + 1,
                 (Backing::Shared { obj: a, index: i }, Backing::Shared { obj: b, index: j }) => a == b && j == i + 1,
                 _ => false,
             }
@@ -1086,7 +1090,7 @@ impl World {
                         Some(obj) => Backing::Shared { obj, index: k as u64 },
                         None => Backing::Private { value: 0 },
                     };
-                    model.insert(vpn, Page::fresh(prot, b));
+                    model.insert(vpn, Page::fresh(prot, b, vpn));
                 }
                 Ok(())
             }
@@ -1671,7 +1675,7 @@ fn extend(first: &Page, k: u64) -> Page {
         Backing::Private { .. } => Backing::Private { value: 0 },
         Backing::Shared { obj, index } => Backing::Shared { obj, index: index + k },
     };
-    Page { backing, ..*first }
+    Page { backing, pgoff: first.pgoff + k, ..*first }
 }
 
 fn fmt_vmas(vmas: &[VmaView]) -> String {

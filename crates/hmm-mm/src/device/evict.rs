@@ -1,8 +1,7 @@
 //! Evicting device memory by frame number, without knowing where it is
-//! mapped (`migrate_device_range`): used when a driver releases its memory.
-//! The model has no reverse map, so the unmap step scans the page tables of
-//! every live address space for entries naming the frames (eviction is
-//! rare; the scan is proportional to what is mapped).
+//! mapped (`migrate_device_range`): used when a driver releases its memory
+//! and by long-term GUP. The unmap step finds each frame's mappings through
+//! the reverse map (`crate::rmap`), so its cost follows the frames in use.
 //!
 //! Linux: `migrate_device_range`, `migrate_device_pages`,
 //! `migrate_device_finalize` (`mm/migrate_device.c`).
@@ -10,14 +9,15 @@
 use core::ops::ControlFlow;
 use std::sync::{Arc, Weak};
 
-use hmm_pagetable::{Entry, SwapKind, Visit};
-use hmm_types::{Event, Pfn, TASK_SIZE};
+use hmm_types::Pfn;
 
 use crate::error::MmError;
 use crate::kernel::Kernel;
 use crate::mm::Mm;
+use crate::rmap::rmap_walk;
 
-use super::finalize::restore;
+use super::finalize::restore_elsewhere;
+use super::migrate_vma::unmap_one;
 use super::migrate_vma::{migrate_pfn, migrate_pfn_to_pfn, MIGRATE_PFN_MIGRATE, MIGRATE_PFN_WRITE};
 
 /// An eviction in progress: `src` and `dst` as in `MigrateVma`, one word
@@ -62,7 +62,7 @@ impl MigrateDevice {
                 }
             }
         }
-        this.unmap(start, npages);
+        this.unmap();
         this.unmap_pinned();
         Ok(this)
     }
@@ -90,39 +90,27 @@ impl MigrateDevice {
         Ok(moved)
     }
 
-    fn unmap(&mut self, start: Pfn, npages: u64) {
-        let phys = self.kernel.phys().clone();
-        for mm in self.kernel.live_mms() {
-            if mm.has_exited() {
-                continue;
-            }
-            let _guard = mm.mmap_read_recursive();
-            let mut found = Vec::new();
-            let _ = mm.pgtable().walk(0, TASK_SIZE, |visit| {
-                if let Visit::Slot { slot, entry } = visit {
-                    let named = entry.is_present() || entry.swap_kind().is_some_and(|k| k.is_device_private());
-                    let i = entry.pfn().0.wrapping_sub(start.0);
-                    if named && i < npages && self.src[i as usize] & MIGRATE_PFN_MIGRATE != 0 {
-                        found.push((i as usize, slot.va(), entry));
-                    }
-                }
-                ControlFlow::<()>::Continue(())
-            });
-            for (i, va, entry) in found {
-                let slot = mm.pgtable().find(va);
-                let write = entry.is_write() || entry.swap_kind() == Some(SwapKind::DevicePrivateWrite);
-                let kind = if write { SwapKind::MigrationWrite } else { SwapKind::MigrationRead };
-                let invalidation = mm.notifiers().start(mm.id(), va, va + hmm_types::PAGE_SIZE, Event::Clear);
-                let swapped = slot.compare_exchange(entry, Entry::swap(kind, entry.pfn().0, false)).is_ok();
-                invalidation.end();
-                if swapped {
-                    phys.map_sub(entry.pfn(), 1);
+    /// Replaces every CPU entry naming a collected frame by a migration
+    /// entry, finding the entries through the reverse map: the cost
+    /// follows the frames in use, not the size of the address spaces.
+    fn unmap(&mut self) {
+        for i in 0..self.src.len() {
+            let Some(pfn) = migrate_pfn_to_pfn(self.src[i]) else { continue };
+            let phys = self.kernel.phys().clone();
+            let (src, mappings) = (&mut self.src[i], &mut self.mappings);
+            let _ = rmap_walk(&self.kernel, pfn, |mm, _vma, va| {
+                if let Some(write) = unmap_one(mm, va, pfn) {
                     if write {
-                        self.src[i] |= MIGRATE_PFN_WRITE;
+                        *src |= MIGRATE_PFN_WRITE;
                     }
-                    self.mappings.push((i, Arc::downgrade(&mm), va));
+                    mappings.push((i, Arc::downgrade(mm), va));
                 }
-            }
+                if phys.folio_counts(pfn).1 == 0 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
         }
     }
 
@@ -146,13 +134,7 @@ impl MigrateDevice {
             if *j != i {
                 return true;
             }
-            match weak.upgrade() {
-                Some(mm) => {
-                    let _guard = mm.mmap_read_recursive();
-                    restore(&mm, *va, src, target);
-                }
-                None => phys.put(src),
-            }
+            restore_elsewhere(&phys, weak, *va, src, target);
             false
         });
     }
@@ -185,6 +167,7 @@ impl MigrateDevice {
                         | crate::phys::PageFlags::UPTODATE
                         | dirty,
                 );
+                crate::rmap::folio_copy_rmap(&phys, dst, src);
             }
             self.end_mappings(i, src, target);
             if let Some(dst) = dst {

@@ -17,6 +17,7 @@ use crate::error::MmError;
 use crate::huge::split_huge_leaf;
 use crate::mm::{Mm, MmapLocked};
 use crate::phys::{MemoryType, PageFlags};
+use crate::rmap::{migration_entry_installed, rmap_walk};
 use crate::vma::Vma;
 
 /// The pfn field is valid (`MIGRATE_PFN_VALID`).
@@ -80,9 +81,10 @@ pub struct MigrateVma {
     pub flags: MigrateSelect,
     /// The locked device page of a `migrate_to_ram` fault, if any.
     pub fault_page: Option<Pfn>,
-    /// Mappings of collected pages in other address spaces (after fork),
-    /// also turned into migration entries: `(index, address space)`.
-    pub(super) others: Vec<(usize, Weak<Mm>)>,
+    /// Mappings of collected pages elsewhere (other processes after fork,
+    /// found through the reverse map), also turned into migration entries:
+    /// `(index, address space, address)`.
+    pub(super) others: Vec<(usize, Weak<Mm>, u64)>,
 }
 
 impl MigrateVma {
@@ -264,46 +266,32 @@ impl MigrateVma {
         mm.phys().pagemap(pfn).and_then(|p| p.owner()) == Some(self.pgmap_owner)
     }
 
-    /// `try_to_migrate` for pages other processes map too. Without a
-    /// reverse map, the model looks where fork put them: the same address
-    /// in every other live address space.
+    /// `try_to_migrate` for pages mapped elsewhere too (other processes
+    /// after fork, at whatever address mremap moved them to): each is
+    /// found through the reverse map and replaced by a migration entry.
     fn unmap_others(&mut self, mm: &Mm) {
         let phys = mm.phys();
-        let shared: Vec<usize> = (0..self.src.len())
-            .filter(|&i| migrate_pfn_to_pfn(self.src[i]).is_some_and(|pfn| phys.folio_counts(pfn).1 > 0))
-            .collect();
-        if shared.is_empty() {
-            return;
-        }
-        for other in mm.kernel().live_mms() {
-            if other.id() == mm.id() || other.has_exited() {
+        let kernel = mm.kernel();
+        for i in 0..self.src.len() {
+            let Some(pfn) = migrate_pfn_to_pfn(self.src[i]) else { continue };
+            // The collection dropped this range's mapping: any left is elsewhere.
+            if phys.folio_counts(pfn).1 == 0 {
                 continue;
             }
-            // Recursive: a reader there may be waiting for this migration.
-            let _guard = other.mmap_read_recursive();
-            for &i in &shared {
-                let pfn = migrate_pfn_to_pfn(self.src[i]).expect("collected");
-                let va = self.start + ((i as u64) << PAGE_SHIFT);
-                let slot = other.pgtable().find(va);
-                let entry = slot.load();
-                let maps = entry.pfn() == pfn
-                    && slot.level() == hmm_pagetable::Level::Pte
-                    && (entry.is_present() || entry.swap_kind().is_some_and(|k| k.is_device_private()));
-                if !maps {
-                    continue;
+            let own = (mm.id(), self.start + ((i as u64) << PAGE_SHIFT));
+            let others = &mut self.others;
+            let _ = rmap_walk(kernel, pfn, |other, _vma, va| {
+                if (other.id(), va) != own {
+                    if unmap_one(other, va, pfn).is_some() {
+                        others.push((i, Arc::downgrade(other), va));
+                    }
                 }
-                let write = entry.is_write() || entry.swap_kind() == Some(SwapKind::DevicePrivateWrite);
-                let kind = if write { SwapKind::MigrationWrite } else { SwapKind::MigrationRead };
-                // As `try_to_migrate_one` announces it: CLEAR with no owner,
-                // so no mirror of the other process may skip it.
-                let invalidation = other.notifiers().start(other.id(), va, va + PAGE_SIZE, Event::Clear);
-                let swapped = slot.compare_exchange(entry, Entry::swap(kind, pfn.0, false)).is_ok();
-                invalidation.end();
-                if swapped {
-                    phys.map_sub(pfn, 1);
-                    self.others.push((i, Arc::downgrade(&other)));
+                if phys.folio_counts(pfn).1 == 0 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
                 }
-            }
+            });
         }
     }
 
@@ -313,7 +301,7 @@ impl MigrateVma {
         let phys = mm.phys();
         for i in 0..self.src.len() {
             let Some(pfn) = migrate_pfn_to_pfn(self.src[i]) else { continue };
-            let others = self.others.iter().filter(|(j, _)| *j == i).count() as u32;
+            let others = self.others.iter().filter(|(j, _, _)| *j == i).count() as u32;
             let expected = 2 + others + u32::from(self.fault_page == Some(pfn));
             if phys.folio_counts(pfn).0 > expected {
                 let va = self.start + ((i as u64) << PAGE_SHIFT);
@@ -328,6 +316,38 @@ impl MigrateVma {
         }
         self.cpages = self.src.iter().filter(|&&w| w & MIGRATE_PFN_MIGRATE != 0).count() as u64;
     }
+}
+
+/// Replaces the PTE at `va` of `mm` (whose mmap lock the caller holds) by
+/// a migration entry if it maps the page `pfn` (present or device-private),
+/// announced as `try_to_migrate_one` does: CLEAR with no owner, so no
+/// mirror of that process may skip it. The mapping's share of the page
+/// goes; its reference now belongs to the migration entry, which is counted
+/// as in flight in `mm`. Returns whether the mapping was writable, or
+/// `None` if nothing was replaced.
+pub(super) fn unmap_one(mm: &Mm, va: u64, pfn: Pfn) -> Option<bool> {
+    let slot = mm.pgtable().find(va);
+    let entry = slot.load();
+    let maps = entry.pfn() == pfn
+        && slot.level() == hmm_pagetable::Level::Pte
+        && (entry.is_present() || entry.swap_kind().is_some_and(|k| k.is_device_private()));
+    if !maps {
+        return None;
+    }
+    let write = entry.is_write() || entry.swap_kind() == Some(SwapKind::DevicePrivateWrite);
+    let kind = if write { SwapKind::MigrationWrite } else { SwapKind::MigrationRead };
+    let invalidation = mm.notifiers().start(mm.id(), va, va + PAGE_SIZE, Event::Clear);
+    let swapped = slot.compare_exchange(entry, Entry::swap(kind, pfn.0, false)).is_ok();
+    invalidation.end();
+    if !swapped {
+        return None;
+    }
+    if entry.is_dirty() {
+        mm.phys().meta(pfn).set_flags(PageFlags::DIRTY);
+    }
+    mm.phys().map_sub(pfn, 1);
+    migration_entry_installed(mm);
+    Some(write)
 }
 
 /// Splits the large folios mapped by PTEs in `[start, end)` (a THP whose

@@ -33,13 +33,19 @@ impl Mm {
             if vma.flags.contains(VmFlags::DONTCOPY) {
                 continue;
             }
-            let copy = vma.clone();
+            let mut copy = vma.clone();
             if let Some(inode) = vma.file() {
                 inode.add_mapper(child.weak());
             }
             if vma.flags.contains(VmFlags::WIPEONFORK) && matches!(vma.backing, VmaBacking::Anon) {
+                copy.anon_vma.clear();
                 child_guard.vmas_mut().insert(copy);
                 continue;
+            }
+            // The child's copies of the anonymous pages are found through
+            // the parent's root (`anon_vma_fork`).
+            for root in vma.anon_vma.roots() {
+                root.link(child.weak());
             }
             child_guard.vmas_mut().insert(copy);
             // Shared mappings are refaulted in the child from their object.

@@ -108,6 +108,7 @@ impl PhysMem {
             tail.refcount.store(per, Ordering::Relaxed);
             tail.mapcount.store(per as i32, Ordering::Relaxed);
             tail.set_flags(flags);
+            self.inherit_identity(head, head.add(i));
             tail.init_single();
         }
         meta.mapcount.store(per as i32, Ordering::Relaxed);
@@ -123,7 +124,16 @@ impl PhysMem {
         meta.refcount.store(refcount, Ordering::Relaxed);
         meta.mapcount.store(0, Ordering::Relaxed);
         meta.set_flags(flags);
+        self.inherit_identity(self.folio_head(pfn), pfn);
         meta.init_single();
+    }
+
+    /// A page split off its folio keeps its place in the owner: the head's
+    /// mapping and the head's index plus its offset (`__split_folio_to_order`).
+    fn inherit_identity(&self, head: Pfn, pfn: Pfn) {
+        let (head_meta, meta) = (self.meta(head), self.meta(pfn));
+        meta.index.store(head_meta.index.load(Ordering::Acquire) + (pfn.0 - head.0), Ordering::Release);
+        meta.mapping.store(head_meta.mapping.load(Ordering::Acquire), Ordering::Release);
     }
 
     /// Gives a frozen folio `count` references again (`folio_ref_unfreeze`).

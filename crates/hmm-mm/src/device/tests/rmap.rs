@@ -1,0 +1,92 @@
+//! Device memory shared after fork and moved by mremap: the other
+//! mappings of a page are found through the reverse map, not at the same
+//! address in other processes (regressions of issue 11 item 2).
+
+use std::time::Duration;
+
+use hmm_types::{MremapFlags, Prot, PAGE_SIZE};
+
+use super::{to_device, Device, ANON, OWNER};
+use crate::device::MigrateDevice;
+use crate::gup::FollFlags;
+use crate::phys::MemoryType;
+use crate::testing::{kernel, leaf, Watchdog};
+use crate::ThpMode;
+
+const NR: u64 = 4;
+
+/// Data on the device, a fork, and the parent's range moved elsewhere
+/// with `mremap(MAYMOVE|FIXED)`: returns (parent's new address, child's
+/// address).
+fn fork_then_move(device: &Device, parent: &crate::Mm) -> (std::sync::Arc<crate::Mm>, u64, u64) {
+    let va = parent.mmap(0, NR * PAGE_SIZE, Prot::RW, ANON).unwrap();
+    for i in 0..NR {
+        parent.write_u64(va + i * PAGE_SIZE, 100 + i).unwrap();
+    }
+    to_device(device, parent, va, va + NR * PAGE_SIZE);
+    let child = parent.fork().unwrap();
+    let spot = parent.mmap(0, NR * PAGE_SIZE, Prot::RW, ANON).unwrap();
+    let flags = MremapFlags::MAYMOVE | MremapFlags::FIXED;
+    let moved = parent.mremap(va, NR * PAGE_SIZE, NR * PAGE_SIZE, flags, spot).unwrap();
+    assert_eq!(moved, spot);
+    assert!(leaf(parent, moved).1.swap_kind().is_some_and(|k| k.is_device_private()));
+    (child, moved, va)
+}
+
+#[test]
+fn cpu_read_in_the_parent_after_fork_and_mremap_returns() {
+    let _watchdog = Watchdog::new("parent read after fork+mremap", Duration::from_secs(30));
+    let k = kernel(64, ThpMode::Never);
+    let device = Device::new(&k, OWNER, 16);
+    let parent = k.create_mm().unwrap();
+    let (child, moved, va) = fork_then_move(&device, &parent);
+    for i in 0..NR {
+        assert_eq!(parent.read_u64(moved + i * PAGE_SIZE).unwrap(), 100 + i);
+    }
+    for i in 0..NR {
+        assert_eq!(child.read_u64(va + i * PAGE_SIZE).unwrap(), 100 + i);
+    }
+    child.write_u64(va, 7).unwrap();
+    assert_eq!(parent.read_u64(moved).unwrap(), 100, "the child's write copied the page");
+    assert_eq!(device.free_pages(), 16, "both mappings left device memory together");
+}
+
+#[test]
+fn cpu_read_in_the_child_after_the_parents_mremap_returns() {
+    let _watchdog = Watchdog::new("child read after fork+mremap", Duration::from_secs(30));
+    let k = kernel(64, ThpMode::Never);
+    let device = Device::new(&k, OWNER, 16);
+    let parent = k.create_mm().unwrap();
+    let (child, moved, va) = fork_then_move(&device, &parent);
+    for i in 0..NR {
+        assert_eq!(child.read_u64(va + i * PAGE_SIZE).unwrap(), 100 + i);
+    }
+    assert!(leaf(&parent, moved).1.is_present(), "the parent's mapping moved back with the child's");
+    parent.write_u64(moved + PAGE_SIZE, 9).unwrap();
+    assert_eq!(child.read_u64(va + PAGE_SIZE).unwrap(), 101);
+    assert_eq!(device.free_pages(), 16);
+}
+
+#[test]
+fn pin_and_eviction_by_frame_after_fork_and_mremap() {
+    let _watchdog = Watchdog::new("pin/evict after fork+mremap", Duration::from_secs(30));
+    let k = kernel(64, ThpMode::Never);
+    let device = Device::new(&k, OWNER, 16);
+    let parent = k.create_mm().unwrap();
+    let (child, moved, va) = fork_then_move(&device, &parent);
+    let pin = parent.pin_user_pages(moved, 1, FollFlags::LONGTERM).unwrap();
+    assert_eq!(k.phys().memory_type(pin.pfns()[0]), MemoryType::System);
+    assert_eq!(child.read_u64(va).unwrap(), 100);
+    drop(pin);
+    // The rest leaves by frame number, found through the reverse map.
+    let base = *device.base.get().unwrap();
+    let evicted = MigrateDevice::to_ram(&k, base, 16).unwrap();
+    assert_eq!(evicted, NR - 1);
+    assert_eq!(device.free_pages(), 16);
+    for i in 1..NR {
+        assert!(leaf(&parent, moved + i * PAGE_SIZE).1.is_present());
+        assert!(leaf(&child, va + i * PAGE_SIZE).1.is_present());
+        assert_eq!(parent.read_u64(moved + i * PAGE_SIZE).unwrap(), 100 + i);
+        assert_eq!(child.read_u64(va + i * PAGE_SIZE).unwrap(), 100 + i);
+    }
+}

@@ -74,6 +74,8 @@ pub struct Kernel {
     mms: Mutex<Vec<Weak<Mm>>>,
     /// The anon roots, for the reverse map (`crate::rmap`).
     anon_registry: Arc<AnonRegistry>,
+    /// CPU page-table entries examined by device migration (a diagnostic).
+    device_scan: AtomicU64,
 }
 
 impl Kernel {
@@ -98,6 +100,7 @@ impl Kernel {
             migration: MigrationShared::default(),
             mms: Mutex::new(Vec::new()),
             anon_registry: Arc::default(),
+            device_scan: AtomicU64::new(0),
         }))
     }
 
@@ -152,6 +155,18 @@ impl Kernel {
     /// move, not the size of the address spaces).
     pub fn rmap_visits(&self) -> u64 {
         self.anon_registry.visits()
+    }
+
+    /// CPU page-table entries examined by device migration since boot:
+    /// one per page of each `MigrateVma::setup` range, one per mapping the
+    /// reverse map offers for a collected page (a diagnostic showing that
+    /// eviction costs what is in use, not what is mapped).
+    pub fn device_migration_scanned(&self) -> u64 {
+        self.device_scan.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_device_scan(&self, entries: u64) {
+        self.device_scan.fetch_add(entries, Ordering::Relaxed);
     }
 
     pub(crate) fn next_mm_id(&self) -> MmId {

@@ -18,7 +18,9 @@ use crate::rmap::rmap_walk;
 
 use super::finalize::restore_elsewhere;
 use super::migrate_vma::unmap_one;
-use super::migrate_vma::{migrate_pfn, migrate_pfn_to_pfn, MIGRATE_PFN_MIGRATE, MIGRATE_PFN_WRITE};
+use super::migrate_vma::{
+    migrate_pfn, migrate_pfn_to_pfn, MIGRATE_PFN_COMPOUND, MIGRATE_PFN_MIGRATE, MIGRATE_PFN_WRITE,
+};
 
 /// An eviction in progress: `src` and `dst` as in `MigrateVma`, one word
 /// per frame of the range.
@@ -36,8 +38,11 @@ pub struct MigrateDevice {
 impl MigrateDevice {
     /// Collects the in-use frames of `[start, start + npages)` and replaces
     /// every CPU entry naming them by a migration entry
-    /// (`migrate_device_range`). `EINVAL` unless the frames are device
-    /// memory (private or coherent) of one region.
+    /// (`migrate_device_range`). A large folio lying wholly in the range is
+    /// collected whole (`MIGRATE_PFN_COMPOUND` on its head's word) and
+    /// moves if PMDs map it; the frames of one straddling the range stay.
+    /// `EINVAL` unless the frames are device memory (private or coherent)
+    /// of one region.
     pub fn setup(kernel: &Arc<Kernel>, start: Pfn, npages: u64) -> Result<Self, MmError> {
         let phys = kernel.phys();
         let last = start.0.checked_add(npages.saturating_sub(1)).map(Pfn);
@@ -52,15 +57,20 @@ impl MigrateDevice {
             kernel: kernel.clone(),
             mappings: Vec::new(),
         };
-        for i in 0..npages {
+        let mut i = 0;
+        while i < npages {
             let pfn = start.add(i);
-            if phys.try_get(pfn) {
+            let nr = 1u64 << phys.folio_order(pfn);
+            let whole = phys.folio_head(pfn) == pfn && i + nr <= npages;
+            if whole && phys.try_get(pfn) {
                 if phys.meta(pfn).try_lock() {
-                    this.src[i as usize] = migrate_pfn(pfn) | MIGRATE_PFN_MIGRATE;
+                    let compound = if nr > 1 { MIGRATE_PFN_COMPOUND } else { 0 };
+                    this.src[i as usize] = migrate_pfn(pfn) | MIGRATE_PFN_MIGRATE | compound;
                 } else {
                     phys.put(pfn);
                 }
             }
+            i += if whole { nr } else { 1 };
         }
         this.unmap();
         this.unmap_pinned();
@@ -70,20 +80,21 @@ impl MigrateDevice {
     /// Moves every in-use frame of `[start, start + npages)` to a new
     /// system page wherever it is mapped, with the core doing the copy
     /// (`migrate_device_coherent_folio`, and the loop a driver runs to
-    /// release its memory): setup, a RAM page per collected frame, pages,
-    /// finalize. A frame without a RAM page (out of memory) stays; returns
-    /// the frames moved.
+    /// release its memory): setup, a RAM folio of the same order per
+    /// collected folio, pages, finalize. A folio without RAM (out of
+    /// memory) stays; returns the frames moved.
     pub fn to_ram(kernel: &Arc<Kernel>, start: Pfn, npages: u64) -> Result<u64, MmError> {
         let phys = kernel.phys();
         let mut migrate = Self::setup(kernel, start, npages)?;
         let mut moved = 0;
         for i in 0..migrate.src.len() {
             let Some(src) = migrate_pfn_to_pfn(migrate.src[i]) else { continue };
-            let Ok(dst) = phys.alloc_folio(0, false) else { continue };
+            let order = phys.folio_order(src);
+            let Ok(dst) = phys.alloc_folio(order, false) else { continue };
             phys.meta(dst).try_lock();
-            phys.copy_frames(dst, src, 1);
-            migrate.dst[i] = migrate_pfn(dst);
-            moved += 1;
+            phys.copy_frames(dst, src, 1 << order);
+            migrate.dst[i] = migrate_pfn(dst) | (migrate.src[i] & MIGRATE_PFN_COMPOUND);
+            moved += 1 << order;
         }
         migrate.pages();
         migrate.finalize();
@@ -97,9 +108,11 @@ impl MigrateDevice {
         for i in 0..self.src.len() {
             let Some(pfn) = migrate_pfn_to_pfn(self.src[i]) else { continue };
             let phys = self.kernel.phys().clone();
+            let whole_pmd = self.src[i] & MIGRATE_PFN_COMPOUND != 0;
             let (src, mappings) = (&mut self.src[i], &mut self.mappings);
             let _ = rmap_walk(&self.kernel, pfn, |mm, _vma, va| {
-                if let Some(write) = unmap_one(mm, va, pfn) {
+                self.kernel.count_device_scan(1);
+                if let Some(write) = unmap_one(mm, va, pfn, whole_pmd) {
                     if write {
                         *src |= MIGRATE_PFN_WRITE;
                     }

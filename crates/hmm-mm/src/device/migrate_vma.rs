@@ -121,6 +121,7 @@ impl MigrateVma {
         self.src.fill(0);
         self.dst.fill(0);
         self.npages = (self.end - self.start) >> PAGE_SHIFT;
+        mm.kernel().count_device_scan(self.npages);
         self.cpages = 0;
         self.others.clear();
         let whole = self.compound_blocks(mm, vma);
@@ -281,8 +282,9 @@ impl MigrateVma {
             let own = (mm.id(), self.start + ((i as u64) << PAGE_SHIFT));
             let others = &mut self.others;
             let _ = rmap_walk(kernel, pfn, |other, _vma, va| {
+                kernel.count_device_scan(1);
                 if (other.id(), va) != own {
-                    if unmap_one(other, va, pfn).is_some() {
+                    if unmap_one(other, va, pfn, false).is_some() {
                         others.push((i, Arc::downgrade(other), va));
                     }
                 }
@@ -318,26 +320,28 @@ impl MigrateVma {
     }
 }
 
-/// Replaces the PTE at `va` of `mm` (whose mmap lock the caller holds) by
-/// a migration entry if it maps the page `pfn` (present or device-private),
-/// announced as `try_to_migrate_one` does: CLEAR with no owner, so no
-/// mirror of that process may skip it. The mapping's share of the page
-/// goes; its reference now belongs to the migration entry, which is counted
-/// as in flight in `mm`. Returns whether the mapping was writable, or
-/// `None` if nothing was replaced.
-pub(super) fn unmap_one(mm: &Mm, va: u64, pfn: Pfn) -> Option<bool> {
+/// Replaces the entry at `va` of `mm` (whose mmap lock the caller holds)
+/// by a migration entry if it maps the page `pfn` (present or
+/// device-private) with a PTE or, with `whole_pmd`, maps the 2 MiB folio
+/// headed by `pfn` with a PMD; announced as `try_to_migrate_one` does:
+/// CLEAR with no owner, so no mirror of that process may skip it. The
+/// mapping's share of the page goes; its reference now belongs to the
+/// migration entry, which is counted as in flight in `mm`. Returns whether
+/// the mapping was writable, or `None` if nothing was replaced.
+pub(super) fn unmap_one(mm: &Mm, va: u64, pfn: Pfn, whole_pmd: bool) -> Option<bool> {
     let slot = mm.pgtable().find(va);
     let entry = slot.load();
+    let huge = slot.level() == hmm_pagetable::Level::Pmd;
     let maps = entry.pfn() == pfn
-        && slot.level() == hmm_pagetable::Level::Pte
+        && (slot.level() == hmm_pagetable::Level::Pte || (huge && whole_pmd && slot.va() == va))
         && (entry.is_present() || entry.swap_kind().is_some_and(|k| k.is_device_private()));
     if !maps {
         return None;
     }
     let write = entry.is_write() || entry.swap_kind() == Some(SwapKind::DevicePrivateWrite);
     let kind = if write { SwapKind::MigrationWrite } else { SwapKind::MigrationRead };
-    let invalidation = mm.notifiers().start(mm.id(), va, va + PAGE_SIZE, Event::Clear);
-    let swapped = slot.compare_exchange(entry, Entry::swap(kind, pfn.0, false)).is_ok();
+    let invalidation = mm.notifiers().start(mm.id(), va, va + slot.level().entry_bytes(), Event::Clear);
+    let swapped = slot.compare_exchange(entry, Entry::swap(kind, pfn.0, huge)).is_ok();
     invalidation.end();
     if !swapped {
         return None;

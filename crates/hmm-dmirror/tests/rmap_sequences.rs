@@ -39,9 +39,9 @@ impl Process {
 }
 
 fn run(seed: u64, steps: u32) {
-    let kernel = Kernel::new(KernelConfig { ram_bytes: 128 << 20, thp: ThpMode::Never, ..KernelConfig::default() })
+    let kernel = Kernel::new(KernelConfig { ram_bytes: 256 << 20, thp: ThpMode::Never, ..KernelConfig::default() })
         .expect("boot");
-    let dmirror = Dmirror::probe(&kernel, DmirrorConfig { chunk_pages: 256, ..DmirrorConfig::default() }).unwrap();
+    let dmirror = Dmirror::probe(&kernel, DmirrorConfig { chunk_pages: 4096, ..DmirrorConfig::default() }).unwrap();
     let mm = kernel.create_mm().unwrap();
     let fd = dmirror.device(0).unwrap().open(&mm).unwrap();
     let at = mm.mmap(0, LEN, Prot::RW, ANON).unwrap();

@@ -14,8 +14,6 @@ use hmm_mm::{Kernel, KernelConfig, Mm, ThpMode};
 use hmm_types::{MapFlags, MremapFlags, Prot, PAGE_SIZE};
 
 const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
-const NR: u64 = 8;
-const LEN: u64 = NR * PAGE_SIZE;
 
 /// A process: its address space, where its region is, and what each page
 /// of it must read.
@@ -25,6 +23,11 @@ struct Process {
     values: Vec<u64>,
 }
 
+/// The region's length in bytes.
+fn len_of(values: &[u64]) -> u64 {
+    values.len() as u64 * PAGE_SIZE
+}
+
 impl Process {
     fn check(&self, page: u64) {
         let got = self.mm.read_u64(self.at + page * PAGE_SIZE).unwrap();
@@ -32,31 +35,32 @@ impl Process {
     }
     /// Moves the region elsewhere with mremap(MAYMOVE|FIXED).
     fn relocate(&mut self) {
-        let spot = self.mm.mmap(0, LEN, Prot::RW, ANON).unwrap();
+        let len = len_of(&self.values);
+        let spot = self.mm.mmap(0, len, Prot::RW, ANON).unwrap();
         let flags = MremapFlags::MAYMOVE | MremapFlags::FIXED;
-        self.at = self.mm.mremap(self.at, LEN, LEN, flags, spot).unwrap();
+        self.at = self.mm.mremap(self.at, len, len, flags, spot).unwrap();
     }
 }
 
-fn run(seed: u64, steps: u32) {
-    let kernel = Kernel::new(KernelConfig { ram_bytes: 256 << 20, thp: ThpMode::Never, ..KernelConfig::default() })
-        .expect("boot");
+/// `nr` pages; with THP, a 2 MiB region moves to the device as one folio.
+fn run(seed: u64, steps: u32, nr: u64, thp: ThpMode) {
+    let kernel = Kernel::new(KernelConfig { ram_bytes: 256 << 20, thp, ..KernelConfig::default() }).expect("boot");
     let dmirror = Dmirror::probe(&kernel, DmirrorConfig { chunk_pages: 4096, ..DmirrorConfig::default() }).unwrap();
     let mm = kernel.create_mm().unwrap();
     let fd = dmirror.device(0).unwrap().open(&mm).unwrap();
-    let at = mm.mmap(0, LEN, Prot::RW, ANON).unwrap();
-    let mut parent = Process { mm, at, values: (0..NR).map(|i| 0x100 + i).collect() };
+    let at = mm.mmap(0, nr * PAGE_SIZE, Prot::RW, ANON).unwrap();
+    let mut parent = Process { mm, at, values: (0..nr).map(|i| 0x100 + i).collect() };
     for (i, &value) in parent.values.iter().enumerate() {
         parent.mm.write_u64(at + i as u64 * PAGE_SIZE, value).unwrap();
     }
     let mut children: Vec<Process> = Vec::new();
     let mut rng = Rng::new(seed);
-    let mut bounce = vec![0u8; LEN as usize];
+    let mut bounce = vec![0u8; (nr * PAGE_SIZE) as usize];
     for step in 0..steps {
-        let page = rng.below(NR);
+        let page = rng.below(nr);
         match rng.below(9) {
             0 | 1 => {
-                let _ = fd.migrate_to_dev(parent.at, NR, &mut bounce);
+                let _ = fd.migrate_to_dev(parent.at, nr, &mut bounce);
             }
             2 if children.len() < 2 => {
                 let mm = parent.mm.fork().unwrap();
@@ -92,7 +96,7 @@ fn run(seed: u64, steps: u32) {
         }
     }
     for process in children.iter().chain([&parent]) {
-        for page in 0..NR {
+        for page in 0..nr {
             process.check(page);
         }
     }
@@ -111,6 +115,14 @@ fn pick<'a>(parent: &'a mut Process, children: &'a mut [Process], rng: &mut Rng)
 fn fork_mremap_migrate_and_release_in_random_order() {
     let _watchdog = Watchdog::new("fork/mremap/migrate/release sequences", Duration::from_secs(120));
     for seed in 1..=40 {
-        run(seed, 200);
+        run(seed, 200, 8, ThpMode::Never);
+    }
+}
+
+#[test]
+fn the_same_with_2mib_device_folios() {
+    let _watchdog = Watchdog::new("fork/mremap/migrate/release sequences, THP", Duration::from_secs(120));
+    for seed in 1..=10 {
+        run(seed, 100, 512, ThpMode::Always);
     }
 }

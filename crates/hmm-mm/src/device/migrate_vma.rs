@@ -17,7 +17,7 @@ use crate::error::MmError;
 use crate::huge::split_huge_leaf;
 use crate::mm::{Mm, MmapLocked};
 use crate::phys::{MemoryType, PageFlags};
-use crate::rmap::{migration_entry_installed, rmap_walk};
+use crate::rmap::{migration_entry_installed, rmap_walk, split_folio_if_uniform};
 use crate::vma::Vma;
 
 /// The pfn field is valid (`MIGRATE_PFN_VALID`).
@@ -379,7 +379,7 @@ fn split_pte_mapped_folios(mm: &Mm, start: u64, end: u64) {
         ControlFlow::<()>::Continue(())
     });
     for head in heads {
-        phys.split_folio(head);
+        split_folio_if_uniform(mm.kernel(), head);
     }
 }
 
@@ -408,7 +408,7 @@ fn split_leaves(mm: &Mm, start: u64, end: u64, whole: &[u64]) -> Result<(), MmEr
         if entry.is_present() && !mm.phys().is_zero_pfn(entry.pfn()) {
             // Best effort, as Linux's split_folio: a folio that cannot
             // split is skipped by the collection.
-            mm.phys().split_folio(mm.phys().folio_head(entry.pfn()));
+            split_folio_if_uniform(mm.kernel(), mm.phys().folio_head(entry.pfn()));
         }
     }
 }

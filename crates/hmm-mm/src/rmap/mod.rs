@@ -50,6 +50,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
 
+use hmm_pagetable::SwapKind;
 use hmm_types::{Pfn, PAGE_SHIFT};
 
 use crate::fs::Inode;
@@ -243,6 +244,61 @@ pub(crate) fn rmap_walk(
         }
     }
     ControlFlow::Continue(())
+}
+
+/// Splits the large anonymous folio `head` into order-0 pages if every page
+/// of it is mapped by the same number of PTEs and no PMD maps it anywhere,
+/// as the reverse map shows: the split gives each page an equal share of
+/// the folio's references and mappings, which is right only then. A folio
+/// still PMD-mapped in another process (a THP shared after fork, split on
+/// one side only) stays whole. The caller holds at most its own mmap read
+/// lock. Returns whether the folio was split.
+pub(crate) fn split_folio_if_uniform(kernel: &Kernel, head: Pfn) -> bool {
+    let phys = kernel.phys();
+    let nr = 1u64 << phys.folio_order(head);
+    if nr == 1 || phys.folio_head(head) != head {
+        return false;
+    }
+    let (mapping, index) = page_identity(phys, head);
+    let root = phys.meta(head).flags().contains(PageFlags::ANON).then(|| kernel.anon_registry().lookup(mapping));
+    let Some(Some(root)) = root else { return false };
+    let mut counts = vec![0u32; nr as usize];
+    for mm in root.mms() {
+        let guard = mm.mmap_read_recursive();
+        if mm.has_exited() {
+            continue;
+        }
+        for vma in guard.iter().filter(|vma| vma.anon_vma.carries(&root)) {
+            let pages = (vma.end - vma.start) >> PAGE_SHIFT;
+            let (from, to) = (index.max(vma.pgoff), (index + nr).min(vma.pgoff + pages));
+            if from >= to {
+                continue;
+            }
+            let address = |i: u64| vma.start + ((i - vma.pgoff) << PAGE_SHIFT);
+            let huge = mm.pgtable().walk(address(from), address(to), |visit| {
+                let hmm_pagetable::Visit::Slot { slot, entry } = visit else { return ControlFlow::Continue(()) };
+                // Swap (and marker) entries name a slot, not a frame.
+                let frame_kind =
+                    |k: SwapKind| k.is_migration() || k.is_device_private() || k == SwapKind::DeviceExclusive;
+                let names = entry.is_present() || entry.swap_kind().is_some_and(frame_kind);
+                let offset = entry.pfn().0.wrapping_sub(head.0);
+                if !names || offset >= nr {
+                    return ControlFlow::Continue(());
+                }
+                if slot.level() > hmm_pagetable::Level::Pte {
+                    return ControlFlow::Break(());
+                }
+                counts[offset as usize] += 1;
+                ControlFlow::Continue(())
+            });
+            if huge.is_break() {
+                return false;
+            }
+        }
+    }
+    let uniform =
+        counts.iter().all(|&c| c == counts[0]) && u64::from(counts[0]) * nr == phys.folio_counts(head).1 as u64;
+    uniform && phys.split_folio(head)
 }
 
 /// The VMAs of `mm` that `carries` and whose page range holds `index`.

@@ -90,3 +90,29 @@ fn pin_and_eviction_by_frame_after_fork_and_mremap() {
         assert_eq!(child.read_u64(va + i * PAGE_SIZE).unwrap(), 100 + i);
     }
 }
+
+#[test]
+fn a_thp_still_pmd_mapped_after_fork_is_not_split_under_the_other_process() {
+    let _watchdog = Watchdog::new("THP shared after fork", Duration::from_secs(30));
+    let k = kernel(64, ThpMode::Always);
+    let device = Device::new(&k, OWNER, 1024);
+    let parent = k.create_mm().unwrap();
+    let va = parent.mmap(0, hmm_types::PMD_SIZE, Prot::RW, ANON).unwrap();
+    let nr = hmm_types::PMD_SIZE / PAGE_SIZE;
+    for i in 0..nr {
+        parent.write_u64(va + i * PAGE_SIZE, 0x100 + i).unwrap();
+    }
+    let child = parent.fork().unwrap();
+    // The parent's write splits its PMD and copies one page; the child's
+    // PMD still maps the whole THP, so its mapcount (1 PMD + 511 PTEs)
+    // happens to be a multiple of 512 although the pages are not mapped
+    // alike.
+    parent.write_u64(va + 100 * PAGE_SIZE, 7).unwrap();
+    assert_eq!(leaf(&child, va).0, hmm_pagetable::Level::Pmd);
+    to_device(&device, &parent, va, va + hmm_types::PMD_SIZE);
+    for i in 0..nr {
+        let want = if i == 100 { 7 } else { 0x100 + i };
+        assert_eq!(parent.read_u64(va + i * PAGE_SIZE).unwrap(), want);
+        assert_eq!(child.read_u64(va + i * PAGE_SIZE).unwrap(), 0x100 + i, "the child's page {i}");
+    }
+}

@@ -283,10 +283,8 @@ impl MigrateVma {
             let others = &mut self.others;
             let _ = rmap_walk(kernel, pfn, |other, _vma, va| {
                 kernel.count_device_scan(1);
-                if (other.id(), va) != own {
-                    if unmap_one(other, va, pfn, false).is_some() {
-                        others.push((i, Arc::downgrade(other), va));
-                    }
+                if (other.id(), va) != own && unmap_one(other, va, pfn, false).is_some() {
+                    others.push((i, Arc::downgrade(other), va));
                 }
                 if phys.folio_counts(pfn).1 == 0 {
                     ControlFlow::Break(())

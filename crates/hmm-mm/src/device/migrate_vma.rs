@@ -319,7 +319,7 @@ impl MigrateVma {
 }
 
 /// Replaces the entry at `va` of `mm` (whose mmap lock the caller holds)
-/// by a migration entry if it maps the page `pfn` (present or
+/// by a migration entry if it maps the order-0 page `pfn` (present or
 /// device-private) with a PTE or, with `whole_pmd`, maps the 2 MiB folio
 /// headed by `pfn` with a PMD; announced as `try_to_migrate_one` does:
 /// CLEAR with no owner, so no mirror of that process may skip it. The
@@ -330,8 +330,11 @@ pub(super) fn unmap_one(mm: &Mm, va: u64, pfn: Pfn, whole_pmd: bool) -> Option<b
     let slot = mm.pgtable().find(va);
     let entry = slot.load();
     let huge = slot.level() == hmm_pagetable::Level::Pmd;
+    // A PTE naming part of a large folio is left alone: moving one part
+    // would leave the others mapping a folio about to be freed.
+    let small = slot.level() == hmm_pagetable::Level::Pte && mm.phys().folio_order(pfn) == 0;
     let maps = entry.pfn() == pfn
-        && (slot.level() == hmm_pagetable::Level::Pte || (huge && whole_pmd && slot.va() == va))
+        && (small || (huge && whole_pmd && slot.va() == va))
         && (entry.is_present() || entry.swap_kind().is_some_and(|k| k.is_device_private()));
     if !maps {
         return None;

@@ -116,3 +116,36 @@ fn a_thp_still_pmd_mapped_after_fork_is_not_split_under_the_other_process() {
         assert_eq!(child.read_u64(va + i * PAGE_SIZE).unwrap(), 0x100 + i, "the child's page {i}");
     }
 }
+
+#[test]
+fn eviction_by_frame_moves_a_pmd_mapped_device_folio_whole() {
+    let _watchdog = Watchdog::new("device THP eviction", Duration::from_secs(30));
+    let k = kernel(64, ThpMode::Always);
+    let device = Device::new(&k, OWNER, 1024);
+    let mm = k.create_mm().unwrap();
+    let len = hmm_types::PMD_SIZE;
+    let va = mm.mmap(0, len, Prot::RW, ANON).unwrap();
+    for i in 0..len / PAGE_SIZE {
+        mm.write_u64(va + i * PAGE_SIZE, 0x300 + i).unwrap();
+    }
+    let guard = mm.mmap_read();
+    let select = super::MigrateSelect::SYSTEM | super::MigrateSelect::COMPOUND;
+    device.migrate_to_device_with(guard.locked(), va, va + len, select);
+    drop(guard);
+    // It moved to the device whole, and mremap moved the range.
+    let spot = mm.mmap(0, len, Prot::RW, ANON).unwrap();
+    let moved = mm.mremap(va, len, len, MremapFlags::MAYMOVE | MremapFlags::FIXED, spot).unwrap();
+    let (level, entry) = leaf(&mm, moved);
+    assert_eq!(level, hmm_pagetable::Level::Pmd);
+    assert!(entry.swap_kind().is_some_and(|k| k.is_device_private()));
+    let base = *device.base.get().unwrap();
+    assert_eq!(MigrateDevice::to_ram(&k, base, 1024).unwrap(), 512);
+    let (level, entry) = leaf(&mm, moved);
+    assert_eq!(level, hmm_pagetable::Level::Pmd, "still one PMD, now of a RAM THP");
+    assert!(entry.is_present());
+    assert_eq!(k.phys().memory_type(entry.pfn()), MemoryType::System);
+    assert_eq!(device.free_pages(), 1024);
+    for i in 0..len / PAGE_SIZE {
+        assert_eq!(mm.read_u64(moved + i * PAGE_SIZE).unwrap(), 0x300 + i);
+    }
+}

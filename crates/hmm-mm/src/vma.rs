@@ -300,6 +300,24 @@ mod tests {
     }
 
     #[test]
+    fn anonymous_vmas_merge_only_with_contiguous_pgoff() {
+        let mut tree = VmaTree::default();
+        tree.insert(anon(0x10000, 0x20000, RW));
+        // What mremap leaves: a range whose pgoff is that of its old place.
+        let mut moved = anon(0x20000, 0x30000, RW);
+        moved.pgoff = 0x90;
+        tree.insert(moved);
+        tree.merge_range(0x20000, 0x30000);
+        assert_eq!(tree.len(), 2, "the rmap computes addresses from pgoff");
+        let mut next = anon(0x30000, 0x40000, RW);
+        next.pgoff = 0x90 + 0x10;
+        tree.insert(next);
+        tree.merge_range(0x30000, 0x40000);
+        assert_eq!(tree.len(), 2, "contiguous pgoff merges");
+        assert_eq!(tree.lookup(0x3ffff).unwrap().page_index(0x3f000), 0x90 + 0x1f);
+    }
+
+    #[test]
     fn find_free_is_top_down_and_aligned() {
         let mut tree = VmaTree::default();
         let a = tree.find_free(0x3000, None).unwrap();

@@ -176,14 +176,10 @@ impl DmirrorDevice {
 
     /// Migrates all of this device's memory back to system RAM and retires
     /// its chunks (`dmirror_device_remove_chunks`: RELEASE, and every close).
-    /// Pages are moved first through the address spaces the device's files
-    /// mirror (whole 2 MiB folios included), then by frame number wherever
-    /// they are mapped.
+    /// Pages (and whole 2 MiB folios) move by frame number, wherever they
+    /// are mapped: the cost follows the device memory in use, not the size
+    /// of the address spaces the files mirror.
     pub(crate) fn remove_chunks(&self) {
-        let mirrors: Vec<Arc<Mirror>> = self.mirrors.lock().iter().filter_map(Weak::upgrade).collect();
-        for mirror in mirrors {
-            crate::migrate::evict_address_space(self, &mirror);
-        }
         for base in self.memory.retire_chunks() {
             self.memory.evict_chunk(base);
         }

@@ -196,36 +196,17 @@ impl DeviceMemory {
         bases
     }
 
-    /// Migrates every in-use 4K page of the chunk at `base` back to system
-    /// RAM wherever it is mapped (`dmirror_device_evict_chunk`, with
-    /// `migrate_device_range`). Pages of in-use 2 MiB folios are skipped:
-    /// the caller moves those through the address spaces it mirrors first.
+    /// Migrates every in-use page and 2 MiB folio of the chunk at `base`
+    /// back to system RAM wherever it is mapped (`dmirror_device_evict_chunk`,
+    /// with `migrate_device_range`): the memory manager finds the mappings
+    /// of each through its reverse map.
     pub(crate) fn evict_chunk(&self, base: Pfn) {
-        let phys = self.phys().clone();
-        let mut i = 0;
-        while i < self.chunk_pages {
-            // A run of frames outside in-use large folios.
-            let large = |pfn: Pfn| phys.folio_order(pfn) > 0 && phys.folio_counts(pfn).0 > 0;
-            while i < self.chunk_pages && large(base.add(i)) {
-                i += 1;
-            }
-            let start = i;
-            while i < self.chunk_pages && !large(base.add(i)) {
-                i += 1;
-            }
-            if i > start {
-                self.evict_run(base.add(start), i - start);
-            }
-        }
-    }
-
-    fn evict_run(&self, start: Pfn, npages: u64) {
         let phys = self.phys();
-        let in_use = (0..npages).any(|j| phys.folio_counts(start.add(j)).0 > 0);
+        let in_use = (0..self.chunk_pages).any(|j| phys.folio_counts(base.add(j)).0 > 0);
         if in_use {
             // Linux's eviction cannot fail for want of RAM (__GFP_NOFAIL);
-            // here a page without a RAM page stays on the device.
-            let _ = MigrateDevice::to_ram(&self.kernel, start, npages);
+            // here a folio without RAM stays on the device.
+            let _ = MigrateDevice::to_ram(&self.kernel, base, self.chunk_pages);
         }
     }
 }

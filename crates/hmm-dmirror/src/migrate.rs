@@ -1,6 +1,6 @@
 //! Moving memory between system RAM and the device: MIGRATE_TO_DEV,
-//! MIGRATE_TO_SYS, the CPU fault on a device page (`migrate_to_ram`) and
-//! eviction through an address space. Each is `MigrateVma` setup → the
+//! MIGRATE_TO_SYS and the CPU fault on a device page (`migrate_to_ram`);
+//! eviction goes by frame number (`devmem.rs`). Each is `MigrateVma` setup → the
 //! driver's allocation and copy → pages → (table update) → finalize, in
 //! chunks of at most 512 pages that never cross a VMA (spec §5.5).
 //!
@@ -70,25 +70,6 @@ pub(crate) fn to_system(mirror: &Mirror, addr: u64, npages: u64) -> Result<Count
         return Err(DmirrorError::NoMem("system pages for the migration back"));
     }
     Ok(Counts { cpages, faults: 0 })
-}
-
-/// Moves every page of this device mapped in `mirror`'s address space back
-/// to system RAM (the first step of releasing the device's memory).
-pub(crate) fn evict_address_space(device: &DmirrorDevice, mirror: &Mirror) {
-    let Ok(user) = mirror.mm_user() else { return };
-    let guard = user.mmap_read();
-    let ranges: Vec<(u64, u64)> = guard.locked().vmas().iter().map(|vma| (vma.start, vma.end)).collect();
-    for (start, end) in ranges {
-        // Mappings that cannot hold device pages fail setup: skipped.
-        let _ = for_each_chunk(&guard, start, end, false, |locked, start, next| {
-            let mut migrate = MigrateVma::new(start, next, device.owner(), select_device(device));
-            migrate.setup(locked)?;
-            let _ = fault_alloc_and_copy(device, &mut migrate, None);
-            migrate.pages(locked);
-            migrate.finalize(locked);
-            Ok(())
-        });
-    }
 }
 
 /// The CPU touched a page of this device (`dmirror_devmem_fault`): the

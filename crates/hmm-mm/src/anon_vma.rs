@@ -5,60 +5,20 @@
 //! have been one VMA but for their protection (`find_mergeable_anon_vma`).
 //! Two VMAs with different anon_vmas never merge (`is_mergeable_anon_vma`),
 //! and a moved VMA keeps its page offset once it has one (`copy_vma`), so it
-//! merges only where offsets line up. This module owns that identity; the
-//! reverse map itself is not modelled here.
+//! merges only where offsets line up. This module owns those rules; the
+//! anon_vma itself is the reverse map's root (`crate::rmap::AnonVma`).
 //!
 //! Linux: `mm/rmap.c` (`__anon_vma_prepare`, `anon_vma_fork`), `mm/vma.c`
 //! (`find_mergeable_anon_vma`, `anon_vma_compatible`,
 //! `is_mergeable_anon_vma`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use hmm_types::{VmFlags, PAGE_SHIFT};
 
+use crate::mm::Mm;
+use crate::rmap::AnonVma;
 use crate::vma::{Vma, VmaTree};
-
-/// One anon_vma.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct AnonVma {
-    /// Unique among all anon_vmas ever created.
-    pub id: u64,
-    /// False in a forked child, whose VMA also links to its parent's
-    /// anon_vma (`anon_vma_chain` not singular): such an anon_vma is not
-    /// handed to a neighbour, and its VMA does not merge with one that has
-    /// none.
-    pub reusable: bool,
-}
-
-impl AnonVma {
-    /// A new anon_vma (`anon_vma_alloc`).
-    pub fn new(reusable: bool) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Self { id: NEXT.fetch_add(1, Ordering::Relaxed), reusable }
-    }
-}
-
-/// The anon_vma of a VMA: none until its first anonymous page, then set
-/// once, even under the mmap read lock (a fault). Cloning a VMA (a split)
-/// copies it, as `__split_vma` copies the pointer.
-#[derive(Clone, Debug, Default)]
-pub struct AnonVmaSlot(OnceLock<AnonVma>);
-
-impl AnonVmaSlot {
-    /// A slot holding `anon_vma`, if any.
-    pub fn with(anon_vma: Option<AnonVma>) -> Self {
-        let slot = OnceLock::new();
-        if let Some(anon_vma) = anon_vma {
-            let _ = slot.set(anon_vma);
-        }
-        Self(slot)
-    }
-    /// The anon_vma, if the VMA has one.
-    pub fn get(&self) -> Option<AnonVma> {
-        self.0.get().copied()
-    }
-}
 
 /// True when `a` and `b` (with `a` just before `b`) differ at most in
 /// their access rights, so they may share an anon_vma
@@ -74,27 +34,30 @@ fn compatible(a: &Vma, b: &Vma) -> bool {
 /// Gives `vma` an anon_vma if it has none: the next or else the previous
 /// neighbour's when compatible and reusable, else a new one
 /// (`__anon_vma_prepare`). Called before a private page is created.
-pub(crate) fn anon_vma_prepare(vmas: &VmaTree, vma: &Vma) {
+pub(crate) fn anon_vma_prepare(mm: &Mm, vmas: &VmaTree, vma: &Vma) {
     if vma.anon_vma.get().is_some() {
         return;
     }
-    let reusable = |other: &Vma| other.anon_vma.get().filter(|av| av.reusable);
+    let reusable = |other: &Vma| other.anon_vma.get().filter(|av| av.is_reusable()).cloned();
     let from_next = vmas.lookup(vma.end).filter(|next| compatible(vma, next)).and_then(reusable);
     let from_prev = || {
         let prev = vma.start.checked_sub(1).and_then(|va| vmas.lookup(va));
         prev.filter(|prev| compatible(prev, vma)).and_then(reusable)
     };
-    let anon_vma = from_next.or_else(from_prev).unwrap_or_else(|| AnonVma::new(true));
-    // A concurrent fault may have set it first; either is a valid choice.
-    let _ = vma.anon_vma.0.set(anon_vma);
+    match from_next.or_else(from_prev) {
+        Some(shared) => vma.anon_vma.set_if_none(shared),
+        None => {
+            vma.anon_vma.prepare(mm);
+        }
+    }
 }
 
 /// True when VMAs with these anon_vmas may merge (`is_mergeable_anon_vma`):
 /// the same one, or one side without and the other not a forked child's.
-pub(crate) fn mergeable(a: Option<AnonVma>, b: Option<AnonVma>) -> bool {
+pub(crate) fn mergeable(a: Option<&Arc<AnonVma>>, b: Option<&Arc<AnonVma>>) -> bool {
     match (a, b) {
-        (Some(a), Some(b)) => a.id == b.id,
-        (Some(only), None) | (None, Some(only)) => only.reusable,
+        (Some(a), Some(b)) => a.id() == b.id(),
+        (Some(only), None) | (None, Some(only)) => only.is_reusable(),
         (None, None) => true,
     }
 }

@@ -15,6 +15,7 @@ use crate::fs::Tmpfs;
 use crate::migrate::{MigrationHook, MigrationShared};
 use crate::mm::Mm;
 use crate::phys::PhysMem;
+use crate::rmap::AnonRegistry;
 use crate::swap::{SwapArea, MAX_SWAP_PAGES};
 
 /// Transparent huge page policy (`/sys/kernel/mm/transparent_hugepage/enabled`).
@@ -71,6 +72,10 @@ pub struct Kernel {
     /// Every address space created here, for reclaim. Held only to add or
     /// to snapshot; nothing else is locked under it.
     mms: Mutex<Vec<Weak<Mm>>>,
+    /// The anon roots, for the reverse map (`crate::rmap`).
+    anon_registry: Arc<AnonRegistry>,
+    /// CPU page-table entries examined by device migration (a diagnostic).
+    device_scan: AtomicU64,
 }
 
 /// In debug builds the machine's last reference checks frame accounting
@@ -109,6 +114,8 @@ impl Kernel {
             next_mm_id: AtomicU64::new(1),
             migration: MigrationShared::default(),
             mms: Mutex::new(Vec::new()),
+            anon_registry: Arc::default(),
+            device_scan: AtomicU64::new(0),
         }))
     }
 
@@ -152,6 +159,29 @@ impl Kernel {
 
     pub(crate) fn migration(&self) -> &MigrationShared {
         &self.migration
+    }
+
+    pub(crate) fn anon_registry(&self) -> &Arc<AnonRegistry> {
+        &self.anon_registry
+    }
+
+    /// Address spaces visited by reverse-map walks since boot (a
+    /// diagnostic: eviction and migration cost follows the pages they
+    /// move, not the size of the address spaces).
+    pub fn rmap_visits(&self) -> u64 {
+        self.anon_registry.visits()
+    }
+
+    /// CPU page-table entries examined by device migration since boot:
+    /// one per page of each `MigrateVma::setup` range, one per mapping the
+    /// reverse map offers for a collected page (a diagnostic showing that
+    /// eviction costs what is in use, not what is mapped).
+    pub fn device_migration_scanned(&self) -> u64 {
+        self.device_scan.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_device_scan(&self, entries: u64) {
+        self.device_scan.fetch_add(entries, Ordering::Relaxed);
     }
 
     pub(crate) fn next_mm_id(&self) -> MmId {

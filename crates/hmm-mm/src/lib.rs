@@ -11,7 +11,7 @@
 //! Linux: `mm/` (memory.c, mmap.c, mprotect.c, madvise.c, mremap.c,
 //! huge_memory.c, shmem.c, migrate.c), `kernel/fork.c`.
 
-pub mod anon_vma;
+mod anon_vma;
 pub mod cpu;
 pub mod devdax;
 pub mod device;
@@ -28,6 +28,7 @@ mod notify;
 mod ops;
 pub mod phys;
 pub mod proc_pagemap;
+mod rmap;
 mod signal;
 pub mod swap;
 #[cfg(any(test, feature = "testing"))]

@@ -45,9 +45,10 @@
 //! waiters; unlock; drop the old folio.
 //!
 //! Pages mapped by several processes (after fork) are skipped, as
-//! `move_pages` does without `MPOL_MF_MOVE_ALL`: this model has no anonymous
-//! reverse map to find the other mappings. Counts are in base pages (a THP
-//! counts 512); "skipped" also covers pages unmapped while their copy ran.
+//! `move_pages` and `mbind` do without `MPOL_MF_MOVE_ALL` (a privileged
+//! flag this model does not offer; the reverse map, `crate::rmap`, would
+//! find the other mappings). Counts are in base pages (a THP counts 512);
+//! "skipped" also covers pages unmapped while their copy ran.
 //!
 //! # Locking and who meets a migration entry
 //!

@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use hmm_types::{VaRange, VmFlags, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
 
-use crate::anon_vma::{mergeable, AnonVmaSlot};
+use crate::anon_vma::mergeable;
 use crate::devdax::DevDax;
 use crate::fs::Inode;
 use crate::hugetlb::HugetlbFile;
+use crate::rmap::AnonVmaSlot;
 
 /// What backs a VMA's pages.
 #[derive(Clone, Debug)]
@@ -62,8 +63,10 @@ pub struct Vma {
     /// The userfaultfd context it is registered with
     /// (`vm_userfaultfd_ctx`); the `VM_UFFD_*` flags say for what.
     pub uffd: Option<crate::uffd::UffdBinding>,
-    /// Its anon_vma, once it has private anonymous pages.
-    pub anon_vma: AnonVmaSlot,
+    /// Its anon_vma (`vm_area_struct::anon_vma`), once it has private
+    /// anonymous pages: the reverse map's root and, for merging, its
+    /// identity; kept across split, merge, mremap and fork (`crate::rmap`).
+    pub(crate) anon_vma: AnonVmaSlot,
 }
 
 impl Vma {
@@ -132,6 +135,10 @@ impl Vma {
             && self.uffd == next.uffd
             && self.page_index(self.end) == next.pgoff
             && mergeable(self.anon_vma.get(), next.anon_vma.get())
+    }
+    /// A new VMA with no anonymous page yet and no userfaultfd.
+    pub fn new(start: u64, end: u64, flags: VmFlags, pgoff: u64, backing: VmaBacking) -> Self {
+        Self { start, end, flags, pgoff, backing, uffd: None, anon_vma: AnonVmaSlot::default() }
     }
 }
 
@@ -229,11 +236,9 @@ impl VmaTree {
                 let mergeable = self.vmas[&p].can_merge_with_next(&self.vmas[&key]);
                 if mergeable {
                     let next = self.vmas.remove(&key).expect("key from the map");
-                    let merged = self.vmas.get_mut(&p).expect("key from the map");
-                    merged.end = next.end;
-                    if merged.anon_vma.get().is_none() {
-                        merged.anon_vma = next.anon_vma;
-                    }
+                    let prev = self.vmas.get_mut(&p).expect("key from the map");
+                    prev.end = next.end;
+                    prev.anon_vma.adopt(&next.anon_vma);
                     continue;
                 }
             }
@@ -280,15 +285,7 @@ mod tests {
     use super::*;
 
     fn anon(start: u64, end: u64, flags: VmFlags) -> Vma {
-        Vma {
-            start,
-            end,
-            flags,
-            pgoff: start >> PAGE_SHIFT,
-            backing: VmaBacking::Anon,
-            uffd: None,
-            anon_vma: AnonVmaSlot::default(),
-        }
+        Vma::new(start, end, flags, start >> PAGE_SHIFT, VmaBacking::Anon)
     }
 
     const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE);
@@ -340,5 +337,23 @@ mod tests {
         tree.insert(anon(0x30000, 0x40000, RW));
         let starts: Vec<u64> = tree.overlapping(0x18000, 0x31000).map(|v| v.start).collect();
         assert_eq!(starts, [0x10000, 0x30000]);
+    }
+
+    #[test]
+    fn anonymous_vmas_merge_only_with_contiguous_pgoff() {
+        let mut tree = VmaTree::default();
+        tree.insert(anon(0x10000, 0x20000, RW));
+        // What mremap leaves: a range whose pgoff is that of its old place.
+        let mut moved = anon(0x20000, 0x30000, RW);
+        moved.pgoff = 0x90;
+        tree.insert(moved);
+        tree.merge_range(0x20000, 0x30000);
+        assert_eq!(tree.len(), 2, "the rmap computes addresses from pgoff");
+        let mut next = anon(0x30000, 0x40000, RW);
+        next.pgoff = 0x90 + 0x10;
+        tree.insert(next);
+        tree.merge_range(0x30000, 0x40000);
+        assert_eq!(tree.len(), 2, "contiguous pgoff merges");
+        assert_eq!(tree.lookup(0x3ffff).unwrap().page_index(0x3f000), 0x90 + 0x1f);
     }
 }

@@ -69,6 +69,7 @@ impl MigrateVma {
                     }
                     let dirty = phys.meta(src).flags() & PageFlags::DIRTY;
                     phys.meta(dst).set_flags(ANON_FLAGS | dirty);
+                    crate::rmap::folio_copy_rmap(phys, dst, src);
                 }
             }
         }
@@ -95,7 +96,9 @@ fn insert_page(mm: &Mm, vma: &Vma, va: u64, dst: hmm_types::Pfn, huge: bool) -> 
         return false;
     }
     let writable = vma.flags.contains(VmFlags::WRITE);
+    crate::rmap::folio_add_new_anon_rmap(mm, vma, dst, va);
     let new = if phys.memory_type(dst) == MemoryType::DevicePrivate {
+        phys.meta(dst).set_flags(ANON_FLAGS);
         Entry::swap(if writable { SwapKind::DevicePrivateWrite } else { SwapKind::DevicePrivateRead }, dst.0, huge)
     } else {
         phys.meta(dst).set_flags(ANON_FLAGS);

@@ -1,8 +1,7 @@
 //! Evicting device memory by frame number, without knowing where it is
-//! mapped (`migrate_device_range`): used when a driver releases its memory.
-//! The model has no reverse map, so the unmap step scans the page tables of
-//! every live address space for entries naming the frames (eviction is
-//! rare; the scan is proportional to what is mapped).
+//! mapped (`migrate_device_range`): used when a driver releases its memory
+//! and by long-term GUP. The unmap step finds each frame's mappings through
+//! the reverse map (`crate::rmap`), so its cost follows the frames in use.
 //!
 //! Linux: `migrate_device_range`, `migrate_device_pages`,
 //! `migrate_device_finalize` (`mm/migrate_device.c`).
@@ -10,15 +9,18 @@
 use core::ops::ControlFlow;
 use std::sync::{Arc, Weak};
 
-use hmm_pagetable::{Entry, SwapKind, Visit};
-use hmm_types::{Event, Pfn, TASK_SIZE};
+use hmm_types::Pfn;
 
 use crate::error::MmError;
 use crate::kernel::Kernel;
 use crate::mm::Mm;
+use crate::rmap::rmap_walk;
 
-use super::finalize::restore;
-use super::migrate_vma::{migrate_pfn, migrate_pfn_to_pfn, MIGRATE_PFN_MIGRATE, MIGRATE_PFN_WRITE};
+use super::finalize::restore_elsewhere;
+use super::migrate_vma::unmap_one;
+use super::migrate_vma::{
+    migrate_pfn, migrate_pfn_to_pfn, MIGRATE_PFN_COMPOUND, MIGRATE_PFN_MIGRATE, MIGRATE_PFN_WRITE,
+};
 
 /// An eviction in progress: `src` and `dst` as in `MigrateVma`, one word
 /// per frame of the range.
@@ -36,8 +38,11 @@ pub struct MigrateDevice {
 impl MigrateDevice {
     /// Collects the in-use frames of `[start, start + npages)` and replaces
     /// every CPU entry naming them by a migration entry
-    /// (`migrate_device_range`). `EINVAL` unless the frames are device
-    /// memory (private or coherent) of one region.
+    /// (`migrate_device_range`). A large folio lying wholly in the range is
+    /// collected whole (`MIGRATE_PFN_COMPOUND` on its head's word) and
+    /// moves if PMDs map it; the frames of one straddling the range stay.
+    /// `EINVAL` unless the frames are device memory (private or coherent)
+    /// of one region.
     pub fn setup(kernel: &Arc<Kernel>, start: Pfn, npages: u64) -> Result<Self, MmError> {
         let phys = kernel.phys();
         let last = start.0.checked_add(npages.saturating_sub(1)).map(Pfn);
@@ -52,17 +57,22 @@ impl MigrateDevice {
             kernel: kernel.clone(),
             mappings: Vec::new(),
         };
-        for i in 0..npages {
+        let mut i = 0;
+        while i < npages {
             let pfn = start.add(i);
-            if phys.try_get(pfn) {
+            let nr = 1u64 << phys.folio_order(pfn);
+            let whole = phys.folio_head(pfn) == pfn && i + nr <= npages;
+            if whole && phys.try_get(pfn) {
                 if phys.meta(pfn).try_lock() {
-                    this.src[i as usize] = migrate_pfn(pfn) | MIGRATE_PFN_MIGRATE;
+                    let compound = if nr > 1 { MIGRATE_PFN_COMPOUND } else { 0 };
+                    this.src[i as usize] = migrate_pfn(pfn) | MIGRATE_PFN_MIGRATE | compound;
                 } else {
                     phys.put(pfn);
                 }
             }
+            i += if whole { nr } else { 1 };
         }
-        this.unmap(start, npages);
+        this.unmap();
         this.unmap_pinned();
         Ok(this)
     }
@@ -70,59 +80,50 @@ impl MigrateDevice {
     /// Moves every in-use frame of `[start, start + npages)` to a new
     /// system page wherever it is mapped, with the core doing the copy
     /// (`migrate_device_coherent_folio`, and the loop a driver runs to
-    /// release its memory): setup, a RAM page per collected frame, pages,
-    /// finalize. A frame without a RAM page (out of memory) stays; returns
-    /// the frames moved.
+    /// release its memory): setup, a RAM folio of the same order per
+    /// collected folio, pages, finalize. A folio without RAM (out of
+    /// memory) stays; returns the frames moved.
     pub fn to_ram(kernel: &Arc<Kernel>, start: Pfn, npages: u64) -> Result<u64, MmError> {
         let phys = kernel.phys();
         let mut migrate = Self::setup(kernel, start, npages)?;
         let mut moved = 0;
         for i in 0..migrate.src.len() {
             let Some(src) = migrate_pfn_to_pfn(migrate.src[i]) else { continue };
-            let Ok(dst) = phys.alloc_folio(0, false) else { continue };
+            let order = phys.folio_order(src);
+            let Ok(dst) = phys.alloc_folio(order, false) else { continue };
             phys.meta(dst).try_lock();
-            phys.copy_frames(dst, src, 1);
-            migrate.dst[i] = migrate_pfn(dst);
-            moved += 1;
+            phys.copy_frames(dst, src, 1 << order);
+            migrate.dst[i] = migrate_pfn(dst) | (migrate.src[i] & MIGRATE_PFN_COMPOUND);
+            moved += 1 << order;
         }
         migrate.pages();
         migrate.finalize();
         Ok(moved)
     }
 
-    fn unmap(&mut self, start: Pfn, npages: u64) {
-        let phys = self.kernel.phys().clone();
-        for mm in self.kernel.live_mms() {
-            if mm.has_exited() {
-                continue;
-            }
-            let _guard = mm.mmap_read_recursive();
-            let mut found = Vec::new();
-            let _ = mm.pgtable().walk(0, TASK_SIZE, |visit| {
-                if let Visit::Slot { slot, entry } = visit {
-                    let named = entry.is_present() || entry.swap_kind().is_some_and(|k| k.is_device_private());
-                    let i = entry.pfn().0.wrapping_sub(start.0);
-                    if named && i < npages && self.src[i as usize] & MIGRATE_PFN_MIGRATE != 0 {
-                        found.push((i as usize, slot.va(), entry));
-                    }
-                }
-                ControlFlow::<()>::Continue(())
-            });
-            for (i, va, entry) in found {
-                let slot = mm.pgtable().find(va);
-                let write = entry.is_write() || entry.swap_kind() == Some(SwapKind::DevicePrivateWrite);
-                let kind = if write { SwapKind::MigrationWrite } else { SwapKind::MigrationRead };
-                let invalidation = mm.notifiers().start(mm.id(), va, va + hmm_types::PAGE_SIZE, Event::Clear);
-                let swapped = slot.compare_exchange(entry, Entry::swap(kind, entry.pfn().0, false)).is_ok();
-                invalidation.end();
-                if swapped {
-                    phys.map_sub(entry.pfn(), 1);
+    /// Replaces every CPU entry naming a collected frame by a migration
+    /// entry, finding the entries through the reverse map: the cost
+    /// follows the frames in use, not the size of the address spaces.
+    fn unmap(&mut self) {
+        for i in 0..self.src.len() {
+            let Some(pfn) = migrate_pfn_to_pfn(self.src[i]) else { continue };
+            let phys = self.kernel.phys().clone();
+            let whole_pmd = self.src[i] & MIGRATE_PFN_COMPOUND != 0;
+            let (src, mappings) = (&mut self.src[i], &mut self.mappings);
+            let _ = rmap_walk(&self.kernel, pfn, |mm, _vma, va| {
+                self.kernel.count_device_scan(1);
+                if let Some(write) = unmap_one(mm, va, pfn, whole_pmd) {
                     if write {
-                        self.src[i] |= MIGRATE_PFN_WRITE;
+                        *src |= MIGRATE_PFN_WRITE;
                     }
-                    self.mappings.push((i, Arc::downgrade(&mm), va));
+                    mappings.push((i, Arc::downgrade(mm), va));
                 }
-            }
+                if phys.folio_counts(pfn).1 == 0 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
         }
     }
 
@@ -146,13 +147,7 @@ impl MigrateDevice {
             if *j != i {
                 return true;
             }
-            match weak.upgrade() {
-                Some(mm) => {
-                    let _guard = mm.mmap_read_recursive();
-                    restore(&mm, *va, src, target);
-                }
-                None => phys.put(src),
-            }
+            restore_elsewhere(&phys, weak, *va, src, target);
             false
         });
     }
@@ -185,6 +180,7 @@ impl MigrateDevice {
                         | crate::phys::PageFlags::UPTODATE
                         | dirty,
                 );
+                crate::rmap::folio_copy_rmap(&phys, dst, src);
             }
             self.end_mappings(i, src, target);
             if let Some(dst) = dst {

@@ -5,12 +5,13 @@
 //! Linux: `migrate_vma_finalize`, `remove_migration_ptes`.
 
 use core::ops::ControlFlow;
+use std::sync::Weak;
 
 use hmm_pagetable::{BatchVisit, Entry, LeafFlags, Level, Slot, SwapKind};
 use hmm_types::{Pfn, PAGE_SHIFT};
 
 use crate::mm::{Mm, MmapLocked};
-use crate::phys::{FreeBatch, MemoryType, PageFlags};
+use crate::phys::{FreeBatch, MemoryType, PageFlags, PhysMem};
 
 use super::migrate_vma::{migrate_pfn_to_pfn, MigrateVma, MIGRATE_PFN_MIGRATE};
 
@@ -107,22 +108,31 @@ impl MigrateVma {
     /// Ends the migration entries of entry `i` in other address spaces;
     /// the mapping reference of one whose address space is gone is dropped.
     pub(super) fn restore_others(&mut self, mm: &Mm, i: usize, src: Pfn, target: Pfn) {
-        let va = self.start + ((i as u64) << PAGE_SHIFT);
         let mut others = core::mem::take(&mut self.others);
-        others.retain(|(j, weak)| {
+        others.retain(|(j, weak, va)| {
             if *j != i {
                 return true;
             }
-            match weak.upgrade() {
-                Some(other) => {
-                    let _guard = other.mmap_read_recursive();
-                    restore(&other, va, src, target);
-                }
-                None => mm.phys().put(src),
-            }
+            restore_elsewhere(mm.phys(), weak, *va, src, target);
             false
         });
         self.others = others;
+    }
+}
+
+/// Ends a migration entry installed through the reverse map in another
+/// address space (`unmap_one`); the mapping reference of one whose address
+/// space is gone is dropped.
+pub(super) fn restore_elsewhere(phys: &PhysMem, weak: &Weak<Mm>, va: u64, src: Pfn, target: Pfn) {
+    match weak.upgrade() {
+        Some(other) => {
+            // Recursive: a reader there may wait for this very entry.
+            let guard = other.mmap_read_recursive();
+            restore(&other, va, src, target);
+            crate::rmap::migration_entry_restored(&other);
+            drop(guard);
+        }
+        None => phys.put(src),
     }
 }
 

@@ -17,6 +17,7 @@ use crate::error::MmError;
 use crate::huge::split_huge_leaf;
 use crate::mm::{Mm, MmapLocked};
 use crate::phys::{MemoryType, PageFlags};
+use crate::rmap::{migration_entry_installed, rmap_walk, split_folio_if_uniform};
 use crate::vma::Vma;
 
 /// The pfn field is valid (`MIGRATE_PFN_VALID`).
@@ -80,9 +81,10 @@ pub struct MigrateVma {
     pub flags: MigrateSelect,
     /// The locked device page of a `migrate_to_ram` fault, if any.
     pub fault_page: Option<Pfn>,
-    /// Mappings of collected pages in other address spaces (after fork),
-    /// also turned into migration entries: `(index, address space)`.
-    pub(super) others: Vec<(usize, Weak<Mm>)>,
+    /// Mappings of collected pages elsewhere (other processes after fork,
+    /// found through the reverse map), also turned into migration entries:
+    /// `(index, address space, address)`.
+    pub(super) others: Vec<(usize, Weak<Mm>, u64)>,
 }
 
 impl MigrateVma {
@@ -119,6 +121,7 @@ impl MigrateVma {
         self.src.fill(0);
         self.dst.fill(0);
         self.npages = (self.end - self.start) >> PAGE_SHIFT;
+        mm.kernel().count_device_scan(self.npages);
         self.cpages = 0;
         self.others.clear();
         let whole = self.compound_blocks(mm, vma);
@@ -264,46 +267,31 @@ impl MigrateVma {
         mm.phys().pagemap(pfn).and_then(|p| p.owner()) == Some(self.pgmap_owner)
     }
 
-    /// `try_to_migrate` for pages other processes map too. Without a
-    /// reverse map, the model looks where fork put them: the same address
-    /// in every other live address space.
+    /// `try_to_migrate` for pages mapped elsewhere too (other processes
+    /// after fork, at whatever address mremap moved them to): each is
+    /// found through the reverse map and replaced by a migration entry.
     fn unmap_others(&mut self, mm: &Mm) {
         let phys = mm.phys();
-        let shared: Vec<usize> = (0..self.src.len())
-            .filter(|&i| migrate_pfn_to_pfn(self.src[i]).is_some_and(|pfn| phys.folio_counts(pfn).1 > 0))
-            .collect();
-        if shared.is_empty() {
-            return;
-        }
-        for other in mm.kernel().live_mms() {
-            if other.id() == mm.id() || other.has_exited() {
+        let kernel = mm.kernel();
+        for i in 0..self.src.len() {
+            let Some(pfn) = migrate_pfn_to_pfn(self.src[i]) else { continue };
+            // The collection dropped this range's mapping: any left is elsewhere.
+            if phys.folio_counts(pfn).1 == 0 {
                 continue;
             }
-            // Recursive: a reader there may be waiting for this migration.
-            let _guard = other.mmap_read_recursive();
-            for &i in &shared {
-                let pfn = migrate_pfn_to_pfn(self.src[i]).expect("collected");
-                let va = self.start + ((i as u64) << PAGE_SHIFT);
-                let slot = other.pgtable().find(va);
-                let entry = slot.load();
-                let maps = entry.pfn() == pfn
-                    && slot.level() == hmm_pagetable::Level::Pte
-                    && (entry.is_present() || entry.swap_kind().is_some_and(|k| k.is_device_private()));
-                if !maps {
-                    continue;
+            let own = (mm.id(), self.start + ((i as u64) << PAGE_SHIFT));
+            let others = &mut self.others;
+            let _ = rmap_walk(kernel, pfn, |other, _vma, va| {
+                kernel.count_device_scan(1);
+                if (other.id(), va) != own && unmap_one(other, va, pfn, false).is_some() {
+                    others.push((i, Arc::downgrade(other), va));
                 }
-                let write = entry.is_write() || entry.swap_kind() == Some(SwapKind::DevicePrivateWrite);
-                let kind = if write { SwapKind::MigrationWrite } else { SwapKind::MigrationRead };
-                // As `try_to_migrate_one` announces it: CLEAR with no owner,
-                // so no mirror of the other process may skip it.
-                let invalidation = other.notifiers().start(other.id(), va, va + PAGE_SIZE, Event::Clear);
-                let swapped = slot.compare_exchange(entry, Entry::swap(kind, pfn.0, false)).is_ok();
-                invalidation.end();
-                if swapped {
-                    phys.map_sub(pfn, 1);
-                    self.others.push((i, Arc::downgrade(&other)));
+                if phys.folio_counts(pfn).1 == 0 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
                 }
-            }
+            });
         }
     }
 
@@ -313,7 +301,7 @@ impl MigrateVma {
         let phys = mm.phys();
         for i in 0..self.src.len() {
             let Some(pfn) = migrate_pfn_to_pfn(self.src[i]) else { continue };
-            let others = self.others.iter().filter(|(j, _)| *j == i).count() as u32;
+            let others = self.others.iter().filter(|(j, _, _)| *j == i).count() as u32;
             let expected = 2 + others + u32::from(self.fault_page == Some(pfn));
             if phys.folio_counts(pfn).0 > expected {
                 let va = self.start + ((i as u64) << PAGE_SHIFT);
@@ -330,19 +318,51 @@ impl MigrateVma {
     }
 }
 
+/// Replaces the entry at `va` of `mm` (whose mmap lock the caller holds)
+/// by a migration entry if it maps the order-0 page `pfn` (present or
+/// device-private) with a PTE or, with `whole_pmd`, maps the 2 MiB folio
+/// headed by `pfn` with a PMD; announced as `try_to_migrate_one` does:
+/// CLEAR with no owner, so no mirror of that process may skip it. The
+/// mapping's share of the page goes; its reference now belongs to the
+/// migration entry, which is counted as in flight in `mm`. Returns whether
+/// the mapping was writable, or `None` if nothing was replaced.
+pub(super) fn unmap_one(mm: &Mm, va: u64, pfn: Pfn, whole_pmd: bool) -> Option<bool> {
+    let slot = mm.pgtable().find(va);
+    let entry = slot.load();
+    let huge = slot.level() == hmm_pagetable::Level::Pmd;
+    // A PTE naming part of a large folio is left alone: moving one part
+    // would leave the others mapping a folio about to be freed.
+    let small = slot.level() == hmm_pagetable::Level::Pte && mm.phys().folio_order(pfn) == 0;
+    let maps = entry.pfn() == pfn
+        && (small || (huge && whole_pmd && slot.va() == va))
+        && (entry.is_present() || entry.swap_kind().is_some_and(|k| k.is_device_private()));
+    if !maps {
+        return None;
+    }
+    let write = entry.is_write() || entry.swap_kind() == Some(SwapKind::DevicePrivateWrite);
+    let kind = if write { SwapKind::MigrationWrite } else { SwapKind::MigrationRead };
+    let invalidation = mm.notifiers().start(mm.id(), va, va + slot.level().entry_bytes(), Event::Clear);
+    let swapped = slot.compare_exchange(entry, Entry::swap(kind, pfn.0, huge)).is_ok();
+    invalidation.end();
+    if !swapped {
+        return None;
+    }
+    if entry.is_dirty() {
+        mm.phys().meta(pfn).set_flags(PageFlags::DIRTY);
+    }
+    mm.phys().map_sub(pfn, 1);
+    migration_entry_installed(mm);
+    Some(write)
+}
+
 /// Splits the large folios mapped by PTEs in `[start, end)` (a THP whose
 /// PMD was split by mprotect, mremap or munmap), so their pages can be
 /// collected one by one; best effort, as Linux's `split_folio` in the
 /// collection.
 fn split_pte_mapped_folios(mm: &Mm, start: u64, end: u64) {
     let phys = mm.phys();
-    // Count every PTE of this space naming each folio, over the whole
-    // 2 MiB blocks around the range: a folio splits only when they are all
-    // of its mappings (see `PhysMem::split_folio`).
-    let block = hmm_types::PMD_SIZE;
-    let (outer_start, outer_end) = (start & !(block - 1), end.checked_next_multiple_of(block).unwrap_or(end));
-    let mut heads: Vec<(Pfn, u32, bool)> = Vec::new();
-    let _ = mm.pgtable().walk(outer_start, outer_end, |visit| {
+    let mut heads = Vec::new();
+    let _ = mm.pgtable().walk(start, end, |visit| {
         if let Visit::Slot { slot, entry } = visit {
             let candidate = slot.level() == hmm_pagetable::Level::Pte
                 && entry.is_present()
@@ -352,22 +372,15 @@ fn split_pte_mapped_folios(mm: &Mm, start: u64, end: u64) {
                 && phys.folio_order(entry.pfn()) > 0;
             if candidate {
                 let head = phys.folio_head(entry.pfn());
-                let inside = (start..end).contains(&slot.va());
-                match heads.iter_mut().find(|(h, _, _)| *h == head) {
-                    Some((_, n, seen_inside)) => {
-                        *n += 1;
-                        *seen_inside |= inside;
-                    }
-                    None => heads.push((head, 1, inside)),
+                if heads.last() != Some(&head) {
+                    heads.push(head);
                 }
             }
         }
         ControlFlow::<()>::Continue(())
     });
-    for (head, ptes, inside) in heads {
-        if inside {
-            phys.split_folio(head, ptes);
-        }
+    for head in heads {
+        split_folio_if_uniform(mm.kernel(), head);
     }
 }
 
@@ -392,9 +405,11 @@ fn split_leaves(mm: &Mm, start: u64, end: u64, whole: &[u64]) -> Result<(), MmEr
             return Ok(());
         };
         let slot = mm.pgtable().find(va);
-        // The folio itself splits (best effort, as Linux's split_folio: a
-        // folio that cannot split is skipped by the collection) once no
-        // huge leaf is left, with the PTE-mapped ones.
         split_huge_leaf(mm, slot, entry)?;
+        if entry.is_present() && !mm.phys().is_zero_pfn(entry.pfn()) {
+            // Best effort, as Linux's split_folio: a folio that cannot
+            // split is skipped by the collection.
+            split_folio_if_uniform(mm.kernel(), mm.phys().folio_head(entry.pfn()));
+        }
     }
 }

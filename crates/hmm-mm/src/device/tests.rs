@@ -1,6 +1,8 @@
 //! Tests of device memory: a small device-private driver (its own free
 //! list, `migrate_to_ram` through `MigrateVma`) moved data back and forth.
 
+mod rmap;
+
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;

@@ -16,6 +16,7 @@ use crate::kernel::ThpMode;
 use crate::migrate::{is_migration_entry, migration_entry_wait};
 use crate::mm::{Mm, MmapLocked};
 use crate::phys::PageFlags;
+use crate::rmap::folio_add_new_anon_rmap;
 use crate::vma::Vma;
 
 use super::{existing_pte, wp, Existing};
@@ -51,6 +52,7 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, va: u64, write: bool) -> 
                         phys.meta(folio).set_flags(
                             PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE,
                         );
+                        folio_add_new_anon_rmap(mm, vma, folio, va & !(PMD_SIZE - 1));
                         phys.map_add(folio, 1);
                         if pmd.compare_exchange(Entry::NONE, new_anon_entry(folio, true)).is_ok() {
                             return Ok(());
@@ -121,6 +123,7 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, va: u64, write: bool) -> 
                 phys.meta(page).set_flags(
                     PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE,
                 );
+                folio_add_new_anon_rmap(mm, vma, page, va);
                 phys.map_add(page, 1);
                 new_anon_entry(page, false)
             } else {

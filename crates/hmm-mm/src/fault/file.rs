@@ -55,6 +55,7 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va: u64, w
             phys.put(cached);
             phys.meta(copy)
                 .set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);
+            crate::rmap::folio_add_new_anon_rmap(mm, vma, copy, va);
             Entry::present(copy, LeafFlags { write: true, dirty: true, accessed: true, special: false }, false)
         } else {
             if write {

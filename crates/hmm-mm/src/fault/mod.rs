@@ -90,7 +90,7 @@ pub(crate) fn handle_fault(mm: &Mm, vmas: &VmaTree, vma: &Vma, va: u64, flags: F
     }
     if write && !vma.flags.is_shared() && matches!(vma.backing, VmaBacking::Anon | VmaBacking::File(_)) {
         // A private page may be created: it needs an anon_vma first.
-        crate::anon_vma::anon_vma_prepare(vmas, vma);
+        crate::anon_vma::anon_vma_prepare(mm, vmas, vma);
     }
     match &vma.backing {
         VmaBacking::Anon => anon::fault(MmapLocked { mm, vmas }, vma, va, write),

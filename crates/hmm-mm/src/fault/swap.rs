@@ -42,6 +42,7 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, pte: Slot<'_>, entry: Entry, write: bool
         flags |= PageFlags::ANON_EXCLUSIVE;
     }
     phys.meta(page).set_flags(flags);
+    crate::rmap::folio_add_new_anon_rmap(mm, vma, page, pte.va());
     let writable = exclusive && vma.flags.contains(VmFlags::WRITE);
     let leaf = LeafFlags { write: writable, dirty: writable && write, accessed: true, special: false };
     phys.map_add(page, 1);

@@ -35,8 +35,9 @@ pub(super) fn pte(mm: &Mm, vma: &Vma, slot: Slot<'_>, entry: Entry) -> Result<bo
     }
     phys.meta(copy)
         .set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);
-    phys.map_add(copy, 1);
     let va = slot.va();
+    crate::rmap::folio_add_new_anon_rmap(mm, vma, copy, va);
+    phys.map_add(copy, 1);
     let invalidation = mm.notifiers().start(mm.id(), va, va + PAGE_SIZE, Event::Clear);
     let new = Entry::present(copy, LeafFlags { write: true, dirty: true, accessed: true, special: false }, false);
     let mut gather = Gather::new();

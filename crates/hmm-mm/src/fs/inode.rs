@@ -24,6 +24,11 @@ use super::dax::{DaxEntry, DaxShared};
 
 static NEXT_INODE_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Live inodes by identity, so the reverse map gets from a page's
+/// `mapping` word to its file (the model's `folio->mapping` is a number).
+/// Held only to add, remove or look up one inode.
+static INODES: Mutex<BTreeMap<u64, Weak<Inode>>> = parking_lot::const_mutex(BTreeMap::new());
+
 /// What stores the file's data.
 #[derive(Debug)]
 pub enum InodeKind {
@@ -65,13 +70,21 @@ impl core::fmt::Debug for Inode {
 impl Inode {
     /// An empty file of the given kind.
     pub(crate) fn new(phys: Arc<PhysMem>, kind: InodeKind) -> Arc<Self> {
-        Arc::new(Self {
+        let inode = Arc::new(Self {
             id: NEXT_INODE_ID.fetch_add(1, Ordering::Relaxed),
             phys,
             kind,
             state: Mutex::new(InodeState::default()),
             mappers: Mutex::new(Vec::new()),
-        })
+        });
+        INODES.lock().insert(inode.id, Arc::downgrade(&inode));
+        inode
+    }
+
+    /// The live inode with identity `id` (the reverse map's way from a
+    /// page to its file).
+    pub(crate) fn lookup(id: u64) -> Option<Arc<Inode>> {
+        INODES.lock().get(&id).and_then(Weak::upgrade)
     }
 
     /// Identity (`i_ino`).
@@ -223,6 +236,7 @@ impl Inode {
 
 impl Drop for Inode {
     fn drop(&mut self) {
+        INODES.lock().remove(&self.id);
         // DAX blocks belong to the filesystem; only cached RAM pages hold a
         // reference of the inode's.
         if let InodeKind::PageCache = self.kind {

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use hmm_pagetable::{EnsureError, Level, SwapKind, Visit};
 use hmm_types::{Event, VmFlags, TASK_SIZE};
 
-use crate::anon_vma::{AnonVma, AnonVmaSlot};
 use crate::error::MmError;
 use crate::mm::Mm;
 use crate::vma::VmaBacking;
@@ -38,17 +37,21 @@ impl Mm {
             // Without UFFD_FEATURE_EVENT_FORK (not modelled) the child's
             // VMAs are not registered (`dup_userfaultfd`).
             crate::uffd::forget_on_fork(&mut copy);
-            // The child gets its own anon_vma, linked to the parent's too
-            // (`anon_vma_fork`); none under WIPEONFORK.
-            let wiped = vma.flags.contains(VmFlags::WIPEONFORK);
-            copy.anon_vma = AnonVmaSlot::with(vma.anon_vma.get().filter(|_| !wiped).map(|_| AnonVma::new(false)));
             if let Some(inode) = vma.file() {
                 inode.add_mapper(child.weak());
             }
             if vma.flags.contains(VmFlags::WIPEONFORK) && matches!(vma.backing, VmaBacking::Anon) {
+                copy.anon_vma.clear();
                 child_guard.vmas_mut().insert(copy);
                 continue;
             }
+            // The child's copies of the anonymous pages are found through
+            // the parent's roots; its new pages get a root of its own
+            // (`anon_vma_fork`).
+            for root in vma.anon_vma.roots() {
+                root.link(child.weak());
+            }
+            copy.anon_vma = vma.anon_vma.forked(&child);
             child_guard.vmas_mut().insert(copy);
             // Shared mappings are refaulted in the child from their object.
             // Except for driver-inserted frames, which cannot refault.

@@ -287,6 +287,7 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
         let folio = phys.alloc_folio(9, true)?;
         phys.meta(folio)
             .set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);
+        crate::rmap::folio_add_new_anon_rmap(mm, vma, folio, block);
         let invalidation = mm.notifiers().start(mm.id(), block, block + PMD_SIZE, Event::Clear);
         let mut gather = Gather::new();
         let _ = mm.pgtable().walk(block, block + PMD_SIZE, |visit| {

@@ -242,15 +242,7 @@ impl Mm {
             let write = vm_flags.contains(VmFlags::WRITE) && (special || shared);
             insert_frames(self, start, &frames, special, write)?;
         }
-        guard.vmas_mut().insert(Vma {
-            start,
-            end,
-            flags: vm_flags,
-            pgoff,
-            backing,
-            uffd: None,
-            anon_vma: Default::default(),
-        });
+        guard.vmas_mut().insert(Vma::new(start, end, vm_flags, pgoff, backing));
         guard.vmas_mut().merge_range(start, end);
         if flags.contains(MapFlags::POPULATE) {
             // Like Linux, a failed populate does not fail the mmap.

@@ -9,10 +9,10 @@ use core::ops::ControlFlow;
 use hmm_pagetable::{EnsureError, Entry, Level, Visit};
 use hmm_types::{Event, MremapFlags, PageSize, VmFlags, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
 
-use crate::anon_vma::AnonVmaSlot;
 use crate::error::{FaultError, MmError, SegvReason};
 use crate::huge::split_huge_at;
 use crate::mm::{Mm, MmapWriteGuard};
+use crate::rmap::AnonVmaSlot;
 use crate::vma::{Vma, VmaBacking};
 
 use super::unmap_locked;

@@ -93,8 +93,9 @@ impl PhysMem {
     /// it equals that number is the folio known not to be PMD-mapped
     /// elsewhere (a fork child): splitting under a PMD mapping would leave
     /// it naming an order-0 page and corrupt every count at its unmap. Linux
-    /// splits those PMDs through the reverse map first; the model, which
-    /// has none, leaves such a folio whole.
+    /// splits those PMDs through the reverse map first; the model leaves
+    /// such a folio whole (`rmap::split_folio_if_uniform` counts the PTEs
+    /// of every process through the reverse map).
     pub fn split_folio(&self, head: Pfn, pte_mappings: u32) -> bool {
         let meta = self.meta(head);
         let order = meta.order();
@@ -120,6 +121,7 @@ impl PhysMem {
             tail.refcount.store(per, Ordering::Relaxed);
             tail.mapcount.store(per as i32, Ordering::Relaxed);
             tail.set_flags(flags);
+            self.inherit_identity(head, head.add(i));
             tail.init_single();
         }
         meta.mapcount.store(per as i32, Ordering::Relaxed);
@@ -135,7 +137,16 @@ impl PhysMem {
         meta.refcount.store(refcount, Ordering::Relaxed);
         meta.mapcount.store(0, Ordering::Relaxed);
         meta.set_flags(flags);
+        self.inherit_identity(self.folio_head(pfn), pfn);
         meta.init_single();
+    }
+
+    /// A page split off its folio keeps its place in the owner: the head's
+    /// mapping and the head's index plus its offset (`__split_folio_to_order`).
+    fn inherit_identity(&self, head: Pfn, pfn: Pfn) {
+        let (head_meta, meta) = (self.meta(head), self.meta(pfn));
+        meta.index.store(head_meta.index.load(Ordering::Acquire) + (pfn.0 - head.0), Ordering::Release);
+        meta.mapping.store(head_meta.mapping.load(Ordering::Acquire), Ordering::Release);
     }
 
     /// Gives a frozen folio `count` references again (`folio_ref_unfreeze`).

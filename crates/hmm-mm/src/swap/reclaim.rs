@@ -4,15 +4,17 @@
 //! Candidates are pages of private VMAs whose folio is anonymous system RAM,
 //! not pinned and held by nothing but its mappings (reference count equals
 //! mapcount). An order-0 page mapped more than once (shared after fork) is
-//! skipped: there is no anonymous reverse map to find the other mappings,
-//! and unmapping one of them would free nothing. An exclusive PMD-mapped THP
-//! is split first (a CLEAR over the 2 MiB, as `__split_huge_pmd`); its 4K
-//! parts are then paged out one by one and the folio is freed with its last
-//! part. Clean MADV_FREE pages are discarded (the entry becomes none, no
-//! slot is used); everything else is copied into a swap slot and its entry
-//! becomes a swap entry. Each page is one CLEAR invalidation
-//! (`try_to_unmap_one` uses `MMU_NOTIFY_CLEAR`), and its reference is
-//! dropped only after the invalidation ended.
+//! skipped: MADV_PAGEOUT skips shared folios in Linux too; Linux's reclaim
+//! would unmap every mapping through the reverse map and share one
+//! swap-cache page, but this model has no swap cache, so `Kernel::reclaim`
+//! skips them as well (unmapping one mapping would free nothing). An
+//! exclusive PMD-mapped THP is split first (a CLEAR over the 2 MiB, as
+//! `__split_huge_pmd`); its 4K parts are then paged out one by one and the
+//! folio is freed with its last part. Clean MADV_FREE pages are discarded
+//! (the entry becomes none, no slot is used); everything else is copied
+//! into a swap slot and its entry becomes a swap entry. Each page is one
+//! CLEAR invalidation (`try_to_unmap_one` uses `MMU_NOTIFY_CLEAR`), and its
+//! reference is dropped only after the invalidation ended.
 //!
 //! Without a page lock, a page is taken away in two steps so no write is
 //! ever lost: the entry is first made clean and old, then, once no reference

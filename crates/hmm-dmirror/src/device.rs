@@ -128,6 +128,12 @@ impl DmirrorDevice {
     pub fn counters(&self) -> (u64, u64) {
         self.memory.counters()
     }
+    /// Device pages still referenced by anyone (a diagnostic for leak
+    /// checks; no Linux counterpart: after a RELEASE Linux's counters no
+    /// longer count the pages of the removed chunks).
+    pub fn pages_in_use(&self) -> u64 {
+        self.memory.pages_in_use()
+    }
     /// Free device pages.
     pub fn free_pages(&self) -> u64 {
         self.memory.free_pages()

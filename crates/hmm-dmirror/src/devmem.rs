@@ -164,6 +164,19 @@ impl DeviceMemory {
         Some(page)
     }
 
+    /// Device pages still referenced, in live and released chunks alike: a
+    /// diagnostic for leak checks (the counters stop at a release, as
+    /// Linux's `cfree` ignores pages of a chunk being removed).
+    pub(crate) fn pages_in_use(&self) -> u64 {
+        let bases: Vec<Pfn> = {
+            let pools = self.pools.lock();
+            pools.chunks.iter().map(|c| c.base).chain(pools.retired.iter().copied()).collect()
+        };
+        let phys = self.phys();
+        let in_use = |pfn: Pfn| phys.folio_counts(phys.folio_head(pfn)).0 > 0;
+        bases.iter().map(|base| (0..self.chunk_pages).filter(|&j| in_use(base.add(j))).count() as u64).sum()
+    }
+
     /// A folio came back (`dmirror_devmem_free`).
     fn free(&self, head: Pfn) {
         let order = self.phys().folio_order(head);

@@ -3,10 +3,7 @@
 //! call each [`Op`] makes. Indices in an op are taken modulo what exists;
 //! an op whose target does not exist is skipped (harness bookkeeping, not
 //! an API call).
-//!
-//! Exclusions ([`Exclusions`]) let a run get past known, not yet fixed
-//! bugs: an excluded shape is skipped, and every exclusion is named and
-//! documented here so that it is easy to remove once the fix lands.
+//! Nothing is excluded: every shape the strategies generate is called.
 
 use std::sync::{Arc, Mutex};
 
@@ -20,9 +17,7 @@ use hmm_dmirror::{Dmirror, DmirrorConfig, DmirrorFile, HmmDmirrorCmd};
 use hmm_mm::fs::File;
 use hmm_mm::gup::{FollFlags, PinnedPages};
 use hmm_mm::{Kernel, KernelConfig, Mm, ThpMode};
-use hmm_types::{
-    Errno, MapFlags, MremapFlags, NotifierRange, PageSize, Pfn, Prot, VmFlags, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE,
-};
+use hmm_types::{Errno, MapFlags, MremapFlags, NotifierRange, PageSize, Pfn, Prot, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
 
 use crate::ops::{Addr, Count, DmCmd, Len, MapKind, Op, Placement, BUFFER, BUFFER_PAGES, MAX_TARGETS};
 
@@ -33,7 +28,7 @@ pub enum Outcome {
     Ok,
     /// A typed error: its errno and message.
     Err(Errno, String),
-    /// Not called: the target does not exist, or the shape is excluded.
+    /// Not called: the target does not exist.
     Skipped(&'static str),
     /// The call returned, but what it returned breaks an invariant.
     Violation(String),
@@ -51,196 +46,6 @@ impl Outcome {
     }
     fn dm(result: Result<(), hmm_dmirror::DmirrorError>) -> Self {
         Self::of(result, hmm_dmirror::DmirrorError::errno)
-    }
-}
-
-/// Operation shapes skipped to get past known bugs being fixed elsewhere.
-/// Every field is one documented exclusion; [`Exclusions::NONE`] runs
-/// everything (regression tests and `HMM_FUZZ_EXCLUDE=none` use it).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Exclusions {
-    /// dmirror READ, WRITE, MIGRATE_TO_DEV, SNAPSHOT and EXCLUSIVE of more
-    /// than 2^20 pages: the ioctl allocates its bounce buffer before looking
-    /// at the range, and an impossible allocation aborts the process.
-    pub huge_dmirror_buffers: bool,
-    /// dmirror mmap of more than 2^20 pages (`Vec::with_capacity` of the
-    /// page count aborts or panics).
-    pub huge_dmirror_mmap: bool,
-    /// `mmap_pfn_range` of frames that do not exist: the read after it
-    /// panics ("pfn is in no region").
-    pub impossible_pfnmap: bool,
-    /// mremap with flags other than MAYMOVE, FIXED, DONTUNMAP: not refused
-    /// with `EINVAL`.
-    pub unknown_mremap_flags: bool,
-    /// mmap of a file past `MAX_LFS_FILESIZE` (offset plus length beyond
-    /// 2^63 - 1): succeeds where Linux says `EOVERFLOW`.
-    pub file_offset_past_max: bool,
-    /// ftruncate to 2^63 or more (a negative `loff_t`): succeeds where
-    /// Linux says `EINVAL`.
-    pub negative_truncate: bool,
-    /// dmirror commands on addresses within 64 pages of 2^64: address
-    /// arithmetic overflows (a panic).
-    pub dmirror_near_top: bool,
-    /// mremap with an old or new length beyond `TASK_SIZE` (near 2^64):
-    /// address arithmetic overflows (a panic).
-    pub mremap_huge_len: bool,
-    /// mmap or mremap making a mapping of more than 2^20 pages (4 GiB) that
-    /// fits below `TASK_SIZE`: dmirror RELEASE and close evict by walking
-    /// every VMA of every mirrored address space in chunks, so a 4 TiB
-    /// mapping makes them run for hours (Linux evicts by device pfn).
-    pub huge_vma_eviction: bool,
-    /// dmirror RELEASE or close once a process forked: eviction of a
-    /// forked process's THP-backed memory (after a COW break by GUP)
-    /// corrupts the mapcount, which underflows at exit (likely the known
-    /// READ/SNAPSHOT/fork/RELEASE underflow).
-    pub eviction_after_fork: bool,
-    /// dmirror EXCLUSIVE over a page the CPU has not populated: the
-    /// mapcount is corrupted and underflows at exit (known bug).
-    pub exclusive_untouched: bool,
-    /// dmirror MIGRATE_TO_DEV once a process forked: migrating THP-backed
-    /// memory that fork shares (with a pin elsewhere in the range's
-    /// neighbourhood) leaves a mapcount that underflows at exit. Not in the
-    /// list of known bugs; reported, not fixed here.
-    pub migrate_after_fork: bool,
-    /// mremap of a hugetlb mapping: lengths that are not multiples of
-    /// 2 MiB resize it to a VMA that ends inside a huge page, and a read
-    /// there then panics (subtraction overflow in `Vma::page_index`). Not
-    /// in the list of known bugs; mremap is another branch's, so reported,
-    /// not fixed here.
-    pub hugetlb_mremap: bool,
-    /// mremap with MREMAP_FIXED after pages went to a device and a process
-    /// forked: the known livelock (device-private page + fork +
-    /// mremap(MAYMOVE|FIXED) + CPU read, no reverse map). Not hit by the
-    /// fuzzer yet; excluded so that a CI run does not hang on it.
-    pub device_private_fork_mremap: bool,
-}
-
-impl Exclusions {
-    /// Nothing excluded.
-    pub const NONE: Self = Self {
-        huge_dmirror_buffers: false,
-        huge_dmirror_mmap: false,
-        impossible_pfnmap: false,
-        unknown_mremap_flags: false,
-        file_offset_past_max: false,
-        negative_truncate: false,
-        dmirror_near_top: false,
-        mremap_huge_len: false,
-        huge_vma_eviction: false,
-        eviction_after_fork: false,
-        exclusive_untouched: false,
-        migrate_after_fork: false,
-        hugetlb_mremap: false,
-        device_private_fork_mremap: false,
-    };
-    /// What a fuzzing run excludes by default while the fixes are pending.
-    pub const KNOWN_BUGS: Self = Self {
-        huge_dmirror_buffers: true,
-        huge_dmirror_mmap: true,
-        impossible_pfnmap: true,
-        unknown_mremap_flags: true,
-        file_offset_past_max: true,
-        negative_truncate: true,
-        dmirror_near_top: true,
-        mremap_huge_len: true,
-        huge_vma_eviction: true,
-        eviction_after_fork: true,
-        exclusive_untouched: true,
-        migrate_after_fork: true,
-        hugetlb_mremap: true,
-        device_private_fork_mremap: true,
-    };
-
-    /// `HMM_FUZZ_EXCLUDE=none` runs everything; otherwise the known bugs
-    /// are excluded.
-    pub fn from_env() -> Self {
-        match std::env::var("HMM_FUZZ_EXCLUDE").as_deref() {
-            Ok("none") => Self::NONE,
-            _ => Self::KNOWN_BUGS,
-        }
-    }
-
-    fn excludes(&self, op: &Op, world: &World) -> Option<&'static str> {
-        const HUGE: u64 = 1 << 20;
-        const LOFF_MAX: u64 = i64::MAX as u64;
-        let huge_vma = |len: Len| (HUGE * PAGE_SIZE + 1..=TASK_SIZE).contains(&len.resolve());
-        let big_buffer =
-            |cmd| matches!(cmd, DmCmd::Read | DmCmd::Write | DmCmd::MigrateToDev | DmCmd::Snapshot | DmCmd::Exclusive);
-        // Each arm's guard decides alone: an arm that matched but did not
-        // exclude would hide the arms below it.
-        let real_frames = |pfn: u64, npages: u16| {
-            let phys = world.kernel.phys();
-            let last = pfn.checked_add(u64::from(npages.max(1)) - 1);
-            last.is_some_and(|last| phys.is_valid_pfn(Pfn(pfn)) && phys.is_valid_pfn(Pfn(last)))
-        };
-        let untouched = |file: u8, addr: Addr, npages: Count| {
-            let Some(open) = world.file(file) else { return false };
-            let mm = &world.procs[open.proc].mm;
-            let (start, pages) = (addr.resolve(), npages.resolve().min(4096));
-            (0..pages)
-                .filter_map(|i| start.checked_add(i * PAGE_SIZE))
-                .any(|va| !crate::invariants::is_populated(mm, va))
-        };
-        let in_hugetlb = |addr: Addr| {
-            let guard = world.mm().mmap_read();
-            guard.lookup(addr.resolve()).is_some_and(|vma| vma.flags.contains(VmFlags::HUGETLB))
-        };
-        let past_max = |pgoff: Count, len: Len| {
-            let offset = pgoff.resolve().wrapping_shl(PAGE_SHIFT);
-            u128::from(offset) + u128::from(len.resolve()) > u128::from(LOFF_MAX)
-        };
-        match *op {
-            Op::Dm { cmd, npages, .. } if self.huge_dmirror_buffers && npages.resolve() > HUGE && big_buffer(cmd) => {
-                Some("huge_dmirror_buffers")
-            }
-            Op::Dm { addr, .. } if self.dmirror_near_top && addr.resolve() > u64::MAX - 64 * PAGE_SIZE => {
-                Some("dmirror_near_top")
-            }
-            Op::DmMmap { npages, .. } if self.huge_dmirror_mmap && npages.resolve() > HUGE => Some("huge_dmirror_mmap"),
-            Op::PfnMap { pfn, npages } if self.impossible_pfnmap && !real_frames(pfn, npages) => {
-                Some("impossible_pfnmap")
-            }
-            Op::Mremap { old_len, new_len, .. }
-                if self.mremap_huge_len && old_len.resolve().max(new_len.resolve()) > TASK_SIZE =>
-            {
-                Some("mremap_huge_len")
-            }
-            Op::Mmap { len, .. } | Op::Mremap { new_len: len, .. } if self.huge_vma_eviction && huge_vma(len) => {
-                Some("huge_vma_eviction")
-            }
-            Op::DmClose(_) | Op::Dm { cmd: DmCmd::Release, .. }
-                if self.eviction_after_fork && world.procs.len() > 1 =>
-            {
-                Some("eviction_after_fork")
-            }
-            Op::Dm { cmd: DmCmd::MigrateToDev, .. } if self.migrate_after_fork && world.procs.len() > 1 => {
-                Some("migrate_after_fork")
-            }
-            Op::Dm { file, cmd: DmCmd::Exclusive, addr, npages, .. }
-                if self.exclusive_untouched && untouched(file, addr, npages) =>
-            {
-                Some("exclusive_untouched")
-            }
-            Op::Mremap { flags, .. }
-                if self.device_private_fork_mremap
-                    && flags & MremapFlags::FIXED.bits() != 0
-                    && world.procs.len() > 1
-                    && world.migrated_to_device =>
-            {
-                Some("device_private_fork_mremap")
-            }
-            Op::Mremap { addr, .. } if self.hugetlb_mremap && in_hugetlb(addr) => Some("hugetlb_mremap"),
-            Op::Mremap { flags, .. } if self.unknown_mremap_flags && flags & !7 != 0 => Some("unknown_mremap_flags"),
-            Op::Mmap { kind: MapKind::File { pgoff, .. }, len, .. }
-                if self.file_offset_past_max && past_max(pgoff, len) =>
-            {
-                Some("file_offset_past_max")
-            }
-            Op::Truncate { size, .. } if self.negative_truncate && size.resolve() > LOFF_MAX => {
-                Some("negative_truncate")
-            }
-            _ => None,
-        }
     }
 }
 
@@ -307,19 +112,21 @@ pub struct World {
     pub pins: Vec<PinnedPages>,
     /// Open tmpfs files.
     pub tmpfs: Vec<File>,
-    /// Exclusions in force.
-    pub exclusions: Exclusions,
     /// Free RAM frames right after boot.
     pub baseline_free: u64,
-    /// A MIGRATE_TO_DEV succeeded at some point.
-    pub migrated_to_device: bool,
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl World {
     /// Boots a machine (64 MiB, THP always, four 2 MiB hugetlb pages, swap),
     /// loads dmirror with small device memories, creates the first process
     /// with its user buffer and [`MAX_TARGETS`] tmpfs files.
-    pub fn new(exclusions: Exclusions) -> Self {
+    pub fn new() -> Self {
         let config = KernelConfig {
             ram_bytes: 64 << 20,
             thp: ThpMode::Always,
@@ -349,9 +156,7 @@ impl World {
             files: Vec::new(),
             pins: Vec::new(),
             tmpfs,
-            exclusions,
             baseline_free,
-            migrated_to_device: false,
         }
     }
 
@@ -362,9 +167,6 @@ impl World {
 
     /// Makes the call `op` describes.
     pub fn execute(&mut self, op: &Op) -> Outcome {
-        if let Some(name) = self.exclusions.excludes(op, self) {
-            return Outcome::Skipped(name);
-        }
         match *op {
             Op::Mmap { addr, len, prot, kind, place, populate } => self.mmap(addr, len, prot, kind, place, populate),
             Op::Munmap { addr, len } => Outcome::mm(self.mm().munmap(addr.resolve(), len.resolve())),
@@ -611,9 +413,7 @@ impl World {
         };
         let npages = if cmd == DmCmd::FailAlloc { HMM_DMIRROR_FLAG_FAIL_ALLOC } else { npages.resolve() };
         let mut block = HmmDmirrorCmd { addr: addr.resolve(), ptr: ptr.resolve(), npages, cpages: 0, faults: 0 };
-        let outcome = Outcome::dm(open.file.ioctl(request, &mut block));
-        self.migrated_to_device |= cmd == DmCmd::MigrateToDev && outcome == Outcome::Ok;
-        outcome
+        Outcome::dm(open.file.ioctl(request, &mut block))
     }
 
     /// Ends the world as the processes' deaths would, in Linux's order

@@ -7,14 +7,13 @@
 //! fails to a minimal sequence.
 //!
 //! * `ops.rs`: the operations as data and their strategies;
-//! * `exec.rs`: the world a sequence runs in and the call each op makes,
-//!   with the documented exclusions of known bugs;
+//! * `exec.rs`: the world a sequence runs in and the call each op makes;
 //! * `invariants.rs`: what must hold after each call and at the end;
 //! * `runner.rs`: watchdogs, replay, and the seeded, time-bounded loop.
 //!
 //! `cargo test -p hmm-fuzz --test api_fuzz -- --nocapture` runs it
-//! (`HMM_FUZZ_SECONDS`, `HMM_FUZZ_SEED`, `HMM_FUZZ_CASE`,
-//! `HMM_FUZZ_EXCLUDE=none`); `tests/regressions.rs` replays what it found.
+//! (`HMM_FUZZ_SECONDS`, `HMM_FUZZ_SEED`, `HMM_FUZZ_CASE`);
+//! `tests/regressions.rs` replays what it found.
 //! No Linux counterpart (syzkaller plays this part for the kernel).
 
 #![forbid(unsafe_code)]
@@ -24,6 +23,6 @@ pub mod invariants;
 pub mod ops;
 pub mod runner;
 
-pub use exec::{Exclusions, Outcome, World};
+pub use exec::{Outcome, World};
 pub use ops::{to_rust, Addr, Count, DmCmd, Len, MapKind, Op, Placement};
 pub use runner::{fuzz, replay, run_sequence, Finding, Report, Settings, Stats};

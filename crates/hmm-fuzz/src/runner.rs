@@ -18,7 +18,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, Test
 
 use hmm_mm::testing::{Rng, Watchdog};
 
-use crate::exec::{Exclusions, Outcome, World};
+use crate::exec::{Outcome, World};
 use crate::invariants;
 use crate::ops::{sequence, to_rust, Op};
 
@@ -36,7 +36,7 @@ pub struct Stats {
     pub sequences: u64,
     /// Calls made (skipped operations not counted).
     pub calls: u64,
-    /// Operations skipped (no target, or excluded).
+    /// Operations skipped (no target).
     pub skipped: u64,
 }
 
@@ -70,12 +70,12 @@ fn take_panic_message() -> String {
 /// Runs `ops` in a fresh world: each call under a watchdog (a hang aborts
 /// the process naming `label`, the call and the sequence), the invariants
 /// after each call, the end-of-world accounting after teardown.
-pub fn run_sequence(ops: &[Op], exclusions: Exclusions, label: &str) -> Result<(), String> {
+pub fn run_sequence(ops: &[Op], label: &str) -> Result<(), String> {
     let listing = to_rust(ops);
     let watch = |what: &str| Watchdog::new(&format!("{label}: {what} hung\nsequence: {listing}"), CALL_LIMIT);
     let mut world = {
         let _dog = watch("boot");
-        World::new(exclusions)
+        World::new()
     };
     STATS.with(|s| s.borrow_mut().sequences += 1);
     // An abort (an impossible allocation) cannot be caught: with
@@ -123,10 +123,10 @@ pub fn run_sequence(ops: &[Op], exclusions: Exclusions, label: &str) -> Result<(
     }
 }
 
-/// Replays a sequence with nothing excluded; panics with the violation.
+/// Replays a sequence; panics with the violation.
 /// Regression tests call this with a shrunk sequence.
 pub fn replay(ops: &[Op]) {
-    if let Err(failure) = run_sequence(ops, Exclusions::NONE, "replay") {
+    if let Err(failure) = run_sequence(ops, "replay") {
         panic!("{failure}");
     }
 }
@@ -140,8 +140,6 @@ pub struct Settings {
     pub seeds: Vec<u64>,
     /// Run only this case of each seed (replay).
     pub only_case: Option<u64>,
-    /// Exclusions in force.
-    pub exclusions: Exclusions,
     /// Stop after this many findings.
     pub max_findings: usize,
 }
@@ -156,20 +154,21 @@ fn parse_u64(text: &str) -> Option<u64> {
 
 impl Settings {
     /// From the environment: `HMM_FUZZ_SECONDS` (default `default_seconds`),
-    /// `HMM_FUZZ_SEED` (default: [`FIXED_SEED`] and one random seed),
-    /// `HMM_FUZZ_CASE`, `HMM_FUZZ_EXCLUDE` (see [`Exclusions::from_env`]).
+    /// `HMM_FUZZ_SEED` (a number; `random` for [`FIXED_SEED`] then a
+    /// random seed, which is printed; default [`FIXED_SEED`] alone, so a
+    /// plain `cargo test` is deterministic), `HMM_FUZZ_CASE`.
     pub fn from_env(default_seconds: f64) -> Self {
         let var = |name: &str| std::env::var(name).ok();
         let seconds = var("HMM_FUZZ_SECONDS").and_then(|s| s.trim().parse::<f64>().ok()).unwrap_or(default_seconds);
-        let seeds = match var("HMM_FUZZ_SEED").and_then(|s| parse_u64(&s)) {
-            Some(seed) => vec![seed],
-            None => vec![FIXED_SEED, random_seed()],
+        let seeds = match var("HMM_FUZZ_SEED").as_deref().map(str::trim) {
+            Some("random") => vec![FIXED_SEED, random_seed()],
+            Some(text) => vec![parse_u64(text).unwrap_or(FIXED_SEED)],
+            None => vec![FIXED_SEED],
         };
         Self {
             budget: Duration::from_secs_f64(seconds.max(0.0)),
             seeds,
             only_case: var("HMM_FUZZ_CASE").and_then(|s| parse_u64(&s)),
-            exclusions: Exclusions::from_env(),
             max_findings: 8,
         }
     }
@@ -258,9 +257,7 @@ pub fn fuzz(settings: &Settings) -> Report {
             };
             if wanted {
                 let label = format!("api_fuzz seed {seed:#x} case {case}");
-                let exclusions = settings.exclusions;
-                let result =
-                    runner.run_one(tree, |ops| run_sequence(&ops, exclusions, &label).map_err(TestCaseError::fail));
+                let result = runner.run_one(tree, |ops| run_sequence(&ops, &label).map_err(TestCaseError::fail));
                 if let Err(TestError::Fail(reason, ops)) = result {
                     if findings.iter().any(|known| known.ops == ops) {
                         case += 1;

@@ -1,11 +1,6 @@
 //! What the API fuzzer found, shrunk and replayed as plain deterministic
-//! tests: each runs the sequence in a fresh world with nothing excluded
-//! and every invariant checked (`hmm_fuzz::replay`).
-//!
-//! Ignored tests are known bugs whose fixes are on other branches; each
-//! names the exclusion switch (`hmm_fuzz::Exclusions`) that keeps the
-//! fuzzer past it meanwhile. Remove the `#[ignore]` and the switch once the
-//! fix lands.
+//! tests: each runs the sequence in a fresh world with every invariant
+//! checked (`hmm_fuzz::replay`).
 
 use hmm_fuzz::{replay, Addr, Count, DmCmd, Len, MapKind, Op, Placement};
 
@@ -256,4 +251,17 @@ fn mremap_fixed_from_near_the_top() {
 #[test]
 fn mprotect_with_prot_sem() {
     replay(&[anon(Addr::Win(0), Len::Pages(1)), Op::Mprotect { addr: Addr::Win(0), len: Len::Pages(1), prot: 8 }]);
+}
+
+/// Found after the reverse map merged (seeds 2-4, nothing excluded): the
+/// device page of a one-page MIGRATE_TO_DEV was not freed by the close that
+/// evicted it.
+#[test]
+fn close_frees_the_device_page_of_a_single_page_migration() {
+    replay(&[
+        Op::DmOpen(0),
+        anon(Addr::Win(0), Len::Pages(512)),
+        Op::Dm { file: 0, cmd: DmCmd::MigrateToDev, addr: Addr::Win(0), npages: Count::Small(1), ptr: Addr::Buf(0) },
+        Op::DmClose(0),
+    ]);
 }

@@ -91,12 +91,12 @@ impl MigrateVma {
     /// A migration of `[start, end)` with `src` and `dst` sized to the range
     /// (an empty or inverted range gets empty arrays; `setup` rejects it).
     pub fn new(start: u64, end: u64, pgmap_owner: Owner, flags: MigrateSelect) -> Self {
-        let npages = end.saturating_sub(start) >> PAGE_SHIFT;
         Self {
             start,
             end,
-            src: vec![0; npages as usize],
-            dst: vec![0; npages as usize],
+            // Sized by `setup`, fallibly: the range is the caller's.
+            src: Vec::new(),
+            dst: Vec::new(),
             npages: 0,
             cpages: 0,
             pgmap_owner,
@@ -112,15 +112,15 @@ impl MigrateVma {
 
     /// Collects and unmaps the range (`migrate_vma_setup`). `EINVAL` for
     /// an empty or unaligned range, a range not inside one VMA, a hugetlb,
-    /// special (I/O, pfn-map, mixed-map, DONTEXPAND) or DAX VMA, arrays of
-    /// the wrong length, or a `fault_page` that is not a locked
-    /// device-private page. Returns `Ok` even when nothing can migrate.
+    /// special (I/O, pfn-map, mixed-map, DONTEXPAND) or DAX VMA, or a `fault_page` that is not a locked
+    /// device-private page. `ENOMEM` when the `src`/`dst` arrays
+    /// for the range cannot be allocated. Returns `Ok` even when nothing can
+    /// migrate.
     pub fn setup(&mut self, locked: MmapLocked<'_>) -> Result<(), MmError> {
         let vma = self.validate(locked)?;
         let mm = locked.mm();
-        self.src.fill(0);
-        self.dst.fill(0);
         self.npages = (self.end - self.start) >> PAGE_SHIFT;
+        self.size_arrays(mm)?;
         mm.kernel().count_device_scan(self.npages);
         self.cpages = 0;
         self.others.clear();
@@ -137,13 +137,26 @@ impl MigrateVma {
         Ok(())
     }
 
+    /// One zeroed `src` and `dst` word per page, reserved fallibly: arrays
+    /// larger than the machine's RAM are `ENOMEM` (the caller's kvmalloc
+    /// of them would fail on Linux), never an abort.
+    fn size_arrays(&mut self, mm: &Mm) -> Result<(), MmError> {
+        let array_bytes = self.npages.saturating_mul(2 * 8);
+        if array_bytes > mm.phys().ram_frames().saturating_mul(PAGE_SIZE) {
+            return Err(MmError::NoMem);
+        }
+        let npages = usize::try_from(self.npages).map_err(|_| MmError::NoMem)?;
+        for words in [&mut self.src, &mut self.dst] {
+            words.clear();
+            words.try_reserve_exact(npages).map_err(|_| MmError::NoMem)?;
+            words.resize(npages, 0);
+        }
+        Ok(())
+    }
+
     fn validate<'a>(&self, locked: MmapLocked<'a>) -> Result<&'a Vma, MmError> {
         if self.start >= self.end || (self.start | self.end) % PAGE_SIZE != 0 {
             return Err(MmError::Invalid("migrate range empty, inverted or unaligned"));
-        }
-        let npages = ((self.end - self.start) >> PAGE_SHIFT) as usize;
-        if self.src.len() != npages || self.dst.len() != npages {
-            return Err(MmError::Invalid("src and dst need one word per page of the range"));
         }
         let vma = locked.vmas().lookup(self.start).ok_or(MmError::Invalid("no VMA at the start of the range"))?;
         if self.end > vma.end {

@@ -11,13 +11,13 @@
 //! (`lib/test_hmm.c`).
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use hmm::{IntervalNotifier, IntervalNotifierOps};
+use hmm::IntervalNotifier;
 use hmm_mm::{Mm, MmUser};
-use hmm_types::{Errno, Event, MapFlags, NotifierRange, Prot, PAGE_SIZE, TASK_SIZE};
+use hmm_types::{Errno, MapFlags, NotifierRange, Prot, PAGE_SIZE, TASK_SIZE};
 
 use crate::device::DmirrorDevice;
 use crate::error::DmirrorError;
@@ -63,7 +63,7 @@ impl Mirror {
         // subscription and the address space, so a strong reference back
         // would keep all three alive after close (Linux breaks the same
         // cycle with `mmu_interval_notifier_remove` in release).
-        let ops = Arc::new(MirrorOps(Arc::downgrade(&mirror)));
+        let ops = Arc::new(crate::invalidate::MirrorOps(Arc::downgrade(&mirror)));
         let notifier = mm.interval_notifier_insert(0, TASK_SIZE, ops)?;
         mirror.notifier.set(notifier).expect("set once, here");
         Ok(mirror)
@@ -104,55 +104,6 @@ impl Mirror {
         let result = f();
         self.migrating.fetch_sub(1, Ordering::AcqRel);
         result
-    }
-}
-
-/// The notifier callback's view of a mirror: weak, see [`Mirror::new`].
-#[derive(Debug)]
-struct MirrorOps(Weak<Mirror>);
-
-impl IntervalNotifierOps for MirrorOps {
-    fn invalidate(&self, subscription: &IntervalNotifier, range: &NotifierRange, cur_seq: u64) -> bool {
-        match self.0.upgrade() {
-            Some(mirror) => mirror.invalidate(subscription, range, cur_seq),
-            // The file is closing: its table is being dropped with it.
-            None => {
-                subscription.set_seq(cur_seq);
-                true
-            }
-        }
-    }
-}
-
-impl Mirror {
-    /// `dmirror_interval_invalidate`, with two deliberate differences:
-    /// * on its own MIGRATE event the file keeps its table (it maintains it
-    ///   during the migration) but still records the sequence, so that a
-    ///   device fault of this file that read a page being migrated away
-    ///   retries; Linux's test device returns at once and has that window;
-    /// * only the file running the migration skips: another file of the
-    ///   same device clears, since its entries may name pages that are
-    ///   about to move (Linux skips in every file of the device).
-    ///
-    /// Kept from Linux: the cleared range ends one page after the event's
-    /// (the xarray walk there is inclusive), so the page after an
-    /// invalidated range faults again.
-    fn invalidate(&self, subscription: &IntervalNotifier, range: &NotifierRange, cur_seq: u64) -> bool {
-        let own_migrate = range.event == Event::Migrate
-            && range.owner == Some(self.device.owner())
-            && self.migrating.load(Ordering::Acquire) > 0;
-        let Some(mut table) = self.lock_for(range) else { return false };
-        subscription.set_seq(cur_seq);
-        if own_migrate {
-            return true;
-        }
-        // Linux's inclusive end, except on this device's own MIGRATE: Linux
-        // skips those events entirely, so the page after a migrated range
-        // keeps its entry there.
-        let own_device = range.event == Event::Migrate && range.owner == Some(self.device.owner());
-        let end = if own_device { range.end } else { range.end.saturating_add(PAGE_SIZE).min(TASK_SIZE) };
-        table.clear(range.start, end);
-        true
     }
 }
 

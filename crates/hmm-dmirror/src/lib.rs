@@ -38,6 +38,7 @@ mod devmem;
 mod error;
 mod exclusive;
 mod file;
+mod invalidate;
 mod migrate;
 mod rw;
 mod snapshot;

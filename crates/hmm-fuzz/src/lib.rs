@@ -6,7 +6,8 @@
 //! with invariants checked after every call and proptest shrinking what
 //! fails to a minimal sequence.
 //!
-//! * `ops.rs`: the operations as data and their strategies;
+//! * `ops.rs`: the operations as data;
+//! * `strategies.rs`: their proptest strategies;
 //! * `exec.rs`: the world a sequence runs in and the call each op makes;
 //! * `invariants.rs`: what must hold after each call and at the end;
 //! * `runner.rs`: watchdogs, replay, and the seeded, time-bounded loop.
@@ -22,6 +23,7 @@ pub mod exec;
 pub mod invariants;
 pub mod ops;
 pub mod runner;
+pub mod strategies;
 
 pub use exec::{Outcome, World};
 pub use ops::{to_rust, Addr, Count, DmCmd, Len, MapKind, Op, Placement};

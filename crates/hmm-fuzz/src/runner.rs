@@ -20,7 +20,8 @@ use hmm_mm::testing::{Rng, Watchdog};
 
 use crate::exec::{Outcome, World};
 use crate::invariants;
-use crate::ops::{sequence, to_rust, Op};
+use crate::ops::{to_rust, Op};
+use crate::strategies::sequence;
 
 /// How long one call may take before the run is declared hung.
 pub const CALL_LIMIT: Duration = Duration::from_secs(60);

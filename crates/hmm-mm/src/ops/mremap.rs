@@ -115,7 +115,13 @@ impl Mm {
 /// MREMAP_FIXED) and growing is refused (the reservation cannot be split);
 /// each is `EINVAL`. A length rounded past the address space is `EINVAL`
 /// too, as no huge page fits there.
-fn align_hugetlb(size: PageSize, old_addr: u64, old_len: u64, new_len: u64, new_addr: u64) -> Result<(u64, u64), MmError> {
+fn align_hugetlb(
+    size: PageSize,
+    old_addr: u64,
+    old_len: u64,
+    new_len: u64,
+    new_addr: u64,
+) -> Result<(u64, u64), MmError> {
     let huge = size.bytes();
     let round = |len: u64| len.checked_next_multiple_of(huge).filter(|&len| len <= TASK_SIZE);
     let (Some(old_len), Some(new_len)) = (round(old_len), round(new_len)) else {

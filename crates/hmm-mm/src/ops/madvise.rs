@@ -264,6 +264,12 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
             return Err(MmError::Invalid("MADV_COLLAPSE on a VMA that cannot hold a PMD THP"));
         }
     }
+    // Linux 6.18 on the host: a piece covering no whole aligned 2 MiB
+    // block is EINVAL, even one starting on a boundary.
+    let (hstart, hend) = ((start + PMD_SIZE - 1) & !(PMD_SIZE - 1), end & !(PMD_SIZE - 1));
+    if hend <= hstart {
+        return Err(MmError::Invalid("MADV_COLLAPSE of a range inside one 2 MiB block"));
+    }
     let mut block = (start + PMD_SIZE - 1) & !(PMD_SIZE - 1);
     while block + PMD_SIZE <= end {
         let vma = guard.lookup(block).expect("range checked as mapped");
@@ -572,10 +578,13 @@ mod tests {
         let v = 0x8000_0000;
         mm.mmap(v + 0x4000, 0xe000, Prot::RW, ANON | MapFlags::FIXED).unwrap();
         assert_eq!(mm.madvise(v, 0x5000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
-        // A VMA holding an aligned block: a piece with no block is a no-op.
+        // A VMA holding an aligned block: a piece covering no whole block
+        // is EINVAL, inside one block, from its start or across a boundary.
         let u = 0xc000_0000;
         mm.mmap(u, 2 * PMD_SIZE, Prot::RW, ANON | MapFlags::FIXED).unwrap();
-        mm.madvise(u + 4096, 4096, MadviseAdvice::Collapse).unwrap();
+        assert_eq!(mm.madvise(u + 0x7c000, 0xc000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
+        assert_eq!(mm.madvise(u, 4096, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
+        assert_eq!(mm.madvise(u + 0x1ff000, 0x2000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
     }
 
     #[test]

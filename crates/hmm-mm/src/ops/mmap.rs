@@ -137,6 +137,12 @@ impl Mm {
         };
         // Lengths round up to the granule, as hugetlbfs rounds to its page.
         let len = len.checked_add(granule - 1).ok_or(MmError::NoSpace(len))? & !(granule - 1);
+        // get_unmapped_area: any length past the address space is ENOMEM
+        // (before the sharing type is looked at), a fixed range past it too,
+        // an unaligned fixed address EINVAL.
+        if len > hmm_types::TASK_SIZE {
+            return Err(MmError::NoSpace(len));
+        }
         // get_unmapped_area: a fixed range past the address space is
         // ENOMEM, an unaligned fixed address EINVAL.
         let fixed = flags.intersects(MapFlags::FIXED | MapFlags::FIXED_NOREPLACE);
@@ -177,7 +183,21 @@ impl Mm {
             Source::Anonymous => match hugetlb {
                 Some(size) => {
                     vm_flags |= VmFlags::HUGETLB;
-                    let object = HugetlbFile::new(self.phys().clone(), size, len / size.bytes(), shared)?;
+                    let object = match HugetlbFile::new(self.phys().clone(), size, len / size.bytes(), shared) {
+                        Ok(object) => object,
+                        Err(error) => {
+                            // Linux 6.18 on the host: the reservation fails
+                            // in the file's mmap hook, after MAP_FIXED has
+                            // cleared the range, so the old mappings are
+                            // gone and nothing replaces them.
+                            if flags.contains(MapFlags::FIXED) && !flags.contains(MapFlags::FIXED_NOREPLACE) {
+                                let mut guard = self.mmap_write();
+                                self.check_alive()?;
+                                unmap_locked(&mut guard, addr, addr + len)?;
+                            }
+                            return Err(error);
+                        }
+                    };
                     Some((VmaBacking::Hugetlb(object), 0))
                 }
                 None if shared => Some((VmaBacking::File(self.kernel().tmpfs().anonymous(len)), 0)),
@@ -435,8 +455,16 @@ mod tests {
         assert_eq!(errno(mm.mmap(free, 1, Prot::RW, huge | MapFlags::SHARED_VALIDATE)), Errno::OpNotSupp);
         let fixed_huge = ANON | MapFlags::FIXED | MapFlags::HUGETLB;
         assert_eq!(errno(mm.mmap(free, u64::MAX, Prot::RW, fixed_huge)), Errno::Inval);
-        // Without a pool the hugetlb reservation itself fails: ENOMEM.
+        let validate_anon = MapFlags::SHARED_VALIDATE | MapFlags::ANONYMOUS;
+        assert_eq!(errno(mm.mmap(0, u64::MAX - 4095, Prot::RW, validate_anon)), Errno::NoMem);
+        // Without a pool the hugetlb reservation itself fails: ENOMEM, and
+        // the range MAP_FIXED was to replace is left unmapped.
         assert_eq!(errno(mm.mmap(free, 1, Prot::RW, fixed_huge)), Errno::NoMem);
+        mm.mmap(free, 2 * PMD_SIZE, Prot::RW, ANON | MapFlags::FIXED).unwrap();
+        mm.write_u64(free + PMD_SIZE, 1).unwrap();
+        assert_eq!(errno(mm.mmap(free, 1, Prot::RW, fixed_huge)), Errno::NoMem);
+        assert!(mm.read_u64(free).is_err(), "the first 2 MiB were unmapped");
+        assert_eq!(mm.read_u64(free + PMD_SIZE), Ok(1), "the rest is kept");
     }
 
     #[test]

@@ -59,11 +59,12 @@ impl Mm {
         if old_len == 0 {
             return duplicate_shared(&mut guard, &vma, old_addr, new_len, flags, new_addr);
         }
-        // Without a new address the old length is unchecked so far: a
-        // shrink whose tail wraps or passes the address space is EINVAL when
-        // the tail is unmapped (`do_vmi_munmap`).
+        // The old length is unchecked so far: a shrink whose tail wraps or
+        // passes the address space is EINVAL when the tail is unmapped
+        // (`do_vmi_munmap`), before any VMA boundary is looked at; a move
+        // or growth of it is EFAULT (not one VMA).
         let Some(old_end) = old_addr.checked_add(old_len).filter(|&e| e <= TASK_SIZE) else {
-            if new_len < old_len && old_addr + new_len <= vma.end {
+            if new_len < old_len {
                 return Err(MmError::Invalid("mremap shrink of a range past the address space"));
             }
             return Err(not_mapped(old_addr));
@@ -162,13 +163,6 @@ fn check_params(old_addr: u64, old_len: u64, new_len: u64, flags: MremapFlags, n
         return Err(MmError::Invalid("mremap new length past the address space"));
     }
     if flags.intersects(MremapFlags::FIXED | MremapFlags::DONTUNMAP) {
-        // Only a call with a new address checks the old range here (an
-        // address past the address space passes, as the unsigned
-        // subtraction wraps, and is then unmapped: EFAULT). Without one, an
-        // old length past the address space is judged against the VMA.
-        if old_len > TASK_SIZE.wrapping_sub(old_addr) {
-            return Err(MmError::Invalid("mremap old range past the address space"));
-        }
         if new_addr > TASK_SIZE - new_len {
             return Err(MmError::Invalid("mremap new range past the address space"));
         }
@@ -182,7 +176,10 @@ fn check_params(old_addr: u64, old_len: u64, new_len: u64, flags: MremapFlags, n
             return Err(MmError::Invalid("MREMAP_DONTUNMAP needs equal old and new lengths"));
         }
         let fixed = flags.contains(MremapFlags::FIXED);
-        if fixed && new_addr < old_addr + old_len && old_addr < new_addr + new_len {
+        // Linux compares the ends as they are: an old range that wraps
+        // past 2^64 ends "before" the new one (no overlap; then EFAULT
+        // where nothing is mapped, EINVAL when a shrink unmaps the tail).
+        if fixed && new_addr < old_addr.wrapping_add(old_len) && old_addr < new_addr + new_len {
             return Err(MmError::Invalid("MREMAP_FIXED ranges overlap"));
         }
     }
@@ -492,6 +489,16 @@ mod tests {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
         let err = mm.mremap(0x3000_0000, u64::MAX - 4095, 4096, MremapFlags::empty(), 0).unwrap_err();
         assert_eq!(err.errno(), Errno::Fault);
+        // With MREMAP_FIXED too: the wrapped old end is "below" the new
+        // range, so they do not overlap.
+        let fixed = MremapFlags::MAYMOVE | MremapFlags::FIXED;
+        let err = mm.mremap(0x3000_0000, u64::MAX - 4095, 4096, fixed, 0x3000_0000).unwrap_err();
+        assert_eq!(err.errno(), Errno::Fault);
+        // A shrink of a mapped address is EINVAL even when the kept part
+        // is longer than the VMA.
+        let va = mm.mmap(0x3002_8000, 0xa000, Prot::RW, ANON | MapFlags::FIXED).unwrap();
+        let err = mm.mremap(va, u64::MAX - 4095, 0xb000, MremapFlags::empty(), 0).unwrap_err();
+        assert_eq!(err.errno(), Errno::Inval);
     }
 
     #[test]

@@ -1635,7 +1635,7 @@ impl World {
                 if !may_move || (dontunmap && rold != rnew) {
                     break 'plan Err(linux(Errno::Inval));
                 }
-                if fixed && addr.wrapping_add(rold) > new_addr && new_addr + rnew > addr {
+                if addr.wrapping_add(rold) > new_addr && new_addr + rnew > addr {
                     break 'plan Err(linux(Errno::Inval));
                 }
             }

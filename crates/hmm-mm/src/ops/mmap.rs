@@ -161,9 +161,12 @@ impl Mm {
         }
         let is_dax_file = matches!(&source, Source::File(f, _) if matches!(f.inode().kind(), InodeKind::Dax(_)));
         let shared = map_type_shared(flags, !matches!(source, Source::Anonymous) || hugetlb.is_some(), is_dax_file)?;
-        // MAP_SYNC is only honoured (and only validated) with
-        // MAP_SHARED_VALIDATE, where only a DAX file accepts it.
-        let sync = flags.contains(MapFlags::SYNC) && flags.map_type() == MapFlags::SHARED_VALIDATE.bits();
+        // MAP_SYNC is only validated with MAP_SHARED_VALIDATE, where only a
+        // DAX file accepts it; but `calc_vm_flag_bits` turns it into
+        // VM_SYNC whatever the type (Linux 6.18 on the host: a private or
+        // legacy MAP_SHARED mapping with MAP_SYNC does not merge with its
+        // neighbours without it). Only DAX faults act on it.
+        let sync = flags.contains(MapFlags::SYNC);
         let mut vm_flags = VmFlags::from_prot(prot) | VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
         if flags.contains(MapFlags::NORESERVE) {
             vm_flags |= VmFlags::NORESERVE;
@@ -352,7 +355,7 @@ fn huge_size(flags: MapFlags) -> Result<PageSize, MmError> {
 #[cfg(test)]
 mod tests {
     use hmm_pagetable::Level;
-    use hmm_types::{Errno, MapFlags, Prot, PMD_SIZE};
+    use hmm_types::{Errno, MapFlags, Prot, VmFlags, PMD_SIZE};
 
     use crate::testing::{kernel, leaf, record};
     use crate::{MmError, ThpMode};
@@ -465,6 +468,20 @@ mod tests {
         assert_eq!(errno(mm.mmap(free, 1, Prot::RW, fixed_huge)), Errno::NoMem);
         assert!(mm.read_u64(free).is_err(), "the first 2 MiB were unmapped");
         assert_eq!(mm.read_u64(free + PMD_SIZE), Ok(1), "the rest is kept");
+    }
+
+    #[test]
+    fn map_sync_sets_vm_sync_whatever_the_type() {
+        // Regression (hmm fuzz), Linux 6.18: MAP_SYNC on a private mapping
+        // is accepted and makes the VMA VM_SYNC, so it does not merge with
+        // an identical neighbour mapped without it.
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0x4000_0000, 8 * 4096, Prot::NONE, ANON | MapFlags::FIXED).unwrap();
+        mm.mmap(va + 4096, 4096, Prot::NONE, ANON | MapFlags::FIXED | MapFlags::SYNC).unwrap();
+        let guard = mm.mmap_read();
+        let vmas: Vec<(u64, u64, bool)> =
+            guard.iter().map(|v| (v.start - va, v.end - va, v.flags.contains(VmFlags::SYNC))).collect();
+        assert_eq!(vmas, [(0, 4096, false), (4096, 8192, true), (8192, 8 * 4096, false)]);
     }
 
     #[test]

@@ -175,12 +175,13 @@ fn check_params(old_addr: u64, old_len: u64, new_len: u64, flags: MremapFlags, n
         if flags.contains(MremapFlags::DONTUNMAP) && old_len != new_len {
             return Err(MmError::Invalid("MREMAP_DONTUNMAP needs equal old and new lengths"));
         }
-        let fixed = flags.contains(MremapFlags::FIXED);
-        // Linux compares the ends as they are: an old range that wraps
-        // past 2^64 ends "before" the new one (no overlap; then EFAULT
-        // where nothing is mapped, EINVAL when a shrink unmaps the tail).
-        if fixed && new_addr < old_addr.wrapping_add(old_len) && old_addr < new_addr + new_len {
-            return Err(MmError::Invalid("MREMAP_FIXED ranges overlap"));
+        // The ranges must not overlap, with DONTUNMAP alone too (it names
+        // the new address; Linux 6.18 on the host: EINVAL). Linux compares
+        // the ends as they are: an old range that wraps past 2^64 ends
+        // "before" the new one (no overlap; then EFAULT where nothing is
+        // mapped, EINVAL when a shrink unmaps the tail).
+        if new_addr < old_addr.wrapping_add(old_len) && old_addr < new_addr + new_len {
+            return Err(MmError::Invalid("mremap old and new ranges overlap"));
         }
     }
     Ok(())
@@ -494,6 +495,11 @@ mod tests {
         let fixed = MremapFlags::MAYMOVE | MremapFlags::FIXED;
         let err = mm.mremap(0x3000_0000, u64::MAX - 4095, 4096, fixed, 0x3000_0000).unwrap_err();
         assert_eq!(err.errno(), Errno::Fault);
+        // MREMAP_DONTUNMAP without FIXED: overlapping ranges are EINVAL
+        // before the old address is looked up.
+        let dontunmap = MremapFlags::MAYMOVE | MremapFlags::DONTUNMAP;
+        let err = mm.mremap(0x301f_d000, 0x9000, 0x9000, dontunmap, 0x301f_8000).unwrap_err();
+        assert_eq!(err.errno(), Errno::Inval);
         // A shrink of a mapped address is EINVAL even when the kept part
         // is longer than the VMA.
         let va = mm.mmap(0x3002_8000, 0xa000, Prot::RW, ANON | MapFlags::FIXED).unwrap();

@@ -306,6 +306,9 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
             block += PMD_SIZE;
             continue;
         }
+        // The new THP is an anonymous page: its VMA needs an anon_vma
+        // (Linux collapses only where one exists).
+        crate::anon_vma::anon_vma_prepare(guard, vma);
         let folio = phys.alloc_folio(9, true)?;
         phys.meta(folio)
             .set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);

@@ -6,10 +6,12 @@
 //! Linux: `fs/proc/task_mmu.c` (`pagemap_read`, `pte_to_pagemap_entry`),
 //! `Documentation/admin-guide/mm/pagemap.rst`.
 
+use hmm_pagetable::{Level, SwapKind};
 use hmm_types::{VmFlags, PAGE_SHIFT, PAGE_SIZE};
 
 use crate::error::MmError;
 use crate::mm::Mm;
+use crate::phys::PageFlags;
 
 /// The page is present (`PM_PRESENT`, bit 63).
 pub const PM_PRESENT: u64 = 1 << 63;
@@ -34,16 +36,38 @@ impl Mm {
         let slot = self.pgtable().find(va);
         let entry = slot.load();
         let offset = (va - slot.va()) >> PAGE_SHIFT;
-        let file = if vma.is_anonymous() { 0 } else { PM_FILE };
+        let phys = self.phys();
+        // PM_FILE and PM_MMAP_EXCLUSIVE describe the page, not the VMA
+        // (`pte_to_pagemap_entry`): a COW copy in a private file mapping is
+        // anonymous, and an entry without a normal page (a special or
+        // PFNMAP entry, the 4 KiB zero page, a swap entry) has neither bit.
+        // The huge zero page is a page, not an anonymous one: PM_FILE.
+        let file_page =
+            |pfn| if phys.meta(phys.folio_head(pfn)).flags().contains(PageFlags::ANON) { 0 } else { PM_FILE };
         if entry.is_present() && entry.is_leaf(slot.level()) {
             let pfn = entry.pfn().add(offset);
-            let exclusive = if self.phys().folio_counts(pfn).1 == 1 { PM_MMAP_EXCLUSIVE } else { 0 };
-            let special = vma.flags.intersects(VmFlags::PFNMAP);
-            return Ok(PM_PRESENT | exclusive | if special { 0 } else { file } | (pfn.0 & PM_PFRAME_MASK));
+            let frame = pfn.0 & PM_PFRAME_MASK;
+            let special = vma.flags.intersects(VmFlags::PFNMAP) || entry.leaf_flags().special;
+            // The zero pages are special entries too; only the huge one is
+            // reported as a page (`pagemap_pmd_range` uses `pmd_page`).
+            if phys.is_zero_pfn(pfn) && pfn != phys.zero_pfn() && slot.level() == Level::Pmd {
+                return Ok(PM_PRESENT | PM_FILE | frame);
+            }
+            if special || phys.is_zero_pfn(pfn) {
+                return Ok(PM_PRESENT | frame);
+            }
+            let exclusive = if phys.folio_counts(pfn).1 == 1 { PM_MMAP_EXCLUSIVE } else { 0 };
+            return Ok(PM_PRESENT | exclusive | file_page(pfn) | frame);
         }
         match entry.swap_kind() {
             Some(kind) => {
                 let swp = ((entry.pfn().0 + offset) << 5 | kind as u64) & PM_PFRAME_MASK;
+                // Migration, device and hwpoison entries name a page; a
+                // swap entry or a marker does not.
+                let file = match kind {
+                    SwapKind::Swap | SwapKind::Marker => 0,
+                    _ => file_page(entry.pfn().add(offset)),
+                };
                 Ok(PM_SWAP | file | swp)
             }
             None => Ok(0),
@@ -69,5 +93,34 @@ mod tests {
         assert_eq!(word, PM_PRESENT | PM_MMAP_EXCLUSIVE | pfn.0);
         assert_eq!(mm.pagemap_entry(va + PAGE_SIZE).unwrap(), 0, "untouched");
         assert_eq!(mm.pagemap_entry(0x1000).unwrap(), 0, "no VMA");
+    }
+
+    #[test]
+    fn pm_file_comes_from_the_page_not_the_vma() {
+        // Linux 6.18 on the host: a private file page reads PM_FILE until
+        // written; the COW copy is anonymous (and exclusive). A read of
+        // THP-enabled anonymous memory maps the huge zero page, which is
+        // PM_FILE and not exclusive; the 4 KiB zero page has neither bit.
+        let k = kernel(64, ThpMode::Always);
+        let mm = k.create_mm().unwrap();
+        let file = k.tmpfs().create("pm").unwrap();
+        file.pwrite(0, &7u64.to_le_bytes()).unwrap();
+        let va = mm.mmap_file(0, PAGE_SIZE, Prot::RW, MapFlags::PRIVATE, &file, 0).unwrap();
+        mm.read_u64(va).unwrap();
+        assert_ne!(mm.pagemap_entry(va).unwrap() & PM_FILE, 0, "the page cache page");
+        mm.write_u64(va, 8).unwrap();
+        let word = mm.pagemap_entry(va).unwrap();
+        assert_eq!(word & (PM_PRESENT | PM_FILE | PM_MMAP_EXCLUSIVE), PM_PRESENT | PM_MMAP_EXCLUSIVE, "the COW copy");
+
+        let anon = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
+        let huge = mm.mmap(0, 4 << 20, Prot::RW, anon).unwrap();
+        mm.read_u64(huge).unwrap();
+        let word = mm.pagemap_entry(huge + PAGE_SIZE).unwrap();
+        assert_eq!(word & (PM_PRESENT | PM_FILE | PM_MMAP_EXCLUSIVE), PM_PRESENT | PM_FILE, "the huge zero page");
+
+        let small = mm.mmap(0, PAGE_SIZE, Prot::RW, anon).unwrap();
+        mm.read_u64(small).unwrap();
+        let word = mm.pagemap_entry(small).unwrap();
+        assert_eq!(word & (PM_PRESENT | PM_FILE | PM_MMAP_EXCLUSIVE), PM_PRESENT, "the zero page");
     }
 }

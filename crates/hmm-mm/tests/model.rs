@@ -1122,6 +1122,7 @@ impl World {
                             (s..s + n).try_for_each(|vpn| self.check_read(i, vpn))
                         }
                     }?;
+                    self.note_thp_faults();
                     self.normalise_all();
                     self.check_all()?;
                 }
@@ -1140,8 +1141,37 @@ impl World {
             Op::Fork { src, dst } => self.fork(src, dst),
             Op::Exit { slot } => self.exit(slot),
         }?;
+        self.note_thp_faults();
         self.normalise_all();
         self.check_all()
+    }
+
+    /// A PMD leaf in a private VMA means a THP fault happened there, and
+    /// Linux prepares the anon_vma before choosing between a THP and the
+    /// huge zero page (`do_huge_pmd_anonymous_page`): a read that maps the
+    /// huge zero page (host: fork then copies it) gives the VMA an
+    /// anon_vma. Whether a THP fault is taken is the crate's choice (Linux
+    /// may fall back), so it is read from the page table.
+    fn note_thp_faults(&mut self) {
+        for i in 0..SLOTS {
+            let Some(slot) = self.slots[i].as_ref() else { continue };
+            let huge: Vec<u64> = slot
+                .model
+                .pages
+                .iter()
+                .filter(|(_, p)| p.anon.is_none() && matches!(p.backing, Backing::Private { .. }))
+                .map(|(&vpn, _)| vpn)
+                .filter(|&vpn| {
+                    let (level, entry) = leaf(&slot.mm, vpn * PAGE);
+                    level == hmm_pagetable::Level::Pmd && entry.is_present()
+                })
+                .collect();
+            for vpn in huge {
+                if self.slot(i).model.pages[&vpn].anon.is_none() {
+                    self.prepare_anon(i, vpn);
+                }
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1343,7 +1373,8 @@ impl World {
             return self.check_unchanged(i, &before);
         }
         for (_, page) in self.model_mut(i).pages.range_mut(s..changed_end) {
-            page.prot = Prot::from_bits_truncate(prot.bits());
+            // PROT_SEM leaves no trace in the VMA.
+            page.prot = prot & (Prot::READ | Prot::WRITE | Prot::EXEC);
         }
         Ok(())
     }
@@ -1394,9 +1425,9 @@ impl World {
             } else {
                 let mut pieces = Vec::new();
                 let mut result = Ok(());
-                for (from, to) in model.runs().into_iter().filter(|&(rs, re)| rs < e && s < re) {
-                    let (from, to) = (from.max(s), to.min(e));
-                    if let Err(errno) = self.vma_advice_error(&model.pages[&from], from, to, advice) {
+                for (rs, re) in model.runs().into_iter().filter(|&(rs, re)| rs < e && s < re) {
+                    let (from, to) = (rs.max(s), re.min(e));
+                    if let Err(errno) = self.vma_advice_error(&model.pages[&from], (rs, re), from, to, advice) {
                         result = Err(linux(errno));
                         break;
                     }
@@ -1455,19 +1486,29 @@ impl World {
 
     /// The per-VMA error of `advice` on the VMA part `[from, to)` whose
     /// first page is `page`.
-    fn vma_advice_error(&self, page: &Page, from: u64, to: u64, advice: MadviseAdvice) -> Result<(), Errno> {
+    fn vma_advice_error(
+        &self,
+        page: &Page,
+        vma: (u64, u64),
+        from: u64,
+        to: u64,
+        advice: MadviseAdvice,
+    ) -> Result<(), Errno> {
         match advice {
             // MADV_FREE and MADV_WIPEONFORK: private anonymous only.
             MadviseAdvice::Free | MadviseAdvice::WipeOnFork if page.is_shared() => Err(Errno::Inval),
-            // MADV_COLLAPSE as this crate documents it: each 2 MiB block
-            // inside the part is collapsed if it can be; one in a shared or
-            // NOHUGEPAGE VMA is EINVAL. (Linux also fails for VMAs that
-            // cannot hold an aligned THP and for blocks it could not
-            // collapse; that is not modelled.)
+            // MADV_COLLAPSE (Linux 6.18 on the host): the VMA must be able
+            // to hold a PMD THP (private anonymous, not NOHUGEPAGE, page
+            // offset congruent with the address modulo 2 MiB, a whole
+            // aligned block inside it) and the part must cover a whole
+            // aligned block; else EINVAL. (Blocks Linux could not collapse
+            // are not modelled.)
             MadviseAdvice::Collapse => {
-                let first_block = from.div_ceil(PMD_PAGES) * PMD_PAGES;
-                let has_block = first_block + PMD_PAGES <= to;
-                if has_block && (page.is_shared() || page.thp == Thp::NoHuge) {
+                let (vma_start, vma_end) = vma;
+                let congruent = from.wrapping_sub(page.pgoff) % PMD_PAGES == 0;
+                let vma_block = vma_end >= PMD_PAGES && (vma_end - PMD_PAGES) / PMD_PAGES * PMD_PAGES >= vma_start;
+                let part_block = from.div_ceil(PMD_PAGES) < to / PMD_PAGES;
+                if page.is_shared() || page.thp == Thp::NoHuge || !congruent || !vma_block || !part_block {
                     Err(Errno::Inval)
                 } else {
                     Ok(())
@@ -1584,7 +1625,7 @@ impl World {
             if MremapFlags::from_bits(flags.bits()).is_none() {
                 break 'plan Err(linux(Errno::Inval));
             }
-            if addr % PAGE != 0 || rnew == 0 || rnew > TASK_SIZE || rold > TASK_SIZE.wrapping_sub(addr) {
+            if addr % PAGE != 0 || rnew == 0 || rnew > TASK_SIZE {
                 break 'plan Err(linux(Errno::Inval));
             }
             if fixed || dontunmap {
@@ -1594,12 +1635,9 @@ impl World {
                 if !may_move || (dontunmap && rold != rnew) {
                     break 'plan Err(linux(Errno::Inval));
                 }
-                if fixed && addr + rold > new_addr && new_addr + rnew > addr {
+                if addr.wrapping_add(rold) > new_addr && new_addr + rnew > addr {
                     break 'plan Err(linux(Errno::Inval));
                 }
-            }
-            if old_end.is_none() {
-                unreachable!("an old range past TASK_SIZE is EINVAL above");
             }
             // Linux 6.17+: FIXED with equal lengths moves every VMA of the
             // range, gaps kept (remap_move). Linux 6.18 on the host: a gap
@@ -1614,6 +1652,12 @@ impl World {
             let Some((_, vma_end)) = run else {
                 break 'plan Err(linux(Errno::Fault));
             };
+            // Linux 6.18 on the host: the old range is not checked against
+            // TASK_SIZE up front. Past it, a shrink fails unmapping the tail
+            // (EINVAL); anything else spans more than the VMA (EFAULT).
+            if old_end.is_none() {
+                break 'plan Err(linux(if rold > rnew { Errno::Inval } else { Errno::Fault }));
+            }
             if rold == 0 && shared_vma {
                 // Linux duplicates a shared mapping for old_len 0: not modelled.
                 break 'plan Ok(Plan::Skip("old_len 0 on shared memory"));

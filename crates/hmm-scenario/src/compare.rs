@@ -86,12 +86,24 @@ pub fn compare(scenario: &Scenario, model: &Trace, host: &Trace, host_version: (
     let mut out = Comparison { steps: Vec::new(), host_aborted: host.aborted.clone() };
     let window = (host.window, model.window);
     let mut thp_fallback = false;
+    // A call the host refused but the model ran (an mremap to an address
+    // outside the window, say) may have changed the model's memory only:
+    // from there on the two no longer start from the same state.
+    let mut refused_change = false;
     for (m, h) in model.records.iter().zip(&host.records) {
         let op = &scenario.steps[m.step].op;
         if matches!(op, Op::Expect { .. } | Op::Proc { .. } | Op::Window { .. }) {
             continue;
         }
-        let verdict = judge(op, &m.outcome, &h.outcome, window.0, &mut thp_fallback, host_version);
+        let verdict = if refused_change {
+            Verdict::Inconclusive("follows a call the host refused, which the model ran".into())
+        } else {
+            judge(op, &m.outcome, &h.outcome, window.0, &mut thp_fallback, host_version)
+        };
+        let changes_state = !matches!(op, Op::Read { .. } | Op::Pagemap { .. } | Op::Maps { .. } | Op::Same { .. });
+        if changes_state && matches!(h.outcome, Outcome::Refused(_)) && !matches!(m.outcome, Outcome::Refused(_)) {
+            refused_change = true;
+        }
         out.steps.push(StepDiff { step: m.step, verdict, model: m.outcome.clone(), host: h.outcome.clone() });
     }
     out
@@ -176,5 +188,17 @@ mod tests {
         let h2 = trace(vec![Outcome::Value(1), Outcome::Value(1), Outcome::Fault, Outcome::Pages(vec![huge])]);
         let m2 = trace(vec![Outcome::Value(1), Outcome::Value(1), Outcome::Fault, Outcome::Pages(vec![small])]);
         assert!(matches!(compare(&s, &m2, &h2, (6, 18)).steps[3].verdict, Verdict::Differ), "host huge, model not");
+    }
+
+    #[test]
+    fn steps_after_a_change_the_host_refused_are_inconclusive() {
+        // scenarios/found/read-fault-vs-value: the model ran an mremap the
+        // host refused (its new address outside the window).
+        let s = parse("t", "munmap w 1p\nread w\n").unwrap();
+        let m = trace(vec![Outcome::Ok, Outcome::Fault]);
+        let h = trace(vec![Outcome::Refused("outside".into()), Outcome::Value(0)]);
+        let c = compare(&s, &m, &h, (6, 18));
+        assert!(matches!(c.steps[1].verdict, Verdict::Inconclusive(_)));
+        assert!(c.first_divergence().is_none());
     }
 }

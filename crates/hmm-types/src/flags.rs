@@ -17,6 +17,10 @@ bitflags! {
         const WRITE = 0x2;
         /// Pages may be executed.
         const EXEC = 0x4;
+        /// `PROT_SEM`: the memory may hold atomics. Accepted on x86 (and
+        /// every architecture using the generic `arch_validate_prot`), with
+        /// no effect on the mapping.
+        const SEM = 0x8;
     }
 }
 
@@ -26,9 +30,15 @@ impl Prot {
     /// `PROT_READ | PROT_WRITE`.
     pub const RW: Self = Self::READ.union(Self::WRITE);
 
-    /// Parses raw `PROT_*` bits; unknown bits are `EINVAL`, as mprotect says.
+    /// Parses raw `PROT_*` bits for mprotect: unknown bits are `EINVAL`
+    /// (`arch_validate_prot`; `PROT_SEM` is valid).
     pub fn from_raw(bits: u32) -> Result<Self, Errno> {
         Self::from_bits(bits).ok_or(Errno::Inval)
+    }
+    /// Parses raw `PROT_*` bits for mmap, which validates none: unknown bits
+    /// are ignored (`calc_vm_prot_bits` keeps only what it knows).
+    pub fn from_mmap_raw(bits: u32) -> Self {
+        Self::from_bits_truncate(bits)
     }
 }
 
@@ -65,18 +75,37 @@ impl MapFlags {
     /// `MAP_SHARED_VALIDATE`: shared, and unknown flags are an error.
     pub const SHARED_VALIDATE: Self = Self::SHARED.union(Self::PRIVATE);
 
-    /// The sharing type, the part of the flags Linux masks with `MAP_TYPE`.
+    /// The sharing type, the part of the flags Linux masks with `MAP_TYPE`
+    /// (0xf: a stray 0x4 makes an invalid type, not a private mapping).
     pub fn map_type(self) -> u32 {
-        (self & Self::SHARED_VALIDATE).bits()
+        self.bits() & 0xf
     }
-    /// Parses raw `MAP_*` bits. Unknown bits are `EOPNOTSUPP` with
-    /// `MAP_SHARED_VALIDATE`, as Linux; otherwise they are ignored.
-    pub fn from_raw(bits: u32) -> Result<Self, Errno> {
-        let known = Self::from_bits_truncate(bits);
-        if known.map_type() == Self::SHARED_VALIDATE.bits() && known.bits() != bits {
-            return Err(Errno::OpNotSupp);
-        }
-        Ok(known)
+    /// The flags `MAP_SHARED_VALIDATE` accepts on any file
+    /// (`LEGACY_MAP_MASK`: the model's known ones plus `MAP_DENYWRITE`,
+    /// `MAP_EXECUTABLE`, `MAP_UNINITIALIZED`, `MAP_GROWSDOWN`, `MAP_LOCKED`,
+    /// `MAP_NONBLOCK`, `MAP_STACK`). `MAP_SYNC`, `MAP_FIXED_NOREPLACE` and
+    /// the `MAP_HUGE_*` size bits are not in it.
+    pub const LEGACY_MASK: Self = Self::from_bits_retain(
+        0x01 | 0x02
+            | 0x10
+            | 0x20
+            | 0x800
+            | 0x1000
+            | 0x400_0000
+            | 0x100
+            | 0x2000
+            | 0x4000
+            | 0x8000
+            | 0x1_0000
+            | 0x2_0000
+            | 0x4_0000,
+    );
+
+    /// Takes raw `MAP_*` bits as they are, unknown ones kept: Linux ignores
+    /// them, except that a file mapped `MAP_SHARED_VALIDATE` refuses them
+    /// (`EOPNOTSUPP`), which `mmap` checks in its own order.
+    pub fn from_raw(bits: u32) -> Self {
+        Self::from_bits_retain(bits)
     }
 }
 
@@ -226,19 +255,26 @@ mod tests {
 
     #[test]
     fn map_flags_validate_only_with_shared_validate() {
-        assert_eq!(
-            MapFlags::from_raw(0x2 | 0x20 | 0x1_0000_0000u64 as u32),
-            Ok(MapFlags::PRIVATE | MapFlags::ANONYMOUS)
-        );
-        assert_eq!(MapFlags::from_raw(0x3 | 0x400), Err(Errno::OpNotSupp));
-        assert_eq!(MapFlags::from_raw(0x3 | 0x80000).unwrap().map_type(), 3);
+        // Unknown bits are kept for mmap to judge; the legacy mask holds
+        // neither MAP_SYNC nor MAP_FIXED_NOREPLACE.
+        assert_eq!(MapFlags::from_raw(0x3 | 0x400).bits(), 0x403);
+        assert_eq!(MapFlags::from_raw(0x3 | 0x80000).map_type(), 3);
+        assert!(!MapFlags::LEGACY_MASK.intersects(MapFlags::SYNC | MapFlags::FIXED_NOREPLACE));
+        // MAP_UNINITIALIZED (1 << 26) shares a bit with the size field.
+        assert!(!MapFlags::LEGACY_MASK.contains(MapFlags::HUGE_2MB));
+        assert!(MapFlags::LEGACY_MASK.contains(MapFlags::HUGETLB | MapFlags::POPULATE | MapFlags::NORESERVE));
     }
 
     #[test]
     fn prot_round_trips_through_vm_flags() {
         let prot = Prot::READ | Prot::WRITE;
         assert_eq!(VmFlags::from_prot(prot).prot(), prot);
-        assert_eq!(Prot::from_raw(8), Err(Errno::Inval));
+        // PROT_SEM is valid on x86 (mprotect(p, n, PROT_SEM) succeeds);
+        // 0x10 is not.
+        assert_eq!(Prot::from_raw(8), Ok(Prot::SEM));
+        assert_eq!(Prot::from_raw(0x10), Err(Errno::Inval));
+        assert_eq!(VmFlags::from_prot(Prot::SEM | Prot::READ).prot(), Prot::READ);
+        assert_eq!(Prot::from_mmap_raw(0x13), Prot::READ | Prot::WRITE);
     }
 
     #[test]

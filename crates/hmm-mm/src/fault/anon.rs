@@ -45,6 +45,10 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, va: u64, write: bool) -> 
             let pmd = pt.ensure(va, Level::Pmd).map_err(|_| FaultError::Oom)?;
             let entry = pmd.load();
             if entry.is_none() {
+                // do_huge_pmd_anonymous_page prepares the anon_vma before
+                // choosing between a THP and the huge zero page, so a read
+                // gives the VMA one too (and fork then copies its entries).
+                crate::anon_vma::anon_vma_prepare(locked.mm, locked.vmas, vma);
                 if write {
                     // A failed 2 MiB allocation falls back to 4K pages, as
                     // Linux counts `thp_fault_fallback`.

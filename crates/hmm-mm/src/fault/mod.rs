@@ -88,8 +88,14 @@ pub(crate) fn handle_fault(mm: &Mm, vmas: &VmaTree, vma: &Vma, va: u64, flags: F
             return Err(FaultError::Sigbus("userfaultfd fault that may not release the mmap lock"))
         }
     }
-    if write && !vma.flags.is_shared() && matches!(vma.backing, VmaBacking::Anon | VmaBacking::File(_)) {
-        // A private page may be created: it needs an anon_vma first.
+    // A private page may be created: it needs an anon_vma first. Private
+    // hugetlb has no zero page, so its reads create anonymous pages too.
+    let private_page = match vma.backing {
+        VmaBacking::Anon | VmaBacking::File(_) => write,
+        VmaBacking::Hugetlb(_) => true,
+        _ => false,
+    };
+    if private_page && !vma.flags.is_shared() {
         crate::anon_vma::anon_vma_prepare(mm, vmas, vma);
     }
     match &vma.backing {

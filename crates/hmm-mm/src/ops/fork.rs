@@ -53,10 +53,12 @@ impl Mm {
             }
             copy.anon_vma = vma.anon_vma.forked(&child);
             child_guard.vmas_mut().insert(copy);
-            // Shared mappings are refaulted in the child from their object.
-            // Except for driver-inserted frames, which cannot refault.
-            let refaults = vma.flags.is_shared() && !vma.flags.intersects(VmFlags::PFNMAP | VmFlags::MIXEDMAP);
-            if refaults || !has_entries(self, vma.start, vma.end) {
+            // `vma_needs_copy`: only driver-inserted frames (which cannot
+            // refault) and VMAs with an anon_vma are copied; everything else
+            // (shared mappings, private ones holding only page cache or
+            // zero-page reads) is refaulted in the child from its object.
+            let needs_copy = vma.flags.intersects(VmFlags::PFNMAP | VmFlags::MIXEDMAP) || vma.anon_vma.get().is_some();
+            if !needs_copy || !has_entries(self, vma.start, vma.end) {
                 continue;
             }
             split_device_private_pmds(self, vma.start, vma.end)?;
@@ -202,6 +204,26 @@ mod tests {
         assert_eq!(child.read_u64(va).unwrap(), 3);
         assert_eq!(k.phys().folio_counts(leaf(&child, va).1.pfn()), (1, 1), "the last sharer reused its page");
         child.exit();
+    }
+
+    #[test]
+    fn zero_page_reads_are_not_copied_but_the_huge_zero_page_is() {
+        // Regression (scenarios/found), Linux 6.18: a VMA with only 4 KiB
+        // zero-page reads has no anon_vma, so fork copies no entry and the
+        // child's pagemap shows nothing there; a THP read fault prepares
+        // the anon_vma first, so the huge zero page is copied.
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let small = mm.mmap(0, 3 * 4096, Prot::RW, ANON).unwrap();
+        mm.read_u64(small + 2 * 4096).unwrap();
+        let child = mm.fork().unwrap();
+        assert!(child.pgtable().find(small + 2 * 4096).load().is_none());
+        assert_eq!(child.read_u64(small + 2 * 4096), Ok(0));
+
+        let mm = kernel(64, ThpMode::Always).create_mm().unwrap();
+        let huge = mm.mmap(0, 2 * PMD_SIZE, Prot::RW, ANON).unwrap();
+        mm.read_u64(huge).unwrap();
+        let child = mm.fork().unwrap();
+        assert!(child.pgtable().find(huge).load().is_present());
     }
 
     #[test]

@@ -244,10 +244,32 @@ fn mark_lazyfree(mm: &Mm, start: u64, end: u64) {
 /// MADV_COLLAPSE: every 2 MiB-aligned block inside a THP-capable anonymous
 /// VMA whose entries are all none or present pages becomes one PMD leaf
 /// holding a copy of the data. Blocks with other entries are left as they
-/// are. Runs under the mmap write lock.
+/// are. Runs under the mmap write lock, once per VMA piece.
+///
+/// As `madvise_collapse`, the VMA itself must be able to hold a PMD THP
+/// before anything else (`thp_vma_allowable_order`): THP-capable
+/// anonymous memory, its page offset congruent with its address modulo
+/// 2 MiB, and at least one whole aligned 2 MiB block inside it. Otherwise
+/// the piece is EINVAL, even when it covers no aligned block itself.
 fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), MmError> {
     let mm = guard.mm();
     let phys = mm.phys();
+    {
+        let vma = guard.lookup(start).expect("a piece lies in a VMA");
+        let pmd_pages = PMD_SIZE / PAGE_SIZE;
+        let congruent = (vma.start / PAGE_SIZE).wrapping_sub(vma.pgoff) % pmd_pages == 0;
+        let last_block = vma.end.saturating_sub(PMD_SIZE) & !(PMD_SIZE - 1);
+        let holds_block = vma.end - vma.start >= PMD_SIZE && last_block >= vma.start;
+        if !vma.is_anonymous() || vma.flags.contains(VmFlags::NOHUGEPAGE) || !congruent || !holds_block {
+            return Err(MmError::Invalid("MADV_COLLAPSE on a VMA that cannot hold a PMD THP"));
+        }
+    }
+    // Linux 6.18 on the host: a piece covering no whole aligned 2 MiB
+    // block is EINVAL, even one starting on a boundary.
+    let (hstart, hend) = ((start + PMD_SIZE - 1) & !(PMD_SIZE - 1), end & !(PMD_SIZE - 1));
+    if hend <= hstart {
+        return Err(MmError::Invalid("MADV_COLLAPSE of a range inside one 2 MiB block"));
+    }
     let mut block = (start + PMD_SIZE - 1) & !(PMD_SIZE - 1);
     while block + PMD_SIZE <= end {
         let vma = guard.lookup(block).expect("range checked as mapped");
@@ -284,6 +306,9 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
             block += PMD_SIZE;
             continue;
         }
+        // The new THP is an anonymous page: its VMA needs an anon_vma
+        // (Linux collapses only where one exists).
+        crate::anon_vma::anon_vma_prepare(mm, guard, vma);
         let folio = phys.alloc_folio(9, true)?;
         phys.meta(folio)
             .set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);
@@ -540,6 +565,30 @@ mod tests {
         for i in 0..512 {
             assert_eq!(mm.read_u64(va + i * 4096).unwrap(), if i % 3 == 0 { i } else { 0 });
         }
+    }
+
+    #[test]
+    fn collapse_is_einval_on_a_vma_without_a_whole_aligned_block() {
+        // Regressions (scenarios/found), Linux 6.18: a 2 MiB VMA starting
+        // 80 KiB past a 2 MiB boundary holds no aligned block, so even a
+        // 4 KiB collapse inside it is EINVAL (not a no-op); a small VMA
+        // after a hole is EINVAL too, the per-VMA error winning over the
+        // hole's ENOMEM.
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let w = 0x4000_0000;
+        mm.mmap(w + 0x14000, PMD_SIZE, Prot::RW, ANON | MapFlags::FIXED).unwrap();
+        let err = mm.madvise(w + 0x1f8000, 4096, MadviseAdvice::Collapse).unwrap_err();
+        assert_eq!(err.errno(), Errno::Inval);
+        let v = 0x8000_0000;
+        mm.mmap(v + 0x4000, 0xe000, Prot::RW, ANON | MapFlags::FIXED).unwrap();
+        assert_eq!(mm.madvise(v, 0x5000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
+        // A VMA holding an aligned block: a piece covering no whole block
+        // is EINVAL, inside one block, from its start or across a boundary.
+        let u = 0xc000_0000;
+        mm.mmap(u, 2 * PMD_SIZE, Prot::RW, ANON | MapFlags::FIXED).unwrap();
+        assert_eq!(mm.madvise(u + 0x7c000, 0xc000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
+        assert_eq!(mm.madvise(u, 4096, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
+        assert_eq!(mm.madvise(u + 0x1ff000, 0x2000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
     }
 
     #[test]

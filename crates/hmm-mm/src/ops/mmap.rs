@@ -113,24 +113,23 @@ impl Mm {
 
     fn do_mmap(&self, addr: u64, len: u64, prot: Prot, flags: MapFlags, source: Source<'_>) -> Result<u64, MmError> {
         self.check_alive()?;
+        // ksys_mmap_pgoff: anonymous MAP_HUGETLB picks its page size (EINVAL
+        // for an unknown one) and rounds the length to it before do_mmap
+        // sees it, so a length near 2^64 wraps to 0 and is EINVAL there.
+        let hugetlb = flags.contains(MapFlags::HUGETLB).then(|| huge_size(flags)).transpose()?;
+        let len = match hugetlb {
+            Some(size) => len.wrapping_add(size.bytes() - 1) & !(size.bytes() - 1),
+            None => len,
+        };
         if len == 0 {
             return Err(MmError::Invalid("mmap of zero length"));
         }
         // do_mmap rounds the length to pages before it looks at the sharing
         // type or anything else: a length within a page of 2^64 is ENOMEM
-        // first. (MAP_HUGETLB rounds to its own page size, below.)
-        if !flags.contains(MapFlags::HUGETLB) && len.checked_add(PAGE_SIZE - 1).is_none() {
+        // first.
+        if len.checked_add(PAGE_SIZE - 1).is_none() {
             return Err(MmError::NoSpace(len));
         }
-        if Prot::from_bits(prot.bits()).is_none() {
-            return Err(MmError::Invalid("unknown PROT_* bits"));
-        }
-        let shared = match flags.map_type() {
-            t if t == MapFlags::SHARED.bits() || t == MapFlags::SHARED_VALIDATE.bits() => true,
-            t if t == MapFlags::PRIVATE.bits() => false,
-            _ => return Err(MmError::Invalid("exactly one of MAP_SHARED and MAP_PRIVATE is required")),
-        };
-        let hugetlb = flags.contains(MapFlags::HUGETLB).then(|| huge_size(flags)).transpose()?;
         let granule = match (&source, hugetlb) {
             (_, Some(size)) => size.bytes(),
             (Source::DevDax(dev, _), _) => dev.align().bytes(),
@@ -138,13 +137,14 @@ impl Mm {
         };
         // Lengths round up to the granule, as hugetlbfs rounds to its page.
         let len = len.checked_add(granule - 1).ok_or(MmError::NoSpace(len))? & !(granule - 1);
-        // MAP_SYNC is only honoured (and only validated) with
-        // MAP_SHARED_VALIDATE, and only a DAX file supports it.
-        let sync = flags.contains(MapFlags::SYNC) && flags.map_type() == MapFlags::SHARED_VALIDATE.bits();
-        let is_dax_file = matches!(&source, Source::File(f, _) if matches!(f.inode().kind(), InodeKind::Dax(_)));
-        if sync && !is_dax_file {
-            return Err(MmError::NotSupported("MAP_SYNC needs a DAX file"));
+        // get_unmapped_area: any length past the address space is ENOMEM
+        // (before the sharing type is looked at), a fixed range past it too,
+        // an unaligned fixed address EINVAL.
+        if len > hmm_types::TASK_SIZE {
+            return Err(MmError::NoSpace(len));
         }
+        // get_unmapped_area: a fixed range past the address space is
+        // ENOMEM, an unaligned fixed address EINVAL.
         let fixed = flags.intersects(MapFlags::FIXED | MapFlags::FIXED_NOREPLACE);
         if fixed && addr.checked_add(len).is_none_or(|end| end > hmm_types::TASK_SIZE) {
             return Err(MmError::OutOfRange("MAP_FIXED range ends past the user address space"));
@@ -152,6 +152,21 @@ impl Mm {
         if fixed && addr % granule != 0 {
             return Err(MmError::Invalid("MAP_FIXED address not aligned to the mapping's page size"));
         }
+        // MAP_FIXED_NOREPLACE over a mapping is EEXIST before the sharing
+        // type and the flags are validated (checked again under the write
+        // lock below).
+        if flags.contains(MapFlags::FIXED_NOREPLACE) && self.mmap_read().overlapping(addr, addr + len).next().is_some()
+        {
+            return Err(MmError::Exists(VaRange::new(addr, len).map_err(|_| MmError::NoSpace(len))?));
+        }
+        let is_dax_file = matches!(&source, Source::File(f, _) if matches!(f.inode().kind(), InodeKind::Dax(_)));
+        let shared = map_type_shared(flags, !matches!(source, Source::Anonymous) || hugetlb.is_some(), is_dax_file)?;
+        // MAP_SYNC is only validated with MAP_SHARED_VALIDATE, where only a
+        // DAX file accepts it; but `calc_vm_flag_bits` turns it into
+        // VM_SYNC whatever the type (Linux 6.18 on the host: a private or
+        // legacy MAP_SHARED mapping with MAP_SYNC does not merge with its
+        // neighbours without it). Only DAX faults act on it.
+        let sync = flags.contains(MapFlags::SYNC);
         let mut vm_flags = VmFlags::from_prot(prot) | VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
         if flags.contains(MapFlags::NORESERVE) {
             vm_flags |= VmFlags::NORESERVE;
@@ -171,7 +186,21 @@ impl Mm {
             Source::Anonymous => match hugetlb {
                 Some(size) => {
                     vm_flags |= VmFlags::HUGETLB;
-                    let object = HugetlbFile::new(self.phys().clone(), size, len / size.bytes(), shared)?;
+                    let object = match HugetlbFile::new(self.phys().clone(), size, len / size.bytes(), shared) {
+                        Ok(object) => object,
+                        Err(error) => {
+                            // Linux 6.18 on the host: the reservation fails
+                            // in the file's mmap hook, after MAP_FIXED has
+                            // cleared the range, so the old mappings are
+                            // gone and nothing replaces them.
+                            if flags.contains(MapFlags::FIXED) && !flags.contains(MapFlags::FIXED_NOREPLACE) {
+                                let mut guard = self.mmap_write();
+                                self.check_alive()?;
+                                unmap_locked(&mut guard, addr, addr + len)?;
+                            }
+                            return Err(error);
+                        }
+                    };
                     Some((VmaBacking::Hugetlb(object), 0))
                 }
                 None if shared => Some((VmaBacking::File(self.kernel().tmpfs().anonymous(len)), 0)),
@@ -275,6 +304,35 @@ fn insert_frames(mm: &Mm, start: u64, frames: &[Pfn], special: bool, write: bool
     Ok(())
 }
 
+/// do_mmap's switch on the sharing type: whether the mapping is shared.
+/// A file (hugetlb's included) takes `MAP_SHARED_VALIDATE` but refuses any
+/// flag outside the legacy mask (`EOPNOTSUPP`; `MAP_SYNC` is allowed on a
+/// DAX file). Anonymous memory has no file yet, so `MAP_SHARED_VALIDATE`
+/// is just an unknown type there (`EINVAL`).
+fn map_type_shared(flags: MapFlags, file: bool, dax: bool) -> Result<bool, MmError> {
+    const SHARED: u32 = MapFlags::SHARED.bits();
+    const VALIDATE: u32 = MapFlags::SHARED_VALIDATE.bits();
+    const PRIVATE: u32 = MapFlags::PRIVATE.bits();
+    match flags.map_type() {
+        SHARED => Ok(true),
+        PRIVATE => Ok(false),
+        VALIDATE if file => {
+            let mut accepted = MapFlags::LEGACY_MASK;
+            if dax {
+                accepted |= MapFlags::SYNC;
+            }
+            if flags.difference(accepted).is_empty() {
+                Ok(true)
+            } else if flags.contains(MapFlags::SYNC) && !dax {
+                Err(MmError::NotSupported("MAP_SYNC needs a DAX file"))
+            } else {
+                Err(MmError::NotSupported("a flag MAP_SHARED_VALIDATE does not know"))
+            }
+        }
+        _ => Err(MmError::Invalid("exactly one of MAP_SHARED, MAP_PRIVATE and MAP_SHARED_VALIDATE is required")),
+    }
+}
+
 /// The hugetlb page size a `MAP_HUGE_*` encoding asks for (2 MiB by
 /// default); other sizes are `EINVAL`.
 fn huge_size(flags: MapFlags) -> Result<PageSize, MmError> {
@@ -289,7 +347,7 @@ fn huge_size(flags: MapFlags) -> Result<PageSize, MmError> {
 #[cfg(test)]
 mod tests {
     use hmm_pagetable::Level;
-    use hmm_types::{Errno, MapFlags, Prot, PMD_SIZE};
+    use hmm_types::{Errno, MapFlags, Prot, VmFlags, PMD_SIZE};
 
     use crate::testing::{kernel, leaf, record};
     use crate::{MmError, ThpMode};
@@ -365,9 +423,57 @@ mod tests {
         assert_eq!(errno(mm.mmap(0, 4096, Prot::RW, MapFlags::PRIVATE)), Errno::Inval);
         assert_eq!(errno(mm.mmap(0, u64::MAX, Prot::RW, ANON)), Errno::NoMem);
         assert_eq!(errno(mm.mmap(0, 1 << 48, Prot::RW, ANON)), Errno::NoMem);
+        // Anonymous memory has no file when do_mmap checks the type:
+        // MAP_SHARED_VALIDATE is EINVAL there, MAP_SYNC or not.
         let sync = MapFlags::SHARED_VALIDATE | MapFlags::ANONYMOUS | MapFlags::SYNC;
-        assert_eq!(errno(mm.mmap(0, 4096, Prot::RW, sync)), Errno::OpNotSupp);
+        assert_eq!(errno(mm.mmap(0, 4096, Prot::RW, sync)), Errno::Inval);
+        assert_eq!(errno(mm.mmap(0, 4096, Prot::RW, MapFlags::SHARED_VALIDATE | MapFlags::ANONYMOUS)), Errno::Inval);
         assert!(mm.mmap_read().is_empty(), "no failed call left a mapping behind");
+    }
+
+    #[test]
+    fn do_mmap_checks_in_linux_order() {
+        // Regressions (scenarios/found, Linux 6.18 on x86): EEXIST of
+        // MAP_FIXED_NOREPLACE comes before the sharing type, the flag
+        // validation and the hugetlb reservation; a hugetlb length that
+        // rounds past 2^64 becomes 0 (EINVAL); MAP_SHARED_VALIDATE on
+        // hugetlb (a file) refuses MAP_FIXED_NOREPLACE with EOPNOTSUPP.
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let errno = |r: Result<u64, MmError>| r.unwrap_err().errno();
+        let va = mm.mmap(0x4000_0000 - 0x5000, 0x6000, Prot::RW, ANON | MapFlags::FIXED).unwrap();
+        let noreplace = MapFlags::ANONYMOUS | MapFlags::FIXED_NOREPLACE;
+        let huge = noreplace | MapFlags::HUGETLB;
+        assert_eq!(errno(mm.mmap(0x4000_0000, 1, Prot::RW, huge | MapFlags::PRIVATE)), Errno::Exist);
+        assert_eq!(errno(mm.mmap(va, 1, Prot::RW, noreplace | MapFlags::SHARED_VALIDATE)), Errno::Exist);
+        assert_eq!(errno(mm.mmap(va, 1, Prot::RW, noreplace)), Errno::Exist);
+        let free = 0x8000_0000;
+        assert_eq!(errno(mm.mmap(free, 1, Prot::RW, huge | MapFlags::SHARED_VALIDATE)), Errno::OpNotSupp);
+        let fixed_huge = ANON | MapFlags::FIXED | MapFlags::HUGETLB;
+        assert_eq!(errno(mm.mmap(free, u64::MAX, Prot::RW, fixed_huge)), Errno::Inval);
+        let validate_anon = MapFlags::SHARED_VALIDATE | MapFlags::ANONYMOUS;
+        assert_eq!(errno(mm.mmap(0, u64::MAX - 4095, Prot::RW, validate_anon)), Errno::NoMem);
+        // Without a pool the hugetlb reservation itself fails: ENOMEM, and
+        // the range MAP_FIXED was to replace is left unmapped.
+        assert_eq!(errno(mm.mmap(free, 1, Prot::RW, fixed_huge)), Errno::NoMem);
+        mm.mmap(free, 2 * PMD_SIZE, Prot::RW, ANON | MapFlags::FIXED).unwrap();
+        mm.write_u64(free + PMD_SIZE, 1).unwrap();
+        assert_eq!(errno(mm.mmap(free, 1, Prot::RW, fixed_huge)), Errno::NoMem);
+        assert!(mm.read_u64(free).is_err(), "the first 2 MiB were unmapped");
+        assert_eq!(mm.read_u64(free + PMD_SIZE), Ok(1), "the rest is kept");
+    }
+
+    #[test]
+    fn map_sync_sets_vm_sync_whatever_the_type() {
+        // Regression (hmm fuzz), Linux 6.18: MAP_SYNC on a private mapping
+        // is accepted and makes the VMA VM_SYNC, so it does not merge with
+        // an identical neighbour mapped without it.
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0x4000_0000, 8 * 4096, Prot::NONE, ANON | MapFlags::FIXED).unwrap();
+        mm.mmap(va + 4096, 4096, Prot::NONE, ANON | MapFlags::FIXED | MapFlags::SYNC).unwrap();
+        let guard = mm.mmap_read();
+        let vmas: Vec<(u64, u64, bool)> =
+            guard.iter().map(|v| (v.start - va, v.end - va, v.flags.contains(VmFlags::SYNC))).collect();
+        assert_eq!(vmas, [(0, 4096, false), (4096, 8192, true), (8192, 8 * 4096, false)]);
     }
 
     #[test]

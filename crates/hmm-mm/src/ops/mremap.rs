@@ -46,22 +46,29 @@ impl Mm {
         let fixed = flags.contains(MremapFlags::FIXED);
 
         // Moving a migration entry would hide it from the migrator.
-        let mut guard = self.mmap_write_settled(old_addr, old_addr + old_len);
+        let mut guard = self.mmap_write_settled(old_addr, old_addr.saturating_add(old_len).min(TASK_SIZE));
         self.check_alive()?;
         let (old_len, new_len) = match guard.lookup(old_addr).map(|vma| &vma.backing) {
             Some(VmaBacking::Hugetlb(file)) => align_hugetlb(file.page_size(), old_addr, old_len, new_len, new_addr)?,
             _ => (old_len, new_len),
         };
-        let old_end = old_addr + old_len;
         if fixed && old_len == new_len {
             return remap_move(&mut guard, old_addr, old_len, new_addr, flags);
         }
         let vma = guard.lookup(old_addr).cloned().ok_or_else(|| not_mapped(old_addr))?;
         if old_len == 0 {
-            // Linux duplicates a shared mapping here; not modelled. A
-            // private one is EINVAL.
-            return Err(MmError::Invalid("mremap of zero old length"));
+            return duplicate_shared(&mut guard, &vma, old_addr, new_len, flags, new_addr);
         }
+        // The old length is unchecked so far: a shrink whose tail wraps or
+        // passes the address space is EINVAL when the tail is unmapped
+        // (`do_vmi_munmap`), before any VMA boundary is looked at; a move
+        // or growth of it is EFAULT (not one VMA).
+        let Some(old_end) = old_addr.checked_add(old_len).filter(|&e| e <= TASK_SIZE) else {
+            if new_len < old_len {
+                return Err(MmError::Invalid("mremap shrink of a range past the address space"));
+            }
+            return Err(not_mapped(old_addr));
+        };
         // Only the part that survives must lie in one VMA: a shrink first
         // cuts the tail off, wherever it reaches (`vma_to_resize`). Linux
         // 6.18 checks this before unmapping anything.
@@ -155,11 +162,6 @@ fn check_params(old_addr: u64, old_len: u64, new_len: u64, flags: MremapFlags, n
     if new_len > TASK_SIZE {
         return Err(MmError::Invalid("mremap new length past the address space"));
     }
-    // An address past the address space passes (and is then unmapped,
-    // EFAULT), as the unsigned subtraction wraps.
-    if old_len > TASK_SIZE.wrapping_sub(old_addr) {
-        return Err(MmError::Invalid("mremap old range past the address space"));
-    }
     if flags.intersects(MremapFlags::FIXED | MremapFlags::DONTUNMAP) {
         if new_addr > TASK_SIZE - new_len {
             return Err(MmError::Invalid("mremap new range past the address space"));
@@ -173,11 +175,13 @@ fn check_params(old_addr: u64, old_len: u64, new_len: u64, flags: MremapFlags, n
         if flags.contains(MremapFlags::DONTUNMAP) && old_len != new_len {
             return Err(MmError::Invalid("MREMAP_DONTUNMAP needs equal old and new lengths"));
         }
-        let fixed = flags.contains(MremapFlags::FIXED);
-        // Unsigned and wrapping, as Linux computes it: an old range past the
-        // address space wraps and never overlaps (it is EFAULT later).
-        if fixed && new_addr < old_addr.wrapping_add(old_len) && old_addr < new_addr + new_len {
-            return Err(MmError::Invalid("MREMAP_FIXED ranges overlap"));
+        // The ranges must not overlap, with DONTUNMAP alone too (it names
+        // the new address; Linux 6.18 on the host: EINVAL). Linux compares
+        // the ends as they are: an old range that wraps past 2^64 ends
+        // "before" the new one (no overlap; then EFAULT where nothing is
+        // mapped, EINVAL when a shrink unmaps the tail).
+        if new_addr < old_addr.wrapping_add(old_len) && old_addr < new_addr + new_len {
+            return Err(MmError::Invalid("mremap old and new ranges overlap"));
         }
     }
     Ok(())
@@ -186,6 +190,47 @@ fn check_params(old_addr: u64, old_len: u64, new_len: u64, flags: MremapFlags, n
 /// `EFAULT`: no VMA (or not one VMA) where the call needs one.
 fn not_mapped(addr: u64) -> MmError {
     MmError::Fault { addr, error: FaultError::Segv(SegvReason::NotMapped) }
+}
+
+/// `old_len == 0`: Linux's "duplicate a shared mapping" special case. A
+/// private mapping is EINVAL; a shared one gets a second VMA of `new_len`
+/// bytes over the same object from the same offset, at `new_addr` with
+/// `MREMAP_FIXED` or at a free address with `MREMAP_MAYMOVE` (without
+/// either it cannot grow in place: ENOMEM). The original stays as it is.
+fn duplicate_shared(
+    guard: &mut MmapWriteGuard<'_>,
+    vma: &Vma,
+    old_addr: u64,
+    new_len: u64,
+    flags: MremapFlags,
+    new_addr: u64,
+) -> Result<u64, MmError> {
+    if !vma.flags.intersects(VmFlags::SHARED | VmFlags::MAYSHARE) {
+        return Err(MmError::Invalid("mremap of zero old length of a private mapping"));
+    }
+    check_vma(vma, old_addr, true, flags)?;
+    let target = if flags.contains(MremapFlags::FIXED) {
+        unmap_locked(guard, new_addr, new_addr + new_len)?;
+        new_addr
+    } else if flags.contains(MremapFlags::MAYMOVE) {
+        guard.find_free(new_len, None).ok_or(MmError::NoSpace(new_len))?
+    } else {
+        return Err(MmError::NoSpace(new_len));
+    };
+    let mut copy = vma.clone();
+    copy.pgoff = vma.page_index(old_addr);
+    copy.start = target;
+    copy.end = target + new_len;
+    // The copy is a new VMA no userfaultfd registered.
+    copy.uffd = None;
+    copy.flags.remove(VmFlags::UFFD_MISSING);
+    copy.anon_vma = Default::default();
+    if let VmaBacking::File(inode) = &copy.backing {
+        inode.add_mapper(guard.mm().weak());
+    }
+    guard.vmas_mut().insert(copy);
+    guard.vmas_mut().merge_range(target, target + new_len);
+    Ok(target)
 }
 
 /// The per-VMA refusals of a move or resize (`check_prep_vma`).
@@ -435,6 +480,51 @@ mod tests {
         let fixed = MremapFlags::MAYMOVE | MremapFlags::FIXED;
         assert_eq!(errno(mm.mremap(va, 4096, 2 * 4096, fixed, TASK_SIZE - 4096)), Errno::Inval);
         assert_eq!(mm.mremap(va, 4096, 2 * 4096, fixed, TASK_SIZE - 2 * 4096), Ok(TASK_SIZE - 2 * 4096));
+    }
+
+    #[test]
+    fn an_old_length_past_the_address_space_is_efault_where_nothing_is_mapped() {
+        // Regression (scenarios/found), Linux 6.18: without a new address
+        // the old length is not range-checked up front, so an unmapped
+        // address answers EFAULT (no VMA), not EINVAL.
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let err = mm.mremap(0x3000_0000, u64::MAX - 4095, 4096, MremapFlags::empty(), 0).unwrap_err();
+        assert_eq!(err.errno(), Errno::Fault);
+        // With MREMAP_FIXED too: the wrapped old end is "below" the new
+        // range, so they do not overlap.
+        let fixed = MremapFlags::MAYMOVE | MremapFlags::FIXED;
+        let err = mm.mremap(0x3000_0000, u64::MAX - 4095, 4096, fixed, 0x3000_0000).unwrap_err();
+        assert_eq!(err.errno(), Errno::Fault);
+        // MREMAP_DONTUNMAP without FIXED: overlapping ranges are EINVAL
+        // before the old address is looked up.
+        let dontunmap = MremapFlags::MAYMOVE | MremapFlags::DONTUNMAP;
+        let err = mm.mremap(0x301f_d000, 0x9000, 0x9000, dontunmap, 0x301f_8000).unwrap_err();
+        assert_eq!(err.errno(), Errno::Inval);
+        // A shrink of a mapped address is EINVAL even when the kept part
+        // is longer than the VMA.
+        let va = mm.mmap(0x3002_8000, 0xa000, Prot::RW, ANON | MapFlags::FIXED).unwrap();
+        let err = mm.mremap(va, u64::MAX - 4095, 0xb000, MremapFlags::empty(), 0).unwrap_err();
+        assert_eq!(err.errno(), Errno::Inval);
+    }
+
+    #[test]
+    fn zero_old_length_duplicates_a_shared_mapping() {
+        // Linux: old_len 0 of a shared mapping makes a second mapping of
+        // the same pages (MAYMOVE), ENOMEM without MAYMOVE (it cannot grow
+        // in place); a private mapping is EINVAL.
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let errno = |r: Result<u64, crate::MmError>| r.unwrap_err().errno();
+        let shared = mm.mmap(0x3000_0000, 2 * 4096, Prot::RW, MapFlags::SHARED | MapFlags::ANONYMOUS).unwrap();
+        mm.write_u64(shared + 4096, 77).unwrap();
+        assert_eq!(errno(mm.mremap(shared, 0, 4096, MremapFlags::empty(), 0)), Errno::NoMem);
+        let copy = mm.mremap(shared + 4096, 0, 4096, MremapFlags::MAYMOVE, 0).unwrap();
+        assert_ne!(copy, shared + 4096);
+        assert_eq!(mm.read_u64(copy), Ok(77), "the copy maps the same page");
+        mm.write_u64(copy + 8, 5).unwrap();
+        assert_eq!(mm.read_u64(shared + 4096 + 8), Ok(5), "and writes through to it");
+        assert_eq!(mm.read_u64(shared + 4096), Ok(77), "the original stays mapped");
+        let private = mm.mmap(0x4000_0000, 4096, Prot::RW, ANON).unwrap();
+        assert_eq!(errno(mm.mremap(private, 0, 4096, MremapFlags::MAYMOVE, 0)), Errno::Inval);
     }
 
     /// `(start, end, writable)` of every VMA, relative to `base` in pages.

@@ -130,10 +130,9 @@ impl Backend for ModelBackend {
                 if flags & MapFlags::ANONYMOUS.bits() == 0 && file.is_none() {
                     return Outcome::Errno(Errno::BadF as i32);
                 }
-                let (prot, flags) = match (Prot::from_raw(prot), MapFlags::from_raw(flags)) {
-                    (Ok(p), Ok(f)) => (p, f),
-                    (Err(e), _) | (_, Err(e)) => return Outcome::Errno(e as i32),
-                };
+                // mmap validates no PROT_* bits, and judges unknown MAP_*
+                // bits itself, in do_mmap's order.
+                let (prot, flags) = (Prot::from_mmap_raw(prot), MapFlags::from_raw(flags));
                 let result = if flags.contains(MapFlags::ANONYMOUS) {
                     // Linux ignores the descriptor of an anonymous mapping.
                     mm.mmap(addr, len, prot, flags)

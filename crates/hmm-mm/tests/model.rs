@@ -85,6 +85,10 @@ struct Page {
     /// MADV_FREE marked this private page lazily freeable and it was not
     /// written since.
     freed: bool,
+    /// VM_ACCOUNT: a private mapping charged for being writable, at mmap or
+    /// by the first mprotect that made it writable; kept when it stops
+    /// being writable unless it never got an anon_vma (mprotect_fixup).
+    account: bool,
     /// The page offset of a private page (`vm_pgoff` of its VMA plus its
     /// place in it): the page number it was first mapped at, kept when a
     /// VMA with an anon_vma moves.
@@ -126,6 +130,7 @@ impl Page {
             pgoff: vpn,
             anon: None,
             freed: false,
+            account: matches!(backing, Backing::Private { .. }) && prot.contains(Prot::WRITE),
             may_be_zero: false,
         }
     }
@@ -158,6 +163,7 @@ impl Page {
     /// (anon_vma_compatible, for private pages).
     fn same_but_protection(&self, prev: &Page) -> bool {
         self.thp == prev.thp
+            && self.account == prev.account
             && self.dontfork == prev.dontfork
             && self.wipeonfork == prev.wipeonfork
             && match (prev.backing, self.backing) {
@@ -182,6 +188,9 @@ impl Page {
         }
         if self.wipeonfork {
             flags |= VmFlags::WIPEONFORK;
+        }
+        if self.account {
+            flags |= VmFlags::ACCOUNT;
         }
         flags
     }
@@ -1374,7 +1383,17 @@ impl World {
         }
         for (_, page) in self.model_mut(i).pages.range_mut(s..changed_end) {
             // PROT_SEM leaves no trace in the VMA.
-            page.prot = prot & (Prot::READ | Prot::WRITE | Prot::EXEC);
+            let new_prot = prot & (Prot::READ | Prot::WRITE | Prot::EXEC);
+            if new_prot == page.prot {
+                continue;
+            }
+            let private = matches!(page.backing, Backing::Private { .. });
+            if new_prot.contains(Prot::WRITE) {
+                page.account |= private && !page.writable();
+            } else if page.account && page.anon.is_none() {
+                page.account = false;
+            }
+            page.prot = new_prot;
         }
         Ok(())
     }

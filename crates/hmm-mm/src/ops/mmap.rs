@@ -177,6 +177,13 @@ impl Mm {
         if sync {
             vm_flags |= VmFlags::SYNC;
         }
+        // `accountable_mapping`: a private writable mapping is charged
+        // against the commit limit and marked VM_ACCOUNT (not hugetlb, not
+        // MAP_NORESERVE); the flag takes part in merging.
+        let charged = VmFlags::NORESERVE | VmFlags::SHARED | VmFlags::WRITE;
+        if hugetlb.is_none() && vm_flags & charged == VmFlags::WRITE {
+            vm_flags |= VmFlags::ACCOUNT;
+        }
         let inserted: Option<(Vec<Pfn>, bool)> = match &source {
             Source::Pfns(base) => Some(((0..len / PAGE_SIZE).map(|i| base.add(i)).collect(), true)),
             Source::Pages(pages) => Some((pages.to_vec(), false)),

@@ -18,6 +18,7 @@ use crate::error::MmError;
 use crate::huge::split_huge_at;
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::phys::PageFlags;
+use crate::vma::Vma;
 use crate::zap::has_entries;
 
 const ACCESS: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlags::EXEC);
@@ -138,10 +139,30 @@ fn apply(mm: &Mm, guard: &mut MmapWriteGuard<'_>, start: u64, end: u64, new_acce
         }
     }
     for vma in guard.vmas_mut().split_range_mut(start, end) {
-        vma.flags = (vma.flags - ACCESS) | new_access;
+        if vma.flags & ACCESS != new_access {
+            vma.flags = account(vma, (vma.flags - ACCESS) | new_access);
+        }
     }
     guard.vmas_mut().merge_range(start, end);
     Ok(())
+}
+
+/// `VM_ACCOUNT` under the new flags (`mprotect_fixup`): a private mapping
+/// made writable for the first time is charged; the charge is dropped when
+/// it stops being writable only by an anonymous VMA that never had a page
+/// (no anon_vma). So a private file mapping made writable once keeps
+/// VM_ACCOUNT, and does not merge back with a piece that never was
+/// (Linux 6.18 on the host).
+fn account(vma: &Vma, new_flags: VmFlags) -> VmFlags {
+    let uncharged = VmFlags::ACCOUNT | VmFlags::WRITE | VmFlags::HUGETLB | VmFlags::SHARED | VmFlags::NORESERVE;
+    if new_flags.contains(VmFlags::WRITE) {
+        if !vma.flags.intersects(uncharged) {
+            return new_flags | VmFlags::ACCOUNT;
+        }
+    } else if vma.flags.contains(VmFlags::ACCOUNT) && vma.is_anonymous() && vma.anon_vma.get().is_none() {
+        return new_flags - VmFlags::ACCOUNT;
+    }
+    new_flags
 }
 
 /// Rewrites the present leaves of `[start, end)` for the new access bits,
@@ -320,5 +341,28 @@ mod tests {
         let rec = record(&mm);
         mm.mprotect(va, 4096, Prot::READ).unwrap();
         assert!(rec.take_events().is_empty());
+    }
+
+    /// VM_ACCOUNT takes part in merging. Linux 6.18 on the host: a private
+    /// anonymous RW mapping of 4 pages, its upper half made read-only, then
+    /// a read-only mapping right after it: if a page was written (the VMA
+    /// has an anon_vma) the half keeps VM_ACCOUNT and three VMAs remain;
+    /// untouched, it drops the charge and merges with the new mapping.
+    #[test]
+    fn linux_keeps_vm_account_once_written_and_merges_only_without_it() {
+        const P: u64 = 4096;
+        for (written, layout) in [(true, vec![(0, 2), (2, 4), (4, 6)]), (false, vec![(0, 2), (2, 6)])] {
+            let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+            let base = 0x5000_0000;
+            mm.mmap(base, 4 * P, Prot::RW, ANON | MapFlags::FIXED).unwrap();
+            if written {
+                mm.write_u64(base + 2 * P, 1).unwrap();
+            }
+            mm.mprotect(base + 2 * P, 2 * P, Prot::READ).unwrap();
+            mm.mmap(base + 4 * P, 2 * P, Prot::READ, ANON | MapFlags::FIXED).unwrap();
+            let vmas: Vec<(u64, u64)> =
+                mm.mmap_read().iter().map(|v| ((v.start - base) / P, (v.end - base) / P)).collect();
+            assert_eq!(vmas, layout, "written: {written}");
+        }
     }
 }

@@ -66,7 +66,8 @@ pub(super) fn fault_around(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va:
         }
         phys.get(pfn);
         phys.map_add(pfn, 1);
-        let entry = Entry::present(pfn, LeafFlags { write: false, dirty: false, accessed: true, special: false }, false);
+        let entry =
+            Entry::present(pfn, LeafFlags { write: false, dirty: false, accessed: true, special: false }, false);
         if pte.compare_exchange(Entry::NONE, entry).is_err() {
             // A racing fault mapped it first.
             phys.map_sub(pfn, 1);

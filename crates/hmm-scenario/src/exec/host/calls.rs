@@ -100,9 +100,11 @@ impl Local {
             // forbids writing, the CPU faults before reading anything (so
             // no zero page gets mapped by a read first, and a file mapping
             // takes no read fault with its fault-around).
-            Call::AtomicAdd { addr, value } if self.inside(addr, 8) => access(writable(addr).and_then(|()| {
-                sys::atomic_rmw(addr, |a| a.fetch_add(value, SeqCst), |old| old.wrapping_add(value))
-            })),
+            Call::AtomicAdd { addr, value } if self.inside(addr, 8) => {
+                access(writable(addr).and_then(|()| {
+                    sys::atomic_rmw(addr, |a| a.fetch_add(value, SeqCst), |old| old.wrapping_add(value))
+                }))
+            }
             // cmpxchg writes even when the comparison fails: the found value
             // is written back.
             Call::Cmpxchg { addr, old, new } if self.inside(addr, 8) => access(writable(addr).and_then(|()| {

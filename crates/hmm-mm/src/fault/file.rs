@@ -5,6 +5,8 @@
 //! the first write is seen, as dirty tracking needs); a write fault on a
 //! private mapping copies the page into private anonymous memory.
 //!
+//! A read fault first maps the cached pages around it (`around.rs`).
+//!
 //! A fault races with truncation: after installing the entry it checks the
 //! size again and takes the entry back if the page was cut meanwhile.
 //!
@@ -28,6 +30,7 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va: u64, w
     let phys = mm.phys();
     let shared = vma.flags.is_shared();
     let index = vma.page_index(va);
+    let mut around = !write;
     loop {
         let pte = match mm.pgtable().ensure(va, Level::Pte) {
             Ok(slot) => slot,
@@ -41,6 +44,12 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va: u64, w
                 Existing::Done => return Ok(()),
                 Existing::Retry => continue,
             }
+        }
+        if core::mem::take(&mut around) {
+            // do_read_fault: map the cached neighbours (maybe this page
+            // too) first, then look at the entry again.
+            super::around::fault_around(locked, vma, inode, va);
+            continue;
         }
         let cached = inode
             .get_page_for_map(index)

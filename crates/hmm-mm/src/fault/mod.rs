@@ -14,6 +14,7 @@
 //! `handle_pte_fault`).
 
 mod anon;
+mod around;
 mod dax;
 mod devdax;
 mod file;

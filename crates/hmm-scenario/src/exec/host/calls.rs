@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering::SeqCst;
 
 use super::sys;
 use crate::exec::{Call, Falloc, FileId};
@@ -97,15 +98,21 @@ impl Local {
             }
             // A locked read-modify-write is one write access: where the VMA
             // forbids writing, the CPU faults before reading anything (so
-            // no zero page gets mapped by a read first).
-            Call::AtomicAdd { addr, value } if self.inside(addr, 8) => access(writable(addr).and_then(|()| {
-                sys::read_u64(addr).and_then(|old| sys::write_u64(addr, old.wrapping_add(value)).map(|()| old))
-            })),
+            // no zero page gets mapped by a read first, and a file mapping
+            // takes no read fault with its fault-around).
+            Call::AtomicAdd { addr, value } if self.inside(addr, 8) => {
+                access(writable(addr).and_then(|()| {
+                    sys::atomic_rmw(addr, |a| a.fetch_add(value, SeqCst), |old| old.wrapping_add(value))
+                }))
+            }
             // cmpxchg writes even when the comparison fails: the found value
             // is written back.
             Call::Cmpxchg { addr, old, new } if self.inside(addr, 8) => access(writable(addr).and_then(|()| {
-                sys::read_u64(addr)
-                    .and_then(|found| sys::write_u64(addr, if found == old { new } else { found }).map(|()| found))
+                sys::atomic_rmw(
+                    addr,
+                    |a| a.compare_exchange(old, new, SeqCst, SeqCst).unwrap_or_else(|found| found),
+                    |found| if found == old { new } else { found },
+                )
             })),
             Call::Fork { child } => self.fork(child),
             Call::Exit => {

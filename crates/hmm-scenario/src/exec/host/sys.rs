@@ -2,7 +2,9 @@
 //! The calls go through `syscall(2)` so the kernel sees exactly the
 //! arguments a scenario gives (no libc wrapper checks or rewrites them);
 //! memory is read and written with `process_vm_readv`/`process_vm_writev`
-//! on our own pid, so a fault comes back as `EFAULT` instead of a signal.
+//! on our own pid, so a fault comes back as `EFAULT` instead of a signal;
+//! atomics fault their page in with `MADV_POPULATE_WRITE` (a write fault,
+//! as a locked instruction takes) and then run a real atomic instruction.
 //!
 //! libc rather than rustix/nix: those type their flags and lengths
 //! (`NonZeroUsize`, closed bit sets), and a scenario must be able to pass
@@ -14,6 +16,7 @@
 #![allow(unsafe_code)]
 
 use std::os::fd::RawFd;
+use std::sync::atomic::AtomicU64;
 
 /// `-errno` of the last failed call, as a positive number.
 fn last_errno() -> i32 {
@@ -99,6 +102,46 @@ pub fn write_u64(addr: u64, value: u64) -> Result<(), i32> {
         -1 => Err(last_errno()),
         _ => Err(libc::EFAULT),
     }
+}
+
+/// `madvise(MADV_POPULATE_WRITE)` over the pages of `[addr, addr + 8)`:
+/// the write fault a CPU store there would take, with `EFAULT` instead of
+/// a signal where it would fail (SIGSEGV or SIGBUS).
+fn populate_write(addr: u64) -> Result<(), i32> {
+    const MADV_POPULATE_WRITE: u64 = 23;
+    let start = addr & !4095;
+    let end = (addr + 8).next_multiple_of(4096);
+    // SAFETY: populating only faults pages in (as a store would); it changes
+    // no data and no mapping, and calls.rs keeps `addr` inside the window.
+    match check(unsafe { libc::syscall(libc::SYS_madvise, start, end - start, MADV_POPULATE_WRITE) }) {
+        Ok(_) => Ok(()),
+        Err(libc::EHWPOISON) => Err(libc::EHWPOISON),
+        Err(_) => Err(libc::EFAULT),
+    }
+}
+
+/// A locked read-modify-write of the 8 bytes at `addr`, as one CPU atomic
+/// instruction: `op` gets the atomic and returns the old value. The fault
+/// is taken first as a write fault (no read fault beforehand, so no zero
+/// page and no fault-around), then the instruction runs on the mapped page.
+/// An unaligned address (a split lock, which Rust's atomics cannot express)
+/// is read then written once the write fault made the page present.
+pub fn atomic_rmw(addr: u64, op: impl FnOnce(&AtomicU64) -> u64, plain: impl FnOnce(u64) -> u64) -> Result<u64, i32> {
+    populate_write(addr)?;
+    if addr % 8 != 0 {
+        let old = read_u64(addr)?;
+        return write_u64(addr, plain(old)).map(|()| old);
+    }
+    // SAFETY: `addr` is 8-byte aligned and inside the window (calls.rs), a
+    // mapping no Rust object lives in, so a shared reference to an atomic
+    // there aliases nothing Rust-owned. It cannot fault: the populate above
+    // just made the page present and writable in this single-threaded
+    // process, and no other scenario process runs meanwhile (they wait for
+    // their next command), so nothing can unmap, protect or truncate it
+    // before the instruction; should reclaim take it back, the refault is
+    // the write fault that just succeeded.
+    let atomic = unsafe { &*(addr as *const AtomicU64) };
+    Ok(op(atomic))
 }
 
 /// `fork()`: `Ok(0)` in the child, the child's pid in the parent.

@@ -112,7 +112,11 @@ impl Mm {
         if !flags.contains(MremapFlags::MAYMOVE) {
             return Err(MmError::NoSpace(new_len));
         }
-        let target = guard.find_free(new_len, None).ok_or(MmError::NoSpace(new_len))?;
+        // With MREMAP_DONTUNMAP (and no MREMAP_FIXED) `new_addr` is a hint
+        // to get_unmapped_area, as mmap's (`mremap_to`; Linux 6.18 on the
+        // host places the copy there when it is free).
+        let hint = flags.contains(MremapFlags::DONTUNMAP).then_some(new_addr);
+        let target = guard.find_free(new_len, hint).ok_or(MmError::NoSpace(new_len))?;
         move_mapping(&mut guard, &vma, old_addr, old_len, target, new_len, flags)
     }
 }
@@ -422,6 +426,18 @@ mod tests {
         assert_eq!(mm.mremap(va, 4096, 4096, flags, target), Ok(target));
         assert_eq!(mm.read_u64(target).unwrap(), 5);
         assert_eq!(mm.read_u64(va).unwrap(), 0, "DONTUNMAP leaves the old range mapped and empty");
+    }
+
+    /// Linux 6.18 on the host (found by hmm fuzz --seed 2): MREMAP_DONTUNMAP
+    /// without MREMAP_FIXED takes `new_addr` as a hint, and a free hint is
+    /// where the copy goes.
+    #[test]
+    fn dontunmap_without_fixed_takes_new_addr_as_a_hint() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0x3000_0000, 4096, Prot::RW, ANON | MapFlags::FIXED).unwrap();
+        let hint = 0x2000_0000;
+        let flags = MremapFlags::MAYMOVE | MremapFlags::DONTUNMAP;
+        assert_eq!(mm.mremap(va, 4096, 4096, flags, hint), Ok(hint));
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl Local {
                 }
                 sys::mremap(old, old_len, new_len, flags, new_addr).map_or_else(Outcome::Errno, Outcome::Addr)
             }
-            Call::Read { addr } if self.inside(addr, 8) => access(sys::read_u64(addr)),
+            Call::Read { addr } if self.inside(addr, 8) => access(sys::load_u64(addr)),
             Call::Write { addr, value } if self.inside(addr, 8) => {
                 access(sys::write_u64(addr, value).map(|()| 0)).map_value(|_| Outcome::Ok)
             }

@@ -253,7 +253,10 @@ fn worker_loop(local: &mut Local, slot: Slot) -> ! {
     loop {
         let Some(line) = read_line(slot.cmd_r) else { sys::exit_now(0) };
         let Ok(call) = serde_json::from_str::<Call>(&line) else { sys::exit_now(2) };
-        let outcome = if matches!(call, Call::Exit) { Outcome::Ok } else { local.execute(&call) };
+        // An exit first drops the window and the files (what `exit_mmap`
+        // and `exit_files` do), so the runner's next observation never
+        // races with the process's teardown; then it replies and exits.
+        let outcome = local.execute(&call);
         let mut reply = serde_json::to_string(&outcome).expect("outcomes serialize");
         reply.push('\n');
         if sys::write_all(slot.rep_w, reply.as_bytes()).is_err() || matches!(call, Call::Exit) {

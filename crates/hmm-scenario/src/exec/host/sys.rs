@@ -71,8 +71,36 @@ fn iov(addr: u64, len: usize) -> libc::iovec {
     libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len }
 }
 
-/// Reads 8 bytes at `addr` of this process; `EFAULT` where a CPU load
-/// would fault.
+/// Reads the 8 bytes at `addr` as a CPU load would: the read fault is
+/// taken with `MADV_POPULATE_READ` (a failure is `EFAULT`, not a signal),
+/// then a plain load runs on the mapped page. Not `process_vm_readv`
+/// alone: it pins the page (FOLL_PIN), and pinning a COW-shared anonymous
+/// page for reading unshares it, which a load never does. Where populate
+/// refuses the VMA (`EINVAL`: no VM_READ, as a write-only mapping the CPU
+/// can still read on x86; VM_PFNMAP) the kernel-checked copy is used.
+pub fn load_u64(addr: u64) -> Result<u64, i32> {
+    const MADV_POPULATE_READ: u64 = 22;
+    let start = addr & !4095;
+    let end = (addr + 8).next_multiple_of(4096);
+    // SAFETY: populating only faults pages in (as a load would); it changes
+    // no data and no mapping, and calls.rs keeps `addr` inside the window.
+    match check(unsafe { libc::syscall(libc::SYS_madvise, start, end - start, MADV_POPULATE_READ) }) {
+        Ok(_) => {}
+        Err(libc::EINVAL) => return read_u64(addr),
+        Err(libc::EHWPOISON) => return Err(libc::EHWPOISON),
+        Err(_) => return Err(libc::EFAULT),
+    }
+    // SAFETY: `addr` is inside the window (calls.rs), a mapping no Rust
+    // object lives in; the read is unaligned-safe and volatile. It cannot
+    // fault: the populate above just made the pages present in this
+    // single-threaded process, and no other scenario process runs meanwhile
+    // (they wait for their next command); should reclaim take one back,
+    // the refault is the read fault that just succeeded.
+    Ok(unsafe { core::ptr::read_volatile(addr as *const [u8; 8]) }).map(u64::from_le_bytes)
+}
+
+/// Reads 8 bytes at `addr` of this process through the kernel's checked
+/// copy (`process_vm_readv`); `EFAULT` where the copy faults.
 pub fn read_u64(addr: u64) -> Result<u64, i32> {
     let mut buf = [0u8; 8];
     let local = iov(buf.as_mut_ptr() as u64, 8);

@@ -96,7 +96,8 @@ pub fn load_u64(addr: u64) -> Result<u64, i32> {
     // single-threaded process, and no other scenario process runs meanwhile
     // (they wait for their next command); should reclaim take one back,
     // the refault is the read fault that just succeeded.
-    Ok(unsafe { core::ptr::read_volatile(addr as *const [u8; 8]) }).map(u64::from_le_bytes)
+    let bytes = unsafe { core::ptr::read_volatile(addr as *const [u8; 8]) };
+    Ok(u64::from_le_bytes(bytes))
 }
 
 /// Reads 8 bytes at `addr` of this process through the kernel's checked

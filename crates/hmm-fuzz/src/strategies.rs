@@ -80,21 +80,7 @@ fn placement() -> impl Strategy<Value = Placement> {
 }
 
 fn advice() -> impl Strategy<Value = MadviseAdvice> {
-    use MadviseAdvice::*;
-    proptest::sample::select(vec![
-        DontNeed,
-        Free,
-        DontFork,
-        DoFork,
-        WipeOnFork,
-        KeepOnFork,
-        HugePage,
-        NoHugePage,
-        PageOut,
-        PopulateRead,
-        PopulateWrite,
-        Collapse,
-    ])
+    proptest::sample::select(&MadviseAdvice::ALL[..])
 }
 
 fn mremap_flags() -> impl Strategy<Value = u32> {

@@ -229,6 +229,22 @@ pub enum MadviseAdvice {
 }
 
 impl MadviseAdvice {
+    /// Every advice the model knows.
+    pub const ALL: [Self; 12] = [
+        Self::DontNeed,
+        Self::Free,
+        Self::DontFork,
+        Self::DoFork,
+        Self::WipeOnFork,
+        Self::KeepOnFork,
+        Self::HugePage,
+        Self::NoHugePage,
+        Self::PageOut,
+        Self::PopulateRead,
+        Self::PopulateWrite,
+        Self::Collapse,
+    ];
+
     /// Parses a raw `MADV_*` number; unknown values are `EINVAL`.
     pub fn from_raw(value: u32) -> Result<Self, Errno> {
         Ok(match value {

@@ -58,7 +58,8 @@ pub struct SoftDmaStats {
     pub reservations: usize,
     /// Linked ranges inside reservations.
     pub links: usize,
-    /// Per-page mappings held (IOMMU or dma-direct with unmaps).
+    /// Per-page mappings held (IOMMU or dma-direct with unmaps), counting
+    /// a page mapped twice by dma-direct twice.
     pub direct: usize,
     /// Unlinks or unmaps of something not mapped.
     pub bad_releases: u64,
@@ -69,8 +70,10 @@ struct State {
     iova: Option<IovaAllocator>,
     /// Linked ranges by device address: (end, physical address, mmio).
     links: BTreeMap<u64, (u64, u64, bool)>,
-    /// Per-page mappings by device address: (length, physical address).
-    direct: BTreeMap<u64, (u64, u64)>,
+    /// Per-page mappings by device address: (length, physical address,
+    /// how many times it is mapped: dma-direct gives one page mapped
+    /// twice, such as the zero page, the same address).
+    direct: BTreeMap<u64, (u64, u64, usize)>,
     fail_next_sync: bool,
     fail_next_map: bool,
     bad_releases: u64,
@@ -105,10 +108,11 @@ impl SoftDmaDevice {
         let state = self.state.lock();
         // An IOMMU's per-page mappings are reservations and links too.
         let per_page = if state.iova.is_some() { state.direct.len() } else { 0 };
+        let direct = state.direct.values().map(|&(_, _, count)| count).sum();
         SoftDmaStats {
             reservations: state.iova.as_ref().map_or(0, |space| space.len()) - per_page,
             links: state.links.len() - per_page,
-            direct: state.direct.len(),
+            direct,
             bad_releases: state.bad_releases,
         }
     }
@@ -123,7 +127,7 @@ impl SoftDmaDevice {
                 return Some(phys + (dma - start));
             }
         }
-        if let Some((&start, &(len, phys))) = state.direct.range(..=dma).next_back() {
+        if let Some((&start, &(len, phys, _))) = state.direct.range(..=dma).next_back() {
             if dma < start + len {
                 return Some(phys + (dma - start));
             }
@@ -208,23 +212,28 @@ impl DmaDevice for SoftDmaDevice {
             // An IOMMU maps a single range through a small IOVA of its own.
             let at = space.alloc(len).ok_or(DmaError::MapFailed("IOVA space exhausted"))?;
             Self::link(&mut state, at, phys, len, attrs.mmio)?;
-            state.direct.insert(at, (len, phys));
+            state.direct.insert(at, (len, phys, 1));
             return Ok(at);
         }
         let dma = phys.checked_add(self.config.dma_offset).ok_or(DmaError::MapFailed("address beyond the device's reach"))?;
         if self.config.direct_needs_unmap {
-            if state.direct.contains_key(&dma) {
-                return Err(DmaError::AlreadyLinked(dma));
+            let entry = state.direct.entry(dma).or_insert((len, phys, 0));
+            if entry.0 != len {
+                return Err(DmaError::Invalid("the page is already mapped with another length"));
             }
-            state.direct.insert(dma, (len, phys));
+            entry.2 += 1;
         }
         Ok(dma)
     }
 
     fn unmap_phys(&self, dma: u64, len: u64, _attrs: DmaAttrs) {
         let mut state = self.state.lock();
-        match state.direct.get(&dma) {
-            Some(&(l, _)) if l == len => {
+        match state.direct.get_mut(&dma) {
+            Some((l, _, count)) if *l == len => {
+                *count -= 1;
+                if *count > 0 {
+                    return;
+                }
                 state.direct.remove(&dma);
                 if let Some(space) = state.iova.as_mut() {
                     space.free(dma);

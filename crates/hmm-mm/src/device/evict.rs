@@ -17,7 +17,7 @@ use crate::mm::Mm;
 use crate::rmap::rmap_walk;
 
 use super::finalize::restore_elsewhere;
-use super::migrate_vma::unmap_one;
+use super::unmap::unmap_one;
 use super::migrate_vma::{
     migrate_pfn, migrate_pfn_to_pfn, MIGRATE_PFN_COMPOUND, MIGRATE_PFN_MIGRATE, MIGRATE_PFN_WRITE,
 };

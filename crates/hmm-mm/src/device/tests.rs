@@ -2,6 +2,7 @@
 //! list, `migrate_to_ram` through `MigrateVma`) moved data back and forth.
 
 mod rmap;
+mod rules;
 
 use std::sync::{Arc, OnceLock, Weak};
 

@@ -294,3 +294,26 @@ fn migrate_device_pfns_zeroes_tails_and_stops_at_a_straddling_folio() {
     assert_eq!(mm.read_u64(va + 3 * PAGE_SIZE).unwrap(), 63);
     assert_eq!(mm.read_u64(small + PAGE_SIZE).unwrap(), 2);
 }
+
+/// Linux: `migrate_vma_insert_huge_pmd_page` aborts when the PMD is no
+/// longer empty (a CPU fault built a PTE table meanwhile), clearing
+/// `MIGRATE` on all 512 words; the driver's folio goes back.
+#[test]
+fn a_compound_hole_insertion_loses_to_a_pte_table_built_meanwhile() {
+    let k = kernel(64, ThpMode::Never);
+    let device = Device::new(&k, OWNER, 1024);
+    let mm = k.create_mm().unwrap();
+    let va = mm.mmap(0, 3 * PMD_SIZE, Prot::RW, ANON).unwrap().next_multiple_of(PMD_SIZE);
+    mm.write_u64(va + PMD_SIZE, 1).unwrap(); // a PMD table, so the hole is one PMD
+    let select = MigrateSelect::SYSTEM | MigrateSelect::COMPOUND;
+    let mut migrate = setup(&mm, va, va + PMD_SIZE, OWNER, select);
+    assert_eq!(migrate.src[0], MIGRATE_PFN_MIGRATE | MIGRATE_PFN_COMPOUND);
+    device.copy(&mut migrate, |_, order| device.alloc(order));
+    assert_eq!(migrate.dst[0] & MIGRATE_PFN_COMPOUND, MIGRATE_PFN_COMPOUND);
+    mm.write_u64(va + 7 * PAGE_SIZE, 7).unwrap(); // the CPU wins the race
+    commit(&mm, &mut migrate);
+    assert!(migrate.src.iter().all(|&w| w & MIGRATE_PFN_MIGRATE == 0));
+    assert_eq!(leaf(&mm, va + 7 * PAGE_SIZE).0, Level::Pte);
+    assert_eq!(mm.read_u64(va + 7 * PAGE_SIZE).unwrap(), 7);
+    assert_eq!(device.free_pages(), 1024, "the unused device folio went back to the driver");
+}

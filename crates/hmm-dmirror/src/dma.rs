@@ -257,4 +257,20 @@ mod tests {
         mm.munmap(va, 2 * PAGE_SIZE).unwrap();
         assert_eq!(dev.stats().direct, 0);
     }
+
+    #[test]
+    fn a_page_that_cannot_be_dma_mapped_fails_the_fault_and_is_not_mapped_by_the_device() {
+        let (_kernel, dmirror, mm) = machine();
+        let file = dmirror.device(0).unwrap().open(&mm).unwrap();
+        let va = mm.mmap(0, 2 * PAGE_SIZE, Prot::RW, ANON).unwrap();
+        let dev = Arc::new(SoftDmaDevice::new(SoftDmaConfig { direct_needs_unmap: true, ..SoftDmaConfig::default() }));
+        file.dma_attach(dev.clone(), va, 2).unwrap();
+        dev.fail_next_map();
+        let error = file.read(va, 2, &mut vec![0u8; 2 * PAGE_SIZE as usize]).unwrap_err();
+        assert_eq!(error.errno(), Errno::NoMem);
+        assert_eq!(file.mapped_pages(), 0, "the page that failed is not left in the device table");
+        // The next read maps everything.
+        file.read(va, 2, &mut vec![0u8; 2 * PAGE_SIZE as usize]).unwrap();
+        assert_eq!(dev.stats().direct, 2);
+    }
 }

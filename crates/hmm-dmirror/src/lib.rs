@@ -38,8 +38,8 @@
 pub mod uapi;
 
 mod device;
-mod dma;
 mod devmem;
+mod dma;
 mod error;
 mod exclusive;
 mod file;

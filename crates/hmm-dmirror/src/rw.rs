@@ -193,8 +193,11 @@ pub(crate) fn do_fault(
         let access = if writable { Access::Write } else { Access::Read };
         let pfn = hmm_pfn_to_pfn(word);
         table.set(va, DeviceEntry { pfn, access })?;
-        if let Some(window) = table.dma.as_mut() {
-            window.map(va, word, phys.memory_type(pfn).is_zone_device())?;
+        let mapped = table.dma.as_mut().map(|window| window.map(va, word, phys.memory_type(pfn).is_zone_device()));
+        if let Some(Err(error)) = mapped {
+            // The device must not reach a page it could not DMA-map.
+            table.remove(va);
+            return Err(error);
         }
     }
     Ok(())

@@ -34,7 +34,9 @@ use crate::phys::{MemoryType, PageFlags};
 use crate::rmap::split_folio_if_uniform;
 use crate::vma::Vma;
 
-use super::migrate_vma::{migrate_pfn, MigrateSelect, MigrateVma, MIGRATE_PFN_COMPOUND, MIGRATE_PFN_MIGRATE, MIGRATE_PFN_WRITE};
+use super::migrate_vma::{
+    migrate_pfn, MigrateSelect, MigrateVma, MIGRATE_PFN_COMPOUND, MIGRATE_PFN_MIGRATE, MIGRATE_PFN_WRITE,
+};
 
 impl MigrateVma {
     /// `migrate_vma_collect`: one word per page; collected pages get a
@@ -262,4 +264,3 @@ impl MigrateVma {
         }
     }
 }
-

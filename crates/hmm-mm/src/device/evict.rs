@@ -17,10 +17,10 @@ use crate::mm::Mm;
 use crate::rmap::rmap_walk;
 
 use super::finalize::restore_elsewhere;
-use super::unmap::unmap_one;
 use super::migrate_vma::{
     migrate_pfn, migrate_pfn_to_pfn, MIGRATE_PFN_COMPOUND, MIGRATE_PFN_MIGRATE, MIGRATE_PFN_WRITE,
 };
+use super::unmap::unmap_one;
 
 /// An eviction in progress: `src` and `dst` as in `MigrateVma`, one word
 /// per frame of the range.
@@ -76,8 +76,7 @@ impl MigrateDevice {
         let mut src = Vec::new();
         src.try_reserve_exact(npages).map_err(|_| MmError::NoMem)?;
         src.resize(npages, 0);
-        let mut this =
-            Self { dst: src.clone(), src, kernel: kernel.clone(), mappings: Vec::new() };
+        let mut this = Self { dst: src.clone(), src, kernel: kernel.clone(), mappings: Vec::new() };
         let mut i = 0;
         while i < npages {
             let pfn = pfn_at(i);

@@ -106,4 +106,3 @@ pub(super) fn unmap_one(mm: &Mm, va: u64, pfn: Pfn, whole_pmd: bool) -> Option<b
     migration_entry_installed(mm);
     Some(write)
 }
-

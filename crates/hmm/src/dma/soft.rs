@@ -215,7 +215,8 @@ impl DmaDevice for SoftDmaDevice {
             state.direct.insert(at, (len, phys, 1));
             return Ok(at);
         }
-        let dma = phys.checked_add(self.config.dma_offset).ok_or(DmaError::MapFailed("address beyond the device's reach"))?;
+        let dma =
+            phys.checked_add(self.config.dma_offset).ok_or(DmaError::MapFailed("address beyond the device's reach"))?;
         if self.config.direct_needs_unmap {
             let entry = state.direct.entry(dma).or_insert((len, phys, 0));
             if entry.0 != len {

@@ -107,7 +107,12 @@ fn a_device_private_pmd_of_another_owner_is_skipped_whole_and_not_split() {
     let va = thp(&k, &mm, 30);
     {
         let guard = mm.mmap_read();
-        device.migrate_to_device_with(guard.locked(), va, va + PMD_SIZE, MigrateSelect::SYSTEM | MigrateSelect::COMPOUND);
+        device.migrate_to_device_with(
+            guard.locked(),
+            va,
+            va + PMD_SIZE,
+            MigrateSelect::SYSTEM | MigrateSelect::COMPOUND,
+        );
     }
     let device_pmd = leaf(&mm, va);
     assert_eq!((device_pmd.0, device_pmd.1.swap_kind()), (Level::Pmd, Some(SwapKind::DevicePrivateWrite)));
@@ -222,7 +227,10 @@ fn migrate_device_pages_refuses_mismatched_sizes() {
     let base = *device.base.get().unwrap();
     let mut evict = MigrateDevice::setup(&k, base, 1024).unwrap();
     let (hi, pi) = ((head.0 - base.0) as usize, (page.0 - base.0) as usize);
-    assert_eq!(evict.src[hi], migrate_pfn(head) | MIGRATE_PFN_MIGRATE | MIGRATE_PFN_COMPOUND | super::MIGRATE_PFN_WRITE);
+    assert_eq!(
+        evict.src[hi],
+        migrate_pfn(head) | MIGRATE_PFN_MIGRATE | MIGRATE_PFN_COMPOUND | super::MIGRATE_PFN_WRITE
+    );
     let phys = k.phys();
     let (d4k, d2m) = (phys.alloc_folio(0, false).unwrap(), phys.alloc_folio(9, false).unwrap());
     phys.meta(d4k).try_lock();

@@ -54,10 +54,9 @@ impl MigrateVma {
     /// Collects one block whole (`migrate_vma_collect_huge_pmd`): a
     /// COMPOUND word for the folio, behind one PMD migration entry. A
     /// folio whose lock is taken is skipped (zeros), as Linux skips it.
-    /// So is one mapped or referenced elsewhere: Linux would collect it
-    /// and, for a pin, restore the PMD in its unmap step (the same end
-    /// state); for a second mapping (after fork) it would unmap that one
-    /// too and migrate, which the model does not do for PMDs.
+    /// Other mappings and pins are the unmap step's business, as in Linux:
+    /// PMDs elsewhere (after fork) become migration entries too, anything
+    /// else (a pin, a PTE mapping of part of the folio) puts it back.
     pub(super) fn collect_block(&mut self, mm: &Mm, block: u64) {
         let phys = mm.phys();
         let i = self.index(block);
@@ -67,10 +66,6 @@ impl MigrateVma {
             return;
         }
         let head = entry.pfn();
-        let refs = 1 + u32::from(self.fault_page == Some(head));
-        if phys.folio_counts(head) != (refs, 1) {
-            return;
-        }
         if !phys.try_get(head) {
             return;
         }

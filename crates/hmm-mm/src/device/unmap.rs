@@ -16,7 +16,7 @@ use crate::mm::Mm;
 use crate::phys::PageFlags;
 use crate::rmap::{migration_entry_installed, rmap_walk};
 
-use super::migrate_vma::{migrate_pfn_to_pfn, MigrateVma, MIGRATE_PFN_MIGRATE};
+use super::migrate_vma::{migrate_pfn_to_pfn, MigrateVma, MIGRATE_PFN_COMPOUND, MIGRATE_PFN_MIGRATE};
 
 impl MigrateVma {
     /// `try_to_migrate` for pages mapped elsewhere too (other processes
@@ -32,10 +32,12 @@ impl MigrateVma {
                 continue;
             }
             let own = (mm.id(), self.start + ((i as u64) << PAGE_SHIFT));
+            // A compound word's folio is mapped whole by PMDs elsewhere too.
+            let whole_pmd = self.src[i] & MIGRATE_PFN_COMPOUND != 0;
             let others = &mut self.others;
             let _ = rmap_walk(kernel, pfn, |other, _vma, va| {
                 kernel.count_device_scan(1);
-                if (other.id(), va) != own && unmap_one(other, va, pfn, false).is_some() {
+                if (other.id(), va) != own && unmap_one(other, va, pfn, whole_pmd).is_some() {
                     others.push((i, Arc::downgrade(other), va));
                 }
                 if phys.folio_counts(pfn).1 == 0 {

@@ -325,3 +325,56 @@ fn a_compound_hole_insertion_loses_to_a_pte_table_built_meanwhile() {
     assert_eq!(mm.read_u64(va + 7 * PAGE_SIZE).unwrap(), 7);
     assert_eq!(device.free_pages(), 1024, "the unused device folio went back to the driver");
 }
+
+/// Linux: a THP shared by fork is collected whole; `try_to_migrate` turns
+/// the child's PMD into a migration entry too, and both processes end up
+/// with the device folio (read-only, still copy-on-write).
+#[test]
+fn a_thp_shared_by_fork_moves_whole_for_both_processes() {
+    let k = kernel(64, ThpMode::Always);
+    let device = Device::new(&k, OWNER, 1024);
+    let parent = k.create_mm().unwrap();
+    let va = thp(&k, &parent, 70);
+    let child = parent.fork().unwrap();
+    let migrate = {
+        let guard = parent.mmap_read();
+        let select = MigrateSelect::SYSTEM | MigrateSelect::COMPOUND;
+        device.migrate_to_device_with(guard.locked(), va, va + PMD_SIZE, select)
+    };
+    assert_eq!(migrate.cpages, 1);
+    for mm in [&parent, &child] {
+        let (level, entry) = leaf(mm, va);
+        assert_eq!((level, entry.swap_kind()), (Level::Pmd, Some(SwapKind::DevicePrivateRead)));
+    }
+    assert_eq!(leaf(&parent, va).1.pfn(), leaf(&child, va).1.pfn(), "one device folio for both");
+    assert_eq!(child.read_u64(va + 5 * PAGE_SIZE).unwrap(), 75);
+    assert_eq!(parent.read_u64(va + 6 * PAGE_SIZE).unwrap(), 76);
+    child.write_u64(va, 1).unwrap();
+    assert_eq!(parent.read_u64(va).unwrap(), 70, "still copy-on-write");
+    child.exit();
+    parent.exit();
+    drop((parent, child));
+    assert_eq!(device.free_pages(), 1024);
+    assert_eq!(k.phys().check_frames().unwrap().in_use, 0);
+}
+
+/// Linux: a pinned THP is collected whole, then put back by the unmap
+/// step's pin check: all words 0 and the PMD mapping restored, not split.
+#[test]
+fn a_pinned_thp_is_put_back_whole() {
+    let k = kernel(64, ThpMode::Always);
+    let device = Device::new(&k, OWNER, 1024);
+    let mm = k.create_mm().unwrap();
+    let va = thp(&k, &mm, 80);
+    let pin = mm.pin_user_pages(va, 1, crate::gup::FollFlags::empty()).unwrap();
+    let migrate = {
+        let guard = mm.mmap_read();
+        let select = MigrateSelect::SYSTEM | MigrateSelect::COMPOUND;
+        device.migrate_to_device_with(guard.locked(), va, va + PMD_SIZE, select)
+    };
+    assert!(migrate.src.iter().all(|&w| w == 0));
+    assert_eq!(migrate.cpages, 0);
+    drop(pin);
+    assert_whole_thp(&k, &mm, va, 80);
+    assert_eq!(device.free_pages(), 1024);
+}

@@ -378,3 +378,27 @@ fn a_pinned_thp_is_put_back_whole() {
     assert_whole_thp(&k, &mm, va, 80);
     assert_eq!(device.free_pages(), 1024);
 }
+
+/// Linux: a compound hole given 4K destinations loses `COMPOUND` and each
+/// of its 512 pages is inserted on its own, every word ending exactly
+/// `MIGRATE`.
+#[test]
+fn a_compound_hole_with_4k_destinations_is_inserted_page_by_page() {
+    let k = kernel(64, ThpMode::Never);
+    let device = Device::new(&k, OWNER, 1024);
+    device.fail_huge.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mm = k.create_mm().unwrap();
+    let va = mm.mmap(0, 3 * PMD_SIZE, Prot::RW, ANON).unwrap().next_multiple_of(PMD_SIZE);
+    mm.write_u64(va + PMD_SIZE, 1).unwrap(); // a PMD table, so the hole is one PMD
+    let select = MigrateSelect::SYSTEM | MigrateSelect::COMPOUND;
+    let migrate = {
+        let guard = mm.mmap_read();
+        device.migrate_to_device_with(guard.locked(), va, va + PMD_SIZE, select)
+    };
+    assert_eq!(migrate.cpages, 1);
+    assert!(migrate.src.iter().all(|&w| w == MIGRATE_PFN_MIGRATE), "every word exactly MIGRATE");
+    let (level, entry) = leaf(&mm, va + 100 * PAGE_SIZE);
+    assert_eq!((level, entry.swap_kind()), (Level::Pte, Some(SwapKind::DevicePrivateWrite)));
+    assert_eq!(device.free_pages(), 512);
+    assert_eq!(mm.read_u64(va + 100 * PAGE_SIZE).unwrap(), 0);
+}

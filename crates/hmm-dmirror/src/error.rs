@@ -59,6 +59,12 @@ pub enum DmirrorError {
     /// The device or the system ran out of memory (`ENOMEM`).
     #[error("out of memory: {0}")]
     NoMem(&'static str),
+    /// The file already has a DMA window (`EBUSY`).
+    #[error("a DMA device is already attached to this file")]
+    DmaAttached,
+    /// A DMA helper failed (its errno).
+    #[error(transparent)]
+    Dma(#[from] hmm::dma::DmaError),
     /// The walk failed.
     #[error(transparent)]
     Hmm(#[from] HmmError),
@@ -81,6 +87,8 @@ impl DmirrorError {
             Self::StillExclusive(_) => Errno::Perm,
             Self::ReadOnlyForWrite(_) | Self::UserCopy(_) | Self::MmGoneInFault => Errno::Fault,
             Self::NoMem(_) => Errno::NoMem,
+            Self::DmaAttached => Errno::Busy,
+            Self::Dma(error) => error.errno(),
             Self::Hmm(error) => error.errno(),
             Self::Mm(error) => error.errno(),
         }

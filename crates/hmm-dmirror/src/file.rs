@@ -302,6 +302,41 @@ impl DmirrorFile {
         self.mirror.flags.store(flags, Ordering::Release);
     }
 
+    /// Gives this file a DMA device for `npages` from `addr`: from now on
+    /// the system pages the device faults in there are DMA-mapped with the
+    /// `hmm::dma` helpers and unmapped before any invalidation, migration
+    /// or eviction replaces them. Pages the device already maps there are
+    /// dropped, to be faulted (and mapped) again. `EBUSY` if a device is
+    /// attached, `EINVAL` for a bad range, `EOPNOTSUPP` for a device that
+    /// needs cache syncs, `ENOMEM` for a window larger than RAM.
+    pub fn dma_attach(&self, dev: Arc<dyn hmm::dma::DmaDevice>, addr: u64, npages: u64) -> Result<(), DmirrorError> {
+        let npages = checked_npages(addr, npages)?;
+        if npages > self.mirror.mm.phys().ram_frames() {
+            return Err(DmirrorError::NoMem("a DMA window larger than RAM"));
+        }
+        let mut table = self.mirror.lock_table();
+        if table.dma.is_some() {
+            return Err(DmirrorError::DmaAttached);
+        }
+        let window = crate::dma::DmaWindow::new(dev, addr, npages as usize)?;
+        table.clear(addr, addr + npages * PAGE_SIZE);
+        table.dma = Some(window);
+        Ok(())
+    }
+
+    /// Unmaps every page of the DMA window and frees it
+    /// (`hmm_dma_map_free`); nothing to do without one.
+    pub fn dma_detach(&self) -> Result<(), DmirrorError> {
+        let window = self.mirror.lock_table().dma.take();
+        window.map_or(Ok(()), crate::dma::DmaWindow::free)
+    }
+
+    /// The DMA address the device uses for the page at `va`, if it is
+    /// DMA-mapped (a diagnostic).
+    pub fn dma_address(&self, va: u64) -> Option<u64> {
+        self.mirror.lock_table().dma.as_ref()?.address(va & !(PAGE_SIZE - 1))
+    }
+
     /// mmap of the device file (`dmirror_fops_mmap`): `npages` zeroed pages
     /// inserted with `vm_insert_page` into a new `VM_MIXEDMAP` mapping of
     /// the opener. A private writable mapping gets read-only entries.
@@ -340,7 +375,12 @@ impl Drop for DmirrorFile {
         self.mirror.notifier().remove();
         self.mirror.device.remove_chunks();
         self.mirror.device.forget(&self.mirror);
-        self.mirror.lock_table().clear(0, TASK_SIZE);
+        let mut table = self.mirror.lock_table();
+        table.clear(0, TASK_SIZE);
+        if let Some(window) = table.dma.take() {
+            // Everything was unmapped by the clear: freeing cannot leak.
+            let _ = window.free();
+        }
     }
 }
 

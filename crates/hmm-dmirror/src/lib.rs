@@ -13,6 +13,10 @@
 //!   ([`HmmDmirrorCmd`], `ptr` an address in the process); the typed calls
 //!   ([`DmirrorFile::read`], [`DmirrorFile::migrate_to_dev`]…) do the same
 //!   with Rust buffers.
+//! * [`DmirrorFile::dma_attach`] gives a file a DMA device: the system
+//!   pages it mirrors in a window are then DMA-mapped with the `hmm::dma`
+//!   helpers and unmapped on invalidation (no Linux counterpart in the
+//!   test device; the pattern of RDMA ODP).
 //!
 //! Decisions on the quirks Linux's test device has (spec §5.7):
 //! * kept: the invalidation callback clears one page past the event's
@@ -35,6 +39,7 @@ pub mod uapi;
 
 mod device;
 mod devmem;
+mod dma;
 mod error;
 mod exclusive;
 mod file;

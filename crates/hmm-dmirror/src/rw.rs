@@ -166,7 +166,7 @@ pub(crate) fn fault(mirror: &Mirror, start: u64, end: u64, write: bool) -> Resul
             if range.notifier.read_retry(range.notifier_seq) {
                 return None;
             }
-            Some(do_fault(&mut table, range, write))
+            Some(do_fault(&mut table, range, write, mirror.mm.phys()))
         })??;
         at = next;
     }
@@ -174,8 +174,14 @@ pub(crate) fn fault(mirror: &Mirror, start: u64, end: u64, write: bool) -> Resul
 }
 
 /// Maps what the walk found (`dmirror_do_fault`): the frame exactly as
-/// reported, writable iff `HMM_PFN_WRITE`.
-pub(crate) fn do_fault(table: &mut DeviceTable, range: &Range<'_>, write: bool) -> Result<(), DmirrorError> {
+/// reported, writable iff `HMM_PFN_WRITE`; inside a DMA window, system
+/// pages are DMA-mapped too (`crate::dma`).
+pub(crate) fn do_fault(
+    table: &mut DeviceTable,
+    range: &Range<'_>,
+    write: bool,
+    phys: &hmm_mm::phys::PhysMem,
+) -> Result<(), DmirrorError> {
     for (i, &word) in range.hmm_pfns.iter().enumerate() {
         let va = range.start + i as u64 * PAGE_SIZE;
         let writable = word & HMM_PFN_WRITE != 0;
@@ -185,7 +191,14 @@ pub(crate) fn do_fault(table: &mut DeviceTable, range: &Range<'_>, write: bool) 
             return Err(DmirrorError::ReadOnlyForWrite(va));
         }
         let access = if writable { Access::Write } else { Access::Read };
-        table.set(va, DeviceEntry { pfn: hmm_pfn_to_pfn(word), access })?;
+        let pfn = hmm_pfn_to_pfn(word);
+        table.set(va, DeviceEntry { pfn, access })?;
+        let mapped = table.dma.as_mut().map(|window| window.map(va, word, phys.memory_type(pfn).is_zone_device()));
+        if let Some(Err(error)) = mapped {
+            // The device must not reach a page it could not DMA-map.
+            table.remove(va);
+            return Err(error);
+        }
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use core::ops::ControlFlow;
 use hmm_pagetable::{ArenaStore, EnsureError, Entry, LeafFlags, Level, PageTable, SwapKind, Visit};
 use hmm_types::{Pfn, PAGE_SIZE, TASK_SIZE};
 
+use crate::dma::DmaWindow;
 use crate::error::DmirrorError;
 
 /// Table pages a device table may use: enough for every 4K page of
@@ -69,6 +70,9 @@ impl DeviceEntry {
 pub(crate) struct DeviceTable {
     tree: PageTable<ArenaStore>,
     entries: u64,
+    /// The DMA window, if the file was given a DMA device: every entry
+    /// removed or replaced is DMA-unmapped first (`crate::dma`).
+    pub(crate) dma: Option<DmaWindow>,
 }
 
 impl core::fmt::Debug for DeviceTable {
@@ -81,7 +85,7 @@ impl DeviceTable {
     pub(crate) fn new() -> Result<Self, DmirrorError> {
         let tree = PageTable::new(ArenaStore::new(MAX_TABLES))
             .map_err(|_| DmirrorError::NoMem("the device page table's root"))?;
-        Ok(Self { tree, entries: 0 })
+        Ok(Self { tree, entries: 0, dma: None })
     }
 
     /// Mapped pages.
@@ -98,8 +102,12 @@ impl DeviceTable {
         DeviceEntry::decode(slot.load())
     }
 
-    /// Maps the page at `va` (`xa_store`), replacing any mapping.
+    /// Maps the page at `va` (`xa_store`), replacing any mapping (a DMA
+    /// mapping of another frame at `va` is undone first).
     pub(crate) fn set(&mut self, va: u64, entry: DeviceEntry) -> Result<(), DmirrorError> {
+        if let Some(window) = self.dma.as_mut() {
+            window.unmap_if_changed(va, entry.pfn);
+        }
         let slot = match self.tree.ensure(va, Level::Pte) {
             Ok(slot) => slot,
             Err(EnsureError::NoMem(_)) => return Err(DmirrorError::NoMem("device page-table pages")),
@@ -113,6 +121,9 @@ impl DeviceTable {
 
     /// Unmaps the page at `va`; returns whether it was mapped.
     pub(crate) fn remove(&mut self, va: u64) -> bool {
+        if let Some(window) = self.dma.as_mut() {
+            window.unmap_range(va, va + PAGE_SIZE);
+        }
         let slot = self.tree.find(va);
         let removed = slot.level() == Level::Pte && !slot.swap(Entry::NONE).is_none();
         self.entries -= u64::from(removed);
@@ -121,6 +132,9 @@ impl DeviceTable {
 
     /// Unmaps every page in `[start, end)`; returns how many were mapped.
     pub(crate) fn clear(&mut self, start: u64, end: u64) -> u64 {
+        if let Some(window) = self.dma.as_mut() {
+            window.unmap_range(start, end);
+        }
         let mut cleared = 0;
         let _ = self.tree.walk(start, end, |visit| {
             if let Visit::Slot { slot, entry } = visit {

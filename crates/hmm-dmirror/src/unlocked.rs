@@ -62,7 +62,7 @@ fn fault(mirror: &Mirror, start: u64, end: u64, write: bool, timeout: Duration) 
             if range.notifier.read_retry(range.notifier_seq) {
                 continue;
             }
-            do_fault(&mut table, &range, write)?;
+            do_fault(&mut table, &range, write, mirror.mm.phys())?;
             break;
         }
         at = next;

@@ -10,6 +10,9 @@
 //!   handlers: [`range_fault_unlocked_timeout`] (Linux 7.3's normal
 //!   interface; `notifier_seq` is its output).
 //! * Read the results with the `HMM_PFN_*` constants and helpers in [`pfn`].
+//! * DMA-map what you mirror with the helpers in [`dma`]
+//!   (`hmm_dma_map_alloc`, `hmm_dma_map_pfn`, `hmm_dma_unmap_pfn`,
+//!   `hmm_dma_map_free`) over a [`dma::DmaDevice`].
 //! * Move anonymous memory to device memory and back with [`MigrateVma`]
 //!   (setup, copy, pages, finalize), evict it with [`MigrateDevice`], take
 //!   a page for device atomics with [`make_device_exclusive`].
@@ -89,6 +92,7 @@
 //!
 //! Linux 7.3: `include/linux/hmm.h`, `mm/hmm.c`, `Documentation/mm/hmm.rst`.
 
+pub mod dma;
 pub mod pfn;
 
 mod error;

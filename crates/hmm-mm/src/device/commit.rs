@@ -86,6 +86,14 @@ fn insert_page(mm: &Mm, vma: &Vma, va: u64, dst: hmm_types::Pfn, huge: bool) -> 
         return false;
     }
     let level = if huge { Level::Pmd } else { Level::Pte };
+    if !huge {
+        // A 4K page over the huge zero page splits it first.
+        let pmd = mm.pgtable().find(va);
+        let entry = pmd.load();
+        if pmd.level() == Level::Pmd && entry.is_present() && phys.is_zero_pfn(entry.pfn()) {
+            let _ = crate::huge::split_huge_leaf(mm, pmd, entry);
+        }
+    }
     let slot = match mm.pgtable().ensure(va, level) {
         Ok(slot) => slot,
         Err(EnsureError::NoMem(_) | EnsureError::Leaf(_)) => return false,

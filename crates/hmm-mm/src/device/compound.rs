@@ -1,12 +1,14 @@
 //! Compound (2 MiB) device migration, and its fallback to 4K pages.
 //!
-//! With `MigrateSelect::COMPOUND`, every 2 MiB-aligned block of the range
-//! that is an empty PMD, the huge zero page, a PMD-mapped anonymous THP or
-//! a device-private or device-coherent PMD of the owner (mapped once) is
-//! collected as one `COMPOUND` entry followed by 511 zero placeholders; a
-//! THP or device PMD is unmapped behind one PMD migration entry. If the driver gives a compound destination the
-//! block moves whole; if it gives 4K pages instead (a large allocation
-//! failed) the source is split and each page moves alone.
+//! With `MigrateSelect::COMPOUND`, every 2 MiB block the range covers
+//! whole that is a candidate PMD leaf (a THP with `SYSTEM`, a
+//! device-private PMD of the owner with `DEVICE_PRIVATE`) is collected as
+//! one `COMPOUND` entry followed by 511 zero placeholders, unmapped behind
+//! one PMD migration entry (holes and the huge zero page become compound
+//! hole entries in `collect.rs`). If the driver gives a compound
+//! destination the block moves whole; if it gives 4K pages instead (a
+//! large allocation failed) the source is split and each page moves alone;
+//! if it gives none, nothing is split and the block stays.
 //!
 //! Linux (≥ 6.18): `migrate_vma_collect_huge_pmd`,
 //! `migrate_vma_insert_huge_pmd_page`, `migrate_vma_split_unmapped_folio`.
@@ -15,8 +17,7 @@ use hmm_pagetable::{Entry, Level, SwapKind};
 use hmm_types::{Pfn, PAGE_SHIFT, PMD_SIZE};
 
 use crate::mm::Mm;
-use crate::phys::{MemoryType, PageFlags};
-use crate::vma::Vma;
+use crate::phys::PageFlags;
 
 use super::migrate_vma::{
     migrate_pfn, migrate_pfn_to_pfn, MigrateSelect, MigrateVma, MIGRATE_PFN_COMPOUND, MIGRATE_PFN_MIGRATE,
@@ -26,8 +27,11 @@ use super::migrate_vma::{
 const NR: usize = 512;
 
 impl MigrateVma {
-    /// First addresses of the 2 MiB blocks that can be collected whole.
-    pub(super) fn compound_blocks(&self, mm: &Mm, vma: &Vma) -> Vec<u64> {
+    /// First addresses of the 2 MiB blocks collected whole: with
+    /// `COMPOUND`, each PMD leaf that the range covers entirely and that is
+    /// a candidate ([`MigrateVma::is_pmd_candidate`]). Empty PMDs and the
+    /// huge zero page are holes (`collect.rs`).
+    pub(super) fn compound_blocks(&self, mm: &Mm) -> Vec<u64> {
         if !self.flags.contains(MigrateSelect::COMPOUND) {
             return Vec::new();
         }
@@ -39,47 +43,26 @@ impl MigrateVma {
             .filter(|&block| {
                 let slot = mm.pgtable().find(block);
                 let entry = slot.load();
-                if slot.level() < Level::Pmd {
-                    return false;
-                }
-                let system = self.flags.contains(MigrateSelect::SYSTEM);
-                if entry.is_none() || (entry.is_present() && phys.is_zero_pfn(entry.pfn())) {
-                    return system && vma.is_anonymous();
-                }
-                // Mapped once, and referenced only by that mapping (and by
-                // the fault that asks, when migrating back).
-                let refs = 1 + u32::from(self.fault_page == Some(entry.pfn()));
-                if slot.level() != Level::Pmd || phys.folio_counts(entry.pfn()) != (refs, 1) {
-                    return false;
-                }
-                let owned = phys.pagemap(entry.pfn()).and_then(|p| p.owner()) == Some(self.pgmap_owner);
-                if entry.is_present() {
-                    let coherent = self.flags.contains(MigrateSelect::DEVICE_COHERENT) && owned;
-                    let selected = match phys.memory_type(entry.pfn()) {
-                        MemoryType::System => system,
-                        MemoryType::DeviceCoherent => coherent,
-                        _ => false,
-                    };
-                    selected && phys.folio_order(entry.pfn()) == 9
-                } else {
-                    entry.swap_kind().is_some_and(|k| k.is_device_private())
-                        && self.flags.contains(MigrateSelect::DEVICE_PRIVATE)
-                        && owned
-                }
+                slot.level() == Level::Pmd
+                    && !entry.is_none()
+                    && self.is_pmd_candidate(mm, entry)
+                    && phys.folio_order(entry.pfn()) == 9
             })
             .collect()
     }
 
-    /// Collects one block whole: a COMPOUND word (with the folio, behind a
-    /// PMD migration entry, unless the block is empty).
+    /// Collects one block whole (`migrate_vma_collect_huge_pmd`): a
+    /// COMPOUND word for the folio, behind one PMD migration entry. A
+    /// folio whose lock is taken is skipped (zeros), as Linux skips it.
+    /// Other mappings and pins are the unmap step's business, as in Linux:
+    /// PMDs elsewhere (after fork) become migration entries too, anything
+    /// else (a pin, a PTE mapping of part of the folio) puts it back.
     pub(super) fn collect_block(&mut self, mm: &Mm, block: u64) {
         let phys = mm.phys();
         let i = self.index(block);
         let slot = mm.pgtable().find(block);
         let entry = slot.load();
-        if entry.is_none() || (entry.is_present() && phys.is_zero_pfn(entry.pfn())) {
-            self.src[i] = MIGRATE_PFN_MIGRATE | MIGRATE_PFN_COMPOUND;
-            self.cpages += 1;
+        if slot.level() != Level::Pmd || entry.is_none() || !self.is_pmd_candidate(mm, entry) {
             return;
         }
         let head = entry.pfn();
@@ -115,7 +98,13 @@ impl MigrateVma {
     pub(super) fn expand_fallbacks(&mut self, mm: &Mm) {
         for i in 0..self.src.len() {
             let word = self.src[i];
-            if word & MIGRATE_PFN_COMPOUND == 0 || self.dst[i] & MIGRATE_PFN_COMPOUND != 0 {
+            // No destination: `pages` clears MIGRATE and nothing is split
+            // (Linux's first test, before any compound case).
+            let has_dst = migrate_pfn_to_pfn(self.dst[i]).is_some();
+            if word & MIGRATE_PFN_MIGRATE == 0 || word & MIGRATE_PFN_COMPOUND == 0 || !has_dst {
+                continue;
+            }
+            if self.dst[i] & MIGRATE_PFN_COMPOUND != 0 {
                 continue;
             }
             let va = self.start + ((i as u64) << PAGE_SHIFT);

@@ -17,10 +17,10 @@ use crate::mm::Mm;
 use crate::rmap::rmap_walk;
 
 use super::finalize::restore_elsewhere;
-use super::migrate_vma::unmap_one;
 use super::migrate_vma::{
     migrate_pfn, migrate_pfn_to_pfn, MIGRATE_PFN_COMPOUND, MIGRATE_PFN_MIGRATE, MIGRATE_PFN_WRITE,
 };
+use super::unmap::unmap_one;
 
 /// An eviction in progress: `src` and `dst` as in `MigrateVma`, one word
 /// per frame of the range.
@@ -39,8 +39,10 @@ impl MigrateDevice {
     /// Collects the in-use frames of `[start, start + npages)` and replaces
     /// every CPU entry naming them by a migration entry
     /// (`migrate_device_range`). A large folio lying wholly in the range is
-    /// collected whole (`MIGRATE_PFN_COMPOUND` on its head's word) and
-    /// moves if PMDs map it; the frames of one straddling the range stay.
+    /// collected whole (`MIGRATE_PFN_COMPOUND` on its head's word, zeros
+    /// after it) and moves if PMDs map it; the frames of one starting
+    /// before the range are tails (0), and one running past its end stops
+    /// the collection there ([`MigrateDevice::setup_pfns`]'s rule).
     /// `EINVAL` unless the frames are device memory (private or coherent)
     /// of one region.
     pub fn setup(kernel: &Arc<Kernel>, start: Pfn, npages: u64) -> Result<Self, MmError> {
@@ -51,26 +53,61 @@ impl MigrateDevice {
         {
             return Err(MmError::Invalid("eviction needs a non-empty range of one device region"));
         }
-        let mut this = Self {
-            src: vec![0; npages as usize],
-            dst: vec![0; npages as usize],
-            kernel: kernel.clone(),
-            mappings: Vec::new(),
-        };
+        let len = usize::try_from(npages).map_err(|_| MmError::NoMem)?;
+        Self::collect(kernel, len, |i| start.add(i as u64))
+    }
+
+    /// Collects the frames listed in `pfns`, which need not be contiguous
+    /// (`migrate_device_pfns`): `src[i]` is the encoded word for `pfns[i]`
+    /// (Linux overwrites the caller's array in place). A large folio's head
+    /// gets `COMPOUND` and the next `nr - 1` words are zeroed whatever
+    /// `pfns` holds there (they are taken to be its tails); a folio that
+    /// would run past the end of the list is dropped, every remaining word
+    /// zeroed and collection stops; a tail or free frame, or one whose lock
+    /// is taken, is 0. `EINVAL` if a frame that is looked at is not device
+    /// memory (Linux does not check; a model must not guess).
+    pub fn setup_pfns(kernel: &Arc<Kernel>, pfns: &[Pfn]) -> Result<Self, MmError> {
+        Self::collect(kernel, pfns.len(), |i| pfns[i])
+    }
+
+    /// `migrate_device_pfn_lock` over `npages` slots, then the unmap step.
+    fn collect(kernel: &Arc<Kernel>, npages: usize, pfn_at: impl Fn(usize) -> Pfn) -> Result<Self, MmError> {
+        let phys = kernel.phys();
+        let mut src = Vec::new();
+        src.try_reserve_exact(npages).map_err(|_| MmError::NoMem)?;
+        src.resize(npages, 0);
+        let mut this = Self { dst: src.clone(), src, kernel: kernel.clone(), mappings: Vec::new() };
         let mut i = 0;
         while i < npages {
-            let pfn = start.add(i);
-            let nr = 1u64 << phys.folio_order(pfn);
-            let whole = phys.folio_head(pfn) == pfn && i + nr <= npages;
-            if whole && phys.try_get(pfn) {
-                if phys.meta(pfn).try_lock() {
-                    let compound = if nr > 1 { MIGRATE_PFN_COMPOUND } else { 0 };
-                    this.src[i as usize] = migrate_pfn(pfn) | MIGRATE_PFN_MIGRATE | compound;
-                } else {
-                    phys.put(pfn);
+            let pfn = pfn_at(i);
+            if !phys.is_valid_pfn(pfn) || !phys.memory_type(pfn).is_zone_device() {
+                for word in &mut this.src {
+                    if let Some(taken) = migrate_pfn_to_pfn(*word) {
+                        phys.unlock_put(taken);
+                    }
+                    *word = 0;
                 }
+                return Err(MmError::Invalid("migrate_device_pfns needs device frames"));
             }
-            i += if whole { nr } else { 1 };
+            // `folio_get_nontail_page`: a tail is 0, and so is a free frame.
+            if phys.folio_head(pfn) != pfn || !phys.try_get(pfn) {
+                i += 1;
+                continue;
+            }
+            if !phys.meta(pfn).try_lock() {
+                phys.put(pfn);
+                i += 1;
+                continue;
+            }
+            let nr = 1usize << phys.folio_order(pfn);
+            if nr > npages - i {
+                // Runs past the end: dropped, and nothing after it is taken.
+                phys.unlock_put(pfn);
+                break;
+            }
+            let compound = if nr > 1 { MIGRATE_PFN_COMPOUND } else { 0 };
+            this.src[i] = migrate_pfn(pfn) | MIGRATE_PFN_MIGRATE | compound;
+            i += nr;
         }
         this.unmap();
         this.unmap_pinned();
@@ -153,11 +190,22 @@ impl MigrateDevice {
     }
 
     /// The commit point (`migrate_device_pages`): a frame without a
-    /// destination stays.
+    /// destination stays; so does a large folio given a small destination
+    /// (with no VMA nothing can be split: `MIGRATE` and `COMPOUND` are
+    /// cleared) and a small one given a large destination (`MIGRATE`
+    /// cleared).
     pub fn pages(&mut self) {
         for i in 0..self.src.len() {
-            if migrate_pfn_to_pfn(self.dst[i]).is_none() {
+            let (src, dst) = (self.src[i], self.dst[i]);
+            if migrate_pfn_to_pfn(dst).is_none() {
                 self.src[i] &= !MIGRATE_PFN_MIGRATE;
+            } else if src & MIGRATE_PFN_MIGRATE != 0 {
+                let (big_src, big_dst) = (src & MIGRATE_PFN_COMPOUND != 0, dst & MIGRATE_PFN_COMPOUND != 0);
+                if big_src && !big_dst {
+                    self.src[i] &= !(MIGRATE_PFN_MIGRATE | MIGRATE_PFN_COMPOUND);
+                } else if big_dst && !big_src {
+                    self.src[i] &= !MIGRATE_PFN_MIGRATE;
+                }
             }
         }
     }
@@ -172,7 +220,7 @@ impl MigrateDevice {
             let dst = migrate_pfn_to_pfn(self.dst[i]);
             let moved = self.src[i] & MIGRATE_PFN_MIGRATE != 0;
             let target = if moved { dst.expect("pages() cleared MIGRATE without dst") } else { src };
-            if let Some(dst) = dst {
+            if let Some(dst) = dst.filter(|_| moved) {
                 let dirty = phys.meta(src).flags() & crate::phys::PageFlags::DIRTY;
                 phys.meta(dst).set_flags(
                     crate::phys::PageFlags::ANON

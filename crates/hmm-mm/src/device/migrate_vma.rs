@@ -1,23 +1,19 @@
-//! `MigrateVma` and its first step, `setup`: collect the pages of a range,
-//! unmap them behind migration entries, and report them to the driver
-//! (spec §4.3–4.4).
+//! `MigrateVma` and its first step, `setup`: validate the range, then
+//! collect its pages (`collect.rs`, `compound.rs`) and unmap them behind
+//! migration entries (`unmap.rs`) for the driver (spec §4.3–4.4, delta
+//! §3.2).
 //!
-//! Linux: `struct migrate_vma`, `migrate_vma_setup`,
-//! `migrate_vma_collect_pmd`, `migrate_vma_unmap`.
+//! Linux: `struct migrate_vma`, `migrate_vma_setup`.
 
-use core::ops::ControlFlow;
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 
 use bitflags::bitflags;
 
-use hmm_pagetable::{Entry, SwapKind, Visit};
 use hmm_types::{Event, Owner, Pfn, VmFlags, PAGE_SHIFT, PAGE_SIZE};
 
 use crate::error::MmError;
-use crate::huge::split_huge_leaf;
 use crate::mm::{Mm, MmapLocked};
 use crate::phys::{MemoryType, PageFlags};
-use crate::rmap::{migration_entry_installed, rmap_walk, split_folio_if_uniform};
 use crate::vma::Vma;
 
 /// The pfn field is valid (`MIGRATE_PFN_VALID`).
@@ -49,13 +45,14 @@ bitflags! {
     /// What `setup` collects (`enum migrate_vma_direction`).
     #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
     pub struct MigrateSelect: u32 {
-        /// System RAM pages, the zero page and, in anonymous VMAs, holes.
+        /// System RAM pages, the zero page and PMD-mapped THPs. (Holes of
+        /// anonymous VMAs are collected whatever the selection.)
         const SYSTEM = 1 << 0;
         /// Device-private pages of `pgmap_owner`.
         const DEVICE_PRIVATE = 1 << 1;
         /// Device-coherent pages of `pgmap_owner`.
         const DEVICE_COHERENT = 1 << 2;
-        /// PMD-sized collection where aligned (accepted; collected as 4K).
+        /// PMD-sized collection where the range covers a whole aligned PMD.
         const COMPOUND = 1 << 3;
     }
 }
@@ -124,8 +121,8 @@ impl MigrateVma {
         mm.kernel().count_device_scan(self.npages);
         self.cpages = 0;
         self.others.clear();
-        let whole = self.compound_blocks(mm, vma);
-        split_leaves(mm, self.start, self.end, &whole)?;
+        let whole = self.compound_blocks(mm);
+        self.split_leaves(mm, &whole)?;
         let invalidation = mm.notifiers().start_owned(mm.id(), self.start, self.end, Event::Migrate, self.pgmap_owner);
         for &block in &whole {
             self.collect_block(mm, block);
@@ -176,253 +173,5 @@ impl MigrateVma {
             }
         }
         Ok(vma)
-    }
-
-    /// `migrate_vma_collect`: one word per page; collected pages get a
-    /// reference, the page lock and a migration entry.
-    fn collect(&mut self, mm: &Mm, vma: &Vma, whole: &[u64]) {
-        let anon = vma.is_anonymous();
-        let (start, end) = (self.start, self.end);
-        let _ = mm.pgtable().walk(start, end, |visit| {
-            let va = match &visit {
-                Visit::Hole { start, .. } => *start,
-                Visit::Slot { slot, .. } => slot.va(),
-            };
-            if whole.contains(&(va & !(hmm_types::PMD_SIZE - 1))) {
-                return ControlFlow::Continue(());
-            }
-            match visit {
-                Visit::Hole { start: a, end: b, .. } => {
-                    for va in (a..b).step_by(PAGE_SIZE as usize) {
-                        self.collect_hole(va, anon);
-                    }
-                }
-                Visit::Slot { slot, entry } => {
-                    let va = slot.va();
-                    if entry.is_none() {
-                        self.collect_hole(va, anon);
-                    } else if let Some(word) = self.isolate(mm, slot, entry) {
-                        let i = self.index(va);
-                        self.src[i] = word;
-                        self.cpages += 1;
-                    }
-                }
-            }
-            ControlFlow::<()>::Continue(())
-        });
-    }
-
-    fn collect_hole(&mut self, va: u64, anon: bool) {
-        if anon && self.flags.contains(MigrateSelect::SYSTEM) {
-            let i = self.index(va);
-            self.src[i] = MIGRATE_PFN_MIGRATE;
-            self.cpages += 1;
-        }
-    }
-
-    /// Takes one mapped page for migration: the src word, or `None`.
-    fn isolate(&self, mm: &Mm, slot: hmm_pagetable::Slot<'_>, entry: Entry) -> Option<u64> {
-        let phys = mm.phys();
-        let (pfn, write) = if entry.is_present() {
-            let pfn = entry.pfn();
-            if phys.is_zero_pfn(pfn) {
-                return self.flags.contains(MigrateSelect::SYSTEM).then_some(MIGRATE_PFN_MIGRATE);
-            }
-            if entry.is_special() {
-                return None;
-            }
-            let wanted = match phys.memory_type(pfn) {
-                MemoryType::System => self.flags.contains(MigrateSelect::SYSTEM),
-                MemoryType::DeviceCoherent => {
-                    self.flags.contains(MigrateSelect::DEVICE_COHERENT) && self.owned(mm, pfn)
-                }
-                _ => false,
-            };
-            if !wanted || phys.folio_order(pfn) != 0 {
-                return None;
-            }
-            (pfn, entry.is_write())
-        } else {
-            let kind = entry.swap_kind()?;
-            let wanted = kind.is_device_private()
-                && self.flags.contains(MigrateSelect::DEVICE_PRIVATE)
-                && self.owned(mm, entry.pfn());
-            if !wanted {
-                return None;
-            }
-            (entry.pfn(), kind.is_write())
-        };
-        if !phys.try_get(pfn) {
-            return None;
-        }
-        let is_fault_page = self.fault_page == Some(pfn);
-        if !is_fault_page && !phys.meta(pfn).try_lock() {
-            phys.put(pfn);
-            return None;
-        }
-        let kind = if write { SwapKind::MigrationWrite } else { SwapKind::MigrationRead };
-        if slot.compare_exchange(entry, Entry::swap(kind, pfn.0, false)).is_err() {
-            if !is_fault_page {
-                phys.meta(pfn).unlock();
-            }
-            phys.put(pfn);
-            return None;
-        }
-        if entry.is_dirty() {
-            phys.meta(pfn).set_flags(PageFlags::DIRTY);
-        }
-        // The mapping's reference now belongs to the migration entry.
-        phys.map_sub(pfn, 1);
-        Some(migrate_pfn(pfn) | MIGRATE_PFN_MIGRATE | if write { MIGRATE_PFN_WRITE } else { 0 })
-    }
-
-    fn owned(&self, mm: &Mm, pfn: Pfn) -> bool {
-        mm.phys().pagemap(pfn).and_then(|p| p.owner()) == Some(self.pgmap_owner)
-    }
-
-    /// `try_to_migrate` for pages mapped elsewhere too (other processes
-    /// after fork, at whatever address mremap moved them to): each is
-    /// found through the reverse map and replaced by a migration entry.
-    fn unmap_others(&mut self, mm: &Mm) {
-        let phys = mm.phys();
-        let kernel = mm.kernel();
-        for i in 0..self.src.len() {
-            let Some(pfn) = migrate_pfn_to_pfn(self.src[i]) else { continue };
-            // The collection dropped this range's mapping: any left is elsewhere.
-            if phys.folio_counts(pfn).1 == 0 {
-                continue;
-            }
-            let own = (mm.id(), self.start + ((i as u64) << PAGE_SHIFT));
-            let others = &mut self.others;
-            let _ = rmap_walk(kernel, pfn, |other, _vma, va| {
-                kernel.count_device_scan(1);
-                if (other.id(), va) != own && unmap_one(other, va, pfn, false).is_some() {
-                    others.push((i, Arc::downgrade(other), va));
-                }
-                if phys.folio_counts(pfn).1 == 0 {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            });
-        }
-    }
-
-    /// `migrate_vma_unmap`'s pin check: a page with references beyond the
-    /// collection's and its (now migration-entry) mapping's stays put.
-    fn unmap_pinned(&mut self, mm: &Mm) {
-        let phys = mm.phys();
-        for i in 0..self.src.len() {
-            let Some(pfn) = migrate_pfn_to_pfn(self.src[i]) else { continue };
-            let others = self.others.iter().filter(|(j, _, _)| *j == i).count() as u32;
-            let expected = 2 + others + u32::from(self.fault_page == Some(pfn));
-            if phys.folio_counts(pfn).0 > expected {
-                let va = self.start + ((i as u64) << PAGE_SHIFT);
-                super::finalize::restore(mm, va, pfn, pfn);
-                self.restore_others(mm, i, pfn, pfn);
-                if self.fault_page != Some(pfn) {
-                    phys.meta(pfn).unlock();
-                }
-                phys.put(pfn);
-                self.src[i] = 0;
-            }
-        }
-        self.cpages = self.src.iter().filter(|&&w| w & MIGRATE_PFN_MIGRATE != 0).count() as u64;
-    }
-}
-
-/// Replaces the entry at `va` of `mm` (whose mmap lock the caller holds)
-/// by a migration entry if it maps the order-0 page `pfn` (present or
-/// device-private) with a PTE or, with `whole_pmd`, maps the 2 MiB folio
-/// headed by `pfn` with a PMD; announced as `try_to_migrate_one` does:
-/// CLEAR with no owner, so no mirror of that process may skip it. The
-/// mapping's share of the page goes; its reference now belongs to the
-/// migration entry, which is counted as in flight in `mm`. Returns whether
-/// the mapping was writable, or `None` if nothing was replaced.
-pub(super) fn unmap_one(mm: &Mm, va: u64, pfn: Pfn, whole_pmd: bool) -> Option<bool> {
-    let slot = mm.pgtable().find(va);
-    let entry = slot.load();
-    let huge = slot.level() == hmm_pagetable::Level::Pmd;
-    // A PTE naming part of a large folio is left alone: moving one part
-    // would leave the others mapping a folio about to be freed.
-    let small = slot.level() == hmm_pagetable::Level::Pte && mm.phys().folio_order(pfn) == 0;
-    let maps = entry.pfn() == pfn
-        && (small || (huge && whole_pmd && slot.va() == va))
-        && (entry.is_present() || entry.swap_kind().is_some_and(|k| k.is_device_private()));
-    if !maps {
-        return None;
-    }
-    let write = entry.is_write() || entry.swap_kind() == Some(SwapKind::DevicePrivateWrite);
-    let kind = if write { SwapKind::MigrationWrite } else { SwapKind::MigrationRead };
-    let invalidation = mm.notifiers().start(mm.id(), va, va + slot.level().entry_bytes(), Event::Clear);
-    let swapped = slot.compare_exchange(entry, Entry::swap(kind, pfn.0, huge)).is_ok();
-    invalidation.end();
-    if !swapped {
-        return None;
-    }
-    if entry.is_dirty() {
-        mm.phys().meta(pfn).set_flags(PageFlags::DIRTY);
-    }
-    mm.phys().map_sub(pfn, 1);
-    migration_entry_installed(mm);
-    Some(write)
-}
-
-/// Splits the large folios mapped by PTEs in `[start, end)` (a THP whose
-/// PMD was split by mprotect, mremap or munmap), so their pages can be
-/// collected one by one; best effort, as Linux's `split_folio` in the
-/// collection.
-fn split_pte_mapped_folios(mm: &Mm, start: u64, end: u64) {
-    let phys = mm.phys();
-    let mut heads = Vec::new();
-    let _ = mm.pgtable().walk(start, end, |visit| {
-        if let Visit::Slot { slot, entry } = visit {
-            let candidate = slot.level() == hmm_pagetable::Level::Pte
-                && entry.is_present()
-                && !entry.is_special()
-                && !phys.is_zero_pfn(entry.pfn())
-                && matches!(phys.memory_type(entry.pfn()), MemoryType::System | MemoryType::DeviceCoherent)
-                && phys.folio_order(entry.pfn()) > 0;
-            if candidate {
-                let head = phys.folio_head(entry.pfn());
-                if heads.last() != Some(&head) {
-                    heads.push(head);
-                }
-            }
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    for head in heads {
-        split_folio_if_uniform(mm.kernel(), head);
-    }
-}
-
-/// Splits every huge leaf in `[start, end)` so pages are collected one by
-/// one: a PMD-mapped THP becomes 512 PTEs and, if nothing else holds it,
-/// 512 order-0 pages (a folio that cannot split is skipped, as Linux skips
-/// it); the huge zero page becomes zero-page PTEs.
-fn split_leaves(mm: &Mm, start: u64, end: u64, whole: &[u64]) -> Result<(), MmError> {
-    loop {
-        let mut huge = None;
-        let _ = mm.pgtable().walk(start, end, |visit| match visit {
-            Visit::Slot { slot, entry }
-                if slot.level() > hmm_pagetable::Level::Pte && !entry.is_none() && !whole.contains(&slot.va()) =>
-            {
-                huge = Some((slot.va(), entry));
-                ControlFlow::Break(())
-            }
-            _ => ControlFlow::Continue(()),
-        });
-        let Some((va, entry)) = huge else {
-            split_pte_mapped_folios(mm, start, end);
-            return Ok(());
-        };
-        let slot = mm.pgtable().find(va);
-        split_huge_leaf(mm, slot, entry)?;
-        if entry.is_present() && !mm.phys().is_zero_pfn(entry.pfn()) {
-            // Best effort, as Linux's split_folio: a folio that cannot
-            // split is skipped by the collection.
-            split_folio_if_uniform(mm.kernel(), mm.phys().folio_head(entry.pfn()));
-        }
     }
 }

@@ -13,6 +13,7 @@
 //! `include/linux/memremap.h`, `mm/memory.c` (`do_swap_page` for
 //! device-private entries), `mm/rmap.c` (`make_device_exclusive`).
 
+mod collect;
 mod commit;
 mod compound;
 mod evict;
@@ -20,6 +21,7 @@ pub mod exclusive;
 mod finalize;
 mod migrate_vma;
 pub(crate) mod to_ram;
+mod unmap;
 
 #[cfg(test)]
 mod tests;

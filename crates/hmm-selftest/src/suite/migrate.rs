@@ -34,15 +34,13 @@ pub(crate) fn migrate(ctx: &Ctx) -> Verdict {
     fill_and_migrate(ctx, &mut buffer, npages)
 }
 
-/// Test 13: The COW copies of a private file mapping are anonymous: they move.
+/// Test 13: The COW copies of a private mapping of a file in `/tmp` are
+/// anonymous: they move.
 pub(crate) fn migrate_file_private(ctx: &Ctx) -> Verdict {
     let npages = npages(ctx);
     let size = npages << ctx.page_shift;
     let cpu = ctx.cpu();
-    let tmpfs = ctx.kernel.tmpfs();
-    let file = ok!(tmpfs.create("hmm-migrate-file-private"));
-    ok!(tmpfs.unlink("hmm-migrate-file-private"));
-    ok!(file.ftruncate(size));
+    let file = ctx.create_file(size)?;
     let ptr = ok!(cpu.mm.mmap_file(0, size, Prot::RW, MapFlags::PRIVATE, &file, 0));
     let mut buffer = ctx.buffer_at(ptr, size)?;
     fill_and_migrate(ctx, &mut buffer, npages)

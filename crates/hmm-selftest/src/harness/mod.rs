@@ -85,13 +85,16 @@ pub struct Setup {
     pub thp: ThpMode,
     /// What `/tmp` is, where the file tests make their file.
     pub fs: FileSystem,
+    /// `/sys/kernel/debug/gup_test` exists (`CONFIG_GUP_TEST`, debugfs
+    /// mounted); without it `hmm_gup_test` skips.
+    pub gup_test: bool,
 }
 
 impl Default for Setup {
     /// Linux's defaults for the selftest's machine: THP `madvise` (as this
     /// host and Debian ship), `/tmp` on tmpfs.
     fn default() -> Self {
-        Self { coherent: true, ram_bytes: 2 << 30, thp: ThpMode::Madvise, fs: FileSystem::Tmpfs }
+        Self { coherent: true, ram_bytes: 2 << 30, thp: ThpMode::Madvise, fs: FileSystem::Tmpfs, gup_test: true }
     }
 }
 
@@ -138,6 +141,8 @@ pub struct Ctx {
     pub page_size: u64,
     /// `ffs(page_size) - 1`.
     pub page_shift: u32,
+    /// The `gup_test` driver can be opened.
+    pub gup_test: bool,
     /// Lines the test prints (kselftest's `# ...` output).
     notes: std::sync::Mutex<Vec<String>>,
     /// `/tmp`.
@@ -186,6 +191,7 @@ impl Ctx {
             fd1: files.next(),
             page_size: PAGE_SIZE,
             page_shift: PAGE_SIZE.trailing_zeros(),
+            gup_test: setup.gup_test,
             notes: std::sync::Mutex::new(Vec::new()),
             tmp: Tmp::new(setup.fs),
         })

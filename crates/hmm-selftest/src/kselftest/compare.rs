@@ -68,7 +68,13 @@ impl Comparison {
 
 /// Compares the kernel's run with the model's results (full name and
 /// outcome, in run order) for a run with THP mode `thp` and `/tmp` on `fs`.
-pub fn compare(kernel: &TapRun, model: &[(String, Outcome)], defects: &KnownDefects, thp: &str, fs: &str) -> Comparison {
+pub fn compare(
+    kernel: &TapRun,
+    model: &[(String, Outcome)],
+    defects: &KnownDefects,
+    thp: &str,
+    fs: &str,
+) -> Comparison {
     let mut rows = Vec::new();
     let mut used = Vec::new();
     for (name, outcome) in model {

@@ -33,7 +33,10 @@ not ok 4 hmm.hmm_device_coherent.migrate
 fn model() -> Vec<(String, Outcome)> {
     let failed = |s: &str| Outcome::Failed(s.to_string());
     vec![
-        ("hmm.hmm_device_private.migrate".into(), failed("src/suite/migrate.rs:25: the command failed: EINVAL: invalid")),
+        (
+            "hmm.hmm_device_private.migrate".into(),
+            failed("src/suite/migrate.rs:25: the command failed: EINVAL: invalid"),
+        ),
         ("hmm.hmm_device_private.compound".into(), Outcome::Skipped("no free default-size huge pages".into())),
         ("hmm.hmm_device_private.open_close".into(), failed("src/x.rs:1: boom")),
         ("hmm.hmm_device_coherent.migrate".into(), Outcome::Passed),
@@ -82,7 +85,11 @@ fn verdicts_are_compared_and_only_unknown_differences_are_mismatches() {
 #[test]
 fn a_defect_entry_is_scoped_by_configuration_and_recorded_verdict() {
     let kernel = parse(KERNEL).unwrap();
-    let narrowed = DEFECT.replacen(r#""kernel": "7.3.4", "kernel_verdict": "fail","#, r#""fs": ["dax"], "kernel": "7.3.4", "kernel_verdict": "fail","#, 1);
+    let narrowed = DEFECT.replacen(
+        r#""kernel": "7.3.4", "kernel_verdict": "fail","#,
+        r#""fs": ["dax"], "kernel": "7.3.4", "kernel_verdict": "fail","#,
+        1,
+    );
     let defects = KnownDefects::from_json(&narrowed).unwrap();
     let comparison = compare(&kernel, &model(), &defects, "always", "tmpfs");
     assert_eq!(row(&comparison, "hmm.hmm_device_coherent.migrate").agreement, Agreement::Mismatch);
@@ -133,7 +140,10 @@ fn observed_errnos_are_read_from_both_sides_messages() {
     assert_eq!(kernel_observed_errno("Expected buffer->cpages (3) == npages (4)"), None);
     assert_eq!(kernel_observed_errno("Expected m[6] (0) == HMM_DMIRROR_PROT_NONE (1)"), None);
     assert_eq!(model_observed_errno("the command failed: ENOENT: no such file or directory"), Some(2));
-    assert_eq!(model_observed_errno("hmm_dmirror_cmd(fd, R, &mut b, n) == Err(Errno::Fault): Ok(()) != Err(Fault)"), Some(0));
+    assert_eq!(
+        model_observed_errno("hmm_dmirror_cmd(fd, R, &mut b, n) == Err(Errno::Fault): Ok(()) != Err(Fault)"),
+        Some(0)
+    );
     assert_eq!(model_observed_errno("x == Err(Errno::Inval): Err(NoEnt) != Err(Inval)"), Some(2));
     assert_eq!(model_observed_errno("(cpages, faults): (3, 1) != (4, 1)"), None);
 }

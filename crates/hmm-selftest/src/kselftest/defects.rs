@@ -66,7 +66,8 @@ impl KnownDefect {
 
     /// True if it covers a run with THP mode `thp` and `/tmp` on `fs`.
     pub fn applies_to(&self, thp: &str, fs: &str) -> bool {
-        let within = |scope: &Option<Vec<String>>, value: &str| scope.as_ref().is_none_or(|s| s.iter().any(|v| v == value));
+        let within =
+            |scope: &Option<Vec<String>>, value: &str| scope.as_ref().is_none_or(|s| s.iter().any(|v| v == value));
         within(&self.thp, thp) && within(&self.fs, fs)
     }
 
@@ -167,7 +168,8 @@ impl KnownDefects {
                 let (test, variant) = (defect.test.clone(), defect.variant.clone());
                 return Err(DefectError::UnknownTest { index, test, variant });
             }
-            let bad = |field, value: &str, allowed| DefectError::BadValue { index, field, value: value.into(), allowed };
+            let bad =
+                |field, value: &str, allowed| DefectError::BadValue { index, field, value: value.into(), allowed };
             for thp in defect.thp.iter().flatten() {
                 if !["always", "madvise", "never"].contains(&thp.as_str()) {
                     return Err(bad("thp", thp, "always, madvise, never"));
@@ -231,11 +233,17 @@ mod tests {
         let unknown = ONE.replace("\"migrate\"", "\"migrat\"");
         assert!(matches!(KnownDefects::from_json(&unknown), Err(DefectError::UnknownTest { index: 0, .. })));
         let hmm2 = ONE.replace("hmm_device_coherent", "hmm2_device_coherent");
-        assert!(matches!(KnownDefects::from_json(&hmm2), Err(DefectError::UnknownTest { .. })), "migrate is an hmm test");
+        assert!(
+            matches!(KnownDefects::from_json(&hmm2), Err(DefectError::UnknownTest { .. })),
+            "migrate is an hmm test"
+        );
         let thp = ONE.replace("[\"never\"]", "[\"sometimes\"]");
         assert!(matches!(KnownDefects::from_json(&thp), Err(DefectError::BadValue { field: "thp", .. })));
         let verdict = ONE.replace("\"fail\"", "\"crash\"");
-        assert!(matches!(KnownDefects::from_json(&verdict), Err(DefectError::BadValue { field: "kernel_verdict", .. })));
+        assert!(matches!(
+            KnownDefects::from_json(&verdict),
+            Err(DefectError::BadValue { field: "kernel_verdict", .. })
+        ));
         let evidence = ONE.replace("WARNING: CPU: 0 PID: 1 at mm/memremap.c in the guest log", " ");
         assert!(matches!(KnownDefects::from_json(&evidence), Err(DefectError::NoEvidence(0))));
         let typo = ONE.replace("\"fix\"", "\"fixed\"");

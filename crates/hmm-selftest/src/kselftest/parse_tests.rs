@@ -213,7 +213,10 @@ fn the_models_own_kselftest_output_reads_back() {
     assert_eq!(run.results[1].verdict, Some(Verdict::Fail));
     assert_eq!(
         run.results[1].assertions,
-        [Assertion { at: "src/suite/migrate.rs:27".into(), message: "the command failed: ENOENT: no such file".into() }]
+        [Assertion {
+            at: "src/suite/migrate.rs:27".into(),
+            message: "the command failed: ENOENT: no such file".into()
+        }]
     );
     assert_eq!(run.totals, Some(Totals { pass: 1, fail: 1, ..Totals::default() }));
 }

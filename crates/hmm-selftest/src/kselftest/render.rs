@@ -152,7 +152,10 @@ mod tests {
         let mut writer = Writer::begin(|line: &str| lines.push(line.to_string()), 1, 1);
         writer.test("hmm.hmm_device_private.open_close", "open_close", &report(Outcome::Passed, &[]));
         assert!(writer.finish());
-        assert_eq!(lines[lines.len() - 2..], ["# PASSED: 1 / 1 tests passed.", "# Totals: pass:1 fail:0 xfail:0 xpass:0 skip:0 error:0"]);
+        assert_eq!(
+            lines[lines.len() - 2..],
+            ["# PASSED: 1 / 1 tests passed.", "# Totals: pass:1 fail:0 xfail:0 xpass:0 skip:0 error:0"]
+        );
     }
 
     #[test]

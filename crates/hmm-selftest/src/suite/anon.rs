@@ -188,12 +188,12 @@ pub(crate) fn anon_write_hugetlbfs(ctx: &Ctx) -> Verdict {
     let default_hugepage = hmm_types::PMD_SIZE;
     let stats = ctx.kernel.phys().hugetlb_stats(hmm_types::PageSize::Size2M);
     if stats.free <= stats.reserved {
-        skip!("no free default-size huge pages");
+        skip!("Not enough huge pages");
     }
     let size = TWOMEG.next_multiple_of(default_hugepage);
     let cpu = ctx.cpu();
     let Ok(ptr) = cpu.mmap(size, Prot::RW, ANON | MapFlags::HUGETLB) else {
-        skip!("could not allocate a huge page");
+        skip!("Huge page could not be allocated");
     };
     let npages = size >> ctx.page_shift;
     let mut buffer = ctx.buffer_at(ptr, size)?;

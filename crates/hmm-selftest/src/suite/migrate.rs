@@ -11,7 +11,7 @@ use crate::harness::{
     ANON, HMM_BUFFER_SIZE, NTIMES, SHARED_ANON, SIGKILL,
 };
 use crate::verdict::Verdict;
-use crate::{check, check_eq, ok};
+use crate::{check, check_eq, ok, skip};
 
 fn npages(ctx: &Ctx) -> u64 {
     HMM_BUFFER_SIZE >> ctx.page_shift
@@ -154,8 +154,12 @@ pub(crate) fn double_map(ctx: &Ctx) -> Verdict {
 }
 
 /// Test 28: GUP and pins of device pages: plain GUP migrates device-private
-/// pages only; long-term pins migrate every device page.
+/// pages only; long-term pins migrate every device page. Skips without
+/// the `gup_test` debugfs file, as Linux's does.
 pub(crate) fn hmm_gup_test(ctx: &Ctx) -> Verdict {
+    if !ctx.gup_test {
+        skip!("Skipping test, could not find gup_test driver");
+    }
     let npages = 4;
     let page = ctx.page_size;
     let cpu = ctx.cpu();

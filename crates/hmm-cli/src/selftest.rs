@@ -1,4 +1,4 @@
-//! `hmm selftest [FILTER]`: runs the conformance suite (`hmm-selftest`)
+//! `hmm selftest [FILTER...]`: runs the conformance suite (`hmm-selftest`)
 //! configured as the reference guest is (`--thp`, `--fs`), one line per
 //! test and a last line with the totals, or (`--format kselftest`) exactly
 //! as the kernel's `hmm-tests` binary prints; `--compare FILE` runs the
@@ -73,9 +73,11 @@ pub enum Format {
 /// Arguments of `hmm selftest`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Run only the tests whose full name contains this
-    /// (e.g. `migrate`, `hmm2.`, `device_coherent`, `dax.`).
-    filter: Option<String>,
+    /// Run only the tests whose full name contains one of these
+    /// (e.g. `migrate`, `hmm2.`, `device_coherent`, `dax.`); a full name
+    /// (`hmm.hmm_device_private.anon_read`) selects that test only. With
+    /// --compare: the tests the guest ran, if it ran a subset.
+    filter: Vec<String>,
     /// List the matching tests instead of running them.
     #[arg(long)]
     list: bool,
@@ -121,6 +123,19 @@ impl Args {
             ..Setup::default()
         }
     }
+    /// True if `name` is selected by the filters (all are without any): a
+    /// filter that is a test's full name selects that test only, any other
+    /// every test whose name contains it.
+    fn selects(&self, name: &str) -> bool {
+        let full_names: Vec<String> = instances(None).iter().map(Instance::name).collect();
+        self.filter.is_empty()
+            || self.filter.iter().any(|f| if full_names.contains(f) { name == f } else { name.contains(f.as_str()) })
+    }
+
+    fn filter_text(&self) -> String {
+        self.filter.join(" ")
+    }
+
     fn configuration(&self) -> String {
         let coherent = if self.no_coherent { ", no coherent devices" } else { "" };
         let gup = if self.no_gup_test { ", no gup_test" } else { "" };
@@ -134,13 +149,13 @@ pub fn run(args: &Args, out: &Out) -> Result<bool, DemoError> {
     if let Some(path) = &args.compare {
         return compare(args, path, out);
     }
-    let filter = args.filter.as_deref();
-    let selected = match args.format {
-        Format::Human => instances(filter),
-        Format::Kselftest => kselftest_instances(filter),
+    let all = match args.format {
+        Format::Human => instances(None),
+        Format::Kselftest => kselftest_instances(None),
     };
+    let selected: Vec<Instance> = all.into_iter().filter(|i| args.selects(&i.name())).collect();
     if selected.is_empty() {
-        return Err(DemoError(format!("no test matches {:?}; `hmm selftest --list` shows them", filter.unwrap_or(""))));
+        return Err(DemoError(format!("no test matches {:?}; `hmm selftest --list` shows them", args.filter_text())));
     }
     if args.list {
         for instance in &selected {
@@ -208,13 +223,10 @@ fn compare(args: &Args, path: &std::path::Path, out: &Out) -> Result<bool, DemoE
         None => KnownDefects::builtin(),
     }
     .map_err(|e| DemoError(e.to_string()))?;
-    let filter = args.filter.as_deref();
-    if let Some(f) = filter {
-        kernel.results.retain(|r| r.name.contains(f));
-    }
-    let selected = kselftest_instances(filter);
+    kernel.results.retain(|r| args.selects(&r.name));
+    let selected: Vec<Instance> = kselftest_instances(None).into_iter().filter(|i| args.selects(&i.name())).collect();
     if selected.is_empty() {
-        return Err(DemoError(format!("no kernel test matches {:?}", filter.unwrap_or(""))));
+        return Err(DemoError(format!("no kernel test matches {:?}", args.filter_text())));
     }
     describe_kernel_run(&kernel, path, out);
     out.line(&format!("model: {} tests ({})", selected.len(), args.configuration()));

@@ -126,3 +126,22 @@ fn input_that_is_not_a_run_is_refused_clearly() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot read /nonexistent/guest.log"), "{err}");
 }
+
+#[test]
+fn several_filters_select_the_tests_the_guest_ran() {
+    // The guest ran only open_close and anon_read of the private variant.
+    let text = "\
+TAP version 13
+1..2
+ok 1 hmm.hmm_device_private.open_close
+ok 2 hmm.hmm_device_private.anon_read
+";
+    let file = Scratch::new("subset", text);
+    // Full names select those tests only (anon_read is part of other names).
+    let args =
+        ["selftest", "--compare", file.path(), "open_close", "hmm.hmm_device_private.anon_read", "--thp", "never"];
+    let (code, out, err) = hmm(&args);
+    assert_eq!(code, 1, "open_close also selects the coherent variant, which the guest did not run: {out}{err}");
+    assert!(out.contains("3 tests: 2 same verdict, 0 known kernel defects, 1 mismatches"), "{out}");
+    assert!(!out.contains("anon_read_prot"), "{out}");
+}

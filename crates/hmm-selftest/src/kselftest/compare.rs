@@ -5,6 +5,8 @@
 //! errnos compared, as information: the kernel's assertion
 //! (`Expected ret (-2) == 0 (0)`) and the model's (`the command failed:
 //! ENOENT`) are written differently, the errno they saw is comparable.
+//! Kernel log lines showing trouble (a WARN, a BUG, an oops, a leak) while
+//! a test ran are shown even when the verdicts agree.
 
 use hmm_types::Errno;
 
@@ -115,6 +117,10 @@ pub fn compare(
         if let Some(r) = result {
             if same {
                 info.extend(same_verdict_info(r, outcome));
+                // A kernel defect can hide behind an agreeing verdict.
+                info.extend(
+                    r.kernel_log.iter().filter(|l| is_kernel_trouble(l)).take(3).map(|l| format!("kernel log: {l}")),
+                );
             }
         }
         rows.push(Row {
@@ -149,6 +155,13 @@ pub fn compare(
         .map(|(index, _)| index)
         .collect();
     Comparison { rows, unused_defects }
+}
+
+/// A kernel log line that shows something went wrong in the kernel.
+fn is_kernel_trouble(line: &str) -> bool {
+    ["WARNING:", "BUG:", "Oops", "kernel BUG", "general protection fault", "leak", "Call Trace:"]
+        .iter()
+        .any(|marker| line.contains(marker))
 }
 
 /// What differs between two skips or two failures.

@@ -19,6 +19,8 @@ not ok 1 hmm.hmm_device_private.migrate
 #            OK  hmm.hmm_device_private.compound
 ok 2 hmm.hmm_device_private.compound # SKIP Not enough huge pages
 #  RUN           hmm.hmm_device_private.open_close ...
+[   20.000000] test_hmm: opened
+[   20.000100] WARNING: CPU: 1 PID: 99 at mm/memremap.c:191 memremap_pages+0x2a/0x40
 #            OK  hmm.hmm_device_private.open_close
 ok 3 hmm.hmm_device_private.open_close
 #  RUN           hmm.hmm_device_coherent.migrate ...
@@ -146,4 +148,18 @@ fn observed_errnos_are_read_from_both_sides_messages() {
     );
     assert_eq!(model_observed_errno("x == Err(Errno::Inval): Err(NoEnt) != Err(Inval)"), Some(2));
     assert_eq!(model_observed_errno("(cpages, faults): (3, 1) != (4, 1)"), None);
+}
+
+#[test]
+fn kernel_trouble_behind_an_agreeing_verdict_is_shown() {
+    let kernel = parse(KERNEL).unwrap();
+    let mut model = model();
+    model[2].1 = Outcome::Passed;
+    let comparison = compare(&kernel, &model, &KnownDefects::default(), "always", "tmpfs");
+    let open_close = row(&comparison, "hmm.hmm_device_private.open_close");
+    assert_eq!(open_close.agreement, Agreement::Same);
+    assert_eq!(
+        open_close.info,
+        ["kernel log: [   20.000100] WARNING: CPU: 1 PID: 99 at mm/memremap.c:191 memremap_pages+0x2a/0x40"]
+    );
 }

@@ -177,7 +177,11 @@ fn same_verdict_info(kernel: &super::TestResult, model: &Outcome) -> Vec<String>
             }
         }
         Outcome::Failed(why) => {
-            let kernel_errno = kernel.assertions.first().and_then(|a| kernel_observed_errno(&a.message));
+            // The "kernel" run may be the model's own kselftest output.
+            let kernel_errno = kernel
+                .assertions
+                .first()
+                .and_then(|a| kernel_observed_errno(&a.message).or_else(|| model_observed_errno(&a.message)));
             match (kernel_errno, model_observed_errno(why)) {
                 (Some(k), Some(m)) if k == m => info.push(format!("both failed seeing {}", errno_text(k))),
                 (Some(k), Some(m)) => {

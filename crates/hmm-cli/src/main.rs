@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     // a divergence) it has already printed.
     let result = match cli.command {
         Command::Demo { which } => demo::run(which, &out).map(|()| true),
-        Command::Selftest(args) => selftest::run(&args, &out).map(|()| true),
+        Command::Selftest(args) => selftest::run(&args, &out),
         Command::Bench(args) => bench::run(args, &out).map(|()| true).map_err(|e| demo::DemoError(e.to_string())),
         Command::Run(args) => scenario::run(&args, &out),
         Command::Diff(args) => scenario::diff(&args, &out),

@@ -6,16 +6,21 @@
 //!
 //! [`cases`] lists the tests; [`run`] runs those matching a filter and
 //! reports each result; `hmm selftest` and `cargo test -p hmm-selftest`
-//! both use it.
+//! both use it. [`Setup`] configures a run as the reference guest is
+//! configured (THP mode, what `/tmp` is); [`kselftest`] prints a run in
+//! the kernel harness's TAP format, parses the kernel binary's output and
+//! compares the two test by test.
 
 mod harness;
+pub mod kselftest;
 mod suite;
 mod verdict;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-pub use harness::{Ctx, Setup, Variant};
+pub use harness::{Ctx, FileSystem, Setup, Variant};
+pub use hmm_mm::ThpMode;
 pub use verdict::{Fail, Verdict};
 
 /// Which fixture a test uses.
@@ -118,6 +123,26 @@ pub fn instances(filter: Option<&str>) -> Vec<Instance> {
         .flat_map(|case| case.fixture.variants().iter().map(move |&variant| Instance { case, variant }))
         .filter(|instance| filter.is_none_or(|f| instance.name().contains(f)))
         .collect()
+}
+
+/// The kernel's tests (fixtures `hmm` and `hmm2`, no DAX tests) whose
+/// name contains `filter`, in the order the kselftest harness runs them:
+/// fixture by fixture (in source order), variant by variant, then test by
+/// test in source order.
+pub fn kselftest_instances(filter: Option<&str>) -> Vec<Instance> {
+    let rank = |instance: &Instance| {
+        let fixture = match instance.case.fixture {
+            Fixture::Hmm => 0,
+            Fixture::Hmm2 => 1,
+            Fixture::Dax => 2,
+        };
+        let variant = Variant::ALL.iter().position(|&v| v == instance.variant).unwrap_or(usize::MAX);
+        (fixture, variant)
+    };
+    let mut kernel: Vec<_> = instances(filter).into_iter().filter(|i| i.case.fixture != Fixture::Dax).collect();
+    // Stable: within a (fixture, variant) the tests keep source order.
+    kernel.sort_by_key(rank);
+    kernel
 }
 
 /// What running one instance gave.

@@ -1,7 +1,8 @@
 //! The selftest harness, as `hmm-tests.c` sets it up: a machine (one
-//! default-size hugetlb page reserved, THP on request), the dmirror module,
-//! a process, one or two open devices, buffers of `int`s, the
-//! `hmm_dmirror_cmd` wrapper and `fork` (spec §6.1).
+//! default-size hugetlb page reserved, the run's THP mode), the dmirror
+//! module, a process, one or two open devices, buffers of `int`s, the
+//! `hmm_dmirror_cmd` wrapper, `hmm_create_file` on the run's `/tmp` and
+//! `fork` (spec §6.1).
 
 use std::sync::Arc;
 
@@ -14,10 +15,14 @@ use crate::verdict::{Fail, Verdict};
 
 mod fork;
 mod process;
+mod tmpfile;
 
 pub use fork::{check_exited_ok, Child, ChildHandle, ExitStatus, SIGKILL};
 use process::mm_fail;
 pub use process::{check_ints, Process};
+pub(crate) use tmpfile::Backing;
+pub use tmpfile::FileSystem;
+use tmpfile::Tmp;
 
 /// `HMM_BUFFER_SIZE`.
 pub const HMM_BUFFER_SIZE: u64 = 1024 << 12;
@@ -65,18 +70,31 @@ impl Variant {
     }
 }
 
-/// How the machine and module are set up for a run.
+/// How the machine and module are set up for a run, as the reference
+/// guest is configured before it runs `hmm-tests`.
 #[derive(Clone, Debug)]
 pub struct Setup {
     /// Load the coherent devices (2 and 3).
     pub coherent: bool,
     /// System RAM.
     pub ram_bytes: u64,
+    /// `/sys/kernel/mm/transparent_hugepage/enabled`. No test of
+    /// `hmm-tests.c` reads it (`read_pmd_pagesize` reads `hpage_pmd_size`,
+    /// there under every mode), so every test runs the same steps under
+    /// every mode; what changes is what the kernel does with them.
+    pub thp: ThpMode,
+    /// What `/tmp` is, where the file tests make their file.
+    pub fs: FileSystem,
+    /// `/sys/kernel/debug/gup_test` exists (`CONFIG_GUP_TEST`, debugfs
+    /// mounted); without it `hmm_gup_test` skips.
+    pub gup_test: bool,
 }
 
 impl Default for Setup {
+    /// Linux's defaults for the selftest's machine: THP `madvise` (as this
+    /// host and Debian ship), `/tmp` on tmpfs.
     fn default() -> Self {
-        Self { coherent: true, ram_bytes: 2 << 30 }
+        Self { coherent: true, ram_bytes: 2 << 30, thp: ThpMode::Madvise, fs: FileSystem::Tmpfs, gup_test: true }
     }
 }
 
@@ -123,8 +141,12 @@ pub struct Ctx {
     pub page_size: u64,
     /// `ffs(page_size) - 1`.
     pub page_shift: u32,
+    /// The `gup_test` driver can be opened.
+    pub gup_test: bool,
     /// Lines the test prints (kselftest's `# ...` output).
     notes: std::sync::Mutex<Vec<String>>,
+    /// `/tmp`.
+    tmp: Tmp,
 }
 
 impl Ctx {
@@ -134,7 +156,7 @@ impl Ctx {
     pub fn new(setup: &Setup, variant: Variant, devices: usize) -> Result<Self, Fail> {
         let config = KernelConfig {
             ram_bytes: setup.ram_bytes,
-            thp: ThpMode::Madvise,
+            thp: setup.thp,
             use_huge_zero_page: true,
             hugetlb_2m_pages: 1,
             hugetlb_1g_pages: 0,
@@ -169,7 +191,9 @@ impl Ctx {
             fd1: files.next(),
             page_size: PAGE_SIZE,
             page_shift: PAGE_SIZE.trailing_zeros(),
+            gup_test: setup.gup_test,
             notes: std::sync::Mutex::new(Vec::new()),
+            tmp: Tmp::new(setup.fs),
         })
     }
 
@@ -211,12 +235,24 @@ impl Ctx {
         Ok(HmmBuffer { ptr, mirror, size, cpages: 0, faults: 0 })
     }
 
+    /// `hmm_create_file(size)`: an unnamed file of `size` bytes in the
+    /// run's `/tmp` (tmpfs or fs-dax).
+    pub fn create_file(&self, size: u64) -> Result<hmm_mm::fs::File, Fail> {
+        self.tmp.create_file(&self.kernel, size)
+    }
+
+    /// What `/tmp` is in this run.
+    pub fn tmp_fs(&self) -> FileSystem {
+        self.tmp.fs()
+    }
+
     /// The test's teardown: every file closed (`close() == 0`), then the
-    /// process exits.
+    /// process exits, then `/tmp`'s DAX file system (if any) goes.
     pub fn teardown(mut self) {
         drop(self.fd1.take());
         drop(self.fd.take());
         self.process.mm.exit();
+        self.tmp.unmount();
     }
 
     /// `fork()`: the child runs `child` in its own thread; the parent gets a

@@ -14,6 +14,10 @@ use crate::harness::{
 use crate::verdict::Verdict;
 use crate::{check, check_eq, ok, skip};
 
+/// The device a forked child opens: Linux's tests open
+/// `/dev/hmm_dmirror0` (device-private) in the child on both variants.
+const CHILD_DEVICE: usize = 0;
+
 fn npages(ctx: &Ctx) -> u64 {
     HMM_BUFFER_SIZE >> ctx.page_shift
 }
@@ -113,7 +117,8 @@ pub(crate) fn anon_write_child(ctx: &Ctx) -> Verdict {
                 check_ok(hmm_migrate_sys_to_dev(ctx.fd(), &mut buffer, npages))?;
                 check_eq!(buffer.cpages, npages);
             }
-            let device = ctx.variant.first_device();
+            // The child opens device 0 whatever the variant (`hmm_open(0)`).
+            let device = CHILD_DEVICE;
             let child = ctx.fork(move |child| {
                 let cpu = &child.process;
                 check_ints("child ptr", &cpu.read_ints(buffer.ptr, buffer.ints())?, |i| i as i32)?;
@@ -146,7 +151,8 @@ pub(crate) fn anon_write_child_shared(ctx: &Ctx) -> Verdict {
     let buffer = ctx.buffer(npages << ctx.page_shift, Prot::RW, SHARED_ANON)?;
     cpu.write_ints(buffer.ptr, buffer.ints(), |i| i as i32)?;
     cpu.write_ints(buffer.mirror, buffer.ints(), |i| -(i as i32))?;
-    let device = ctx.variant.first_device();
+    // The child opens device 0 whatever the variant (`hmm_open(0)`).
+    let device = CHILD_DEVICE;
     let child = ctx.fork(move |child| {
         let cpu = &child.process;
         check_ints("child ptr", &cpu.read_ints(buffer.ptr, buffer.ints())?, |i| i as i32)?;
@@ -182,12 +188,12 @@ pub(crate) fn anon_write_hugetlbfs(ctx: &Ctx) -> Verdict {
     let default_hugepage = hmm_types::PMD_SIZE;
     let stats = ctx.kernel.phys().hugetlb_stats(hmm_types::PageSize::Size2M);
     if stats.free <= stats.reserved {
-        skip!("no free default-size huge pages");
+        skip!("Not enough huge pages");
     }
     let size = TWOMEG.next_multiple_of(default_hugepage);
     let cpu = ctx.cpu();
     let Ok(ptr) = cpu.mmap(size, Prot::RW, ANON | MapFlags::HUGETLB) else {
-        skip!("could not allocate a huge page");
+        skip!("Huge page could not be allocated");
     };
     let npages = size >> ctx.page_shift;
     let mut buffer = ctx.buffer_at(ptr, size)?;
@@ -197,21 +203,13 @@ pub(crate) fn anon_write_hugetlbfs(ctx: &Ctx) -> Verdict {
     check_ints("ptr", &cpu.read_ints(buffer.ptr, buffer.ints())?, |i| i as i32)
 }
 
-/// A 4 MiB unnamed tmpfs file (`O_TMPFILE`).
-fn tmpfile(ctx: &Ctx, name: &str, size: u64) -> Result<hmm_mm::fs::File, crate::Fail> {
-    let tmpfs = ctx.kernel.tmpfs();
-    let file = ok!(tmpfs.create(name));
-    ok!(tmpfs.unlink(name));
-    ok!(file.ftruncate(size));
-    Ok(file)
-}
-
-/// Test 10: The device reads a shared file mapping.
+/// Test 10: The device reads a shared mapping of a file in `/tmp` (tmpfs or
+/// fs-dax, as the run is set up).
 pub(crate) fn file_read(ctx: &Ctx) -> Verdict {
     let npages = npages(ctx);
     let size = npages << ctx.page_shift;
     let cpu = ctx.cpu();
-    let file = tmpfile(ctx, "hmm-file-read", size)?;
+    let file = ctx.create_file(size)?;
     let pattern: Vec<u8> = (0..size / 4).flat_map(|i| (i as i32).to_le_bytes()).collect();
     check_eq!(ok!(file.pwrite(0, &pattern)), size as usize);
     let ptr = ok!(cpu.mm.mmap_file(0, size, Prot::READ, MapFlags::SHARED, &file, 0));
@@ -221,12 +219,13 @@ pub(crate) fn file_read(ctx: &Ctx) -> Verdict {
     check_ints("mirror", &cpu.read_ints(buffer.mirror, buffer.ints())?, |i| i as i32)
 }
 
-/// Test 11: The device writes a shared file mapping; the file has the data.
+/// Test 11: The device writes a shared mapping of a file in `/tmp`; the file
+/// has the data.
 pub(crate) fn file_write(ctx: &Ctx) -> Verdict {
     let npages = npages(ctx);
     let size = npages << ctx.page_shift;
     let cpu = ctx.cpu();
-    let file = tmpfile(ctx, "hmm-file-write", size)?;
+    let file = ctx.create_file(size)?;
     let ptr = ok!(cpu.mm.mmap_file(0, size, Prot::RW, MapFlags::SHARED, &file, 0));
     let mut buffer = ctx.buffer_at(ptr, size)?;
     cpu.write_ints(buffer.mirror, buffer.ints(), |i| i as i32)?;

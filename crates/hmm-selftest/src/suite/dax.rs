@@ -7,8 +7,6 @@
 //!
 //! Each test formats a fresh 64 MiB pmem device backed by a temporary file.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hmm_dmirror::uapi::{prot, HMM_DMIRROR_READ, HMM_DMIRROR_SNAPSHOT, HMM_DMIRROR_WRITE};
@@ -19,33 +17,17 @@ use hmm_mm::{Kernel, KernelConfig};
 use hmm_types::{Errno, MapFlags, PageSize, Prot, PMD_SIZE, PUD_SIZE};
 
 use super::anon::check_counts;
-use crate::harness::{check_ints, check_ok, hmm_dmirror_cmd, Ctx, HmmBuffer};
+use crate::harness::{check_ints, check_ok, hmm_dmirror_cmd, Backing, Ctx, HmmBuffer};
 use crate::verdict::Verdict;
 use crate::{check, check_eq, ok, Fail};
 
 const PMEM_BYTES: u64 = 64 << 20;
 const FILE_BYTES: u64 = 2 * PMD_SIZE;
 
-/// The pmem backing file, removed when dropped.
-struct Backing(PathBuf);
-
-impl Drop for Backing {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A path for a new backing file, unique to this process and call.
-fn scratch_path() -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("hmm-selftest-{}-{n}.pmem", std::process::id()))
-}
-
 /// A fresh DAX filesystem with one 4 MiB file mapped shared at a PMD
 /// boundary (MAP_SYNC with `sync`) and a buffer over it.
 fn dax_file(ctx: &Ctx, sync: bool) -> Result<(Backing, DaxFs, File, HmmBuffer), Fail> {
-    let backing = Backing(scratch_path());
+    let backing = Backing::scratch();
     let fs = ok!(DaxFs::format(&ctx.kernel, &backing.0, PMEM_BYTES));
     let file = ok!(fs.create("mirrored"));
     ok!(file.ftruncate(FILE_BYTES));

@@ -11,7 +11,7 @@ use crate::harness::{
     ANON, HMM_BUFFER_SIZE, NTIMES, SHARED_ANON, SIGKILL,
 };
 use crate::verdict::Verdict;
-use crate::{check, check_eq, ok};
+use crate::{check, check_eq, ok, skip};
 
 fn npages(ctx: &Ctx) -> u64 {
     HMM_BUFFER_SIZE >> ctx.page_shift
@@ -34,15 +34,13 @@ pub(crate) fn migrate(ctx: &Ctx) -> Verdict {
     fill_and_migrate(ctx, &mut buffer, npages)
 }
 
-/// Test 13: The COW copies of a private file mapping are anonymous: they move.
+/// Test 13: The COW copies of a private mapping of a file in `/tmp` are
+/// anonymous: they move.
 pub(crate) fn migrate_file_private(ctx: &Ctx) -> Verdict {
     let npages = npages(ctx);
     let size = npages << ctx.page_shift;
     let cpu = ctx.cpu();
-    let tmpfs = ctx.kernel.tmpfs();
-    let file = ok!(tmpfs.create("hmm-migrate-file-private"));
-    ok!(tmpfs.unlink("hmm-migrate-file-private"));
-    ok!(file.ftruncate(size));
+    let file = ctx.create_file(size)?;
     let ptr = ok!(cpu.mm.mmap_file(0, size, Prot::RW, MapFlags::PRIVATE, &file, 0));
     let mut buffer = ctx.buffer_at(ptr, size)?;
     fill_and_migrate(ctx, &mut buffer, npages)
@@ -156,8 +154,12 @@ pub(crate) fn double_map(ctx: &Ctx) -> Verdict {
 }
 
 /// Test 28: GUP and pins of device pages: plain GUP migrates device-private
-/// pages only; long-term pins migrate every device page.
+/// pages only; long-term pins migrate every device page. Skips without
+/// the `gup_test` debugfs file, as Linux's does.
 pub(crate) fn hmm_gup_test(ctx: &Ctx) -> Verdict {
+    if !ctx.gup_test {
+        skip!("Skipping test, could not find gup_test driver");
+    }
     let npages = 4;
     let page = ctx.page_size;
     let cpu = ctx.cpu();

@@ -78,4 +78,26 @@ mod tests {
         assert_eq!(kernel.iter().filter(|c| c.fixture == crate::Fixture::Hmm2).count(), 3);
         assert_eq!(crate::instances(None).iter().filter(|i| i.case.fixture != crate::Fixture::Dax).count(), 78);
     }
+
+    #[test]
+    fn the_kselftest_order_is_fixture_then_variant_then_source_order() {
+        let names: Vec<String> = crate::kselftest_instances(None).iter().map(|i| i.name()).collect();
+        assert_eq!(names.len(), 78);
+        assert_eq!(names[0], "hmm.hmm_device_private.open_close");
+        assert_eq!(names[35], "hmm.hmm_device_private.userfaultfd_read");
+        assert_eq!(names[36], "hmm.hmm_device_coherent.open_close");
+        assert_eq!(names[71], "hmm.hmm_device_coherent.userfaultfd_read");
+        assert_eq!(
+            names[72..],
+            [
+                "hmm2.hmm2_device_private.migrate_mixed",
+                "hmm2.hmm2_device_private.snapshot",
+                "hmm2.hmm2_device_private.double_map",
+                "hmm2.hmm2_device_coherent.migrate_mixed",
+                "hmm2.hmm2_device_coherent.snapshot",
+                "hmm2.hmm2_device_coherent.double_map",
+            ]
+        );
+        assert!(crate::kselftest_instances(Some("dax.")).is_empty(), "the DAX tests are not the kernel's");
+    }
 }

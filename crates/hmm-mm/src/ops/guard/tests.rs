@@ -260,3 +260,25 @@ fn guards_do_not_split_the_vma_and_it_still_merges() {
     assert_eq!(guard.len(), 1);
     assert!(guard.lookup(va + 3 * P).unwrap().flags.contains(VmFlags::MAYBE_GUARD));
 }
+
+#[test]
+fn migrate_vma_does_not_collect_a_guard_page() {
+    // Linux 7.3 delta §7.4: `migrate_vma_setup` leaves a guard page's src
+    // at 0 (a marker is neither a hole nor a page), next to a collected
+    // page and a collected hole.
+    use crate::device::{MigrateSelect, MigrateVma, MIGRATE_PFN_MIGRATE};
+    let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+    let va = mm.mmap(0, 3 * P, Prot::RW, ANON).unwrap();
+    mm.write_u64(va, 1).unwrap();
+    install(&mm, va + P, P).unwrap();
+    let guard = mm.mmap_read();
+    let mut migrate = MigrateVma::new(va, va + 3 * P, hmm_types::Owner(9), MigrateSelect::SYSTEM);
+    migrate.setup(guard.locked()).unwrap();
+    let collected: Vec<bool> = migrate.src.iter().map(|&w| w & MIGRATE_PFN_MIGRATE != 0).collect();
+    assert_eq!(collected, [true, false, true]);
+    assert_eq!(migrate.src[1], 0);
+    migrate.finalize(guard.locked());
+    drop(guard);
+    assert_eq!(mm.read_u64(va), Ok(1));
+    assert!(is_guard_segv(mm.read_u64(va + P)));
+}

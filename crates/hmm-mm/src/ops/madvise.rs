@@ -286,6 +286,9 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
         return Err(MmError::Invalid("MADV_COLLAPSE of a range inside one 2 MiB block"));
     }
     let mut block = (start + PMD_SIZE - 1) & !(PMD_SIZE - 1);
+    // A block holding a guard page cannot collapse; Linux goes on with the
+    // next blocks and reports EINVAL at the end.
+    let mut guarded = false;
     while block + PMD_SIZE <= end {
         let vma = guard.lookup(block).expect("range checked as mapped");
         if !vma.is_anonymous() || vma.flags.contains(VmFlags::NOHUGEPAGE) {
@@ -318,6 +321,7 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
             })
             .is_continue();
         if !collapsible {
+            guarded |= super::guard::has_guard_page(mm, block, block + PMD_SIZE);
             block += PMD_SIZE;
             continue;
         }
@@ -354,6 +358,9 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
         hmm_pagetable::TableStore::free_table(mm.pgtable().store(), table.pfn().0);
         gather.free_now(phys);
         block += PMD_SIZE;
+    }
+    if guarded {
+        return Err(MmError::Invalid("MADV_COLLAPSE of a block holding a guard page"));
     }
     Ok(())
 }

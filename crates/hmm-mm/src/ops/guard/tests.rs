@@ -282,3 +282,25 @@ fn migrate_vma_does_not_collect_a_guard_page() {
     assert_eq!(mm.read_u64(va), Ok(1));
     assert!(is_guard_segv(mm.read_u64(va + P)));
 }
+
+#[test]
+fn collapse_of_a_block_with_a_guard_page_is_einval_after_the_other_blocks() {
+    // Linux 6.18 on the host: two written 2 MiB blocks (4K pages), a
+    // guard page in the first: MADV_COLLAPSE over both = EINVAL and the
+    // second block is a THP; a block holding only a guard page = EINVAL;
+    // after GUARD_REMOVE the first block collapses.
+    let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+    let va = mm.mmap(0x4000_0000, 2 * PMD_SIZE, Prot::RW, ANON).unwrap();
+    mm.write_u64(va, 1).unwrap();
+    mm.write_u64(va + PMD_SIZE, 2).unwrap();
+    install(&mm, va + P, P).unwrap();
+    assert_eq!(mm.madvise(va, 2 * PMD_SIZE, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
+    assert_eq!((leaf(&mm, va).0, leaf(&mm, va + PMD_SIZE).0), (Level::Pte, Level::Pmd));
+    assert_eq!(mm.read_u64(va), Ok(1));
+    let only = mm.mmap(0x8000_0000, PMD_SIZE, Prot::RW, ANON).unwrap();
+    install(&mm, only + P, P).unwrap();
+    assert_eq!(mm.madvise(only, PMD_SIZE, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
+    remove(&mm, va + P, P).unwrap();
+    mm.madvise(va, PMD_SIZE, MadviseAdvice::Collapse).unwrap();
+    assert_eq!((leaf(&mm, va).0, mm.read_u64(va)), (Level::Pmd, Ok(1)));
+}

@@ -80,8 +80,9 @@ pub(crate) fn handle_fault(mm: &Mm, vmas: &VmaTree, vma: &Vma, va: u64, flags: F
     }
     let va = va & !(hmm_types::PAGE_SIZE - 1);
     // A guard page faults whatever backs the VMA, before any userfaultfd
-    // or backing-specific handling (`handle_pte_marker`).
-    if crate::ops::is_guard_page(mm, va) {
+    // or backing-specific handling (`handle_pte_marker`). Only a VMA that
+    // ever had guards installed can hold one (`VM_MAYBE_GUARD`).
+    if vma.flags.contains(VmFlags::MAYBE_GUARD) && crate::ops::is_guard_page(mm, va) {
         return Err(FaultError::Segv(SegvReason::GuardRegion));
     }
     // A userfaultfd range: here the lock cannot be released, so a fault

@@ -9,6 +9,9 @@ pub enum SegvReason {
     NotMapped,
     /// The mapping does not allow the access (`SEGV_ACCERR`).
     Protection,
+    /// The page is a guard page (MADV_GUARD_INSTALL): `VM_FAULT_SIGSEGV`
+    /// from `handle_pte_marker`, which x86 reports as `SEGV_MAPERR`.
+    GuardRegion,
 }
 
 impl core::fmt::Display for SegvReason {
@@ -16,6 +19,7 @@ impl core::fmt::Display for SegvReason {
         f.write_str(match self {
             Self::NotMapped => "no mapping at this address",
             Self::Protection => "the mapping does not permit this access",
+            Self::GuardRegion => "the page is a guard page",
         })
     }
 }
@@ -79,6 +83,9 @@ pub enum MmError {
     /// A non-blocking invalidation was refused; retry later.
     #[error("try again: an invalidation subscriber refused a non-blocking request")]
     Again,
+    /// The VMA is sealed (mseal) and the operation would change it.
+    #[error("operation not permitted: {0}")]
+    Sealed(&'static str),
     /// The address space has exited.
     #[error("the address space has exited")]
     Exited,
@@ -119,6 +126,7 @@ impl MmError {
             Self::Busy(_) => Errno::Busy,
             Self::Again => Errno::Again,
             Self::Exited => Errno::Srch,
+            Self::Sealed(_) => Errno::Perm,
             Self::BadFile(_) => Errno::BadF,
             Self::NoEntry(_) => Errno::NoEnt,
             Self::Overflow(_) => Errno::Overflow,
@@ -159,5 +167,6 @@ mod tests {
         assert_eq!(MmError::Fault { addr: 0, error: FaultError::Segv(SegvReason::NotMapped) }.errno(), Errno::Fault);
         assert_eq!(MmError::Exists(VaRange::new(0x1000, 0x1000).unwrap()).errno(), Errno::Exist);
         assert_eq!(MmError::Exited.errno(), Errno::Srch);
+        assert_eq!(MmError::Sealed("x").errno(), Errno::Perm);
     }
 }

@@ -19,6 +19,8 @@ pub const PM_PRESENT: u64 = 1 << 63;
 pub const PM_SWAP: u64 = 1 << 62;
 /// File page or shared anonymous (`PM_FILE`, bit 61).
 pub const PM_FILE: u64 = 1 << 61;
+/// A guard page (`PM_GUARD_REGION`, bit 58), reported with `PM_SWAP`.
+pub const PM_GUARD_REGION: u64 = 1 << 58;
 /// Mapped exclusively by this process (`PM_MMAP_EXCLUSIVE`, bit 56).
 pub const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
 /// Bits 0–54: the pfn of a present page, or swap type (0–4) and offset.
@@ -58,6 +60,11 @@ impl Mm {
             }
             let exclusive = if phys.folio_counts(pfn).1 == 1 { PM_MMAP_EXCLUSIVE } else { 0 };
             return Ok(PM_PRESENT | exclusive | file_page(pfn) | frame);
+        }
+        if entry.is_guard_marker() {
+            // Linux 6.18 on the host reads 0x440000000000009f: SWAP and
+            // GUARD_REGION, and the marker as swap type 31, offset 4.
+            return Ok(PM_SWAP | PM_GUARD_REGION | (hmm_pagetable::PTE_MARKER_GUARD << 5 | 31));
         }
         match entry.swap_kind() {
             Some(kind) => {

@@ -130,7 +130,7 @@ impl Vma {
     /// it) and compatible anon_vmas (`can_vma_merge_after`).
     fn can_merge_with_next(&self, next: &Vma) -> bool {
         self.end == next.start
-            && self.flags == next.flags
+            && self.flags - VmFlags::STICKY == next.flags - VmFlags::STICKY
             && self.backing.same_object(&next.backing)
             && self.uffd == next.uffd
             && self.page_index(self.end) == next.pgoff
@@ -169,6 +169,11 @@ impl VmaTree {
     /// The VMA containing `va` (`vma_lookup`).
     pub fn lookup(&self, va: u64) -> Option<&Vma> {
         self.vmas.range(..=va).next_back().map(|(_, v)| v).filter(|v| va < v.end)
+    }
+    /// The VMA containing `va`, mutable: for flag changes that do not
+    /// split it (`vm_flags_set` of a sticky flag).
+    pub(crate) fn lookup_mut(&mut self, va: u64) -> Option<&mut Vma> {
+        self.vmas.range_mut(..=va).next_back().map(|(_, v)| v).filter(|v| va < v.end)
     }
     /// VMAs overlapping `[start, end)`, in order.
     pub fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = &Vma> {
@@ -238,6 +243,7 @@ impl VmaTree {
                     let next = self.vmas.remove(&key).expect("key from the map");
                     let prev = self.vmas.get_mut(&p).expect("key from the map");
                     prev.end = next.end;
+                    prev.flags |= next.flags & VmFlags::STICKY;
                     prev.anon_vma.adopt(&next.anon_vma);
                     continue;
                 }
@@ -315,6 +321,23 @@ mod tests {
         assert_eq!(tree.len(), 3);
         assert_eq!(tree.lookup(0x12fff).unwrap().flags, VmFlags::READ);
         assert_eq!(tree.lookup(0x13000).unwrap().flags, RW);
+    }
+
+    #[test]
+    fn sticky_flags_do_not_stop_a_merge_and_survive_it() {
+        // Linux 7.3 (VM_STICKY within VM_IGNORE_MERGE): a VMA that may hold
+        // guard markers merges with a neighbour that may not, and the
+        // merged VMA may.
+        let mut tree = VmaTree::default();
+        tree.insert(anon(0x10000, 0x20000, RW));
+        tree.insert(anon(0x20000, 0x30000, RW | VmFlags::MAYBE_GUARD));
+        tree.merge_range(0x10000, 0x30000);
+        assert_eq!(tree.len(), 1);
+        assert!(tree.lookup(0x10000).unwrap().flags.contains(VmFlags::MAYBE_GUARD));
+        // A sealed VMA does not merge with an unsealed one.
+        tree.insert(anon(0x30000, 0x40000, RW | VmFlags::SEALED));
+        tree.merge_range(0x30000, 0x40000);
+        assert_eq!(tree.len(), 2);
     }
 
     #[test]

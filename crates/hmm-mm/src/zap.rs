@@ -99,11 +99,19 @@ enum Stop {
     Restart(u64),
 }
 
-/// Clears every entry in `[start, end)` (`unmap_page_range`), splitting huge
-/// leaves that straddle an edge. Runs under the mmap lock (read or write)
+/// Clears every entry in `[start, end)` (`unmap_page_range`), guard
+/// markers included (munmap, exit), splitting huge leaves that straddle
+/// an edge. Runs under the mmap lock (read or write)
 /// and inside an invalidation the caller started.
 pub(crate) fn zap_range(mm: &Mm, start: u64, end: u64, gather: &mut Gather) -> Result<(), MmError> {
     zap_range_if(mm, start, end, gather, |_| true)
+}
+
+/// [`zap_range`] as every zap but munmap's and exit's does it: guard
+/// markers stay (`zap_nonpresent_ptes` drops them only with
+/// `ZAP_FLAG_DROP_MARKER`, which only `unmap_vmas` passes).
+pub(crate) fn zap_range_keep_guards(mm: &Mm, start: u64, end: u64, gather: &mut Gather) -> Result<(), MmError> {
+    zap_range_if(mm, start, end, gather, |entry| !entry.is_guard_marker())
 }
 
 /// Like [`zap_range`], for the entries `wanted` accepts (truncation of a

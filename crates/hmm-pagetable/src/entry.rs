@@ -9,9 +9,14 @@
 //!               bits 12..52 offset (swap slot or pfn)
 //! none:         0
 //! ```
+//! A marker is a non-present PTE of kind [`SwapKind::Marker`] whose offset
+//! holds `PTE_MARKER_*` bits; a guard marker ([`Entry::guard_marker`]) has
+//! [`PTE_MARKER_GUARD`].
+//!
 //! Linux: `pte_present`, `pte_write`, `pte_special`, `pmd_trans_huge`,
 //! `pud_leaf`, `swp_entry_t`, `is_migration_entry`,
-//! `is_device_private_entry`, `is_device_exclusive_entry`.
+//! `is_device_private_entry`, `is_device_exclusive_entry`,
+//! `make_pte_marker`, `is_guard_pte_marker`.
 
 use core::fmt;
 
@@ -31,6 +36,9 @@ const KIND_SHIFT: u32 = 1;
 const KIND_MASK: u64 = 0x1f << KIND_SHIFT;
 const PFN_SHIFT: u32 = 12;
 const PFN_MASK: u64 = ((1 << 52) - 1) & !((1 << PFN_SHIFT) - 1);
+
+/// The marker bit of a guard region's PTE (`PTE_MARKER_GUARD`, bit 2).
+pub const PTE_MARKER_GUARD: u64 = 1 << 2;
 
 /// The kinds of non-present entries (`swp_type` in Linux).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -180,6 +188,21 @@ impl Entry {
             raw |= HUGE;
         }
         Self(raw)
+    }
+
+    /// A guard marker (`make_pte_marker(PTE_MARKER_GUARD)`): a PTE-level
+    /// entry with no page behind it that makes every access fault.
+    #[inline]
+    pub const fn guard_marker() -> Self {
+        Self::swap(SwapKind::Marker, PTE_MARKER_GUARD, false)
+    }
+    /// `is_guard_pte_marker`: a marker entry carrying the guard bit.
+    #[inline]
+    pub const fn is_guard_marker(self) -> bool {
+        !self.is_present()
+            && !self.is_huge()
+            && (self.0 & KIND_MASK) >> KIND_SHIFT == SwapKind::Marker as u64
+            && ((self.0 & PFN_MASK) >> PFN_SHIFT) & PTE_MARKER_GUARD != 0
     }
 
     /// `pte_none`.
@@ -449,6 +472,24 @@ mod tests {
             let e = Entry::swap(kind, 0x1234, false);
             assert!(!e.is_present() && !e.is_none());
             assert_eq!(e.kind(Level::Pte), EntryKind::NonPresent { kind, offset: 0x1234 });
+        }
+    }
+
+    #[test]
+    fn guard_markers_are_recognised_and_nothing_else_is() {
+        let guard = Entry::guard_marker();
+        assert!(guard.is_guard_marker() && !guard.is_none() && !guard.is_present() && guard.is_leaf(Level::Pte));
+        assert_eq!(guard.kind(Level::Pte), EntryKind::NonPresent { kind: SwapKind::Marker, offset: PTE_MARKER_GUARD });
+        assert_ne!(Entry::raw_plain_anomaly(guard.raw()), 0, "not a plain page");
+        // A uffd-wp marker (bit 0), a swap entry with slot 4 and a present
+        // page with frame 4 are not guard markers.
+        for other in [
+            Entry::swap(SwapKind::Marker, 1, false),
+            Entry::swap(SwapKind::Swap, PTE_MARKER_GUARD, false),
+            Entry::present(Pfn(PTE_MARKER_GUARD), LeafFlags::default(), false),
+            Entry::NONE,
+        ] {
+            assert!(!other.is_guard_marker(), "{other:?}");
         }
     }
 

@@ -98,6 +98,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (addr(), len()).prop_map(|(addr, len)| Op::Munmap { addr, len }),
         3 => (addr(), len(), prot()).prop_map(|(addr, len, prot)| Op::Mprotect { addr, len, prot }),
         3 => (addr(), len(), advice()).prop_map(|(addr, len, advice)| Op::Madvise { addr, len, advice }),
+        1 => (addr(), len()).prop_map(|(addr, len)| Op::Mseal { addr, len }),
         2 => (addr(), len(), len(), prop_oneof![Just(0u32), Just(1), Just(3), Just(5), Just(7), Just(2)], proptest::option::of(addr()))
             .prop_map(|(old, old_len, new_len, flags, new_addr)| Op::Mremap { old, old_len, new_len, flags, new_addr }),
         3 => addr().prop_map(|addr| Op::Read { addr }),

@@ -55,6 +55,10 @@ pub struct PageView {
     pub huge: bool,
     /// `PAGE_IS_PFNZERO`: the zero page or the huge zero page.
     pub zero: bool,
+    /// `PM_GUARD_REGION` (bit 58): a guard page (MADV_GUARD_INSTALL),
+    /// reported with `PM_SWAP`.
+    #[serde(default)]
+    pub guard: bool,
 }
 
 /// The result of one operation.
@@ -175,7 +179,7 @@ impl fmt::Display for Shown<'_> {
 }
 
 /// `P` present, `S` swapped, `X` exclusive, `F` file, `H` huge, `Z` zero
-/// page; `-` for none.
+/// page, `G` guard page; `-` for none.
 pub fn page_letters(page: &PageView) -> String {
     let letters: String = [
         (page.present, 'P'),
@@ -184,6 +188,7 @@ pub fn page_letters(page: &PageView) -> String {
         (page.file, 'F'),
         (page.huge, 'H'),
         (page.zero, 'Z'),
+        (page.guard, 'G'),
     ]
     .iter()
     .filter(|(set, _)| *set)
@@ -264,5 +269,7 @@ mod tests {
         assert_eq!(show(&Outcome::Maps(vec![vma])), "w..w+0x1000 rw-p 0x0 anon");
         let p = PageView { present: true, exclusive: true, ..PageView::default() };
         assert_eq!(show(&Outcome::Pages(vec![p, p, PageView::default()])), "2*PX 1*-");
+        let g = PageView { swapped: true, guard: true, ..PageView::default() };
+        assert_eq!(show(&Outcome::Pages(vec![g])), "1*SG");
     }
 }

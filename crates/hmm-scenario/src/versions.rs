@@ -5,7 +5,7 @@
 //! difference. The same table, in prose: docs/version-differences.md.
 
 use crate::lang::ast::{Op, MREMAP_BITS};
-use crate::observe::Outcome;
+use crate::observe::{Outcome, PageView};
 
 /// The Linux release the model follows.
 pub const MODEL_VERSION: (u32, u32) = (7, 3);
@@ -44,6 +44,39 @@ pub const TABLE: &[VersionDifference] = &[
         change: "mm: madvise: implement lightweight guard page mechanism (Lorenzo Stoakes, 2024)",
         explains: |op, model, host| {
             matches!(op, Op::Madvise { advice: 102 | 103, .. }) && matches!(host, Outcome::Errno(22)) && model != host
+        },
+    },
+    VersionDifference {
+        behaviour: "MADV_GUARD_INSTALL on file-backed (shared or private) and read-only mappings; 6.13 and 6.14 \
+                    accept only writable private anonymous memory and reject the rest with EINVAL",
+        since: (6, 15),
+        change: "mm: allow guard regions in file-backed and read-only mappings (Lorenzo Stoakes, 2025)",
+        explains: |op, model, host| {
+            matches!(op, Op::Madvise { advice: 102, .. }) && matches!(host, Outcome::Errno(22)) && model != host
+        },
+    },
+    VersionDifference {
+        behaviour: "/proc/PID/pagemap reports a guard page with PM_GUARD_REGION (bit 58) besides PM_SWAP; \
+                    older kernels set PM_SWAP only",
+        since: (6, 15),
+        change: "fs/proc/task_mmu: add guard region bit to pagemap (Lorenzo Stoakes, 2025)",
+        explains: |op, model, host| match (op, model, host) {
+            (Op::Pagemap { .. }, Outcome::Pages(m), Outcome::Pages(h)) => {
+                m.len() == h.len()
+                    && m != h
+                    && m.iter()
+                        .zip(h)
+                        .all(|(m, h)| m == h || (m.guard && !h.guard && PageView { guard: false, ..*m } == *h))
+            }
+            _ => false,
+        },
+    },
+    VersionDifference {
+        behaviour: "the mseal(2) system call exists; older kernels answer ENOSYS",
+        since: (6, 10),
+        change: "mseal: wire up mseal syscall (Jeff Xu, 2024)",
+        explains: |op, model, host| {
+            matches!(op, Op::Mseal { .. }) && matches!(host, Outcome::Errno(38)) && model != host
         },
     },
 ];
@@ -95,5 +128,26 @@ mod tests {
         assert!(explain((6, 12), &op, &model, &host).is_some());
         assert!(explain((6, 18), &op, &model, &host).is_none(), "6.18 already has the change");
         assert!(explain((6, 12), &op, &model, &Outcome::Errno(22)).is_none(), "another errno is a divergence");
+    }
+
+    #[test]
+    fn guard_and_mseal_entries_apply_to_the_hosts_without_them() {
+        let madvise = |advice| Op::Madvise { addr: Expr::num(0x1000), len: Expr::num(0x1000), advice };
+        let einval = Outcome::Errno(22);
+        assert!(explain((6, 12), &madvise(103), &Outcome::Ok, &einval).is_some());
+        assert!(explain((6, 14), &madvise(102), &Outcome::Ok, &einval).is_some(), "file-backed guards");
+        assert!(explain((6, 14), &madvise(103), &Outcome::Ok, &einval).is_none(), "remove existed");
+        assert!(explain((6, 18), &madvise(102), &Outcome::Ok, &einval).is_none());
+        let pagemap = Op::Pagemap { addr: Expr::num(0x1000), len: Expr::num(0x2000) };
+        let guard = PageView { swapped: true, guard: true, ..PageView::default() };
+        let old = PageView { swapped: true, ..PageView::default() };
+        let (model, host) = (Outcome::Pages(vec![guard, old]), Outcome::Pages(vec![old, old]));
+        assert!(explain((6, 14), &pagemap, &model, &host).is_some());
+        assert!(explain((6, 18), &pagemap, &model, &host).is_none());
+        let other = Outcome::Pages(vec![PageView::default(), old]);
+        assert!(explain((6, 14), &pagemap, &model, &other).is_none(), "not only the guard bit");
+        let mseal = Op::Mseal { addr: Expr::num(0x1000), len: Expr::num(0x1000) };
+        assert!(explain((6, 9), &mseal, &Outcome::Ok, &Outcome::Errno(38)).is_some());
+        assert!(explain((6, 18), &mseal, &Outcome::Ok, &Outcome::Errno(38)).is_none());
     }
 }

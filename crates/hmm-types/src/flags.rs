@@ -148,6 +148,13 @@ bitflags! {
         const UFFD_MISSING = 0x200;
         /// Pure pfn mapping, no `struct page` semantics.
         const PFNMAP = 0x400;
+        /// May hold guard markers (`VM_MAYBE_GUARD`, Linux 6.19+): set by
+        /// MADV_GUARD_INSTALL and never cleared. Sticky: merging ignores it
+        /// and the merged VMA keeps it; fork copies the page tables of a
+        /// VMA carrying it.
+        const MAYBE_GUARD = 0x800;
+        /// Pages locked in memory (`VM_LOCKED`, mlock).
+        const LOCKED = 0x2000;
         /// Memory-mapped I/O.
         const IO = 0x4000;
         /// Not copied on fork.
@@ -170,12 +177,19 @@ bitflags! {
         const HUGEPAGE = 0x20000000;
         /// madvise(MADV_NOHUGEPAGE).
         const NOHUGEPAGE = 0x40000000;
+        /// Sealed by mseal(2) (`VM_SEALED`, bit 63 on 64-bit): the VMA may
+        /// not be unmapped, moved, resized or reprotected, nor (anonymous
+        /// and read-only) discarded by madvise.
+        const SEALED = 1 << 63;
     }
 }
 
 impl VmFlags {
     /// The flags Linux groups as `VM_SPECIAL`.
     pub const SPECIAL: Self = Self::IO.union(Self::DONTEXPAND).union(Self::PFNMAP).union(Self::MIXEDMAP);
+    /// Flags that do not stop two VMAs from merging and that the merged
+    /// VMA keeps if either had them (`VM_STICKY`, within `VM_IGNORE_MERGE`).
+    pub const STICKY: Self = Self::MAYBE_GUARD;
 
     /// The current-access bits for a protection.
     pub fn from_prot(prot: Prot) -> Self {
@@ -226,11 +240,16 @@ pub enum MadviseAdvice {
     PopulateWrite,
     /// `MADV_COLLAPSE` (25): synchronous THP collapse.
     Collapse,
+    /// `MADV_GUARD_INSTALL` (102): make every page of the range a guard
+    /// page (any access faults), discarding what was mapped there.
+    GuardInstall,
+    /// `MADV_GUARD_REMOVE` (103): remove guard markers; the pages are empty.
+    GuardRemove,
 }
 
 impl MadviseAdvice {
     /// Every advice the model knows.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 14] = [
         Self::DontNeed,
         Self::Free,
         Self::DontFork,
@@ -243,6 +262,8 @@ impl MadviseAdvice {
         Self::PopulateRead,
         Self::PopulateWrite,
         Self::Collapse,
+        Self::GuardInstall,
+        Self::GuardRemove,
     ];
 
     /// Parses a raw `MADV_*` number; unknown values are `EINVAL`.
@@ -260,6 +281,8 @@ impl MadviseAdvice {
             22 => Self::PopulateRead,
             23 => Self::PopulateWrite,
             25 => Self::Collapse,
+            102 => Self::GuardInstall,
+            103 => Self::GuardRemove,
             _ => return Err(Errno::Inval),
         })
     }
@@ -298,5 +321,13 @@ mod tests {
         assert_eq!(MadviseAdvice::from_raw(4), Ok(MadviseAdvice::DontNeed));
         assert_eq!(MadviseAdvice::from_raw(25), Ok(MadviseAdvice::Collapse));
         assert_eq!(MadviseAdvice::from_raw(99), Err(Errno::Inval));
+        assert_eq!(MadviseAdvice::from_raw(102), Ok(MadviseAdvice::GuardInstall));
+        assert_eq!(MadviseAdvice::from_raw(103), Ok(MadviseAdvice::GuardRemove));
+        // Every advice round-trips through its number, and ALL lists each once.
+        let numbers: Vec<u32> = (0..200).filter(|&n| MadviseAdvice::from_raw(n).is_ok()).collect();
+        assert_eq!(numbers.len(), MadviseAdvice::ALL.len());
+        for n in numbers {
+            assert!(MadviseAdvice::ALL.contains(&MadviseAdvice::from_raw(n).unwrap()));
+        }
     }
 }

@@ -221,6 +221,8 @@ fn pte(
             }
             SwapKind::Swap | SwapKind::DeviceExclusive => fault(guard, va, seg_end, need),
             k if k.is_device_private() => fault(guard, va, seg_end, need),
+            // A guard page cannot be faulted in (Linux 7.3: EFAULT).
+            _ if entry.is_guard_marker() => Err(Stop::Error(HmmError::Fault("a guard page (MADV_GUARD_INSTALL)"))),
             _ => Err(Stop::Error(HmmError::Fault("a poisoned or unknown entry"))),
         };
     }

@@ -79,6 +79,12 @@ pub(crate) fn handle_fault(mm: &Mm, vmas: &VmaTree, vma: &Vma, va: u64, flags: F
         return Err(FaultError::Segv(SegvReason::Protection));
     }
     let va = va & !(hmm_types::PAGE_SIZE - 1);
+    // A guard page faults whatever backs the VMA, before any userfaultfd
+    // or backing-specific handling (`handle_pte_marker`). Only a VMA that
+    // ever had guards installed can hold one (`VM_MAYBE_GUARD`).
+    if vma.flags.contains(VmFlags::MAYBE_GUARD) && crate::ops::is_guard_page(mm, va) {
+        return Err(FaultError::Segv(SegvReason::GuardRegion));
+    }
     // A userfaultfd range: here the lock cannot be released, so a fault
     // that would have to wait for the handler is SIGBUS
     // (`retry::handle_mm_fault_unlockable` is the path that waits).
@@ -145,6 +151,7 @@ pub(super) fn existing_pte(
         Some(kind) if kind.is_device_private() => crate::device::to_ram::fault(locked, vma, va, slot, entry)?,
         Some(hmm_pagetable::SwapKind::DeviceExclusive) => crate::device::exclusive::restore(mm, vma, slot, entry),
         Some(hmm_pagetable::SwapKind::Hwpoison) => return Err(FaultError::Hwpoison),
+        _ if entry.is_guard_marker() => return Err(FaultError::Segv(SegvReason::GuardRegion)),
         _ => return Err(FaultError::Sigbus("unsupported non-present entry")),
     }
     Ok(Existing::Retry)

@@ -90,8 +90,12 @@ pub(crate) fn unmap_mapping_pages(inode: &Arc<Inode>, first: u64, last: u64, eve
         for (start, end) in ranges {
             let invalidation = mm.notifiers().start(mm.id(), start, end, Event::Clear);
             let mut gather = Gather::new();
-            // A swapped-out page of a file mapping is a private copy.
+            // A swapped-out page of a file mapping is a private copy; guard
+            // markers stay (truncation is not munmap).
             zap_range_if(&mm, start, end, &mut gather, |entry| {
+                if entry.is_guard_marker() {
+                    return false;
+                }
                 even_cows
                     || (!entry.is_present() && entry.swap_kind() != Some(SwapKind::Swap))
                     || (entry.is_present()

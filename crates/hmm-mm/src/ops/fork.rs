@@ -57,7 +57,9 @@ impl Mm {
             // refault) and VMAs with an anon_vma are copied; everything else
             // (shared mappings, private ones holding only page cache or
             // zero-page reads) is refaulted in the child from its object.
-            let needs_copy = vma.flags.intersects(VmFlags::PFNMAP | VmFlags::MIXEDMAP) || vma.anon_vma.get().is_some();
+            // Guard markers cannot be refaulted either (`VM_MAYBE_GUARD`).
+            let needs_copy = vma.flags.intersects(VmFlags::PFNMAP | VmFlags::MIXEDMAP | VmFlags::MAYBE_GUARD)
+                || vma.anon_vma.get().is_some();
             if !needs_copy || !has_entries(self, vma.start, vma.end) {
                 continue;
             }
@@ -161,6 +163,9 @@ fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool) -> Resul
                 phys.map_add(entry.pfn(), 1);
             }
             target.store(entry.mkold());
+        } else if entry.is_guard_marker() {
+            // Guard markers are always copied (`copy_nonpresent_pte`).
+            target.store(entry);
         } else if entry.swap_kind() == Some(SwapKind::Swap) {
             // Both sides name the slot; the first to fault it in gets a
             // read-only copy (`swap_duplicate`).

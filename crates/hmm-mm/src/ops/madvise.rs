@@ -2,7 +2,9 @@
 //! NOHUGEPAGE, DONTFORK and DOFORK, POPULATE_READ and POPULATE_WRITE,
 //! COLLAPSE (a synchronous THP collapse, announced as CLEAR of the 2 MiB),
 //! PAGEOUT (private anonymous pages go to swap or, if clean after FREE, are
-//! discarded; a CLEAR per page, see `crate::swap`).
+//! discarded; a CLEAR per page, see `crate::swap`), GUARD_INSTALL and
+//! GUARD_REMOVE (`super::guard`). Discarding advice on a sealed read-only
+//! anonymous VMA is EPERM (`super::mseal::check_madvise_sealed`).
 //!
 //! Linux: `mm/madvise.c`, `mm/khugepaged.c` (`madvise_collapse`).
 
@@ -16,11 +18,12 @@ use crate::huge::split_huge_at;
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::phys::PageFlags;
 use crate::swap::{pageout_range, swappable_vma};
-use crate::zap::{release_entry, zap_range, Gather};
+use crate::zap::{release_entry, zap_range_keep_guards, Gather};
 
 use crate::vma::{Vma, VmaTree};
 
 use super::madvise_populate;
+use super::mseal::check_madvise_sealed;
 
 impl Mm {
     /// Gives advice about `[addr, addr + len)`; a zero length is a
@@ -63,6 +66,16 @@ impl Mm {
                     guard.check_split(piece_start)?;
                     guard.check_split(piece_end)?;
                     collapse(&mut guard, piece_start, piece_end)
+                })
+            }
+            MadviseAdvice::GuardInstall | MadviseAdvice::GuardRemove => {
+                let mut guard = self.mmap_write();
+                Walk::new(&guard, start, end).run(|piece_start, piece_end| {
+                    if advice == MadviseAdvice::GuardRemove {
+                        return super::guard::remove_piece(&guard, piece_start, piece_end);
+                    }
+                    check_madvise_sealed(guard.lookup(piece_start).expect("a piece lies in a VMA"), advice)?;
+                    super::guard::install_piece(&mut guard, piece_start, piece_end)
                 })
             }
             MadviseAdvice::HugePage
@@ -130,6 +143,7 @@ fn discard_piece(
     end: u64,
     advice: MadviseAdvice,
 ) -> Result<(), MmError> {
+    check_madvise_sealed(vma, advice)?;
     let mut end = end;
     if advice == MadviseAdvice::DontNeed && vma.flags.contains(VmFlags::HUGETLB) {
         // Linux 6.18 on the host: a start inside a huge page is EINVAL, the
@@ -167,7 +181,7 @@ fn discard_piece(
     let invalidation = mm.notifiers().start(mm.id(), start, end, Event::Clear);
     let mut gather = Gather::new();
     if advice == MadviseAdvice::DontNeed {
-        zap_range(mm, start, end, &mut gather)?;
+        zap_range_keep_guards(mm, start, end, &mut gather)?;
     } else {
         mark_lazyfree(mm, start, end);
     }
@@ -185,6 +199,7 @@ fn set_flags_piece(
     advice: MadviseAdvice,
 ) -> Result<(), MmError> {
     let vma = guard.lookup(start).expect("a piece lies in a VMA");
+    check_madvise_sealed(vma, advice)?;
     if advice == MadviseAdvice::DoFork && vma.flags.contains(VmFlags::IO) {
         return Err(MmError::Invalid("MADV_DOFORK on a VM_IO mapping"));
     }
@@ -271,6 +286,9 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
         return Err(MmError::Invalid("MADV_COLLAPSE of a range inside one 2 MiB block"));
     }
     let mut block = (start + PMD_SIZE - 1) & !(PMD_SIZE - 1);
+    // A block holding a guard page cannot collapse; Linux goes on with the
+    // next blocks and reports EINVAL at the end.
+    let mut guarded = false;
     while block + PMD_SIZE <= end {
         let vma = guard.lookup(block).expect("range checked as mapped");
         if !vma.is_anonymous() || vma.flags.contains(VmFlags::NOHUGEPAGE) {
@@ -303,6 +321,7 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
             })
             .is_continue();
         if !collapsible {
+            guarded |= super::guard::has_guard_page(mm, block, block + PMD_SIZE);
             block += PMD_SIZE;
             continue;
         }
@@ -339,6 +358,9 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
         hmm_pagetable::TableStore::free_table(mm.pgtable().store(), table.pfn().0);
         gather.free_now(phys);
         block += PMD_SIZE;
+    }
+    if guarded {
+        return Err(MmError::Invalid("MADV_COLLAPSE of a block holding a guard page"));
     }
     Ok(())
 }

@@ -5,12 +5,15 @@
 
 mod exit;
 mod fork;
+mod guard;
 mod madvise;
 mod mmap;
 mod mprotect;
 mod mremap;
+mod mseal;
 mod munmap;
 mod populate;
 
+pub(crate) use guard::is_guard_page;
 pub(crate) use munmap::unmap_locked;
 pub(crate) use populate::{madvise_populate, populate_locked};

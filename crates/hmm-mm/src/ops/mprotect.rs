@@ -104,6 +104,11 @@ fn walk_prefix(guard: &MmapWriteGuard<'_>, start: u64, end: u64, access: VmFlags
         if !may.contains(access) {
             return (cursor, Err(MmError::Access("mapping may not get this protection")));
         }
+        // `mprotect_fixup`: a sealed VMA is EPERM, even for its own
+        // protection, after the VMAs before it were changed.
+        if let Err(error) = super::mseal::check_sealed(vma, "mprotect of a sealed VMA") {
+            return (cursor, Err(error));
+        }
         // A split inside a VMA that cannot be split there (hugetlb,
         // device-DAX) fails at that VMA.
         let first_cut = if vma.start < start { guard.check_split(start) } else { Ok(()) };

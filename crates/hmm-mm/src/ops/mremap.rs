@@ -56,6 +56,7 @@ impl Mm {
             return remap_move(&mut guard, old_addr, old_len, new_addr, flags);
         }
         let vma = guard.lookup(old_addr).cloned().ok_or_else(|| not_mapped(old_addr))?;
+        super::mseal::check_sealed(&vma, "mremap of a sealed VMA")?;
         if old_len == 0 {
             return duplicate_shared(&mut guard, &vma, old_addr, new_len, flags, new_addr);
         }
@@ -244,6 +245,7 @@ fn duplicate_shared(
 
 /// The per-VMA refusals of a move or resize (`check_prep_vma`).
 fn check_vma(vma: &Vma, addr: u64, grows: bool, flags: MremapFlags) -> Result<(), MmError> {
+    super::mseal::check_sealed(vma, "mremap of a sealed VMA")?;
     if flags.contains(MremapFlags::DONTUNMAP) && vma.flags.intersects(VmFlags::PFNMAP | VmFlags::DONTEXPAND) {
         return Err(MmError::Invalid("MREMAP_DONTUNMAP of a VM_PFNMAP/VM_DONTEXPAND mapping"));
     }

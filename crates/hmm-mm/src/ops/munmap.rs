@@ -26,6 +26,7 @@ impl Mm {
 /// then frees tables and frames after the invalidation ends.
 pub(crate) fn unmap_locked(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), MmError> {
     let mm = guard.mm();
+    super::mseal::check_unmap_sealed(guard, start, end)?;
     guard.check_split(start)?;
     guard.check_split(end)?;
     let (Some(first), Some(last)) = (guard.overlapping(start, end).next(), guard.overlapping(start, end).last()) else {

@@ -168,6 +168,7 @@ fn to_call(env: &mut Env, line: usize, op: &Op) -> Result<Result<Call, Outcome>,
         Op::Munmap { addr, len } => Call::Munmap { addr: a(addr)?, len: a(len)? },
         Op::Mprotect { addr, len, prot } => Call::Mprotect { addr: a(addr)?, len: a(len)?, prot: *prot },
         Op::Madvise { addr, len, advice } => Call::Madvise { addr: a(addr)?, len: a(len)?, advice: *advice },
+        Op::Mseal { addr, len } => Call::Mseal { addr: a(addr)?, len: a(len)? },
         Op::Mremap { old, old_len, new_len, flags, new_addr } => Call::Mremap {
             old: a(old)?,
             old_len: a(old_len)?,

@@ -51,6 +51,11 @@ pub enum Call {
         len: u64,
         advice: u32,
     },
+    /// mseal(2) with flags 0.
+    Mseal {
+        addr: u64,
+        len: u64,
+    },
     Mremap {
         old: u64,
         old_len: u64,

@@ -153,6 +153,7 @@ impl Backend for ModelBackend {
                 Ok(advice) => done(mm.madvise(addr, len, advice)),
                 Err(e) => Outcome::Errno(e as i32),
             },
+            Call::Mseal { addr, len } => done(mm.mseal(addr, len, 0)),
             Call::Mremap { old, old_len, new_len, flags, new_addr } => match MremapFlags::from_bits(flags) {
                 Some(flags) => mm.mremap(old, old_len, new_len, flags, new_addr).map_or_else(errno, Outcome::Addr),
                 None => Outcome::Errno(Errno::Inval as i32),
@@ -288,7 +289,7 @@ impl ModelBackend {
 }
 
 fn pagemap(mm: &Mm, addr: u64, len: u64) -> Outcome {
-    use hmm_mm::proc_pagemap::{PM_FILE, PM_MMAP_EXCLUSIVE, PM_PFRAME_MASK, PM_PRESENT, PM_SWAP};
+    use hmm_mm::proc_pagemap::{PM_FILE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE, PM_PFRAME_MASK, PM_PRESENT, PM_SWAP};
     let start = addr & !(PAGE_SIZE - 1);
     let nr = len.div_ceil(PAGE_SIZE).min(MAX_PAGEMAP_PAGES);
     let mut pages = Vec::new();
@@ -307,6 +308,7 @@ fn pagemap(mm: &Mm, addr: u64, len: u64) -> Outcome {
             file: word & PM_FILE != 0,
             huge: present && slot.level() != hmm_pagetable::Level::Pte,
             zero: present && mm.phys().is_zero_pfn(hmm_types::Pfn(word & PM_PFRAME_MASK)),
+            guard: word & PM_GUARD_REGION != 0,
         });
     }
     Outcome::Pages(pages)

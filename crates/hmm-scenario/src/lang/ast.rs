@@ -52,6 +52,8 @@ pub enum Op {
     Mprotect { addr: Expr, len: Expr, prot: u32 },
     /// `madvise ADDR LEN ADVICE`.
     Madvise { addr: Expr, len: Expr, advice: u32 },
+    /// `mseal ADDR LEN`: mseal(2) with flags 0.
+    Mseal { addr: Expr, len: Expr },
     /// `mremap OLD OLD_LEN NEW_LEN FLAGS [NEW]`.
     Mremap { old: Expr, old_len: Expr, new_len: Expr, flags: u32, new_addr: Option<Expr> },
     /// `read ADDR`: a 64-bit load.
@@ -99,6 +101,7 @@ impl Op {
             Op::Munmap { .. } => "munmap",
             Op::Mprotect { .. } => "mprotect",
             Op::Madvise { .. } => "madvise",
+            Op::Mseal { .. } => "mseal",
             Op::Mremap { .. } => "mremap",
             Op::Read { .. } => "read",
             Op::Write { .. } => "write",
@@ -169,7 +172,7 @@ pub const MAP_BITS: [(u32, &str); 11] = [
 pub const MREMAP_BITS: [(u32, &str); 3] = [(1, "maymove"), (2, "fixed"), (4, "dontunmap")];
 
 /// `MADV_*` advice the model knows, with Linux's numbers.
-pub const ADVICE: [(u32, &str); 12] = [
+pub const ADVICE: [(u32, &str); 14] = [
     (4, "dontneed"),
     (8, "free"),
     (10, "dontfork"),
@@ -182,4 +185,6 @@ pub const ADVICE: [(u32, &str); 12] = [
     (22, "populate_read"),
     (23, "populate_write"),
     (25, "collapse"),
+    (102, "guard_install"),
+    (103, "guard_remove"),
 ];

@@ -119,6 +119,7 @@ impl<'a> Args<'a, '_> {
                 len: self.expr("a length")?,
                 advice: lex::named(self.take("an advice")?, &ADVICE, "advice")?,
             },
+            "mseal" => Op::Mseal { addr: self.expr("an address")?, len: self.expr("a length")? },
             "mremap" => {
                 let old = self.expr("an old address")?;
                 let old_len = self.expr("an old length")?;

@@ -31,7 +31,7 @@ pub fn print_step(step: &Step) -> String {
             arg(expr(base));
             arg(expr(len));
         }
-        Op::Maps { addr, len } | Op::Pagemap { addr, len } => {
+        Op::Maps { addr, len } | Op::Pagemap { addr, len } | Op::Mseal { addr, len } => {
             arg(expr(addr));
             arg(expr(len));
         }
@@ -164,6 +164,7 @@ mod tests {
             (e(), e(), any::<u32>(), any::<u32>(), proptest::option::of((name(), e())))
                 .prop_map(|(addr, len, prot, flags, file)| Op::Mmap { addr, len, prot, flags, file }),
             (e(), e()).prop_map(|(addr, len)| Op::Munmap { addr, len }),
+            (e(), e()).prop_map(|(addr, len)| Op::Mseal { addr, len }),
             (e(), e(), any::<u32>()).prop_map(|(addr, len, prot)| Op::Mprotect { addr, len, prot }),
             (e(), e(), any::<u32>()).prop_map(|(addr, len, advice)| Op::Madvise { addr, len, advice }),
             (e(), e(), e(), any::<u32>(), proptest::option::of(e())).prop_map(
@@ -215,5 +216,7 @@ mod tests {
             print(&s),
             "a = mmap w+0x4000 0x2000 rw- private|anon|0x8\nmadvise a 0x1000 0x63\nmadvise a 0x1000 collapse\n"
         );
+        let s = parse("t", "madvise w 1p 102\nmadvise w 1p guard_remove\nmseal w+1p 1\n").unwrap();
+        assert_eq!(print(&s), "madvise w 0x1000 guard_install\nmadvise w 0x1000 guard_remove\nmseal w+0x1000 0x1\n");
     }
 }

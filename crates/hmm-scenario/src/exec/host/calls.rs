@@ -21,6 +21,7 @@ const MREMAP_FIXED: u32 = 2;
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
+const PM_GUARD_REGION: u64 = 1 << 58;
 const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
 const PM_PFRAME_MASK: u64 = (1 << 55) - 1;
 const PAGE_IS_PFNZERO: u64 = 1 << 5;
@@ -85,6 +86,7 @@ impl Local {
             Call::Munmap { addr, len } if self.range_ok(addr, len) => done(sys::munmap(addr, len)),
             Call::Mprotect { addr, len, prot } if self.range_ok(addr, len) => done(sys::mprotect(addr, len, prot)),
             Call::Madvise { addr, len, advice } if self.range_ok(addr, len) => done(sys::madvise(addr, len, advice)),
+            Call::Mseal { addr, len } if self.range_ok(addr, len) => done(sys::mseal(addr, len)),
             Call::Mremap { old, old_len, new_len, flags, new_addr } => {
                 let fixed_ok = flags & MREMAP_FIXED == 0 || self.range_ok(new_addr, new_len);
                 if !(fixed_ok && (old % PAGE != 0 || self.range_ok(old, old_len.max(1)))) {
@@ -123,7 +125,11 @@ impl Local {
                     let _ = sys::close(fd);
                 }
                 let (base, size) = self.window;
-                done(sys::munmap(base, size))
+                match sys::munmap(base, size) {
+                    // A sealed mapping outlives munmap, not a real exit.
+                    Err(libc::EPERM) => Outcome::Refused("the runner's main cannot drop sealed memory".into()),
+                    r => done(r),
+                }
             }
             Call::Memfd { ref name, id } => match sys::memfd_create(name) {
                 Ok(fd) => {
@@ -323,6 +329,7 @@ fn pagemap(addr: u64, len: u64) -> Outcome {
                 file: word & PM_FILE != 0,
                 huge: present && cats & PAGE_IS_HUGE != 0,
                 zero: present && cats & PAGE_IS_PFNZERO != 0,
+                guard: word & PM_GUARD_REGION != 0,
             }
         })
         .collect();

@@ -10,7 +10,7 @@
 //! (`NonZeroUsize`, closed bit sets), and a scenario must be able to pass
 //! a zero length or unknown bits to see the kernel's errno.
 //!
-//! Linux: `mmap(2)`, `mremap(2)`, `process_vm_readv(2)`,
+//! Linux: `mmap(2)`, `mremap(2)`, `mseal(2)`, `process_vm_readv(2)`,
 //! `ioctl(PAGEMAP_SCAN)` (`fs/proc/task_mmu.c`).
 
 #![allow(unsafe_code)]
@@ -57,6 +57,14 @@ pub fn mprotect(addr: u64, len: u64, prot: u32) -> Result<u64, i32> {
 pub fn madvise(addr: u64, len: u64, advice: u32) -> Result<u64, i32> {
     // SAFETY: as munmap: the window only, so no Rust-owned memory changes.
     check(unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice as u64) })
+}
+
+/// `mseal(addr, len, 0)` (x86-64 system call 462, Linux 6.10+).
+pub fn mseal(addr: u64, len: u64) -> Result<u64, i32> {
+    const SYS_MSEAL: libc::c_long = 462;
+    // SAFETY: as munmap: the window only; sealing changes no memory, it
+    // only forbids later changes to the scenario's own mappings.
+    check(unsafe { libc::syscall(SYS_MSEAL, addr, len, 0u64) })
 }
 
 /// `mremap(old, old_len, new_len, flags, new_addr)`.

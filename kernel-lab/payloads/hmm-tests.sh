@@ -3,7 +3,10 @@
 # comparison covers. Each run is framed by `=== run THP FS begin/end` lines
 # so the host can split the console into one TAP file per configuration.
 thp=/sys/kernel/mm/transparent_hugepage/enabled
+# Every configuration starts from a freshly loaded test_hmm, as a run of
+# the selftest on a booted machine does.
 run() {
+    reload-test-hmm || echo "=== reloading test_hmm failed"
     echo "$1" >$thp
     echo "=== run $1 $2 begin"
     ./hmm-tests 2>&1

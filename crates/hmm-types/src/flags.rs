@@ -148,6 +148,8 @@ bitflags! {
         const UFFD_MISSING = 0x200;
         /// Pure pfn mapping, no `struct page` semantics.
         const PFNMAP = 0x400;
+        /// userfaultfd write-protect tracking.
+        const UFFD_WP = 0x1000;
         /// Memory-mapped I/O.
         const IO = 0x4000;
         /// Not copied on fork.
@@ -170,6 +172,8 @@ bitflags! {
         const HUGEPAGE = 0x20000000;
         /// madvise(MADV_NOHUGEPAGE).
         const NOHUGEPAGE = 0x40000000;
+        /// userfaultfd minor-fault tracking (bit 41).
+        const UFFD_MINOR = 1 << 41;
     }
 }
 

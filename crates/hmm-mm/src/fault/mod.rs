@@ -85,7 +85,7 @@ pub(crate) fn handle_fault(mm: &Mm, vmas: &VmaTree, vma: &Vma, va: u64, flags: F
     match crate::uffd::verdict(mm, vma, va, flags) {
         crate::uffd::Verdict::Proceed => {}
         crate::uffd::Verdict::Sigbus(why) => return Err(FaultError::Sigbus(why)),
-        crate::uffd::Verdict::Wait(_) => {
+        crate::uffd::Verdict::Wait(..) => {
             return Err(FaultError::Sigbus("userfaultfd fault that may not release the mmap lock"))
         }
     }
@@ -145,6 +145,10 @@ pub(super) fn existing_pte(
         Some(kind) if kind.is_device_private() => crate::device::to_ram::fault(locked, vma, va, slot, entry)?,
         Some(hmm_pagetable::SwapKind::DeviceExclusive) => crate::device::exclusive::restore(mm, vma, slot, entry),
         Some(hmm_pagetable::SwapKind::Hwpoison) => return Err(FaultError::Hwpoison),
+        // A UFFDIO_POISON marker: as a poisoned page (`handle_pte_marker`).
+        Some(hmm_pagetable::SwapKind::Marker) if crate::uffd::is_poison_marker(entry) => {
+            return Err(FaultError::Hwpoison)
+        }
         _ => return Err(FaultError::Sigbus("unsupported non-present entry")),
     }
     Ok(Existing::Retry)

@@ -160,7 +160,9 @@ fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool) -> Resul
                 phys.get(entry.pfn());
                 phys.map_add(entry.pfn(), 1);
             }
-            target.store(entry.mkold());
+            // The child's VMA is not registered: no uffd-wp bit
+            // (`copy_present_pte` clears it without `userfaultfd_wp`).
+            target.store(entry.mkold().clear_uffd_wp());
         } else if entry.swap_kind() == Some(SwapKind::Swap) {
             // Both sides name the slot; the first to fault it in gets a
             // read-only copy (`swap_duplicate`).

@@ -34,7 +34,8 @@ fn api_handshake_checks_the_version_the_features_and_happens_once() {
     assert!(uffd.poll().error, "POLLERR before UFFDIO_API");
     assert_eq!(uffd.register(0x10000, 0x1000, UFFDIO_REGISTER_MODE_MISSING).unwrap_err().errno(), Errno::Inval);
     assert_eq!(uffd.api(0xAB, 0).unwrap_err().errno(), Errno::Inval);
-    assert_eq!(uffd.api(UFFD_API, 1 << 1).unwrap_err().errno(), Errno::Inval, "EVENT_FORK is not offered");
+    assert_eq!(uffd.api(UFFD_API, 1 << 1).unwrap_err().errno(), Errno::OpNotSupp, "EVENT_FORK is not modelled");
+    assert_eq!(uffd.api(UFFD_API, 1 << 20).unwrap_err().errno(), Errno::Inval, "no such feature");
     let (features, ioctls) = uffd.api(UFFD_API, 0).unwrap();
     assert_eq!(features & UFFD_FEATURE_SIGBUS, UFFD_FEATURE_SIGBUS);
     assert_eq!(ioctls, (1 << 0x00) | (1 << 0x01) | (1 << 0x3F));
@@ -53,9 +54,9 @@ fn register_validates_mode_range_and_vmas_and_splits_at_the_ends() {
     assert_eq!(uffd.register(va + 1, PAGE_SIZE, missing).unwrap_err().errno(), Errno::Inval);
     assert_eq!(uffd.register(va, 0, missing).unwrap_err().errno(), Errno::Inval);
     assert_eq!(uffd.register(0x10000, PAGE_SIZE, missing).unwrap_err().errno(), Errno::Inval, "no VMA");
-    assert_eq!(uffd.register(va, PAGE_SIZE, UFFDIO_REGISTER_MODE_WP).unwrap_err().errno(), Errno::OpNotSupp);
+    assert_eq!(uffd.register(va, PAGE_SIZE, 8).unwrap_err().errno(), Errno::OpNotSupp, "RWP");
     let ioctls = uffd.register(va + PAGE_SIZE, 2 * PAGE_SIZE, missing).unwrap();
-    assert_eq!(ioctls, (1 << 0x02) | (1 << 0x03) | (1 << 0x04), "WAKE, COPY, ZEROPAGE");
+    assert_eq!(ioctls, (1 << 0x02) | (1 << 0x03) | (1 << 0x04) | (1 << 0x05) | (1 << 0x08), "WAKE COPY ZEROPAGE MOVE POISON");
     let guard = mm.mmap_read();
     let vmas: Vec<_> = guard.iter().map(|v| (v.start, v.end, v.flags.contains(VmFlags::UFFD_MISSING))).collect();
     drop(guard);

@@ -55,6 +55,9 @@ pub struct PageView {
     pub huge: bool,
     /// `PAGE_IS_PFNZERO`: the zero page or the huge zero page.
     pub zero: bool,
+    /// `PM_UFFD_WP`: write-protected by userfaultfd.
+    #[serde(default)]
+    pub uffd_wp: bool,
 }
 
 /// The result of one operation.
@@ -281,7 +284,7 @@ impl Shown<'_> {
 }
 
 /// `P` present, `S` swapped, `X` exclusive, `F` file, `H` huge, `Z` zero
-/// page; `-` for none.
+/// page, `W` userfaultfd write-protected; `-` for none.
 pub fn page_letters(page: &PageView) -> String {
     let letters: String = [
         (page.present, 'P'),
@@ -290,6 +293,7 @@ pub fn page_letters(page: &PageView) -> String {
         (page.file, 'F'),
         (page.huge, 'H'),
         (page.zero, 'Z'),
+        (page.uffd_wp, 'W'),
     ]
     .iter()
     .filter(|(set, _)| *set)

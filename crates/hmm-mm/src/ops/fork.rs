@@ -159,6 +159,12 @@ fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool) -> Resul
             if !entry.is_special() && !phys.is_zero_pfn(entry.pfn()) {
                 phys.get(entry.pfn());
                 phys.map_add(entry.pfn(), 1);
+                // Shared with the child now: no longer exclusive to the
+                // parent (`folio_try_dup_anon_rmap_pte`) until a write
+                // fault reuses it.
+                if cow {
+                    phys.meta(phys.folio_head(entry.pfn())).clear_flags(crate::phys::PageFlags::ANON_EXCLUSIVE);
+                }
             }
             // The child's VMA is not registered: no uffd-wp bit
             // (`copy_present_pte` clears it without `userfaultfd_wp`).

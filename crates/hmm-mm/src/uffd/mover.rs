@@ -1,7 +1,8 @@
 //! `UFFDIO_MOVE`: moves pages of private anonymous memory from `src` to
 //! `dst` (a range registered here) by moving page-table entries, without
 //! copying: the page itself changes address (its rmap index follows), so
-//! only a page mapped by this process alone may move (`EBUSY` otherwise).
+//! only a page exclusive to this process may move (`EBUSY` otherwise,
+//! also for a page once shared with a fork child that no write reused).
 //! The zero page moves as the zero page; a source hole is `ENOENT` unless
 //! `ALLOW_SRC_HOLES`; a destination entry is `EEXIST`. Each moved page is
 //! a CLEAR invalidation of its source address.
@@ -120,8 +121,11 @@ fn move_page(
     }
     let pfn = entry.pfn();
     let zero = phys.is_zero_pfn(pfn);
-    if !zero && (entry.is_special() || phys.folio_counts(pfn).1 != 1 || phys.folio_order(pfn) != 0) {
-        return Err(UffdError::PageBusy("the source page is not mapped by this process alone"));
+    // `PageAnonExclusive`: a page shared with a fork child stays
+    // non-exclusive (even once the child is gone) until a write reuses it.
+    let exclusive = phys.meta(pfn).flags().contains(crate::phys::PageFlags::ANON_EXCLUSIVE);
+    if !zero && (entry.is_special() || !exclusive || phys.folio_counts(pfn).1 != 1 || phys.folio_order(pfn) != 0) {
+        return Err(UffdError::PageBusy("the source page is not exclusive to this process"));
     }
     let _invalidation = mm.notifiers().start(mm.id(), src, src + PAGE_SIZE, Event::Clear);
     if src_slot.compare_exchange(entry, Entry::NONE).is_err() {
@@ -191,5 +195,13 @@ mod tests {
         uffd.register(dst, 4096, UFFDIO_REGISTER_MODE_MISSING).unwrap();
         assert_eq!(uffd.move_pages(dst, src, 4096, 0).unwrap_err().errno(), Errno::Busy);
         child.exit();
+        assert_eq!(
+            uffd.move_pages(dst, src, 4096, 0).unwrap_err().errno(),
+            Errno::Busy,
+            "mapped once again, but not exclusive until a write reuses it"
+        );
+        mm.write_u64(src, 2).unwrap();
+        assert_eq!(uffd.move_pages(dst, src, 4096, 0), Ok(4096));
+        assert_eq!(mm.read_u64(dst).unwrap(), 2);
     }
 }

@@ -325,6 +325,7 @@ fn pagemap(mm: &Mm, addr: u64, len: u64) -> Outcome {
             file: word & PM_FILE != 0,
             huge: present && slot.level() != hmm_pagetable::Level::Pte,
             zero: present && mm.phys().is_zero_pfn(hmm_types::Pfn(word & PM_PFRAME_MASK)),
+            uffd_wp: word & hmm_mm::proc_pagemap::PM_UFFD_WP != 0,
         });
     }
     Outcome::Pages(pages)

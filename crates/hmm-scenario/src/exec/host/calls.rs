@@ -22,6 +22,7 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
+const PM_UFFD_WP: u64 = 1 << 57;
 const PM_PFRAME_MASK: u64 = (1 << 55) - 1;
 const PAGE_IS_PFNZERO: u64 = 1 << 5;
 const PAGE_IS_HUGE: u64 = 1 << 6;
@@ -345,6 +346,7 @@ fn pagemap(addr: u64, len: u64) -> Outcome {
                 file: word & PM_FILE != 0,
                 huge: present && cats & PAGE_IS_HUGE != 0,
                 zero: present && cats & PAGE_IS_PFNZERO != 0,
+                uffd_wp: word & PM_UFFD_WP != 0,
             }
         })
         .collect();

@@ -120,14 +120,15 @@ impl Userfaultfd {
     }
 
     /// `UFFDIO_UNREGISTER`: disarms `[start, start + len)`, drops the
-    /// uffd-wp bits of WP ranges and wakes the faults waiting there (they
-    /// retry and fault normally). A range with no VMA is `EINVAL`, as are VMAs of
+    /// uffd-wp bits of WP ranges and wakes the faults waiting in MISSING
+    /// ranges (they retry and fault normally; WP and MINOR faults wait on
+    /// for a WAKE). A range with no VMA is `EINVAL`, as are VMAs of
     /// another context are `EINVAL`, as Linux refuses them.
     pub fn unregister(&self, start: u64, len: u64) -> Result<(), UffdError> {
         self.features()?;
         let end = check_range(start, len)?;
         let mm = self.mm()?;
-        {
+        let missing = {
             let mut guard = mm.mmap_write();
             let mut any = false;
             for vma in guard.overlapping(start, end) {
@@ -142,6 +143,13 @@ impl Userfaultfd {
             if !any {
                 return Err(UffdError::Invalid("no mapping in the range"));
             }
+            // Only MISSING ranges wake their waiting faults: a WP or MINOR
+            // fault keeps waiting for a WAKE (`userfaultfd_unregister`).
+            let missing: Vec<(u64, u64)> = guard
+                .overlapping(start, end)
+                .filter(|v| v.flags.contains(VmFlags::UFFD_MISSING))
+                .map(|v| (v.start.max(start), v.end.min(end)))
+                .collect();
             let wp: Vec<(u64, u64)> = guard
                 .overlapping(start, end)
                 .filter(|v| v.flags.contains(VmFlags::UFFD_WP))
@@ -155,8 +163,11 @@ impl Userfaultfd {
                 vma.uffd = None;
             }
             guard.vmas_mut().merge_range(start, end);
+            missing
+        };
+        for (s, e) in missing {
+            self.ctx.wake_range(s, e);
         }
-        self.ctx.wake_range(start, end);
         Ok(())
     }
 }

@@ -160,14 +160,14 @@ impl Backend for ModelBackend {
                 None => Outcome::Errno(Errno::Inval as i32),
             },
             Call::Read { addr } if p.uffd.has_uffd() => {
-                super::model_uffd::access(&mut p.uffd, None, move || mm.read_u64(addr).map_or_else(access, Outcome::Value))
+                super::model_uffd::access(&mut p.uffd, None, addr, move || mm.read_u64(addr).map_or_else(access, Outcome::Value))
             }
-            Call::Write { addr, value } if p.uffd.has_uffd() => super::model_uffd::access(&mut p.uffd, None, move || {
+            Call::Write { addr, value } if p.uffd.has_uffd() => super::model_uffd::access(&mut p.uffd, None, addr, move || {
                 mm.write_u64(addr, value).map_or_else(access, |()| Outcome::Ok)
             }),
             Call::Read { addr } => mm.read_u64(addr).map_or_else(access, Outcome::Value),
             Call::Write { addr, value } => mm.write_u64(addr, value).map_or_else(access, |()| Outcome::Ok),
-            Call::Access { id, addr, write } => super::model_uffd::access(&mut p.uffd, Some(id), move || match write {
+            Call::Access { id, addr, write } => super::model_uffd::access(&mut p.uffd, Some(id), addr, move || match write {
                 None => mm.read_u64(addr).map_or_else(access, Outcome::Value),
                 Some(value) => mm.write_u64(addr, value).map_or_else(access, |()| Outcome::Ok),
             }),

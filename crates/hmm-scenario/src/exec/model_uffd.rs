@@ -101,12 +101,13 @@ fn view(msg: UffdMsg) -> UffdMsgView {
 }
 
 /// Reads every pending message of `uffd` into its read-ahead queue;
-/// `true` if there was any.
-fn drain(uffd: &ModelUffd) -> bool {
+/// `true` if one is a page fault on the page of `page`.
+fn drain(uffd: &ModelUffd, page: Option<u64>) -> bool {
     let mut got = false;
     while let Ok(msg) = uffd.file.read() {
-        uffd.read_ahead.lock().push_back(view(msg));
-        got = true;
+        let msg = view(msg);
+        got |= super::uffd::faults_on(&msg, page);
+        uffd.read_ahead.lock().push_back(msg);
     }
     got
 }
@@ -130,7 +131,7 @@ pub fn call(state: &mut UffdState, id: FileId, op: &UffdCall) -> Outcome {
         UffdCall::Poison { start, len, mode } => ok(f.poison(start, len, mode)),
         UffdCall::Wake { start, len } => ok(f.wake(start, len).map(|()| 0)),
         UffdCall::Read => {
-            drain(uffd);
+            drain(uffd, None);
             let msgs: Vec<UffdMsgView> = uffd.read_ahead.lock().drain(..).collect();
             // Linux: reading before UFFDIO_API is EINVAL; here the API
             // always happened at creation.
@@ -139,12 +140,13 @@ pub fn call(state: &mut UffdState, id: FileId, op: &UffdCall) -> Outcome {
     }
 }
 
-/// Starts an access on its own thread and waits until it completed
-/// (its outcome) or queued a message (`Blocked`, kept under `id`, or an
+/// Starts an access to `addr` on its own thread and waits until it
+/// completed (its outcome) or a page fault message for its page came (`Blocked`, kept under `id`, or an
 /// anonymous id when `id` is `None`).
 pub fn access(
     state: &mut UffdState,
     id: Option<AccessId>,
+    addr: u64,
     run: impl FnOnce() -> Outcome + Send + 'static,
 ) -> Outcome {
     let handle = std::thread::spawn(run);
@@ -157,7 +159,7 @@ pub fn access(
             }
             return outcome;
         }
-        let queued = state.uffds.values().fold(false, |any, u| drain(u) | any);
+        let queued = state.uffds.values().fold(false, |any, u| drain(u, Some(addr)) | any);
         if queued {
             let id = id.unwrap_or_else(|| {
                 state.anonymous += 1;

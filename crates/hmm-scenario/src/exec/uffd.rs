@@ -38,3 +38,13 @@ pub fn copy_source(len: u64, value: u64) -> Option<Vec<u8>> {
     }
     Some(value.to_le_bytes().iter().copied().cycle().take(len as usize).collect())
 }
+
+/// Whether `msg` is a page fault on the page holding `addr` (any message
+/// when `addr` is `None`).
+pub fn faults_on(msg: &crate::observe::UffdMsgView, addr: Option<u64>) -> bool {
+    match (msg, addr) {
+        (_, None) => true,
+        (crate::observe::UffdMsgView::Pagefault { address, .. }, Some(addr)) => address & !0xfff == addr & !0xfff,
+        _ => false,
+    }
+}

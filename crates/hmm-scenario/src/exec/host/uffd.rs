@@ -74,18 +74,21 @@ impl HostUffd {
         }
     }
 
-    fn drain(&mut self, id: FileId, fd: RawFd) -> bool {
+    /// Reads every pending message into the read-ahead queue; `true` if
+    /// one is a page fault on the page of `page`.
+    fn drain(&mut self, id: FileId, fd: RawFd, page: Option<u64>) -> bool {
         let mut got = false;
         while let Some(msg) = sys::uffd_read_msg(fd) {
-            self.read_ahead.entry(id).or_default().push_back(UffdMsgView::from_bytes(&msg));
-            got = true;
+            let msg = UffdMsgView::from_bytes(&msg);
+            got |= crate::exec::uffd::faults_on(&msg, page);
+            self.read_ahead.entry(id).or_default().push_back(msg);
         }
         got
     }
 
-    fn drain_all(&mut self, files: &HashMap<FileId, RawFd>) -> bool {
+    fn drain_all(&mut self, files: &HashMap<FileId, RawFd>, page: u64) -> bool {
         let ids: Vec<FileId> = self.ids.iter().copied().collect();
-        ids.into_iter().fold(false, |any, id| files.get(&id).is_some_and(|&fd| self.drain(id, fd)) | any)
+        ids.into_iter().fold(false, |any, id| files.get(&id).is_some_and(|&fd| self.drain(id, fd, Some(page))) | any)
     }
 
     /// One userfaultfd call; `inside` says whether a range may be touched.
@@ -123,7 +126,7 @@ impl HostUffd {
             UffdCall::Continue { start, len, mode } if inside(start, len) => ioctl(RW, 0x07, &mut [start, len, mode, 0]),
             UffdCall::Poison { start, len, mode } if inside(start, len) => ioctl(RW, 0x08, &mut [start, len, mode, 0]),
             UffdCall::Read => {
-                self.drain(id, fd);
+                self.drain(id, fd, None);
                 Outcome::Messages(self.read_ahead.remove(&id).unwrap_or_default().into())
             }
             _ => refused(),
@@ -131,7 +134,8 @@ impl HostUffd {
     }
 
     /// Starts an access on a thread and waits until it completed or a
-    /// userfaultfd of this process has a new message (`Blocked`).
+    /// userfaultfd of this process has a page fault message for its page
+    /// (`Blocked`).
     pub fn access(
         &mut self,
         files: &HashMap<FileId, RawFd>,
@@ -156,7 +160,7 @@ impl HostUffd {
                 }
                 return outcome;
             }
-            if self.drain_all(files) {
+            if self.drain_all(files, addr) {
                 let id = id.unwrap_or_else(|| {
                     self.anonymous += 1;
                     usize::MAX - self.anonymous

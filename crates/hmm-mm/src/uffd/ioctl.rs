@@ -127,7 +127,8 @@ impl Userfaultfd {
                 crate::rmap::folio_add_new_anon_rmap(mm, vma, page, va);
                 phys.map_add(page, 1);
                 let write = vma.flags.contains(VmFlags::WRITE);
-                let entry = Entry::present(page, LeafFlags { write, dirty: true, accessed: true, special: false }, false);
+                let entry =
+                    Entry::present(page, LeafFlags { write, dirty: true, accessed: true, special: false }, false);
                 if wp {
                     entry.mkuffd_wp()
                 } else {

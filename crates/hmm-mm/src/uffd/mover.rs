@@ -91,13 +91,7 @@ impl Userfaultfd {
 }
 
 /// Moves one page (`move_pages_pte`).
-fn move_page(
-    guard: &MmapReadGuard<'_>,
-    src: u64,
-    dst_vma: &Vma,
-    dst: u64,
-    holes: bool,
-) -> Result<(), UffdError> {
+fn move_page(guard: &MmapReadGuard<'_>, src: u64, dst_vma: &Vma, dst: u64, holes: bool) -> Result<(), UffdError> {
     let mm = guard.mm();
     let phys = mm.phys();
     let dst_pte = match mm.pgtable().ensure(dst, Level::Pte) {

@@ -56,7 +56,11 @@ fn register_validates_mode_range_and_vmas_and_splits_at_the_ends() {
     assert_eq!(uffd.register(0x10000, PAGE_SIZE, missing).unwrap_err().errno(), Errno::Inval, "no VMA");
     assert_eq!(uffd.register(va, PAGE_SIZE, 8).unwrap_err().errno(), Errno::OpNotSupp, "RWP");
     let ioctls = uffd.register(va + PAGE_SIZE, 2 * PAGE_SIZE, missing).unwrap();
-    assert_eq!(ioctls, (1 << 0x02) | (1 << 0x03) | (1 << 0x04) | (1 << 0x05) | (1 << 0x08), "WAKE COPY ZEROPAGE MOVE POISON");
+    assert_eq!(
+        ioctls,
+        (1 << 0x02) | (1 << 0x03) | (1 << 0x04) | (1 << 0x05) | (1 << 0x08),
+        "WAKE COPY ZEROPAGE MOVE POISON"
+    );
     let guard = mm.mmap_read();
     let vmas: Vec<_> = guard.iter().map(|v| (v.start, v.end, v.flags.contains(VmFlags::UFFD_MISSING))).collect();
     drop(guard);

@@ -11,9 +11,9 @@
 
 pub mod host;
 mod interp;
-mod uffd;
-mod model_uffd;
 pub mod model;
+mod model_uffd;
+mod uffd;
 
 use serde::{Deserialize, Serialize};
 
@@ -153,16 +153,52 @@ pub type AccessId = usize;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub enum UffdCall {
-    Register { start: u64, len: u64, mode: u64 },
-    Unregister { start: u64, len: u64 },
+    Register {
+        start: u64,
+        len: u64,
+        mode: u64,
+    },
+    Unregister {
+        start: u64,
+        len: u64,
+    },
     /// The source is `len` bytes, each 8 holding `value`.
-    Copy { dst: u64, len: u64, value: u64, mode: u64 },
-    Zeropage { start: u64, len: u64, mode: u64 },
-    Writeprotect { start: u64, len: u64, mode: u64 },
-    Continue { start: u64, len: u64, mode: u64 },
-    Move { dst: u64, src: u64, len: u64, mode: u64 },
-    Poison { start: u64, len: u64, mode: u64 },
-    Wake { start: u64, len: u64 },
+    Copy {
+        dst: u64,
+        len: u64,
+        value: u64,
+        mode: u64,
+    },
+    Zeropage {
+        start: u64,
+        len: u64,
+        mode: u64,
+    },
+    Writeprotect {
+        start: u64,
+        len: u64,
+        mode: u64,
+    },
+    Continue {
+        start: u64,
+        len: u64,
+        mode: u64,
+    },
+    Move {
+        dst: u64,
+        src: u64,
+        len: u64,
+        mode: u64,
+    },
+    Poison {
+        start: u64,
+        len: u64,
+        mode: u64,
+    },
+    Wake {
+        start: u64,
+        len: u64,
+    },
     /// Reads every pending message without blocking.
     Read,
 }

@@ -159,18 +159,22 @@ impl Backend for ModelBackend {
                 Some(flags) => mm.mremap(old, old_len, new_len, flags, new_addr).map_or_else(errno, Outcome::Addr),
                 None => Outcome::Errno(Errno::Inval as i32),
             },
-            Call::Read { addr } if p.uffd.has_uffd() => {
-                super::model_uffd::access(&mut p.uffd, None, addr, move || mm.read_u64(addr).map_or_else(access, Outcome::Value))
-            }
-            Call::Write { addr, value } if p.uffd.has_uffd() => super::model_uffd::access(&mut p.uffd, None, addr, move || {
-                mm.write_u64(addr, value).map_or_else(access, |()| Outcome::Ok)
+            Call::Read { addr } if p.uffd.has_uffd() => super::model_uffd::access(&mut p.uffd, None, addr, move || {
+                mm.read_u64(addr).map_or_else(access, Outcome::Value)
             }),
+            Call::Write { addr, value } if p.uffd.has_uffd() => {
+                super::model_uffd::access(&mut p.uffd, None, addr, move || {
+                    mm.write_u64(addr, value).map_or_else(access, |()| Outcome::Ok)
+                })
+            }
             Call::Read { addr } => mm.read_u64(addr).map_or_else(access, Outcome::Value),
             Call::Write { addr, value } => mm.write_u64(addr, value).map_or_else(access, |()| Outcome::Ok),
-            Call::Access { id, addr, write } => super::model_uffd::access(&mut p.uffd, Some(id), addr, move || match write {
-                None => mm.read_u64(addr).map_or_else(access, Outcome::Value),
-                Some(value) => mm.write_u64(addr, value).map_or_else(access, |()| Outcome::Ok),
-            }),
+            Call::Access { id, addr, write } => {
+                super::model_uffd::access(&mut p.uffd, Some(id), addr, move || match write {
+                    None => mm.read_u64(addr).map_or_else(access, Outcome::Value),
+                    Some(value) => mm.write_u64(addr, value).map_or_else(access, |()| Outcome::Ok),
+                })
+            }
             Call::Wait { id } => super::model_uffd::wait(&mut p.uffd, id),
             Call::Userfaultfd { id, features } => super::model_uffd::create(&mut p.uffd, &mm, id, features),
             Call::Uffd { uffd, ref op } => super::model_uffd::call(&mut p.uffd, uffd, op),

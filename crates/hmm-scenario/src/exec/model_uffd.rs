@@ -194,5 +194,45 @@ pub fn wait(state: &mut UffdState, id: AccessId) -> Outcome {
         }
         std::thread::sleep(Duration::from_micros(200));
     }
-    handle.join().unwrap_or_else(|_| Outcome::Inconclusive("the access panicked".into()))
+    let outcome = handle.join().unwrap_or_else(|_| Outcome::Inconclusive("the access panicked".into()));
+    state_done(&mut state.accesses, id, &outcome);
+    outcome
+}
+
+/// Keeps a joined access's outcome, so a later `wait` shows it again.
+fn state_done(accesses: &mut HashMap<AccessId, Access>, id: AccessId, outcome: &Outcome) {
+    accesses.insert(id, Access::Done(outcome.clone()));
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::exec::model::ModelExecutor;
+    use crate::exec::Executor;
+    use crate::lang::parse;
+    use hmm_mm::{KernelConfig, ThpMode};
+
+    #[test]
+    fn a_blocked_access_is_woken_by_the_copy_and_joined_by_wait() {
+        let scenario = parse(
+            "t.hmm",
+            "u = userfaultfd 0\n\
+             a = mmap w 2p rw- private|anon|fixed\n\
+             uffd_register u a 2p missing\n\
+             t = read a+8\n\
+             expect blocked\n\
+             read a+1p\n\
+             expect blocked\n\
+             uffd_read u\n\
+             expect pagefault w, pagefault w+0x1000\n\
+             uffd_copy u a 2p 0x9\n\
+             wait t\n\
+             expect 0x9\n\
+             wait t\n\
+             expect 0x9\n",
+        )
+        .unwrap();
+        let config = KernelConfig { ram_bytes: 64 << 20, thp: ThpMode::Never, ..KernelConfig::default() };
+        let trace = ModelExecutor { config }.run(&scenario).unwrap();
+        assert_eq!(trace.failed_expectations().count(), 0, "{trace:#?}");
+    }
 }

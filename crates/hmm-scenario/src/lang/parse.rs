@@ -169,11 +169,13 @@ impl<'a> Args<'a, '_> {
                 other: self.name("a process")?,
                 other_addr: self.expr("an address in that process")?,
             },
-            "userfaultfd" => {
-                Op::Userfaultfd { features: lex::bits(self.take("features (or 0)")?, &super::uffd::FEATURE_BITS, "feature")? }
-            }
+            "userfaultfd" => Op::Userfaultfd {
+                features: lex::bits(self.take("features (or 0)")?, &super::uffd::FEATURE_BITS, "feature")?,
+            },
             "wait" => Op::Wait { access: self.name("an access")? },
-            kw if super::uffd::KEYWORDS.contains(&kw) => return Ok(Op::Uffd(super::uffd::parse(self.toks, self.end_col)?)),
+            kw if super::uffd::KEYWORDS.contains(&kw) => {
+                return Ok(Op::Uffd(super::uffd::parse(self.toks, self.end_col)?))
+            }
             other => return Err(ParseError::at(keyword.col, format!("unknown operation `{other}`"))),
         };
         self.done(op)

@@ -201,12 +201,28 @@ mod tests {
         prop_oneof![
             (name(), e(), e(), any::<u32>()).prop_map(|(uffd, addr, len, mode)| U::Register { uffd, addr, len, mode }),
             (name(), e(), e()).prop_map(|(uffd, addr, len)| U::Unregister { uffd, addr, len }),
-            (name(), e(), e(), any::<u64>(), any::<u32>())
-                .prop_map(|(uffd, dst, len, value, mode)| U::Copy { uffd, dst, len, value, mode }),
+            (name(), e(), e(), any::<u64>(), any::<u32>()).prop_map(|(uffd, dst, len, value, mode)| U::Copy {
+                uffd,
+                dst,
+                len,
+                value,
+                mode
+            }),
             (name(), e(), e(), any::<u32>()).prop_map(|(uffd, addr, len, mode)| U::Zeropage { uffd, addr, len, mode }),
-            (name(), e(), e(), any::<u32>()).prop_map(|(uffd, addr, len, mode)| U::Writeprotect { uffd, addr, len, mode }),
+            (name(), e(), e(), any::<u32>()).prop_map(|(uffd, addr, len, mode)| U::Writeprotect {
+                uffd,
+                addr,
+                len,
+                mode
+            }),
             (name(), e(), e(), any::<u32>()).prop_map(|(uffd, addr, len, mode)| U::Continue { uffd, addr, len, mode }),
-            (name(), e(), e(), e(), any::<u32>()).prop_map(|(uffd, dst, src, len, mode)| U::Move { uffd, dst, src, len, mode }),
+            (name(), e(), e(), e(), any::<u32>()).prop_map(|(uffd, dst, src, len, mode)| U::Move {
+                uffd,
+                dst,
+                src,
+                len,
+                mode
+            }),
             (name(), e(), e(), any::<u32>()).prop_map(|(uffd, addr, len, mode)| U::Poison { uffd, addr, len, mode }),
             (name(), e(), e()).prop_map(|(uffd, addr, len)| U::Wake { uffd, addr, len }),
             name().prop_map(|uffd| U::Read { uffd }),

@@ -240,10 +240,58 @@ pub fn print_args(op: &UffdOp, arg: &mut dyn FnMut(String), expr: fn(&Expr) -> S
         | UffdOp::Continue { addr, len, mode, .. } => {
             arg(expr(addr));
             arg(expr(len));
-            let table: &[(u32, &str)] = if matches!(op, UffdOp::Continue { .. }) { &CONTINUE_BITS } else { &DONTWAKE_BITS };
+            let table: &[(u32, &str)] =
+                if matches!(op, UffdOp::Continue { .. }) { &CONTINUE_BITS } else { &DONTWAKE_BITS };
             if *mode != 0 {
                 arg(bits(*mode, table));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ast::{Expr, Op};
+    use super::super::{parse, print};
+    use super::UffdOp;
+
+    #[test]
+    fn userfaultfd_lines_parse_and_print_canonically() {
+        let text = "u = userfaultfd sigbus|move\n\
+                    uffd_register u w 4p missing|wp\n\
+                    uffd_copy u w 1p 7 wp|dontwake\n\
+                    uffd_move u w+1p w+8p 1p\n\
+                    t = read w\n\
+                    wait t\n\
+                    uffd_read u\n";
+        let s = parse("t.hmm", text).unwrap();
+        assert_eq!(s.steps[0].op, Op::Userfaultfd { features: (1 << 7) | (1 << 16) });
+        assert_eq!(
+            s.steps[2].op,
+            Op::Uffd(UffdOp::Copy { uffd: "u".into(), dst: Expr::at("w", 0), len: Expr::num(4096), value: 7, mode: 3 })
+        );
+        assert_eq!(s.steps[4].bind.as_deref(), Some("t"));
+        assert_eq!(
+            print(&s),
+            "u = userfaultfd sigbus|move\n\
+             uffd_register u w 0x4000 missing|wp\n\
+             uffd_copy u w 0x1000 0x7 dontwake|wp\n\
+             uffd_move u w+0x1000 w+0x8000 0x1000\n\
+             t = read w\n\
+             wait t\n\
+             uffd_read u\n"
+        );
+    }
+
+    #[test]
+    fn userfaultfd_errors_name_the_column() {
+        let e = parse("t", "uffd_register u w 1p\n").unwrap_err();
+        assert!(e.message.contains("needs a mode"), "{e}");
+        let e = parse("t", "uffd_wake u w 1p wp\n").unwrap_err();
+        assert_eq!((e.col, e.message.as_str()), (18, "unexpected `wp` after `uffd_wake`"));
+        let e = parse("t", "uffd_copy u w 1p 7 missing\n").unwrap_err();
+        assert!(e.message.contains("unknown mode `missing`"), "{e}");
+        assert!(parse("t", "x = uffd_read u\n").unwrap_err().message.contains("no result"));
+        assert!(parse("t", "u = userfaultfd frob\n").unwrap_err().message.contains("unknown feature"));
     }
 }

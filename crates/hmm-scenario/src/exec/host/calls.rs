@@ -101,7 +101,9 @@ impl Local {
             Call::Write { addr, value } if self.inside(addr, 8) && self.uffd.has_uffd() => {
                 self.uffd.access(&self.files, None, addr, Some(value))
             }
-            Call::Access { id, addr, write } if self.inside(addr, 8) => self.uffd.access(&self.files, Some(id), addr, write),
+            Call::Access { id, addr, write } if self.inside(addr, 8) => {
+                self.uffd.access(&self.files, Some(id), addr, write)
+            }
             Call::Wait { id } => self.uffd.wait(id),
             Call::Userfaultfd { id, features } => self.uffd.create(&mut self.files, id, features),
             Call::Uffd { uffd, ref op } => {

@@ -167,8 +167,7 @@ fn run_here() -> RunnerReply {
         }
     }
     let ksm_running = std::fs::read_to_string("/sys/kernel/mm/ksm/run").is_ok_and(|s| s.trim() != "0");
-    let local =
-        Local {
+    let local = Local {
         window: (0, 0),
         files: HashMap::new(),
         slots: slots.clone(),

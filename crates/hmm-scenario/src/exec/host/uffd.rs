@@ -103,7 +103,8 @@ impl HostUffd {
             return Outcome::Errno(libc::EBADF);
         };
         let refused = || Outcome::Refused("outside the window".into());
-        let ioctl = |dir, nr, arg: &mut [u64]| sys::uffd_ioctl(fd, dir, nr, arg).map_or_else(Outcome::Errno, |()| Outcome::Ok);
+        let ioctl =
+            |dir, nr, arg: &mut [u64]| sys::uffd_ioctl(fd, dir, nr, arg).map_or_else(Outcome::Errno, |()| Outcome::Ok);
         use IoctlDir::{Read as R, ReadWrite as RW};
         match *op {
             UffdCall::Register { start, len, mode } if inside(start, len) => {
@@ -118,12 +119,18 @@ impl HostUffd {
                 };
                 ioctl(RW, 0x03, &mut [dst, src.as_ptr() as u64, len, mode, 0])
             }
-            UffdCall::Zeropage { start, len, mode } if inside(start, len) => ioctl(RW, 0x04, &mut [start, len, mode, 0]),
+            UffdCall::Zeropage { start, len, mode } if inside(start, len) => {
+                ioctl(RW, 0x04, &mut [start, len, mode, 0])
+            }
             UffdCall::Move { dst, src, len, mode } if inside(dst, len) && inside(src, len) => {
                 ioctl(RW, 0x05, &mut [dst, src, len, mode, 0])
             }
-            UffdCall::Writeprotect { start, len, mode } if inside(start, len) => ioctl(RW, 0x06, &mut [start, len, mode]),
-            UffdCall::Continue { start, len, mode } if inside(start, len) => ioctl(RW, 0x07, &mut [start, len, mode, 0]),
+            UffdCall::Writeprotect { start, len, mode } if inside(start, len) => {
+                ioctl(RW, 0x06, &mut [start, len, mode])
+            }
+            UffdCall::Continue { start, len, mode } if inside(start, len) => {
+                ioctl(RW, 0x07, &mut [start, len, mode, 0])
+            }
             UffdCall::Poison { start, len, mode } if inside(start, len) => ioctl(RW, 0x08, &mut [start, len, mode, 0]),
             UffdCall::Read => {
                 self.drain(id, fd, None);
@@ -146,8 +153,7 @@ impl HostUffd {
         let handle = std::thread::spawn(move || match write {
             None => super::calls::access(sys::load_u64(addr)),
             Some(value) => super::calls::access(
-                super::calls::writable(addr)
-                    .and_then(|()| sys::atomic_rmw(addr, |a| a.swap(value, SeqCst), |_| value)),
+                super::calls::writable(addr).and_then(|()| sys::atomic_rmw(addr, |a| a.swap(value, SeqCst), |_| value)),
             )
             .map_ok(),
         });
@@ -194,7 +200,9 @@ impl HostUffd {
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        handle.join().unwrap_or_else(|_| Outcome::Inconclusive("the access panicked".into()))
+        let outcome = handle.join().unwrap_or_else(|_| Outcome::Inconclusive("the access panicked".into()));
+        state_done(&mut self.accesses, id, &outcome);
+        outcome
     }
 }
 
@@ -210,4 +218,9 @@ impl MapOk for Outcome {
             other => other,
         }
     }
+}
+
+/// Keeps a joined access's outcome, so a later `wait` shows it again.
+fn state_done(accesses: &mut HashMap<AccessId, Access>, id: AccessId, outcome: &Outcome) {
+    accesses.insert(id, Access::Done(outcome.clone()));
 }

@@ -302,3 +302,21 @@ fn a_copy_stopped_by_a_mapped_page_reports_the_bytes_it_filled() {
     );
     assert!(leaf(&mm, va + 2 * PAGE_SIZE).1.is_none(), "nothing after the failing page");
 }
+
+/// Regression: mremap kept the registration and the uffd-wp bits of a
+/// moved range (Linux drops both without UFFD_FEATURE_EVENT_REMAP).
+#[test]
+fn mremap_moves_a_range_out_of_its_registration() {
+    let mm = mm();
+    let uffd = uffd(&mm, UFFD_FEATURE_SIGBUS);
+    let va = mm.mmap(0, 2 * PAGE_SIZE, Prot::RW, ANON).unwrap();
+    mm.write_u64(va, 1).unwrap();
+    uffd.register(va, 2 * PAGE_SIZE, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP).unwrap();
+    uffd.writeprotect(va, PAGE_SIZE, 1).unwrap();
+    let flags = hmm_types::MremapFlags::MAYMOVE | hmm_types::MremapFlags::FIXED;
+    let new = mm.mremap(va, 2 * PAGE_SIZE, 2 * PAGE_SIZE, flags, va + 64 * PAGE_SIZE).unwrap();
+    assert_eq!(new, va + 64 * PAGE_SIZE);
+    assert_eq!(mm.pagemap_entry(new).unwrap() & crate::proc_pagemap::PM_UFFD_WP, 0);
+    mm.write_u64(new, 2).unwrap();
+    assert_eq!(mm.read_u64(new + PAGE_SIZE).unwrap(), 0, "not MISSING-armed any more");
+}

@@ -1,7 +1,8 @@
 //! userfaultfd: a user-space handler resolves page faults of registered
 //! ranges. The file object ([`Userfaultfd`]) negotiates the API, registers
 //! ranges, and hands out fault messages ([`UffdMsg`]) through `read` and
-//! `poll`; the handler answers with `COPY`, `ZEROPAGE` or `WAKE`.
+//! `poll`; the handler answers with `COPY`, `ZEROPAGE`, `CONTINUE`,
+//! `WRITEPROTECT`, `MOVE`, `POISON` or `WAKE`.
 //!
 //! Files: `mod.rs` the context, the file object and the message queue;
 //! `register.rs` REGISTER/UNREGISTER and close; `ioctl.rs` COPY, ZEROPAGE,
@@ -19,7 +20,10 @@
 //! flag `UFFD_USER_MODE_ONLY`. Not modelled (refused with a typed error,
 //! never silently accepted): registration of hugetlb memory, the RWP mode,
 //! the non-cooperative events (`EVENT_FORK`, `EVENT_REMAP`,
-//! `EVENT_REMOVE`, `EVENT_UNMAP`), `WP_UNPOPULATED`, `SET_MODE`.
+//! `EVENT_REMOVE`, `EVENT_UNMAP`: without them fork and mremap drop the
+//! registration, as Linux does), `WP_UNPOPULATED`, `SET_MODE`. Known
+//! gaps: a uffd-wp page swapped out loses its bit (Linux keeps it in the
+//! swap entry); `THREAD_ID`'s `ptid` is 0 (the model has no threads).
 //!
 //! Lock order: the mmap lock, then a context's `state` mutex (taken to
 //! queue a message while the faulting thread still holds the mmap read
@@ -246,7 +250,8 @@ pub struct UffdMsg {
     pub flags: u64,
     /// The fault address, page aligned unless EXACT_ADDRESS was negotiated.
     pub address: u64,
-    /// The faulting thread (`UFFD_FEATURE_THREAD_ID`; always 0 here).
+    /// The faulting thread (`UFFD_FEATURE_THREAD_ID`); the model has no
+    /// thread ids, so it is always 0.
     pub ptid: u32,
 }
 

@@ -175,8 +175,12 @@ pub fn atomic_rmw(addr: u64, op: impl FnOnce(&AtomicU64) -> u64, plain: impl FnO
 
 /// `fork()`: `Ok(0)` in the child, the child's pid in the parent.
 pub fn fork() -> Result<i32, i32> {
-    // SAFETY: the runner is single-threaded, so the child's copy of every
-    // lock and allocator is consistent.
+    // SAFETY: the runner is single-threaded except in userfaultfd
+    // scenarios, whose extra threads only run one access each (a populate
+    // syscall, a volatile load or an atomic) and return its outcome; glibc's
+    // fork takes the allocator's locks around the fork, so the child's
+    // allocator is consistent, and the child never joins those threads
+    // (`HostUffd::forget_threads`).
     match unsafe { libc::fork() } {
         -1 => Err(last_errno()),
         pid => Ok(pid),

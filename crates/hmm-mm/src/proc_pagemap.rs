@@ -19,6 +19,8 @@ pub const PM_PRESENT: u64 = 1 << 63;
 pub const PM_SWAP: u64 = 1 << 62;
 /// File page or shared anonymous (`PM_FILE`, bit 61).
 pub const PM_FILE: u64 = 1 << 61;
+/// Write-protected by userfaultfd (`PM_UFFD_WP`, bit 57).
+pub const PM_UFFD_WP: u64 = 1 << 57;
 /// A guard page (`PM_GUARD_REGION`, bit 58), reported with `PM_SWAP`.
 pub const PM_GUARD_REGION: u64 = 1 << 58;
 /// Mapped exclusively by this process (`PM_MMAP_EXCLUSIVE`, bit 56).
@@ -50,16 +52,17 @@ impl Mm {
             let pfn = entry.pfn().add(offset);
             let frame = pfn.0 & PM_PFRAME_MASK;
             let special = vma.flags.intersects(VmFlags::PFNMAP) || entry.leaf_flags().special;
+            let uffd_wp = if entry.is_uffd_wp() { PM_UFFD_WP } else { 0 };
             // The zero pages are special entries too; only the huge one is
             // reported as a page (`pagemap_pmd_range` uses `pmd_page`).
             if phys.is_zero_pfn(pfn) && pfn != phys.zero_pfn() && slot.level() == Level::Pmd {
-                return Ok(PM_PRESENT | PM_FILE | frame);
+                return Ok(PM_PRESENT | PM_FILE | uffd_wp | frame);
             }
             if special || phys.is_zero_pfn(pfn) {
-                return Ok(PM_PRESENT | frame);
+                return Ok(PM_PRESENT | uffd_wp | frame);
             }
             let exclusive = if phys.folio_counts(pfn).1 == 1 { PM_MMAP_EXCLUSIVE } else { 0 };
-            return Ok(PM_PRESENT | exclusive | file_page(pfn) | frame);
+            return Ok(PM_PRESENT | exclusive | uffd_wp | file_page(pfn) | frame);
         }
         if entry.is_guard_marker() {
             // Linux 6.18 on the host reads 0x440000000000009f: SWAP and

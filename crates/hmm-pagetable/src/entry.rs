@@ -3,7 +3,8 @@
 //! ```text
 //! present:      bit 0 = 1, bit 1 WRITE, bit 5 ACCESSED, bit 6 DIRTY,
 //!               bit 7 HUGE (a PMD/PUD leaf), bit 8 PROTNONE (kept but
-//!               inaccessible), bit 9 SPECIAL, bits 12..52 pfn
+//!               inaccessible), bit 9 SPECIAL, bit 10 UFFD_WP (userfaultfd
+//!               write-protected; x86's `_PAGE_UFFD_WP`), bits 12..52 pfn
 //! table:        bit 0 = 1, bit 7 = 0, above the PTE level; pfn = table id
 //! non-present:  bit 0 = 0, bits 1..6 swap kind (never 0), bit 7 HUGE,
 //!               bits 12..52 offset (swap slot or pfn)
@@ -32,6 +33,7 @@ const DIRTY: u64 = 1 << 6;
 const HUGE: u64 = 1 << 7;
 const PROTNONE: u64 = 1 << 8;
 const SPECIAL: u64 = 1 << 9;
+const UFFD_WP: u64 = 1 << 10;
 const KIND_SHIFT: u32 = 1;
 const KIND_MASK: u64 = 0x1f << KIND_SHIFT;
 const PFN_SHIFT: u32 = 12;
@@ -335,6 +337,26 @@ impl Entry {
         }
     }
 
+    /// The userfaultfd write-protect bit of a present leaf (`pte_uffd_wp`).
+    #[inline]
+    pub const fn is_uffd_wp(self) -> bool {
+        self.0 & (PRESENT | UFFD_WP) == PRESENT | UFFD_WP
+    }
+    /// The same present leaf write-protected for userfaultfd: UFFD_WP set,
+    /// WRITE cleared (`pte_mkuffd_wp`).
+    #[inline]
+    pub const fn mkuffd_wp(self) -> Self {
+        Self((self.0 | UFFD_WP) & !WRITE)
+    }
+    /// The same present leaf without UFFD_WP (`pte_clear_uffd_wp`).
+    #[inline]
+    pub const fn clear_uffd_wp(self) -> Self {
+        if self.0 & PRESENT != 0 {
+            Self(self.0 & !UFFD_WP)
+        } else {
+            self
+        }
+    }
     /// The same present leaf with WRITE cleared (`pte_wrprotect`).
     #[inline]
     pub const fn wrprotect(self) -> Self {

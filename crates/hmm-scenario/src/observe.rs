@@ -59,6 +59,9 @@ pub struct PageView {
     /// reported with `PM_SWAP`.
     #[serde(default)]
     pub guard: bool,
+    /// `PM_UFFD_WP`: write-protected by userfaultfd.
+    #[serde(default)]
+    pub uffd_wp: bool,
 }
 
 /// The result of one operation.
@@ -85,6 +88,65 @@ pub enum Outcome {
     Inconclusive(String),
     /// The host runner refused the call (outside the window, or unsupported).
     Refused(String),
+    /// An access that sleeps waiting for a userfaultfd handler.
+    Blocked,
+    /// `uffd_read`: the messages that were queued, oldest first.
+    Messages(Vec<UffdMsgView>),
+}
+
+/// One `struct uffd_msg` as a scenario sees it (thread ids and the new
+/// descriptor of a FORK event are left out: they differ between runs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UffdMsgView {
+    /// `UFFD_EVENT_PAGEFAULT` with `UFFD_PAGEFAULT_FLAG_*`.
+    Pagefault {
+        /// `WRITE` 1, `WP` 2, `MINOR` 4.
+        flags: u64,
+        /// The fault address.
+        address: u64,
+    },
+    /// `UFFD_EVENT_FORK`.
+    Fork,
+    /// `UFFD_EVENT_REMAP`.
+    Remap {
+        /// Old address.
+        from: u64,
+        /// New address.
+        to: u64,
+        /// Length.
+        len: u64,
+    },
+    /// `UFFD_EVENT_REMOVE`.
+    Remove {
+        /// First address.
+        start: u64,
+        /// One past the last.
+        end: u64,
+    },
+    /// `UFFD_EVENT_UNMAP`.
+    Unmap {
+        /// First address.
+        start: u64,
+        /// One past the last.
+        end: u64,
+    },
+    /// An event this version does not name.
+    Other(u8),
+}
+
+impl UffdMsgView {
+    /// Decodes the 32 bytes `read(2)` returns.
+    pub fn from_bytes(b: &[u8; 32]) -> Self {
+        let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        match b[0] {
+            0x12 => Self::Pagefault { flags: word(8), address: word(16) },
+            0x13 => Self::Fork,
+            0x14 => Self::Remap { from: word(8), to: word(16), len: word(24) },
+            0x15 => Self::Remove { start: word(8), end: word(16) },
+            0x16 => Self::Unmap { start: word(8), end: word(16) },
+            other => Self::Other(other),
+        }
+    }
 }
 
 /// Linux errno names for the numbers a scenario meets.
@@ -174,12 +236,59 @@ impl fmt::Display for Shown<'_> {
             Outcome::Same(None) => write!(f, "not present"),
             Outcome::Inconclusive(why) => write!(f, "inconclusive ({why})"),
             Outcome::Refused(why) => write!(f, "refused ({why})"),
+            Outcome::Blocked => write!(f, "blocked"),
+            Outcome::Messages(msgs) if msgs.is_empty() => write!(f, "no message"),
+            Outcome::Messages(msgs) => {
+                for (i, msg) in msgs.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    self.msg(f, msg)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Shown<'_> {
+    fn msg(&self, f: &mut fmt::Formatter<'_>, msg: &UffdMsgView) -> fmt::Result {
+        let w = self.window;
+        match *msg {
+            UffdMsgView::Pagefault { flags, address } => {
+                write!(f, "pagefault ")?;
+                addr(f, w, address)?;
+                for (bit, name) in [(1, "write"), (2, "wp"), (4, "minor")] {
+                    if flags & bit != 0 {
+                        write!(f, " {name}")?;
+                    }
+                }
+                if flags & !7 != 0 {
+                    write!(f, " {:#x}", flags & !7)?;
+                }
+                Ok(())
+            }
+            UffdMsgView::Fork => write!(f, "fork"),
+            UffdMsgView::Remap { from, to, len } => {
+                write!(f, "remap ")?;
+                addr(f, w, from)?;
+                write!(f, " ")?;
+                addr(f, w, to)?;
+                write!(f, " {len:#x}")
+            }
+            UffdMsgView::Remove { start, end } | UffdMsgView::Unmap { start, end } => {
+                write!(f, "{} ", if matches!(msg, UffdMsgView::Remove { .. }) { "remove" } else { "unmap" })?;
+                addr(f, w, start)?;
+                write!(f, "..")?;
+                addr(f, w, end)
+            }
+            UffdMsgView::Other(event) => write!(f, "event {event:#x}"),
         }
     }
 }
 
 /// `P` present, `S` swapped, `X` exclusive, `F` file, `H` huge, `Z` zero
-/// page, `G` guard page; `-` for none.
+/// page, `G` guard page, `W` userfaultfd write-protected; `-` for none.
 pub fn page_letters(page: &PageView) -> String {
     let letters: String = [
         (page.present, 'P'),
@@ -189,6 +298,7 @@ pub fn page_letters(page: &PageView) -> String {
         (page.huge, 'H'),
         (page.zero, 'Z'),
         (page.guard, 'G'),
+        (page.uffd_wp, 'W'),
     ]
     .iter()
     .filter(|(set, _)| *set)

@@ -155,6 +155,8 @@ bitflags! {
         const MAYBE_GUARD = 0x800;
         /// Pages locked in memory (`VM_LOCKED`, mlock).
         const LOCKED = 0x2000;
+        /// userfaultfd write-protect tracking.
+        const UFFD_WP = 0x1000;
         /// Memory-mapped I/O.
         const IO = 0x4000;
         /// Not copied on fork.
@@ -181,6 +183,8 @@ bitflags! {
         /// not be unmapped, moved, resized or reprotected, nor (anonymous
         /// and read-only) discarded by madvise.
         const SEALED = 1 << 63;
+        /// userfaultfd minor-fault tracking (bit 41).
+        const UFFD_MINOR = 1 << 41;
     }
 }
 

@@ -91,7 +91,7 @@ pub(crate) fn handle_fault(mm: &Mm, vmas: &VmaTree, vma: &Vma, va: u64, flags: F
     match crate::uffd::verdict(mm, vma, va, flags) {
         crate::uffd::Verdict::Proceed => {}
         crate::uffd::Verdict::Sigbus(why) => return Err(FaultError::Sigbus(why)),
-        crate::uffd::Verdict::Wait(_) => {
+        crate::uffd::Verdict::Wait(..) => {
             return Err(FaultError::Sigbus("userfaultfd fault that may not release the mmap lock"))
         }
     }
@@ -152,6 +152,10 @@ pub(super) fn existing_pte(
         Some(hmm_pagetable::SwapKind::DeviceExclusive) => crate::device::exclusive::restore(mm, vma, slot, entry),
         Some(hmm_pagetable::SwapKind::Hwpoison) => return Err(FaultError::Hwpoison),
         _ if entry.is_guard_marker() => return Err(FaultError::Segv(SegvReason::GuardRegion)),
+        // A UFFDIO_POISON marker: as a poisoned page (`handle_pte_marker`).
+        Some(hmm_pagetable::SwapKind::Marker) if crate::uffd::is_poison_marker(entry) => {
+            return Err(FaultError::Hwpoison)
+        }
         _ => return Err(FaultError::Sigbus("unsupported non-present entry")),
     }
     Ok(Existing::Retry)

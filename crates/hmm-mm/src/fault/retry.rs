@@ -32,8 +32,8 @@ impl MmapReadGuard<'_> {
         match verdict(mm, vma, va, flags) {
             Verdict::Proceed => handle_fault(mm, self, vma, va, flags).map(|()| FaultOutcome::Handled),
             Verdict::Sigbus(why) => Err(FaultError::Sigbus(why)),
-            Verdict::Wait(ctx) => {
-                wait_for_handler(self, ctx, va, flags);
+            Verdict::Wait(ctx, reason) => {
+                wait_for_handler(self, ctx, reason, va, flags);
                 Ok(FaultOutcome::Released)
             }
         }

@@ -27,6 +27,8 @@ pub(super) fn pte(mm: &Mm, vma: &Vma, slot: Slot<'_>, entry: Entry) -> Result<bo
     }
     if !is_zero && can_reuse(mm, pfn) {
         // Only anonymous pages are reused; a private file page is copied.
+        // The reused page is exclusive again (`wp_can_reuse_anon_folio`).
+        phys.meta(pfn).set_flags(PageFlags::ANON_EXCLUSIVE);
         return Ok(slot.compare_exchange(entry, entry.mkwrite().mkdirty()).is_ok());
     }
     let copy = phys.alloc_folio(0, is_zero).map_err(|_| FaultError::Oom)?;

@@ -161,10 +161,19 @@ fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool) -> Resul
             if !entry.is_special() && !phys.is_zero_pfn(entry.pfn()) {
                 phys.get(entry.pfn());
                 phys.map_add(entry.pfn(), 1);
+                // Shared with the child now: no longer exclusive to the
+                // parent (`folio_try_dup_anon_rmap_pte`) until a write
+                // fault reuses it.
+                if cow {
+                    phys.meta(phys.folio_head(entry.pfn())).clear_flags(crate::phys::PageFlags::ANON_EXCLUSIVE);
+                }
             }
-            target.store(entry.mkold());
-        } else if entry.is_guard_marker() {
-            // Guard markers are always copied (`copy_nonpresent_pte`).
+            // The child's VMA is not registered: no uffd-wp bit
+            // (`copy_present_pte` clears it without `userfaultfd_wp`).
+            target.store(entry.mkold().clear_uffd_wp());
+        } else if entry.is_guard_marker() || crate::uffd::is_poison_marker(entry) {
+            // Guard and poison markers are always copied
+            // (`copy_nonpresent_pte`).
             target.store(entry);
         } else if entry.swap_kind() == Some(SwapKind::Swap) {
             // Both sides name the slot; the first to fault it in gets a

@@ -233,7 +233,7 @@ fn duplicate_shared(
     copy.end = target + new_len;
     // The copy is a new VMA no userfaultfd registered.
     copy.uffd = None;
-    copy.flags.remove(VmFlags::UFFD_MISSING);
+    copy.flags.remove(crate::uffd::UFFD_VM_FLAGS);
     copy.anon_vma = Default::default();
     if let VmaBacking::File(inode) = &copy.backing {
         inode.add_mapper(guard.mm().weak());
@@ -259,7 +259,7 @@ fn check_vma(vma: &Vma, addr: u64, grows: bool, flags: MremapFlags) -> Result<()
 /// (`vma_multi_allowed`): not userfaultfd-armed, and no file whose mapping
 /// placement is its own (device-DAX aligns its mappings).
 fn multi_allowed(vma: &Vma) -> bool {
-    !vma.flags.contains(VmFlags::UFFD_MISSING) && !matches!(vma.backing, VmaBacking::DevDax(_))
+    !vma.flags.intersects(crate::uffd::UFFD_VM_FLAGS) && !matches!(vma.backing, VmaBacking::DevDax(_))
 }
 
 /// `MREMAP_FIXED` with `old_len == new_len`: moves the part of every VMA
@@ -356,9 +356,14 @@ fn move_mapping(
         let Ok(to) = mm.pgtable().ensure(va.wrapping_add(shift), level) else {
             unreachable!("destination tables were built above");
         };
-        to.store(entry);
+        // Without UFFD_FEATURE_EVENT_REMAP (not modelled) the moved range
+        // is not registered: its entries lose the uffd-wp bit (`move_ptes`).
+        to.store(entry.clear_uffd_wp());
     }
     let mut moved = vma.clone();
+    // `mremap_userfaultfd_prep` without EVENT_REMAP: `userfaultfd_reset_ctx`.
+    moved.uffd = None;
+    moved.flags.remove(crate::uffd::UFFD_VM_FLAGS);
     moved.start = new;
     moved.end = new + new_len;
     // Anonymous memory that never had a page takes the offset of its new

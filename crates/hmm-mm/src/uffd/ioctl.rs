@@ -1,5 +1,7 @@
-//! Resolving faults: `UFFDIO_COPY` (a new anonymous page with the given
-//! contents), `UFFDIO_ZEROPAGE` (the shared zero page) and `UFFDIO_WAKE`.
+//! Resolving faults: `UFFDIO_COPY` (a new page with the given contents:
+//! anonymous in a private mapping, added to the page cache in a shared
+//! shmem one), `UFFDIO_ZEROPAGE` (the shared zero page, or a zeroed
+//! page-cache page for shared shmem) and `UFFDIO_WAKE`.
 //! Both fills install into a none PTE only, under the mmap read lock and by
 //! compare-and-swap, with no mmu-notifier invalidation (none → present
 //! removes nothing a mirror could hold), then wake the faults waiting on
@@ -13,8 +15,10 @@ use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
 use hmm_types::{VmFlags, PAGE_SIZE};
 
 use super::{check_range, UffdError, Userfaultfd, UFFDIO_COPY_MODE_DONTWAKE, UFFDIO_COPY_MODE_WP};
+use crate::fs::{Inode, InodeKind};
 use crate::mm::MmapReadGuard;
 use crate::phys::PageFlags;
+use crate::vma::{Vma, VmaBacking};
 
 /// What to put in each page.
 #[derive(Clone, Copy)]
@@ -30,14 +34,11 @@ impl Userfaultfd {
     /// error (`EEXIST` for a page already mapped, `ENOENT` outside a range
     /// registered here, `ENOMEM`); a later one is [`UffdError::Partial`]
     /// (`EAGAIN`), the pages before it filled and woken. `EINVAL` for a bad
-    /// mode or shape; `WP` is refused since WP registration is not
-    /// modelled.
+    /// mode or shape, or `WP` (map the pages write-protected) on a range
+    /// not registered for WP.
     pub fn copy(&self, dst: u64, src: &[u8], mode: u64) -> Result<u64, UffdError> {
         if mode & !(UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP) != 0 {
             return Err(UffdError::Invalid("unknown UFFDIO_COPY mode"));
-        }
-        if mode & UFFDIO_COPY_MODE_WP != 0 {
-            return Err(UffdError::Invalid("UFFDIO_COPY_MODE_WP on a range not registered for WP"));
         }
         self.fill(dst, src.len() as u64, Fill::Copy(src), mode)
     }
@@ -68,7 +69,7 @@ impl Userfaultfd {
             let guard = mm.mmap_read();
             let mut result = Ok(());
             while dst + done < end {
-                if let Err(error) = self.fill_page(&guard, dst + done, fill, done as usize) {
+                if let Err(error) = self.fill_page(&guard, dst + done, fill, done as usize, mode) {
                     result = Err(error);
                     break;
                 }
@@ -86,10 +87,24 @@ impl Userfaultfd {
         }
     }
 
-    fn fill_page(&self, guard: &MmapReadGuard<'_>, va: u64, fill: Fill<'_>, offset: usize) -> Result<(), UffdError> {
+    fn fill_page(
+        &self,
+        guard: &MmapReadGuard<'_>,
+        va: u64,
+        fill: Fill<'_>,
+        offset: usize,
+        mode: u64,
+    ) -> Result<(), UffdError> {
         let vma = guard.vma(va).ok_or(UffdError::NotRegistered(va))?;
         if !vma.uffd.as_ref().is_some_and(|b| std::sync::Arc::ptr_eq(&b.0, &self.ctx)) {
             return Err(UffdError::NotRegistered(va));
+        }
+        let wp = mode & UFFDIO_COPY_MODE_WP != 0 && matches!(fill, Fill::Copy(_));
+        if wp && !vma.flags.contains(VmFlags::UFFD_WP) {
+            return Err(UffdError::Invalid("UFFDIO_COPY_MODE_WP on a range not registered for WP"));
+        }
+        if let (true, VmaBacking::File(inode)) = (vma.flags.is_shared(), &vma.backing) {
+            return shmem_fill(guard, vma, inode, va, fill, offset, wp);
         }
         let mm = guard.mm();
         let phys = mm.phys();
@@ -108,9 +123,17 @@ impl Userfaultfd {
                 phys.meta(page).set_flags(
                     PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE,
                 );
+                crate::anon_vma::anon_vma_prepare(mm, guard, vma);
+                crate::rmap::folio_add_new_anon_rmap(mm, vma, page, va);
                 phys.map_add(page, 1);
                 let write = vma.flags.contains(VmFlags::WRITE);
-                Entry::present(page, LeafFlags { write, dirty: true, accessed: true, special: false }, false)
+                let entry =
+                    Entry::present(page, LeafFlags { write, dirty: true, accessed: true, special: false }, false);
+                if wp {
+                    entry.mkuffd_wp()
+                } else {
+                    entry
+                }
             }
             Fill::Zero => {
                 let flags = LeafFlags { special: true, accessed: true, ..LeafFlags::default() };
@@ -126,4 +149,65 @@ impl Userfaultfd {
         }
         Ok(())
     }
+}
+
+/// COPY or ZEROPAGE into shared shmem (`shmem_mfill_atomic_pte`): a new
+/// page goes into the page cache (`EEXIST` if one is there, `EFAULT`
+/// beyond end of file) and is mapped.
+fn shmem_fill(
+    guard: &MmapReadGuard<'_>,
+    vma: &Vma,
+    inode: &Inode,
+    va: u64,
+    fill: Fill<'_>,
+    offset: usize,
+    wp: bool,
+) -> Result<(), UffdError> {
+    if !matches!(inode.kind(), InodeKind::PageCache) {
+        return Err(UffdError::Invalid("not shmem"));
+    }
+    let mm = guard.mm();
+    let phys = mm.phys();
+    let pte = match mm.pgtable().ensure(va, Level::Pte) {
+        Ok(slot) => slot,
+        Err(EnsureError::NoMem(_)) => return Err(UffdError::NoMem),
+        Err(EnsureError::Leaf(_)) => return Err(UffdError::Exists(va)),
+    };
+    if !pte.load().is_none() {
+        return Err(UffdError::Exists(va));
+    }
+    let index = vma.page_index(va);
+    let pfn = {
+        let mut state = inode.state.lock();
+        if index >= state.size.div_ceil(PAGE_SIZE) {
+            return Err(UffdError::NoCachedPage(va));
+        }
+        if state.pages.contains_key(&index) {
+            return Err(UffdError::Exists(va));
+        }
+        let pfn = phys.alloc_folio(0, true).map_err(|_| UffdError::NoMem)?;
+        if let Fill::Copy(src) = fill {
+            phys.write(pfn, 0, &src[offset..offset + PAGE_SIZE as usize]);
+        }
+        let meta = phys.meta(pfn);
+        meta.set_flags(PageFlags::SHMEM | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::DIRTY);
+        meta.index.store(index, std::sync::atomic::Ordering::Relaxed);
+        meta.mapping.store(inode.id(), std::sync::atomic::Ordering::Relaxed);
+        state.pages.insert(index, pfn);
+        // The cache's reference, then the mapping's.
+        phys.get(pfn);
+        pfn
+    };
+    let write = vma.flags.contains(VmFlags::WRITE);
+    let mut new = Entry::present(pfn, LeafFlags { write, dirty: true, accessed: true, special: false }, false);
+    if wp {
+        new = new.mkuffd_wp();
+    }
+    phys.map_add(pfn, 1);
+    if pte.compare_exchange(Entry::NONE, new).is_err() {
+        phys.map_sub(pfn, 1);
+        phys.put(pfn);
+        return Err(UffdError::Exists(va));
+    }
+    Ok(())
 }

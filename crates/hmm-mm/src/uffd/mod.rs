@@ -1,19 +1,29 @@
 //! userfaultfd: a user-space handler resolves page faults of registered
 //! ranges. The file object ([`Userfaultfd`]) negotiates the API, registers
 //! ranges, and hands out fault messages ([`UffdMsg`]) through `read` and
-//! `poll`; the handler answers with `COPY`, `ZEROPAGE` or `WAKE`.
+//! `poll`; the handler answers with `COPY`, `ZEROPAGE`, `CONTINUE`,
+//! `WRITEPROTECT`, `MOVE`, `POISON` or `WAKE`.
 //!
 //! Files: `mod.rs` the context, the file object and the message queue;
 //! `register.rs` REGISTER/UNREGISTER and close; `ioctl.rs` COPY, ZEROPAGE,
-//! WAKE; `wait.rs` the fault side (queue a message, sleep with the mmap
-//! lock released, or SIGBUS).
+//! WAKE; `wp.rs` WP mode (WRITEPROTECT, the uffd-wp PTE bit); `minor.rs`
+//! MINOR mode and CONTINUE; `mover.rs` MOVE; `poison.rs` POISON;
+//! `wait.rs` the fault side (queue a message, sleep with the mmap lock
+//! released, or SIGBUS).
 //!
-//! Modelled: MISSING mode on private anonymous memory; features
-//! `UFFD_FEATURE_SIGBUS` and `UFFD_FEATURE_EXACT_ADDRESS`; the open flag
-//! `UFFD_USER_MODE_ONLY`. Not modelled (refused with a typed error, never
-//! silently accepted): WP, MINOR and RWP modes, shmem and hugetlb
-//! registration, the non-cooperative events, MOVE, WRITEPROTECT, CONTINUE,
-//! POISON, SET_MODE.
+//! Modelled: MISSING mode on private anonymous memory and shmem (shared
+//! anonymous memory, memfd, tmpfs); WP mode on the same (present pages
+//! are protected; none entries of shmem get no marker, see wp.rs); MINOR
+//! mode on shmem; MOVE of anonymous pages; POISON markers; features
+//! `PAGEFAULT_FLAG_WP`, `SIGBUS`, `THREAD_ID`, `EXACT_ADDRESS`,
+//! `MISSING_SHMEM`, `MINOR_SHMEM`, `POISON`, `WP_ASYNC`, `MOVE`; the open
+//! flag `UFFD_USER_MODE_ONLY`. Not modelled (refused with a typed error,
+//! never silently accepted): registration of hugetlb memory, the RWP mode,
+//! the non-cooperative events (`EVENT_FORK`, `EVENT_REMAP`,
+//! `EVENT_REMOVE`, `EVENT_UNMAP`: without them fork and mremap drop the
+//! registration, as Linux does), `WP_UNPOPULATED`, `SET_MODE`. Known
+//! gaps: a uffd-wp page swapped out loses its bit (Linux keeps it in the
+//! swap entry); `THREAD_ID`'s `ptid` is 0 (the model has no threads).
 //!
 //! Lock order: the mmap lock, then a context's `state` mutex (taken to
 //! queue a message while the faulting thread still holds the mmap read
@@ -24,8 +34,12 @@
 //! `include/uapi/linux/userfaultfd.h`.
 
 mod ioctl;
+mod minor;
+mod mover;
+mod poison;
 mod register;
 mod wait;
+mod wp;
 
 #[cfg(test)]
 mod tests;
@@ -38,6 +52,7 @@ use hmm_types::Errno;
 use crate::mm::Mm;
 use crate::vma::Vma;
 
+pub(crate) use poison::is_poison_marker;
 pub(crate) use wait::{verdict, wait_for_handler, Verdict};
 
 /// `UFFD_API`.
@@ -49,12 +64,53 @@ pub const O_NONBLOCK: u32 = 0o4000;
 /// `O_CLOEXEC` (x86-64); accepted, no effect in the model.
 pub const O_CLOEXEC: u32 = 0o2000000;
 
+/// `UFFD_FEATURE_PAGEFAULT_FLAG_WP`: WP faults say so in the message.
+pub const UFFD_FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
+/// `UFFD_FEATURE_EVENT_FORK` (not modelled).
+pub const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
+/// `UFFD_FEATURE_EVENT_REMAP` (not modelled).
+pub const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
+/// `UFFD_FEATURE_EVENT_REMOVE` (not modelled).
+pub const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+/// `UFFD_FEATURE_MISSING_HUGETLBFS` (not modelled).
+pub const UFFD_FEATURE_MISSING_HUGETLBFS: u64 = 1 << 4;
+/// `UFFD_FEATURE_MISSING_SHMEM`: MISSING mode on shmem.
+pub const UFFD_FEATURE_MISSING_SHMEM: u64 = 1 << 5;
+/// `UFFD_FEATURE_EVENT_UNMAP` (not modelled).
+pub const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
 /// `UFFD_FEATURE_SIGBUS`: faults get SIGBUS instead of a message.
 pub const UFFD_FEATURE_SIGBUS: u64 = 1 << 7;
+/// `UFFD_FEATURE_THREAD_ID`: messages carry the faulting thread.
+pub const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
+/// `UFFD_FEATURE_MINOR_HUGETLBFS` (not modelled).
+pub const UFFD_FEATURE_MINOR_HUGETLBFS: u64 = 1 << 9;
+/// `UFFD_FEATURE_MINOR_SHMEM`: MINOR mode on shmem.
+pub const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
 /// `UFFD_FEATURE_EXACT_ADDRESS`: messages carry the exact fault address.
 pub const UFFD_FEATURE_EXACT_ADDRESS: u64 = 1 << 11;
-/// The features this model offers (a subset of Linux's).
-pub const UFFD_API_FEATURES: u64 = UFFD_FEATURE_SIGBUS | UFFD_FEATURE_EXACT_ADDRESS;
+/// `UFFD_FEATURE_WP_HUGETLBFS_SHMEM` (not modelled: needs PTE markers).
+pub const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
+/// `UFFD_FEATURE_WP_UNPOPULATED` (not modelled: needs PTE markers).
+pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+/// `UFFD_FEATURE_POISON`: UFFDIO_POISON.
+pub const UFFD_FEATURE_POISON: u64 = 1 << 14;
+/// `UFFD_FEATURE_WP_ASYNC`: WP faults are resolved by the kernel.
+pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+/// `UFFD_FEATURE_MOVE`: UFFDIO_MOVE.
+pub const UFFD_FEATURE_MOVE: u64 = 1 << 16;
+/// The features this model offers (a subset of Linux's 7.3 set).
+pub const UFFD_API_FEATURES: u64 = UFFD_FEATURE_PAGEFAULT_FLAG_WP
+    | UFFD_FEATURE_MISSING_SHMEM
+    | UFFD_FEATURE_SIGBUS
+    | UFFD_FEATURE_THREAD_ID
+    | UFFD_FEATURE_MINOR_SHMEM
+    | UFFD_FEATURE_EXACT_ADDRESS
+    | UFFD_FEATURE_POISON
+    | UFFD_FEATURE_WP_ASYNC
+    | UFFD_FEATURE_MOVE;
+
+/// Every feature bit Linux knows (7.3 adds RWP and RWP_ASYNC).
+const LINUX_FEATURES: u64 = (1 << 19) - 1;
 
 /// `UFFDIO_REGISTER_MODE_MISSING`.
 pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
@@ -69,6 +125,20 @@ pub const UFFDIO_REGISTER_MODE_RWP: u64 = 8;
 pub const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1;
 /// `UFFDIO_COPY_MODE_WP`.
 pub const UFFDIO_COPY_MODE_WP: u64 = 2;
+/// `UFFDIO_WRITEPROTECT_MODE_WP`: protect (clear: resolve).
+pub const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1;
+/// `UFFDIO_WRITEPROTECT_MODE_DONTWAKE`.
+pub const UFFDIO_WRITEPROTECT_MODE_DONTWAKE: u64 = 2;
+/// `UFFDIO_CONTINUE_MODE_DONTWAKE`.
+pub const UFFDIO_CONTINUE_MODE_DONTWAKE: u64 = 1;
+/// `UFFDIO_CONTINUE_MODE_WP`.
+pub const UFFDIO_CONTINUE_MODE_WP: u64 = 2;
+/// `UFFDIO_MOVE_MODE_DONTWAKE`.
+pub const UFFDIO_MOVE_MODE_DONTWAKE: u64 = 1;
+/// `UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES`.
+pub const UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES: u64 = 2;
+/// `UFFDIO_POISON_MODE_DONTWAKE`.
+pub const UFFDIO_POISON_MODE_DONTWAKE: u64 = 1;
 
 /// ioctl numbers (`_UFFDIO_*`), as bits of the `ioctls` masks.
 pub mod nr {
@@ -82,6 +152,14 @@ pub mod nr {
     pub const COPY: u32 = 0x03;
     /// `_UFFDIO_ZEROPAGE`.
     pub const ZEROPAGE: u32 = 0x04;
+    /// `_UFFDIO_MOVE`.
+    pub const MOVE: u32 = 0x05;
+    /// `_UFFDIO_WRITEPROTECT`.
+    pub const WRITEPROTECT: u32 = 0x06;
+    /// `_UFFDIO_CONTINUE`.
+    pub const CONTINUE: u32 = 0x07;
+    /// `_UFFDIO_POISON`.
+    pub const POISON: u32 = 0x08;
     /// `_UFFDIO_API`.
     pub const API: u32 = 0x3F;
 }
@@ -90,6 +168,10 @@ pub mod nr {
 pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 /// `UFFD_PAGEFAULT_FLAG_WRITE`.
 pub const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
+/// `UFFD_PAGEFAULT_FLAG_WP`: a write to a write-protected page.
+pub const UFFD_PAGEFAULT_FLAG_WP: u64 = 1 << 1;
+/// `UFFD_PAGEFAULT_FLAG_MINOR`: the page is in the page cache, not mapped.
+pub const UFFD_PAGEFAULT_FLAG_MINOR: u64 = 1 << 2;
 
 /// Errors of the userfaultfd calls, each with Linux's errno.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -120,6 +202,15 @@ pub enum UffdError {
     /// `ENOENT`: the destination is not a range registered here.
     #[error("ENOENT: {0:#x} is not in a range registered with this userfaultfd")]
     NotRegistered(u64),
+    /// `ENOENT`: a page to act on is missing (a MOVE source hole).
+    #[error("ENOENT: {0}")]
+    NoEntry(&'static str),
+    /// `EFAULT`: CONTINUE found no page in the page cache.
+    #[error("EFAULT: no page in the page cache at {0:#x}")]
+    NoCachedPage(u64),
+    /// `EBUSY` from MOVE: the source page is shared or pinned.
+    #[error("EBUSY: {0}")]
+    PageBusy(&'static str),
     /// `ENOMEM`: no frame for the page.
     #[error("ENOMEM: out of memory")]
     NoMem,
@@ -138,10 +229,11 @@ impl UffdError {
         match self {
             Self::Invalid(_) => Errno::Inval,
             Self::Perm(_) => Errno::Perm,
-            Self::Busy => Errno::Busy,
+            Self::Busy | Self::PageBusy(_) => Errno::Busy,
             Self::Exists(_) => Errno::Exist,
             Self::Again | Self::Partial { .. } => Errno::Again,
-            Self::NotRegistered(_) => Errno::NoEnt,
+            Self::NotRegistered(_) | Self::NoEntry(_) => Errno::NoEnt,
+            Self::NoCachedPage(_) => Errno::Fault,
             Self::NoMem => Errno::NoMem,
             Self::Exited => Errno::Srch,
             Self::NotModelled(_) => Errno::OpNotSupp,
@@ -158,7 +250,8 @@ pub struct UffdMsg {
     pub flags: u64,
     /// The fault address, page aligned unless EXACT_ADDRESS was negotiated.
     pub address: u64,
-    /// The faulting thread (`UFFD_FEATURE_THREAD_ID`; always 0 here).
+    /// The faulting thread (`UFFD_FEATURE_THREAD_ID`); the model has no
+    /// thread ids, so it is always 0.
     pub ptid: u32,
 }
 
@@ -263,8 +356,12 @@ impl core::fmt::Debug for UffdBinding {
 /// `UFFD_FEATURE_EVENT_FORK`).
 pub(crate) fn forget_on_fork(vma: &mut Vma) {
     vma.uffd = None;
-    vma.flags.remove(hmm_types::VmFlags::UFFD_MISSING);
+    vma.flags.remove(UFFD_VM_FLAGS);
 }
+
+/// Every `VM_UFFD_*` flag (`__VM_UFFD_FLAGS`).
+pub(crate) const UFFD_VM_FLAGS: hmm_types::VmFlags =
+    hmm_types::VmFlags::UFFD_MISSING.union(hmm_types::VmFlags::UFFD_WP).union(hmm_types::VmFlags::UFFD_MINOR);
 
 /// An open userfaultfd (`userfaultfd(2)`); dropping it is `close`, which
 /// unregisters every range and lets waiting faults proceed.
@@ -335,8 +432,11 @@ impl Userfaultfd {
         if api != UFFD_API {
             return Err(UffdError::Invalid("api must be UFFD_API (0xAA)"));
         }
+        if features & !LINUX_FEATURES != 0 {
+            return Err(UffdError::Invalid("a requested feature is unknown"));
+        }
         if features & !UFFD_API_FEATURES != 0 {
-            return Err(UffdError::Invalid("a requested feature is not available"));
+            return Err(UffdError::NotModelled("a requested feature (events, hugetlb, WP_UNPOPULATED)"));
         }
         state.features = Some(features);
         let ioctls = (1 << nr::REGISTER) | (1 << nr::UNREGISTER) | (1u64 << nr::API);
@@ -396,14 +496,19 @@ impl Userfaultfd {
     }
 
     /// The negotiated features, or `EINVAL` before `UFFDIO_API`.
-    fn features(&self) -> Result<u64, UffdError> {
+    pub(crate) fn features(&self) -> Result<u64, UffdError> {
         self.ctx.lock().features.ok_or(UffdError::Invalid("UFFDIO_API has not been called"))
     }
 
     /// The address space, with a user reference for the call.
-    fn mm(&self) -> Result<crate::mm::MmUser, UffdError> {
+    pub(crate) fn mm(&self) -> Result<crate::mm::MmUser, UffdError> {
         self.ctx.mm.upgrade().and_then(|mm| mm.mmget_not_zero()).ok_or(UffdError::Exited)
     }
+}
+
+/// Whether `vma` is registered with this context.
+fn is_mine(ctx: &Arc<UffdCtx>, vma: &Vma) -> bool {
+    vma.uffd.as_ref().is_some_and(|b| Arc::ptr_eq(&b.0, ctx))
 }
 
 /// Page-aligned, non-empty, inside the user address space.

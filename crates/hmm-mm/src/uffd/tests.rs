@@ -34,7 +34,8 @@ fn api_handshake_checks_the_version_the_features_and_happens_once() {
     assert!(uffd.poll().error, "POLLERR before UFFDIO_API");
     assert_eq!(uffd.register(0x10000, 0x1000, UFFDIO_REGISTER_MODE_MISSING).unwrap_err().errno(), Errno::Inval);
     assert_eq!(uffd.api(0xAB, 0).unwrap_err().errno(), Errno::Inval);
-    assert_eq!(uffd.api(UFFD_API, 1 << 1).unwrap_err().errno(), Errno::Inval, "EVENT_FORK is not offered");
+    assert_eq!(uffd.api(UFFD_API, 1 << 1).unwrap_err().errno(), Errno::OpNotSupp, "EVENT_FORK is not modelled");
+    assert_eq!(uffd.api(UFFD_API, 1 << 20).unwrap_err().errno(), Errno::Inval, "no such feature");
     let (features, ioctls) = uffd.api(UFFD_API, 0).unwrap();
     assert_eq!(features & UFFD_FEATURE_SIGBUS, UFFD_FEATURE_SIGBUS);
     assert_eq!(ioctls, (1 << 0x00) | (1 << 0x01) | (1 << 0x3F));
@@ -53,9 +54,13 @@ fn register_validates_mode_range_and_vmas_and_splits_at_the_ends() {
     assert_eq!(uffd.register(va + 1, PAGE_SIZE, missing).unwrap_err().errno(), Errno::Inval);
     assert_eq!(uffd.register(va, 0, missing).unwrap_err().errno(), Errno::Inval);
     assert_eq!(uffd.register(0x10000, PAGE_SIZE, missing).unwrap_err().errno(), Errno::Inval, "no VMA");
-    assert_eq!(uffd.register(va, PAGE_SIZE, UFFDIO_REGISTER_MODE_WP).unwrap_err().errno(), Errno::OpNotSupp);
+    assert_eq!(uffd.register(va, PAGE_SIZE, 8).unwrap_err().errno(), Errno::OpNotSupp, "RWP");
     let ioctls = uffd.register(va + PAGE_SIZE, 2 * PAGE_SIZE, missing).unwrap();
-    assert_eq!(ioctls, (1 << 0x02) | (1 << 0x03) | (1 << 0x04), "WAKE, COPY, ZEROPAGE");
+    assert_eq!(
+        ioctls,
+        (1 << 0x02) | (1 << 0x03) | (1 << 0x04) | (1 << 0x05) | (1 << 0x08),
+        "WAKE COPY ZEROPAGE MOVE POISON"
+    );
     let guard = mm.mmap_read();
     let vmas: Vec<_> = guard.iter().map(|v| (v.start, v.end, v.flags.contains(VmFlags::UFFD_MISSING))).collect();
     drop(guard);
@@ -296,4 +301,22 @@ fn a_copy_stopped_by_a_mapped_page_reports_the_bytes_it_filled() {
         "no progress: the error itself"
     );
     assert!(leaf(&mm, va + 2 * PAGE_SIZE).1.is_none(), "nothing after the failing page");
+}
+
+/// Regression: mremap kept the registration and the uffd-wp bits of a
+/// moved range (Linux drops both without UFFD_FEATURE_EVENT_REMAP).
+#[test]
+fn mremap_moves_a_range_out_of_its_registration() {
+    let mm = mm();
+    let uffd = uffd(&mm, UFFD_FEATURE_SIGBUS);
+    let va = mm.mmap(0, 2 * PAGE_SIZE, Prot::RW, ANON).unwrap();
+    mm.write_u64(va, 1).unwrap();
+    uffd.register(va, 2 * PAGE_SIZE, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP).unwrap();
+    uffd.writeprotect(va, PAGE_SIZE, 1).unwrap();
+    let flags = hmm_types::MremapFlags::MAYMOVE | hmm_types::MremapFlags::FIXED;
+    let new = mm.mremap(va, 2 * PAGE_SIZE, 2 * PAGE_SIZE, flags, va + 64 * PAGE_SIZE).unwrap();
+    assert_eq!(new, va + 64 * PAGE_SIZE);
+    assert_eq!(mm.pagemap_entry(new).unwrap() & crate::proc_pagemap::PM_UFFD_WP, 0);
+    mm.write_u64(new, 2).unwrap();
+    assert_eq!(mm.read_u64(new + PAGE_SIZE).unwrap(), 0, "not MISSING-armed any more");
 }

@@ -1,7 +1,11 @@
 //! The fault side of userfaultfd (`handle_userfault`): decide whether a
-//! fault in a registered range must go to the handler, and if so queue a
+//! fault in a registered range must go to the handler (MISSING: no entry
+//! and, for shmem, no page in the page cache; MINOR: no entry but a cached
+//! page; WP: a write to a page with the uffd-wp bit), and if so queue a
 //! message and sleep with the mmap lock released until a COPY, ZEROPAGE,
-//! WAKE, UNREGISTER or close covers the page, or a fatal signal arrives.
+//! CONTINUE, WRITEPROTECT, WAKE, UNREGISTER or close covers the page, or
+//! a fatal signal arrives. `UFFD_FEATURE_WP_ASYNC` resolves a WP fault in
+//! place instead.
 //!
 //! A fault that may not release the lock (no `FAULT_FLAG_ALLOW_RETRY`:
 //! the locked `hmm::range_fault`, GUP here), a context created with
@@ -17,7 +21,7 @@ use hmm_types::{VmFlags, PAGE_SIZE};
 
 use super::{
     UffdCtx, UffdMsg, Waiter, UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_EXACT_ADDRESS, UFFD_FEATURE_SIGBUS,
-    UFFD_PAGEFAULT_FLAG_WRITE,
+    UFFD_FEATURE_WP_ASYNC, UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_WP, UFFD_PAGEFAULT_FLAG_WRITE,
 };
 use crate::fault::FaultFlags;
 use crate::mm::{Mm, MmapReadGuard};
@@ -29,19 +33,41 @@ pub(crate) enum Verdict {
     Proceed,
     /// `VM_FAULT_SIGBUS`, no message.
     Sigbus(&'static str),
-    /// Queue a message and wait for the handler (needs ALLOW_RETRY).
-    Wait(Arc<UffdCtx>),
+    /// Queue a message with these `UFFD_PAGEFAULT_FLAG_*` reason bits
+    /// (`WP` or `MINOR`, none for MISSING) and wait for the handler (needs
+    /// ALLOW_RETRY).
+    Wait(Arc<UffdCtx>, u64),
 }
 
-/// Decides, under the mmap lock, without side effects. MISSING mode fires
-/// on an address with no entry at any level.
+/// Decides, under the mmap lock. MISSING mode fires on an address with no
+/// entry at any level (and, for shmem, no page in the page cache); MINOR
+/// on no entry with a cached page; WP on a write to a present page with
+/// the uffd-wp bit. The only side effect is WP_ASYNC's: it clears the bit.
 pub(crate) fn verdict(mm: &Mm, vma: &Vma, va: u64, flags: FaultFlags) -> Verdict {
     let Some(binding) = &vma.uffd else { return Verdict::Proceed };
-    if !vma.flags.contains(VmFlags::UFFD_MISSING) || !mm.pgtable().find(va).load().is_none() {
+    let slot = mm.pgtable().find(va);
+    let entry = slot.load();
+    let reason = if entry.is_none() {
+        let cached = super::minor::is_cached(vma, va);
+        if vma.flags.contains(VmFlags::UFFD_MISSING) && !cached {
+            0
+        } else if vma.flags.contains(VmFlags::UFFD_MINOR) && cached {
+            UFFD_PAGEFAULT_FLAG_MINOR
+        } else {
+            return Verdict::Proceed;
+        }
+    } else if flags.contains(FaultFlags::WRITE) && entry.is_uffd_wp() && vma.flags.contains(VmFlags::UFFD_WP) {
+        UFFD_PAGEFAULT_FLAG_WP
+    } else {
         return Verdict::Proceed;
-    }
+    };
     let ctx = &binding.0;
     let features = ctx.lock().features.unwrap_or(0);
+    if reason == UFFD_PAGEFAULT_FLAG_WP && features & UFFD_FEATURE_WP_ASYNC != 0 {
+        // Resolved in the fault: the bit goes, the write fault proceeds.
+        let _ = slot.compare_exchange(entry, entry.clear_uffd_wp());
+        return Verdict::Proceed;
+    }
     if features & UFFD_FEATURE_SIGBUS != 0 {
         return Verdict::Sigbus("userfaultfd with UFFD_FEATURE_SIGBUS");
     }
@@ -51,7 +77,7 @@ pub(crate) fn verdict(mm: &Mm, vma: &Vma, va: u64, flags: FaultFlags) -> Verdict
     if !flags.contains(FaultFlags::ALLOW_RETRY) {
         return Verdict::Sigbus("userfaultfd fault that may not release the mmap lock");
     }
-    Verdict::Wait(ctx.clone())
+    Verdict::Wait(ctx.clone(), reason)
 }
 
 /// Queues the PAGEFAULT message (while the mmap read lock is still held,
@@ -59,14 +85,20 @@ pub(crate) fn verdict(mm: &Mm, vma: &Vma, va: u64, flags: FaultFlags) -> Verdict
 /// woken, the context is closed, or (KILLABLE) a fatal signal is pending.
 /// Returns with the lock taken again; the caller must look everything up
 /// afresh (`VM_FAULT_RETRY`).
-pub(crate) fn wait_for_handler(guard: &mut MmapReadGuard<'_>, ctx: Arc<UffdCtx>, va: u64, flags: FaultFlags) {
+pub(crate) fn wait_for_handler(
+    guard: &mut MmapReadGuard<'_>,
+    ctx: Arc<UffdCtx>,
+    reason: u64,
+    va: u64,
+    flags: FaultFlags,
+) {
     let page = va & !(PAGE_SIZE - 1);
     let id = {
         let mut state = ctx.lock();
         let exact = state.features.unwrap_or(0) & UFFD_FEATURE_EXACT_ADDRESS != 0;
         let msg = UffdMsg {
             event: UFFD_EVENT_PAGEFAULT,
-            flags: if flags.contains(FaultFlags::WRITE) { UFFD_PAGEFAULT_FLAG_WRITE } else { 0 },
+            flags: reason | if flags.contains(FaultFlags::WRITE) { UFFD_PAGEFAULT_FLAG_WRITE } else { 0 },
             address: if exact { va } else { page },
             ptid: 0,
         };

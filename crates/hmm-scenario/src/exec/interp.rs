@@ -21,6 +21,7 @@ enum Value {
     Addr(u64),
     Proc(ProcId),
     File(Option<usize>),
+    Access(super::AccessId),
 }
 
 struct Env {
@@ -28,6 +29,7 @@ struct Env {
     procs: Vec<String>,
     alive: Vec<bool>,
     files: usize,
+    accesses: usize,
 }
 
 impl Env {
@@ -61,7 +63,7 @@ pub fn run_scenario(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Tr
     let (mut base, mut len) = DEFAULT_WINDOW;
     for (i, step) in scenario.steps.iter().enumerate() {
         if let Op::Window { base: b, len: l } = &step.op {
-            let empty = Env { names: HashMap::new(), procs: vec![], alive: vec![], files: 0 };
+            let empty = Env { names: HashMap::new(), procs: vec![], alive: vec![], files: 0, accesses: 0 };
             if i != 0 {
                 return Err(ExecError::Window { line: step.line, message: "`window` must be the first line".into() });
             }
@@ -74,6 +76,7 @@ pub fn run_scenario(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Tr
         procs: vec![MAIN_PROC.to_string()],
         alive: vec![true],
         files: 0,
+        accesses: 0,
     };
     let mut acting: ProcId = 0;
     let mut trace = Trace { window: base, ..Trace::default() };
@@ -95,7 +98,7 @@ pub fn run_scenario(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Tr
                 Outcome::Ok
             }
             _ if !env.alive[acting] => Outcome::Errno(ESRCH),
-            op => match to_call(&mut env, line, op)? {
+            op => match to_call(&mut env, line, op, step.bind.is_some())? {
                 Err(outcome) => outcome,
                 Ok(call) => {
                     let outcome = match &call {
@@ -149,7 +152,7 @@ fn same(
 }
 
 /// The call for an operation, or directly its outcome (a bad file).
-fn to_call(env: &mut Env, line: usize, op: &Op) -> Result<Result<Call, Outcome>, ExecError> {
+fn to_call(env: &mut Env, line: usize, op: &Op, bound: bool) -> Result<Result<Call, Outcome>, ExecError> {
     let a = |e: &Expr| env.addr(line, e);
     let file = |name: &str| -> Result<Result<usize, Outcome>, ExecError> {
         Ok(env.file(line, name)?.ok_or(Outcome::Errno(EBADF)))
@@ -176,6 +179,8 @@ fn to_call(env: &mut Env, line: usize, op: &Op) -> Result<Result<Call, Outcome>,
             flags: *flags,
             new_addr: new_addr.as_ref().map(a).transpose()?.unwrap_or(0),
         },
+        Op::Read { addr } if bound => Call::Access { id: env.accesses, addr: a(addr)?, write: None },
+        Op::Write { addr, value } if bound => Call::Access { id: env.accesses, addr: a(addr)?, write: Some(*value) },
         Op::Read { addr } => Call::Read { addr: a(addr)? },
         Op::Write { addr, value } => Call::Write { addr: a(addr)?, value: *value },
         Op::AtomicAdd { addr, value } => Call::AtomicAdd { addr: a(addr)?, value: *value },
@@ -206,6 +211,15 @@ fn to_call(env: &mut Env, line: usize, op: &Op) -> Result<Result<Call, Outcome>,
         Op::Maps { addr, len } => Call::Maps { addr: a(addr)?, len: a(len)? },
         Op::Pagemap { addr, len } => Call::Pagemap { addr: a(addr)?, len: a(len)? },
         Op::Same { addr, .. } => Call::Frame { addr: a(addr)? },
+        Op::Userfaultfd { features } => Call::Userfaultfd { id: env.files, features: u64::from(*features) },
+        Op::Uffd(op) => match file(op.uffd())? {
+            Ok(uffd) => Call::Uffd { uffd, op: super::uffd::resolve(op, &a)? },
+            Err(o) => return Ok(Err(o)),
+        },
+        Op::Wait { access } => match env.names.get(access) {
+            Some(Value::Access(id)) => Call::Wait { id: *id },
+            _ => return Err(ExecError::Unbound { line, name: access.clone() }),
+        },
         Op::Window { .. } | Op::Expect { .. } | Op::Proc { .. } => unreachable!("handled by the caller"),
     }))
 }
@@ -226,6 +240,15 @@ fn bind(env: &mut Env, name: Option<&str>, call: &Call, outcome: &Outcome, actin
             Some(Value::File(Some(*id)))
         }
         (Call::Memfd { .. }, _) => Some(Value::File(None)),
+        (Call::Userfaultfd { id, .. }, Outcome::Value(_)) => {
+            env.files += 1;
+            Some(Value::File(Some(*id)))
+        }
+        (Call::Userfaultfd { .. }, _) => Some(Value::File(None)),
+        (Call::Access { id, .. }, _) => {
+            env.accesses += 1;
+            Some(Value::Access(*id))
+        }
         (Call::Exit, _) => {
             env.alive[acting] = false;
             None

@@ -12,6 +12,8 @@
 pub mod host;
 mod interp;
 pub mod model;
+mod model_uffd;
+mod uffd;
 
 use serde::{Deserialize, Serialize};
 
@@ -123,6 +125,87 @@ pub enum Call {
     Frame {
         addr: u64,
     },
+    // --- userfaultfd (exec/uffd.rs) ---
+    /// `userfaultfd(O_CLOEXEC|O_NONBLOCK)` then `UFFDIO_API`; the
+    /// descriptor becomes file `id` (closed again if the handshake fails).
+    Userfaultfd {
+        id: FileId,
+        features: u64,
+    },
+    /// An ioctl or a read on userfaultfd `uffd`.
+    Uffd {
+        uffd: FileId,
+        op: UffdCall,
+    },
+    /// A CPU access that may wait for a userfaultfd handler: it runs on
+    /// its own thread; `Blocked` if it queued a message and sleeps.
+    Access {
+        id: AccessId,
+        addr: u64,
+        /// `Some(value)` for a store.
+        write: Option<u64>,
+    },
+    /// The result of access `id`, once it completed.
+    Wait {
+        id: AccessId,
+    },
+}
+
+/// An access of the scenario (in the order they were bound).
+pub type AccessId = usize;
+
+/// A userfaultfd operation with its names resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum UffdCall {
+    Register {
+        start: u64,
+        len: u64,
+        mode: u64,
+    },
+    Unregister {
+        start: u64,
+        len: u64,
+    },
+    /// The source is `len` bytes, each 8 holding `value`.
+    Copy {
+        dst: u64,
+        len: u64,
+        value: u64,
+        mode: u64,
+    },
+    Zeropage {
+        start: u64,
+        len: u64,
+        mode: u64,
+    },
+    Writeprotect {
+        start: u64,
+        len: u64,
+        mode: u64,
+    },
+    Continue {
+        start: u64,
+        len: u64,
+        mode: u64,
+    },
+    Move {
+        dst: u64,
+        src: u64,
+        len: u64,
+        mode: u64,
+    },
+    Poison {
+        start: u64,
+        len: u64,
+        mode: u64,
+    },
+    Wake {
+        start: u64,
+        len: u64,
+    },
+    /// Reads every pending message without blocking.
+    Read,
 }
 
 /// [`FallocMode`] in a serializable form.

@@ -37,6 +37,8 @@ impl MmuNotifier for Recorder {
 struct Proc {
     mm: Arc<Mm>,
     files: HashMap<FileId, File>,
+    /// userfaultfds and accesses on threads (`model_uffd.rs`).
+    uffd: super::model_uffd::UffdState,
 }
 
 /// The model behind the [`Backend`] trait.
@@ -61,7 +63,7 @@ impl ModelBackend {
         let mm = kernel.create_mm().map_err(|e| ExecError::Model(e.to_string()))?;
         let log = Arc::new(Mutex::new(Vec::new()));
         mm.register_notifier(Arc::new(Recorder { proc: 0, log: log.clone() }));
-        let procs = HashMap::from([(0, Proc { mm, files: HashMap::new() })]);
+        let procs = HashMap::from([(0, Proc { mm, files: HashMap::new(), uffd: Default::default() })]);
         Ok(Self { kernel, procs, names: HashMap::new(), log })
     }
 
@@ -158,8 +160,25 @@ impl Backend for ModelBackend {
                 Some(flags) => mm.mremap(old, old_len, new_len, flags, new_addr).map_or_else(errno, Outcome::Addr),
                 None => Outcome::Errno(Errno::Inval as i32),
             },
+            Call::Read { addr } if p.uffd.has_uffd() => super::model_uffd::access(&mut p.uffd, None, addr, move || {
+                mm.read_u64(addr).map_or_else(access, Outcome::Value)
+            }),
+            Call::Write { addr, value } if p.uffd.has_uffd() => {
+                super::model_uffd::access(&mut p.uffd, None, addr, move || {
+                    mm.write_u64(addr, value).map_or_else(access, |()| Outcome::Ok)
+                })
+            }
             Call::Read { addr } => mm.read_u64(addr).map_or_else(access, Outcome::Value),
             Call::Write { addr, value } => mm.write_u64(addr, value).map_or_else(access, |()| Outcome::Ok),
+            Call::Access { id, addr, write } => {
+                super::model_uffd::access(&mut p.uffd, Some(id), addr, move || match write {
+                    None => mm.read_u64(addr).map_or_else(access, Outcome::Value),
+                    Some(value) => mm.write_u64(addr, value).map_or_else(access, |()| Outcome::Ok),
+                })
+            }
+            Call::Wait { id } => super::model_uffd::wait(&mut p.uffd, id),
+            Call::Userfaultfd { id, features } => super::model_uffd::create(&mut p.uffd, &mm, id, features),
+            Call::Uffd { uffd, ref op } => super::model_uffd::call(&mut p.uffd, uffd, op),
             Call::AtomicAdd { addr, value } => mm.atomic_fetch_add(addr, value).map_or_else(access, Outcome::Value),
             Call::Cmpxchg { addr, old, new } => match mm.atomic_compare_exchange(addr, old, new) {
                 Ok(Ok(found) | Err(found)) => Outcome::Value(found),
@@ -169,13 +188,15 @@ impl Backend for ModelBackend {
                 Ok(child_mm) => {
                     child_mm.register_notifier(Arc::new(Recorder { proc: child, log }));
                     let files = p.files.clone();
-                    self.procs.insert(child, Proc { mm: child_mm, files });
+                    let uffd = p.uffd.fork();
+                    self.procs.insert(child, Proc { mm: child_mm, files, uffd });
                     Outcome::Ok
                 }
                 Err(e) => errno(e),
             },
             Call::Exit => {
                 p.files.clear();
+                p.uffd.close_all();
                 mm.exit();
                 Outcome::Ok
             }
@@ -202,6 +223,7 @@ impl Backend for ModelBackend {
             Call::Fallocate { file, offset, len, mode } => with_file(p, file, |f| fallocate(f, offset, len, mode)),
             Call::Close { file } => match p.files.remove(&file) {
                 Some(_) => Outcome::Ok,
+                None if p.uffd.close(file) => Outcome::Ok,
                 None => Outcome::Errno(Errno::BadF as i32),
             },
             Call::Maps { addr, len } => self.maps(&mm, addr, len),
@@ -309,6 +331,7 @@ fn pagemap(mm: &Mm, addr: u64, len: u64) -> Outcome {
             huge: present && slot.level() != hmm_pagetable::Level::Pte,
             zero: present && mm.phys().is_zero_pfn(hmm_types::Pfn(word & PM_PFRAME_MASK)),
             guard: word & PM_GUARD_REGION != 0,
+            uffd_wp: word & hmm_mm::proc_pagemap::PM_UFFD_WP != 0,
         });
     }
     Outcome::Pages(pages)
@@ -338,6 +361,9 @@ impl Executor for ModelExecutor {
         let mut backend = ModelBackend::new(self.config.clone())?;
         let trace = super::run_scenario(scenario, &mut backend);
         // Tear the processes down so frames return before the next run.
+        for proc in backend.procs.values_mut() {
+            proc.uffd.close_all();
+        }
         for proc in backend.procs.values() {
             proc.mm.exit();
         }

@@ -56,7 +56,9 @@ pub enum Op {
     Mseal { addr: Expr, len: Expr },
     /// `mremap OLD OLD_LEN NEW_LEN FLAGS [NEW]`.
     Mremap { old: Expr, old_len: Expr, new_len: Expr, flags: u32, new_addr: Option<Expr> },
-    /// `read ADDR`: a 64-bit load.
+    /// `read ADDR`: a 64-bit load. Bound (`t = read ADDR`), it is an access
+    /// `wait` can join (one that waits for a userfaultfd handler shows
+    /// `blocked`).
     Read { addr: Expr },
     /// `write ADDR VALUE`: a 64-bit store.
     Write { addr: Expr, value: u64 },
@@ -90,6 +92,15 @@ pub enum Op {
     Same { addr: Expr, other: Name, other_addr: Expr },
     /// `expect TEXT`: the previous operation's result prints as TEXT.
     Expect { text: String },
+    // --- userfaultfd (lang/uffd.rs) ---
+    /// `u = userfaultfd FEATURES`: a non-blocking userfaultfd and its
+    /// `UFFDIO_API` handshake; shows the file's ioctls.
+    Userfaultfd { features: u32 },
+    /// `uffd_* u ...`: an operation on a userfaultfd.
+    Uffd(super::uffd::UffdOp),
+    /// `wait t`: the result of the access bound to `t` (`t = read ADDR`),
+    /// which may have been waiting for a userfaultfd handler.
+    Wait { access: Name },
 }
 
 impl Op {
@@ -120,6 +131,9 @@ impl Op {
             Op::Pagemap { .. } => "pagemap",
             Op::Same { .. } => "same",
             Op::Expect { .. } => "expect",
+            Op::Userfaultfd { .. } => "userfaultfd",
+            Op::Uffd(op) => op.keyword(),
+            Op::Wait { .. } => "wait",
         }
     }
 }
@@ -133,6 +147,22 @@ pub struct Step {
     pub bind: Option<Name>,
     /// The operation.
     pub op: Op,
+}
+
+impl Op {
+    /// Whether `name = ` may precede this operation.
+    pub fn has_result(&self) -> bool {
+        matches!(
+            self,
+            Op::Mmap { .. }
+                | Op::Mremap { .. }
+                | Op::Fork
+                | Op::Memfd { .. }
+                | Op::Userfaultfd { .. }
+                | Op::Read { .. }
+                | Op::Write { .. }
+        )
+    }
 }
 
 /// A parsed scenario.

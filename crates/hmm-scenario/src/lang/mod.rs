@@ -6,6 +6,7 @@ pub mod ast;
 pub mod lex;
 mod parse;
 pub mod print;
+pub mod uffd;
 
 pub use parse::parse;
 pub use print::{print, print_step};

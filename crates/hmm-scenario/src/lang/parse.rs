@@ -47,7 +47,7 @@ fn parse_line(line: &str) -> Result<Option<Step>, ParseError> {
         _ => (None, toks.as_slice()),
     };
     let op = Args { toks, next: 1, end_col: line.len() + 1 }.op()?;
-    if bind.is_some() && !matches!(op, Op::Mmap { .. } | Op::Mremap { .. } | Op::Fork | Op::Memfd { .. }) {
+    if bind.is_some() && !op.has_result() {
         return Err(ParseError::at(toks[0].col, format!("`{}` has no result to name", toks[0].text)));
     }
     Ok(Some(Step { line: 0, bind, op }))
@@ -170,6 +170,13 @@ impl<'a> Args<'a, '_> {
                 other: self.name("a process")?,
                 other_addr: self.expr("an address in that process")?,
             },
+            "userfaultfd" => Op::Userfaultfd {
+                features: lex::bits(self.take("features (or 0)")?, &super::uffd::FEATURE_BITS, "feature")?,
+            },
+            "wait" => Op::Wait { access: self.name("an access")? },
+            kw if super::uffd::KEYWORDS.contains(&kw) => {
+                return Ok(Op::Uffd(super::uffd::parse(self.toks, self.end_col)?))
+            }
             other => return Err(ParseError::at(keyword.col, format!("unknown operation `{other}`"))),
         };
         self.done(op)

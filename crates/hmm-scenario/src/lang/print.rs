@@ -99,6 +99,9 @@ pub fn print_step(step: &Step) -> String {
             arg(expr(other_addr));
         }
         Op::Expect { text } => arg(text.clone()),
+        Op::Userfaultfd { features } => arg(bits(*features, &super::uffd::FEATURE_BITS)),
+        Op::Uffd(op) => super::uffd::print_args(op, &mut arg, expr),
+        Op::Wait { access } => arg(access.clone()),
     }
     out
 }
@@ -188,7 +191,44 @@ mod tests {
             (e(), e()).prop_map(|(addr, len)| Op::Pagemap { addr, len }),
             (e(), name(), e()).prop_map(|(addr, other, other_addr)| Op::Same { addr, other, other_addr }),
             "[a-z0-9]{1,4}( [a-z0-9+]{1,6}){0,3}".prop_map(|text| Op::Expect { text }),
+            any::<u32>().prop_map(|features| Op::Userfaultfd { features }),
+            name().prop_map(|access| Op::Wait { access }),
+            uffd_op_s(),
         ]
+    }
+    fn uffd_op_s() -> impl Strategy<Value = Op> {
+        use super::super::uffd::UffdOp as U;
+        let e = expr_s;
+        prop_oneof![
+            (name(), e(), e(), any::<u32>()).prop_map(|(uffd, addr, len, mode)| U::Register { uffd, addr, len, mode }),
+            (name(), e(), e()).prop_map(|(uffd, addr, len)| U::Unregister { uffd, addr, len }),
+            (name(), e(), e(), any::<u64>(), any::<u32>()).prop_map(|(uffd, dst, len, value, mode)| U::Copy {
+                uffd,
+                dst,
+                len,
+                value,
+                mode
+            }),
+            (name(), e(), e(), any::<u32>()).prop_map(|(uffd, addr, len, mode)| U::Zeropage { uffd, addr, len, mode }),
+            (name(), e(), e(), any::<u32>()).prop_map(|(uffd, addr, len, mode)| U::Writeprotect {
+                uffd,
+                addr,
+                len,
+                mode
+            }),
+            (name(), e(), e(), any::<u32>()).prop_map(|(uffd, addr, len, mode)| U::Continue { uffd, addr, len, mode }),
+            (name(), e(), e(), e(), any::<u32>()).prop_map(|(uffd, dst, src, len, mode)| U::Move {
+                uffd,
+                dst,
+                src,
+                len,
+                mode
+            }),
+            (name(), e(), e(), any::<u32>()).prop_map(|(uffd, addr, len, mode)| U::Poison { uffd, addr, len, mode }),
+            (name(), e(), e()).prop_map(|(uffd, addr, len)| U::Wake { uffd, addr, len }),
+            name().prop_map(|uffd| U::Read { uffd }),
+        ]
+        .prop_map(Op::Uffd)
     }
 
     proptest! {
@@ -198,7 +238,7 @@ mod tests {
                 .into_iter()
                 .enumerate()
                 .map(|(i, (bind, op))| {
-                    let bindable = matches!(op, Op::Mmap { .. } | Op::Mremap { .. } | Op::Fork | Op::Memfd { .. });
+                    let bindable = op.has_result();
                     Step { line: i + 1, bind: if bindable { bind } else { None }, op }
                 })
                 .collect();

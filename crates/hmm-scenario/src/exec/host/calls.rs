@@ -23,6 +23,7 @@ const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 const PM_GUARD_REGION: u64 = 1 << 58;
 const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
+const PM_UFFD_WP: u64 = 1 << 57;
 const PM_PFRAME_MASK: u64 = (1 << 55) - 1;
 const PAGE_IS_PFNZERO: u64 = 1 << 5;
 const PAGE_IS_HUGE: u64 = 1 << 6;
@@ -49,6 +50,8 @@ pub struct Local {
     pub slots: Vec<Slot>,
     pub is_coordinator: bool,
     pub ksm_running: bool,
+    /// userfaultfds and accesses on threads (`uffd.rs`).
+    pub uffd: super::uffd::HostUffd,
 }
 
 fn page_round(len: u64) -> Option<u64> {
@@ -93,6 +96,23 @@ impl Local {
                     return refused();
                 }
                 sys::mremap(old, old_len, new_len, flags, new_addr).map_or_else(Outcome::Errno, Outcome::Addr)
+            }
+            Call::Read { addr } if self.inside(addr, 8) && self.uffd.has_uffd() => {
+                self.uffd.access(&self.files, None, addr, None)
+            }
+            Call::Write { addr, value } if self.inside(addr, 8) && self.uffd.has_uffd() => {
+                self.uffd.access(&self.files, None, addr, Some(value))
+            }
+            Call::Access { id, addr, write } if self.inside(addr, 8) => {
+                self.uffd.access(&self.files, Some(id), addr, write)
+            }
+            Call::Wait { id } => self.uffd.wait(id),
+            Call::Userfaultfd { id, features } => self.uffd.create(&mut self.files, id, features),
+            Call::Uffd { uffd, ref op } => {
+                let mut state = std::mem::take(&mut self.uffd);
+                let outcome = state.call(&self.files, uffd, op, &|addr, len| self.range_ok(addr, len));
+                self.uffd = state;
+                outcome
             }
             Call::Read { addr } if self.inside(addr, 8) => access(sys::load_u64(addr)),
             Call::Write { addr, value } if self.inside(addr, 8) => {
@@ -153,7 +173,10 @@ impl Local {
                 self.with_fd(file, |fd| done(sys::fallocate(fd, mode, offset, len)))
             }
             Call::Close { file } => match self.files.remove(&file) {
-                Some(fd) => done(sys::close(fd)),
+                Some(fd) => {
+                    self.uffd.closed(file);
+                    done(sys::close(fd))
+                }
                 None => Outcome::Errno(libc::EBADF),
             },
             Call::Maps { addr, len } if self.inside(addr, len) => maps(addr, len),
@@ -177,6 +200,7 @@ impl Local {
         match sys::fork() {
             Err(e) => Outcome::Errno(e),
             Ok(0) => {
+                self.uffd.forget_threads();
                 if self.is_coordinator {
                     // Only the runner writes commands and reads outcomes: a
                     // worker holding those ends would keep its siblings'
@@ -221,17 +245,18 @@ impl MapValue for Outcome {
     }
 }
 
-/// EFAULT from process_vm_readv/writev is where the CPU would fault.
-fn access(r: Result<u64, i32>) -> Outcome {
+/// EFAULT from process_vm_readv/writev is where the CPU would fault;
+/// EHWPOISON from populating is the SIGBUS of a poisoned page.
+pub(super) fn access(r: Result<u64, i32>) -> Outcome {
     match r {
         Ok(v) => Outcome::Value(v),
-        Err(libc::EFAULT) => Outcome::Fault,
+        Err(libc::EFAULT | libc::EHWPOISON) => Outcome::Fault,
         Err(e) => Outcome::Inconclusive(format!("process_vm access failed with errno {e}")),
     }
 }
 
 /// `Err(EFAULT)` unless VMAs allowing writes cover `[addr, addr + 8)`.
-fn writable(addr: u64) -> Result<(), i32> {
+pub(super) fn writable(addr: u64) -> Result<(), i32> {
     let text = std::fs::read_to_string("/proc/self/maps").map_err(|_| libc::EIO)?;
     let vmas: Vec<VmaView> = text.lines().filter_map(parse_maps_line).collect();
     let ok = |va: u64| vmas.iter().any(|v| v.start <= va && va < v.end && v.perms.as_bytes()[1] == b'w');
@@ -330,6 +355,7 @@ fn pagemap(addr: u64, len: u64) -> Outcome {
                 huge: present && cats & PAGE_IS_HUGE != 0,
                 zero: present && cats & PAGE_IS_PFNZERO != 0,
                 guard: word & PM_GUARD_REGION != 0,
+                uffd_wp: word & PM_UFFD_WP != 0,
             }
         })
         .collect();
@@ -357,6 +383,7 @@ mod tests {
             slots: vec![],
             is_coordinator: true,
             ksm_running: false,
+            uffd: Default::default(),
         };
         assert!(local.range_ok(0x10_0000, 0x10_0000));
         assert!(!local.range_ok(0x10_0000, 0x10_1000), "one page past the end");

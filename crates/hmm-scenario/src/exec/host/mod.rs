@@ -14,6 +14,7 @@
 
 mod calls;
 mod sys;
+mod uffd;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -166,8 +167,14 @@ fn run_here() -> RunnerReply {
         }
     }
     let ksm_running = std::fs::read_to_string("/sys/kernel/mm/ksm/run").is_ok_and(|s| s.trim() != "0");
-    let local =
-        Local { window: (0, 0), files: HashMap::new(), slots: slots.clone(), is_coordinator: true, ksm_running };
+    let local = Local {
+        window: (0, 0),
+        files: HashMap::new(),
+        slots: slots.clone(),
+        is_coordinator: true,
+        ksm_running,
+        uffd: Default::default(),
+    };
     let mut backend = HostBackend { local, alive: vec![true; MAX_PROCS] };
     let result = super::run_scenario(&scenario, &mut backend);
     // Closing the command pipes ends every worker; then reap them all.

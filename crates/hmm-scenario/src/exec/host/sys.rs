@@ -183,8 +183,12 @@ pub fn atomic_rmw(addr: u64, op: impl FnOnce(&AtomicU64) -> u64, plain: impl FnO
 
 /// `fork()`: `Ok(0)` in the child, the child's pid in the parent.
 pub fn fork() -> Result<i32, i32> {
-    // SAFETY: the runner is single-threaded, so the child's copy of every
-    // lock and allocator is consistent.
+    // SAFETY: the runner is single-threaded except in userfaultfd
+    // scenarios, whose extra threads only run one access each (a populate
+    // syscall, a volatile load or an atomic) and return its outcome; glibc's
+    // fork takes the allocator's locks around the fork, so the child's
+    // allocator is consistent, and the child never joins those threads
+    // (`HostUffd::forget_threads`).
     match unsafe { libc::fork() } {
         -1 => Err(last_errno()),
         pid => Ok(pid),
@@ -328,4 +332,48 @@ pub fn pagemap_scan(fd: RawFd, start: u64, end: u64, return_mask: u64) -> Result
     let n = check(unsafe { libc::ioctl(fd, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) } as libc::c_long)?;
     regions.truncate(n as usize);
     Ok(regions)
+}
+
+// --- userfaultfd -----------------------------------------------------------
+
+/// `userfaultfd(flags)`.
+pub fn userfaultfd(flags: u64) -> Result<RawFd, i32> {
+    // SAFETY: no memory is passed.
+    check(unsafe { libc::syscall(libc::SYS_userfaultfd, flags) }).map(|fd| fd as RawFd)
+}
+
+/// `_IOR` and `_IOWR` directions of an ioctl number.
+#[derive(Clone, Copy, Debug)]
+pub enum IoctlDir {
+    /// `_IOR`: the kernel only reads the argument.
+    Read,
+    /// `_IOWR`: the kernel reads it and writes results back.
+    ReadWrite,
+}
+
+/// A userfaultfd ioctl (`type` 0xAA, number `nr`) whose argument is the
+/// 64-bit words of `arg` (every `struct uffdio_*` is made of them); the
+/// kernel's results are written back into `arg`.
+pub fn uffd_ioctl(fd: RawFd, dir: IoctlDir, nr: u64, arg: &mut [u64]) -> Result<(), i32> {
+    let dir_bits: u64 = match dir {
+        IoctlDir::Read => 2,
+        IoctlDir::ReadWrite => 3,
+    };
+    let size = (arg.len() * 8) as u64;
+    let request = (dir_bits << 30) | (size << 16) | (0xAA << 8) | nr;
+    // SAFETY: `arg` is a writable buffer of exactly the size the request
+    // encodes, laid out as the kernel's struct (64-bit fields only). The
+    // addresses inside it are checked by calls.rs (the window) or by the
+    // kernel (a COPY source is our own buffer, read by the kernel only).
+    check(unsafe { libc::ioctl(fd, request as _, arg.as_mut_ptr()) } as libc::c_long).map(|_| ())
+}
+
+/// One non-blocking `read` of a 32-byte `struct uffd_msg`; `None` when
+/// nothing is pending (`EAGAIN`) or on any error.
+pub fn uffd_read_msg(fd: RawFd) -> Option<[u8; 32]> {
+    let mut msg = [0u8; 32];
+    match read(fd, &mut msg) {
+        Ok(32) => Some(msg),
+        _ => None,
+    }
 }

@@ -1,0 +1,153 @@
+//! MINOR mode (shmem): a fault on an address with no entry whose page *is*
+//! in the page cache goes to the handler (`UFFD_PAGEFAULT_FLAG_MINOR`),
+//! which may change the page's contents through another mapping and then
+//! map the cached page with `UFFDIO_CONTINUE`.
+//!
+//! Linux 7.3: `mm/userfaultfd.c` (`mfill_atomic_continue`,
+//! `mfill_atomic_pte_continue`, `mfill_atomic_install_pte`),
+//! `mm/shmem.c` (`shmem_get_folio_gfp` with `SGP_NOALLOC`).
+
+use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
+use hmm_types::{VmFlags, PAGE_SIZE};
+
+use super::{check_range, is_mine, UffdError, Userfaultfd, UFFDIO_CONTINUE_MODE_DONTWAKE, UFFDIO_CONTINUE_MODE_WP};
+use crate::fs::InodeKind;
+use crate::mm::MmapReadGuard;
+use crate::vma::{Vma, VmaBacking};
+
+/// Whether the page-cache page behind `va` exists (shmem only: anonymous
+/// memory has no page cache).
+pub(crate) fn is_cached(vma: &Vma, va: u64) -> bool {
+    match &vma.backing {
+        VmaBacking::File(inode) if matches!(inode.kind(), InodeKind::PageCache) => {
+            inode.state.lock().pages.contains_key(&vma.page_index(va))
+        }
+        _ => false,
+    }
+}
+
+impl Userfaultfd {
+    /// `UFFDIO_CONTINUE`: maps the cached pages of `[start, start + len)`
+    /// (a shmem range registered here) and wakes the faults waiting there
+    /// unless `DONTWAKE`. Returns the bytes mapped. `ENOENT` outside a
+    /// registered VMA, `EINVAL` for anonymous memory, a bad mode or `WP`
+    /// without WP registration, `EEXIST` over an entry, `EFAULT` where the
+    /// page cache has no page; a failure after the first page is
+    /// [`UffdError::Partial`].
+    pub fn continue_range(&self, start: u64, len: u64, mode: u64) -> Result<u64, UffdError> {
+        self.features()?;
+        if mode & !(UFFDIO_CONTINUE_MODE_DONTWAKE | UFFDIO_CONTINUE_MODE_WP) != 0 {
+            return Err(UffdError::Invalid("unknown UFFDIO_CONTINUE mode"));
+        }
+        let end = check_range(start, len)?;
+        let mm = self.mm()?;
+        let mut done = 0;
+        let result = {
+            let guard = mm.mmap_read();
+            let vma = guard
+                .vma(start)
+                .filter(|v| is_mine(&self.ctx, v) && end <= v.end)
+                .ok_or(UffdError::NotRegistered(start))?;
+            if mode & UFFDIO_CONTINUE_MODE_WP != 0 && !vma.flags.contains(VmFlags::UFFD_WP) {
+                return Err(UffdError::Invalid("UFFDIO_CONTINUE_MODE_WP on a range not registered for WP"));
+            }
+            let VmaBacking::File(inode) = &vma.backing else {
+                return Err(UffdError::Invalid("UFFDIO_CONTINUE needs shmem"));
+            };
+            let mut result = Ok(());
+            while start + done < end {
+                if let Err(e) = continue_page(&guard, vma, inode, start + done, mode & UFFDIO_CONTINUE_MODE_WP != 0) {
+                    result = Err(e);
+                    break;
+                }
+                done += PAGE_SIZE;
+            }
+            result
+        };
+        if mode & UFFDIO_CONTINUE_MODE_DONTWAKE == 0 && done > 0 {
+            self.ctx.wake_range(start, start + done);
+        }
+        match result {
+            Ok(()) => Ok(done),
+            Err(_) if done > 0 => Err(UffdError::Partial { copied: done }),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+fn continue_page(
+    guard: &MmapReadGuard<'_>,
+    vma: &Vma,
+    inode: &crate::fs::Inode,
+    va: u64,
+    wp: bool,
+) -> Result<(), UffdError> {
+    let mm = guard.mm();
+    let phys = mm.phys();
+    let pte = match mm.pgtable().ensure(va, Level::Pte) {
+        Ok(slot) => slot,
+        Err(EnsureError::NoMem(_)) => return Err(UffdError::NoMem),
+        Err(EnsureError::Leaf(_)) => return Err(UffdError::Exists(va)),
+    };
+    if !pte.load().is_none() {
+        return Err(UffdError::Exists(va));
+    }
+    let pfn = {
+        let state = inode.state.lock();
+        let pfn = *state.pages.get(&vma.page_index(va)).ok_or(UffdError::NoCachedPage(va))?;
+        phys.get(pfn);
+        pfn
+    };
+    // A private mapping maps the cached page read-only (a write copies it).
+    let write = vma.flags.contains(VmFlags::WRITE) && vma.flags.is_shared();
+    let mut new = Entry::present(pfn, LeafFlags { write, dirty: true, accessed: true, special: false }, false);
+    if wp {
+        new = new.mkuffd_wp();
+    }
+    phys.map_add(pfn, 1);
+    if pte.compare_exchange(Entry::NONE, new).is_err() {
+        phys.map_sub(pfn, 1);
+        phys.put(pfn);
+        return Err(UffdError::Exists(va));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use hmm_types::{Errno, MapFlags, Prot};
+
+    use super::super::{Userfaultfd, UFFDIO_REGISTER_MODE_MINOR, UFFD_API, UFFD_FEATURE_SIGBUS};
+    use crate::testing::kernel;
+    use crate::{MmError, ThpMode};
+
+    #[test]
+    fn a_minor_fault_waits_for_continue_which_maps_the_cached_page() {
+        let k = kernel(64, ThpMode::Never);
+        let mm = k.create_mm().unwrap();
+        let file = k.tmpfs().create("minor").unwrap();
+        file.ftruncate(2 * 4096).unwrap();
+        file.pwrite(0, &7u64.to_le_bytes()).unwrap();
+        let va = mm.mmap_file(0, 2 * 4096, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
+        let uffd = Userfaultfd::new(&mm, 0).unwrap();
+        uffd.api(UFFD_API, UFFD_FEATURE_SIGBUS).unwrap();
+        uffd.register(va, 2 * 4096, UFFDIO_REGISTER_MODE_MINOR).unwrap();
+        assert!(matches!(mm.read_u64(va), Err(MmError::Fault { .. })), "cached, not mapped: a MINOR fault");
+        // Page 1 is not cached: MINOR does not fire, the fault allocates it.
+        assert_eq!(mm.read_u64(va + 4096).unwrap(), 0);
+        assert_eq!(uffd.continue_range(va, 4096, 0), Ok(4096));
+        assert_eq!(mm.read_u64(va).unwrap(), 7);
+        assert_eq!(uffd.continue_range(va, 4096, 0).unwrap_err().errno(), Errno::Exist);
+        file.punch_hole(0, 4096).unwrap();
+        assert_eq!(uffd.continue_range(va, 4096, 0).unwrap_err().errno(), Errno::Fault, "no page in the cache");
+    }
+
+    #[test]
+    fn minor_mode_needs_shmem() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0, 4096, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS).unwrap();
+        let uffd = Userfaultfd::new(&mm, 0).unwrap();
+        uffd.api(UFFD_API, 0).unwrap();
+        assert_eq!(uffd.register(va, 4096, UFFDIO_REGISTER_MODE_MINOR).unwrap_err().errno(), Errno::Inval);
+    }
+}

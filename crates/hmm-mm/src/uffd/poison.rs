@@ -1,0 +1,107 @@
+//! `UFFDIO_POISON`: the handler marks pages as poisoned without a page
+//! behind them (a `PTE_MARKER_POISONED` marker in a none entry); an access
+//! there gets SIGBUS as a hardware-poisoned page would, pagemap shows a
+//! non-present entry, and zapping the range (munmap, MADV_DONTNEED)
+//! removes the marker.
+//!
+//! Linux 7.3: `mm/userfaultfd.c` (`mfill_atomic_poison`,
+//! `mfill_atomic_pte_poison`), `include/linux/swapops.h`
+//! (`make_pte_marker(PTE_MARKER_POISONED)`).
+
+use hmm_pagetable::{EnsureError, Entry, Level, SwapKind};
+use hmm_types::PAGE_SIZE;
+
+use super::{check_range, is_mine, UffdError, Userfaultfd, UFFDIO_POISON_MODE_DONTWAKE};
+
+/// `PTE_MARKER_POISONED`: the marker's offset field (Linux's bit value;
+/// `PTE_MARKER_UFFD_WP` is 1, `PTE_MARKER_GUARD` 4).
+pub(crate) const PTE_MARKER_POISONED: u64 = 1 << 1;
+
+/// A poison marker entry.
+pub(crate) fn poison_marker() -> Entry {
+    Entry::swap(SwapKind::Marker, PTE_MARKER_POISONED, false)
+}
+
+/// Whether `entry` is a UFFDIO_POISON marker.
+pub(crate) fn is_poison_marker(entry: Entry) -> bool {
+    entry.swap_kind() == Some(SwapKind::Marker) && entry.pfn().0 & PTE_MARKER_POISONED != 0
+}
+
+impl Userfaultfd {
+    /// `UFFDIO_POISON`: puts a poison marker in every none entry of
+    /// `[start, start + len)` (one VMA registered here, else `ENOENT`),
+    /// waking the faults waiting there unless `DONTWAKE`. `EEXIST` over an
+    /// entry; a failure after the first page is [`UffdError::Partial`].
+    pub fn poison(&self, start: u64, len: u64, mode: u64) -> Result<u64, UffdError> {
+        self.features()?;
+        if mode & !UFFDIO_POISON_MODE_DONTWAKE != 0 {
+            return Err(UffdError::Invalid("unknown UFFDIO_POISON mode"));
+        }
+        let end = check_range(start, len)?;
+        let mm = self.mm()?;
+        let mut done = 0;
+        let result = {
+            let guard = mm.mmap_read();
+            guard
+                .vma(start)
+                .filter(|v| is_mine(&self.ctx, v) && end <= v.end)
+                .ok_or(UffdError::NotRegistered(start))?;
+            let mut result = Ok(());
+            while start + done < end {
+                let va = start + done;
+                let pte = match mm.pgtable().ensure(va, Level::Pte) {
+                    Ok(slot) => slot,
+                    Err(EnsureError::NoMem(_)) => {
+                        result = Err(UffdError::NoMem);
+                        break;
+                    }
+                    Err(EnsureError::Leaf(_)) => {
+                        result = Err(UffdError::Exists(va));
+                        break;
+                    }
+                };
+                if pte.compare_exchange(Entry::NONE, poison_marker()).is_err() {
+                    result = Err(UffdError::Exists(va));
+                    break;
+                }
+                done += PAGE_SIZE;
+            }
+            result
+        };
+        if mode & UFFDIO_POISON_MODE_DONTWAKE == 0 && done > 0 {
+            self.ctx.wake_range(start, start + done);
+        }
+        match result {
+            Ok(()) => Ok(done),
+            Err(_) if done > 0 => Err(UffdError::Partial { copied: done }),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hmm_types::{Errno, MadviseAdvice, MapFlags, Prot};
+
+    use super::super::{Userfaultfd, UFFDIO_REGISTER_MODE_MISSING, UFFD_API, UFFD_FEATURE_POISON};
+    use crate::proc_pagemap::{PM_PRESENT, PM_SWAP};
+    use crate::testing::kernel;
+    use crate::{MmError, ThpMode};
+
+    #[test]
+    fn a_poisoned_page_faults_until_zapped() {
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0, 2 * 4096, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS).unwrap();
+        let uffd = Userfaultfd::new(&mm, 0).unwrap();
+        uffd.api(UFFD_API, UFFD_FEATURE_POISON).unwrap();
+        uffd.register(va, 2 * 4096, UFFDIO_REGISTER_MODE_MISSING).unwrap();
+        assert_eq!(uffd.poison(va, 4096, 0), Ok(4096));
+        assert!(matches!(mm.read_u64(va), Err(MmError::Fault { .. })));
+        let word = mm.pagemap_entry(va).unwrap();
+        assert_eq!(word & (PM_PRESENT | PM_SWAP), PM_SWAP);
+        assert_eq!(uffd.poison(va, 4096, 0).unwrap_err().errno(), Errno::Exist);
+        assert_eq!(uffd.poison(va, 4096, 2).unwrap_err().errno(), Errno::Inval);
+        mm.madvise(va, 4096, MadviseAdvice::DontNeed).unwrap();
+        assert_eq!(mm.pagemap_entry(va).unwrap(), 0, "zapped");
+    }
+}

@@ -1,8 +1,9 @@
 //! madvise: DONTNEED and FREE (announced as CLEAR), HUGEPAGE and
 //! NOHUGEPAGE, DONTFORK and DOFORK, POPULATE_READ and POPULATE_WRITE,
 //! COLLAPSE (a synchronous THP collapse, announced as CLEAR of the 2 MiB),
-//! PAGEOUT (private anonymous pages go to swap or, if clean after FREE, are
-//! discarded; a CLEAR per page, see `crate::swap`).
+//! PAGEOUT (anonymous pages go to swap or, if clean after FREE, are
+//! discarded; page-cache pages mapped only here are unmapped and stay
+//! cached; a CLEAR per page, see `crate::swap`).
 //!
 //! Linux: `mm/madvise.c`, `mm/khugepaged.c` (`madvise_collapse`).
 
@@ -15,7 +16,7 @@ use crate::error::MmError;
 use crate::huge::split_huge_at;
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::phys::PageFlags;
-use crate::swap::{pageout_range, swappable_vma};
+use crate::swap::{pageout_range, Scope};
 use crate::zap::{release_entry, zap_range, Gather};
 
 use crate::vma::{Vma, VmaTree};
@@ -151,11 +152,11 @@ fn discard_piece(
         if vma.flags.intersects(VmFlags::PFNMAP | VmFlags::HUGETLB) {
             return Err(MmError::Invalid("MADV_PAGEOUT on a VM_PFNMAP/VM_HUGETLB mapping"));
         }
-        // Shared mappings keep their pages: shmem swap is not modelled.
-        if swappable_vma(vma) {
-            let mut unlimited = u64::MAX;
-            pageout_range(mm, start, end, &mut unlimited);
-        }
+        // Shared and file mappings too: their page-cache pages are unmapped
+        // (`reclaim_pages` on every LRU folio, the caller owning the files
+        // it created, so `can_do_file_pageout` holds).
+        let mut unlimited = u64::MAX;
+        pageout_range(mm, start, end, &mut unlimited, Scope::WithFile);
         return Ok(());
     }
     if vma.flags.intersects(VmFlags::PFNMAP | VmFlags::IO) {
@@ -242,9 +243,14 @@ fn mark_lazyfree(mm: &Mm, start: u64, end: u64) {
 }
 
 /// MADV_COLLAPSE: every 2 MiB-aligned block inside a THP-capable anonymous
-/// VMA whose entries are all none or present pages becomes one PMD leaf
-/// holding a copy of the data. Blocks with other entries are left as they
-/// are. Runs under the mmap write lock, once per VMA piece.
+/// VMA whose entries are all none or present pages (of any protection, the
+/// zero page included) becomes one PMD leaf holding a copy of the data.
+/// Runs under the mmap write lock, once per VMA piece. As Linux 6.18 on
+/// the host (no page need be writable, unlike khugepaged): a block already
+/// PMD-mapped counts as collapsed; a block without a page table, or in a
+/// VMA without an anon_vma, ends the call with EINVAL; a block holding
+/// swap, migration or marker entries is left as it is and the call goes
+/// on, then fails with EINVAL.
 ///
 /// As `madvise_collapse`, the VMA itself must be able to hold a PMD THP
 /// before anything else (`thp_vma_allowable_order`): THP-capable
@@ -271,6 +277,9 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
         return Err(MmError::Invalid("MADV_COLLAPSE of a range inside one 2 MiB block"));
     }
     let mut block = (start + PMD_SIZE - 1) & !(PMD_SIZE - 1);
+    // A block that could not be collapsed, where Linux goes on with the
+    // next one: the call is EINVAL at the end (`madvise_collapse_errno`).
+    let mut failed = false;
     while block + PMD_SIZE <= end {
         let vma = guard.lookup(block).expect("range checked as mapped");
         if !vma.is_anonymous() || vma.flags.contains(VmFlags::NOHUGEPAGE) {
@@ -282,6 +291,26 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
         }
         let writable = vma.flags.contains(VmFlags::WRITE);
         let accessible = vma.flags.intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC);
+        // `find_pmd_or_thp_or_none`, then the scan of the PTE table.
+        let deepest = mm.pgtable().find(block);
+        if deepest.level() != Level::Pte {
+            let entry = deepest.load();
+            match deepest.level() {
+                // Already a huge leaf (a THP or the huge zero page).
+                Level::Pmd if entry.is_present() => {}
+                // No page table for the block at all: `SCAN_PMD_NONE`
+                // ends the whole call with EINVAL.
+                Level::Pmd if entry.is_none() => {
+                    return Err(MmError::Invalid("MADV_COLLAPSE of a block without a page table"));
+                }
+                // No PMD table above it (`SCAN_PMD_NULL`), or a PMD
+                // migration entry: the next block is tried, the call
+                // fails at the end.
+                _ => failed = true,
+            }
+            block += PMD_SIZE;
+            continue;
+        }
         let pmd = match mm.pgtable().ensure(block, Level::Pmd) {
             Ok(slot) => slot,
             Err(EnsureError::NoMem(_)) => return Err(MmError::NoMem),
@@ -290,25 +319,27 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
             }
         };
         let table = pmd.load();
-        if !table.is_table(Level::Pmd) {
-            // Already a huge leaf, or nothing there at all.
-            block += PMD_SIZE;
-            continue;
-        }
+        // Present entries of any protection and none entries collapse; a
+        // swap, migration, device or marker entry makes the block fail
+        // (`SCAN_PTE_NON_PRESENT`, the next block is still tried).
         let collapsible = mm
             .pgtable()
             .walk(block, block + PMD_SIZE, |visit| match visit {
-                Visit::Slot { entry, .. } if !entry.is_none() && !entry.is_accessible() => ControlFlow::Break(()),
+                Visit::Slot { entry, .. } if !entry.is_none() && !entry.is_present() => ControlFlow::Break(()),
                 _ => ControlFlow::Continue(()),
             })
             .is_continue();
         if !collapsible {
+            failed = true;
             block += PMD_SIZE;
             continue;
         }
-        // The new THP is an anonymous page: its VMA needs an anon_vma
-        // (Linux collapses only where one exists).
-        crate::anon_vma::anon_vma_prepare(mm, guard, vma);
+        // The new THP is an anonymous page: a VMA that has no anon_vma yet
+        // (nothing was ever written to it) is EINVAL and ends the call
+        // (`hugepage_vma_revalidate`: `SCAN_PAGE_ANON`).
+        if vma.anon_vma.get().is_none() {
+            return Err(MmError::Invalid("MADV_COLLAPSE in a VMA without an anon_vma"));
+        }
         let folio = phys.alloc_folio(9, true)?;
         phys.meta(folio)
             .set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);
@@ -339,6 +370,9 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
         hmm_pagetable::TableStore::free_table(mm.pgtable().store(), table.pfn().0);
         gather.free_now(phys);
         block += PMD_SIZE;
+    }
+    if failed {
+        return Err(MmError::Invalid("MADV_COLLAPSE left a block uncollapsed"));
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level, SwapKind, Visit};
 use hmm_types::{Event, MadviseAdvice, VaRange, VmFlags, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
 
 use crate::error::MmError;
+use crate::fs::InodeKind;
 use crate::huge::split_huge_at;
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::phys::PageFlags;
@@ -246,9 +247,9 @@ fn mark_lazyfree(mm: &Mm, start: u64, end: u64) {
 /// VMA whose entries are all none or present pages (of any protection, the
 /// zero page included) becomes one PMD leaf holding a copy of the data.
 /// Runs under the mmap write lock, once per VMA piece. As Linux 6.18 on
-/// the host (no page need be writable, unlike khugepaged): a block already
-/// PMD-mapped counts as collapsed; a block without a page table, or in a
-/// VMA without an anon_vma, ends the call with EINVAL; a block holding
+/// the host (no page need be writable, unlike khugepaged): a VMA without
+/// an anon_vma is EINVAL; a block already PMD-mapped counts as collapsed;
+/// a block without a page table ends the call with EINVAL; a block holding
 /// swap, migration or marker entries is left as it is and the call goes
 /// on, then fails with EINVAL.
 ///
@@ -266,15 +267,38 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
         let congruent = (vma.start / PAGE_SIZE).wrapping_sub(vma.pgoff) % pmd_pages == 0;
         let last_block = vma.end.saturating_sub(PMD_SIZE) & !(PMD_SIZE - 1);
         let holds_block = vma.end - vma.start >= PMD_SIZE && last_block >= vma.start;
-        if !vma.is_anonymous() || vma.flags.contains(VmFlags::NOHUGEPAGE) || !congruent || !holds_block {
+        // Shmem (memfd, tmpfs, shared anonymous memory) may hold a THP
+        // when collapsing is forced, whatever shmem_enabled says.
+        let shmem = matches!(vma.file().map(|inode| inode.kind()), Some(InodeKind::PageCache));
+        let capable = vma.is_anonymous() || shmem;
+        if !capable || vma.flags.contains(VmFlags::NOHUGEPAGE) || !congruent || !holds_block {
             return Err(MmError::Invalid("MADV_COLLAPSE on a VMA that cannot hold a PMD THP"));
         }
-    }
-    // Linux 6.18 on the host: a piece covering no whole aligned 2 MiB
-    // block is EINVAL, even one starting on a boundary.
-    let (hstart, hend) = ((start + PMD_SIZE - 1) & !(PMD_SIZE - 1), end & !(PMD_SIZE - 1));
-    if hend <= hstart {
-        return Err(MmError::Invalid("MADV_COLLAPSE of a range inside one 2 MiB block"));
+        // An anonymous VMA that has no anon_vma yet (nothing was ever
+        // written to it, a 4 KiB zero page needs none) may not hold a THP
+        // outside a fault (`__thp_vma_allowable_orders`).
+        if vma.is_anonymous() && vma.anon_vma.get().is_none() {
+            return Err(MmError::Invalid("MADV_COLLAPSE in a VMA without an anon_vma"));
+        }
+        // `madvise_collapse` compares the blocks collapsed with the count
+        // of blocks from the first boundary at or after the start to the
+        // last at or before the end: a piece inside one block, crossing no
+        // boundary, counts "negative" blocks and is EINVAL; a piece ending
+        // on the boundary its start rounds up to counts none and succeeds
+        // (Linux 6.18 on the host, found by hmm fuzz).
+        let (hstart, hend) = ((start + PMD_SIZE - 1) & !(PMD_SIZE - 1), end & !(PMD_SIZE - 1));
+        if hend < hstart {
+            return Err(MmError::Invalid("MADV_COLLAPSE of a range inside one 2 MiB block"));
+        }
+        if hend == hstart {
+            return Ok(());
+        }
+        if shmem {
+            // Known divergence: Linux collapses the page cache into a
+            // large folio (`collapse_file`); the model's page cache holds
+            // 4 KiB pages only.
+            return Err(MmError::Invalid("MADV_COLLAPSE of shmem: large page-cache folios are not modelled"));
+        }
     }
     let mut block = (start + PMD_SIZE - 1) & !(PMD_SIZE - 1);
     // A block that could not be collapsed, where Linux goes on with the
@@ -333,12 +357,6 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
             failed = true;
             block += PMD_SIZE;
             continue;
-        }
-        // The new THP is an anonymous page: a VMA that has no anon_vma yet
-        // (nothing was ever written to it) is EINVAL and ends the call
-        // (`hugepage_vma_revalidate`: `SCAN_PAGE_ANON`).
-        if vma.anon_vma.get().is_none() {
-            return Err(MmError::Invalid("MADV_COLLAPSE in a VMA without an anon_vma"));
         }
         let folio = phys.alloc_folio(9, true)?;
         phys.meta(folio)
@@ -616,13 +634,20 @@ mod tests {
         let v = 0x8000_0000;
         mm.mmap(v + 0x4000, 0xe000, Prot::RW, ANON | MapFlags::FIXED).unwrap();
         assert_eq!(mm.madvise(v, 0x5000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
-        // A VMA holding an aligned block: a piece covering no whole block
-        // is EINVAL, inside one block, from its start or across a boundary.
+        // A VMA holding an aligned block but no anon_vma yet (nothing
+        // written) is EINVAL whatever the piece.
         let u = 0xc000_0000;
         mm.mmap(u, 2 * PMD_SIZE, Prot::RW, ANON | MapFlags::FIXED).unwrap();
         assert_eq!(mm.madvise(u + 0x7c000, 0xc000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
         assert_eq!(mm.madvise(u, 4096, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
         assert_eq!(mm.madvise(u + 0x1ff000, 0x2000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
+        // Once it has one: a piece inside one block crossing no boundary
+        // is EINVAL, one ending on the boundary its start rounds up to
+        // covers zero blocks and succeeds (Linux 6.18 on the host).
+        mm.write_u64(u + 3 * PMD_SIZE / 2, 1).unwrap();
+        assert_eq!(mm.madvise(u + 0x7c000, 0xc000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
+        mm.madvise(u, 4096, MadviseAdvice::Collapse).unwrap();
+        mm.madvise(u + 0x1ff000, 0x2000, MadviseAdvice::Collapse).unwrap();
     }
 
     #[test]

@@ -1653,6 +1653,8 @@ impl World {
             /// from `new_addr` (FIXED, equal lengths), replacing what is
             /// there; DONTUNMAP leaves the old pages mapped and empty.
             MoveEach,
+            /// Fails with `errno` after unmapping `[from, to)` (page numbers).
+            UnmapThenFail { from: u64, to: u64, errno: Errno },
             /// Not modelled; the call is not made.
             Skip(&'static str),
         }
@@ -1702,6 +1704,18 @@ impl World {
             // TASK_SIZE up front. Past it, a shrink fails unmapping the tail
             // (EINVAL); anything else spans more than the VMA (EFAULT).
             if old_end.is_none() {
+                if fixed && rold > rnew {
+                    // mremap_to (Linux 6.18 on the host, found by hmm fuzz):
+                    // the kept part must lie in the VMA (EFAULT); then the
+                    // destination is unmapped, the VMA looked up again
+                    // (EFAULT if that unmapped it) and the tail cut fails.
+                    if a + new_pages > vma_end {
+                        break 'plan Err(linux(Errno::Fault));
+                    }
+                    let (from, to) = (new_addr / PAGE, new_addr / PAGE + new_pages);
+                    let errno = if (from..to).contains(&a) { Errno::Fault } else { Errno::Inval };
+                    break 'plan Ok(Plan::UnmapThenFail { from, to, errno });
+                }
                 break 'plan Err(linux(if rold > rnew { Errno::Inval } else { Errno::Fault }));
             }
             if rold == 0 && shared_vma {
@@ -1778,13 +1792,18 @@ impl World {
                 self.expect_err(&call, e, &actual)?;
                 return self.check_unchanged(i, &before);
             }
+            Ok(Plan::UnmapThenFail { from, to, errno }) => {
+                self.expect_err(&call, linux(errno), &actual)?;
+                self.model_mut(i).remove(from, to);
+                return Ok(());
+            }
             Ok(plan) => plan,
         };
         let Ok(result) = actual else {
             return Err(self.fail(format!("{call}: expected success, got {actual:?}")));
         };
         match plan {
-            Plan::Skip(_) => unreachable!("skipped above"),
+            Plan::Skip(_) | Plan::UnmapThenFail { .. } => unreachable!("handled above"),
             Plan::MoveEach => {
                 if result != new_addr {
                     return Err(self.fail(format!("{call}: expected {new_addr:#x}, got {result:#x}")));

@@ -183,6 +183,28 @@ impl Inode {
         Ok(pfn)
     }
 
+    /// Reclaim of a clean cached page (`__remove_mapping`): drops `pfn`
+    /// from the cache at `index` if it is still there, clean, unmapped and
+    /// held by nothing but the cache and `extra` references of the caller.
+    /// True if it was dropped. A fault takes its reference under the same
+    /// lock, so it either finds the page before this check or misses it
+    /// (and reads zeros: a clean page never held anything else).
+    pub(crate) fn remove_clean_page(&self, index: u64, pfn: Pfn, extra: u32) -> bool {
+        let mut state = self.state.lock();
+        if state.pages.get(&index) != Some(&pfn) {
+            return false;
+        }
+        let (refs, maps) = self.phys.folio_counts(pfn);
+        let dirty = self.phys.meta(pfn).flags().contains(PageFlags::DIRTY);
+        if dirty || maps != 0 || refs != 1 + extra || self.phys.maybe_pinned(pfn) {
+            return false;
+        }
+        state.pages.remove(&index);
+        drop(state);
+        self.phys.put(pfn);
+        true
+    }
+
     /// Reads at `offset`; returns the bytes read (short at end of file).
     pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> usize {
         let state = self.state.lock();

@@ -31,16 +31,6 @@ pub(crate) fn is_guard_page(mm: &Mm, va: u64) -> bool {
     slot.level() == Level::Pte && slot.load().is_guard_marker()
 }
 
-/// True when `[start, end)` holds a guard page.
-pub(crate) fn has_guard_page(mm: &Mm, start: u64, end: u64) -> bool {
-    mm.pgtable()
-        .walk(start, end, |visit| match visit {
-            Visit::Slot { entry, .. } if entry.is_guard_marker() => ControlFlow::Break(()),
-            _ => ControlFlow::Continue(()),
-        })
-        .is_break()
-}
-
 /// MADV_GUARD_INSTALL on `[start, end)`, all inside one VMA
 /// (`madvise_guard_install`). Whatever is mapped there is zapped first
 /// (the data of private pages is lost; a shared file keeps its page

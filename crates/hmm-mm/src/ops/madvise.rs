@@ -1,8 +1,9 @@
 //! madvise: DONTNEED and FREE (announced as CLEAR), HUGEPAGE and
 //! NOHUGEPAGE, DONTFORK and DOFORK, POPULATE_READ and POPULATE_WRITE,
 //! COLLAPSE (a synchronous THP collapse, announced as CLEAR of the 2 MiB),
-//! PAGEOUT (private anonymous pages go to swap or, if clean after FREE, are
-//! discarded; a CLEAR per page, see `crate::swap`), GUARD_INSTALL and
+//! PAGEOUT (anonymous pages go to swap or, if clean after FREE, are
+//! discarded; page-cache pages mapped only here are unmapped and stay
+//! cached; a CLEAR per page, see `crate::swap`), GUARD_INSTALL and
 //! GUARD_REMOVE (`super::guard`). Discarding advice on a sealed read-only
 //! anonymous VMA is EPERM (`super::mseal::check_madvise_sealed`).
 //!
@@ -14,10 +15,11 @@ use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level, SwapKind, Visit};
 use hmm_types::{Event, MadviseAdvice, VaRange, VmFlags, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
 
 use crate::error::MmError;
+use crate::fs::InodeKind;
 use crate::huge::split_huge_at;
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::phys::PageFlags;
-use crate::swap::{pageout_range, swappable_vma};
+use crate::swap::{pageout_range, Scope};
 use crate::zap::{release_entry, zap_range_keep_guards, Gather};
 
 use crate::vma::{Vma, VmaTree};
@@ -165,11 +167,11 @@ fn discard_piece(
         if vma.flags.intersects(VmFlags::PFNMAP | VmFlags::HUGETLB) {
             return Err(MmError::Invalid("MADV_PAGEOUT on a VM_PFNMAP/VM_HUGETLB mapping"));
         }
-        // Shared mappings keep their pages: shmem swap is not modelled.
-        if swappable_vma(vma) {
-            let mut unlimited = u64::MAX;
-            pageout_range(mm, start, end, &mut unlimited);
-        }
+        // Shared and file mappings too: their page-cache pages are unmapped
+        // (`reclaim_pages` on every LRU folio, the caller owning the files
+        // it created, so `can_do_file_pageout` holds).
+        let mut unlimited = u64::MAX;
+        pageout_range(mm, start, end, &mut unlimited, Scope::WithFile);
         return Ok(());
     }
     if vma.flags.intersects(VmFlags::PFNMAP | VmFlags::IO) {
@@ -257,9 +259,14 @@ fn mark_lazyfree(mm: &Mm, start: u64, end: u64) {
 }
 
 /// MADV_COLLAPSE: every 2 MiB-aligned block inside a THP-capable anonymous
-/// VMA whose entries are all none or present pages becomes one PMD leaf
-/// holding a copy of the data. Blocks with other entries are left as they
-/// are. Runs under the mmap write lock, once per VMA piece.
+/// VMA whose entries are all none or present pages (of any protection, the
+/// zero page included) becomes one PMD leaf holding a copy of the data.
+/// Runs under the mmap write lock, once per VMA piece. As Linux 6.18 on
+/// the host (no page need be writable, unlike khugepaged): a VMA without
+/// an anon_vma is EINVAL; a block already PMD-mapped counts as collapsed;
+/// a block without a page table ends the call with EINVAL; a block holding
+/// swap, migration or marker entries is left as it is and the call goes
+/// on, then fails with EINVAL.
 ///
 /// As `madvise_collapse`, the VMA itself must be able to hold a PMD THP
 /// before anything else (`thp_vma_allowable_order`): THP-capable
@@ -275,20 +282,43 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
         let congruent = (vma.start / PAGE_SIZE).wrapping_sub(vma.pgoff) % pmd_pages == 0;
         let last_block = vma.end.saturating_sub(PMD_SIZE) & !(PMD_SIZE - 1);
         let holds_block = vma.end - vma.start >= PMD_SIZE && last_block >= vma.start;
-        if !vma.is_anonymous() || vma.flags.contains(VmFlags::NOHUGEPAGE) || !congruent || !holds_block {
+        // Shmem (memfd, tmpfs, shared anonymous memory) may hold a THP
+        // when collapsing is forced, whatever shmem_enabled says.
+        let shmem = matches!(vma.file().map(|inode| inode.kind()), Some(InodeKind::PageCache));
+        let capable = vma.is_anonymous() || shmem;
+        if !capable || vma.flags.contains(VmFlags::NOHUGEPAGE) || !congruent || !holds_block {
             return Err(MmError::Invalid("MADV_COLLAPSE on a VMA that cannot hold a PMD THP"));
         }
-    }
-    // Linux 6.18 on the host: a piece covering no whole aligned 2 MiB
-    // block is EINVAL, even one starting on a boundary.
-    let (hstart, hend) = ((start + PMD_SIZE - 1) & !(PMD_SIZE - 1), end & !(PMD_SIZE - 1));
-    if hend <= hstart {
-        return Err(MmError::Invalid("MADV_COLLAPSE of a range inside one 2 MiB block"));
+        // An anonymous VMA that has no anon_vma yet (nothing was ever
+        // written to it, a 4 KiB zero page needs none) may not hold a THP
+        // outside a fault (`__thp_vma_allowable_orders`).
+        if vma.is_anonymous() && vma.anon_vma.get().is_none() {
+            return Err(MmError::Invalid("MADV_COLLAPSE in a VMA without an anon_vma"));
+        }
+        // `madvise_collapse` compares the blocks collapsed with the count
+        // of blocks from the first boundary at or after the start to the
+        // last at or before the end: a piece inside one block, crossing no
+        // boundary, counts "negative" blocks and is EINVAL; a piece ending
+        // on the boundary its start rounds up to counts none and succeeds
+        // (Linux 6.18 on the host, found by hmm fuzz).
+        let (hstart, hend) = ((start + PMD_SIZE - 1) & !(PMD_SIZE - 1), end & !(PMD_SIZE - 1));
+        if hend < hstart {
+            return Err(MmError::Invalid("MADV_COLLAPSE of a range inside one 2 MiB block"));
+        }
+        if hend == hstart {
+            return Ok(());
+        }
+        if shmem {
+            // Known divergence: Linux collapses the page cache into a
+            // large folio (`collapse_file`); the model's page cache holds
+            // 4 KiB pages only.
+            return Err(MmError::Invalid("MADV_COLLAPSE of shmem: large page-cache folios are not modelled"));
+        }
     }
     let mut block = (start + PMD_SIZE - 1) & !(PMD_SIZE - 1);
-    // A block holding a guard page cannot collapse; Linux goes on with the
-    // next blocks and reports EINVAL at the end.
-    let mut guarded = false;
+    // A block that could not be collapsed, where Linux goes on with the
+    // next one: the call is EINVAL at the end (`madvise_collapse_errno`).
+    let mut failed = false;
     while block + PMD_SIZE <= end {
         let vma = guard.lookup(block).expect("range checked as mapped");
         if !vma.is_anonymous() || vma.flags.contains(VmFlags::NOHUGEPAGE) {
@@ -300,6 +330,26 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
         }
         let writable = vma.flags.contains(VmFlags::WRITE);
         let accessible = vma.flags.intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC);
+        // `find_pmd_or_thp_or_none`, then the scan of the PTE table.
+        let deepest = mm.pgtable().find(block);
+        if deepest.level() != Level::Pte {
+            let entry = deepest.load();
+            match deepest.level() {
+                // Already a huge leaf (a THP or the huge zero page).
+                Level::Pmd if entry.is_present() => {}
+                // No page table for the block at all: `SCAN_PMD_NONE`
+                // ends the whole call with EINVAL.
+                Level::Pmd if entry.is_none() => {
+                    return Err(MmError::Invalid("MADV_COLLAPSE of a block without a page table"));
+                }
+                // No PMD table above it (`SCAN_PMD_NULL`), or a PMD
+                // migration entry: the next block is tried, the call
+                // fails at the end.
+                _ => failed = true,
+            }
+            block += PMD_SIZE;
+            continue;
+        }
         let pmd = match mm.pgtable().ensure(block, Level::Pmd) {
             Ok(slot) => slot,
             Err(EnsureError::NoMem(_)) => return Err(MmError::NoMem),
@@ -308,26 +358,21 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
             }
         };
         let table = pmd.load();
-        if !table.is_table(Level::Pmd) {
-            // Already a huge leaf, or nothing there at all.
-            block += PMD_SIZE;
-            continue;
-        }
+        // Present entries of any protection and none entries collapse; a
+        // swap, migration, device or marker entry makes the block fail
+        // (`SCAN_PTE_NON_PRESENT`, the next block is still tried).
         let collapsible = mm
             .pgtable()
             .walk(block, block + PMD_SIZE, |visit| match visit {
-                Visit::Slot { entry, .. } if !entry.is_none() && !entry.is_accessible() => ControlFlow::Break(()),
+                Visit::Slot { entry, .. } if !entry.is_none() && !entry.is_present() => ControlFlow::Break(()),
                 _ => ControlFlow::Continue(()),
             })
             .is_continue();
         if !collapsible {
-            guarded |= super::guard::has_guard_page(mm, block, block + PMD_SIZE);
+            failed = true;
             block += PMD_SIZE;
             continue;
         }
-        // The new THP is an anonymous page: its VMA needs an anon_vma
-        // (Linux collapses only where one exists).
-        crate::anon_vma::anon_vma_prepare(mm, guard, vma);
         let folio = phys.alloc_folio(9, true)?;
         phys.meta(folio)
             .set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);
@@ -359,8 +404,8 @@ fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), 
         gather.free_now(phys);
         block += PMD_SIZE;
     }
-    if guarded {
-        return Err(MmError::Invalid("MADV_COLLAPSE of a block holding a guard page"));
+    if failed {
+        return Err(MmError::Invalid("MADV_COLLAPSE left a block uncollapsed"));
     }
     Ok(())
 }
@@ -604,13 +649,20 @@ mod tests {
         let v = 0x8000_0000;
         mm.mmap(v + 0x4000, 0xe000, Prot::RW, ANON | MapFlags::FIXED).unwrap();
         assert_eq!(mm.madvise(v, 0x5000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
-        // A VMA holding an aligned block: a piece covering no whole block
-        // is EINVAL, inside one block, from its start or across a boundary.
+        // A VMA holding an aligned block but no anon_vma yet (nothing
+        // written) is EINVAL whatever the piece.
         let u = 0xc000_0000;
         mm.mmap(u, 2 * PMD_SIZE, Prot::RW, ANON | MapFlags::FIXED).unwrap();
         assert_eq!(mm.madvise(u + 0x7c000, 0xc000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
         assert_eq!(mm.madvise(u, 4096, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
         assert_eq!(mm.madvise(u + 0x1ff000, 0x2000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
+        // Once it has one: a piece inside one block crossing no boundary
+        // is EINVAL, one ending on the boundary its start rounds up to
+        // covers zero blocks and succeeds (Linux 6.18 on the host).
+        mm.write_u64(u + 3 * PMD_SIZE / 2, 1).unwrap();
+        assert_eq!(mm.madvise(u + 0x7c000, 0xc000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
+        mm.madvise(u, 4096, MadviseAdvice::Collapse).unwrap();
+        mm.madvise(u + 0x1ff000, 0x2000, MadviseAdvice::Collapse).unwrap();
     }
 
     #[test]

@@ -70,6 +70,16 @@ impl Mm {
             if fixed && old_addr.saturating_add(new_len.min(old_len)) > vma.end {
                 return Err(not_mapped(old_addr));
             }
+            if fixed && new_len < old_len {
+                // `mremap_to` unmaps the destination first, looks the VMA
+                // up again (EFAULT if that unmapped it), and only then
+                // fails to cut the tail (Linux 6.18 on the host, found by
+                // hmm fuzz).
+                unmap_locked(&mut guard, new_addr, new_addr + new_len)?;
+                if guard.lookup(old_addr).is_none() {
+                    return Err(not_mapped(old_addr));
+                }
+            }
             if new_len < old_len {
                 return Err(MmError::Invalid("mremap shrink of a range past the address space"));
             }

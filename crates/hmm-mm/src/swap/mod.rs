@@ -34,7 +34,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use hmm_types::PAGE_SIZE;
 
-pub(crate) use reclaim::{pageout_range, swappable_vma};
+pub(crate) use reclaim::{pageout_range, Scope};
 
 /// The largest number of slots an entry's offset field can name.
 pub const MAX_SWAP_PAGES: u64 = 1 << 40;

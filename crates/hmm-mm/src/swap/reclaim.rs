@@ -1,10 +1,19 @@
-//! Swap-out: taking private anonymous pages away from an address space,
-//! for MADV_PAGEOUT and for [`Kernel::reclaim`].
+//! Swap-out: taking pages away from an address space, for MADV_PAGEOUT and
+//! for [`Kernel::reclaim`].
 //!
-//! Candidates are pages of private VMAs whose folio is anonymous system RAM,
-//! not pinned and held by nothing but its mappings (reference count equals
-//! mapcount). An order-0 page mapped more than once (shared after fork) is
-//! skipped: MADV_PAGEOUT skips shared folios in Linux too; Linux's reclaim
+//! Candidates are pages whose folio is anonymous system RAM, not pinned and
+//! held by nothing but its mappings (reference count equals mapcount), and,
+//! for MADV_PAGEOUT only ([`Scope::WithFile`]), order-0 page-cache pages
+//! (tmpfs, memfd, shared anonymous memory, or the unwritten pages of a
+//! private file mapping) held by their one mapping and the page cache.
+//! Reclaim unmaps such a page (`try_to_unmap`); a dirty one stays in the
+//! page cache (shmem writeout without swap only redirties it), so a later
+//! fault maps the same page again, and a clean one (never written: all
+//! zeros) leaves the cache (`__remove_mapping`). Linux 6.18 on the host
+//! does exactly this.
+//!
+//! An order-0 page mapped more than once (shared after fork, or mapped
+//! twice) is skipped: MADV_PAGEOUT skips shared folios in Linux too; Linux's reclaim
 //! would unmap every mapping through the reverse map and share one
 //! swap-cache page, but this model has no swap cache, so `Kernel::reclaim`
 //! skips them as well (unmapping one mapping would free nothing). An
@@ -35,6 +44,7 @@ use core::sync::atomic::{fence, Ordering};
 use hmm_pagetable::{Entry, Level, Slot, SwapKind, Visit};
 use hmm_types::{Event, Pfn, VmFlags, PAGE_SIZE, PMD_SIZE};
 
+use crate::fs::Inode;
 use crate::huge::split_huge_leaf;
 use crate::kernel::Kernel;
 use crate::mm::Mm;
@@ -52,11 +62,30 @@ enum Kind {
     Discard,
     /// Its data goes to a swap slot.
     Swap,
+    /// A page-cache page: its mapping goes, the page stays cached.
+    Unmap,
+}
+
+impl Kind {
+    /// References a candidate holds besides its mappings: the page
+    /// cache's own for a cached page.
+    fn cache_refs(self) -> u32 {
+        u32::from(self == Kind::Unmap)
+    }
+}
+
+/// Which pages a pageout may take.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Scope {
+    /// Anonymous pages only ([`Kernel::reclaim`], which counts freed pages).
+    AnonOnly,
+    /// Anonymous and page-cache pages (MADV_PAGEOUT, `reclaim_pages`).
+    WithFile,
 }
 
 /// True for VMAs whose anonymous pages may be paged out: private, and not
 /// pfn, I/O or hugetlb mappings (`can_madv_lru_vma`).
-pub(crate) fn swappable_vma(vma: &Vma) -> bool {
+fn swappable_vma(vma: &Vma) -> bool {
     !vma.flags.is_shared() && !vma.flags.intersects(VmFlags::PFNMAP | VmFlags::IO | VmFlags::HUGETLB)
 }
 
@@ -76,8 +105,31 @@ fn reclaimable_folio(phys: &PhysMem, entry: Entry, extra: u32) -> Option<Pfn> {
     (anon && !phys.maybe_pinned(head) && maps > 0 && refs == maps as u32 + extra).then_some(head)
 }
 
+/// The page-cache page behind a present entry, if it is an order-0 page of
+/// system RAM mapped once and held only by that mapping, the page cache
+/// and `extra` references of the reclaimer.
+fn unmappable_cache_page(phys: &PhysMem, entry: Entry, extra: u32) -> Option<Pfn> {
+    if !entry.is_present() || entry.is_special() {
+        return None;
+    }
+    let pfn = entry.pfn();
+    if phys.is_zero_pfn(pfn) || phys.pagemap(pfn).is_some() {
+        return None;
+    }
+    let head = phys.folio_head(pfn);
+    let flags = phys.meta(head).flags();
+    if flags.contains(PageFlags::ANON) || !flags.contains(PageFlags::SHMEM) || phys.folio_order(head) != 0 {
+        return None;
+    }
+    let (refs, maps) = phys.folio_counts(head);
+    (!phys.maybe_pinned(head) && maps == 1 && refs == 2 + extra).then_some(head)
+}
+
 /// How the page mapped by the PTE `entry` would be taken, if it can be.
-fn classify(phys: &PhysMem, entry: Entry, extra: u32) -> Option<Kind> {
+fn classify(phys: &PhysMem, entry: Entry, extra: u32, scope: Scope) -> Option<Kind> {
+    if scope == Scope::WithFile && unmappable_cache_page(phys, entry, extra).is_some() {
+        return Some(Kind::Unmap);
+    }
     let head = reclaimable_folio(phys, entry, extra)?;
     if phys.folio_order(head) == 0 && phys.folio_counts(head).1 != 1 {
         return None;
@@ -100,10 +152,12 @@ fn thp_worth_splitting(mm: &Mm, entry: Entry) -> bool {
 }
 
 /// Pages out what can be paged out in `[start, end)` of `mm`, at most
-/// `*budget` pages (the budget shrinks by what was reclaimed). The caller
-/// holds the mmap lock (read is enough) and passes a range of a VMA that
-/// [`swappable_vma`] accepts. Returns the pages reclaimed.
-pub(crate) fn pageout_range(mm: &Mm, start: u64, end: u64, budget: &mut u64) -> u64 {
+/// `*budget` pages (the budget shrinks by what was reclaimed), taking
+/// page-cache pages too with [`Scope::WithFile`]. The caller holds the mmap
+/// lock (read is enough) and passes a range of one VMA: with
+/// [`Scope::AnonOnly`], one that [`swappable_vma`] accepts. Returns the
+/// pages reclaimed.
+pub(crate) fn pageout_range(mm: &Mm, start: u64, end: u64, budget: &mut u64, scope: Scope) -> u64 {
     let mut reclaimed = 0;
     let _ = mm.pgtable().walk(start, end, |visit| {
         if *budget == 0 {
@@ -113,7 +167,7 @@ pub(crate) fn pageout_range(mm: &Mm, start: u64, end: u64, budget: &mut u64) -> 
             return ControlFlow::Continue(());
         };
         if slot.level() == Level::Pte {
-            if pageout_one(mm, slot) {
+            if pageout_one(mm, slot, scope) {
                 reclaimed += 1;
                 *budget -= 1;
             }
@@ -122,7 +176,7 @@ pub(crate) fn pageout_range(mm: &Mm, start: u64, end: u64, budget: &mut u64) -> 
             // the THP as it is.
             if let Ok(true) = split_huge_leaf(mm, slot, entry) {
                 let block_end = (slot.va() + PMD_SIZE).min(end);
-                reclaimed += pageout_range(mm, slot.va().max(start), block_end, budget);
+                reclaimed += pageout_range(mm, slot.va().max(start), block_end, budget, scope);
             }
         }
         ControlFlow::Continue(())
@@ -131,10 +185,10 @@ pub(crate) fn pageout_range(mm: &Mm, start: u64, end: u64, budget: &mut u64) -> 
 }
 
 /// Takes the page mapped by the PTE `slot` away; true if it was.
-fn pageout_one(mm: &Mm, slot: Slot<'_>) -> bool {
+fn pageout_one(mm: &Mm, slot: Slot<'_>, scope: Scope) -> bool {
     let phys = mm.phys();
     let entry = slot.load();
-    let Some(kind) = classify(phys, entry, 0) else {
+    let Some(kind) = classify(phys, entry, 0, scope) else {
         return false;
     };
     // A reference of our own (`folio_isolate_lru` holds one) keeps the
@@ -152,21 +206,29 @@ fn pageout_one(mm: &Mm, slot: Slot<'_>) -> bool {
     let swap = mm.kernel().swap();
     let reserved = match kind {
         Kind::Swap => swap.reserve(),
-        Kind::Discard => None,
+        Kind::Discard | Kind::Unmap => None,
     };
     let mut done = false;
-    if kind == Kind::Discard || reserved.is_some() {
+    if kind != Kind::Swap || reserved.is_some() {
         let va = slot.va();
         let invalidation = mm.notifiers().start(mm.id(), va, va + PAGE_SIZE, Event::Clear);
         let mut gather = Gather::new();
-        done = unmap_page(phys, slot, entry, kind, reserved, mm);
+        done = unmap_page(phys, slot, entry, (kind, scope), reserved, mm);
         head.unlock();
         if done {
             phys.map_sub(pfn, 1);
             gather.push(pfn);
         }
-        gather.push(pfn);
-        gather.free_after(phys, invalidation);
+        if kind == Kind::Unmap {
+            gather.free_after(phys, invalidation);
+            if done {
+                drop_if_clean(phys, pfn);
+            }
+            phys.put(pfn);
+        } else {
+            gather.push(pfn);
+            gather.free_after(phys, invalidation);
+        }
     } else {
         head.unlock();
         phys.put(pfn);
@@ -179,18 +241,36 @@ fn pageout_one(mm: &Mm, slot: Slot<'_>) -> bool {
     done
 }
 
+/// A page-cache page just unmapped by reclaim leaves the cache if it is
+/// clean; a dirty one stays (with no swap, shmem writeout only redirties
+/// it), so a later fault maps the same page again. The caller still holds
+/// its reference.
+fn drop_if_clean(phys: &PhysMem, pfn: Pfn) {
+    let meta = phys.meta(pfn);
+    if let Some(inode) = Inode::lookup(meta.mapping.load(Ordering::Relaxed)) {
+        inode.remove_clean_page(meta.index.load(Ordering::Relaxed), pfn, 1);
+    }
+}
+
 /// The two-step replacement of the PTE `slot`, first seen as `entry`:
 /// quiet it (clean and old), check that nothing but mappings holds the
 /// folio, copy the page into `reserved` (for a swap), then replace the
-/// quiet entry with the swap entry (or none, for a discard).
-fn unmap_page(phys: &PhysMem, slot: Slot<'_>, entry: Entry, kind: Kind, reserved: Option<u64>, mm: &Mm) -> bool {
+/// quiet entry with the swap entry (or none, for a discard or an unmap).
+fn unmap_page(
+    phys: &PhysMem,
+    slot: Slot<'_>,
+    entry: Entry,
+    (kind, scope): (Kind, Scope),
+    reserved: Option<u64>,
+    mm: &Mm,
+) -> bool {
     let pfn = entry.pfn();
     let head = phys.folio_head(pfn);
     let mut current = entry;
     for _ in 0..ATTEMPTS {
         // A discard candidate that was written to is kept, as Linux puts a
         // redirtied lazyfree folio back.
-        if current.pfn() != pfn || classify(phys, current, 1) != Some(kind) {
+        if current.pfn() != pfn || classify(phys, current, 1, scope) != Some(kind) {
             return false;
         }
         let quiet = current.mkclean().mkold();
@@ -205,9 +285,9 @@ fn unmap_page(phys: &PhysMem, slot: Slot<'_>, entry: Entry, kind: Kind, reserved
         }
         fence(Ordering::SeqCst);
         let (refs, maps) = phys.folio_counts(head);
-        if refs != maps as u32 + 1 {
-            // Besides the mappings and us, an access or a GUP holds the
-            // page right now.
+        if refs != maps as u32 + kind.cache_refs() + 1 {
+            // Besides the mappings, the page cache and us, an access or a
+            // GUP holds the page right now.
             return false;
         }
         let new = match reserved {
@@ -253,7 +333,7 @@ impl Kernel {
                 if budget == 0 {
                     break;
                 }
-                pageout_range(&mm, vma.start, vma.end, &mut budget);
+                pageout_range(&mm, vma.start, vma.end, &mut budget, Scope::AnonOnly);
             }
         }
         nr_pages - budget

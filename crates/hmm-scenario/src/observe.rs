@@ -81,6 +81,8 @@ pub enum Outcome {
     Inconclusive(String),
     /// The host runner refused the call (outside the window, or unsupported).
     Refused(String),
+    /// A test-device command's counters and data (`observe_device.rs`).
+    Device(crate::observe_device::DeviceResult),
 }
 
 /// Linux errno names for the numbers a scenario meets.
@@ -170,6 +172,7 @@ impl fmt::Display for Shown<'_> {
             Outcome::Same(None) => write!(f, "not present"),
             Outcome::Inconclusive(why) => write!(f, "inconclusive ({why})"),
             Outcome::Refused(why) => write!(f, "refused ({why})"),
+            Outcome::Device(result) => write!(f, "{result}"),
         }
     }
 }

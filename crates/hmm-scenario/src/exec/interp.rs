@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 
+use super::device::DeviceCall;
 use super::{Backend, Call, ExecError, ProcId};
 use crate::lang::ast::{Expr, Op, Scenario, DEFAULT_WINDOW, MAIN_PROC, WINDOW_NAME};
+use crate::lang::device::DeviceOp;
 use crate::lang::print_step;
 use crate::observe::{Outcome, Shown, Trace};
 
@@ -28,6 +30,8 @@ struct Env {
     procs: Vec<String>,
     alive: Vec<bool>,
     files: usize,
+    /// `daxdir`: where `daxfile` creates files.
+    dax_dir: String,
 }
 
 impl Env {
@@ -61,7 +65,7 @@ pub fn run_scenario(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Tr
     let (mut base, mut len) = DEFAULT_WINDOW;
     for (i, step) in scenario.steps.iter().enumerate() {
         if let Op::Window { base: b, len: l } = &step.op {
-            let empty = Env { names: HashMap::new(), procs: vec![], alive: vec![], files: 0 };
+            let empty = Env { names: HashMap::new(), procs: vec![], alive: vec![], files: 0, dax_dir: String::new() };
             if i != 0 {
                 return Err(ExecError::Window { line: step.line, message: "`window` must be the first line".into() });
             }
@@ -74,6 +78,7 @@ pub fn run_scenario(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Tr
         procs: vec![MAIN_PROC.to_string()],
         alive: vec![true],
         files: 0,
+        dax_dir: crate::lang::device::DEFAULT_DAX_DIR.to_string(),
     };
     let mut acting: ProcId = 0;
     let mut trace = Trace { window: base, ..Trace::default() };
@@ -100,6 +105,13 @@ pub fn run_scenario(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Tr
                 Ok(call) => {
                     let outcome = match &call {
                         Call::Frame { addr } => same(backend, &env, acting, *addr, op, line)?,
+                        Call::Device(d) if !backend.supports(d.needs()) => {
+                            Outcome::Refused(format!("needs {}, which this executor lacks", d.needs()))
+                        }
+                        Call::Device(d) if d.too_large() => Outcome::Refused(format!(
+                            "more than {} pages in one device command",
+                            super::device::MAX_DEVICE_PAGES
+                        )),
                         _ => backend.call(acting, &call),
                     };
                     bind(&mut env, step.bind.as_deref(), &call, &outcome, acting);
@@ -205,6 +217,10 @@ fn to_call(env: &mut Env, line: usize, op: &Op) -> Result<Result<Call, Outcome>,
         Op::Maps { addr, len } => Call::Maps { addr: a(addr)?, len: a(len)? },
         Op::Pagemap { addr, len } => Call::Pagemap { addr: a(addr)?, len: a(len)? },
         Op::Same { addr, .. } => Call::Frame { addr: a(addr)? },
+        Op::Device(d) => match device_call(env, line, d)? {
+            Ok(call) => Call::Device(call),
+            Err(o) => return Ok(Err(o)),
+        },
         Op::Window { .. } | Op::Expect { .. } | Op::Proc { .. } => unreachable!("handled by the caller"),
     }))
 }
@@ -225,6 +241,11 @@ fn bind(env: &mut Env, name: Option<&str>, call: &Call, outcome: &Outcome, actin
             Some(Value::File(Some(*id)))
         }
         (Call::Memfd { .. }, _) => Some(Value::File(None)),
+        (Call::Device(d), Outcome::Ok) if d.creates().is_some() => {
+            env.files += 1;
+            Some(Value::File(d.creates()))
+        }
+        (Call::Device(d), _) if d.creates().is_some() => Some(Value::File(None)),
         (Call::Exit, _) => {
             env.alive[acting] = false;
             None
@@ -234,4 +255,38 @@ fn bind(env: &mut Env, name: Option<&str>, call: &Call, outcome: &Outcome, actin
     if let (Some(name), Some(value)) = (name, value) {
         env.names.insert(name.to_string(), value);
     }
+}
+
+/// The device or DAX call for `op`, or directly its outcome (a bad file);
+/// `daxdir` only changes the setting (and is `Ok` itself).
+fn device_call(env: &mut Env, line: usize, op: &DeviceOp) -> Result<Result<DeviceCall, Outcome>, ExecError> {
+    let file = |name: &str| -> Result<Result<usize, Outcome>, ExecError> {
+        Ok(env.file(line, name)?.ok_or(Outcome::Errno(EBADF)))
+    };
+    Ok(Ok(match op {
+        DeviceOp::Open { minor } => DeviceCall::Open { minor: *minor, id: env.files },
+        DeviceOp::DaxFile { name } => {
+            DeviceCall::DaxFile { name: name.clone(), dir: env.dax_dir.clone(), id: env.files }
+        }
+        DeviceOp::DaxDir { path } => {
+            env.dax_dir = path.clone();
+            return Ok(Err(Outcome::Ok));
+        }
+        DeviceOp::Cmd { cmd, file: f, addr, npages } => match file(f)? {
+            Ok(file) => DeviceCall::Cmd { file, cmd: *cmd, addr: env.addr(line, addr)?, npages: *npages },
+            Err(o) => return Ok(Err(o)),
+        },
+        DeviceOp::Write { file: f, addr, npages, pattern } => match file(f)? {
+            Ok(file) => DeviceCall::Write { file, addr: env.addr(line, addr)?, npages: *npages, pattern: *pattern },
+            Err(o) => return Ok(Err(o)),
+        },
+        DeviceOp::Release { file: f } => match file(f)? {
+            Ok(file) => DeviceCall::Release { file },
+            Err(o) => return Ok(Err(o)),
+        },
+        DeviceOp::Flags { file: f, flags } => match file(f)? {
+            Ok(file) => DeviceCall::Flags { file, flags: *flags },
+            Err(o) => return Ok(Err(o)),
+        },
+    }))
 }

@@ -9,9 +9,12 @@
 //! (`model.rs`, `host/calls.rs`). A capability an executor may lack (devices,
 //! DAX) is a [`Capability`] the interpreter checks before calling.
 
+pub mod device;
 pub mod host;
 mod interp;
 pub mod model;
+mod model_device;
+pub mod vm;
 
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +121,8 @@ pub enum Call {
     Frame {
         addr: u64,
     },
+    /// A test-device or DAX call (`device.rs`).
+    Device(device::DeviceCall),
 }
 
 /// [`FallocMode`] in a serializable form.
@@ -147,6 +152,11 @@ pub trait Backend {
     fn take_invalidations(&mut self, _names: &[String]) -> Vec<InvalidationView> {
         Vec::new()
     }
+    /// Whether calls needing `cap` can run (the interpreter refuses them
+    /// otherwise, so they never count as a match).
+    fn supports(&self, _cap: Capability) -> bool {
+        true
+    }
 }
 
 /// Something an executor may or may not offer.
@@ -156,10 +166,21 @@ pub enum Capability {
     Invalidations,
     /// Real frame numbers (host: root only).
     Frames,
-    /// Later issues: dmirror device commands.
+    /// The test device (`/dev/hmm_dmirror*`) and its commands.
     Devices,
-    /// Later issues: fs-dax and device-DAX.
+    /// fs-dax files (a filesystem mounted with `-o dax`).
     Dax,
+}
+
+impl core::fmt::Display for Capability {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Invalidations => "invalidation reports",
+            Self::Frames => "frame numbers",
+            Self::Devices => "the test device /dev/hmm_dmirror*",
+            Self::Dax => "an fs-dax mount",
+        })
+    }
 }
 
 /// Runs whole scenarios.

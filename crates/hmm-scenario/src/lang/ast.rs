@@ -88,6 +88,8 @@ pub enum Op {
     Same { addr: Expr, other: Name, other_addr: Expr },
     /// `expect TEXT`: the previous operation's result prints as TEXT.
     Expect { text: String },
+    /// A test-device or DAX operation (`device.rs`).
+    Device(super::device::DeviceOp),
 }
 
 impl Op {
@@ -117,6 +119,7 @@ impl Op {
             Op::Pagemap { .. } => "pagemap",
             Op::Same { .. } => "same",
             Op::Expect { .. } => "expect",
+            Op::Device(d) => d.keyword(),
         }
     }
 }

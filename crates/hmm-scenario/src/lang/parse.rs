@@ -47,7 +47,8 @@ fn parse_line(line: &str) -> Result<Option<Step>, ParseError> {
         _ => (None, toks.as_slice()),
     };
     let op = Args { toks, next: 1, end_col: line.len() + 1 }.op()?;
-    if bind.is_some() && !matches!(op, Op::Mmap { .. } | Op::Mremap { .. } | Op::Fork | Op::Memfd { .. }) {
+    let binds = matches!(&op, Op::Device(d) if d.binds());
+    if bind.is_some() && !binds && !matches!(op, Op::Mmap { .. } | Op::Mremap { .. } | Op::Fork | Op::Memfd { .. }) {
         return Err(ParseError::at(toks[0].col, format!("`{}` has no result to name", toks[0].text)));
     }
     Ok(Some(Step { line: 0, bind, op }))
@@ -169,7 +170,18 @@ impl<'a> Args<'a, '_> {
                 other: self.name("a process")?,
                 other_addr: self.expr("an address in that process")?,
             },
-            other => return Err(ParseError::at(keyword.col, format!("unknown operation `{other}`"))),
+            other => {
+                let (toks, next, end_col) = (self.toks, &mut self.next, self.end_col);
+                let mut take = |what: &str| {
+                    let tok = toks.get(*next).copied();
+                    *next += 1;
+                    tok.ok_or_else(|| ParseError::at(end_col, format!("`{other}` needs {what}")))
+                };
+                match super::device::parse(other, &mut take) {
+                    Some(op) => Op::Device(op?),
+                    None => return Err(ParseError::at(keyword.col, format!("unknown operation `{other}`"))),
+                }
+            }
         };
         self.done(op)
     }

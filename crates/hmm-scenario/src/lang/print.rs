@@ -99,11 +99,12 @@ pub fn print_step(step: &Step) -> String {
             arg(expr(other_addr));
         }
         Op::Expect { text } => arg(text.clone()),
+        Op::Device(d) => d.print_args().into_iter().for_each(arg),
     }
     out
 }
 
-fn expr(e: &Expr) -> String {
+pub(crate) fn expr(e: &Expr) -> String {
     let magnitude = e.offset.unsigned_abs();
     match (&e.base, e.offset) {
         (None, _) => format!("{magnitude:#x}"),

@@ -17,7 +17,7 @@ use crate::exec::model::ModelExecutor;
 use crate::exec::vm::{VmBatch, VmExecutor};
 use crate::exec::Executor;
 use crate::fuzz::{complete, signature, Found, FuzzReport};
-use crate::lang::ast::{Expr, Op, Scenario, Step};
+use crate::lang::ast::{Op, Scenario, Step};
 use crate::lang::device::{DevCmd, DeviceOp, Pattern};
 
 /// Most shrinking rounds (boots) per divergence.
@@ -175,6 +175,7 @@ fn shrink(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lang::ast::Expr;
 
     #[test]
     fn candidates_delete_blocks_down_to_single_steps() {

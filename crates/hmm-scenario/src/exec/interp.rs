@@ -101,7 +101,14 @@ pub fn run_scenario(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Tr
             }
             _ if !env.alive[acting] => Outcome::Errno(ESRCH),
             op => match to_call(&mut env, line, op)? {
-                Err(outcome) => outcome,
+                Err(outcome) => {
+                    // A mapping of a file that failed to open still binds
+                    // its name, to MAP_FAILED, as a program's would.
+                    if let (Some(name), Op::Mmap { .. }) = (&step.bind, op) {
+                        env.names.insert(name.clone(), Value::Addr(MAP_FAILED));
+                    }
+                    outcome
+                }
                 Ok(call) => {
                     let outcome = match &call {
                         Call::Frame { addr } => same(backend, &env, acting, *addr, op, line)?,

@@ -151,11 +151,19 @@ pub fn diff(args: &DiffArgs, out: &Out) -> Result<bool, DemoError> {
         }
         KernelChoice::Vm => {
             let mut vm = vm_executor()?;
-            out.note(&format!("booting the reference kernel for {} scenarios (kernel lab {})", scenarios.len(), vm.lab.display()));
+            out.note(&format!(
+                "booting the reference kernel for {} scenarios (kernel lab {})",
+                scenarios.len(),
+                vm.lab.display()
+            ));
             let batch = vm.run_batch(&scenarios).map_err(|e| DemoError(e.to_string()))?;
             let version = batch.guest.version().unwrap_or((0, 0));
             let label = format!("Linux {} in the guest (THP {})", batch.guest.release, batch.guest.thp);
-            out.note(&format!("guest ran in {:.1} s; console in {}", batch.elapsed.as_secs_f64(), vm.console.display()));
+            out.note(&format!(
+                "guest ran in {:.1} s; console in {}",
+                batch.elapsed.as_secs_f64(),
+                vm.console.display()
+            ));
             let mut model = ModelExecutor { config: batch.guest.model_config() };
             for ((file, scenario), guest) in args.files.iter().zip(&scenarios).zip(batch.traces) {
                 out.heading(&file.display().to_string());

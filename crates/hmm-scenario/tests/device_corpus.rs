@@ -101,7 +101,9 @@ fn without_the_device_the_host_never_counts_a_device_step() {
         let is_setting = matches!(&scenario.steps[first_device].op, Op::Device(d) if d.keyword() == "daxdir");
         assert!(is_setting || matches!(refused, Outcome::Refused(_)), "{name}: {refused:?}");
         for s in compare(&scenario, &model, &trace, version).steps {
-            if s.step > first_device && !matches!(scenario.steps[s.step].op, Op::Device(ref d) if d.keyword() == "daxdir") {
+            if s.step > first_device
+                && !matches!(scenario.steps[s.step].op, Op::Device(ref d) if d.keyword() == "daxdir")
+            {
                 assert!(matches!(s.verdict, Verdict::Inconclusive(_)), "{name}: step {}: {:?}", s.step, s.verdict);
             }
         }

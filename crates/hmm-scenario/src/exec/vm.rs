@@ -118,6 +118,13 @@ impl VmExecutor {
             .map(Path::to_path_buf)
     }
 
+    /// Uses `runner` instead of building the static one (a test on this
+    /// machine, or a runner built elsewhere).
+    pub fn with_runner(mut self, runner: PathBuf) -> Self {
+        self.runner = Some(runner);
+        self
+    }
+
     /// Builds the static runner once per executor.
     pub fn runner(&mut self) -> Result<PathBuf, ExecError> {
         if let Some(r) = &self.runner {

@@ -65,6 +65,25 @@ impl DeviceResult {
     }
 }
 
+/// SNAPSHOT's `HMM_DMIRROR_PROT_PMD` bit.
+const PROT_PMD: u32 = 0x04;
+
+impl DeviceResult {
+    /// The model's SNAPSHOT shows PMD leaves where the kernel's shows the
+    /// same bytes without: the kernel did not get a THP (which Linux
+    /// allows), not a divergence.
+    pub fn thp_fallback(model: &Self, host: &Self) -> bool {
+        let (Some(m), Some(h)) = (&model.snapshot, &host.snapshot) else { return false };
+        let expand = |runs: &[Run]| -> Vec<u32> {
+            runs.iter().flat_map(|r| (0..r.count).map(move |i| r.first.wrapping_add(r.step * i as u32))).collect()
+        };
+        let (m, h) = (expand(m), expand(h));
+        model.cpages == host.cpages
+            && m.len() == h.len()
+            && m.iter().zip(&h).all(|(a, b)| a == b || (a & PROT_PMD != 0 && a & !PROT_PMD == *b))
+    }
+}
+
 fn show_runs(f: &mut fmt::Formatter<'_>, label: &str, runs: &[Run]) -> fmt::Result {
     write!(f, " {label}")?;
     for r in runs {
@@ -105,6 +124,16 @@ mod tests {
             ]
         );
         assert_eq!(runs([5, 5, 6, 7]).len(), 2, "a constant run is not broken into a counting one");
+    }
+
+    #[test]
+    fn a_missing_pmd_bit_is_a_thp_fallback_only() {
+        let model = DeviceResult::new(2, 0, None, Some(&[0x6, 0x6]));
+        let small = DeviceResult::new(2, 0, None, Some(&[0x2, 0x2]));
+        let other = DeviceResult::new(2, 0, None, Some(&[0x1, 0x2]));
+        assert!(DeviceResult::thp_fallback(&model, &small));
+        assert!(!DeviceResult::thp_fallback(&small, &model), "the kernel huge, the model not: a divergence");
+        assert!(!DeviceResult::thp_fallback(&model, &other));
     }
 
     #[test]

@@ -105,6 +105,8 @@ fn candidates(steps: &[Step]) -> Vec<Vec<Step>> {
 
 /// Fuzzes for `duration` from `seed` in batches of `batch` scenarios.
 pub fn fuzz_vm(vm: &mut VmExecutor, duration: Duration, seed: u64, batch: usize) -> Result<FuzzReport, String> {
+    // The runner's build is not fuzzing time.
+    vm.runner().map_err(|e| e.to_string())?;
     let start = Instant::now();
     let mut report = FuzzReport::default();
     let mut bytes = [0u8; 32];

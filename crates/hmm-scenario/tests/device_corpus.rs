@@ -39,12 +39,12 @@ fn load(path: &PathBuf) -> (String, Scenario, Option<String>) {
     (name, scenario, known)
 }
 
-/// The reference guest's configuration (THP `always`... as `lab boot`
+/// The reference guest's configuration (THP `madvise`, 64 huge pages, as `lab boot`
 /// sets it up) is what the expectations were written against.
 fn guest_like_model() -> ModelExecutor {
     let guest = hmm_scenario::exec::vm::GuestInfo {
         release: "7.3".into(),
-        thp: "[always] madvise never".into(),
+        thp: "always [madvise] never".into(),
         use_zero_page: "1".into(),
         nr_hugepages: "64".into(),
     };

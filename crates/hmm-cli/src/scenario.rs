@@ -164,6 +164,9 @@ pub fn diff(args: &DiffArgs, out: &Out) -> Result<bool, DemoError> {
                 batch.elapsed.as_secs_f64(),
                 vm.console.display()
             ));
+            for warning in &batch.kernel_warnings {
+                out.note(&format!("the guest kernel warned: {warning}"));
+            }
             let mut model = ModelExecutor { config: batch.guest.model_config() };
             for ((file, scenario), guest) in args.files.iter().zip(&scenarios).zip(batch.traces) {
                 out.heading(&file.display().to_string());

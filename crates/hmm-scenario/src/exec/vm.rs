@@ -80,6 +80,10 @@ pub struct VmBatch {
     pub traces: Vec<Result<Trace, ExecError>>,
     /// How long the boot took.
     pub elapsed: std::time::Duration,
+    /// The guest kernel's own complaints (WARN, BUG, Oops lines of its
+    /// log): a verdict from a boot with one may show a kernel defect
+    /// rather than the model's.
+    pub kernel_warnings: Vec<String>,
 }
 
 /// Runs scenarios in a guest of the reference kernel.
@@ -178,7 +182,7 @@ impl VmExecutor {
             return Err(ExecError::Host(format!("the guest failed ({status}); console in {}", self.console.display())));
         }
         let (guest, traces) = parse_console(&console, scenarios.len());
-        Ok(VmBatch { guest, traces, elapsed: started.elapsed() })
+        Ok(VmBatch { guest, traces, elapsed: started.elapsed(), kernel_warnings: kernel_warnings(&console) })
     }
 }
 
@@ -238,6 +242,24 @@ fn parse_console(console: &str, n: usize) -> (GuestInfo, Vec<Result<Trace, ExecE
     (guest, traces)
 }
 
+/// The lines of the guest's kernel log (between `=== dmesg begin` and
+/// `=== dmesg end`) that report a WARN, a BUG or an Oops.
+fn kernel_warnings(console: &str) -> Vec<String> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in console.lines().map(|l| l.trim_end_matches('\r')) {
+        match line {
+            "=== dmesg begin" => inside = true,
+            "=== dmesg end" => inside = false,
+            _ if inside && ["WARNING:", "BUG:", "Oops:", "kernel BUG"].iter().any(|k| line.contains(k)) => {
+                out.push(line.to_string())
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 impl Executor for VmExecutor {
     fn name(&self) -> &'static str {
         "vm"
@@ -272,6 +294,12 @@ mod tests {
         let crashed = traces[1].as_ref().unwrap().aborted.clone().unwrap();
         assert!(crashed.contains("139") && crashed.contains("Segmentation"), "{crashed}");
         assert!(traces[2].as_ref().unwrap().aborted.is_some(), "a missing reply is aborted, not empty");
+    }
+
+    #[test]
+    fn kernel_warnings_come_from_the_guest_log_only() {
+        let console = "WARNING: not in the log\r\n=== dmesg begin\r\n[1.0] ok\r\n[2.0] WARNING: CPU: 0 at mm/memremap.c:1\r\n=== dmesg end\r\n";
+        assert_eq!(kernel_warnings(console), ["[2.0] WARNING: CPU: 0 at mm/memremap.c:1"]);
     }
 
     #[test]

@@ -196,6 +196,12 @@ fn set_executable(path: &Path) -> std::io::Result<()> {
 /// runner's reply on one line, and an end marker.
 fn run_script(n: usize) -> String {
     let mut s = String::from("#!/bin/sh\n# Written by hmm's VM executor: runs each scenario with the host runner.\n");
+    // The guest's init formats the NVDIMM with `mke2fs` from PATH, which
+    // busybox's applet (no ext4) may shadow: do it with the host's copy
+    // in /sbin if the fs-dax mount is missing.
+    s.push_str("if ! grep -q ' /mnt/dax ' /proc/mounts && [ -b /dev/pmem0 ] && [ -x /sbin/mke2fs ]; then\n");
+    s.push_str("  /sbin/mke2fs -q -t ext4 -b 4096 /dev/pmem0 && mount -o dax /dev/pmem0 /mnt/dax && echo '=== fs-dax mounted by the payload'\n");
+    s.push_str("fi\n");
     s.push_str("echo \"=== guest release $(uname -r)\"\n");
     s.push_str("echo \"=== guest thp $(cat /sys/kernel/mm/transparent_hugepage/enabled)\"\n");
     s.push_str("echo \"=== guest zero $(cat /sys/kernel/mm/transparent_hugepage/use_zero_page)\"\n");

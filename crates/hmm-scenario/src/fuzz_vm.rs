@@ -126,7 +126,14 @@ pub fn fuzz_vm(vm: &mut VmExecutor, duration: Duration, seed: u64, batch: usize)
                 *report.op_mix.entry(step.op.keyword()).or_default() += 1;
             }
         }
-        let result = vm.run_batch(&scenarios).map_err(|e| e.to_string())?;
+        // A boot that fails ends the session with what it found so far.
+        let result = match vm.run_batch(&scenarios) {
+            Ok(r) => r,
+            Err(e) => {
+                report.host_errors.push(format!("the guest failed, fuzzing stopped: {e}"));
+                break;
+            }
+        };
         report.scenarios += scenarios.len() as u64;
         let kinds = judge(&result, &scenarios, &mut report);
         for (steps, kind) in generated.iter().zip(kinds) {
@@ -134,7 +141,9 @@ pub fn fuzz_vm(vm: &mut VmExecutor, duration: Duration, seed: u64, batch: usize)
             if report.found.iter().any(|f| f.signature == sig) {
                 continue;
             }
-            let (text, first) = shrink(vm, steps, &sig, first, &mut report)?;
+            let (text, first) = shrink(vm, steps, &sig, first.clone(), &mut report).unwrap_or_else(|e| {
+                (crate::lang::print(&complete_with_device(steps)), format!("{first} (not shrunk: {e})"))
+            });
             report.found.push(Found { signature: sig, text, first });
         }
     }

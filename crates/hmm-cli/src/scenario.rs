@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use hmm_scenario::compare::{self, Verdict};
 use hmm_scenario::exec::host::HostExecutor;
 use hmm_scenario::exec::model::ModelExecutor;
+use hmm_scenario::exec::vm::VmExecutor;
 use hmm_scenario::exec::Executor;
 use hmm_scenario::lang;
 use hmm_scenario::observe::{Outcome, Shown, Trace};
@@ -83,14 +84,28 @@ fn rel(va: u64, window: u64) -> String {
     Shown { outcome: &Outcome::Addr(va), window }.to_string()
 }
 
+/// Which kernel `hmm diff` and `hmm fuzz` compare the model with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelChoice {
+    /// This machine's running kernel.
+    Host,
+    /// The reference kernel (Linux 7.3 with test_hmm and fs-dax) booted
+    /// under QEMU by kernel-lab/ (or $HMM_KERNEL_LAB); many scenarios per boot.
+    Vm,
+}
+
 /// Arguments of `hmm diff`.
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
-    /// The scenario file (`.hmm`).
-    file: PathBuf,
+    /// The scenario files (`.hmm`).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
     /// Print every step's verdict, not only the first difference.
     #[arg(long)]
     all: bool,
+    /// The kernel to compare with.
+    #[arg(long, value_enum, default_value_t = KernelChoice::Host)]
+    kernel: KernelChoice,
 }
 
 /// The host executor: this binary again, as `hmm __host-runner`.
@@ -106,19 +121,86 @@ pub(crate) fn host_version() -> (u32, u32) {
     versions::host_version().unwrap_or((0, 0))
 }
 
-/// Runs a scenario on the model and on this machine's kernel and prints the
-/// first difference; `Ok(false)` when there is one.
+/// The VM executor for the workspace this command runs in.
+fn vm_executor() -> Result<VmExecutor, DemoError> {
+    let cwd = std::env::current_dir().map_err(|e| DemoError(e.to_string()))?;
+    let root = VmExecutor::find_root(&cwd)
+        .ok_or_else(|| DemoError("hmm --kernel vm runs inside the hmm workspace (it builds the runner)".into()))?;
+    VmExecutor::new(&root).map_err(|e| DemoError(e.to_string()))
+}
+
+/// Runs scenarios on the model and on a kernel and prints each one's first
+/// difference; `Ok(false)` when there is one.
 pub fn diff(args: &DiffArgs, out: &Out) -> Result<bool, DemoError> {
-    let scenario = load(&args.file)?;
-    let mut host = host_executor()?;
-    let version = host_version();
-    let (model_trace, _, cmp) = compare::diff_scenario(&scenario, &mut ModelExecutor::default(), &mut host, version)
-        .map_err(|e| DemoError(e.to_string()))?;
+    let scenarios = args.files.iter().map(load).collect::<Result<Vec<_>, _>>()?;
+    let mut all_ok = true;
+    match args.kernel {
+        KernelChoice::Host => {
+            let mut host = host_executor()?;
+            let version = host_version();
+            let label = format!("Linux {}.{} on this machine", version.0, version.1);
+            for (file, scenario) in args.files.iter().zip(&scenarios) {
+                let (model_trace, _, cmp) =
+                    compare::diff_scenario(scenario, &mut ModelExecutor::default(), &mut host, version)
+                        .map_err(|e| DemoError(e.to_string()))?;
+                if args.files.len() > 1 {
+                    out.heading(&file.display().to_string());
+                }
+                all_ok &= report(scenario, &model_trace, &cmp, &label, args.all, out);
+            }
+        }
+        KernelChoice::Vm => {
+            let mut vm = vm_executor()?;
+            out.note(&format!(
+                "booting the reference kernel for {} scenarios (kernel lab {})",
+                scenarios.len(),
+                vm.lab.display()
+            ));
+            let batch = vm.run_batch(&scenarios).map_err(|e| DemoError(e.to_string()))?;
+            let version = batch.guest.version().unwrap_or((0, 0));
+            let label = format!("Linux {} in the guest (THP {})", batch.guest.release, batch.guest.thp);
+            out.note(&format!(
+                "guest ran in {:.1} s; console in {}",
+                batch.elapsed.as_secs_f64(),
+                vm.console.display()
+            ));
+            for warning in &batch.kernel_warnings {
+                out.note(&format!("the guest kernel warned: {warning}"));
+            }
+            let mut model = ModelExecutor { config: batch.guest.model_config() };
+            for ((file, scenario), guest) in args.files.iter().zip(&scenarios).zip(batch.traces) {
+                out.heading(&file.display().to_string());
+                let guest = match guest {
+                    Ok(t) => t,
+                    Err(e) => {
+                        out.test_line(TestLine::NotOk, &format!("the guest could not run it: {e}"));
+                        all_ok = false;
+                        continue;
+                    }
+                };
+                let model_trace = model.run(scenario).map_err(|e| DemoError(e.to_string()))?;
+                let cmp = compare::compare(scenario, &model_trace, &guest, version);
+                all_ok &= report(scenario, &model_trace, &cmp, &label, args.all, out);
+            }
+        }
+    }
+    Ok(all_ok)
+}
+
+/// Prints one comparison; true when nothing differs.
+fn report(
+    scenario: &lang::ast::Scenario,
+    model_trace: &Trace,
+    cmp: &compare::Comparison,
+    label: &str,
+    all: bool,
+    out: &Out,
+) -> bool {
     let w = model_trace.window;
     let show = |o: &Outcome| Shown { outcome: o, window: w }.to_string();
     if let Some(why) = &cmp.host_aborted {
-        out.test_line(TestLine::NotOk, &format!("the host runner did not finish: {why}"));
-        return Ok(false);
+        out.test_line(TestLine::NotOk, &format!("the runner did not finish: {why}"));
+        return false;
     }
     for s in &cmp.steps {
         let step = &scenario.steps[s.step];
@@ -127,18 +209,22 @@ pub fn diff(args: &DiffArgs, out: &Out) -> Result<bool, DemoError> {
             Verdict::Version(behaviour) => out.test_line(
                 TestLine::Skip,
                 &format!(
-                    "line {}: {text}: expected version difference ({behaviour}): model {}, host {}",
+                    "line {}: {text}: expected version difference ({behaviour}): model {}, kernel {}",
                     step.line,
                     show(&s.model),
                     show(&s.host)
                 ),
             ),
-            Verdict::Inconclusive(why) if args.all => {
+            Verdict::Inconclusive(why) if all => {
                 out.test_line(TestLine::Skip, &format!("line {}: {text}: inconclusive ({why})", step.line))
             }
-            Verdict::Match if args.all => {
+            Verdict::Match if all => {
                 out.test_line(TestLine::Ok, &format!("line {}: {text} -> {}", step.line, show(&s.model)))
             }
+            Verdict::Differ if all => out.test_line(
+                TestLine::NotOk,
+                &format!("line {}: {text}: model {}, kernel {}", step.line, show(&s.model), show(&s.host)),
+            ),
             _ => {}
         }
     }
@@ -151,16 +237,14 @@ pub fn diff(args: &DiffArgs, out: &Out) -> Result<bool, DemoError> {
                 out.line(&format!("{:>4}  {}", step.line, lang::print_step(step)));
             }
         }
-        out.line(&format!("model: {}", show(&first.model)));
-        out.line(&format!("host:  {}", show(&first.host)));
+        out.line(&format!("model:  {}", show(&first.model)));
+        out.line(&format!("kernel: {}", show(&first.host)));
     }
     out.line(&format!(
-        "model vs Linux {}.{} on this machine: {} steps, {matched} match, {differ} differ, {version_diffs} expected version differences, {inconclusive} inconclusive",
-        version.0,
-        version.1,
+        "model vs {label}: {} steps, {matched} match, {differ} differ, {version_diffs} expected version differences, {inconclusive} inconclusive",
         cmp.steps.len()
     ));
-    Ok(differ == 0)
+    differ == 0
 }
 
 /// Arguments of `hmm fuzz`.
@@ -175,6 +259,12 @@ pub struct FuzzArgs {
     /// Where shrunk divergences are written, one `.hmm` file each.
     #[arg(long, default_value = "scenarios/found")]
     out: PathBuf,
+    /// The kernel to compare with.
+    #[arg(long, value_enum, default_value_t = KernelChoice::Host)]
+    kernel: KernelChoice,
+    /// Scenarios per guest boot (`--kernel vm`).
+    #[arg(long, default_value_t = 40)]
+    batch: usize,
 }
 
 /// Random scenarios on both executors; `Ok(false)` if any diverged.
@@ -185,19 +275,29 @@ pub fn fuzz(args: &FuzzArgs, out: &Out) -> Result<bool, DemoError> {
         h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
         h.finish()
     });
-    let mut host = host_executor()?;
-    let version = host_version();
-    out.line(&format!(
-        "hmm fuzz --seconds {} --seed {seed} (model vs Linux {}.{})",
-        args.seconds, version.0, version.1
-    ));
-    let report = hmm_scenario::fuzz::fuzz(
-        std::time::Duration::from_secs(args.seconds),
-        seed,
-        &mut ModelExecutor::default(),
-        &mut host,
-        version,
-    );
+    let report = if args.kernel == KernelChoice::Vm {
+        let mut vm = vm_executor()?;
+        out.line(&format!(
+            "hmm fuzz --kernel vm --seconds {} --seed {seed} --batch {} (model vs the reference kernel in a guest)",
+            args.seconds, args.batch
+        ));
+        let duration = std::time::Duration::from_secs(args.seconds);
+        hmm_scenario::fuzz_vm::fuzz_vm(&mut vm, duration, seed, args.batch.max(1)).map_err(DemoError)?
+    } else {
+        let mut host = host_executor()?;
+        let version = host_version();
+        out.line(&format!(
+            "hmm fuzz --seconds {} --seed {seed} (model vs Linux {}.{})",
+            args.seconds, version.0, version.1
+        ));
+        hmm_scenario::fuzz::fuzz(
+            std::time::Duration::from_secs(args.seconds),
+            seed,
+            &mut ModelExecutor::default(),
+            &mut host,
+            version,
+        )
+    };
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     out.line(&format!(
         "{} scenarios in {:.1} s: {:.1} scenarios/s",
@@ -217,7 +317,8 @@ pub fn fuzz(args: &FuzzArgs, out: &Out) -> Result<bool, DemoError> {
     }
     for found in &report.found {
         let path = args.out.join(format!("{}.hmm", found.signature));
-        let body = format!("# found by hmm fuzz --seed {seed}: {}\n{}", found.first, found.text);
+        let kernel = if args.kernel == KernelChoice::Vm { " --kernel vm" } else { "" };
+        let body = format!("# found by hmm fuzz{kernel} --seed {seed}: {}\n{}", found.first, found.text);
         std::fs::write(&path, body).map_err(|e| DemoError(format!("{}: {e}", path.display())))?;
         out.test_line(TestLine::NotOk, &format!("divergence {} -> {}", found.signature, path.display()));
         out.note(&found.first);

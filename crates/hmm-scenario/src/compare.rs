@@ -126,6 +126,10 @@ fn judge(op: &Op, model: &Outcome, host: &Outcome, window: u64, thp: &mut bool, 
             *thp = true;
             return Verdict::Inconclusive("the host may not get a THP (THP is not guaranteed)".into());
         }
+        (Outcome::Device(m), Outcome::Device(h)) if crate::observe_device::DeviceResult::thp_fallback(m, h) => {
+            *thp = true;
+            return Verdict::Inconclusive("the kernel may not get a THP (THP is not guaranteed)".into());
+        }
         (Outcome::Same(_), Outcome::Same(_)) if *thp => {
             return Verdict::Inconclusive("follows a THP the host may not have allocated".into());
         }

@@ -29,7 +29,7 @@ fn w(offset: u64) -> Expr {
 }
 
 /// An address: a page of the work area, sometimes unaligned.
-fn addr() -> impl Strategy<Value = Expr> {
+pub(crate) fn addr() -> impl Strategy<Value = Expr> {
     let page = prop_oneof![6 => 0u64..64, 3 => 504u64..520, 1 => 0u64..1024];
     (page, prop_oneof![9 => Just(0u64), 1 => 1u64..PAGE]).prop_map(|(p, off)| w(p * PAGE + off))
 }
@@ -89,7 +89,7 @@ fn file_op() -> impl Strategy<Value = Op> {
 }
 
 /// One step of a generated scenario (with `bind` for fork).
-fn step() -> impl Strategy<Value = Step> {
+pub(crate) fn step() -> impl Strategy<Value = Step> {
     let op = prop_oneof![
         5 => (addr(), len(), prot(), map_flags()).prop_map(|(addr, len, prot, flags)| Op::Mmap { addr, len, prot, flags, file: None }),
         2 => (addr(), len(), prot(), prop_oneof![Just(0x11u32), Just(0x12)], 0u64..64).prop_map(|(addr, len, prot, flags, p)| {
@@ -197,7 +197,7 @@ fn kind(o: &crate::observe::Outcome) -> String {
     }
 }
 
-fn signature(s: &Scenario, c: &Comparison) -> Option<(String, String)> {
+pub(crate) fn signature(s: &Scenario, c: &Comparison) -> Option<(String, String)> {
     let d = c.first_divergence()?;
     let step = &s.steps[d.step];
     let mut op_text = crate::lang::print_step(step);

@@ -16,6 +16,8 @@
 pub mod compare;
 pub mod exec;
 pub mod fuzz;
+pub mod fuzz_vm;
 pub mod lang;
 pub mod observe;
+pub mod observe_device;
 pub mod versions;

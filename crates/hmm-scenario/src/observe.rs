@@ -92,6 +92,8 @@ pub enum Outcome {
     Blocked,
     /// `uffd_read`: the messages that were queued, oldest first.
     Messages(Vec<UffdMsgView>),
+    /// A test-device command's counters and data (`observe_device.rs`).
+    Device(crate::observe_device::DeviceResult),
 }
 
 /// One `struct uffd_msg` as a scenario sees it (thread ids and the new
@@ -247,6 +249,7 @@ impl fmt::Display for Shown<'_> {
                 }
                 Ok(())
             }
+            Outcome::Device(result) => write!(f, "{result}"),
         }
     }
 }

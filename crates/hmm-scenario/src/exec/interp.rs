@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 
+use super::device::DeviceCall;
 use super::{Backend, Call, ExecError, ProcId};
 use crate::lang::ast::{Expr, Op, Scenario, DEFAULT_WINDOW, MAIN_PROC, WINDOW_NAME};
+use crate::lang::device::DeviceOp;
 use crate::lang::print_step;
 use crate::observe::{Outcome, Shown, Trace};
 
@@ -30,6 +32,8 @@ struct Env {
     alive: Vec<bool>,
     files: usize,
     accesses: usize,
+    /// `daxdir`: where `daxfile` creates files.
+    dax_dir: String,
 }
 
 impl Env {
@@ -63,7 +67,14 @@ pub fn run_scenario(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Tr
     let (mut base, mut len) = DEFAULT_WINDOW;
     for (i, step) in scenario.steps.iter().enumerate() {
         if let Op::Window { base: b, len: l } = &step.op {
-            let empty = Env { names: HashMap::new(), procs: vec![], alive: vec![], files: 0, accesses: 0 };
+            let empty = Env {
+                names: HashMap::new(),
+                procs: vec![],
+                alive: vec![],
+                files: 0,
+                accesses: 0,
+                dax_dir: String::new(),
+            };
             if i != 0 {
                 return Err(ExecError::Window { line: step.line, message: "`window` must be the first line".into() });
             }
@@ -77,6 +88,7 @@ pub fn run_scenario(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Tr
         alive: vec![true],
         files: 0,
         accesses: 0,
+        dax_dir: crate::lang::device::DEFAULT_DAX_DIR.to_string(),
     };
     let mut acting: ProcId = 0;
     let mut trace = Trace { window: base, ..Trace::default() };
@@ -99,10 +111,24 @@ pub fn run_scenario(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Tr
             }
             _ if !env.alive[acting] => Outcome::Errno(ESRCH),
             op => match to_call(&mut env, line, op, step.bind.is_some())? {
-                Err(outcome) => outcome,
+                Err(outcome) => {
+                    // A mapping of a file that failed to open still binds
+                    // its name, to MAP_FAILED, as a program's would.
+                    if let (Some(name), Op::Mmap { .. }) = (&step.bind, op) {
+                        env.names.insert(name.clone(), Value::Addr(MAP_FAILED));
+                    }
+                    outcome
+                }
                 Ok(call) => {
                     let outcome = match &call {
                         Call::Frame { addr } => same(backend, &env, acting, *addr, op, line)?,
+                        Call::Device(d) if !backend.supports(d.needs()) => {
+                            Outcome::Refused(format!("needs {}, which this executor lacks", d.needs()))
+                        }
+                        Call::Device(d) if d.too_large() => Outcome::Refused(format!(
+                            "more than {} pages in one device command",
+                            super::device::MAX_DEVICE_PAGES
+                        )),
                         _ => backend.call(acting, &call),
                     };
                     bind(&mut env, step.bind.as_deref(), &call, &outcome, acting);
@@ -220,6 +246,10 @@ fn to_call(env: &mut Env, line: usize, op: &Op, bound: bool) -> Result<Result<Ca
             Some(Value::Access(id)) => Call::Wait { id: *id },
             _ => return Err(ExecError::Unbound { line, name: access.clone() }),
         },
+        Op::Device(d) => match device_call(env, line, d)? {
+            Ok(call) => Call::Device(call),
+            Err(o) => return Ok(Err(o)),
+        },
         Op::Window { .. } | Op::Expect { .. } | Op::Proc { .. } => unreachable!("handled by the caller"),
     }))
 }
@@ -249,6 +279,11 @@ fn bind(env: &mut Env, name: Option<&str>, call: &Call, outcome: &Outcome, actin
             env.accesses += 1;
             Some(Value::Access(*id))
         }
+        (Call::Device(d), Outcome::Ok) if d.creates().is_some() => {
+            env.files += 1;
+            Some(Value::File(d.creates()))
+        }
+        (Call::Device(d), _) if d.creates().is_some() => Some(Value::File(None)),
         (Call::Exit, _) => {
             env.alive[acting] = false;
             None
@@ -258,4 +293,38 @@ fn bind(env: &mut Env, name: Option<&str>, call: &Call, outcome: &Outcome, actin
     if let (Some(name), Some(value)) = (name, value) {
         env.names.insert(name.to_string(), value);
     }
+}
+
+/// The device or DAX call for `op`, or directly its outcome (a bad file);
+/// `daxdir` only changes the setting (and is `Ok` itself).
+fn device_call(env: &mut Env, line: usize, op: &DeviceOp) -> Result<Result<DeviceCall, Outcome>, ExecError> {
+    let file = |name: &str| -> Result<Result<usize, Outcome>, ExecError> {
+        Ok(env.file(line, name)?.ok_or(Outcome::Errno(EBADF)))
+    };
+    Ok(Ok(match op {
+        DeviceOp::Open { minor } => DeviceCall::Open { minor: *minor, id: env.files },
+        DeviceOp::DaxFile { name } => {
+            DeviceCall::DaxFile { name: name.clone(), dir: env.dax_dir.clone(), id: env.files }
+        }
+        DeviceOp::DaxDir { path } => {
+            env.dax_dir = path.clone();
+            return Ok(Err(Outcome::Ok));
+        }
+        DeviceOp::Cmd { cmd, file: f, addr, npages } => match file(f)? {
+            Ok(file) => DeviceCall::Cmd { file, cmd: *cmd, addr: env.addr(line, addr)?, npages: *npages },
+            Err(o) => return Ok(Err(o)),
+        },
+        DeviceOp::Write { file: f, addr, npages, pattern } => match file(f)? {
+            Ok(file) => DeviceCall::Write { file, addr: env.addr(line, addr)?, npages: *npages, pattern: *pattern },
+            Err(o) => return Ok(Err(o)),
+        },
+        DeviceOp::Release { file: f } => match file(f)? {
+            Ok(file) => DeviceCall::Release { file },
+            Err(o) => return Ok(Err(o)),
+        },
+        DeviceOp::Flags { file: f, flags } => match file(f)? {
+            Ok(file) => DeviceCall::Flags { file, flags: *flags },
+            Err(o) => return Ok(Err(o)),
+        },
+    }))
 }

@@ -9,11 +9,14 @@
 //! (`model.rs`, `host/calls.rs`). A capability an executor may lack (devices,
 //! DAX) is a [`Capability`] the interpreter checks before calling.
 
+pub mod device;
 pub mod host;
 mod interp;
 pub mod model;
+mod model_device;
 mod model_uffd;
 mod uffd;
+pub mod vm;
 
 use serde::{Deserialize, Serialize};
 
@@ -149,6 +152,8 @@ pub enum Call {
     Wait {
         id: AccessId,
     },
+    /// A test-device or DAX call (`device.rs`).
+    Device(device::DeviceCall),
 }
 
 /// An access of the scenario (in the order they were bound).
@@ -235,6 +240,11 @@ pub trait Backend {
     fn take_invalidations(&mut self, _names: &[String]) -> Vec<InvalidationView> {
         Vec::new()
     }
+    /// Whether calls needing `cap` can run (the interpreter refuses them
+    /// otherwise, so they never count as a match).
+    fn supports(&self, _cap: Capability) -> bool {
+        true
+    }
 }
 
 /// Something an executor may or may not offer.
@@ -244,10 +254,21 @@ pub enum Capability {
     Invalidations,
     /// Real frame numbers (host: root only).
     Frames,
-    /// Later issues: dmirror device commands.
+    /// The test device (`/dev/hmm_dmirror*`) and its commands.
     Devices,
-    /// Later issues: fs-dax and device-DAX.
+    /// fs-dax files (a filesystem mounted with `-o dax`).
     Dax,
+}
+
+impl core::fmt::Display for Capability {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Invalidations => "invalidation reports",
+            Self::Frames => "frame numbers",
+            Self::Devices => "the test device /dev/hmm_dmirror*",
+            Self::Dax => "an fs-dax mount",
+        })
+    }
 }
 
 /// Runs whole scenarios.

@@ -13,6 +13,7 @@ use hmm_mm::vma::VmaBacking;
 use hmm_mm::{Kernel, KernelConfig, Mm, MmError, ThpMode};
 use hmm_types::{Errno, MadviseAdvice, MapFlags, MmuNotifier, MremapFlags, NotifierRange, Prot, VmFlags, PAGE_SIZE};
 
+use super::model_device::ModelDevices;
 use super::{Backend, Call, Capability, ExecError, Executor, Falloc, FileId, ProcId};
 use crate::lang::ast::Scenario;
 use crate::observe::{Backing, InvalidationView, Outcome, PageView, Trace, VmaView};
@@ -48,6 +49,8 @@ pub struct ModelBackend {
     /// Inode id → the scenario's file name, for `maps`.
     names: HashMap<u64, String>,
     log: Arc<Mutex<Vec<(ProcId, NotifierRange)>>>,
+    /// The test devices and fs-dax files (`model_device.rs`).
+    devices: ModelDevices,
 }
 
 impl core::fmt::Debug for ModelBackend {
@@ -64,7 +67,7 @@ impl ModelBackend {
         let log = Arc::new(Mutex::new(Vec::new()));
         mm.register_notifier(Arc::new(Recorder { proc: 0, log: log.clone() }));
         let procs = HashMap::from([(0, Proc { mm, files: HashMap::new(), uffd: Default::default() })]);
-        Ok(Self { kernel, procs, names: HashMap::new(), log })
+        Ok(Self { kernel, procs, names: HashMap::new(), log, devices: ModelDevices::default() })
     }
 
     fn proc(&mut self, proc: ProcId) -> &mut Proc {
@@ -190,6 +193,7 @@ impl Backend for ModelBackend {
                     let files = p.files.clone();
                     let uffd = p.uffd.fork();
                     self.procs.insert(child, Proc { mm: child_mm, files, uffd });
+                    self.devices.fork(proc, child);
                     Outcome::Ok
                 }
                 Err(e) => errno(e),
@@ -197,6 +201,7 @@ impl Backend for ModelBackend {
             Call::Exit => {
                 p.files.clear();
                 p.uffd.close_all();
+                self.devices.exit(proc);
                 mm.exit();
                 Outcome::Ok
             }
@@ -224,8 +229,10 @@ impl Backend for ModelBackend {
             Call::Close { file } => match p.files.remove(&file) {
                 Some(_) => Outcome::Ok,
                 None if p.uffd.close(file) => Outcome::Ok,
+                None if self.devices.close(proc, file) => Outcome::Ok,
                 None => Outcome::Errno(Errno::BadF as i32),
             },
+            Call::Device(ref call) => self.devices.call(&self.kernel, &mm, proc, call, &mut p.files, &mut self.names),
             Call::Maps { addr, len } => self.maps(&mm, addr, len),
             Call::Pagemap { addr, len } => pagemap(&mm, addr, len),
             Call::Frame { addr } => match mm.pagemap_entry(addr) {
@@ -355,12 +362,14 @@ impl Executor for ModelExecutor {
         "model"
     }
     fn supports(&self, cap: Capability) -> bool {
-        matches!(cap, Capability::Invalidations | Capability::Frames)
+        matches!(cap, Capability::Invalidations | Capability::Frames | Capability::Devices | Capability::Dax)
     }
     fn run(&mut self, scenario: &Scenario) -> Result<Trace, ExecError> {
         let mut backend = ModelBackend::new(self.config.clone())?;
         let trace = super::run_scenario(scenario, &mut backend);
-        // Tear the processes down so frames return before the next run.
+        // Tear the processes down so frames return before the next run
+        // (device files first: closing one migrates device memory back).
+        backend.devices.close_all();
         for proc in backend.procs.values_mut() {
             proc.uffd.close_all();
         }

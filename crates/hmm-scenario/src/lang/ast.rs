@@ -101,6 +101,8 @@ pub enum Op {
     /// `wait t`: the result of the access bound to `t` (`t = read ADDR`),
     /// which may have been waiting for a userfaultfd handler.
     Wait { access: Name },
+    /// A test-device or DAX operation (`device.rs`).
+    Device(super::device::DeviceOp),
 }
 
 impl Op {
@@ -134,6 +136,7 @@ impl Op {
             Op::Userfaultfd { .. } => "userfaultfd",
             Op::Uffd(op) => op.keyword(),
             Op::Wait { .. } => "wait",
+            Op::Device(d) => d.keyword(),
         }
     }
 }
@@ -161,7 +164,7 @@ impl Op {
                 | Op::Userfaultfd { .. }
                 | Op::Read { .. }
                 | Op::Write { .. }
-        )
+        ) || matches!(self, Op::Device(d) if d.binds())
     }
 }
 

@@ -3,6 +3,7 @@
 //! `parse` and `print` are inverses on the typed form ([`ast::Scenario`]).
 
 pub mod ast;
+pub mod device;
 pub mod lex;
 mod parse;
 pub mod print;

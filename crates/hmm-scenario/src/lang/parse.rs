@@ -177,7 +177,18 @@ impl<'a> Args<'a, '_> {
             kw if super::uffd::KEYWORDS.contains(&kw) => {
                 return Ok(Op::Uffd(super::uffd::parse(self.toks, self.end_col)?))
             }
-            other => return Err(ParseError::at(keyword.col, format!("unknown operation `{other}`"))),
+            other => {
+                let (toks, next, end_col) = (self.toks, &mut self.next, self.end_col);
+                let mut take = |what: &str| {
+                    let tok = toks.get(*next).copied();
+                    *next += 1;
+                    tok.ok_or_else(|| ParseError::at(end_col, format!("`{other}` needs {what}")))
+                };
+                match super::device::parse(other, &mut take) {
+                    Some(op) => Op::Device(op?),
+                    None => return Err(ParseError::at(keyword.col, format!("unknown operation `{other}`"))),
+                }
+            }
         };
         self.done(op)
     }

@@ -102,11 +102,12 @@ pub fn print_step(step: &Step) -> String {
         Op::Userfaultfd { features } => arg(bits(*features, &super::uffd::FEATURE_BITS)),
         Op::Uffd(op) => super::uffd::print_args(op, &mut arg, expr),
         Op::Wait { access } => arg(access.clone()),
+        Op::Device(d) => d.print_args().into_iter().for_each(arg),
     }
     out
 }
 
-fn expr(e: &Expr) -> String {
+pub(crate) fn expr(e: &Expr) -> String {
     let magnitude = e.offset.unsigned_abs();
     match (&e.base, e.offset) {
         (None, _) => format!("{magnitude:#x}"),

@@ -66,7 +66,7 @@ impl Local {
     /// A range call may go to the kernel: inside the window, or arguments
     /// every kernel rejects before looking at memory (unaligned start,
     /// zero or wrapping length).
-    fn range_ok(&self, addr: u64, len: u64) -> bool {
+    pub(super) fn range_ok(&self, addr: u64, len: u64) -> bool {
         let rounded = page_round(len);
         addr % PAGE != 0
             || len == 0
@@ -182,6 +182,7 @@ impl Local {
             Call::Maps { addr, len } if self.inside(addr, len) => maps(addr, len),
             Call::Pagemap { addr, len } if self.inside(addr, len) => pagemap(addr, len),
             Call::Frame { addr } if self.inside(addr, 1) => self.frame(addr),
+            Call::Device(ref call) => super::device::execute(self, call),
             _ => refused(),
         }
     }
@@ -300,6 +301,8 @@ pub fn parse_maps_line(line: &str) -> Option<VmaView> {
         Backing::Hugetlb
     } else if let Some(name) = path.strip_prefix("/memfd:") {
         Backing::File(name.trim_end_matches(" (deleted)").to_string())
+    } else if let Some(name) = super::device::dax_file_name(path) {
+        Backing::File(name)
     } else {
         Backing::Other(path.to_string())
     };

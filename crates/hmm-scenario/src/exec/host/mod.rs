@@ -13,6 +13,7 @@
 //! holds every raw system call and all the `unsafe`.
 
 mod calls;
+mod device;
 mod sys;
 mod uffd;
 
@@ -122,7 +123,7 @@ impl Executor for HostExecutor {
 
 /// The canonical text with each step on its source line, so the runner's
 /// line numbers match the file's.
-fn print_keeping_lines(scenario: &Scenario) -> String {
+pub(crate) fn print_keeping_lines(scenario: &Scenario) -> String {
     let mut out = String::new();
     let mut line = 1;
     for step in &scenario.steps {
@@ -196,6 +197,10 @@ struct HostBackend {
 }
 
 impl Backend for HostBackend {
+    fn supports(&self, cap: Capability) -> bool {
+        device::supports(cap)
+    }
+
     fn set_window(&mut self, base: u64, len: u64) -> Result<(), ExecError> {
         let bad = |m: String| ExecError::Window { line: 1, message: m };
         if base % (1 << 21) != 0 || len % (1 << 21) != 0 || len == 0 {

@@ -377,3 +377,19 @@ pub fn uffd_read_msg(fd: RawFd) -> Option<[u8; 32]> {
         _ => None,
     }
 }
+
+/// `ioctl(fd, request, cmd)` on a test device (`/dev/hmm_dmirror*`), with
+/// `cmd.ptr` pointing at `buf` (or 0 when `buf` is empty). The kernel reads
+/// or writes at most `buf.len()` bytes there: the caller sizes `buf` for
+/// the request (`npages` pages for READ, WRITE, MIGRATE_TO_DEV, EXCLUSIVE,
+/// READ_UNLOCKED; `npages` bytes for SNAPSHOT; nothing for the others).
+pub fn dmirror_ioctl(fd: RawFd, request: u64, cmd: &mut hmm_dmirror::HmmDmirrorCmd, buf: &mut [u8]) -> Result<(), i32> {
+    cmd.ptr = if buf.is_empty() { 0 } else { buf.as_mut_ptr() as u64 };
+    // SAFETY: `cmd` is a valid `struct hmm_dmirror_cmd` (repr(C), five
+    // u64) the kernel reads and writes back; its `ptr` is `buf`, which the
+    // caller sized for what the request copies (see above), and which
+    // stays borrowed mutably for the whole call. A request that uses no
+    // buffer gets `ptr` 0, so a stray access would be EFAULT, never a
+    // write into Rust-owned memory.
+    check(unsafe { libc::ioctl(fd, request as _, cmd as *mut hmm_dmirror::HmmDmirrorCmd) } as libc::c_long).map(|_| ())
+}

@@ -1,0 +1,316 @@
+//! The VM executor: scenarios run by the host runner inside a QEMU guest
+//! booted from the reference kernel (Linux 7.3 with `test_hmm`, an fs-dax
+//! mount on `/mnt/dax`), many per boot.
+//!
+//! [`VmExecutor::run_batch`] builds the runner as a static binary (the
+//! host's gnu target with `crt-static`, into its own target directory),
+//! writes a payload directory (the runner, one `.hmm` file per scenario,
+//! a `run` script) and boots it with `kernel-lab/lab boot`. The script
+//! prints the guest's settings, then for each scenario a marker line and
+//! the runner's JSON reply; this module reads them back from the console.
+//! A reply that is missing or garbled (a crash, a kernel message in the
+//! middle of it) makes that scenario's trace aborted, never a match.
+//!
+//! The kernel lab is `$HMM_KERNEL_LAB` or `kernel-lab/` in the workspace.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::host::RunnerReply;
+use super::{Capability, ExecError, Executor};
+use crate::lang::ast::Scenario;
+use crate::observe::Trace;
+
+/// Seconds one scenario may run in the guest (TCG is slow).
+const SCENARIO_TIMEOUT_S: u32 = 120;
+/// The static runner's target directory, under the workspace's `target/`.
+const STATIC_TARGET_DIR: &str = "target/static";
+/// The target triple of the static runner.
+const TRIPLE: &str = "x86_64-unknown-linux-gnu";
+
+/// What the guest reported about itself before the scenarios.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestInfo {
+    /// `uname -r`.
+    pub release: String,
+    /// /sys/kernel/mm/transparent_hugepage/enabled.
+    pub thp: String,
+    /// /sys/kernel/mm/transparent_hugepage/use_zero_page.
+    pub use_zero_page: String,
+    /// /proc/sys/vm/nr_hugepages.
+    pub nr_hugepages: String,
+}
+
+impl GuestInfo {
+    /// `(major, minor)` of the guest's kernel.
+    pub fn version(&self) -> Option<(u32, u32)> {
+        let mut parts = self.release.split(['.', '-', '+']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    }
+
+    /// The model's machine configured like the guest (THP policy, huge
+    /// zero page, hugetlb pool; no swap).
+    pub fn model_config(&self) -> hmm_mm::KernelConfig {
+        use hmm_mm::ThpMode;
+        let thp = if self.thp.contains("[always]") {
+            ThpMode::Always
+        } else if self.thp.contains("[never]") {
+            ThpMode::Never
+        } else {
+            ThpMode::Madvise
+        };
+        hmm_mm::KernelConfig {
+            ram_bytes: 1 << 30,
+            thp,
+            use_huge_zero_page: self.use_zero_page.trim() != "0",
+            hugetlb_2m_pages: self.nr_hugepages.trim().parse().unwrap_or(0).min(64),
+            hugetlb_1g_pages: 0,
+            swap_pages: 0,
+        }
+    }
+}
+
+/// One boot's results.
+#[derive(Debug)]
+pub struct VmBatch {
+    /// The guest's settings.
+    pub guest: GuestInfo,
+    /// One per scenario, in order: its trace, or why the runner could not
+    /// run it (a parse error, a window not free).
+    pub traces: Vec<Result<Trace, ExecError>>,
+    /// How long the boot took.
+    pub elapsed: std::time::Duration,
+    /// The guest kernel's own complaints (WARN, BUG, Oops lines of its
+    /// log): a verdict from a boot with one may show a kernel defect
+    /// rather than the model's.
+    pub kernel_warnings: Vec<String>,
+}
+
+/// Runs scenarios in a guest of the reference kernel.
+#[derive(Debug, Clone)]
+pub struct VmExecutor {
+    /// The workspace root (where `cargo build` runs).
+    pub root: PathBuf,
+    /// The kernel lab directory (`lab`, `boot`).
+    pub lab: PathBuf,
+    /// Where the last boot's console is kept.
+    pub console: PathBuf,
+    runner: Option<PathBuf>,
+}
+
+impl VmExecutor {
+    /// An executor for the workspace at `root`; `ENOENT`-like errors if the
+    /// lab is missing.
+    pub fn new(root: &Path) -> Result<Self, ExecError> {
+        let lab = std::env::var_os("HMM_KERNEL_LAB").map_or_else(|| root.join("kernel-lab"), PathBuf::from);
+        if !lab.join("lab").is_file() {
+            return Err(ExecError::Host(format!(
+                "no kernel lab at {} (set HMM_KERNEL_LAB to its directory)",
+                lab.display()
+            )));
+        }
+        let console = root.join("target").join("vm-console.log");
+        Ok(Self { root: root.to_path_buf(), lab, console, runner: None })
+    }
+
+    /// The workspace root above `start` (the directory whose Cargo.toml
+    /// has `[workspace]`).
+    pub fn find_root(start: &Path) -> Option<PathBuf> {
+        start
+            .ancestors()
+            .find(|d| std::fs::read_to_string(d.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]")))
+            .map(Path::to_path_buf)
+    }
+
+    /// Uses `runner` instead of building the static one (a test on this
+    /// machine, or a runner built elsewhere).
+    pub fn with_runner(mut self, runner: PathBuf) -> Self {
+        self.runner = Some(runner);
+        self
+    }
+
+    /// Builds the static runner once per executor.
+    pub fn runner(&mut self) -> Result<PathBuf, ExecError> {
+        if let Some(r) = &self.runner {
+            return Ok(r.clone());
+        }
+        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(&self.root)
+            .env("RUSTFLAGS", "-Ctarget-feature=+crt-static")
+            .args(["build", "--release", "-p", "hmm-scenario", "--bin", "hmm-host-runner", "--target", TRIPLE])
+            .args(["--target-dir", STATIC_TARGET_DIR])
+            .status()
+            .map_err(|e| ExecError::Host(format!("cargo: {e}")))?;
+        if !status.success() {
+            return Err(ExecError::Host(format!("building the static runner failed ({status})")));
+        }
+        let path = self.root.join(STATIC_TARGET_DIR).join(TRIPLE).join("release/hmm-host-runner");
+        self.runner = Some(path.clone());
+        Ok(path)
+    }
+
+    /// Runs `scenarios` in one boot.
+    pub fn run_batch(&mut self, scenarios: &[Scenario]) -> Result<VmBatch, ExecError> {
+        let runner = self.runner()?;
+        let io = |what: &str, e: std::io::Error| ExecError::Host(format!("{what}: {e}"));
+        let payload = std::env::temp_dir().join(format!("hmm-vm-payload-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&payload);
+        std::fs::create_dir_all(&payload).map_err(|e| io("payload directory", e))?;
+        std::fs::copy(&runner, payload.join("hmm-host-runner")).map_err(|e| io("copying the runner", e))?;
+        for (i, s) in scenarios.iter().enumerate() {
+            std::fs::write(payload.join(format!("s{i}.hmm")), super::host::print_keeping_lines(s))
+                .map_err(|e| io("writing a scenario", e))?;
+        }
+        let script = run_script(scenarios.len());
+        let run = payload.join("run");
+        std::fs::write(&run, script).map_err(|e| io("writing the run script", e))?;
+        set_executable(&run).map_err(|e| io("chmod run", e))?;
+        if let Some(dir) = self.console.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let started = std::time::Instant::now();
+        let status = Command::new(self.lab.join("lab"))
+            .arg("boot")
+            .arg(&payload)
+            .arg(&self.console)
+            .status()
+            .map_err(|e| io("kernel-lab/lab boot", e));
+        let _ = std::fs::remove_dir_all(&payload);
+        let status = status?;
+        let console = std::fs::read_to_string(&self.console).map_err(|e| io("reading the console", e))?;
+        if !status.success() {
+            return Err(ExecError::Host(format!("the guest failed ({status}); console in {}", self.console.display())));
+        }
+        let (guest, traces) = parse_console(&console, scenarios.len());
+        Ok(VmBatch { guest, traces, elapsed: started.elapsed(), kernel_warnings: kernel_warnings(&console) })
+    }
+}
+
+#[cfg(unix)]
+fn set_executable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+}
+
+/// The guest's script: its settings, then per scenario a marker, the
+/// runner's reply on one line, and an end marker.
+fn run_script(n: usize) -> String {
+    let mut s = String::from("#!/bin/sh\n# Written by hmm's VM executor: runs each scenario with the host runner.\n");
+    // The guest's init formats the NVDIMM with `mke2fs` from PATH, which
+    // busybox's applet (no ext4) may shadow: do it with the host's copy
+    // in /sbin if the fs-dax mount is missing.
+    s.push_str("if ! grep -q ' /mnt/dax ' /proc/mounts && [ -b /dev/pmem0 ] && [ -x /sbin/mke2fs ]; then\n");
+    s.push_str("  /sbin/mke2fs -q -t ext4 -b 4096 /dev/pmem0 && mount -o dax /dev/pmem0 /mnt/dax && echo '=== fs-dax mounted by the payload'\n");
+    s.push_str("fi\n");
+    s.push_str("echo \"=== guest release $(uname -r)\"\n");
+    s.push_str("echo \"=== guest thp $(cat /sys/kernel/mm/transparent_hugepage/enabled)\"\n");
+    s.push_str("echo \"=== guest zero $(cat /sys/kernel/mm/transparent_hugepage/use_zero_page)\"\n");
+    s.push_str("echo \"=== guest hugepages $(cat /proc/sys/vm/nr_hugepages)\"\n");
+    s.push_str(&format!("i=0\nwhile [ $i -lt {n} ]; do\n"));
+    s.push_str(&format!("  timeout {SCENARIO_TIMEOUT_S} ./hmm-host-runner <s$i.hmm >/tmp/reply 2>/tmp/err\n  st=$?\n"));
+    s.push_str("  echo \"=== reply $i $st\"\n  cat /tmp/reply\n  echo\n");
+    s.push_str("  echo \"=== stderr $i $(head -c 400 /tmp/err | tr '\\n' ' ')\"\n");
+    s.push_str("  i=$((i + 1))\ndone\n");
+    s
+}
+
+/// Reads the guest's settings and the `n` replies out of the console.
+fn parse_console(console: &str, n: usize) -> (GuestInfo, Vec<Result<Trace, ExecError>>) {
+    let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let mut guest = GuestInfo::default();
+    let field = |prefix: &str| lines.iter().find_map(|l| l.strip_prefix(prefix)).unwrap_or("").trim().to_string();
+    guest.release = field("=== guest release ");
+    guest.thp = field("=== guest thp ");
+    guest.use_zero_page = field("=== guest zero ");
+    guest.nr_hugepages = field("=== guest hugepages ");
+    let aborted = |why: String| Ok(Trace { window: 0, records: vec![], aborted: Some(why) });
+    let traces = (0..n)
+        .map(|i| {
+            let marker = format!("=== reply {i} ");
+            let Some(at) = lines.iter().position(|l| l.starts_with(&marker)) else {
+                return aborted("the guest printed no reply (did it crash?)".into());
+            };
+            let status = lines[at][marker.len()..].trim();
+            let stderr = lines[at..]
+                .iter()
+                .find_map(|l| l.strip_prefix(&format!("=== stderr {i} ")))
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            let reply = lines.get(at + 1).copied().unwrap_or("");
+            match serde_json::from_str::<RunnerReply>(reply) {
+                Ok(RunnerReply::Trace(trace)) => Ok(trace),
+                Ok(RunnerReply::Error(e)) => Err(ExecError::Host(e)),
+                Err(_) => aborted(format!("runner exit status {status} in the guest, no readable reply: {stderr}")),
+            }
+        })
+        .collect();
+    (guest, traces)
+}
+
+/// The lines of the guest's kernel log (between `=== dmesg begin` and
+/// `=== dmesg end`) that report a WARN, a BUG or an Oops.
+fn kernel_warnings(console: &str) -> Vec<String> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in console.lines().map(|l| l.trim_end_matches('\r')) {
+        match line {
+            "=== dmesg begin" => inside = true,
+            "=== dmesg end" => inside = false,
+            _ if inside && ["WARNING:", "BUG:", "Oops:", "kernel BUG"].iter().any(|k| line.contains(k)) => {
+                out.push(line.to_string())
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+impl Executor for VmExecutor {
+    fn name(&self) -> &'static str {
+        "vm"
+    }
+    fn supports(&self, cap: Capability) -> bool {
+        matches!(cap, Capability::Frames | Capability::Devices | Capability::Dax)
+    }
+    /// One boot for one scenario; prefer [`VmExecutor::run_batch`].
+    fn run(&mut self, scenario: &Scenario) -> Result<Trace, ExecError> {
+        let mut batch = self.run_batch(std::slice::from_ref(scenario))?;
+        batch.traces.pop().unwrap_or_else(|| Err(ExecError::Host("no trace".into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_gives_settings_and_replies() {
+        let trace = Trace { window: 16, records: vec![], aborted: None };
+        let reply = serde_json::to_string(&RunnerReply::Trace(trace.clone())).unwrap();
+        let console = format!(
+            "boot noise\r\n=== payload begin\r\n=== guest release 7.3.4+deb13-amd64\r\n\
+             === guest thp always [madvise] never\r\n=== guest zero 1\r\n=== guest hugepages 64\r\n\
+             === reply 0 0\r\n{reply}\r\n\r\n=== stderr 0 \r\n=== reply 1 139\r\n\r\n=== stderr 1 Segmentation fault\r\n"
+        );
+        let (guest, traces) = parse_console(&console, 3);
+        assert_eq!(guest.version(), Some((7, 3)));
+        assert_eq!(guest.model_config().hugetlb_2m_pages, 64);
+        assert_eq!(traces[0].as_ref().unwrap(), &trace);
+        let crashed = traces[1].as_ref().unwrap().aborted.clone().unwrap();
+        assert!(crashed.contains("139") && crashed.contains("Segmentation"), "{crashed}");
+        assert!(traces[2].as_ref().unwrap().aborted.is_some(), "a missing reply is aborted, not empty");
+    }
+
+    #[test]
+    fn kernel_warnings_come_from_the_guest_log_only() {
+        let console = "WARNING: not in the log\r\n=== dmesg begin\r\n[1.0] ok\r\n[2.0] WARNING: CPU: 0 at mm/memremap.c:1\r\n=== dmesg end\r\n";
+        assert_eq!(kernel_warnings(console), ["[2.0] WARNING: CPU: 0 at mm/memremap.c:1"]);
+    }
+
+    #[test]
+    fn the_script_runs_every_scenario() {
+        let s = run_script(3);
+        assert!(s.contains("-lt 3") && s.contains("./hmm-host-runner <s$i.hmm"), "{s}");
+    }
+}

@@ -1,0 +1,215 @@
+//! `hmm fuzz --kernel vm`: generated scenarios in batches, one guest boot
+//! per batch, compared with the model configured like the guest. The
+//! scenarios are `fuzz.rs`'s with test-device commands mixed in (device 0,
+//! opened first). A divergence of a new kind is shrunk by deleting steps:
+//! every candidate of a round (blocks of half, a quarter... down to single
+//! steps) runs in one more boot, the shortest that still shows the same
+//! kind of divergence starts the next round, until none does.
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+use crate::compare::compare;
+use crate::exec::model::ModelExecutor;
+use crate::exec::vm::{VmBatch, VmExecutor};
+use crate::exec::Executor;
+use crate::fuzz::{complete, signature, Found, FuzzReport};
+use crate::lang::ast::{Op, Scenario, Step};
+use crate::lang::device::{DevCmd, DeviceOp, Pattern};
+
+/// Most shrinking rounds (boots) per divergence.
+const SHRINK_ROUNDS: usize = 6;
+
+fn device_step() -> impl Strategy<Value = Step> {
+    let file = || "d".to_string();
+    let cmd = proptest::sample::select(DevCmd::ALL.iter().map(|(c, _)| *c).collect::<Vec<_>>());
+    let op = prop_oneof![
+        6 => (cmd, crate::fuzz::addr(), 1u64..17).prop_map(move |(cmd, addr, npages)| DeviceOp::Cmd { cmd, file: file(), addr, npages }),
+        3 => (crate::fuzz::addr(), 1u64..17, prop_oneof![Just(Pattern::Index), any::<u8>().prop_map(Pattern::Fill)])
+            .prop_map(move |(addr, npages, pattern)| DeviceOp::Write { file: file(), addr, npages, pattern }),
+        1 => Just(DeviceOp::Release { file: file() }),
+        1 => (0u64..2).prop_map(move |flags| DeviceOp::Flags { file: file(), flags }),
+    ];
+    op.prop_map(|op| Step { line: 0, bind: None, op: Op::Device(op) })
+}
+
+/// Generated steps: `fuzz.rs`'s, about one in four a device command.
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    proptest::collection::vec(prop_oneof![3 => crate::fuzz::step(), 1 => device_step()], 1..40)
+}
+
+/// The runnable scenario: `fuzz.rs`'s completion with `d = dmirror 0`
+/// opened right after the file prelude.
+pub fn complete_with_device(steps: &[Step]) -> Scenario {
+    let mut s = complete(steps);
+    let open = Step { line: 0, bind: Some("d".into()), op: Op::Device(DeviceOp::Open { minor: 0 }) };
+    s.steps.insert(2, open);
+    for (i, step) in s.steps.iter_mut().enumerate() {
+        step.line = i + 1;
+    }
+    s
+}
+
+/// The kind of the first divergence of each scenario of a batch (`None`:
+/// none, or the guest could not run it).
+fn judge(batch: &VmBatch, scenarios: &[Scenario], report: &mut FuzzReport) -> Vec<Option<(String, String)>> {
+    let version = batch.guest.version().unwrap_or((0, 0));
+    let mut model = ModelExecutor { config: batch.guest.model_config() };
+    scenarios
+        .iter()
+        .zip(&batch.traces)
+        .map(|(scenario, guest)| {
+            let guest = match guest {
+                Ok(t) => t,
+                Err(e) => {
+                    report.host_errors.push(e.to_string());
+                    return None;
+                }
+            };
+            if let Some(why) = &guest.aborted {
+                return Some(("guest-runner-aborted".into(), why.clone()));
+            }
+            let model_trace = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(scenario))) {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    report.host_errors.push(format!("model: {e}"));
+                    return None;
+                }
+                Err(_) => return Some(("model-panic".into(), "the model panicked".into())),
+            };
+            signature(scenario, &compare(scenario, &model_trace, guest, version))
+        })
+        .collect()
+}
+
+/// Candidates of one shrinking round: `steps` without a block of each size
+/// from half its length down to one step.
+fn candidates(steps: &[Step]) -> Vec<Vec<Step>> {
+    let mut out = Vec::new();
+    let mut size = steps.len() / 2;
+    while size >= 1 {
+        for start in (0..steps.len()).step_by(size) {
+            let mut c = steps.to_vec();
+            c.drain(start..(start + size).min(steps.len()));
+            if !c.is_empty() {
+                out.push(c);
+            }
+        }
+        size /= 2;
+    }
+    out
+}
+
+/// Fuzzes for `duration` from `seed` in batches of `batch` scenarios.
+pub fn fuzz_vm(vm: &mut VmExecutor, duration: Duration, seed: u64, batch: usize) -> Result<FuzzReport, String> {
+    // The runner's build is not fuzzing time.
+    vm.runner().map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut report = FuzzReport::default();
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut runner = TestRunner::new_with_rng(
+        Config { failure_persistence: None, ..Config::default() },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
+    );
+    let strategy = steps();
+    while start.elapsed() < duration {
+        let generated: Vec<Vec<Step>> = (0..batch)
+            .map(|_| strategy.new_tree(&mut runner).map(|t| t.current()).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let scenarios: Vec<Scenario> = generated.iter().map(|s| complete_with_device(s)).collect();
+        for s in &scenarios {
+            for step in &s.steps {
+                *report.op_mix.entry(step.op.keyword()).or_default() += 1;
+            }
+        }
+        // A boot that fails ends the session with what it found so far.
+        let result = match vm.run_batch(&scenarios) {
+            Ok(r) => r,
+            Err(e) => {
+                report.host_errors.push(format!("the guest failed, fuzzing stopped: {e}"));
+                break;
+            }
+        };
+        report.scenarios += scenarios.len() as u64;
+        let kinds = judge(&result, &scenarios, &mut report);
+        for (steps, kind) in generated.iter().zip(kinds) {
+            let Some((sig, first)) = kind else { continue };
+            if report.found.iter().any(|f| f.signature == sig) {
+                continue;
+            }
+            let (text, first) = shrink(vm, steps, &sig, first.clone(), &mut report).unwrap_or_else(|e| {
+                (crate::lang::print(&complete_with_device(steps)), format!("{first} (not shrunk: {e})"))
+            });
+            report.found.push(Found { signature: sig, text, first });
+        }
+    }
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// Shrinks `steps` while the divergence keeps its kind `sig`; the text and
+/// first difference of the smallest case seen in the guest.
+fn shrink(
+    vm: &mut VmExecutor,
+    steps: &[Step],
+    sig: &str,
+    first: String,
+    report: &mut FuzzReport,
+) -> Result<(String, String), String> {
+    let mut best = (steps.to_vec(), first);
+    for _ in 0..SHRINK_ROUNDS {
+        let cands = candidates(&best.0);
+        if cands.is_empty() {
+            break;
+        }
+        let scenarios: Vec<Scenario> = cands.iter().map(|c| complete_with_device(c)).collect();
+        let result = vm.run_batch(&scenarios).map_err(|e| e.to_string())?;
+        report.scenarios += scenarios.len() as u64;
+        let kinds = judge(&result, &scenarios, report);
+        let smallest = cands
+            .into_iter()
+            .zip(kinds)
+            .filter_map(|(c, k)| k.filter(|(s, _)| s == sig).map(|(_, first)| (c, first)))
+            .min_by_key(|(c, _)| c.len());
+        match smallest {
+            Some(next) if next.0.len() < best.0.len() => best = next,
+            _ => break,
+        }
+    }
+    Ok((crate::lang::print(&complete_with_device(&best.0)), best.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lang::ast::Expr;
+
+    #[test]
+    fn candidates_delete_blocks_down_to_single_steps() {
+        let steps: Vec<Step> =
+            (0..4).map(|i| Step { line: 0, bind: None, op: Op::Read { addr: Expr::num(i) } }).collect();
+        let c = candidates(&steps);
+        // Two halves, then four single steps.
+        assert_eq!(c.len(), 6);
+        assert!(c.iter().all(|c| c.len() == 2 || c.len() == 3));
+    }
+
+    proptest! {
+        #![proptest_config(Config { cases: 16, failure_persistence: None, ..Config::default() })]
+        /// Generated device scenarios run on the model and print to text
+        /// that parses back to them.
+        #[test]
+        fn generated_device_scenarios_run_and_round_trip(steps in steps()) {
+            let scenario = complete_with_device(&steps);
+            let config = hmm_mm::KernelConfig { ram_bytes: 64 << 20, thp: hmm_mm::ThpMode::Never, ..Default::default() };
+            let trace = ModelExecutor { config }.run(&scenario).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(trace.records.len(), scenario.steps.len());
+            let text = crate::lang::print(&scenario);
+            prop_assert_eq!(crate::lang::parse("gen", &text).unwrap(), scenario);
+        }
+    }
+}

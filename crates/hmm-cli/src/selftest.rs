@@ -165,7 +165,11 @@ pub fn run(args: &Args, out: &Out) -> Result<bool, DemoError> {
     }
     let setup = args.setup();
     match args.format {
-        Format::Kselftest => Ok(run_kselftest(&selected, &setup, |line| out.line(line))),
+        Format::Kselftest => {
+            // The kernel's binary runs every test against one loaded module.
+            let setup = shared_module(setup)?;
+            Ok(run_kselftest(&selected, &setup, |line| out.line(line)))
+        }
         Format::Human => run_human(&selected, &setup, &args.configuration(), out),
     }
 }
@@ -215,6 +219,12 @@ fn run_kselftest(selected: &[Instance], setup: &Setup, mut line: impl FnMut(&str
     writer.finish()
 }
 
+/// `setup` with one machine and module for every test, as `hmm-tests`
+/// runs on a guest.
+fn shared_module(setup: Setup) -> Result<Setup, DemoError> {
+    setup.with_shared_module().map_err(|e| DemoError(format!("cannot load the module: {e}")))
+}
+
 fn compare(args: &Args, path: &std::path::Path, out: &Out) -> Result<bool, DemoError> {
     let text = std::fs::read_to_string(path).map_err(|e| DemoError(format!("cannot read {}: {e}", path.display())))?;
     let mut kernel = kselftest::parse(&text).map_err(|e| DemoError(format!("{}: {e}", path.display())))?;
@@ -230,7 +240,8 @@ fn compare(args: &Args, path: &std::path::Path, out: &Out) -> Result<bool, DemoE
     }
     describe_kernel_run(&kernel, path, out);
     out.line(&format!("model: {} tests ({})", selected.len(), args.configuration()));
-    let setup = args.setup();
+    // As on the guest: one module load for the whole run.
+    let setup = shared_module(args.setup())?;
     let model: Vec<(String, Outcome)> =
         selected.iter().map(|i| (i.name(), hmm_selftest::run_one(&setup, i).outcome)).collect();
     let comparison = kselftest::compare(&kernel, &model, &defects, args.thp.name(), args.fs.file_system().name());

@@ -32,7 +32,8 @@ pub struct DmirrorConfig {
     pub coherent: bool,
     /// Pages per chunk of device memory.
     pub chunk_pages: u64,
-    /// Chunks a device may register.
+    /// Chunks a device-private device may register (a coherent device has
+    /// one at a time, at a fixed address, as in Linux).
     pub max_chunks: usize,
 }
 
@@ -181,12 +182,22 @@ impl DmirrorDevice {
     }
 
     /// Migrates all of this device's memory back to system RAM and retires
-    /// its chunks (`dmirror_device_remove_chunks`: RELEASE, and every close).
+    /// its chunks (`dmirror_device_remove_chunks`: RELEASE).
     /// Pages (and whole 2 MiB folios) move by frame number, wherever they
     /// are mapped: the cost follows the device memory in use, not the size
     /// of the address spaces the files mirror.
     pub(crate) fn remove_chunks(&self) {
         for base in self.memory.retire_chunks() {
+            self.memory.evict_chunk(base);
+        }
+    }
+
+    /// Migrates all of this device's memory back to system RAM and keeps
+    /// its chunks: the pages come back to the free lists as the folios they
+    /// were (`dmirror_fops_release`, on every close, evicts each chunk but
+    /// removes none).
+    pub(crate) fn evict_chunks(&self) {
+        for base in self.memory.live_chunks() {
             self.memory.evict_chunk(base);
         }
     }

@@ -112,7 +112,7 @@ impl DeviceMemory {
     }
 
     fn add_chunk_locked(&self, pools: &mut Pools, device: &Weak<DmirrorDevice>, large: bool) -> bool {
-        if pools.chunks.len() >= self.max_chunks {
+        if pools.chunks.len() >= self.chunk_limit() {
             return false;
         }
         let phys = self.phys();
@@ -145,6 +145,19 @@ impl DeviceMemory {
             }
         }
         true
+    }
+
+    /// Chunks the device may have registered at once. Linux maps a coherent
+    /// device's chunk at its fixed `spm_addr`, so `memremap_pages` refuses a
+    /// second one while the first is registered ("Conflicting mapping in
+    /// same section", `ENOMEM`): one chunk, whose layout (folios or 4K
+    /// pages) the allocation that registered it chose, until a RELEASE
+    /// removes it.
+    fn chunk_limit(&self) -> usize {
+        match self.kind {
+            MemoryKind::DevicePrivate => self.max_chunks,
+            MemoryKind::DeviceCoherent => 1,
+        }
     }
 
     /// A device page or, with `order` 9, a 2 MiB device folio: locked, one
@@ -192,6 +205,11 @@ impl DeviceMemory {
         } else {
             pools.free_pages.push(head);
         }
+    }
+
+    /// The first frames of the registered chunks.
+    pub(crate) fn live_chunks(&self) -> Vec<Pfn> {
+        self.pools.lock().chunks.iter().filter(|c| !c.removed).map(|c| c.base).collect()
     }
 
     /// Takes every chunk away from the allocator (`dmirror_device_remove_chunks`

@@ -366,14 +366,15 @@ impl DmirrorFile {
     }
 
     /// Closes the file (`dmirror_fops_release`): unsubscribes, then evicts
-    /// all of the device's memory, as the newest Linux does on every close.
+    /// all of the device's memory, as the newest Linux does on every close
+    /// (the chunks stay registered; only RELEASE removes them).
     pub fn close(self) {}
 }
 
 impl Drop for DmirrorFile {
     fn drop(&mut self) {
         self.mirror.notifier().remove();
-        self.mirror.device.remove_chunks();
+        self.mirror.device.evict_chunks();
         self.mirror.device.forget(&self.mirror);
         let mut table = self.mirror.lock_table();
         table.clear(0, TASK_SIZE);

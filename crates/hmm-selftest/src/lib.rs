@@ -19,7 +19,7 @@ mod verdict;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-pub use harness::{Ctx, FileSystem, Setup, Variant};
+pub use harness::{Ctx, FileSystem, Setup, Shared, Variant};
 pub use hmm_mm::ThpMode;
 pub use verdict::{Fail, Verdict};
 

@@ -1,6 +1,6 @@
 //! Runs configured as the reference guest is: `/tmp` on fs-dax, THP
 //! `never` and `always`, no `gup_test` driver. Each test states what Linux
-//! does under that configuration.
+//! does under that configuration, and one module for a whole run.
 
 use hmm_selftest::{instances, run_one, FileSystem, Outcome, Setup, ThpMode};
 
@@ -47,4 +47,28 @@ fn without_the_gup_test_driver_hmm_gup_test_skips_with_linuxs_reason() {
         outcome(&setup, "hmm.hmm_device_private.hmm_gup_test"),
         Outcome::Skipped("Skipping test, could not find gup_test driver".into())
     );
+}
+
+#[test]
+fn with_one_module_for_the_run_a_release_leaves_the_coherent_chunk_to_the_next_test() {
+    // A 7.3 guest (THP always): migrate_release removes the coherent
+    // device's one chunk; migrate_multiple then registers it again for
+    // 2 MiB folios, its THPs move whole, and the device's migration back
+    // skips their PMDs (hmm-tests.c:1224, cpages 0); hmm_gup_test's 4K
+    // pages then find no free page and no room for a second chunk (ENOENT).
+    let shared = Setup { thp: ThpMode::Always, ..Setup::default() }.with_shared_module().unwrap();
+    let fresh = Setup { thp: ThpMode::Always, ..Setup::default() };
+    let coherent = |test: &str| format!("hmm.hmm_device_coherent.{test}");
+    assert_eq!(outcome(&shared, &coherent("migrate_release")), Outcome::Passed);
+    match outcome(&shared, &coherent("migrate_multiple")) {
+        Outcome::Failed(why) => assert!(why.contains("0 != 1024"), "{why}"),
+        other => panic!("expected cpages 0 after the migration back, got {other:?}"),
+    }
+    match outcome(&shared, &coherent("hmm_gup_test")) {
+        Outcome::Failed(why) => assert!(why.contains("ENOENT"), "{why}"),
+        other => panic!("expected ENOENT, got {other:?}"),
+    }
+    // A module of its own: its probe chunk of 4K pages takes the THPs page
+    // by page, and they come back.
+    assert_eq!(outcome(&fresh, &coherent("migrate_multiple")), Outcome::Passed);
 }

@@ -9,8 +9,8 @@
 //!   `MIGRATE | COMPOUND` word and zeros. A hole larger than one PMD (an
 //!   empty PUD) gives one compound word for all of it, as Linux does.
 //! * The huge zero PMD: a hole (with `SYSTEM`), not split.
-//! * A PMD-mapped THP: skipped whole (zeros, no split) without `SYSTEM`
-//!   or when its lock is taken; collected whole by `compound.rs` when
+//! * A PMD-mapped THP (system or device-coherent memory alike): skipped
+//!   whole (zeros, no split) without `SYSTEM` or when its lock is taken; collected whole by `compound.rs` when
 //!   `COMPOUND` covers it; otherwise split and collected per page.
 //! * A device-private PMD: the same, with `DEVICE_PRIVATE` and the owner.
 //! * A PTE: `isolate` (system pages with `SYSTEM`, coherent pages and
@@ -154,25 +154,19 @@ impl MigrateVma {
     }
 
     /// Whether the huge leaf `entry` is a candidate of this migration
-    /// (`migrate_vma_collect_huge_pmd` before the lock): a present THP
-    /// needs `SYSTEM`, a device-private PMD needs `DEVICE_PRIVATE` and the
-    /// owner; the huge zero page is a hole, not a candidate.
-    ///
-    /// Kept from the model's earlier rule, and not Linux 7.3's: a
-    /// device-coherent PMD of the owner is a candidate with
-    /// `DEVICE_COHERENT` alone (7.3 tests `SYSTEM` for every present huge
-    /// PMD, so its coherent THPs migrate back only split); dmirror's
-    /// coherent devices bring their THPs back this way.
+    /// (`migrate_vma_collect_huge_pmd` before the lock): a present huge PMD
+    /// needs `SYSTEM` whatever memory it maps, a device-private PMD needs
+    /// `DEVICE_PRIVATE` and the owner; the huge zero page is a hole, not a
+    /// candidate. So a device-coherent THP is skipped whole by a migration
+    /// selecting `DEVICE_COHERENT` alone (7.3: dmirror's
+    /// `dmirror_migrate_to_system` then collects nothing of it).
     pub(super) fn is_pmd_candidate(&self, mm: &Mm, entry: Entry) -> bool {
         let phys = mm.phys();
         if entry.is_present() {
             if phys.is_zero_pfn(entry.pfn()) || entry.is_special() {
                 return false;
             }
-            let coherent = phys.memory_type(entry.pfn()) == MemoryType::DeviceCoherent
-                && self.flags.contains(MigrateSelect::DEVICE_COHERENT)
-                && self.owned(mm, entry.pfn());
-            self.flags.contains(MigrateSelect::SYSTEM) || coherent
+            self.flags.contains(MigrateSelect::SYSTEM)
         } else {
             entry.swap_kind().is_some_and(|k| k.is_device_private())
                 && self.flags.contains(MigrateSelect::DEVICE_PRIVATE)

@@ -88,13 +88,60 @@ pub struct Setup {
     /// `/sys/kernel/debug/gup_test` exists (`CONFIG_GUP_TEST`, debugfs
     /// mounted); without it `hmm_gup_test` skips.
     pub gup_test: bool,
+    /// One machine and one loaded module for every test of the run, as a
+    /// guest runs `hmm-tests` (each test a new process): what a test leaves
+    /// in the module (the layout of a coherent device's chunk after a
+    /// RELEASE, its free lists) is what the next test finds. `None`: each
+    /// test boots its own machine and loads its own module.
+    pub shared: Option<Shared>,
+}
+
+/// The machine and module a run's tests share (`Setup::shared`).
+#[derive(Clone, Debug)]
+pub struct Shared {
+    kernel: Arc<Kernel>,
+    dmirror: Arc<Dmirror>,
+}
+
+impl Setup {
+    /// This setup with one machine booted and the module loaded for all
+    /// the tests run with it.
+    pub fn with_shared_module(self) -> Result<Self, Fail> {
+        let (kernel, dmirror) = self.boot()?;
+        Ok(Self { shared: Some(Shared { kernel, dmirror }), ..self })
+    }
+
+    /// Boots a machine as configured and loads the module.
+    fn boot(&self) -> Result<(Arc<Kernel>, Arc<Dmirror>), Fail> {
+        let config = KernelConfig {
+            ram_bytes: self.ram_bytes,
+            thp: self.thp,
+            use_huge_zero_page: true,
+            hugetlb_2m_pages: 1,
+            hugetlb_1g_pages: 0,
+            swap_pages: 0,
+        };
+        let kernel = Kernel::new(config).map_err(|e| mm_fail("boot", e))?;
+        let module = DmirrorConfig { coherent: self.coherent, ..DmirrorConfig::default() };
+        let dmirror = Arc::new(
+            Dmirror::probe(&kernel, module).map_err(|e| Fail::failed(format!("probe: {e}"), file!(), line!()))?,
+        );
+        Ok((kernel, dmirror))
+    }
 }
 
 impl Default for Setup {
     /// Linux's defaults for the selftest's machine: THP `madvise` (as this
     /// host and Debian ship), `/tmp` on tmpfs.
     fn default() -> Self {
-        Self { coherent: true, ram_bytes: 2 << 30, thp: ThpMode::Madvise, fs: FileSystem::Tmpfs, gup_test: true }
+        Self {
+            coherent: true,
+            ram_bytes: 2 << 30,
+            thp: ThpMode::Madvise,
+            fs: FileSystem::Tmpfs,
+            gup_test: true,
+            shared: None,
+        }
     }
 }
 
@@ -154,19 +201,10 @@ impl Ctx {
     /// `devices` devices of the variant. Skips when the variant's devices
     /// do not exist.
     pub fn new(setup: &Setup, variant: Variant, devices: usize) -> Result<Self, Fail> {
-        let config = KernelConfig {
-            ram_bytes: setup.ram_bytes,
-            thp: setup.thp,
-            use_huge_zero_page: true,
-            hugetlb_2m_pages: 1,
-            hugetlb_1g_pages: 0,
-            swap_pages: 0,
+        let (kernel, dmirror) = match &setup.shared {
+            Some(shared) => (shared.kernel.clone(), shared.dmirror.clone()),
+            None => setup.boot()?,
         };
-        let kernel = Kernel::new(config).map_err(|e| mm_fail("boot", e))?;
-        let module = DmirrorConfig { coherent: setup.coherent, ..DmirrorConfig::default() };
-        let dmirror = Arc::new(
-            Dmirror::probe(&kernel, module).map_err(|e| Fail::failed(format!("probe: {e}"), file!(), line!()))?,
-        );
         let mm = kernel.create_mm().map_err(|e| mm_fail("create the process", e))?;
         let process = Process { mm };
         let mut files = Vec::new();

@@ -10,6 +10,7 @@ use super::super::MigrateDevice;
 use super::{migrate_pfn, migrate_pfn_to_pfn, Device, MigrateSelect, MigrateVma, ANON, OWNER};
 use super::{MIGRATE_PFN_COMPOUND, MIGRATE_PFN_MIGRATE};
 use crate::mm::Mm;
+use crate::phys::MemoryType;
 use crate::testing::{kernel, leaf};
 use crate::{Kernel, ThpMode};
 
@@ -76,6 +77,36 @@ fn a_thp_is_skipped_whole_and_not_split_without_select_system() {
     assert_eq!(migrate.cpages, 0);
     commit(&mm, &mut migrate);
     assert_whole_thp(&k, &mm, va, 10);
+}
+
+/// Linux 7.3: `migrate_vma_collect_huge_pmd` wants `SELECT_SYSTEM` for
+/// every present huge PMD, device-coherent ones included: a coherent THP
+/// is skipped whole (all words 0, not split) by a migration selecting only
+/// `DEVICE_COHERENT` (test_hmm's `dmirror_migrate_to_system`; hmm-tests'
+/// `migrate_multiple` fails at line 1224 with cpages 0 on a 7.3 guest).
+#[test]
+fn a_device_coherent_pmd_is_skipped_whole_without_select_system() {
+    let k = kernel(64, ThpMode::Always);
+    let device = Device::with_type(&k, OWNER, 1024, MemoryType::DeviceCoherent);
+    let mm = k.create_mm().unwrap();
+    let va = thp(&k, &mm, 40);
+    {
+        let guard = mm.mmap_read();
+        let select = MigrateSelect::SYSTEM | MigrateSelect::COMPOUND;
+        device.migrate_to_device_with(guard.locked(), va, va + PMD_SIZE, select);
+    }
+    let (level, entry) = leaf(&mm, va);
+    assert_eq!(level, Level::Pmd, "the THP moved whole");
+    assert_eq!(k.phys().memory_type(entry.pfn()), MemoryType::DeviceCoherent);
+    let select = MigrateSelect::DEVICE_COHERENT | MigrateSelect::COMPOUND;
+    let mut migrate = setup(&mm, va, va + PMD_SIZE, OWNER, select);
+    assert!(migrate.src.iter().all(|&w| w == 0));
+    assert_eq!(migrate.cpages, 0);
+    commit(&mm, &mut migrate);
+    let (level, entry) = leaf(&mm, va);
+    assert_eq!(level, Level::Pmd, "not split");
+    assert_eq!(k.phys().memory_type(entry.pfn()), MemoryType::DeviceCoherent);
+    assert_eq!(mm.read_u64(va + 300 * PAGE_SIZE).unwrap(), 40 + 300);
 }
 
 /// Linux: a huge folio whose `folio_trylock` fails is skipped whole (0),

@@ -118,6 +118,38 @@ mod tests {
     }
 
     #[test]
+    fn a_hint_rounds_up_to_the_huge_page_size() {
+        // 7.3.4 guest (scenarios/corpus/vm-hugetlb-*.hmm): hugetlb's
+        // get_unmapped_area aligns a hint up (`ALIGN(addr, size)`), so a
+        // hint 3 pages below a 2 MiB boundary maps at the boundary.
+        let k = kernel_with_pool(4);
+        let mm = k.create_mm().unwrap();
+        let base = 0x4000_0000;
+        let va = mm.mmap(base + PMD_SIZE - 0x3000, 0xe000, Prot::READ, HUGE).unwrap();
+        assert_eq!(va, base + PMD_SIZE);
+        assert_eq!(mm.read_u64(va + 0x3000).unwrap(), 0, "the whole huge page is mapped");
+        // munmap may not split it off a huge page boundary: EINVAL.
+        assert_eq!(mm.munmap(base + PMD_SIZE - 0x2000, PMD_SIZE).unwrap_err().errno(), Errno::Inval);
+    }
+
+    #[test]
+    fn pagemap_reports_private_hugetlb_pages_as_anonymous() {
+        // 7.3.4 guest (scenarios/corpus/fuzz_s1_write_ok_vs_fault.hmm): a
+        // private hugetlb page is an anonymous folio, no PM_FILE; a shared
+        // one is in the hugetlbfs page cache, PM_FILE.
+        use crate::proc_pagemap::{PM_FILE, PM_PRESENT};
+        let k = kernel_with_pool(4);
+        let mm = k.create_mm().unwrap();
+        let private = mm.mmap(0, PMD_SIZE, Prot::RW, HUGE).unwrap();
+        mm.write_u64(private, 1).unwrap();
+        assert_eq!(mm.pagemap_entry(private + 4096).unwrap() & (PM_PRESENT | PM_FILE), PM_PRESENT);
+        let shared = MapFlags::SHARED | MapFlags::ANONYMOUS | MapFlags::HUGETLB;
+        let va = mm.mmap(0, PMD_SIZE, Prot::RW, shared).unwrap();
+        mm.write_u64(va, 1).unwrap();
+        assert_eq!(mm.pagemap_entry(va).unwrap() & (PM_PRESENT | PM_FILE), PM_PRESENT | PM_FILE);
+    }
+
+    #[test]
     fn an_exhausted_pool_is_enomem_at_mmap() {
         let k = kernel_with_pool(1);
         let mm = k.create_mm().unwrap();

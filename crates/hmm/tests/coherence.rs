@@ -853,7 +853,9 @@ fn dax_truncate_of_a_mirrored_file_completes_at_once() {
     assert!(took < BUSY_TIMEOUT / 2, "truncate waited {took:?}: something held the blocks");
     assert_eq!(setup.fs.device().free_pages(), free_before + 512, "the cut block is free");
     assert_eq!(setup.entries_in(cut, va + 4 * MIB), 0, "the device entries of the cut range are gone");
-    assert_eq!(setup.entries_in(va, cut), 512, "the kept block stays mirrored");
+    // ext4 breaks the layouts of the whole file first (7.3.4 guest,
+    // scenarios/device/dax_story.hmm): the kept block is unmapped too.
+    assert_eq!(setup.entries_in(va, cut), 0, "the kept block is unmapped from the device too");
     mirror.check_now(mm, "after the truncate");
 
     // The cut range is still mapped (the VMA stays) but past end of file:

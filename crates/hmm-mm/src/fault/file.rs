@@ -7,6 +7,10 @@
 //!
 //! A read fault first maps the cached pages around it (`around.rs`).
 //!
+//! DAX files come here for 4K entries: their frames are the file's blocks;
+//! only a shared write allocates one, a read of a hole maps the zero page
+//! read-only (`dax_load_hole`) until a write replaces it everywhere.
+//!
 //! A fault races with truncation: after installing the entry it checks the
 //! size again and takes the entry back if the page was cut meanwhile.
 //!
@@ -17,7 +21,8 @@ use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
 use hmm_types::{Event, PAGE_SIZE};
 
 use crate::error::FaultError;
-use crate::fs::Inode;
+use crate::fs::truncate::unmap_mapping_pages;
+use crate::fs::{Inode, InodeKind};
 use crate::mm::MmapLocked;
 use crate::phys::PageFlags;
 use crate::vma::Vma;
@@ -41,6 +46,18 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va: u64, w
             Err(EnsureError::Leaf(_)) => return Err(FaultError::Sigbus("huge entry in a page-cache mapping")),
         };
         let entry = pte.load();
+        if write && shared && entry.is_present() && phys.is_zero_pfn(entry.pfn()) {
+            // A DAX hole mapped by the zero page: the write allocates the
+            // block and unmaps the zero page everywhere (this entry too);
+            // the retry maps the block (`dax_iomap_pte_fault` with write).
+            let block = inode
+                .get_page_for_map(index)
+                .map_err(|_| FaultError::Oom)?
+                .ok_or(FaultError::Sigbus("access beyond end of file"))?;
+            phys.put(block);
+            unmap_mapping_pages(inode, index, index + 1, false).map_err(|_| FaultError::Oom)?;
+            continue;
+        }
         if !entry.is_none() {
             // Private copy-on-write pages may be swapped out or migrated.
             match existing_pte(locked, vma, pte, entry, write)? {
@@ -54,17 +71,40 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va: u64, w
             super::around::fault_around(locked, vma, inode, va);
             continue;
         }
-        let cached = inode
-            .get_page_for_map(index)
-            .map_err(|_| FaultError::Oom)?
-            .ok_or(FaultError::Sigbus("access beyond end of file"))?;
-        let new = if write && !shared {
+        let dax = matches!(inode.kind(), InodeKind::Dax(_));
+        let cached = if dax && !(write && shared) {
+            // A DAX read (or private copy) allocates nothing: a hole reads
+            // as the zero page.
+            match inode.dax_page_or_hole(index).ok_or(FaultError::Sigbus("access beyond end of file"))? {
+                Some(pfn) => pfn,
+                None => phys.zero_pfn(),
+            }
+        } else {
+            let hole = dax && inode.is_hole(index);
+            let cached = inode
+                .get_page_for_map(index)
+                .map_err(|_| FaultError::Oom)?
+                .ok_or(FaultError::Sigbus("access beyond end of file"))?;
+            if hole {
+                // dax_insert_entry replacing a zero-page entry: the zero
+                // page goes from every mapping of the index.
+                unmap_mapping_pages(inode, index, index + 1, false).map_err(|_| FaultError::Oom)?;
+            }
+            cached
+        };
+        let zero = phys.is_zero_pfn(cached);
+        let new = if zero && !write {
+            let flags = LeafFlags { special: true, accessed: true, ..LeafFlags::default() };
+            Entry::present(cached, flags, false)
+        } else if write && !shared {
             let copy = phys.alloc_folio(0, false).map_err(|_| {
                 phys.put(cached);
                 FaultError::Oom
             })?;
-            phys.copy_frames(copy, cached, 1);
-            phys.put(cached);
+            if !zero {
+                phys.copy_frames(copy, cached, 1);
+                phys.put(cached);
+            }
             phys.meta(copy)
                 .set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);
             crate::rmap::folio_add_new_anon_rmap(mm, vma, copy, va);
@@ -75,11 +115,18 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va: u64, w
             }
             Entry::present(cached, LeafFlags { write, dirty: write, accessed: true, special: false }, false)
         };
-        phys.map_add(new.pfn(), 1);
-        if pte.compare_exchange(Entry::NONE, new).is_err() {
-            phys.map_sub(new.pfn(), 1);
-            phys.put(new.pfn());
-            continue;
+        if new.is_special() {
+            // The zero page holds no reference and no map count.
+            if pte.compare_exchange(Entry::NONE, new).is_err() {
+                continue;
+            }
+        } else {
+            phys.map_add(new.pfn(), 1);
+            if pte.compare_exchange(Entry::NONE, new).is_err() {
+                phys.map_sub(new.pfn(), 1);
+                phys.put(new.pfn());
+                continue;
+            }
         }
         if index < inode.size().div_ceil(PAGE_SIZE) {
             return Ok(());

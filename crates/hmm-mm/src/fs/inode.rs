@@ -147,6 +147,30 @@ impl Inode {
         Ok(Some(pfn))
     }
 
+    /// A DAX file's frame at `index` for a fault that must not allocate (a
+    /// read, or a private mapping's copy): `None` beyond end of file,
+    /// `Some(None)` for a hole, which the fault maps as the zero page
+    /// (`dax_load_hole`); a frame comes with a reference for the mapping.
+    /// Either way the block is mapped by PTEs from now on (a 4K entry,
+    /// maybe a zero-page one, stands in Linux's DAX xarray).
+    pub(crate) fn dax_page_or_hole(&self, index: u64) -> Option<Option<Pfn>> {
+        let mut state = self.lock_unlocked_block(index / 512);
+        if index >= state.size.div_ceil(PAGE_SIZE) {
+            return None;
+        }
+        state.dax_entries.entry(index / 512).or_insert(DaxEntry::Pte);
+        let pfn = state.pages.get(&index).copied();
+        if let Some(pfn) = pfn {
+            self.phys.get(pfn);
+        }
+        Some(pfn)
+    }
+
+    /// True if the DAX file has no block at `index` (a hole).
+    pub(crate) fn is_hole(&self, index: u64) -> bool {
+        !self.state.lock().pages.contains_key(&index)
+    }
+
     /// The state, once DAX block `block` is not held by a truncation.
     pub(crate) fn lock_unlocked_block(&self, block: u64) -> parking_lot::MutexGuard<'_, InodeState> {
         loop {

@@ -2,6 +2,8 @@
 //! every process that maps the file (a CLEAR invalidation per VMA range,
 //! with the exact addresses), then drop the page cache's pages; a frame
 //! still mapped or referenced elsewhere lives on until its last reference.
+//! A DAX file (ext4's) first breaks its layouts: the whole file is unmapped
+//! from every process and every DAX entry dropped, whatever the range.
 //!
 //! Linux: `mm/truncate.c` (`truncate_pagecache`, `truncate_pagecache_range`),
 //! `mm/memory.c` (`unmap_mapping_range`, `zap_page_range_single`).
@@ -25,11 +27,14 @@ pub(crate) fn truncate(inode: &Arc<Inode>, size: u64) -> Result<(), MmError> {
         let mut state = inode.state.lock();
         core::mem::replace(&mut state.size, size)
     };
-    if size >= old {
+    let cut = size < old;
+    // ext4 breaks a DAX file's layouts on every size change, growing too.
+    if !cut && !is_dax(inode) {
         return Ok(());
     }
     let first_gone = size.div_ceil(PAGE_SIZE);
-    if let Err(error) = remove_pages(inode, first_gone, u64::MAX, true) {
+    let (first, last) = if cut { (first_gone, u64::MAX) } else { (0, 0) };
+    if let Err(error) = remove_pages(inode, first, last, true) {
         // A busy DAX page: nothing was freed, so the file keeps its size.
         inode.state.lock().size = old;
         return Err(error);
@@ -54,11 +59,13 @@ pub(crate) fn punch_hole(inode: &Arc<Inode>, offset: u64, len: u64) -> Result<()
     }
     let end = end.min(inode.size());
     if offset >= end {
-        return Ok(());
+        // ext4_fallocate breaks a DAX file's layouts before it looks at
+        // the range: even a hole past the end unmaps the file.
+        return if is_dax(inode) { remove_pages(inode, 0, 0, false) } else { Ok(()) };
     }
     let (first, last) = (offset.div_ceil(PAGE_SIZE), end >> PAGE_SHIFT);
-    if first < last {
-        remove_pages(inode, first, last, false)?;
+    if first < last || is_dax(inode) {
+        remove_pages(inode, first, last.max(first), false)?;
     }
     zero_cached(inode, offset, (first << PAGE_SHIFT).min(end));
     zero_cached(inode, (last << PAGE_SHIFT).max(offset), end);
@@ -67,7 +74,7 @@ pub(crate) fn punch_hole(inode: &Arc<Inode>, offset: u64, len: u64) -> Result<()
 
 /// Zaps file pages `[first, last)` from every mapping of `inode`
 /// (`unmap_mapping_pages`). With `even_cows`, private copies go too.
-pub(crate) fn unmap_mapping_pages(inode: &Arc<Inode>, first: u64, last: u64, even_cows: bool) -> Result<(), MmError> {
+pub(crate) fn unmap_mapping_pages(inode: &Inode, first: u64, last: u64, even_cows: bool) -> Result<(), MmError> {
     for mm in inode.mappers() {
         // Recursive: a fault of this very mm may hold the read lock while
         // it waits for a DAX block lock that this truncation holds.
@@ -77,7 +84,7 @@ pub(crate) fn unmap_mapping_pages(inode: &Arc<Inode>, first: u64, last: u64, eve
         }
         let ranges: Vec<(u64, u64)> = guard
             .iter()
-            .filter(|vma| matches!(&vma.backing, VmaBacking::File(i) if Arc::ptr_eq(i, inode)))
+            .filter(|vma| matches!(&vma.backing, VmaBacking::File(i) if core::ptr::eq(&**i, inode)))
             .filter_map(|vma| {
                 let vma_last = vma.pgoff + ((vma.end - vma.start) >> PAGE_SHIFT);
                 let (from, to) = (first.max(vma.pgoff), last.min(vma_last));
@@ -108,8 +115,9 @@ pub(crate) fn unmap_mapping_pages(inode: &Arc<Inode>, first: u64, last: u64, eve
 }
 
 /// Unmaps file pages `[first, last)` everywhere, then frees them: the page
-/// cache drops its references; a DAX filesystem waits for its blocks to be
-/// idle first (and fails with `EBUSY` if a pin outlasts the timeout).
+/// cache drops its references. A DAX file is unmapped whole (its layouts
+/// break) and waits for all its blocks to be idle first (failing with
+/// `EBUSY` if a pin outlasts the timeout); `[first, last)` may be empty.
 fn remove_pages(inode: &Arc<Inode>, first: u64, last: u64, even_cows: bool) -> Result<(), MmError> {
     match inode.kind() {
         InodeKind::PageCache => {
@@ -118,16 +126,28 @@ fn remove_pages(inode: &Arc<Inode>, first: u64, last: u64, even_cows: bool) -> R
             Ok(())
         }
         InodeKind::Dax(fs) => {
+            // ext4_break_layouts: the whole file's layouts break first, not
+            // just the range's (`dax_break_layout(inode, 0, LLONG_MAX)`):
+            // every shared mapping of the file goes, private copies stay.
             // Lock the blocks first: a refault may not map them again while
             // the filesystem waits for them to become idle.
-            let blocks = fs.lock_blocks(inode, first, last);
-            let (from, to) = fs.unmap_span(inode, first, last);
-            let result =
-                unmap_mapping_pages(inode, from, to, even_cows).and_then(|()| fs.release_pages(inode, first, last));
+            let blocks = fs.lock_blocks(inode, 0, u64::MAX);
+            let result = unmap_mapping_pages(inode, 0, u64::MAX, false)
+                .and_then(|()| match first < last {
+                    // Then truncate_pagecache(_range) unmaps the range as for
+                    // any file (past the end private copies go too).
+                    true => unmap_mapping_pages(inode, first, last, even_cows),
+                    false => Ok(()),
+                })
+                .and_then(|()| fs.release_pages(inode, first, last));
             fs.unlock_blocks(inode, &blocks);
             result
         }
     }
+}
+
+fn is_dax(inode: &Inode) -> bool {
+    matches!(inode.kind(), InodeKind::Dax(_))
 }
 
 /// Drops the page cache's reference on pages `[first, last)`.

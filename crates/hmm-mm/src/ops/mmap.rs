@@ -266,7 +266,13 @@ impl Mm {
             }
             range.start()
         } else {
-            let hint = (addr != 0).then_some(addr & !(PAGE_SIZE - 1));
+            // hugetlb_get_unmapped_area rounds a hint up to the huge page
+            // size (`ALIGN`); other hints round down to a page.
+            let hint = match hugetlb {
+                Some(_) => addr.checked_next_multiple_of(granule),
+                None => Some(addr & !(PAGE_SIZE - 1)),
+            }
+            .filter(|&hint| hint != 0);
             guard.find_free_aligned(len, hint, granule).ok_or(MmError::NoSpace(len))?
         };
         let (backing, pgoff) = backing.unwrap_or((VmaBacking::Anon, start >> PAGE_SHIFT));

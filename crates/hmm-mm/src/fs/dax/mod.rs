@@ -9,8 +9,8 @@
 //! DAX xarray entries are), and the busy-page wait of truncation: blocks are
 //! freed only once no mapping and no pin references them.
 //!
-//! Linux: `fs/dax.c` (`dax_iomap_fault`, `dax_layout_busy_page_range`),
-//! `xfs_break_dax_layouts`, `MEMORY_DEVICE_FS_DAX`.
+//! Linux: `fs/dax.c` (`dax_iomap_fault`, `dax_layout_busy_page_range`,
+//! `dax_break_layout`), `ext4_break_layouts`, `MEMORY_DEVICE_FS_DAX`.
 
 mod backing;
 mod error;
@@ -352,22 +352,14 @@ impl DaxShared {
         Ok(entry)
     }
 
-    /// File pages `[first, last)` as a span to unmap: widened to whole
-    /// 2 MiB blocks where a PMD entry straddles an end, since a PMD leaf is
-    /// removed whole.
-    pub(crate) fn unmap_span(&self, inode: &Inode, first: u64, last: u64) -> (u64, u64) {
-        let state = inode.state.lock();
-        let pmd = |page: u64| state.dax_entries.get(&(page / CHUNK)) == Some(&DaxEntry::Pmd);
-        let first = if pmd(first) { first / CHUNK * CHUNK } else { first };
-        let last = if last != u64::MAX && last % CHUNK != 0 && pmd(last) { (last / CHUNK + 1) * CHUNK } else { last };
-        (first, last)
-    }
-
     /// Takes the entry locks of the 2 MiB blocks holding file pages
     /// `[first, last)`; returns them for [`Self::unlock_blocks`].
     pub(crate) fn lock_blocks(&self, inode: &Inode, first: u64, last: u64) -> Vec<u64> {
         let mut state = inode.state.lock();
-        let last_page = state.pages.keys().next_back().map_or(first, |&p| p + 1).min(last);
+        // Every block a fault could map: the allocated ones and the holes
+        // inside the file.
+        let allocated_end = state.pages.keys().next_back().map_or(0, |&p| p + 1);
+        let last_page = allocated_end.max(state.size.div_ceil(PAGE_SIZE)).min(last).max(first);
         let blocks: Vec<u64> = (first / CHUNK..last_page.div_ceil(CHUNK)).collect();
         state.dax_locked.extend(blocks.iter().copied());
         blocks
@@ -381,17 +373,19 @@ impl DaxShared {
         }
     }
 
-    /// Frees the blocks of file pages `[first, last)` once idle: waits (up
-    /// to the busy timeout) until no mapping or pin references them; then
-    /// the blocks return to the allocator and the affected 2 MiB blocks
-    /// lose their mapping entry (they refault afresh).
+    /// Frees the blocks of file pages `[first, last)` (maybe empty) once the
+    /// file is idle: waits (up to the busy timeout) until no mapping or pin
+    /// references any of its blocks, as `dax_break_layout` waits over the
+    /// whole file; then every 2 MiB block loses its mapping entry (all
+    /// refault afresh: `dax_delete_mapping_range(0, LLONG_MAX)`) and the
+    /// range's blocks return to the allocator.
     pub(crate) fn release_pages(&self, inode: &Inode, first: u64, last: u64) -> Result<(), MmError> {
         let deadline = Instant::now() + *self.busy_timeout.lock();
         loop {
             let busy = {
                 let state = inode.state.lock();
                 let phys = self.pmem.phys();
-                state.pages.range(first..last).any(|(_, &pfn)| phys.folio_counts(pfn).0 > 0)
+                state.pages.values().any(|&pfn| phys.folio_counts(pfn).0 > 0)
             };
             if !busy {
                 break;
@@ -405,10 +399,9 @@ impl DaxShared {
         }
         let mut state = inode.state.lock();
         let freed: Vec<u64> = state.pages.range(first..last).map(|(&k, _)| k).collect();
-        let blocks: Vec<u64> =
-            state.dax_entries.range(first / CHUNK..=last.saturating_sub(1) / CHUNK).map(|(&b, _)| b).collect();
-        for block in blocks {
-            if state.dax_entries.remove(&block) == Some(DaxEntry::Pmd) {
+        let entries = core::mem::take(&mut state.dax_entries);
+        for (block, entry) in entries {
+            if entry == DaxEntry::Pmd {
                 // The order-9 folio goes back to 512 idle order-0 frames.
                 if let Some(&head) = state.pages.get(&(block * CHUNK)) {
                     for i in 0..CHUNK {

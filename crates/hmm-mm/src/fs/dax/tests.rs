@@ -94,9 +94,18 @@ fn truncate_of_a_mapped_file_completes_and_clears_the_mapping() {
     let free_before = fs.device().free_pages();
     let rec = record(&mm);
     file.ftruncate(PMD_SIZE + 4096).unwrap();
+    // ext4 breaks the whole file's layouts first (7.3.4 guest: the kept
+    // half is unmapped too), then truncate_pagecache unmaps the cut part.
     let events = rec.take_events();
-    assert_eq!(events[0], (Event::Clear, va + PMD_SIZE, va + 2 * PMD_SIZE), "{events:?}");
+    assert_eq!(
+        events,
+        [(Event::Clear, va, va + 4 * MIB), (Event::Clear, va + PMD_SIZE + 4096, va + 4 * MIB)],
+        "{events:?}"
+    );
+    assert!(leaf(&mm, va).1.is_none(), "the kept first 2 MiB is unmapped as well");
     assert_eq!(fs.device().free_pages(), free_before + 511, "blocks past the new end are free");
+    assert_eq!(mm.read_u64(va).unwrap(), 1, "the kept block refaults with its data");
+    assert_eq!(leaf(&mm, va).0, Level::Pmd, "as a PMD again: its entry was deleted, not kept as PTE");
     assert_eq!(mm.read_u64(va + PMD_SIZE).unwrap(), 2, "the kept page refaults with its data");
     assert_eq!(leaf(&mm, va + PMD_SIZE).0, Level::Pte);
     match mm.read_u64(va + PMD_SIZE + 4096) {
@@ -122,6 +131,10 @@ fn a_pin_blocks_truncation_until_it_is_dropped() {
     let err = file.ftruncate(0).unwrap_err();
     assert_eq!(err.errno(), Errno::Busy);
     assert_eq!(file.size(), 2 * MIB, "a failed truncate keeps the size");
+    // The wait covers the whole file (`dax_break_layout(inode, 0,
+    // LLONG_MAX)`): a pin on a page the truncate keeps blocks it as well.
+    let err = file.ftruncate(MIB).unwrap_err();
+    assert_eq!(err.errno(), Errno::Busy);
     pin.unpin();
     file.ftruncate(0).unwrap();
     assert_eq!(file.size(), 0);
@@ -179,4 +192,65 @@ fn a_refault_of_the_kept_half_does_not_keep_truncation_busy() {
     unpin.join().unwrap();
     assert_eq!(refault.join().unwrap(), 1);
     assert_eq!(mm.read_u64(va).unwrap(), 1);
+}
+
+#[test]
+fn punching_a_page_unmaps_the_whole_file_and_a_read_maps_the_hole_as_the_zero_page() {
+    // 7.3.4 guest (scenarios/device/dax_punch_hole.hmm): ext4_fallocate
+    // breaks the file's layouts, so the neighbours go too; a read of the
+    // hole then maps the zero page and its neighbours read-only.
+    let k = kernel(64, ThpMode::Never);
+    let path = TempFile(temp_path("hole.pmem"));
+    let fs = DaxFs::format(&k, &path.0, 16 * MIB).unwrap();
+    let file = fs.create("h").unwrap();
+    file.ftruncate(64 * 4096).unwrap();
+    let mm = k.create_mm().unwrap();
+    let va = mm.mmap_file(0, 64 * 4096, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
+    for page in 0..3 {
+        mm.write_u64(va + page * 4096, page + 1).unwrap();
+    }
+    let rec = record(&mm);
+    file.punch_hole(4096, 4096).unwrap();
+    assert_eq!(rec.take_events(), [(Event::Clear, va, va + 64 * 4096), (Event::Clear, va + 4096, va + 2 * 4096)]);
+    for page in 0..3 {
+        assert!(leaf(&mm, va + page * 4096).1.is_none(), "page {page} is unmapped");
+    }
+    let free = fs.device().free_pages();
+    assert_eq!(mm.read_u64(va + 4096).unwrap(), 0);
+    let hole = leaf(&mm, va + 4096).1;
+    assert!(hole.pfn() == k.phys().zero_pfn() && !hole.is_write(), "the hole is the zero page, read-only");
+    assert_eq!(fs.device().free_pages(), free, "a read allocates no block");
+    assert_eq!(mm.read_u64(va + 2 * 4096).unwrap(), 3);
+    assert!(!leaf(&mm, va + 2 * 4096).1.is_write(), "a read fault maps a DAX page read-only");
+}
+
+#[test]
+fn a_write_to_a_hole_replaces_the_zero_page_in_every_mapping() {
+    let k = kernel(64, ThpMode::Never);
+    let path = TempFile(temp_path("zero.pmem"));
+    let fs = DaxFs::format(&k, &path.0, 16 * MIB).unwrap();
+    let file = fs.create("z").unwrap();
+    file.ftruncate(64 * 4096).unwrap();
+    let (a, b) = (k.create_mm().unwrap(), k.create_mm().unwrap());
+    let va_a = a.mmap_file(0, 64 * 4096, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
+    let va_b = b.mmap_file(0, 64 * 4096, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
+    let va_p = b.mmap_file(0, 64 * 4096, Prot::RW, MapFlags::PRIVATE, &file, 0).unwrap();
+    assert_eq!(a.read_u64(va_a).unwrap(), 0);
+    assert_eq!(b.read_u64(va_b).unwrap(), 0);
+    let free = fs.device().free_pages();
+    b.write_u64(va_p, 9).unwrap();
+    assert_eq!(fs.device().free_pages(), free, "a private copy of a hole allocates no block");
+    a.write_u64(va_a, 7).unwrap();
+    assert_eq!(fs.device().free_pages(), free - 1, "the shared write allocates the block");
+    assert!(leaf(&b, va_b).1.is_none(), "the other process's zero page is gone");
+    assert_eq!(b.read_u64(va_b).unwrap(), 7);
+    assert_eq!(b.read_u64(va_p).unwrap(), 9, "the private copy stays");
+    // A write through a read-only zero-page entry replaces it as well.
+    assert_eq!(a.read_u64(va_a + 4096).unwrap(), 0);
+    assert_eq!(b.read_u64(va_b + 4096).unwrap(), 0);
+    a.write_u64(va_a + 4096, 5).unwrap();
+    let entry = leaf(&a, va_a + 4096).1;
+    assert!(entry.pfn() != k.phys().zero_pfn() && entry.is_write());
+    assert!(leaf(&b, va_b + 4096).1.is_none());
+    assert_eq!(b.read_u64(va_b + 4096).unwrap(), 5);
 }

@@ -44,7 +44,9 @@ impl Drop for ExclusivePage<'_> {
 /// splitting a THP mapping), then, under an EXCLUSIVE invalidation carrying
 /// `owner` (which that device must ignore), replaces its entry. `None` is
 /// Linux's `owner = NULL`: every mirror, the caller's too, drops the page.
-/// `EOPNOTSUPP` unless private anonymous memory; fault errors as usual.
+/// Fault errors as GUP gives them (a read-only VMA is `EFAULT`), then
+/// `EOPNOTSUPP` for a folio that is not anonymous (file, shmem), which
+/// stays faulted in.
 pub fn make_device_exclusive<'a>(
     guard: &MmapReadGuard<'a>,
     addr: u64,
@@ -58,13 +60,20 @@ pub fn make_device_exclusive<'a>(
         let vma = guard
             .vma(addr)
             .ok_or(MmError::Fault { addr, error: crate::FaultError::Segv(crate::SegvReason::NotMapped) })?;
-        if !vma.is_anonymous() || vma.flags.contains(VmFlags::HUGETLB) {
-            return Err(MmError::NotSupported("device-exclusive access needs private anonymous memory"));
+        if vma.flags.contains(VmFlags::HUGETLB) {
+            return Err(MmError::NotSupported("device-exclusive access on hugetlb (FOLL_SPLIT_PMD)"));
         }
         // GUP with FOLL_WRITE | FOLL_SPLIT_PMD: fault the page in first
-        // (untouched memory may get a THP), then make sure a PTE maps it;
-        // only a PTE can become a device-exclusive entry.
+        // (untouched memory may get a THP; a read-only VMA is EFAULT),
+        // then make sure a PTE maps it; only a PTE can become a
+        // device-exclusive entry.
         let pfn = translate_or_fault(guard, addr, true)?.keep();
+        // Only now is the folio's kind known: a shared file or shmem page
+        // stays faulted in, and the call is EOPNOTSUPP.
+        if !phys.meta(phys.folio_head(pfn)).flags().contains(PageFlags::ANON) {
+            phys.put(pfn);
+            return Err(MmError::NotSupported("device-exclusive access needs an anonymous folio"));
+        }
         if let Err(error) = split_to_pte(mm, addr) {
             phys.put(pfn);
             return Err(error);

@@ -324,5 +324,8 @@ pub fn fuzz(args: &FuzzArgs, out: &Out) -> Result<bool, DemoError> {
         out.note(&found.first);
     }
     out.line(&format!("{} distinct divergences", report.found.len()));
-    Ok(report.found.is_empty())
+    if let Some(why) = &report.aborted {
+        out.test_line(TestLine::NotOk, &format!("stopped after {secs:.0} s of {}: {why}", args.seconds));
+    }
+    Ok(report.found.is_empty() && report.aborted.is_none())
 }

@@ -183,6 +183,9 @@ pub struct FuzzReport {
     pub found: Vec<Found>,
     /// Scenarios the host could not run (crashes), by message.
     pub host_errors: Vec<String>,
+    /// Why the search ended before its time was up (the guest would not
+    /// boot twice in a row): the run did not search as long as asked.
+    pub aborted: Option<String>,
 }
 
 fn kind(o: &crate::observe::Outcome) -> String {

@@ -126,11 +126,16 @@ pub fn fuzz_vm(vm: &mut VmExecutor, duration: Duration, seed: u64, batch: usize)
                 *report.op_mix.entry(step.op.keyword()).or_default() += 1;
             }
         }
-        // A boot that fails ends the session with what it found so far.
-        let result = match vm.run_batch(&scenarios) {
+        // A boot can fail for the host's sake (TCG starved of CPU); the
+        // same batch gets a second boot, and a second failure ends the
+        // session with what it found so far.
+        let result = match vm.run_batch(&scenarios).or_else(|first| {
+            report.host_errors.push(format!("the guest failed, retrying the batch once: {first}"));
+            vm.run_batch(&scenarios)
+        }) {
             Ok(r) => r,
             Err(e) => {
-                report.host_errors.push(format!("the guest failed, fuzzing stopped: {e}"));
+                report.aborted = Some(format!("the guest failed twice, fuzzing stopped: {e}"));
                 break;
             }
         };

@@ -9,43 +9,19 @@
 //!   coordinator removes the marker when the fix lands, making them hard
 //!   failures again.
 
-use std::path::PathBuf;
+mod common;
 
+use common::{failed_expectations, judge, load, scenario_files};
 use hmm_scenario::compare::{compare, Verdict};
 use hmm_scenario::exec::host::HostExecutor;
 use hmm_scenario::exec::model::ModelExecutor;
 use hmm_scenario::exec::Executor;
-use hmm_scenario::lang::{self, ast::Scenario};
-use hmm_scenario::observe::Trace;
 use hmm_scenario::versions;
 
-const MARKER: &str = "# known-divergence:";
-
-fn corpus() -> Vec<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("corpus"))
-        .expect("scenarios/corpus exists")
-        .map(|e| e.expect("readable").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "hmm"))
-        .collect();
-    files.sort();
-    files.push(root.join("example.hmm"));
+fn corpus() -> Vec<std::path::PathBuf> {
+    let mut files = scenario_files("corpus");
+    files.push(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/example.hmm"));
     files
-}
-
-fn load(path: &PathBuf) -> (String, Scenario, Option<String>) {
-    let text = std::fs::read_to_string(path).expect("readable");
-    let name = path.file_name().expect("a file").to_string_lossy().to_string();
-    let scenario = lang::parse(&name, &text).unwrap_or_else(|e| panic!("{e}"));
-    let known = text.lines().next().and_then(|l| l.strip_prefix(MARKER)).map(|s| s.trim().to_string());
-    (name, scenario, known)
-}
-
-fn failed_expectations(trace: &Trace) -> Vec<String> {
-    trace
-        .failed_expectations()
-        .map(|r| format!("line {}: {} (got {})", r.line, r.text, r.got.as_deref().unwrap_or("")))
-        .collect()
 }
 
 fn host() -> Option<HostExecutor> {
@@ -63,8 +39,9 @@ fn the_corpus_holds_on_the_host() {
     let Some(mut host) = host() else { return };
     let mut failures = Vec::new();
     for path in corpus() {
-        let (name, scenario, _) = load(&path);
-        let trace = host.run(&scenario).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let file = load(&path);
+        let name = &file.name;
+        let trace = host.run(&file.scenario).unwrap_or_else(|e| panic!("{name}: {e}"));
         if let Some(why) = &trace.aborted {
             failures.push(format!("{name}: the host runner did not finish: {why}"));
         }
@@ -79,12 +56,13 @@ fn the_corpus_holds_on_the_model_and_matches_the_host() {
     let version = versions::host_version().unwrap_or((0, 0));
     let mut failures = Vec::new();
     for path in corpus() {
-        let (name, scenario, known) = load(&path);
-        let model_trace = ModelExecutor::default().run(&scenario).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let file = load(&path);
+        let (name, scenario) = (&file.name, &file.scenario);
+        let model_trace = ModelExecutor::default().run(scenario).unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut problems: Vec<String> = failed_expectations(&model_trace);
         if let Some(host) = host.as_mut() {
-            let host_trace = host.run(&scenario).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let cmp = compare(&scenario, &model_trace, &host_trace, version);
+            let host_trace = host.run(scenario).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let cmp = compare(scenario, &model_trace, &host_trace, version);
             for s in &cmp.steps {
                 let line = scenario.steps[s.step].line;
                 match &s.verdict {
@@ -95,19 +73,7 @@ fn the_corpus_holds_on_the_model_and_matches_the_host() {
                 }
             }
         }
-        match (known, problems.is_empty()) {
-            (None, true) => {}
-            (None, false) => failures.extend(problems.into_iter().map(|p| format!("{name}: {p}"))),
-            (Some(why), false) => {
-                println!("{name}: known divergence pending fix ({why})");
-                for p in problems {
-                    println!("    {p}");
-                }
-            }
-            (Some(why), true) => {
-                println!("{name}: marked as a known divergence ({why}) but the model now matches: remove the marker")
-            }
-        }
+        judge(&file, problems, &mut failures);
     }
     assert!(failures.is_empty(), "the model diverges from Linux:\n{}", failures.join("\n"));
 }

@@ -5,9 +5,9 @@
 //! an API call).
 //! Nothing is excluded: every shape the strategies generate is called.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use hmm::{range_fault_loop, IntervalNotifier, IntervalNotifierOps, Range};
+use hmm::IntervalNotifier;
 use hmm_dmirror::uapi::{
     HMM_DMIRROR_CHECK_EXCLUSIVE, HMM_DMIRROR_EXCLUSIVE, HMM_DMIRROR_FLAGS, HMM_DMIRROR_FLAG_FAIL_ALLOC,
     HMM_DMIRROR_MIGRATE_TO_DEV, HMM_DMIRROR_MIGRATE_TO_SYS, HMM_DMIRROR_READ, HMM_DMIRROR_RELEASE,
@@ -17,7 +17,11 @@ use hmm_dmirror::{Dmirror, DmirrorConfig, DmirrorFile, HmmDmirrorCmd};
 use hmm_mm::fs::File;
 use hmm_mm::gup::{FollFlags, PinnedPages};
 use hmm_mm::{Kernel, KernelConfig, Mm, ThpMode};
-use hmm_types::{Errno, MapFlags, MremapFlags, NotifierRange, PageSize, Pfn, Prot, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
+use hmm_types::{Errno, MapFlags, MremapFlags, PageSize, Pfn, Prot, PAGE_SHIFT, PAGE_SIZE};
+
+mod range_fault;
+
+use range_fault::PlainMirror;
 
 use crate::ops::{Addr, Count, DmCmd, Len, MapKind, Op, Placement, BUFFER, BUFFER_PAGES, MAX_TARGETS};
 
@@ -46,28 +50,6 @@ impl Outcome {
     }
     fn dm(result: Result<(), hmm_dmirror::DmirrorError>) -> Self {
         Self::of(result, hmm_dmirror::DmirrorError::errno)
-    }
-}
-
-/// The driver side of the fuzzer's own `range_fault` user: a lock and the
-/// sequence protocol, no device table.
-#[derive(Debug, Default)]
-struct PlainMirror {
-    update: Mutex<()>,
-}
-
-impl IntervalNotifierOps for PlainMirror {
-    fn invalidate(&self, subscription: &IntervalNotifier, range: &NotifierRange, cur_seq: u64) -> bool {
-        let _guard = if range.blockable {
-            self.update.lock().unwrap_or_else(|poison| poison.into_inner())
-        } else {
-            match self.update.try_lock() {
-                Ok(guard) => guard,
-                Err(_) => return false,
-            }
-        };
-        subscription.set_seq(cur_seq);
-        true
     }
 }
 
@@ -345,56 +327,6 @@ impl World {
         proc.alive = false;
         proc.mm.exit();
         Outcome::Ok
-    }
-
-    fn range_fault(
-        &mut self,
-        addr: Addr,
-        npages: Count,
-        default_flags: u64,
-        mask: u64,
-        input: u64,
-        owner: u8,
-    ) -> Outcome {
-        let owner = self.dmirror.device(usize::from(owner)).ok().map(|device| device.owner());
-        let proc = &mut self.procs[self.current];
-        let mm = proc.mm.clone();
-        if proc.notifier.is_none() {
-            let mirror = Arc::new(PlainMirror::default());
-            match mm.interval_notifier_insert(0, TASK_SIZE, mirror.clone()) {
-                Ok(notifier) => proc.notifier = Some((mirror, notifier)),
-                Err(errno) => return Outcome::Err(errno, "interval_notifier_insert".into()),
-            }
-        }
-        let (mirror, notifier) = proc.notifier.clone().expect("inserted above");
-        let start = addr.resolve();
-        let pages = npages.resolve();
-        let end = start.wrapping_add(pages.wrapping_mul(PAGE_SIZE));
-        // A pfn array that cannot be allocated is not asked for: a short one
-        // must be refused before anything is walked.
-        let words = if pages <= MAX_RANGE_PAGES { pages as usize } else { 1 };
-        let mut pfns = vec![input; words];
-        let mut range = Range {
-            notifier: &notifier,
-            notifier_seq: 0,
-            start,
-            end,
-            hmm_pfns: &mut pfns,
-            default_flags,
-            pfn_flags_mask: mask,
-            dev_private_owner: owner,
-        };
-        let result = range_fault_loop(&mm, &mut range, hmm::HMM_RANGE_DEFAULT_TIMEOUT, |range| {
-            let _guard = mirror.update.lock().unwrap_or_else(|poison| poison.into_inner());
-            (!range.notifier.read_retry(range.notifier_seq)).then_some(())
-        });
-        match result {
-            Ok(()) => match crate::invariants::check_range_fault_result(&mm, start, &pfns, owner) {
-                Ok(()) => Outcome::Ok,
-                Err(message) => Outcome::Violation(message),
-            },
-            Err(error) => Outcome::Err(error.errno(), error.to_string()),
-        }
     }
 
     fn dm(&mut self, file: u8, cmd: DmCmd, addr: Addr, npages: Count, ptr: Addr) -> Outcome {

@@ -107,6 +107,10 @@ pub enum MmError {
     /// An offset or size does not fit.
     #[error("value too large: {0}")]
     Overflow(&'static str),
+    /// A fatal signal arrived while the call waited (a userfaultfd
+    /// handler, for MADV_POPULATE_*).
+    #[error("interrupted by a fatal signal")]
+    Interrupted,
     /// A persistent-memory device or its DAX image: the backing file's own
     /// error (kept as the source), a lock held elsewhere, a corrupt image.
     #[error(transparent)]
@@ -130,6 +134,7 @@ impl MmError {
             Self::BadFile(_) => Errno::BadF,
             Self::NoEntry(_) => Errno::NoEnt,
             Self::Overflow(_) => Errno::Overflow,
+            Self::Interrupted => Errno::Intr,
             Self::FileTooBig(_) => Errno::FBig,
             Self::Io(_) => Errno::Io,
             Self::DeviceFull(_) => Errno::NoSpc,

@@ -52,8 +52,8 @@ impl Mm {
         let start = addr;
         match advice {
             MadviseAdvice::PopulateRead | MadviseAdvice::PopulateWrite => {
-                let guard = self.mmap_read();
-                madvise_populate(self, &guard, start, end, advice == MadviseAdvice::PopulateWrite)
+                let mut guard = self.mmap_read();
+                madvise_populate(self, &mut guard, start, end, advice == MadviseAdvice::PopulateWrite)
             }
             MadviseAdvice::DontNeed | MadviseAdvice::Free | MadviseAdvice::PageOut => {
                 let guard = self.mmap_read();

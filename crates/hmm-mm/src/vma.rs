@@ -14,7 +14,7 @@ use hmm_types::{VaRange, VmFlags, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
 
 use crate::anon_vma::mergeable;
 use crate::devdax::DevDax;
-use crate::fs::Inode;
+use crate::fs::{Inode, InodeKind};
 use crate::hugetlb::HugetlbFile;
 use crate::rmap::AnonVmaSlot;
 
@@ -84,6 +84,26 @@ impl Vma {
             VmaBacking::File(inode) => Some(inode),
             _ => None,
         }
+    }
+    /// Whether a page of this shared writable mapping must take a write
+    /// fault before its entry becomes writable (`vma_wants_writenotify`):
+    /// fs-dax tracks dirtiness (`pfn_mkwrite`), userfaultfd-wp must see
+    /// the writes. Shared memory (tmpfs, memfd, shared anonymous) needs
+    /// neither, so its entries take the VMA's write permission on any
+    /// fault, a read included, and on an mprotect that grants it.
+    pub fn wants_writenotify(&self) -> bool {
+        if !self.flags.is_shared() || !self.flags.contains(VmFlags::WRITE) {
+            return false;
+        }
+        if self.flags.contains(VmFlags::UFFD_WP) {
+            return true;
+        }
+        self.file().is_some_and(|inode| matches!(inode.kind(), InodeKind::Dax(_)))
+    }
+    /// Whether a read fault of this mapping's page cache maps the page
+    /// writable: shared, writable, and no write notification wanted.
+    pub fn maps_page_cache_writable(&self) -> bool {
+        self.flags.is_shared() && self.flags.contains(VmFlags::WRITE) && !self.wants_writenotify()
     }
     /// The granule this VMA may be split at (`vm_ops->may_split`): the huge
     /// page size for hugetlb, the device alignment for device-DAX.

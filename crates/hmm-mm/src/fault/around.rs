@@ -66,8 +66,9 @@ pub(super) fn fault_around(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va:
         }
         phys.get(pfn);
         phys.map_add(pfn, 1);
-        let entry =
-            Entry::present(pfn, LeafFlags { write: false, dirty: false, accessed: true, special: false }, false);
+        // The VMA's page protection, as `set_pte_range` builds it.
+        let write = vma.maps_page_cache_writable();
+        let entry = Entry::present(pfn, LeafFlags { write, dirty: false, accessed: true, special: false }, false);
         if pte.compare_exchange(Entry::NONE, entry).is_err() {
             // A racing fault mapped it first.
             phys.map_sub(pfn, 1);

@@ -1,9 +1,11 @@
 //! Faults on file mappings (tmpfs files and shared anonymous memory, which
 //! is an unnamed tmpfs file). The page comes from the page cache, allocated
 //! zeroed where the file has a hole; a fault beyond end of file is SIGBUS.
-//! Shared mappings map the cached page itself (read-only on a read fault, so
-//! the first write is seen, as dirty tracking needs); a write fault on a
-//! private mapping copies the page into private anonymous memory.
+//! Shared mappings map the cached page itself: writable on any fault where
+//! the VMA wants no write notification (shared memory), read-only on a
+//! read fault where it does (fs-dax's dirty tracking, userfaultfd-wp); a
+//! write fault on a private mapping copies the page into private
+//! anonymous memory.
 //!
 //! A read fault first maps the cached pages around it (`around.rs`).
 //!
@@ -113,7 +115,10 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va: u64, w
             if write {
                 phys.meta(cached).set_flags(PageFlags::DIRTY);
             }
-            Entry::present(cached, LeafFlags { write, dirty: write, accessed: true, special: false }, false)
+            // Shared memory needs no write notification: a read maps the
+            // page writable but clean, as the VMA's page protection is.
+            let writable = write || vma.maps_page_cache_writable();
+            Entry::present(cached, LeafFlags { write: writable, dirty: write, accessed: true, special: false }, false)
         };
         if new.is_special() {
             // The zero page holds no reference and no map count.

@@ -1,10 +1,16 @@
 //! mprotect: change the protection of whole pages, announced as
 //! PROTECTION_VMA for every changed VMA range that has entries.
 //!
-//! Write permission is only ever removed from entries here; a later write
-//! fault grants it back (reuse or COW), as Linux does for private memory.
-//! PROT_NONE keeps the entries (data survives) but makes them inaccessible.
-//! A writable migration entry loses its write right like a present entry.
+//! Removing write permission write-protects every entry. Granting it
+//! makes writable at once only the entries a write fault would make
+//! writable without more ado (`MM_CP_TRY_CHANGE_WRITABLE`,
+//! `can_change_pte_writable`): every entry of shared memory (it wants no
+//! write notification), dirty entries of other shared mappings, and
+//! exclusively owned anonymous pages of private ones; the rest wait for
+//! a write fault (reuse or COW). An entry under userfaultfd-wp stays
+//! read-only. PROT_NONE keeps the entries (data survives) but makes them
+//! inaccessible. A writable migration entry loses its write right like a
+//! present entry.
 //!
 //! Linux: `mm/mprotect.c` (`do_mprotect_pkey`, `mprotect_fixup`,
 //! `change_protection`).
@@ -131,15 +137,15 @@ fn walk_prefix(guard: &MmapWriteGuard<'_>, start: u64, end: u64, access: VmFlags
 fn apply(mm: &Mm, guard: &mut MmapWriteGuard<'_>, start: u64, end: u64, new_access: VmFlags) -> Result<(), MmError> {
     split_huge_at(mm, start)?;
     split_huge_at(mm, end)?;
-    let changes: Vec<(u64, u64)> = guard
+    let changes: Vec<(u64, u64, WriteUpgrade)> = guard
         .overlapping(start, end)
         .filter(|vma| vma.flags & ACCESS != new_access)
-        .map(|vma| (vma.start.max(start), vma.end.min(end)))
+        .map(|vma| (vma.start.max(start), vma.end.min(end), WriteUpgrade::for_vma(vma, new_access)))
         .collect();
-    for &(chunk_start, chunk_end) in &changes {
+    for &(chunk_start, chunk_end, upgrade) in &changes {
         if has_entries(mm, chunk_start, chunk_end) {
             let invalidation = mm.notifiers().start(mm.id(), chunk_start, chunk_end, Event::ProtectionVma);
-            change_protection(mm, chunk_start, chunk_end, new_access);
+            change_protection(mm, chunk_start, chunk_end, new_access, upgrade);
             invalidation.end();
         }
     }
@@ -175,7 +181,54 @@ fn account(vma: &Vma, new_flags: VmFlags) -> VmFlags {
 /// goes (the migrator restores the rights the entry records). Runs under
 /// the mmap write lock, so only compare-and-swap against the hardware's
 /// accessed/dirty updates is needed.
-fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags) {
+/// Which entries an mprotect granting write permission makes writable at
+/// once (`vma_wants_manual_pte_write_upgrade`, `can_change_pte_writable`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriteUpgrade {
+    /// Write permission is not granted.
+    None,
+    /// Shared memory: the new page protection is writable, so every entry.
+    All,
+    /// Another shared mapping (write notification wanted): dirty entries,
+    /// whose write the file system has seen already.
+    Dirty,
+    /// A private mapping: exclusively owned anonymous pages, which a
+    /// write fault would reuse.
+    AnonExclusive,
+}
+
+impl WriteUpgrade {
+    fn for_vma(vma: &Vma, new_access: VmFlags) -> Self {
+        if !new_access.contains(VmFlags::WRITE) {
+            return Self::None;
+        }
+        let mut after = vma.clone();
+        after.flags = (vma.flags - ACCESS) | new_access;
+        match (after.flags.is_shared(), after.wants_writenotify()) {
+            (true, false) => Self::All,
+            (true, true) => Self::Dirty,
+            (false, _) => Self::AnonExclusive,
+        }
+    }
+
+    /// Whether the present leaf `entry` (already given the new access
+    /// bits) becomes writable.
+    fn applies(self, phys: &crate::phys::PhysMem, entry: Entry) -> bool {
+        if entry.is_write() || entry.is_protnone() || entry.is_uffd_wp() {
+            return false;
+        }
+        match self {
+            Self::None => false,
+            Self::All => true,
+            Self::Dirty => entry.is_dirty(),
+            Self::AnonExclusive => {
+                !phys.is_zero_pfn(entry.pfn()) && phys.meta(entry.pfn()).flags().contains(PageFlags::ANON_EXCLUSIVE)
+            }
+        }
+    }
+}
+
+fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags, upgrade: WriteUpgrade) {
     let phys = mm.phys();
     let _ = mm.pgtable().walk(start, end, |visit| {
         if let Visit::Slot { slot, mut entry } = visit {
@@ -212,6 +265,9 @@ fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags) {
                     new = new.wrprotect();
                 }
                 new = if access.is_empty() { new.mkprotnone() } else { new.clear_protnone() };
+                if upgrade.applies(phys, new) {
+                    new = new.mkwrite();
+                }
                 match slot.compare_exchange(entry, new) {
                     Ok(_) => break,
                     Err(now) => entry = now,

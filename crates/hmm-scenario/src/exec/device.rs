@@ -61,6 +61,17 @@ impl DeviceCall {
     }
 
     /// The file id the call creates, if it creates one.
+    /// The test-device file the call acts on, if any.
+    pub fn mirror_file(&self) -> Option<FileId> {
+        match self {
+            Self::Cmd { file, .. } | Self::Write { file, .. } | Self::Release { file } | Self::Flags { file, .. } => {
+                Some(*file)
+            }
+            _ => None,
+        }
+    }
+
+    /// The file the call creates, if any.
     pub fn creates(&self) -> Option<FileId> {
         match self {
             Self::Open { id, .. } | Self::DaxFile { id, .. } => Some(*id),

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, Call, Capability, ExecError, Executor, ProcId};
+use super::{Backend, Call, Capability, ExecError, Executor, FileId, ProcId};
 use crate::lang::ast::Scenario;
 use crate::observe::{Outcome, Trace};
 use calls::{Local, Slot};
@@ -176,7 +176,8 @@ fn run_here() -> RunnerReply {
         ksm_running,
         uffd: Default::default(),
     };
-    let mut backend = HostBackend { local, alive: vec![true; MAX_PROCS] };
+    let mut backend =
+        HostBackend { local, alive: vec![true; MAX_PROCS], mirrors_of_main: Vec::new(), main_exited: false };
     let result = super::run_scenario(&scenario, &mut backend);
     // Closing the command pipes ends every worker; then reap them all.
     for slot in &slots {
@@ -194,6 +195,13 @@ fn run_here() -> RunnerReply {
 struct HostBackend {
     local: Local,
     alive: Vec<bool>,
+    /// The test-device files `main` opened: mirrors of its address space.
+    mirrors_of_main: Vec<FileId>,
+    /// `main` ran `exit`. The runner itself cannot exit, so its address
+    /// space lives on, where Linux's would be gone (`mmget_not_zero` fails
+    /// in every mirror command): what a mirror of it answers afterwards
+    /// is not Linux's answer.
+    main_exited: bool,
 }
 
 impl Backend for HostBackend {
@@ -222,8 +230,21 @@ impl Backend for HostBackend {
     }
 
     fn call(&mut self, proc: ProcId, call: &Call) -> Outcome {
+        if let Call::Device(d) = call {
+            if self.main_exited && d.mirror_file().is_some_and(|f| self.mirrors_of_main.contains(&f)) {
+                return Outcome::Inconclusive("a mirror of main's address space after main exited".into());
+            }
+        }
         if proc == 0 {
-            return self.local.execute(call);
+            let outcome = self.local.execute(call);
+            match call {
+                Call::Exit => self.main_exited = true,
+                Call::Device(crate::exec::device::DeviceCall::Open { id, .. }) if outcome == Outcome::Ok => {
+                    self.mirrors_of_main.push(*id)
+                }
+                _ => {}
+            }
+            return outcome;
         }
         if !self.alive[proc] {
             return Outcome::Inconclusive("the process died".into());

@@ -65,7 +65,8 @@ pub(super) fn fault_around(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va:
             continue;
         }
         let Some(&pfn) = state.pages.get(&index) else { continue };
-        let meta = phys.meta(pfn);
+        // The folio's flags and lock are its head's (a shmem THP's tail).
+        let meta = phys.meta(phys.folio_head(pfn));
         if !meta.flags().contains(PageFlags::UPTODATE) || !meta.try_lock() {
             continue;
         }

@@ -124,9 +124,9 @@ pub const TABLE: &[VersionDifference] = &[
             (Op::Pagemap { .. }, Outcome::Pages(m), Outcome::Pages(h)) => {
                 m.len() == h.len()
                     && m != h
-                    && m.iter().zip(h).all(|(m, h)| {
-                        m == h || (m.present && m.huge && !m.file && !h.huge && !h.file && !h.swapped)
-                    })
+                    && m.iter()
+                        .zip(h)
+                        .all(|(m, h)| m == h || (m.present && m.huge && !m.file && !h.huge && !h.file && !h.swapped))
             }
             _ => false,
         },

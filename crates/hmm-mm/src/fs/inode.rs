@@ -257,7 +257,11 @@ impl Inode {
             .filter(|&end| end <= super::MAX_LFS_FILESIZE)
             .ok_or(MmError::Invalid("write past the largest offset"))?;
         let mut state = self.state.lock();
-        while state.dax_locked.range(offset / PAGE_SIZE / 512..=end.saturating_sub(1) / PAGE_SIZE / 512).next().is_some()
+        while state
+            .dax_locked
+            .range(offset / PAGE_SIZE / 512..=end.saturating_sub(1) / PAGE_SIZE / 512)
+            .next()
+            .is_some()
         {
             drop(state);
             std::thread::sleep(std::time::Duration::from_millis(1));

@@ -128,7 +128,8 @@ fn unmappable_cache_page(phys: &PhysMem, entry: Entry, extra: u32) -> Option<Pfn
 /// True if the huge leaf `entry` maps a shmem THP (a PMD-order page-cache
 /// folio) once, held by nothing but the page cache and that mapping.
 fn unmappable_cache_thp(phys: &PhysMem, entry: Entry) -> bool {
-    if !entry.is_present() || entry.is_special() || phys.is_zero_pfn(entry.pfn()) || phys.pagemap(entry.pfn()).is_some() {
+    if !entry.is_present() || entry.is_special() || phys.is_zero_pfn(entry.pfn()) || phys.pagemap(entry.pfn()).is_some()
+    {
         return false;
     }
     let head = phys.folio_head(entry.pfn());

@@ -63,7 +63,8 @@ pub(super) fn collapse_block(guard: &mut MmapWriteGuard<'_>, block: u64) -> Resu
         return Ok(Block::Failed);
     }
     let folio = phys.alloc_folio(9, true)?;
-    phys.meta(folio).set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);
+    phys.meta(folio)
+        .set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);
     crate::rmap::folio_add_new_anon_rmap(mm, vma, folio, block);
     let invalidation = mm.notifiers().start(mm.id(), block, block + PMD_SIZE, Event::Clear);
     let mut gather = Gather::new();

@@ -161,7 +161,7 @@ fn unmap_everywhere(guard: &mut MmapWriteGuard<'_>, inode: &Inode, first: u64) {
     let caller = guard.mm();
     for mm in inode.mappers() {
         if core::ptr::eq(&*mm, caller) {
-            unmap_in(caller, &**guard, inode, first, true);
+            unmap_in(caller, guard, inode, first, true);
             continue;
         }
         if mm.has_exited() {
@@ -199,7 +199,8 @@ fn unmap_in(mm: &Mm, vmas: &VmaTree, inode: &Inode, first: u64, may_retract: boo
         let zapped = zap_range_if(mm, start, end, &mut gather, |entry| {
             !entry.is_guard_marker()
                 && ((!entry.is_present() && entry.swap_kind() != Some(SwapKind::Swap))
-                    || (entry.is_present() && !phys.meta(phys.folio_head(entry.pfn())).flags().contains(PageFlags::ANON)))
+                    || (entry.is_present()
+                        && !phys.meta(phys.folio_head(entry.pfn())).flags().contains(PageFlags::ANON)))
         });
         if zapped.is_ok() && retract {
             retract_table(mm, start);

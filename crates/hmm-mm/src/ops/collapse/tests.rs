@@ -60,7 +60,6 @@ fn collapse_is_einval_on_a_vma_without_a_whole_aligned_block() {
     mm.madvise(u + 0x1ff000, 0x2000, MadviseAdvice::Collapse).unwrap();
 }
 
-
 #[test]
 fn a_block_without_a_page_table_fails_but_the_next_block_still_collapses() {
     // Linux 7.3 (the 7.3.4 guest, scenarios/corpus/collapse_rules.hmm):

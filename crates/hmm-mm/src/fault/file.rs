@@ -48,12 +48,20 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va: u64, w
             Ok(slot) => slot,
             Err(EnsureError::NoMem(_)) => return Err(FaultError::Oom),
             Err(EnsureError::Leaf(slot)) => {
-                // A shmem THP's PMD: a write to a read-only one (a private
-                // mapping's) removes it and copies one page on the retry
+                // A shmem THP's PMD: a write to a read-only one of a private
+                // mapping removes it and copies one page on the retry
                 // (`do_huge_pmd_wp_page` splitting a file PMD).
                 let entry = slot.load();
                 if !entry.is_present() || slot.level() != Level::Pmd {
                     return Err(FaultError::Sigbus("huge entry in a page-cache mapping"));
+                }
+                if write && !entry.is_write() && shared {
+                    // A shared shmem mapping needs no write notification:
+                    // Linux's mprotect back to writable upgrades the PMD
+                    // (`vma_wants_manual_pte_write_upgrade`), so the write
+                    // never faults there; the model upgrades it here.
+                    let _ = slot.compare_exchange(entry, entry.mkwrite().mkdirty());
+                    continue;
                 }
                 if write && !entry.is_write() {
                     crate::huge::split_huge_leaf(mm, slot, entry).map_err(|_| FaultError::Oom)?;

@@ -15,6 +15,9 @@
 //! A block that cannot be collapsed either ends the call with its error
 //! or, for Linux's "whitelisted" scan results, lets the next block be
 //! tried and makes the call EINVAL at the end (`madvise_collapse_errno`).
+//! These are Linux 7.3's decisions (checked in the 7.3.4 guest); where
+//! 6.18 decides otherwise (a piece covering no block, a block without a
+//! page table), docs/version-differences.md says how.
 //!
 //! Linux: `mm/khugepaged.c` (`madvise_collapse`, `hpage_collapse_scan_pmd`,
 //! `hpage_collapse_scan_file`, `collapse_file`, `collapse_pte_mapped_thp`).
@@ -38,8 +41,8 @@ enum Block {
     /// `SCAN_PMD_MAPPED`).
     Collapsed,
     /// Not collapsed; the next block is tried and the call is EINVAL at
-    /// the end (`SCAN_PMD_NULL`, `SCAN_PTE_NON_PRESENT`, `SCAN_PAGE_COUNT`,
-    /// ... `last_fail`).
+    /// the end (`SCAN_NO_PTE_TABLE`, `SCAN_PTE_NON_PRESENT`,
+    /// `SCAN_PAGE_COUNT`, ... `last_fail`).
     Failed,
     /// Not collapsed; the call ends with this error (any other result).
     Stop(MmError),

@@ -1462,7 +1462,7 @@ impl World {
                 let mut result = Ok(());
                 for (rs, re) in model.runs().into_iter().filter(|&(rs, re)| rs < e && s < re) {
                     let (from, to) = (rs.max(s), re.min(e));
-                    if let Err(errno) = self.vma_advice_error(&model.pages[&from], (rs, re), from, to, advice) {
+                    if let Err(errno) = self.vma_advice_error(&model.pages[&from], (rs, re), from, advice) {
                         result = Err(linux(errno));
                         break;
                     }
@@ -1552,16 +1552,9 @@ impl World {
         Ok(())
     }
 
-    /// The per-VMA error of `advice` on the VMA part `[from, to)` whose
-    /// first page is `page`.
-    fn vma_advice_error(
-        &self,
-        page: &Page,
-        vma: (u64, u64),
-        from: u64,
-        to: u64,
-        advice: MadviseAdvice,
-    ) -> Result<(), Errno> {
+    /// The per-VMA error of `advice` on the VMA part starting at `from`,
+    /// whose first page is `page`.
+    fn vma_advice_error(&self, page: &Page, vma: (u64, u64), from: u64, advice: MadviseAdvice) -> Result<(), Errno> {
         match advice {
             // MADV_FREE and MADV_WIPEONFORK: private anonymous only.
             MadviseAdvice::Free | MadviseAdvice::WipeOnFork if page.is_shared() => Err(Errno::Inval),

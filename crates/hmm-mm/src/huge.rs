@@ -2,7 +2,8 @@
 //! leaves that map the same frames, announced as a CLEAR invalidation of the
 //! whole leaf, as Linux's `__split_huge_pmd` does.
 //!
-//! The folio itself stays compound: each smaller leaf takes its own
+//! A file-backed leaf (fs-dax, a shmem THP) is removed instead: the rest
+//! refaults. The folio itself stays compound: each smaller leaf takes its own
 //! reference and mapcount share (`folio_ref_add(folio, HPAGE_PMD_NR - 1)`).
 //! The huge zero page splits into 4K zero-page entries; a PMD migration
 //! entry splits into 512 PTE migration entries, which the migrator restores
@@ -16,7 +17,7 @@ use hmm_types::Event;
 
 use crate::error::MmError;
 use crate::mm::Mm;
-use crate::phys::MemoryType;
+use crate::phys::{MemoryType, PageFlags};
 use crate::zap::{release_entry, Gather};
 
 /// Splits the huge leaf `entry` held by `slot`. Returns `Ok(false)` if the
@@ -28,10 +29,15 @@ pub(crate) fn split_huge_leaf(mm: &Mm, slot: Slot<'_>, entry: Entry) -> Result<b
     let invalidation = mm.notifiers().start(mm.id(), va, va + slot.level().entry_bytes(), Event::Clear);
     let pt = mm.pgtable();
     let dax = entry.is_present() && matches!(phys.memory_type(entry.pfn()), MemoryType::FsDax | MemoryType::Generic);
-    let split = if dax {
-        // A DAX leaf is not split into smaller entries: it is removed whole
-        // and the remaining part refaults, as `__split_huge_pmd` does for
-        // file-backed leaves.
+    let page_cache = entry.is_present()
+        && !entry.is_special()
+        && !phys.is_zero_pfn(entry.pfn())
+        && phys.meta(phys.folio_head(entry.pfn())).flags().contains(PageFlags::SHMEM);
+    let split = if dax || page_cache {
+        // A DAX leaf or a shmem THP's is not split into smaller entries:
+        // it is removed whole and the remaining part refaults, as
+        // `__split_huge_pmd` does for file-backed leaves (the folio stays
+        // whole in the page cache).
         let mut gather = Gather::new();
         let removed = slot.compare_exchange(entry, Entry::NONE).is_ok();
         if removed {

@@ -161,6 +161,11 @@ impl Mm {
     pub fn mmap_write(&self) -> MmapWriteGuard<'_> {
         MmapWriteGuard { mm: self, vmas: self.mmap_lock.write() }
     }
+    /// Takes the mmap lock for writing if no one holds it
+    /// (`mmap_write_trylock`).
+    pub(crate) fn mmap_write_try(&self) -> Option<MmapWriteGuard<'_>> {
+        self.mmap_lock.try_write().map(|vmas| MmapWriteGuard { mm: self, vmas })
+    }
     /// True once the last user left and the address space was torn down.
     pub fn has_exited(&self) -> bool {
         self.exited.load(Ordering::Acquire)

@@ -6,7 +6,7 @@
 //! Linux: `fs/proc/task_mmu.c` (`pagemap_read`, `pte_to_pagemap_entry`),
 //! `Documentation/admin-guide/mm/pagemap.rst`.
 
-use hmm_pagetable::SwapKind;
+use hmm_pagetable::{Level, SwapKind};
 use hmm_types::{VmFlags, PAGE_SHIFT, PAGE_SIZE};
 
 use crate::error::MmError;
@@ -68,7 +68,14 @@ impl Mm {
             if special || phys.is_zero_pfn(pfn) {
                 return Ok(PM_PRESENT | uffd_wp | frame);
             }
-            let exclusive = if phys.folio_counts(pfn).1 == 1 { PM_MMAP_EXCLUSIVE } else { 0 };
+            let mapcount = if slot.level() == Level::Pte && is_cache_thp(phys, pfn) {
+                // One page of a PTE-mapped shmem THP: its own mappings
+                // (`folio_precise_page_mapcount`), not the folio's.
+                precise_page_mapcount(self, pfn)
+            } else {
+                phys.folio_counts(pfn).1
+            };
+            let exclusive = if mapcount == 1 { PM_MMAP_EXCLUSIVE } else { 0 };
             return Ok(PM_PRESENT | exclusive | uffd_wp | file_page(pfn) | frame);
         }
         if entry.is_guard_marker() {
@@ -90,6 +97,31 @@ impl Mm {
             None => Ok(0),
         }
     }
+}
+
+/// True if `pfn` is a page of a large page-cache (shmem) folio.
+fn is_cache_thp(phys: &crate::phys::PhysMem, pfn: hmm_types::Pfn) -> bool {
+    let head = phys.folio_head(pfn);
+    phys.folio_order(head) > 0 && phys.meta(head).flags().contains(PageFlags::SHMEM)
+}
+
+/// How many entries of every address space map the page `pfn` (a PMD
+/// mapping its folio counts for each of its pages), through the reverse
+/// map. The caller may hold its own mmap read lock.
+fn precise_page_mapcount(mm: &Mm, pfn: hmm_types::Pfn) -> i32 {
+    let mut count = 0;
+    let _ = crate::rmap::rmap_walk(mm.kernel(), pfn, |other, _, va| {
+        let slot = other.pgtable().find(va);
+        let entry = slot.load();
+        if entry.is_present() && entry.is_leaf(slot.level()) {
+            let offset = (va - slot.va()) >> PAGE_SHIFT;
+            if entry.pfn().add(offset) == pfn {
+                count += 1;
+            }
+        }
+        core::ops::ControlFlow::Continue(())
+    });
+    count
 }
 
 #[cfg(test)]

@@ -1951,3 +1951,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn shmem_thp_built_by_collapse_is_an_order_9_block_and_refaults_as_one() {
+    // A PMD-mapped shmem THP (MADV_COLLAPSE of a memfd block) reports order
+    // 9 for every page, as Linux's hmm_vma_handle_pmd does for any PMD
+    // leaf; after PAGEOUT unmapped it, a faulting walk maps the PMD again.
+    let k = kernel(64, ThpMode::Never);
+    let file = k.tmpfs().create("shm").unwrap();
+    file.ftruncate(PMD_SIZE).unwrap();
+    let mm = k.create_mm().unwrap();
+    let va = mm.mmap_file(REGION, PMD_SIZE, Prot::RW, MapFlags::SHARED | MapFlags::FIXED, &file, 0).unwrap();
+    mm.write_u64(va + 3 * PAGE, 3).unwrap();
+    mm.madvise(va, PMD_SIZE, MadviseAdvice::Collapse).unwrap();
+    let (level, entry) = leaf(&mm, va);
+    assert_eq!((level, k.phys().folio_order(entry.pfn())), (Level::Pmd, 9), "precondition: a shmem THP");
+    let head = entry.pfn();
+    let m = Mirror::new(&mm);
+    let expected: Vec<u64> = (0..512).map(|i| VALID | WRITE | order(9) | (head.0 + i)).collect();
+    assert_words(&m.snapshot(va, 512), &expected, "shmem THP");
+    mm.madvise(va, PMD_SIZE, MadviseAdvice::PageOut).unwrap();
+    assert!(leaf(&mm, va).1.is_none(), "precondition: unmapped, still cached");
+    let out = m.request_ok(va + 100 * PAGE, 4, REQ_R, Way::Default);
+    assert_words(&out, &expected[100..104], "refaulted shmem THP");
+    assert_eq!(leaf(&mm, va).0, Level::Pmd);
+}

@@ -59,8 +59,14 @@ pub(super) fn fault_around(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va:
         if index >= state.size.div_ceil(PAGE_SIZE) {
             return;
         }
+        // A block being collapsed (MADV_COLLAPSE of shmem) holds its pages
+        // locked.
+        if state.dax_locked.contains(&(index / PTRS_PER_PTE)) {
+            continue;
+        }
         let Some(&pfn) = state.pages.get(&index) else { continue };
-        let meta = phys.meta(pfn);
+        // The folio's flags and lock are its head's (a shmem THP's tail).
+        let meta = phys.meta(phys.folio_head(pfn));
         if !meta.flags().contains(PageFlags::UPTODATE) || !meta.try_lock() {
             continue;
         }

@@ -7,7 +7,8 @@
 //! write fault on a private mapping copies the page into private
 //! anonymous memory.
 //!
-//! A read fault first maps the cached pages around it (`around.rs`).
+//! A read fault first maps the cached pages around it (`around.rs`); a
+//! shmem THP is mapped whole by a PMD where it can be (`file_huge.rs`).
 //!
 //! DAX files come here for 4K entries: their frames are the file's blocks;
 //! only a shared write allocates one, a read of a hole maps the zero page
@@ -41,11 +42,35 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va: u64, w
     // (a cached page mapped around would escape protection or a MINOR
     // fault; in a MISSING range a cached page is not missing).
     let mut around = !write && !vma.flags.intersects(hmm_types::VmFlags::UFFD_WP | hmm_types::VmFlags::UFFD_MINOR);
+    if !matches!(inode.kind(), InodeKind::Dax(_)) && super::file_huge::try_map_pmd(locked, vma, inode, va, write)? {
+        return Ok(());
+    }
     loop {
         let pte = match mm.pgtable().ensure(va, Level::Pte) {
             Ok(slot) => slot,
             Err(EnsureError::NoMem(_)) => return Err(FaultError::Oom),
-            Err(EnsureError::Leaf(_)) => return Err(FaultError::Sigbus("huge entry in a page-cache mapping")),
+            Err(EnsureError::Leaf(slot)) => {
+                // A shmem THP's PMD: a write to a read-only one of a private
+                // mapping removes it and copies one page on the retry
+                // (`do_huge_pmd_wp_page` splitting a file PMD).
+                let entry = slot.load();
+                if !entry.is_present() || slot.level() != Level::Pmd {
+                    return Err(FaultError::Sigbus("huge entry in a page-cache mapping"));
+                }
+                if write && !entry.is_write() && shared {
+                    // A shared shmem mapping needs no write notification:
+                    // Linux's mprotect back to writable upgrades the PMD
+                    // (`vma_wants_manual_pte_write_upgrade`), so the write
+                    // never faults there; the model upgrades it here.
+                    let _ = slot.compare_exchange(entry, entry.mkwrite().mkdirty());
+                    continue;
+                }
+                if write && !entry.is_write() {
+                    crate::huge::split_huge_leaf(mm, slot, entry).map_err(|_| FaultError::Oom)?;
+                    continue;
+                }
+                return Ok(());
+            }
         };
         let entry = pte.load();
         if write && shared && entry.is_present() && phys.is_zero_pfn(entry.pfn()) {

@@ -18,6 +18,7 @@ mod around;
 mod dax;
 mod devdax;
 mod file;
+mod file_huge;
 mod hugetlb;
 mod retry;
 mod swap;

@@ -46,9 +46,11 @@ pub(crate) struct InodeState {
     pub(crate) pages: BTreeMap<u64, Pfn>,
     /// DAX only: how each 2 MiB block is mapped.
     pub(crate) dax_entries: BTreeMap<u64, DaxEntry>,
-    /// DAX only: blocks a truncation holds (the DAX entry lock): faults on
-    /// them wait, so a refault cannot make a block busy again while the
-    /// filesystem waits for it to become idle.
+    /// 2 MiB blocks held locked: by a DAX truncation (the DAX entry lock),
+    /// so a refault cannot make a block busy again while the filesystem
+    /// waits for it to become idle; by a shmem MADV_COLLAPSE (its pages'
+    /// folio locks), so no one maps or writes an old page while it is
+    /// copied. Faults and writes wait; fault-around skips the block.
     pub(crate) dax_locked: std::collections::BTreeSet<u64>,
 }
 
@@ -255,6 +257,16 @@ impl Inode {
             .filter(|&end| end <= super::MAX_LFS_FILESIZE)
             .ok_or(MmError::Invalid("write past the largest offset"))?;
         let mut state = self.state.lock();
+        while state
+            .dax_locked
+            .range(offset / PAGE_SIZE / 512..=end.saturating_sub(1) / PAGE_SIZE / 512)
+            .next()
+            .is_some()
+        {
+            drop(state);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            state = self.state.lock();
+        }
         // Grow first, so a DAX write into a fresh 2 MiB block gets a whole
         // chunk.
         let old_size = state.size;

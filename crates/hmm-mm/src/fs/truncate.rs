@@ -122,6 +122,7 @@ fn remove_pages(inode: &Arc<Inode>, first: u64, last: u64, even_cows: bool) -> R
     match inode.kind() {
         InodeKind::PageCache => {
             unmap_mapping_pages(inode, first, last, even_cows)?;
+            split_partial_folios(inode, first, last)?;
             drop_cached(inode, first, last);
             Ok(())
         }
@@ -148,6 +149,39 @@ fn remove_pages(inode: &Arc<Inode>, first: u64, last: u64, even_cows: bool) -> R
 
 fn is_dax(inode: &Inode) -> bool {
     matches!(inode.kind(), InodeKind::Dax(_))
+}
+
+/// A shmem THP (a PMD-order cache folio) only partly inside `[first,
+/// last)` is split first, so the pages outside stay cached on their own
+/// (`truncate_inode_partial_folio`). Its other pages are unmapped
+/// everywhere for that (Linux remaps them as PTEs after the split; here
+/// they refault). A folio that cannot be split (pinned) stays whole: the
+/// cache drops its pages inside the range, the rest keep it.
+fn split_partial_folios(inode: &Inode, first: u64, last: u64) -> Result<(), MmError> {
+    const NR: u64 = 512;
+    let phys = inode.phys();
+    let partial: Vec<u64> = {
+        let state = inode.state.lock();
+        [first, last]
+            .into_iter()
+            .filter(|&edge| edge % NR != 0)
+            .filter_map(|edge| {
+                let &pfn = state.pages.get(&(edge - edge % NR))?;
+                (phys.folio_order(pfn) > 0 && phys.folio_head(pfn) == pfn).then_some(edge - edge % NR)
+            })
+            .filter(|&block| block < last && block + NR > first)
+            .collect()
+    };
+    for block in partial {
+        unmap_mapping_pages(inode, block, block + NR, false)?;
+        let state = inode.state.lock();
+        if let Some(&head) = state.pages.get(&block) {
+            if phys.folio_order(head) > 0 && phys.folio_head(head) == head {
+                phys.split_cache_folio(head);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Drops the page cache's reference on pages `[first, last)`.

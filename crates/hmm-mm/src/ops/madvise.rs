@@ -1,26 +1,25 @@
 //! madvise: DONTNEED and FREE (announced as CLEAR), HUGEPAGE and
 //! NOHUGEPAGE, DONTFORK and DOFORK, POPULATE_READ and POPULATE_WRITE,
-//! COLLAPSE (a synchronous THP collapse, announced as CLEAR of the 2 MiB),
+//! COLLAPSE (a synchronous THP collapse, `super::collapse`),
 //! PAGEOUT (anonymous pages go to swap or, if clean after FREE, are
 //! discarded; page-cache pages mapped only here are unmapped and stay
 //! cached; a CLEAR per page, see `crate::swap`), GUARD_INSTALL and
 //! GUARD_REMOVE (`super::guard`). Discarding advice on a sealed read-only
 //! anonymous VMA is EPERM (`super::mseal::check_madvise_sealed`).
 //!
-//! Linux: `mm/madvise.c`, `mm/khugepaged.c` (`madvise_collapse`).
+//! Linux: `mm/madvise.c`.
 
 use core::ops::ControlFlow;
 
-use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level, SwapKind, Visit};
-use hmm_types::{Event, MadviseAdvice, VaRange, VmFlags, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
+use hmm_pagetable::{Entry, SwapKind, Visit};
+use hmm_types::{Event, MadviseAdvice, VaRange, VmFlags, PAGE_SIZE, TASK_SIZE};
 
 use crate::error::MmError;
-use crate::fs::InodeKind;
 use crate::huge::split_huge_at;
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::phys::PageFlags;
 use crate::swap::{pageout_range, Scope};
-use crate::zap::{release_entry, zap_range_keep_guards, Gather};
+use crate::zap::{zap_range_keep_guards, Gather};
 
 use crate::vma::{Vma, VmaTree};
 
@@ -67,7 +66,7 @@ impl Mm {
                 Walk::new(&guard, start, end).run(|piece_start, piece_end| {
                     guard.check_split(piece_start)?;
                     guard.check_split(piece_end)?;
-                    collapse(&mut guard, piece_start, piece_end)
+                    super::collapse::collapse_piece(&mut guard, piece_start, piece_end)
                 })
             }
             MadviseAdvice::GuardInstall | MadviseAdvice::GuardRemove => {
@@ -256,158 +255,6 @@ fn mark_lazyfree(mm: &Mm, start: u64, end: u64) {
         }
         ControlFlow::<()>::Continue(())
     });
-}
-
-/// MADV_COLLAPSE: every 2 MiB-aligned block inside a THP-capable anonymous
-/// VMA whose entries are all none or present pages (of any protection, the
-/// zero page included) becomes one PMD leaf holding a copy of the data.
-/// Runs under the mmap write lock, once per VMA piece. As Linux 6.18 on
-/// the host (no page need be writable, unlike khugepaged): a VMA without
-/// an anon_vma is EINVAL; a block already PMD-mapped counts as collapsed;
-/// a block without a page table ends the call with EINVAL; a block holding
-/// swap, migration or marker entries is left as it is and the call goes
-/// on, then fails with EINVAL.
-///
-/// As `madvise_collapse`, the VMA itself must be able to hold a PMD THP
-/// before anything else (`thp_vma_allowable_order`): THP-capable
-/// anonymous memory, its page offset congruent with its address modulo
-/// 2 MiB, and at least one whole aligned 2 MiB block inside it. Otherwise
-/// the piece is EINVAL, even when it covers no aligned block itself.
-fn collapse(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64) -> Result<(), MmError> {
-    let mm = guard.mm();
-    let phys = mm.phys();
-    {
-        let vma = guard.lookup(start).expect("a piece lies in a VMA");
-        let pmd_pages = PMD_SIZE / PAGE_SIZE;
-        let congruent = (vma.start / PAGE_SIZE).wrapping_sub(vma.pgoff) % pmd_pages == 0;
-        let last_block = vma.end.saturating_sub(PMD_SIZE) & !(PMD_SIZE - 1);
-        let holds_block = vma.end - vma.start >= PMD_SIZE && last_block >= vma.start;
-        // Shmem (memfd, tmpfs, shared anonymous memory) may hold a THP
-        // when collapsing is forced, whatever shmem_enabled says.
-        let shmem = matches!(vma.file().map(|inode| inode.kind()), Some(InodeKind::PageCache));
-        let capable = vma.is_anonymous() || shmem;
-        if !capable || vma.flags.contains(VmFlags::NOHUGEPAGE) || !congruent || !holds_block {
-            return Err(MmError::Invalid("MADV_COLLAPSE on a VMA that cannot hold a PMD THP"));
-        }
-        // An anonymous VMA that has no anon_vma yet (nothing was ever
-        // written to it, a 4 KiB zero page needs none) may not hold a THP
-        // outside a fault (`__thp_vma_allowable_orders`).
-        if vma.is_anonymous() && vma.anon_vma.get().is_none() {
-            return Err(MmError::Invalid("MADV_COLLAPSE in a VMA without an anon_vma"));
-        }
-        // `madvise_collapse` compares the blocks collapsed with the count
-        // of blocks from the first boundary at or after the start to the
-        // last at or before the end: a piece inside one block, crossing no
-        // boundary, counts "negative" blocks and is EINVAL; a piece ending
-        // on the boundary its start rounds up to counts none and succeeds
-        // (Linux 6.18 on the host, found by hmm fuzz).
-        let (hstart, hend) = ((start + PMD_SIZE - 1) & !(PMD_SIZE - 1), end & !(PMD_SIZE - 1));
-        if hend < hstart {
-            return Err(MmError::Invalid("MADV_COLLAPSE of a range inside one 2 MiB block"));
-        }
-        if hend == hstart {
-            return Ok(());
-        }
-        if shmem {
-            // Known divergence: Linux collapses the page cache into a
-            // large folio (`collapse_file`); the model's page cache holds
-            // 4 KiB pages only.
-            return Err(MmError::Invalid("MADV_COLLAPSE of shmem: large page-cache folios are not modelled"));
-        }
-    }
-    let mut block = (start + PMD_SIZE - 1) & !(PMD_SIZE - 1);
-    // A block that could not be collapsed, where Linux goes on with the
-    // next one: the call is EINVAL at the end (`madvise_collapse_errno`).
-    let mut failed = false;
-    while block + PMD_SIZE <= end {
-        let vma = guard.lookup(block).expect("range checked as mapped");
-        if !vma.is_anonymous() || vma.flags.contains(VmFlags::NOHUGEPAGE) {
-            return Err(MmError::Invalid("MADV_COLLAPSE needs THP-capable private anonymous memory"));
-        }
-        if !vma.covers(block, block + PMD_SIZE) {
-            block += PMD_SIZE;
-            continue;
-        }
-        let writable = vma.flags.contains(VmFlags::WRITE);
-        let accessible = vma.flags.intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC);
-        // `find_pmd_or_thp_or_none`, then the scan of the PTE table.
-        let deepest = mm.pgtable().find(block);
-        if deepest.level() != Level::Pte {
-            let entry = deepest.load();
-            match deepest.level() {
-                // Already a huge leaf (a THP or the huge zero page).
-                Level::Pmd if entry.is_present() => {}
-                // No page table for the block at all: `SCAN_PMD_NONE`
-                // ends the whole call with EINVAL.
-                Level::Pmd if entry.is_none() => {
-                    return Err(MmError::Invalid("MADV_COLLAPSE of a block without a page table"));
-                }
-                // No PMD table above it (`SCAN_PMD_NULL`), or a PMD
-                // migration entry: the next block is tried, the call
-                // fails at the end.
-                _ => failed = true,
-            }
-            block += PMD_SIZE;
-            continue;
-        }
-        let pmd = match mm.pgtable().ensure(block, Level::Pmd) {
-            Ok(slot) => slot,
-            Err(EnsureError::NoMem(_)) => return Err(MmError::NoMem),
-            Err(EnsureError::Leaf(_)) => {
-                unreachable!("no leaf sits above a PMD in anonymous memory")
-            }
-        };
-        let table = pmd.load();
-        // Present entries of any protection and none entries collapse; a
-        // swap, migration, device or marker entry makes the block fail
-        // (`SCAN_PTE_NON_PRESENT`, the next block is still tried).
-        let collapsible = mm
-            .pgtable()
-            .walk(block, block + PMD_SIZE, |visit| match visit {
-                Visit::Slot { entry, .. } if !entry.is_none() && !entry.is_present() => ControlFlow::Break(()),
-                _ => ControlFlow::Continue(()),
-            })
-            .is_continue();
-        if !collapsible {
-            failed = true;
-            block += PMD_SIZE;
-            continue;
-        }
-        let folio = phys.alloc_folio(9, true)?;
-        phys.meta(folio)
-            .set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);
-        crate::rmap::folio_add_new_anon_rmap(mm, vma, folio, block);
-        let invalidation = mm.notifiers().start(mm.id(), block, block + PMD_SIZE, Event::Clear);
-        let mut gather = Gather::new();
-        let _ = mm.pgtable().walk(block, block + PMD_SIZE, |visit| {
-            if let Visit::Slot { slot, entry } = visit {
-                if entry.is_present() {
-                    if !phys.is_zero_pfn(entry.pfn()) {
-                        phys.copy_frames(folio.add((slot.va() - block) / PAGE_SIZE), entry.pfn(), 1);
-                    }
-                    slot.store(Entry::NONE);
-                    release_entry(phys, entry, &mut gather);
-                }
-            }
-            ControlFlow::<()>::Continue(())
-        });
-        let flags = LeafFlags { write: writable, dirty: true, accessed: true, special: false };
-        phys.map_add(folio, 1);
-        let mut leaf = Entry::present(folio, flags, true);
-        if !accessible {
-            // The new leaf keeps the VMA's protection (`vm_page_prot`).
-            leaf = leaf.mkprotnone();
-        }
-        pmd.store(leaf);
-        invalidation.end();
-        hmm_pagetable::TableStore::free_table(mm.pgtable().store(), table.pfn().0);
-        gather.free_now(phys);
-        block += PMD_SIZE;
-    }
-    if failed {
-        return Err(MmError::Invalid("MADV_COLLAPSE left a block uncollapsed"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -612,57 +459,6 @@ mod tests {
         mm.madvise(va, 4096, MadviseAdvice::DontNeed).unwrap();
         mm.madvise(va, PMD_SIZE - 4096, MadviseAdvice::DontNeed).unwrap();
         assert_eq!(mm.read_u64(va), Ok(1));
-    }
-
-    #[test]
-    fn collapse_builds_a_thp_with_the_same_data() {
-        let k = kernel(64, ThpMode::Never);
-        let mm = k.create_mm().unwrap();
-        let va = mm.mmap(0, PMD_SIZE, Prot::RW, ANON).unwrap();
-        for i in (0..512).step_by(3) {
-            mm.write_u64(va + i * 4096, i).unwrap();
-        }
-        assert_eq!(leaf(&mm, va).0, Level::Pte);
-        let baseline_tables = k.phys().page_table_frames();
-        let rec = record(&mm);
-        mm.madvise(va, PMD_SIZE, MadviseAdvice::Collapse).unwrap();
-        assert_eq!(rec.take_events(), [(Event::Clear, va, va + PMD_SIZE)]);
-        assert_eq!(leaf(&mm, va).0, Level::Pmd);
-        assert_eq!(k.phys().page_table_frames(), baseline_tables - 1, "the PTE table is freed");
-        for i in 0..512 {
-            assert_eq!(mm.read_u64(va + i * 4096).unwrap(), if i % 3 == 0 { i } else { 0 });
-        }
-    }
-
-    #[test]
-    fn collapse_is_einval_on_a_vma_without_a_whole_aligned_block() {
-        // Regressions (scenarios/found), Linux 6.18: a 2 MiB VMA starting
-        // 80 KiB past a 2 MiB boundary holds no aligned block, so even a
-        // 4 KiB collapse inside it is EINVAL (not a no-op); a small VMA
-        // after a hole is EINVAL too, the per-VMA error winning over the
-        // hole's ENOMEM.
-        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
-        let w = 0x4000_0000;
-        mm.mmap(w + 0x14000, PMD_SIZE, Prot::RW, ANON | MapFlags::FIXED).unwrap();
-        let err = mm.madvise(w + 0x1f8000, 4096, MadviseAdvice::Collapse).unwrap_err();
-        assert_eq!(err.errno(), Errno::Inval);
-        let v = 0x8000_0000;
-        mm.mmap(v + 0x4000, 0xe000, Prot::RW, ANON | MapFlags::FIXED).unwrap();
-        assert_eq!(mm.madvise(v, 0x5000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
-        // A VMA holding an aligned block but no anon_vma yet (nothing
-        // written) is EINVAL whatever the piece.
-        let u = 0xc000_0000;
-        mm.mmap(u, 2 * PMD_SIZE, Prot::RW, ANON | MapFlags::FIXED).unwrap();
-        assert_eq!(mm.madvise(u + 0x7c000, 0xc000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
-        assert_eq!(mm.madvise(u, 4096, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
-        assert_eq!(mm.madvise(u + 0x1ff000, 0x2000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
-        // Once it has one: a piece inside one block crossing no boundary
-        // is EINVAL, one ending on the boundary its start rounds up to
-        // covers zero blocks and succeeds (Linux 6.18 on the host).
-        mm.write_u64(u + 3 * PMD_SIZE / 2, 1).unwrap();
-        assert_eq!(mm.madvise(u + 0x7c000, 0xc000, MadviseAdvice::Collapse).unwrap_err().errno(), Errno::Inval);
-        mm.madvise(u, 4096, MadviseAdvice::Collapse).unwrap();
-        mm.madvise(u + 0x1ff000, 0x2000, MadviseAdvice::Collapse).unwrap();
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! every removal or downgrade of mappings is bracketed by an invalidation
 //! with Linux's event kind (see `crate::notify`).
 
+mod collapse;
 mod exit;
 mod fork;
 mod guard;
@@ -14,6 +15,7 @@ mod mseal;
 mod munmap;
 mod populate;
 
+pub(crate) use collapse::cache_pmd_leaf;
 pub(crate) use guard::is_guard_page;
 pub(crate) use munmap::unmap_locked;
 pub(crate) use populate::{madvise_populate, populate_locked};

@@ -130,6 +130,26 @@ impl PhysMem {
         true
     }
 
+    /// Splits an unmapped page-cache folio held by nothing but the cache's
+    /// one reference per page into order-0 pages, each keeping its cache
+    /// reference (`split_folio` in a truncation of part of a shmem THP).
+    /// False, and nothing changed, if it is mapped or held otherwise.
+    pub(crate) fn split_cache_folio(&self, head: Pfn) -> bool {
+        let meta = self.meta(head);
+        let order = meta.order();
+        let nr = 1u32 << order;
+        if order == 0 || meta.mapcount() != 0 || self.maybe_pinned(head) || !self.ref_freeze(head, nr) {
+            return false;
+        }
+        let flags = meta.flags();
+        for i in (1..u64::from(nr)).rev() {
+            self.split_off_page(head.add(i), 1, flags);
+        }
+        meta.init_single();
+        self.ref_unfreeze(head, 1);
+        true
+    }
+
     /// Makes `pfn` a folio of its own with `refcount` references, no
     /// mapping and `flags`, during the split of its frozen folio.
     pub(crate) fn split_off_page(&self, pfn: Pfn, refcount: u32, flags: PageFlags) {

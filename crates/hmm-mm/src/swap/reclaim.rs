@@ -125,6 +125,23 @@ fn unmappable_cache_page(phys: &PhysMem, entry: Entry, extra: u32) -> Option<Pfn
     (!phys.maybe_pinned(head) && maps == 1 && refs == 2 + extra).then_some(head)
 }
 
+/// True if the huge leaf `entry` maps a shmem THP (a PMD-order page-cache
+/// folio) once, held by nothing but the page cache and that mapping.
+fn unmappable_cache_thp(phys: &PhysMem, entry: Entry) -> bool {
+    if !entry.is_present() || entry.is_special() || phys.is_zero_pfn(entry.pfn()) || phys.pagemap(entry.pfn()).is_some()
+    {
+        return false;
+    }
+    let head = phys.folio_head(entry.pfn());
+    let flags = phys.meta(head).flags();
+    let nr = 1u32 << phys.folio_order(head);
+    flags.contains(PageFlags::SHMEM)
+        && !flags.contains(PageFlags::ANON)
+        && nr > 1
+        && !phys.maybe_pinned(head)
+        && phys.folio_counts(head) == (nr + 1, 1)
+}
+
 /// How the page mapped by the PTE `entry` would be taken, if it can be.
 fn classify(phys: &PhysMem, entry: Entry, extra: u32, scope: Scope) -> Option<Kind> {
     if scope == Scope::WithFile && unmappable_cache_page(phys, entry, extra).is_some() {
@@ -171,6 +188,19 @@ pub(crate) fn pageout_range(mm: &Mm, start: u64, end: u64, budget: &mut u64, sco
                 reclaimed += 1;
                 *budget -= 1;
             }
+        } else if slot.level() == Level::Pmd && scope == Scope::WithFile && unmappable_cache_thp(mm.phys(), entry) {
+            // A shmem THP mapped only here: unmapped whole, it stays in the
+            // page cache (shmem without swap space keeps it; the model's
+            // page cache is never swapped).
+            let va = slot.va();
+            let invalidation = mm.notifiers().start(mm.id(), va, va + PMD_SIZE, Event::Clear);
+            let mut gather = Gather::new();
+            if slot.compare_exchange(entry, Entry::NONE).is_ok() {
+                crate::zap::release_entry(mm.phys(), entry, &mut gather);
+                reclaimed += 1;
+                *budget -= 1;
+            }
+            gather.free_after(mm.phys(), invalidation);
         } else if slot.level() == Level::Pmd && thp_worth_splitting(mm, entry) {
             // A failed split (no table left, or the leaf changed) leaves
             // the THP as it is.

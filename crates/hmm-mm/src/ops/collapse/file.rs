@@ -322,7 +322,8 @@ fn install_pmd(guard: &mut MmapWriteGuard<'_>, block: u64, inode: &Inode, first:
 /// shared writable mapping is writable at once; a private one is
 /// read-only, a write copies).
 pub(crate) fn cache_pmd_leaf(vma: &Vma, folio: Pfn, dirty: bool) -> Entry {
-    let write = vma.flags.is_shared() && vma.flags.contains(VmFlags::WRITE);
+    // Shared memory wants no write notification: the PMD takes the VMA's write permission.
+    let write = vma.maps_page_cache_writable();
     let accessible = vma.flags.intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC);
     let leaf = Entry::present(folio, LeafFlags { write, dirty: dirty && write, accessed: true, special: false }, true);
     if accessible {

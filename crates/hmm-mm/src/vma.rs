@@ -272,10 +272,35 @@ impl VmaTree {
         }
     }
     /// A free range of `len` bytes: `hint` if it is free, else the highest
-    /// free range below [`MMAP_BASE`] (top-down, as Linux). Lengths of 2 MiB
-    /// or more are 2 MiB aligned so THPs can back them.
+    /// free range below [`MMAP_BASE`] (top-down, as Linux). No alignment
+    /// beyond the page: callers that want a THP-friendly start ask
+    /// [`Self::find_free_thp`] first.
     pub fn find_free(&self, len: u64, hint: Option<u64>) -> Option<u64> {
         self.find_free_aligned(len, hint, PAGE_SIZE)
+    }
+
+    /// `__thp_get_unmapped_area`: a range of `len` bytes whose start is
+    /// congruent with the file offset `off` modulo 2 MiB, so PMD leaves can
+    /// map it. Linux asks for `len + 2 MiB` (the hint too) and moves the
+    /// start up to the next congruent address; when the padded range's
+    /// start is congruent already, top-down placement takes the one 2 MiB
+    /// higher. `None` when the range's offsets, both ends rounded up to
+    /// 2 MiB, span less than 2 MiB, or the padded range fits nowhere: the
+    /// caller then places it as usual ([`Self::find_free`]).
+    pub fn find_free_thp(&self, len: u64, hint: Option<u64>, off: u64) -> Option<u64> {
+        let off_end = off.checked_add(len)?.checked_next_multiple_of(PMD_SIZE)?;
+        let off_align = off.checked_next_multiple_of(PMD_SIZE)?;
+        if off_end <= off_align || off_end - off_align < PMD_SIZE {
+            return None;
+        }
+        let padded = self.find_free_aligned(len.checked_add(PMD_SIZE)?, hint, PAGE_SIZE)?;
+        if Some(padded) == hint {
+            return Some(padded);
+        }
+        match off.wrapping_sub(padded) & (PMD_SIZE - 1) {
+            0 => Some(padded + PMD_SIZE),
+            shift => Some(padded + shift),
+        }
     }
 
     /// Like [`Self::find_free`], with placements (hint included) multiples
@@ -289,7 +314,6 @@ impl VmaTree {
                 return Some(hint);
             }
         }
-        let align = if len >= PMD_SIZE { align.max(PMD_SIZE) } else { align };
         let mut ceiling = MMAP_BASE;
         let mut gaps = self.vmas.range(..MMAP_BASE).rev().map(|(_, v)| (v.start, v.end)).peekable();
         loop {
@@ -367,10 +391,33 @@ mod tests {
         assert_eq!(a, MMAP_BASE - 0x3000);
         tree.insert(anon(a, a + 0x3000, RW));
         let b = tree.find_free(4 << 20, None).unwrap();
-        assert_eq!(b % PMD_SIZE, 0);
-        assert!(b + (4 << 20) <= a);
+        assert_eq!(b, a - (4 << 20), "no alignment beyond the page");
         assert_eq!(tree.find_free(0x1000, Some(0x40_0000)), Some(0x40_0000));
         assert_eq!(tree.find_free(0x1000, Some(a)), Some(a - 0x1000), "a taken hint falls back to top-down");
+    }
+
+    #[test]
+    fn thp_placement_pads_by_2m_and_moves_up_to_the_file_offset() {
+        let mut tree = VmaTree::default();
+        let a = tree.find_free(0x3000, None).unwrap();
+        tree.insert(anon(a, a + 0x3000, RW));
+        // Below `a`: the padded range starts at a - 6 MiB, unaligned, and
+        // moves up to the next 2 MiB boundary.
+        let b = tree.find_free_thp(4 << 20, None, 0).unwrap();
+        assert_eq!(b, (a - (6 << 20)).next_multiple_of(PMD_SIZE));
+        assert!(b + (4 << 20) <= a);
+        // An offset 4 KiB into a 2 MiB block: the start is 4 KiB past a
+        // boundary.
+        assert_eq!(tree.find_free_thp(4 << 20, None, 0x1000).unwrap() % PMD_SIZE, 0x1000);
+        // A padded start that is congruent already: 2 MiB higher.
+        tree.insert(anon(PMD_SIZE * 100, a, RW));
+        assert_eq!(tree.find_free_thp(2 << 20, None, 0), Some(PMD_SIZE * 99));
+        // The range's file offsets, rounded up to 2 MiB at both ends, hold
+        // no block: no THP placement.
+        assert_eq!(tree.find_free_thp((2 << 20) - 0x1000, None, 0x1000), None);
+        assert!(tree.find_free_thp(2 << 20, None, 0x1000).is_some());
+        // A free hint for the padded length is taken as it is.
+        assert_eq!(tree.find_free_thp(2 << 20, Some(0x40_1000), 0), Some(0x40_1000));
     }
 
     #[test]

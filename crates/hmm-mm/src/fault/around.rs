@@ -6,7 +6,8 @@
 //! at the faulting entry's index rounded down to 16, or at the VMA's first
 //! entry if that is later, and spans 16 entries from there, cut at the VMA's
 //! end, at the page table's end and at the end of the file. Only uptodate
-//! pages already in the page cache are mapped (nothing is allocated), only
+//! pages already in the page cache are mapped (nothing is allocated; pages
+//! `fallocate` left not uptodate wait for their own fault, `fs/falloc.rs`), only
 //! where the entry is none, and a page someone holds locked is skipped. The
 //! entries are read-only, as a read fault's, so a private mapping's later
 //! write still copies. New entries replace none entries: no invalidation.

@@ -138,6 +138,8 @@ impl Inode {
         }
         let before = state.pages.len();
         let pfn = self.page_locked(&mut state, index)?;
+        // shmem_fault fills a fallocated page (SGP_CACHE).
+        self.mark_uptodate(pfn);
         if let InodeKind::Dax(_) = self.kind {
             // The first mapping of a DAX block decides: PTE entries.
             state.dax_entries.entry(index / 512).or_insert(DaxEntry::Pte);
@@ -232,6 +234,8 @@ impl Inode {
     }
 
     /// Reads at `offset`; returns the bytes read (short at end of file).
+    /// A page that is not uptodate reads as the zeros it holds and stays
+    /// so (`SGP_READ` treats a fallocated page as a hole).
     pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> usize {
         let state = self.state.lock();
         let end = offset.saturating_add(buf.len() as u64).min(state.size);
@@ -284,6 +288,9 @@ impl Inode {
             };
             self.phys.write(pfn, in_page, &data[(pos - offset) as usize..][..chunk]);
             self.phys.meta(pfn).set_flags(PageFlags::DIRTY);
+            // shmem_write_end: the rest of a fallocated page reads as the
+            // zeros it holds.
+            self.mark_uptodate(pfn);
             pos += chunk as u64;
         }
         drop(state);

@@ -9,6 +9,7 @@
 //! `mm/truncate.c`.
 
 pub mod dax;
+mod falloc;
 mod inode;
 pub(crate) mod truncate;
 
@@ -117,6 +118,22 @@ impl File {
         }
         self.check_writable()?;
         truncate::punch_hole(&self.inode, offset, len)
+    }
+    /// `fallocate(FALLOC_FL_KEEP_SIZE)`: allocates the pages of
+    /// `[offset, offset + len)`, past the end of the file too, without
+    /// changing the size; new pages are not uptodate (`falloc.rs`).
+    /// `vfs_fallocate`'s order: `EINVAL` for a negative offset or an empty
+    /// or negative length, `EBADF` unless opened for writing, `EFBIG` past
+    /// `MAX_LFS_FILESIZE`; `ENOMEM` when memory runs out.
+    pub fn fallocate_keep_size(&self, offset: u64, len: u64) -> Result<(), MmError> {
+        if len == 0 || offset > MAX_LFS_FILESIZE || len > MAX_LFS_FILESIZE {
+            return Err(MmError::Invalid("fallocate with a negative offset or a non-positive length"));
+        }
+        self.check_writable()?;
+        if offset + len > MAX_LFS_FILESIZE {
+            return Err(MmError::FileTooBig("fallocate past the largest file size"));
+        }
+        self.inode.fallocate_keep_size(offset, len)
     }
     fn check_writable(&self) -> Result<(), MmError> {
         if self.is_writable() {

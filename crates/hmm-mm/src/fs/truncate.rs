@@ -21,19 +21,29 @@ use crate::zap::{zap_range_if, Gather};
 use super::{Inode, InodeKind};
 
 /// Sets the size; a shrink unmaps and frees every page wholly past the new
-/// end and zeroes the tail of the last partial page.
+/// end and zeroes the tail of the last partial page. A page-cache file
+/// truncated to its own size too drops the pages `fallocate` put past its
+/// end (`shmem_setattr`: `newsize <= oldsize`); it unmaps only when the old
+/// size reached past the new end's page.
 pub(crate) fn truncate(inode: &Arc<Inode>, size: u64) -> Result<(), MmError> {
     let old = {
         let mut state = inode.state.lock();
         core::mem::replace(&mut state.size, size)
     };
-    let cut = size < old;
-    // ext4 breaks a DAX file's layouts on every size change, growing too.
-    if !cut && !is_dax(inode) {
+    let first_gone = size.div_ceil(PAGE_SIZE);
+    if !is_dax(inode) {
+        if size > old {
+            return Ok(());
+        }
+        if old > first_gone << PAGE_SHIFT {
+            unmap_mapping_pages(inode, first_gone, u64::MAX, true)?;
+        }
+        drop_cached(inode, first_gone, u64::MAX);
+        zero_cached(inode, size, first_gone << PAGE_SHIFT);
         return Ok(());
     }
-    let first_gone = size.div_ceil(PAGE_SIZE);
-    let (first, last) = if cut { (first_gone, u64::MAX) } else { (0, 0) };
+    // ext4 breaks a DAX file's layouts on every size change, growing too.
+    let (first, last) = if size < old { (first_gone, u64::MAX) } else { (0, 0) };
     if let Err(error) = remove_pages(inode, first, last, true) {
         // A busy DAX page: nothing was freed, so the file keeps its size.
         inode.state.lock().size = old;

@@ -13,7 +13,7 @@ use crate::error::{FaultError, MmError, SegvReason};
 use crate::huge::split_huge_at;
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::rmap::AnonVmaSlot;
-use crate::vma::{Vma, VmaBacking};
+use crate::vma::{Vma, VmaBacking, VmaTree};
 
 use super::unmap_locked;
 
@@ -132,9 +132,22 @@ impl Mm {
         // to get_unmapped_area, as mmap's (`mremap_to`; Linux 6.18 on the
         // host places the copy there when it is free).
         let hint = flags.contains(MremapFlags::DONTUNMAP).then_some(new_addr);
-        let target = guard.find_free(new_len, hint).ok_or(MmError::NoSpace(new_len))?;
+        let target = place(&guard, &vma, old_addr, new_len, hint)?;
         move_mapping(&mut guard, &vma, old_addr, old_len, target, new_len, flags)
     }
+}
+
+/// Where a moved (or duplicated) piece of `vma` from `old_addr` goes
+/// without MREMAP_FIXED: `get_unmapped_area` for the VMA's object at the
+/// piece's file offset (`vrm_set_new_addr`).
+fn place(tree: &VmaTree, vma: &Vma, old_addr: u64, new_len: u64, hint: Option<u64>) -> Result<u64, MmError> {
+    let granule = match &vma.backing {
+        VmaBacking::Hugetlb(file) => file.page_size().bytes(),
+        VmaBacking::DevDax(dev) => dev.align().bytes(),
+        _ => PAGE_SIZE,
+    };
+    super::mmap::get_unmapped_area(tree, new_len, hint, &vma.backing, vma.page_index(old_addr), granule)
+        .ok_or(MmError::NoSpace(new_len))
 }
 
 /// A hugetlb VMA (`align_hugetlb`): both lengths round up to the huge
@@ -233,7 +246,7 @@ fn duplicate_shared(
         unmap_locked(guard, new_addr, new_addr + new_len)?;
         new_addr
     } else if flags.contains(MremapFlags::MAYMOVE) {
-        guard.find_free(new_len, None).ok_or(MmError::NoSpace(new_len))?
+        place(guard, vma, old_addr, new_len, None)?
     } else {
         return Err(MmError::NoSpace(new_len));
     };
@@ -476,6 +489,26 @@ mod tests {
         assert_eq!(mm.mremap(target, PMD_SIZE, PMD_SIZE, flags, odd), Ok(odd));
         assert_eq!(leaf(&mm, odd).0, Level::Pte);
         assert_eq!(mm.read_u64(odd + 8).unwrap(), 6);
+    }
+
+    #[test]
+    fn a_move_of_private_anonymous_memory_to_a_multiple_of_2m_is_thp_aligned() {
+        // As Linux 6.18 on the host: the new place of a 4 KiB-misaligned
+        // mapping grown to 4 MiB is 2 MiB aligned (its offset counts as 0),
+        // grown to 4 MiB + 4 KiB or shared it is not.
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let shared = MapFlags::SHARED | MapFlags::ANONYMOUS | MapFlags::FIXED;
+        for (flags, new_len, aligned) in [
+            (ANON | MapFlags::FIXED, 2 * PMD_SIZE, true),
+            (ANON | MapFlags::FIXED, 2 * PMD_SIZE + 4096, false),
+            (shared, 2 * PMD_SIZE, false),
+        ] {
+            let va = mm.mmap(0x3000_1000, 2 * 4096, Prot::RW, flags).unwrap();
+            mm.mmap(va + 2 * 4096, 4096, Prot::NONE, ANON | MapFlags::FIXED).unwrap();
+            let moved = mm.mremap(va, 2 * 4096, new_len, MremapFlags::MAYMOVE, 0).unwrap();
+            assert_eq!(moved % PMD_SIZE == 0, aligned, "{flags:?} {new_len:#x}");
+            mm.munmap(moved, new_len).unwrap();
+        }
     }
 
     #[test]

@@ -270,8 +270,8 @@ fn with_file(p: &Proc, id: FileId, f: impl FnOnce(&File) -> Result<Outcome, MmEr
     }
 }
 
-/// `fallocate` on tmpfs. The model's files have no separate block
-/// allocation, so KEEP_SIZE only checks its arguments as shmem does.
+/// `fallocate` on tmpfs: `vfs_fallocate`'s argument checks (EINVAL, then
+/// EFBIG past the largest offset), then a hole punch or an allocation.
 fn fallocate(f: &File, offset: u64, len: u64, mode: Falloc) -> Result<Outcome, MmError> {
     if len == 0 || (offset as i64) < 0 || (len as i64) < 0 {
         return Err(MmError::Invalid("fallocate offset or length"));
@@ -281,8 +281,7 @@ fn fallocate(f: &File, offset: u64, len: u64, mode: Falloc) -> Result<Outcome, M
     }
     match mode {
         Falloc::PunchHole => f.punch_hole(offset, len)?,
-        Falloc::KeepSize if !f.is_writable() => return Err(MmError::BadFile("file not open for writing")),
-        Falloc::KeepSize => {}
+        Falloc::KeepSize => f.fallocate_keep_size(offset, len)?,
     }
     Ok(Outcome::Ok)
 }

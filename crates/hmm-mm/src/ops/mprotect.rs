@@ -131,15 +131,15 @@ fn walk_prefix(guard: &MmapWriteGuard<'_>, start: u64, end: u64, access: VmFlags
 fn apply(mm: &Mm, guard: &mut MmapWriteGuard<'_>, start: u64, end: u64, new_access: VmFlags) -> Result<(), MmError> {
     split_huge_at(mm, start)?;
     split_huge_at(mm, end)?;
-    let changes: Vec<(u64, u64)> = guard
+    let changes: Vec<(u64, u64, bool)> = guard
         .overlapping(start, end)
         .filter(|vma| vma.flags & ACCESS != new_access)
-        .map(|vma| (vma.start.max(start), vma.end.min(end)))
+        .map(|vma| (vma.start.max(start), vma.end.min(end), vma.flags.contains(VmFlags::UFFD_RWP)))
         .collect();
-    for &(chunk_start, chunk_end) in &changes {
+    for &(chunk_start, chunk_end, rwp) in &changes {
         if has_entries(mm, chunk_start, chunk_end) {
             let invalidation = mm.notifiers().start(mm.id(), chunk_start, chunk_end, Event::ProtectionVma);
-            change_protection(mm, chunk_start, chunk_end, new_access);
+            change_protection(mm, chunk_start, chunk_end, new_access, rwp);
             invalidation.end();
         }
     }
@@ -172,10 +172,12 @@ fn account(vma: &Vma, new_flags: VmFlags) -> VmFlags {
 
 /// Rewrites the present leaves of `[start, end)` for the new access bits,
 /// and makes writable migration entries read-only when write permission
-/// goes (the migrator restores the rights the entry records). Runs under
+/// goes (the migrator restores the rights the entry records). In an RWP
+/// range (`rwp`) a read-write-protected leaf stays PROT_NONE whatever the
+/// new access (Linux 7.3 keeps the RWP marker across PTE rewrites). Runs under
 /// the mmap write lock, so only compare-and-swap against the hardware's
 /// accessed/dirty updates is needed.
-fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags) {
+fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags, rwp: bool) {
     let phys = mm.phys();
     let _ = mm.pgtable().walk(start, end, |visit| {
         if let Visit::Slot { slot, mut entry } = visit {
@@ -211,7 +213,8 @@ fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags) {
                 if !access.contains(VmFlags::WRITE) {
                     new = new.wrprotect();
                 }
-                new = if access.is_empty() { new.mkprotnone() } else { new.clear_protnone() };
+                let keep_rwp = rwp && entry.is_uffd_rwp();
+                new = if access.is_empty() || keep_rwp { new.mkprotnone() } else { new.clear_protnone() };
                 match slot.compare_exchange(entry, new) {
                     Ok(_) => break,
                     Err(now) => entry = now,

@@ -85,6 +85,11 @@ impl Userfaultfd {
             if chunks.is_empty() {
                 return Err(UffdError::NoEntry("no mapping in the range"));
             }
+            // A huge leaf only partly in the range is split first
+            // (`change_pmd_range`), so only the pages asked for change.
+            for edge in [start, end] {
+                crate::huge::split_huge_at(&mm, edge).map_err(|_| UffdError::NoMem)?;
+            }
             for (s, e, vma_flags) in chunks {
                 if protect {
                     super::wp::change_range(&mm, s, e, Entry::mkuffd_rwp);
@@ -245,3 +250,6 @@ pub(crate) fn disarm_unregistered(mm: &Mm, had: VmFlags, now: VmFlags, start: u6
         ControlFlow::<()>::Continue(())
     });
 }
+
+#[cfg(test)]
+mod tests;

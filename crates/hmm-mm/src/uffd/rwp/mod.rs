@@ -37,7 +37,7 @@ use core::ops::ControlFlow;
 use hmm_pagetable::{Entry, Slot, Visit};
 use hmm_types::VmFlags;
 
-use super::{check_range, is_mine, UffdError, Userfaultfd};
+use super::{check_range, UffdError, Userfaultfd};
 use crate::mm::Mm;
 use crate::phys::PageFlags;
 use crate::vma::Vma;
@@ -59,9 +59,11 @@ const TOGGLEABLE: u64 = UFFD_FEATURE_RWP_ASYNC;
 impl Userfaultfd {
     /// `UFFDIO_RWPROTECT`: with `RWP`, protects the present pages of
     /// `[start, start + len)`; without, resolves the protected ones and
-    /// wakes the faults waiting there (unless `DONTWAKE`). Every VMA met
-    /// must be registered here in RWP mode (`ENOENT`, also for a range with
-    /// no VMA); `RWP|DONTWAKE` and unknown bits are `EINVAL`.
+    /// wakes this userfaultfd's faults waiting there (unless `DONTWAKE`).
+    /// Every VMA met must be registered in RWP mode (`ENOENT`, also for a
+    /// range with no VMA), with any userfaultfd: 7.3.4 checks the VMA's
+    /// flag, not whose registration it is (`userfaultfd_rwp(vma)`);
+    /// `RWP|DONTWAKE` and unknown bits are `EINVAL`.
     pub fn rwprotect(&self, start: u64, len: u64, mode: u64) -> Result<(), UffdError> {
         self.features()?;
         if mode & !(UFFDIO_RWPROTECT_MODE_RWP | UFFDIO_RWPROTECT_MODE_DONTWAKE) != 0 {
@@ -77,8 +79,8 @@ impl Userfaultfd {
             let guard = mm.mmap_read();
             let mut chunks = Vec::new();
             for vma in guard.overlapping(start, end) {
-                if !is_mine(&self.ctx, vma) || !vma.flags.contains(VmFlags::UFFD_RWP) {
-                    return Err(UffdError::NoEntry("the range is not registered for RWP with this userfaultfd"));
+                if !vma.flags.contains(VmFlags::UFFD_RWP) {
+                    return Err(UffdError::NoEntry("the range is not registered for RWP"));
                 }
                 chunks.push((vma.start.max(start), vma.end.min(end), vma.flags));
             }

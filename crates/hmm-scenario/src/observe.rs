@@ -102,7 +102,7 @@ pub enum Outcome {
 pub enum UffdMsgView {
     /// `UFFD_EVENT_PAGEFAULT` with `UFFD_PAGEFAULT_FLAG_*`.
     Pagefault {
-        /// `WRITE` 1, `WP` 2, `MINOR` 4.
+        /// `WRITE` 1, `WP` 2, `MINOR` 4, `RWP` 8 (7.3).
         flags: u64,
         /// The fault address.
         address: u64,
@@ -261,13 +261,13 @@ impl Shown<'_> {
             UffdMsgView::Pagefault { flags, address } => {
                 write!(f, "pagefault ")?;
                 addr(f, w, address)?;
-                for (bit, name) in [(1, "write"), (2, "wp"), (4, "minor")] {
+                for (bit, name) in [(1, "write"), (2, "wp"), (4, "minor"), (8, "rwp")] {
                     if flags & bit != 0 {
                         write!(f, " {name}")?;
                     }
                 }
-                if flags & !7 != 0 {
-                    write!(f, " {:#x}", flags & !7)?;
+                if flags & !0xf != 0 {
+                    write!(f, " {:#x}", flags & !0xf)?;
                 }
                 Ok(())
             }

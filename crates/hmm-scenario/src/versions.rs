@@ -5,6 +5,7 @@
 //! difference. The same table, in prose: docs/version-differences.md.
 
 use crate::lang::ast::{Expr, Op, MREMAP_BITS};
+use crate::lang::uffd::UffdOp;
 use crate::observe::{Outcome, PageView};
 
 /// 2 MiB, as a scenario length.
@@ -32,8 +33,40 @@ fn is_fixed_move(op: &Op) -> bool {
     matches!(op, Op::Mremap { old_len, new_len, flags, .. } if flags & fixed != 0 && old_len == new_len)
 }
 
+/// `UFFDIO_SET_MODE`'s bit among the ioctls `UFFDIO_API` reports.
+const SET_MODE_IOCTL: u64 = 1 << 0x0A;
+
+/// The userfaultfd RWP series (Kiryl Shutsemau, merged for 7.3: its last
+/// version was rebased on v7.2-rc1 and taken into mm on 2026-08-04; the
+/// 6.18 host lacks it, the 7.3.4 guest has it).
+const RWP_SERIES: (u32, u32) = (7, 3);
+
 /// The table.
 pub const TABLE: &[VersionDifference] = &[
+    VersionDifference {
+        behaviour: "UFFDIO_API reports UFFDIO_SET_MODE (ioctl 0x0A, bit 0x400) among the userfaultfd's ioctls; \
+                    older kernels have no such ioctl",
+        since: RWP_SERIES,
+        change: "userfaultfd RWP series, its UFFDIO_SET_MODE patch (Kiryl Shutsemau, 2026)",
+        explains: |op, model, host| match (op, model, host) {
+            (Op::Userfaultfd { .. }, Outcome::Value(m), Outcome::Value(h)) => {
+                h & SET_MODE_IOCTL == 0 && *m == h | SET_MODE_IOCTL
+            }
+            _ => false,
+        },
+    },
+    VersionDifference {
+        behaviour: "UFFDIO_REGISTER of a range registered with this userfaultfd for WP (or RWP) with a mode \
+                    leaving WP out is EBUSY (the uffd-wp bits would be stranded); older kernels accept it \
+                    (replacing the modes, or doing nothing for a subset) and return the ioctls",
+        since: RWP_SERIES,
+        change: "userfaultfd: add UFFDIO_REGISTER_MODE_RWP and UFFDIO_RWPROTECT plumbing (Kiryl Shutsemau, 2026)",
+        explains: |op, model, host| {
+            matches!(op, Op::Uffd(UffdOp::Register { mode, .. }) if mode & 2 == 0)
+                && matches!(model, Outcome::Errno(16))
+                && matches!(host, Outcome::Value(_))
+        },
+    },
     VersionDifference {
         behaviour: "mremap(MREMAP_FIXED) with old_len == new_len over a range spanning several VMAs (or gaps) \
                     moves every VMA in it; older kernels fail with EFAULT",
@@ -232,6 +265,23 @@ mod tests {
         let mseal = Op::Mseal { addr: Expr::num(0x1000), len: Expr::num(0x1000) };
         assert!(explain((6, 9), &mseal, &Outcome::Ok, &Outcome::Errno(38)).is_some());
         assert!(explain((6, 18), &mseal, &Outcome::Ok, &Outcome::Errno(38)).is_none());
+    }
+
+    #[test]
+    fn userfaultfd_entries_apply_to_hosts_before_the_rwp_series() {
+        let api = Op::Userfaultfd { features: 0 };
+        let (model, host) = (Outcome::Value(0x8000_0000_0000_0403), Outcome::Value(0x8000_0000_0000_0003));
+        assert!(explain((6, 18), &api, &model, &host).is_some());
+        assert!(explain((7, 3), &api, &model, &host).is_none(), "7.3 itself has SET_MODE");
+        let other = Outcome::Value(0x8000_0000_0000_0001);
+        assert!(explain((6, 18), &api, &model, &other).is_none(), "not only the SET_MODE bit");
+        let register = |mode| {
+            Op::Uffd(UffdOp::Register { uffd: "u".into(), addr: Expr::num(0x1000), len: Expr::num(0x1000), mode })
+        };
+        let (busy, ioctls) = (Outcome::Errno(16), Outcome::Value(0x13c));
+        assert!(explain((6, 18), &register(1), &busy, &ioctls).is_some());
+        assert!(explain((6, 18), &register(3), &busy, &ioctls).is_none(), "the mode keeps WP");
+        assert!(explain((6, 18), &register(1), &busy, &Outcome::Errno(22)).is_none());
     }
 
     #[test]

@@ -185,6 +185,9 @@ bitflags! {
         const SEALED = 1 << 63;
         /// userfaultfd minor-fault tracking (bit 41).
         const UFFD_MINOR = 1 << 41;
+        /// userfaultfd read-write-protect tracking (`VM_UFFD_RWP`, Linux
+        /// 7.3; the model's bit, Linux's number is not relied on).
+        const UFFD_RWP = 1 << 42;
     }
 }
 

@@ -38,10 +38,13 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va: u64, w
     let phys = mm.phys();
     let shared = vma.flags.is_shared();
     let index = vma.page_index(va);
-    // `uffd_disable_fault_around`: WP and MINOR ranges fault page by page
+    // `uffd_disable_fault_around`: WP, MINOR and RWP ranges fault page by page
     // (a cached page mapped around would escape protection or a MINOR
     // fault; in a MISSING range a cached page is not missing).
-    let mut around = !write && !vma.flags.intersects(hmm_types::VmFlags::UFFD_WP | hmm_types::VmFlags::UFFD_MINOR);
+    let mut around = !write
+        && !vma
+            .flags
+            .intersects(hmm_types::VmFlags::UFFD_WP | hmm_types::VmFlags::UFFD_MINOR | hmm_types::VmFlags::UFFD_RWP);
     if !matches!(inode.kind(), InodeKind::Dax(_)) && super::file_huge::try_map_pmd(locked, vma, inode, va, write)? {
         return Ok(());
     }

@@ -70,6 +70,8 @@ impl Mm {
             let copied = copy_range(self, &child, vma.start, vma.end, vma.is_cow_mapping());
             drop(invalidation);
             copied?;
+            let child_flags = child_guard.overlapping(vma.start, vma.end).next().map_or(vma.flags, |v| v.flags);
+            crate::uffd::rwp::disarm_unregistered(&child, vma.flags, child_flags, vma.start, vma.end);
         }
         drop(child_guard);
         Ok(child)

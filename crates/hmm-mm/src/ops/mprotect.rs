@@ -137,15 +137,18 @@ fn walk_prefix(guard: &MmapWriteGuard<'_>, start: u64, end: u64, access: VmFlags
 fn apply(mm: &Mm, guard: &mut MmapWriteGuard<'_>, start: u64, end: u64, new_access: VmFlags) -> Result<(), MmError> {
     split_huge_at(mm, start)?;
     split_huge_at(mm, end)?;
-    let changes: Vec<(u64, u64, WriteUpgrade)> = guard
+    let changes: Vec<(u64, u64, WriteUpgrade, bool)> = guard
         .overlapping(start, end)
         .filter(|vma| vma.flags & ACCESS != new_access)
-        .map(|vma| (vma.start.max(start), vma.end.min(end), WriteUpgrade::for_vma(vma, new_access)))
+        .map(|vma| {
+            let upgrade = WriteUpgrade::for_vma(vma, new_access);
+            (vma.start.max(start), vma.end.min(end), upgrade, vma.flags.contains(VmFlags::UFFD_RWP))
+        })
         .collect();
-    for &(chunk_start, chunk_end, upgrade) in &changes {
+    for &(chunk_start, chunk_end, upgrade, rwp) in &changes {
         if has_entries(mm, chunk_start, chunk_end) {
             let invalidation = mm.notifiers().start(mm.id(), chunk_start, chunk_end, Event::ProtectionVma);
-            change_protection(mm, chunk_start, chunk_end, new_access, upgrade);
+            change_protection(mm, chunk_start, chunk_end, new_access, upgrade, rwp);
             invalidation.end();
         }
     }
@@ -176,11 +179,6 @@ fn account(vma: &Vma, new_flags: VmFlags) -> VmFlags {
     new_flags
 }
 
-/// Rewrites the present leaves of `[start, end)` for the new access bits,
-/// and makes writable migration entries read-only when write permission
-/// goes (the migrator restores the rights the entry records). Runs under
-/// the mmap write lock, so only compare-and-swap against the hardware's
-/// accessed/dirty updates is needed.
 /// Which entries an mprotect granting write permission makes writable at
 /// once (`vma_wants_manual_pte_write_upgrade`, `can_change_pte_writable`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,7 +226,15 @@ impl WriteUpgrade {
     }
 }
 
-fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags, upgrade: WriteUpgrade) {
+/// Rewrites the present leaves of `[start, end)` for the new access bits,
+/// and makes writable migration entries read-only when write permission
+/// goes (the migrator restores the rights the entry records). In an RWP
+/// range (`rwp`) a read-write-protected leaf stays PROT_NONE whatever the
+/// new access (Linux 7.3 keeps the RWP marker across PTE rewrites). Runs under
+/// the mmap write lock, so only compare-and-swap against the hardware's
+/// accessed/dirty updates is needed. `upgrade` says which entries a
+/// grant of write permission makes writable.
+fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags, upgrade: WriteUpgrade, rwp: bool) {
     let phys = mm.phys();
     let _ = mm.pgtable().walk(start, end, |visit| {
         if let Visit::Slot { slot, mut entry } = visit {
@@ -264,7 +270,8 @@ fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags, upgrade: Wr
                 if !access.contains(VmFlags::WRITE) {
                     new = new.wrprotect();
                 }
-                new = if access.is_empty() { new.mkprotnone() } else { new.clear_protnone() };
+                let keep_rwp = rwp && entry.is_uffd_rwp();
+                new = if access.is_empty() || keep_rwp { new.mkprotnone() } else { new.clear_protnone() };
                 if upgrade.applies(phys, new) {
                     new = new.mkwrite();
                 }

@@ -403,6 +403,7 @@ fn move_mapping(
             source.anon_vma = AnonVmaSlot::default();
         }
     }
+    crate::uffd::rwp::disarm_unregistered(mm, vma.flags, moved.flags, new, new + len);
     guard.vmas_mut().insert(moved);
     guard.vmas_mut().merge_range(new, new + new_len);
     invalidation.end();

@@ -2,26 +2,27 @@
 //! ranges. The file object ([`Userfaultfd`]) negotiates the API, registers
 //! ranges, and hands out fault messages ([`UffdMsg`]) through `read` and
 //! `poll`; the handler answers with `COPY`, `ZEROPAGE`, `CONTINUE`,
-//! `WRITEPROTECT`, `MOVE`, `POISON` or `WAKE`.
+//! `WRITEPROTECT`, `MOVE`, `POISON`, `RWPROTECT` or `WAKE`.
 //!
 //! Files: `mod.rs` the context, the file object and the message queue;
 //! `register.rs` REGISTER/UNREGISTER and close; `ioctl.rs` COPY, ZEROPAGE,
 //! WAKE; `wp.rs` WP mode (WRITEPROTECT, the uffd-wp PTE bit); `minor.rs`
 //! MINOR mode and CONTINUE; `mover.rs` MOVE; `poison.rs` POISON;
 //! `wait.rs` the fault side (queue a message, sleep with the mmap lock
-//! released, or SIGBUS).
+//! released, or SIGBUS); `rwp.rs` Linux 7.3's RWP mode (RWPROTECT,
+//! SET_MODE, resolving protected pages).
 //!
 //! Modelled: MISSING mode on private anonymous memory and shmem (shared
 //! anonymous memory, memfd, tmpfs); WP mode on the same (present pages
 //! are protected; none entries of shmem get no marker, see wp.rs); MINOR
-//! mode on shmem; MOVE of anonymous pages; POISON markers; features
-//! `PAGEFAULT_FLAG_WP`, `SIGBUS`, `THREAD_ID`, `EXACT_ADDRESS`,
-//! `MISSING_SHMEM`, `MINOR_SHMEM`, `POISON`, `WP_ASYNC`, `MOVE`; the open
-//! flag `UFFD_USER_MODE_ONLY`. Not modelled (refused with a typed error,
-//! never silently accepted): registration of hugetlb memory, the RWP mode,
-//! the non-cooperative events (`EVENT_FORK`, `EVENT_REMAP`,
+//! mode on shmem; RWP mode on the same as WP; MOVE of anonymous pages;
+//! POISON markers; features `PAGEFAULT_FLAG_WP`, `SIGBUS`, `THREAD_ID`,
+//! `EXACT_ADDRESS`, `MISSING_SHMEM`, `MINOR_SHMEM`, `POISON`, `WP_ASYNC`,
+//! `MOVE`, `RWP`, `RWP_ASYNC`; the open flag `UFFD_USER_MODE_ONLY`. Not
+//! modelled (refused with a typed error, never silently accepted):
+//! registration of hugetlb memory, the non-cooperative events (`EVENT_FORK`, `EVENT_REMAP`,
 //! `EVENT_REMOVE`, `EVENT_UNMAP`: without them fork and mremap drop the
-//! registration, as Linux does), `WP_UNPOPULATED`, `SET_MODE`. Known
+//! registration, as Linux does), `WP_UNPOPULATED`. Known
 //! gaps: a uffd-wp page swapped out loses its bit (Linux keeps it in the
 //! swap entry); `THREAD_ID`'s `ptid` is 0 (the model has no threads).
 //!
@@ -38,6 +39,7 @@ mod minor;
 mod mover;
 mod poison;
 mod register;
+pub mod rwp;
 mod wait;
 mod wp;
 
@@ -107,7 +109,9 @@ pub const UFFD_API_FEATURES: u64 = UFFD_FEATURE_PAGEFAULT_FLAG_WP
     | UFFD_FEATURE_EXACT_ADDRESS
     | UFFD_FEATURE_POISON
     | UFFD_FEATURE_WP_ASYNC
-    | UFFD_FEATURE_MOVE;
+    | UFFD_FEATURE_MOVE
+    | rwp::UFFD_FEATURE_RWP
+    | rwp::UFFD_FEATURE_RWP_ASYNC;
 
 /// Every feature bit Linux knows (7.3 adds RWP and RWP_ASYNC).
 const LINUX_FEATURES: u64 = (1 << 19) - 1;
@@ -160,6 +164,10 @@ pub mod nr {
     pub const CONTINUE: u32 = 0x07;
     /// `_UFFDIO_POISON`.
     pub const POISON: u32 = 0x08;
+    /// `_UFFDIO_RWPROTECT` (7.3).
+    pub const RWPROTECT: u32 = 0x09;
+    /// `_UFFDIO_SET_MODE` (7.3).
+    pub const SET_MODE: u32 = 0x0A;
     /// `_UFFDIO_API`.
     pub const API: u32 = 0x3F;
 }
@@ -360,8 +368,10 @@ pub(crate) fn forget_on_fork(vma: &mut Vma) {
 }
 
 /// Every `VM_UFFD_*` flag (`__VM_UFFD_FLAGS`).
-pub(crate) const UFFD_VM_FLAGS: hmm_types::VmFlags =
-    hmm_types::VmFlags::UFFD_MISSING.union(hmm_types::VmFlags::UFFD_WP).union(hmm_types::VmFlags::UFFD_MINOR);
+pub(crate) const UFFD_VM_FLAGS: hmm_types::VmFlags = hmm_types::VmFlags::UFFD_MISSING
+    .union(hmm_types::VmFlags::UFFD_WP)
+    .union(hmm_types::VmFlags::UFFD_MINOR)
+    .union(hmm_types::VmFlags::UFFD_RWP);
 
 /// An open userfaultfd (`userfaultfd(2)`); dropping it is `close`, which
 /// unregisters every range and lets waiting faults proceed.
@@ -422,8 +432,9 @@ impl Userfaultfd {
     }
 
     /// `UFFDIO_API`: `api` must be [`UFFD_API`] and `features` a subset of
-    /// [`UFFD_API_FEATURES`]; once per file. Returns (features, ioctls):
-    /// the available features and the bits of the file-level ioctls.
+    /// [`UFFD_API_FEATURES`] (`RWP_ASYNC` only with `RWP`); once per file.
+    /// Returns (features, ioctls): the available features and the bits of
+    /// the file-level ioctls (7.3 adds `SET_MODE`).
     pub fn api(&self, api: u64, features: u64) -> Result<(u64, u64), UffdError> {
         let mut state = self.ctx.lock();
         if state.features.is_some() {
@@ -438,8 +449,11 @@ impl Userfaultfd {
         if features & !UFFD_API_FEATURES != 0 {
             return Err(UffdError::NotModelled("a requested feature (events, hugetlb, WP_UNPOPULATED)"));
         }
+        if features & rwp::UFFD_FEATURE_RWP_ASYNC != 0 && features & rwp::UFFD_FEATURE_RWP == 0 {
+            return Err(UffdError::Invalid("UFFD_FEATURE_RWP_ASYNC needs UFFD_FEATURE_RWP"));
+        }
         state.features = Some(features);
-        let ioctls = (1 << nr::REGISTER) | (1 << nr::UNREGISTER) | (1u64 << nr::API);
+        let ioctls = (1 << nr::REGISTER) | (1 << nr::UNREGISTER) | (1 << nr::SET_MODE) | (1u64 << nr::API);
         Ok((UFFD_API_FEATURES, ioctls))
     }
 

@@ -3,8 +3,8 @@
 //! the mmap write lock; they split VMAs at the range ends and merge what
 //! became alike.
 //!
-//! Which memory takes which mode (`vma_can_userfault`): MISSING and WP on
-//! private anonymous memory and shmem, MINOR on shmem only; hugetlb is
+//! Which memory takes which mode (`vma_can_userfault`): MISSING, WP and
+//! RWP on private anonymous memory and shmem, MINOR on shmem only; hugetlb is
 //! allowed by Linux but not modelled (`EOPNOTSUPP`), anything else
 //! (fs-dax, device-DAX, PFN maps) is `EINVAL`.
 //!
@@ -21,14 +21,16 @@ use crate::fs::InodeKind;
 use crate::vma::{Vma, VmaBacking};
 
 /// The range ioctls of a registration (`UFFD_API_RANGE_IOCTLS`), before
-/// CONTINUE and WRITEPROTECT are taken out for ranges without MINOR or WP.
+/// CONTINUE, WRITEPROTECT and RWPROTECT are taken out for ranges without
+/// MINOR, WP or RWP.
 const RANGE_IOCTLS: u64 = (1 << nr::WAKE)
     | (1 << nr::COPY)
     | (1 << nr::ZEROPAGE)
     | (1 << nr::MOVE)
     | (1 << nr::WRITEPROTECT)
     | (1 << nr::CONTINUE)
-    | (1 << nr::POISON);
+    | (1 << nr::POISON)
+    | (1 << nr::RWPROTECT);
 
 /// The memory kinds registration distinguishes.
 enum Kind {
@@ -49,24 +51,28 @@ fn kind(vma: &Vma) -> Kind {
 
 impl Userfaultfd {
     /// `UFFDIO_REGISTER`: arms `[start, start + len)` for `mode` (a
-    /// non-empty set of MISSING, WP, MINOR); returns the range ioctls.
+    /// non-empty set of MISSING, WP, MINOR, RWP; WP and RWP exclude each
+    /// other); returns the range ioctls.
     /// A range holding no VMA is `EINVAL`, as is a VMA of a kind that cannot
     /// take the mode is `EINVAL`; one that may never be written `EPERM`;
-    /// one registered with another userfaultfd `EBUSY`.
+    /// one registered with another userfaultfd `EBUSY`. A VMA registered
+    /// here already with every mode asked for is left as it is.
     pub fn register(&self, start: u64, len: u64, mode: u64) -> Result<u64, UffdError> {
-        self.features()?;
-        let all = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP | UFFDIO_REGISTER_MODE_MINOR;
-        if mode & UFFDIO_REGISTER_MODE_RWP != 0 {
-            return Err(UffdError::NotModelled("the RWP registration mode"));
-        }
+        let features = self.features()?;
+        let all = UFFDIO_REGISTER_MODE_MISSING
+            | UFFDIO_REGISTER_MODE_WP
+            | UFFDIO_REGISTER_MODE_MINOR
+            | UFFDIO_REGISTER_MODE_RWP;
         if mode == 0 || mode & !all != 0 {
-            return Err(UffdError::Invalid("mode must be a non-empty subset of MISSING|WP|MINOR"));
+            return Err(UffdError::Invalid("mode must be a non-empty subset of MISSING|WP|MINOR|RWP"));
         }
+        super::rwp::check_register(mode, features, None)?;
         let mut vm_flags = VmFlags::empty();
         for (bit, flag) in [
             (UFFDIO_REGISTER_MODE_MISSING, VmFlags::UFFD_MISSING),
             (UFFDIO_REGISTER_MODE_WP, VmFlags::UFFD_WP),
             (UFFDIO_REGISTER_MODE_MINOR, VmFlags::UFFD_MINOR),
+            (UFFDIO_REGISTER_MODE_RWP, VmFlags::UFFD_RWP),
         ] {
             if mode & bit != 0 {
                 vm_flags |= flag;
@@ -79,12 +85,19 @@ impl Userfaultfd {
         for vma in guard.overlapping(start, end) {
             any = true;
             self.check_vma(vma, vm_flags)?;
+            super::rwp::check_register(mode, features, Some(vma))?;
+            super::rwp::check_reregister(vma, vm_flags)?;
         }
         if !any {
             return Err(UffdError::Invalid("no mapping in the range"));
         }
         let binding = UffdBinding(self.ctx.clone());
         for vma in guard.vmas_mut().split_range_mut(start, end) {
+            // "Nothing to do": registered here with these modes and maybe
+            // more, which stay (`userfaultfd_register_range`).
+            if super::is_mine(&self.ctx, vma) && vma.flags.contains(vm_flags) {
+                continue;
+            }
             vma.flags.remove(UFFD_VM_FLAGS);
             vma.flags.insert(vm_flags);
             vma.uffd = Some(binding.clone());
@@ -96,6 +109,9 @@ impl Userfaultfd {
         }
         if mode & UFFDIO_REGISTER_MODE_WP == 0 {
             ioctls &= !(1 << nr::WRITEPROTECT);
+        }
+        if mode & UFFDIO_REGISTER_MODE_RWP == 0 {
+            ioctls &= !(1 << nr::RWPROTECT);
         }
         Ok(ioctls)
     }
@@ -158,6 +174,14 @@ impl Userfaultfd {
             for (s, e) in wp {
                 super::wp::clear_range(&mm, s, e);
             }
+            let rwp: Vec<(u64, u64, VmFlags)> = guard
+                .overlapping(start, end)
+                .filter(|v| v.flags.contains(VmFlags::UFFD_RWP))
+                .map(|v| (v.start.max(start), v.end.min(end), v.flags))
+                .collect();
+            for (s, e, flags) in rwp {
+                super::rwp::resolve_range(&mm, flags, s, e);
+            }
             for vma in guard.vmas_mut().split_range_mut(start, end) {
                 vma.flags.remove(UFFD_VM_FLAGS);
                 vma.uffd = None;
@@ -178,14 +202,17 @@ impl Drop for Userfaultfd {
     fn drop(&mut self) {
         if let Some(mm) = self.ctx.mm.upgrade().and_then(|mm| mm.mmget_not_zero()) {
             let mut guard = mm.mmap_write();
-            let mine: Vec<(u64, u64, bool)> = guard
+            let mine: Vec<(u64, u64, VmFlags)> = guard
                 .iter()
                 .filter(|v| v.uffd.as_ref().is_some_and(|b| std::sync::Arc::ptr_eq(&b.0, &self.ctx)))
-                .map(|v| (v.start, v.end, v.flags.contains(VmFlags::UFFD_WP)))
+                .map(|v| (v.start, v.end, v.flags))
                 .collect();
-            for (start, end, wp) in mine {
-                if wp {
+            for (start, end, flags) in mine {
+                if flags.contains(VmFlags::UFFD_WP) {
                     super::wp::clear_range(&mm, start, end);
+                }
+                if flags.contains(VmFlags::UFFD_RWP) {
+                    super::rwp::resolve_range(&mm, flags, start, end);
                 }
                 for vma in guard.vmas_mut().split_range_mut(start, end) {
                     vma.flags.remove(UFFD_VM_FLAGS);

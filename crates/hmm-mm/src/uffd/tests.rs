@@ -38,7 +38,7 @@ fn api_handshake_checks_the_version_the_features_and_happens_once() {
     assert_eq!(uffd.api(UFFD_API, 1 << 20).unwrap_err().errno(), Errno::Inval, "no such feature");
     let (features, ioctls) = uffd.api(UFFD_API, 0).unwrap();
     assert_eq!(features & UFFD_FEATURE_SIGBUS, UFFD_FEATURE_SIGBUS);
-    assert_eq!(ioctls, (1 << 0x00) | (1 << 0x01) | (1 << 0x3F));
+    assert_eq!(ioctls, (1 << 0x00) | (1 << 0x01) | (1 << 0x0A) | (1 << 0x3F), "7.3 adds SET_MODE (0x0A)");
     assert_eq!(uffd.api(UFFD_API, 0).unwrap_err().errno(), Errno::Inval, "only once per file");
     assert_eq!(uffd.read().unwrap_err().errno(), Errno::Again, "non-blocking, nothing pending");
 }
@@ -54,7 +54,7 @@ fn register_validates_mode_range_and_vmas_and_splits_at_the_ends() {
     assert_eq!(uffd.register(va + 1, PAGE_SIZE, missing).unwrap_err().errno(), Errno::Inval);
     assert_eq!(uffd.register(va, 0, missing).unwrap_err().errno(), Errno::Inval);
     assert_eq!(uffd.register(0x10000, PAGE_SIZE, missing).unwrap_err().errno(), Errno::Inval, "no VMA");
-    assert_eq!(uffd.register(va, PAGE_SIZE, 8).unwrap_err().errno(), Errno::OpNotSupp, "RWP");
+    assert_eq!(uffd.register(va, PAGE_SIZE, 8).unwrap_err().errno(), Errno::Inval, "RWP, not negotiated");
     let ioctls = uffd.register(va + PAGE_SIZE, 2 * PAGE_SIZE, missing).unwrap();
     assert_eq!(
         ioctls,

@@ -1,11 +1,12 @@
 //! The fault side of userfaultfd (`handle_userfault`): decide whether a
 //! fault in a registered range must go to the handler (MISSING: no entry
 //! and, for shmem, no page in the page cache; MINOR: no entry but a cached
-//! page; WP: a write to a page with the uffd-wp bit), and if so queue a
-//! message and sleep with the mmap lock released until a COPY, ZEROPAGE,
-//! CONTINUE, WRITEPROTECT, WAKE, UNREGISTER or close covers the page, or
+//! page; WP: a write to a page with the uffd-wp bit; RWP: any access to
+//! a read-write-protected page, `rwp.rs`), and if so queue a message and
+//! sleep with the mmap lock released until a COPY, ZEROPAGE, CONTINUE,
+//! WRITEPROTECT, RWPROTECT, WAKE, UNREGISTER or close covers the page, or
 //! a fatal signal arrives. `UFFD_FEATURE_WP_ASYNC` resolves a WP fault in
-//! place instead.
+//! place instead, `UFFD_FEATURE_RWP_ASYNC` an RWP fault.
 //!
 //! A fault that may not release the lock (no `FAULT_FLAG_ALLOW_RETRY`:
 //! the locked `hmm::range_fault`, GUP here), a context created with
@@ -42,7 +43,9 @@ pub(crate) enum Verdict {
 /// Decides, under the mmap lock. MISSING mode fires on an address with no
 /// entry at any level (and, for shmem, no page in the page cache); MINOR
 /// on no entry with a cached page; WP on a write to a present page with
-/// the uffd-wp bit. The only side effect is WP_ASYNC's: it clears the bit.
+/// the uffd-wp bit; RWP on any access to a protected page. The only side
+/// effects are the async modes': WP_ASYNC clears the bit, RWP_ASYNC
+/// resolves the protection.
 pub(crate) fn verdict(mm: &Mm, vma: &Vma, va: u64, flags: FaultFlags) -> Verdict {
     let Some(binding) = &vma.uffd else { return Verdict::Proceed };
     let slot = mm.pgtable().find(va);
@@ -56,6 +59,8 @@ pub(crate) fn verdict(mm: &Mm, vma: &Vma, va: u64, flags: FaultFlags) -> Verdict
         } else {
             return Verdict::Proceed;
         }
+    } else if super::rwp::is_rwp_fault(vma, entry) {
+        super::rwp::UFFD_PAGEFAULT_FLAG_RWP
     } else if flags.contains(FaultFlags::WRITE) && entry.is_uffd_wp() && vma.flags.contains(VmFlags::UFFD_WP) {
         UFFD_PAGEFAULT_FLAG_WP
     } else {
@@ -66,6 +71,10 @@ pub(crate) fn verdict(mm: &Mm, vma: &Vma, va: u64, flags: FaultFlags) -> Verdict
     if reason == UFFD_PAGEFAULT_FLAG_WP && features & UFFD_FEATURE_WP_ASYNC != 0 {
         // Resolved in the fault: the bit goes, the write fault proceeds.
         let _ = slot.compare_exchange(entry, entry.clear_uffd_wp());
+        return Verdict::Proceed;
+    }
+    if reason == super::rwp::UFFD_PAGEFAULT_FLAG_RWP && features & super::rwp::UFFD_FEATURE_RWP_ASYNC != 0 {
+        super::rwp::resolve_in_fault(mm, vma, slot, entry);
         return Verdict::Proceed;
     }
     if features & UFFD_FEATURE_SIGBUS != 0 {

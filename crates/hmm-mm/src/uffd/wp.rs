@@ -85,7 +85,7 @@ fn has_none(mm: &Mm, start: u64, end: u64) -> bool {
 /// Changes every present leaf of `[start, end)` with `change`, inside a
 /// PROTECTION_VMA invalidation when there is any (`change_pmd_range`
 /// starts one at the first populated table).
-fn change_range(mm: &Mm, start: u64, end: u64, change: impl Fn(Entry) -> Entry) {
+pub(super) fn change_range(mm: &Mm, start: u64, end: u64, change: impl Fn(Entry) -> Entry) {
     if !crate::zap::has_entries(mm, start, end) {
         return;
     }

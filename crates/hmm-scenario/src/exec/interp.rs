@@ -125,6 +125,9 @@ pub fn run_scenario(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Tr
                         Call::Device(d) if !backend.supports(d.needs()) => {
                             Outcome::Refused(format!("needs {}, which this executor lacks", d.needs()))
                         }
+                        _ if crate::lang::uffd::needs_rwp(op) && !backend.supports(super::Capability::UffdRwp) => {
+                            Outcome::Refused(format!("needs {}, which this executor lacks", super::Capability::UffdRwp))
+                        }
                         Call::Device(d) if d.too_large() => Outcome::Refused(format!(
                             "more than {} pages in one device command",
                             super::device::MAX_DEVICE_PAGES

@@ -211,6 +211,17 @@ pub enum UffdCall {
     },
     /// Reads every pending message without blocking.
     Read,
+    /// `UFFDIO_RWPROTECT` (7.3).
+    Rwprotect {
+        start: u64,
+        len: u64,
+        mode: u64,
+    },
+    /// `UFFDIO_SET_MODE` (7.3): feature bits to turn on and off.
+    SetMode {
+        enable: u64,
+        disable: u64,
+    },
 }
 
 /// [`FallocMode`] in a serializable form.
@@ -258,6 +269,8 @@ pub enum Capability {
     Devices,
     /// fs-dax files (a filesystem mounted with `-o dax`).
     Dax,
+    /// userfaultfd's RWP mode (Linux 7.3: `UFFD_FEATURE_RWP`).
+    UffdRwp,
 }
 
 impl core::fmt::Display for Capability {
@@ -267,6 +280,7 @@ impl core::fmt::Display for Capability {
             Self::Frames => "frame numbers",
             Self::Devices => "the test device /dev/hmm_dmirror*",
             Self::Dax => "an fs-dax mount",
+            Self::UffdRwp => "userfaultfd's RWP mode (Linux 7.3)",
         })
     }
 }

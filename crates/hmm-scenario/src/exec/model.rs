@@ -361,7 +361,14 @@ impl Executor for ModelExecutor {
         "model"
     }
     fn supports(&self, cap: Capability) -> bool {
-        matches!(cap, Capability::Invalidations | Capability::Frames | Capability::Devices | Capability::Dax)
+        matches!(
+            cap,
+            Capability::Invalidations
+                | Capability::Frames
+                | Capability::Devices
+                | Capability::Dax
+                | Capability::UffdRwp
+        )
     }
     fn run(&mut self, scenario: &Scenario) -> Result<Trace, ExecError> {
         let mut backend = ModelBackend::new(self.config.clone())?;

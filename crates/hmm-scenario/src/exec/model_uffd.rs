@@ -130,6 +130,8 @@ pub fn call(state: &mut UffdState, id: FileId, op: &UffdCall) -> Outcome {
         UffdCall::Move { dst, src, len, mode } => ok(f.move_pages(dst, src, len, mode)),
         UffdCall::Poison { start, len, mode } => ok(f.poison(start, len, mode)),
         UffdCall::Wake { start, len } => ok(f.wake(start, len).map(|()| 0)),
+        UffdCall::Rwprotect { start, len, mode } => ok(f.rwprotect(start, len, mode).map(|()| 0)),
+        UffdCall::SetMode { enable, disable } => ok(f.set_mode(enable, disable).map(|()| 0)),
         UffdCall::Read => {
             drain(uffd, None);
             let msgs: Vec<UffdMsgView> = uffd.read_ahead.lock().drain(..).collect();

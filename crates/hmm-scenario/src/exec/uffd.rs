@@ -25,6 +25,10 @@ pub fn resolve(op: &UffdOp, a: &dyn Fn(&Expr) -> Result<u64, ExecError>) -> Resu
         UffdOp::Poison { addr, len, mode, .. } => UffdCall::Poison { start: a(addr)?, len: a(len)?, mode: m(mode) },
         UffdOp::Wake { addr, len, .. } => UffdCall::Wake { start: a(addr)?, len: a(len)? },
         UffdOp::Read { .. } => UffdCall::Read,
+        UffdOp::Rwprotect { addr, len, mode, .. } => {
+            UffdCall::Rwprotect { start: a(addr)?, len: a(len)?, mode: m(mode) }
+        }
+        UffdOp::SetMode { enable, disable, .. } => UffdCall::SetMode { enable: m(enable), disable: m(disable) },
     })
 }
 

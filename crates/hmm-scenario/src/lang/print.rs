@@ -228,6 +228,12 @@ mod tests {
             (name(), e(), e(), any::<u32>()).prop_map(|(uffd, addr, len, mode)| U::Poison { uffd, addr, len, mode }),
             (name(), e(), e()).prop_map(|(uffd, addr, len)| U::Wake { uffd, addr, len }),
             name().prop_map(|uffd| U::Read { uffd }),
+            (name(), e(), e(), any::<u32>()).prop_map(|(uffd, addr, len, mode)| U::Rwprotect { uffd, addr, len, mode }),
+            (name(), any::<u32>(), any::<u32>()).prop_map(|(uffd, enable, disable)| U::SetMode {
+                uffd,
+                enable,
+                disable
+            }),
         ]
         .prop_map(Op::Uffd)
     }

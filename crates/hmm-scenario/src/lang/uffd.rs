@@ -14,7 +14,13 @@
 //! uffd_poison u ADDR LEN [MODE]       # dontwake
 //! uffd_wake u ADDR LEN
 //! uffd_read u                         # every queued message, without blocking
+//! uffd_rwprotect u ADDR LEN MODE      # rwp (protect) or 0 (resolve), dontwake (7.3)
+//! uffd_set_mode u ENABLE DISABLE      # feature bits (rwp_async) or 0 (7.3)
 //! ```
+//!
+//! The RWP lines, and `userfaultfd` or `uffd_register` naming `rwp`, need
+//! Linux 7.3's RWP mode ([`needs_rwp`]); an executor without it refuses
+//! them.
 //!
 //! Linux: `include/uapi/linux/userfaultfd.h`.
 
@@ -23,7 +29,7 @@ use super::lex::{self, Token};
 use super::ParseError;
 
 /// `UFFD_FEATURE_*` with their bits.
-pub const FEATURE_BITS: [(u32, &str); 17] = [
+pub const FEATURE_BITS: [(u32, &str); 19] = [
     (1 << 0, "pagefault_flag_wp"),
     (1 << 1, "event_fork"),
     (1 << 2, "event_remap"),
@@ -41,10 +47,15 @@ pub const FEATURE_BITS: [(u32, &str); 17] = [
     (1 << 14, "poison"),
     (1 << 15, "wp_async"),
     (1 << 16, "move"),
+    (1 << 17, "rwp"),
+    (1 << 18, "rwp_async"),
 ];
 
+/// The feature bits of Linux 7.3's RWP mode.
+pub const RWP_FEATURES: u32 = (1 << 17) | (1 << 18);
+
 /// `UFFDIO_REGISTER_MODE_*`.
-pub const REGISTER_BITS: [(u32, &str); 3] = [(1, "missing"), (2, "wp"), (4, "minor")];
+pub const REGISTER_BITS: [(u32, &str); 4] = [(1, "missing"), (2, "wp"), (4, "minor"), (8, "rwp")];
 /// `UFFDIO_COPY_MODE_*`.
 pub const COPY_BITS: [(u32, &str); 2] = [(1, "dontwake"), (2, "wp")];
 /// `UFFDIO_ZEROPAGE_MODE_*` and `UFFDIO_POISON_MODE_*`.
@@ -55,26 +66,87 @@ pub const WRITEPROTECT_BITS: [(u32, &str); 2] = [(1, "wp"), (2, "dontwake")];
 pub const CONTINUE_BITS: [(u32, &str); 2] = [(1, "dontwake"), (2, "wp")];
 /// `UFFDIO_MOVE_MODE_*`.
 pub const MOVE_BITS: [(u32, &str); 2] = [(1, "dontwake"), (2, "allow_src_holes")];
+/// `UFFDIO_RWPROTECT_MODE_*` (7.3).
+pub const RWPROTECT_BITS: [(u32, &str); 2] = [(1, "rwp"), (2, "dontwake")];
 
 /// One userfaultfd operation on the descriptor `uffd` (a name bound by
 /// `userfaultfd`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum UffdOp {
-    Register { uffd: Name, addr: Expr, len: Expr, mode: u32 },
-    Unregister { uffd: Name, addr: Expr, len: Expr },
-    Copy { uffd: Name, dst: Expr, len: Expr, value: u64, mode: u32 },
-    Zeropage { uffd: Name, addr: Expr, len: Expr, mode: u32 },
-    Writeprotect { uffd: Name, addr: Expr, len: Expr, mode: u32 },
-    Continue { uffd: Name, addr: Expr, len: Expr, mode: u32 },
-    Move { uffd: Name, dst: Expr, src: Expr, len: Expr, mode: u32 },
-    Poison { uffd: Name, addr: Expr, len: Expr, mode: u32 },
-    Wake { uffd: Name, addr: Expr, len: Expr },
-    Read { uffd: Name },
+    Register {
+        uffd: Name,
+        addr: Expr,
+        len: Expr,
+        mode: u32,
+    },
+    Unregister {
+        uffd: Name,
+        addr: Expr,
+        len: Expr,
+    },
+    Copy {
+        uffd: Name,
+        dst: Expr,
+        len: Expr,
+        value: u64,
+        mode: u32,
+    },
+    Zeropage {
+        uffd: Name,
+        addr: Expr,
+        len: Expr,
+        mode: u32,
+    },
+    Writeprotect {
+        uffd: Name,
+        addr: Expr,
+        len: Expr,
+        mode: u32,
+    },
+    Continue {
+        uffd: Name,
+        addr: Expr,
+        len: Expr,
+        mode: u32,
+    },
+    Move {
+        uffd: Name,
+        dst: Expr,
+        src: Expr,
+        len: Expr,
+        mode: u32,
+    },
+    Poison {
+        uffd: Name,
+        addr: Expr,
+        len: Expr,
+        mode: u32,
+    },
+    Wake {
+        uffd: Name,
+        addr: Expr,
+        len: Expr,
+    },
+    Read {
+        uffd: Name,
+    },
+    Rwprotect {
+        uffd: Name,
+        addr: Expr,
+        len: Expr,
+        mode: u32,
+    },
+    /// `enable` and `disable` are `UFFD_FEATURE_*` bits.
+    SetMode {
+        uffd: Name,
+        enable: u32,
+        disable: u32,
+    },
 }
 
 /// The keywords, for the parser's dispatch.
-pub const KEYWORDS: [&str; 10] = [
+pub const KEYWORDS: [&str; 12] = [
     "uffd_register",
     "uffd_unregister",
     "uffd_copy",
@@ -85,6 +157,8 @@ pub const KEYWORDS: [&str; 10] = [
     "uffd_poison",
     "uffd_wake",
     "uffd_read",
+    "uffd_rwprotect",
+    "uffd_set_mode",
 ];
 
 impl UffdOp {
@@ -101,6 +175,8 @@ impl UffdOp {
             Self::Poison { .. } => "uffd_poison",
             Self::Wake { .. } => "uffd_wake",
             Self::Read { .. } => "uffd_read",
+            Self::Rwprotect { .. } => "uffd_rwprotect",
+            Self::SetMode { .. } => "uffd_set_mode",
         }
     }
 
@@ -116,6 +192,8 @@ impl UffdOp {
             | Self::Move { uffd, .. }
             | Self::Poison { uffd, .. }
             | Self::Wake { uffd, .. }
+            | Self::Rwprotect { uffd, .. }
+            | Self::SetMode { uffd, .. }
             | Self::Read { uffd } => uffd,
         }
     }
@@ -139,6 +217,11 @@ pub fn parse(toks: &[Token<'_>], end_col: usize) -> Result<UffdOp, ParseError> {
     let mut expr = |what: &str| lex::expr(take(what)?);
     let op = match keyword {
         "uffd_read" => UffdOp::Read { uffd },
+        "uffd_set_mode" => {
+            let enable = lex::bits(take("the features to enable (or 0)")?, &FEATURE_BITS, "feature")?;
+            let disable = lex::bits(take("the features to disable (or 0)")?, &FEATURE_BITS, "feature")?;
+            UffdOp::SetMode { uffd, enable, disable }
+        }
         "uffd_wake" => UffdOp::Wake { uffd, addr: expr("an address")?, len: expr("a length")? },
         "uffd_unregister" => UffdOp::Unregister { uffd, addr: expr("an address")?, len: expr("a length")? },
         "uffd_move" => {
@@ -158,6 +241,7 @@ pub fn parse(toks: &[Token<'_>], end_col: usize) -> Result<UffdOp, ParseError> {
                 "uffd_writeprotect" => UffdOp::Writeprotect { uffd, addr, len, mode: 0 },
                 "uffd_continue" => UffdOp::Continue { uffd, addr, len, mode: 0 },
                 "uffd_poison" => UffdOp::Poison { uffd, addr, len, mode: 0 },
+                "uffd_rwprotect" => UffdOp::Rwprotect { uffd, addr, len, mode: 0 },
                 other => unreachable!("not a userfaultfd keyword: {other}"),
             }
         }
@@ -167,11 +251,12 @@ pub fn parse(toks: &[Token<'_>], end_col: usize) -> Result<UffdOp, ParseError> {
     let (table, required): (&[(u32, &str)], bool) = match &op {
         UffdOp::Register { .. } => (&REGISTER_BITS, true),
         UffdOp::Writeprotect { .. } => (&WRITEPROTECT_BITS, true),
+        UffdOp::Rwprotect { .. } => (&RWPROTECT_BITS, true),
         UffdOp::Copy { .. } => (&COPY_BITS, false),
         UffdOp::Zeropage { .. } | UffdOp::Poison { .. } => (&DONTWAKE_BITS, false),
         UffdOp::Continue { .. } => (&CONTINUE_BITS, false),
         UffdOp::Move { .. } => (&MOVE_BITS, false),
-        UffdOp::Unregister { .. } | UffdOp::Wake { .. } | UffdOp::Read { .. } => (&[], false),
+        UffdOp::Unregister { .. } | UffdOp::Wake { .. } | UffdOp::Read { .. } | UffdOp::SetMode { .. } => (&[], false),
     };
     let mut op = op;
     let has_mode = !table.is_empty() || required;
@@ -190,8 +275,9 @@ pub fn parse(toks: &[Token<'_>], end_col: usize) -> Result<UffdOp, ParseError> {
         | UffdOp::Zeropage { mode: m, .. }
         | UffdOp::Poison { mode: m, .. }
         | UffdOp::Continue { mode: m, .. }
-        | UffdOp::Move { mode: m, .. } => *m = mode,
-        UffdOp::Unregister { .. } | UffdOp::Wake { .. } | UffdOp::Read { .. } => {}
+        | UffdOp::Move { mode: m, .. }
+        | UffdOp::Rwprotect { mode: m, .. } => *m = mode,
+        UffdOp::Unregister { .. } | UffdOp::Wake { .. } | UffdOp::Read { .. } | UffdOp::SetMode { .. } => {}
     }
     if let Some(tok) = toks.get(next) {
         return Err(ParseError::at(tok.col, format!("unexpected `{}` after `{keyword}`", tok.text)));
@@ -218,6 +304,15 @@ pub fn print_args(op: &UffdOp, arg: &mut dyn FnMut(String), expr: fn(&Expr) -> S
             arg(expr(addr));
             arg(expr(len));
             arg(bits(*mode, &WRITEPROTECT_BITS));
+        }
+        UffdOp::Rwprotect { addr, len, mode, .. } => {
+            arg(expr(addr));
+            arg(expr(len));
+            arg(bits(*mode, &RWPROTECT_BITS));
+        }
+        UffdOp::SetMode { enable, disable, .. } => {
+            arg(bits(*enable, &FEATURE_BITS));
+            arg(bits(*disable, &FEATURE_BITS));
         }
         UffdOp::Copy { dst, len, value, mode, .. } => {
             arg(expr(dst));
@@ -246,6 +341,18 @@ pub fn print_args(op: &UffdOp, arg: &mut dyn FnMut(String), expr: fn(&Expr) -> S
                 arg(bits(*mode, table));
             }
         }
+    }
+}
+
+/// Whether `op` needs Linux 7.3's RWP mode: asking for its features,
+/// registering in RWP mode, or its two ioctls. Older kernels reject them
+/// (`EINVAL`), so an executor without the mode refuses these steps.
+pub fn needs_rwp(op: &super::ast::Op) -> bool {
+    match op {
+        super::ast::Op::Userfaultfd { features } => features & RWP_FEATURES != 0,
+        super::ast::Op::Uffd(UffdOp::Register { mode, .. }) => mode & 8 != 0,
+        super::ast::Op::Uffd(UffdOp::Rwprotect { .. } | UffdOp::SetMode { .. }) => true,
+        _ => false,
     }
 }
 
@@ -281,6 +388,34 @@ mod tests {
              wait t\n\
              uffd_read u\n"
         );
+    }
+
+    #[test]
+    fn rwp_lines_parse_print_and_need_the_rwp_mode() {
+        let text = "u = userfaultfd rwp|rwp_async\n\
+                    uffd_register u w 4p rwp\n\
+                    uffd_rwprotect u w 4p rwp\n\
+                    uffd_rwprotect u w 1p dontwake\n\
+                    uffd_set_mode u 0 rwp_async\n\
+                    uffd_register u w 4p missing\n";
+        let s = parse("t.hmm", text).unwrap();
+        assert_eq!(s.steps[0].op, Op::Userfaultfd { features: (1 << 17) | (1 << 18) });
+        assert_eq!(s.steps[4].op, Op::Uffd(UffdOp::SetMode { uffd: "u".into(), enable: 0, disable: 1 << 18 }));
+        let needs: Vec<bool> = s.steps.iter().map(|step| super::needs_rwp(&step.op)).collect();
+        assert_eq!(needs, [true, true, true, true, true, false]);
+        assert_eq!(
+            print(&s),
+            "u = userfaultfd rwp|rwp_async\n\
+             uffd_register u w 0x4000 rwp\n\
+             uffd_rwprotect u w 0x4000 rwp\n\
+             uffd_rwprotect u w 0x1000 dontwake\n\
+             uffd_set_mode u 0x0 rwp_async\n\
+             uffd_register u w 0x4000 missing\n"
+        );
+        let e = parse("t", "uffd_rwprotect u w 1p\n").unwrap_err();
+        assert!(e.message.contains("needs a mode"), "{e}");
+        let e = parse("t", "uffd_set_mode u rwp_async\n").unwrap_err();
+        assert!(e.message.contains("features to disable"), "{e}");
     }
 
     #[test]

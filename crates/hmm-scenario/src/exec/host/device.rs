@@ -34,6 +34,7 @@ pub fn supports(cap: Capability) -> bool {
         Capability::Dax => dax_mounts().next().is_some(),
         Capability::Frames => true,
         Capability::Invalidations => false,
+        Capability::UffdRwp => super::uffd::offers_rwp(),
     }
 }
 

@@ -63,6 +63,12 @@ impl HostExecutor {
         }
         None
     }
+
+    /// Whether this kernel offers userfaultfd's RWP mode (Linux 7.3); the
+    /// runner refuses the steps needing it otherwise.
+    pub fn offers_uffd_rwp() -> bool {
+        uffd::offers_rwp()
+    }
 }
 
 impl Executor for HostExecutor {

@@ -347,6 +347,8 @@ pub fn userfaultfd(flags: u64) -> Result<RawFd, i32> {
 pub enum IoctlDir {
     /// `_IOR`: the kernel only reads the argument.
     Read,
+    /// `_IOW` (direction bit 1; `UFFDIO_SET_MODE`).
+    Write,
     /// `_IOWR`: the kernel reads it and writes results back.
     ReadWrite,
 }
@@ -356,6 +358,7 @@ pub enum IoctlDir {
 /// kernel's results are written back into `arg`.
 pub fn uffd_ioctl(fd: RawFd, dir: IoctlDir, nr: u64, arg: &mut [u64]) -> Result<(), i32> {
     let dir_bits: u64 = match dir {
+        IoctlDir::Write => 1,
         IoctlDir::Read => 2,
         IoctlDir::ReadWrite => 3,
     };

@@ -132,6 +132,8 @@ impl HostUffd {
                 ioctl(RW, 0x07, &mut [start, len, mode, 0])
             }
             UffdCall::Poison { start, len, mode } if inside(start, len) => ioctl(RW, 0x08, &mut [start, len, mode, 0]),
+            UffdCall::Rwprotect { start, len, mode } if inside(start, len) => ioctl(RW, 0x09, &mut [start, len, mode]),
+            UffdCall::SetMode { enable, disable } => ioctl(IoctlDir::Write, 0x0A, &mut [enable, disable]),
             UffdCall::Read => {
                 self.drain(id, fd, None);
                 Outcome::Messages(self.read_ahead.remove(&id).unwrap_or_default().into())
@@ -218,6 +220,21 @@ impl MapOk for Outcome {
             other => other,
         }
     }
+}
+
+/// Whether this kernel offers userfaultfd's RWP mode (Linux 7.3): a
+/// userfaultfd's `UFFDIO_API` handshake lists `UFFD_FEATURE_RWP`.
+pub fn offers_rwp() -> bool {
+    const UFFD_FEATURE_RWP: u64 = 1 << 17;
+    static OFFERS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFFERS.get_or_init(|| {
+        let Ok(fd) = sys::userfaultfd(O_CLOEXEC | O_NONBLOCK) else { return false };
+        let mut api = [UFFD_API, 0, 0];
+        let offered =
+            sys::uffd_ioctl(fd, IoctlDir::ReadWrite, 0x3F, &mut api).is_ok() && api[1] & UFFD_FEATURE_RWP != 0;
+        let _ = sys::close(fd);
+        offered
+    })
 }
 
 /// Keeps a joined access's outcome, so a later `wait` shows it again.

@@ -56,7 +56,14 @@ impl Mm {
                 madvise_populate(self, &guard, start, end, advice == MadviseAdvice::PopulateWrite)
             }
             MadviseAdvice::DontNeed | MadviseAdvice::Free | MadviseAdvice::PageOut => {
-                let guard = self.mmap_read();
+                let mut guard = self.mmap_read();
+                if advice != MadviseAdvice::PageOut {
+                    // `userfaultfd_remove`: REMOVE events first, the lock
+                    // dropped while the monitor reads them.
+                    let pieces: Vec<(u64, u64)> =
+                        guard.overlapping(start, end).map(|v| (v.start.max(start), v.end.min(end))).collect();
+                    crate::uffd::remove_before_zap(&mut guard, &pieces);
+                }
                 Walk::new(&guard, start, end).run(|piece_start, piece_end| {
                     let vma = guard.lookup(piece_start).expect("a piece lies in a VMA");
                     discard_piece(self, &guard, vma, piece_start, piece_end, advice)

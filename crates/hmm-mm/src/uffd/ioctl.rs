@@ -63,6 +63,7 @@ impl Userfaultfd {
     fn fill(&self, dst: u64, len: u64, fill: Fill<'_>, mode: u64) -> Result<u64, UffdError> {
         self.features()?;
         let end = check_range(dst, len)?;
+        self.check_changing()?;
         let mm = self.mm()?;
         let mut done = 0;
         let result = {

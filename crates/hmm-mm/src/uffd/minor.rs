@@ -40,6 +40,7 @@ impl Userfaultfd {
             return Err(UffdError::Invalid("unknown UFFDIO_CONTINUE mode"));
         }
         let end = check_range(start, len)?;
+        self.check_changing()?;
         let mm = self.mm()?;
         let mut done = 0;
         let result = {

@@ -39,6 +39,7 @@ impl Userfaultfd {
         }
         let dst_end = check_range(dst, len)?;
         let src_end = check_range(src, len)?;
+        self.check_changing()?;
         let mm = self.mm()?;
         let mut done = 0;
         let result = {

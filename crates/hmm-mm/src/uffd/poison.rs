@@ -38,6 +38,7 @@ impl Userfaultfd {
             return Err(UffdError::Invalid("unknown UFFDIO_POISON mode"));
         }
         let end = check_range(start, len)?;
+        self.check_changing()?;
         let mm = self.mm()?;
         let mut done = 0;
         let result = {

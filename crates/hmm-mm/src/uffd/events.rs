@@ -173,28 +173,17 @@ pub(crate) fn discard() {
     }
 }
 
-/// `userfaultfd_remove`: before MADV_DONTNEED/FREE zap `[start, end)` of
-/// `vma`, a context with EVENT_REMOVE is told, the read lock released
-/// while the caller waits. Returns whether the lock was dropped (the
-/// caller must look its VMAs up again).
-pub(crate) fn remove_before_zap(guard: &mut MmapReadGuard<'_>, pieces: &[(u64, u64)]) -> bool {
-    let mut events = Vec::new();
-    for &(start, end) in pieces {
-        if let Some(binding) = guard.lookup(start).and_then(|v| v.uffd.clone()) {
-            if has(&binding.0, UFFD_FEATURE_EVENT_REMOVE) {
-                binding.0.lock().mmap_changing += 1;
-                events.push((binding.0, Event::Remove { start, end }));
-            }
-        }
-    }
-    if events.is_empty() {
+/// `userfaultfd_remove`: before MADV_DONTNEED/FREE zap `[start, end)` (a
+/// piece of one VMA), a context with EVENT_REMOVE is told, the read lock
+/// released while the caller waits. Returns whether the lock was dropped
+/// (the caller must look its VMA up again).
+pub(crate) fn remove_before_zap(guard: &mut MmapReadGuard<'_>, start: u64, end: u64) -> bool {
+    let Some(binding) = guard.lookup(start).and_then(|v| v.uffd.clone()) else { return false };
+    if !has(&binding.0, UFFD_FEATURE_EVENT_REMOVE) {
         return false;
     }
-    guard.unlocked(|| {
-        for (ctx, event) in events {
-            send_and_wait(&ctx, event);
-        }
-    });
+    binding.0.lock().mmap_changing += 1;
+    guard.unlocked(|| send_and_wait(&binding.0, Event::Remove { start, end }));
     true
 }
 
@@ -214,18 +203,20 @@ fn send_and_wait(ctx: &Arc<UffdCtx>, event: Event) {
     }
     let id = state.next_id;
     state.next_id += 1;
-    state.events.push_back((id, event));
-    ctx.readers.notify_all();
+    // The reader clears the probe as it takes the event (the sender is
+    // then runnable, as a woken task's wchan is 0).
     let probe = super::probe::current();
     probe.set(true);
+    state.events.push_back((id, event, probe.clone()));
+    ctx.readers.notify_all();
     let mut undelivered = None;
     loop {
-        if !state.events.iter().any(|(i, _)| *i == id) {
+        if !state.events.iter().any(|(i, ..)| *i == id) {
             break;
         }
         if state.released || mm.as_ref().is_some_and(|mm| mm.fatal_signal_pending()) {
-            if let Some(at) = state.events.iter().position(|(i, _)| *i == id) {
-                undelivered = state.events.remove(at).map(|(_, e)| e);
+            if let Some(at) = state.events.iter().position(|(i, ..)| *i == id) {
+                undelivered = state.events.remove(at).map(|(_, e, _)| e);
                 state.mmap_changing -= 1;
             }
             break;
@@ -252,7 +243,8 @@ impl Userfaultfd {
             if let Some((_, msg)) = state.pending.pop_front() {
                 return Ok((msg, None));
             }
-            if let Some((_, event)) = state.events.pop_front() {
+            if let Some((_, event, sender)) = state.events.pop_front() {
+                sender.set(false);
                 // The sender wakes and goes on; its event no longer holds
                 // the resolving ioctls back.
                 state.mmap_changing -= 1;

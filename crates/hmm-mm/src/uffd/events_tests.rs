@@ -83,6 +83,7 @@ fn dontneed_sends_remove_per_registered_vma_before_zapping() {
         let mm = mm.clone();
         move || mm.madvise(va, 6 * PAGE_SIZE, MadviseAdvice::DontNeed)
     });
+    assert_eq!(mm.pagemap_entry(va).unwrap(), 0, "the VMA before, not registered, is zapped at once");
     assert_ne!(mm.pagemap_entry(va + 2 * PAGE_SIZE).unwrap(), 0, "not zapped before the monitor read");
     assert_eq!(next(&uffd).0, UffdMsg::remove(va + 2 * PAGE_SIZE, va + 4 * PAGE_SIZE));
     assert_eq!(next(&uffd).0, UffdMsg::remove(va + 4 * PAGE_SIZE, va + 6 * PAGE_SIZE));

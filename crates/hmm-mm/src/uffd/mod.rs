@@ -338,7 +338,7 @@ struct State {
     /// Queued page faults, not yet read, by waiter id.
     pending: VecDeque<(u64, UffdMsg)>,
     /// Queued non-cooperative events, not yet read (`event_wqh`).
-    events: VecDeque<(u64, events::Event)>,
+    events: VecDeque<(u64, events::Event, probe::SleepProbe)>,
     /// Events prepared or queued and not yet read: the resolving ioctls
     /// are `EAGAIN` meanwhile.
     mmap_changing: u32,

@@ -118,6 +118,28 @@ fn done(r: Result<(), MmError>) -> Outcome {
     r.map_or_else(errno, |()| Outcome::Ok)
 }
 
+/// Why a fork with `UFFD_FEATURE_EVENT_FORK` is not run (both executors).
+pub(crate) const EVENT_FORK_REFUSED: &str =
+    "fork with UFFD_FEATURE_EVENT_FORK waits for a monitor; scenarios cannot take the child's userfaultfd yet";
+
+/// munmap, madvise or mremap: the calls that may send a userfaultfd
+/// event and wait until the monitor read it.
+fn address_call(mm: &Arc<Mm>, call: &Call) -> Outcome {
+    let done = |r: Result<(), hmm_mm::MmError>| r.map_or_else(errno, |()| Outcome::Ok);
+    match *call {
+        Call::Munmap { addr, len } => done(mm.munmap(addr, len)),
+        Call::Madvise { addr, len, advice } => match MadviseAdvice::from_raw(advice) {
+            Ok(advice) => done(mm.madvise(addr, len, advice)),
+            Err(e) => Outcome::Errno(e as i32),
+        },
+        Call::Mremap { old, old_len, new_len, flags, new_addr } => match MremapFlags::from_bits(flags) {
+            Some(flags) => mm.mremap(old, old_len, new_len, flags, new_addr).map_or_else(errno, Outcome::Addr),
+            None => Outcome::Errno(Errno::Inval as i32),
+        },
+        _ => unreachable!("only address calls come here"),
+    }
+}
+
 impl Backend for ModelBackend {
     fn set_window(&mut self, _base: u64, _len: u64) -> Result<(), ExecError> {
         Ok(())
@@ -149,20 +171,18 @@ impl Backend for ModelBackend {
                 };
                 result.map_or_else(errno, Outcome::Addr)
             }
-            Call::Munmap { addr, len } => done(mm.munmap(addr, len)),
+            // With a userfaultfd, a call that may wait for the monitor to
+            // read an event runs on a thread (`model_uffd::blocking_call`).
+            Call::Munmap { .. } | Call::Madvise { .. } | Call::Mremap { .. } if p.uffd.has_uffd() => {
+                let call = call.clone();
+                super::model_uffd::blocking_call(&mut p.uffd, move || address_call(&mm, &call))
+            }
+            Call::Munmap { .. } | Call::Madvise { .. } | Call::Mremap { .. } => address_call(&mm, call),
             Call::Mprotect { addr, len, prot } => match Prot::from_raw(prot) {
                 Ok(prot) => done(mm.mprotect(addr, len, prot)),
                 Err(e) => Outcome::Errno(e as i32),
             },
-            Call::Madvise { addr, len, advice } => match MadviseAdvice::from_raw(advice) {
-                Ok(advice) => done(mm.madvise(addr, len, advice)),
-                Err(e) => Outcome::Errno(e as i32),
-            },
             Call::Mseal { addr, len } => done(mm.mseal(addr, len, 0)),
-            Call::Mremap { old, old_len, new_len, flags, new_addr } => match MremapFlags::from_bits(flags) {
-                Some(flags) => mm.mremap(old, old_len, new_len, flags, new_addr).map_or_else(errno, Outcome::Addr),
-                None => Outcome::Errno(Errno::Inval as i32),
-            },
             Call::Read { addr } if p.uffd.has_uffd() => super::model_uffd::access(&mut p.uffd, None, addr, move || {
                 mm.read_u64(addr).map_or_else(access, Outcome::Value)
             }),
@@ -187,6 +207,7 @@ impl Backend for ModelBackend {
                 Ok(Ok(found) | Err(found)) => Outcome::Value(found),
                 Err(e) => access(e),
             },
+            Call::Fork { .. } if p.uffd.has_event_fork() => Outcome::Refused(EVENT_FORK_REFUSED.into()),
             Call::Fork { child } => match mm.fork() {
                 Ok(child_mm) => {
                     child_mm.register_notifier(Arc::new(Recorder { proc: child, log }));

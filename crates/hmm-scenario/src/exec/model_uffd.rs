@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use hmm_mm::uffd::probe::SleepProbe;
 use hmm_mm::uffd::{UffdError, UffdMsg, Userfaultfd, O_CLOEXEC, O_NONBLOCK, UFFD_API};
 use hmm_mm::Mm;
 
@@ -22,12 +23,13 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// One open userfaultfd of a process, with the messages read ahead.
 pub struct ModelUffd {
     file: Arc<Userfaultfd>,
+    features: u64,
     read_ahead: Arc<parking_lot::Mutex<VecDeque<UffdMsgView>>>,
 }
 
 impl Clone for ModelUffd {
     fn clone(&self) -> Self {
-        Self { file: self.file.clone(), read_ahead: self.read_ahead.clone() }
+        Self { file: self.file.clone(), features: self.features, read_ahead: self.read_ahead.clone() }
     }
 }
 
@@ -45,12 +47,20 @@ pub struct UffdState {
     accesses: HashMap<AccessId, Access>,
     /// Ids for accesses the scenario did not bind.
     anonymous: usize,
+    /// munmap/madvise/mremap calls waiting for their events to be read.
+    calls: Vec<(SleepProbe, JoinHandle<Outcome>)>,
 }
 
 impl UffdState {
     /// A forked child's copy: the same open files, no running accesses.
     pub fn fork(&self) -> Self {
-        Self { uffds: self.uffds.clone(), accesses: HashMap::new(), anonymous: 0 }
+        Self { uffds: self.uffds.clone(), accesses: HashMap::new(), anonymous: 0, calls: Vec::new() }
+    }
+
+    /// Whether a userfaultfd of this process negotiated EVENT_FORK: a fork
+    /// would wait for a monitor the scenario language cannot be yet.
+    pub fn has_event_fork(&self) -> bool {
+        self.uffds.values().any(|u| u.features & hmm_mm::uffd::UFFD_FEATURE_EVENT_FORK != 0)
     }
 
     /// Whether accesses must run on their own thread.
@@ -66,6 +76,9 @@ impl UffdState {
             if let Access::Running(handle) = access {
                 let _ = handle.join();
             }
+        }
+        for (_, handle) in self.calls.drain(..) {
+            let _ = handle.join();
         }
     }
 
@@ -88,7 +101,7 @@ pub fn create(state: &mut UffdState, mm: &Arc<Mm>, id: FileId, features: u64) ->
     };
     match file.api(UFFD_API, features) {
         Ok((_features, ioctls)) => {
-            let uffd = ModelUffd { file: Arc::new(file), read_ahead: Default::default() };
+            let uffd = ModelUffd { file: Arc::new(file), features, read_ahead: Default::default() };
             state.uffds.insert(id, uffd);
             Outcome::Value(ioctls)
         }
@@ -114,7 +127,8 @@ fn drain(uffd: &ModelUffd, page: Option<u64>) -> bool {
 
 /// One userfaultfd call.
 pub fn call(state: &mut UffdState, id: FileId, op: &UffdCall) -> Outcome {
-    let Some(uffd) = state.uffds.get(&id) else { return Outcome::Errno(hmm_types::Errno::BadF as i32) };
+    let Some(uffd) = state.uffds.get(&id).cloned() else { return Outcome::Errno(hmm_types::Errno::BadF as i32) };
+    let uffd = &uffd;
     let f = &uffd.file;
     let ok = |r: Result<u64, UffdError>| r.map_or_else(errno, |_| Outcome::Ok);
     match *op {
@@ -131,12 +145,66 @@ pub fn call(state: &mut UffdState, id: FileId, op: &UffdCall) -> Outcome {
         UffdCall::Poison { start, len, mode } => ok(f.poison(start, len, mode)),
         UffdCall::Wake { start, len } => ok(f.wake(start, len).map(|()| 0)),
         UffdCall::Read => {
-            drain(uffd, None);
+            // Reading an event lets its sender go on, which may send the
+            // next one (mremap: REMAP, then UNMAP): settle them all.
+            let mut seen = uffd.read_ahead.lock().len();
+            loop {
+                drain(uffd, None);
+                let now = uffd.read_ahead.lock().len();
+                if now == seen {
+                    break;
+                }
+                seen = now;
+                settle_calls(&mut state.calls);
+            }
             let msgs: Vec<UffdMsgView> = uffd.read_ahead.lock().drain(..).collect();
             // Linux: reading before UFFDIO_API is EINVAL; here the API
             // always happened at creation.
             Outcome::Messages(msgs)
         }
+    }
+}
+
+/// Waits until every running call finished or sleeps in userfaultfd
+/// again; the finished ones are joined.
+fn settle_calls(calls: &mut Vec<(SleepProbe, JoinHandle<Outcome>)>) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while Instant::now() < deadline && calls.iter().any(|(probe, h)| !h.is_finished() && !probe.is_sleeping()) {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    calls.retain(|(_, h)| !h.is_finished());
+}
+
+/// Runs a call that may wait for a userfaultfd monitor (munmap, madvise,
+/// mremap with the event features) on its own thread: its outcome, or
+/// `Blocked` once it sleeps waiting for its event to be read. Messages
+/// already queued are read ahead first, so they stay older than its events.
+pub fn blocking_call(state: &mut UffdState, run: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
+    for uffd in state.uffds.values() {
+        drain(uffd, None);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let _ = tx.send(hmm_mm::uffd::probe::current());
+        run()
+    });
+    let Ok(probe) = rx.recv() else {
+        return Outcome::Inconclusive("the call panicked".into());
+    };
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        if handle.is_finished() {
+            return handle.join().unwrap_or_else(|_| Outcome::Inconclusive("the call panicked".into()));
+        }
+        if probe.is_sleeping() {
+            state.calls.push((probe, handle));
+            return Outcome::Blocked;
+        }
+        if Instant::now() > deadline {
+            state.calls.push((probe, handle));
+            return Outcome::Inconclusive("the call neither completed nor waited for the monitor".into());
+        }
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 

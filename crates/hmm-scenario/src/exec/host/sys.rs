@@ -342,6 +342,12 @@ pub fn userfaultfd(flags: u64) -> Result<RawFd, i32> {
     check(unsafe { libc::syscall(libc::SYS_userfaultfd, flags) }).map(|fd| fd as RawFd)
 }
 
+/// The calling thread's id (`gettid`).
+pub fn gettid() -> i32 {
+    // SAFETY: no arguments, no memory.
+    unsafe { libc::gettid() }
+}
+
 /// `_IOR` and `_IOWR` directions of an ioctl number.
 #[derive(Clone, Copy, Debug)]
 pub enum IoctlDir {

@@ -20,6 +20,7 @@ use crate::observe::{Outcome, UffdMsgView};
 const O_NONBLOCK: u64 = 0o4000;
 const O_CLOEXEC: u64 = 0o2000000;
 const UFFD_API: u64 = 0xAA;
+const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
 /// How long an access may take to either finish or queue a message.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -34,6 +35,11 @@ enum Access {
 #[derive(Debug, Default)]
 pub struct HostUffd {
     ids: HashSet<FileId>,
+    /// Features negotiated, by id.
+    features: HashMap<FileId, u64>,
+    /// munmap/madvise/mremap calls waiting for their events to be read:
+    /// the thread id and the thread.
+    calls: Vec<(i32, JoinHandle<Outcome>)>,
     read_ahead: HashMap<FileId, VecDeque<UffdMsgView>>,
     accesses: HashMap<AccessId, Access>,
     anonymous: usize,
@@ -47,6 +53,11 @@ impl HostUffd {
     /// A forked child: the threads stayed in the parent.
     pub fn forget_threads(&mut self) {
         self.accesses.clear();
+        self.calls.clear();
+    }
+    /// Whether a userfaultfd here negotiated EVENT_FORK (see the model's).
+    pub fn has_event_fork(&self) -> bool {
+        self.ids.iter().any(|id| self.features.get(id).is_some_and(|f| f & UFFD_FEATURE_EVENT_FORK != 0))
     }
     /// The descriptor `id` was closed.
     pub fn closed(&mut self, id: FileId) {
@@ -65,6 +76,7 @@ impl HostUffd {
             Ok(()) => {
                 files.insert(id, fd);
                 self.ids.insert(id);
+                self.features.insert(id, features);
                 Outcome::Value(api[2])
             }
             Err(e) => {
@@ -133,10 +145,62 @@ impl HostUffd {
             }
             UffdCall::Poison { start, len, mode } if inside(start, len) => ioctl(RW, 0x08, &mut [start, len, mode, 0]),
             UffdCall::Read => {
-                self.drain(id, fd, None);
+                // Reading an event lets its sender go on, which may send
+                // the next one (mremap: REMAP, then UNMAP): settle them all.
+                let mut seen = self.read_ahead.get(&id).map_or(0, VecDeque::len);
+                loop {
+                    self.drain(id, fd, None);
+                    let now = self.read_ahead.get(&id).map_or(0, VecDeque::len);
+                    if now == seen {
+                        break;
+                    }
+                    seen = now;
+                    settle_calls(&mut self.calls);
+                }
                 Outcome::Messages(self.read_ahead.remove(&id).unwrap_or_default().into())
             }
             _ => refused(),
+        }
+    }
+
+    /// Runs a call that may wait for a userfaultfd monitor (munmap,
+    /// madvise, mremap with the event features) on its own thread: its
+    /// outcome, or `Blocked` once the thread sleeps in userfaultfd (its
+    /// wchan). Messages already queued are read ahead first, so they stay
+    /// older than its events (as the model does).
+    pub fn blocking_call(
+        &mut self,
+        files: &HashMap<FileId, RawFd>,
+        run: impl FnOnce() -> Outcome + Send + 'static,
+    ) -> Outcome {
+        let ids: Vec<FileId> = self.ids.iter().copied().collect();
+        for id in ids {
+            if let Some(&fd) = files.get(&id) {
+                self.drain(id, fd, None);
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let _ = tx.send(sys::gettid());
+            run()
+        });
+        let Ok(tid) = rx.recv() else {
+            return Outcome::Inconclusive("the call panicked".into());
+        };
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            if handle.is_finished() {
+                return handle.join().unwrap_or_else(|_| Outcome::Inconclusive("the call panicked".into()));
+            }
+            if sleeps_in_userfaultfd(tid) {
+                self.calls.push((tid, handle));
+                return Outcome::Blocked;
+            }
+            if Instant::now() > deadline {
+                self.calls.push((tid, handle));
+                return Outcome::Inconclusive("the call neither completed nor waited for the monitor".into());
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
 
@@ -218,6 +282,22 @@ impl MapOk for Outcome {
             other => other,
         }
     }
+}
+
+/// Whether thread `tid` of this process sleeps in userfaultfd
+/// (`handle_userfault`, `userfaultfd_event_wait_completion`).
+fn sleeps_in_userfaultfd(tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan")).is_ok_and(|w| w.contains("userfault"))
+}
+
+/// Waits until every running call finished or sleeps in userfaultfd
+/// again; the finished ones are joined.
+fn settle_calls(calls: &mut Vec<(i32, JoinHandle<Outcome>)>) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while Instant::now() < deadline && calls.iter().any(|(tid, h)| !h.is_finished() && !sleeps_in_userfaultfd(*tid)) {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    calls.retain(|(_, h)| !h.is_finished());
 }
 
 /// Keeps a joined access's outcome, so a later `wait` shows it again.

@@ -21,10 +21,12 @@ use crate::zap::has_entries;
 
 impl Mm {
     /// Forks this address space; returns the child's.
+    /// With userfaultfd FORK events the call returns only once the monitor
+    /// read them (`dup_userfaultfd_complete`, inside `copy_process`: the
+    /// child does not run before).
     pub fn fork(&self) -> Result<Arc<Mm>, MmError> {
         let result = self.fork_locking();
-        // `dup_userfaultfd_complete` (FORK events), or `_fail`.
-        match result {
+        match &result {
             Ok(_) => crate::uffd::complete_events(),
             Err(_) => crate::uffd::discard_events(),
         }

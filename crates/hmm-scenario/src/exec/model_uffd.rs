@@ -3,7 +3,12 @@
 //! on its own thread; the executor waits until it completed or queued a
 //! message (it then sleeps in the model's `handle_userfault`), so the
 //! outcome is the same on every run. Messages read while waiting are kept
-//! for the next `uffd_read`.
+//! for the next `uffd_read`. munmap, madvise, mremap and fork, which may
+//! wait for the monitor to read a non-cooperative event, run on a thread
+//! too (`blocking_call`), settled when they complete or sleep in
+//! userfaultfd (`hmm_mm::uffd::probe`); `uffd_read` settles the callers its
+//! reading released, and `v = uffd_read u` names the child's userfaultfd
+//! a FORK message hands over.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -24,7 +29,8 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ModelUffd {
     file: Arc<Userfaultfd>,
     features: u64,
-    read_ahead: Arc<parking_lot::Mutex<VecDeque<UffdMsgView>>>,
+    /// Messages read ahead, each FORK with the child's userfaultfd.
+    read_ahead: Arc<parking_lot::Mutex<VecDeque<(UffdMsgView, Option<Userfaultfd>)>>>,
 }
 
 impl Clone for ModelUffd {
@@ -47,18 +53,27 @@ pub struct UffdState {
     accesses: HashMap<AccessId, Access>,
     /// Ids for accesses the scenario did not bind.
     anonymous: usize,
-    /// munmap/madvise/mremap calls waiting for their events to be read.
+    /// munmap/madvise/mremap/fork calls waiting for their events to be read.
     calls: Vec<(SleepProbe, JoinHandle<Outcome>)>,
+    /// Children's userfaultfds from FORK messages the scenario did not
+    /// name: kept open, as a program's descriptors stay open.
+    unnamed: Vec<Userfaultfd>,
 }
 
 impl UffdState {
     /// A forked child's copy: the same open files, no running accesses.
     pub fn fork(&self) -> Self {
-        Self { uffds: self.uffds.clone(), accesses: HashMap::new(), anonymous: 0, calls: Vec::new() }
+        Self {
+            uffds: self.uffds.clone(),
+            accesses: HashMap::new(),
+            anonymous: 0,
+            calls: Vec::new(),
+            unnamed: Vec::new(),
+        }
     }
 
     /// Whether a userfaultfd of this process negotiated EVENT_FORK: a fork
-    /// would wait for a monitor the scenario language cannot be yet.
+    /// may wait for the monitor, so it runs on a thread.
     pub fn has_event_fork(&self) -> bool {
         self.uffds.values().any(|u| u.features & hmm_mm::uffd::UFFD_FEATURE_EVENT_FORK != 0)
     }
@@ -71,7 +86,19 @@ impl UffdState {
     /// Closes every userfaultfd (waking the faults that wait on them), then
     /// joins every access.
     pub fn close_all(&mut self) {
+        self.close_files();
+        self.join_all();
+    }
+
+    /// Closes every userfaultfd of the process (a context shared with
+    /// another process is released once that one closes it too).
+    pub fn close_files(&mut self) {
         self.uffds.clear();
+        self.unnamed.clear();
+    }
+
+    /// Joins every access and call (their userfaultfds closed first).
+    pub fn join_all(&mut self) {
         for (_, access) in self.accesses.drain() {
             if let Access::Running(handle) = access {
                 let _ = handle.join();
@@ -117,10 +144,10 @@ fn view(msg: UffdMsg) -> UffdMsgView {
 /// `true` if one is a page fault on the page of `page`.
 fn drain(uffd: &ModelUffd, page: Option<u64>) -> bool {
     let mut got = false;
-    while let Ok(msg) = uffd.file.read() {
+    while let Ok((msg, file)) = uffd.file.read_event() {
         let msg = view(msg);
         got |= super::uffd::faults_on(&msg, page);
-        uffd.read_ahead.lock().push_back(msg);
+        uffd.read_ahead.lock().push_back((msg, file));
     }
     got
 }
@@ -144,7 +171,7 @@ pub fn call(state: &mut UffdState, id: FileId, op: &UffdCall) -> Outcome {
         UffdCall::Move { dst, src, len, mode } => ok(f.move_pages(dst, src, len, mode)),
         UffdCall::Poison { start, len, mode } => ok(f.poison(start, len, mode)),
         UffdCall::Wake { start, len } => ok(f.wake(start, len).map(|()| 0)),
-        UffdCall::Read => {
+        UffdCall::Read { fork_file } => {
             // Reading an event lets its sender go on, which may send the
             // next one (mremap: REMAP, then UNMAP): settle them all.
             let mut seen = uffd.read_ahead.lock().len();
@@ -157,7 +184,20 @@ pub fn call(state: &mut UffdState, id: FileId, op: &UffdCall) -> Outcome {
                 seen = now;
                 settle_calls(&mut state.calls);
             }
-            let msgs: Vec<UffdMsgView> = uffd.read_ahead.lock().drain(..).collect();
+            let mut msgs = Vec::new();
+            let mut named = fork_file;
+            for (msg, file) in uffd.read_ahead.lock().drain(..) {
+                msgs.push(msg);
+                let Some(file) = file else { continue };
+                match named.take() {
+                    Some(id) => {
+                        let child =
+                            ModelUffd { file: Arc::new(file), features: uffd.features, read_ahead: Default::default() };
+                        state.uffds.insert(id, child);
+                    }
+                    None => state.unnamed.push(file),
+                }
+            }
             // Linux: reading before UFFDIO_API is EINVAL; here the API
             // always happened at creation.
             Outcome::Messages(msgs)
@@ -217,7 +257,12 @@ pub fn access(
     addr: u64,
     run: impl FnOnce() -> Outcome + Send + 'static,
 ) -> Outcome {
-    let handle = std::thread::spawn(run);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let _ = tx.send(hmm_mm::uffd::probe::current());
+        run()
+    });
+    let probe = rx.recv().unwrap_or_default();
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
         if handle.is_finished() {
@@ -228,7 +273,9 @@ pub fn access(
             return outcome;
         }
         let queued = state.uffds.values().fold(false, |any, u| drain(u, Some(addr)) | any);
-        if queued {
+        // A fault whose message went to a userfaultfd this process does
+        // not hold (a fork child's, read by its parent) is seen asleep.
+        if queued || probe.is_sleeping() {
             let id = id.unwrap_or_else(|| {
                 state.anonymous += 1;
                 usize::MAX - state.anonymous

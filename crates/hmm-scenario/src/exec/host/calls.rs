@@ -117,13 +117,33 @@ impl Local {
             Call::Munmap { .. } | Call::Madvise { .. } | Call::Mremap { .. } if self.uffd.has_uffd() => {
                 let (window, call) = (self.window, call.clone());
                 let mut uffd = std::mem::take(&mut self.uffd);
-                let outcome = uffd.blocking_call(&self.files, move || address_call(window, &call));
+                let outcome = uffd.blocking_call(&self.files, None, move || address_call(window, &call));
                 self.uffd = uffd;
                 outcome
             }
             Call::Munmap { .. } | Call::Madvise { .. } | Call::Mremap { .. } => address_call(self.window, call),
-            Call::Fork { .. } if self.uffd.has_event_fork() => {
-                Outcome::Refused(crate::exec::model::EVENT_FORK_REFUSED.into())
+            // With EVENT_FORK the fork waits for the monitor to read the
+            // FORK message: it runs on a thread, whose copy is the child.
+            Call::Fork { child } if self.uffd.has_event_fork() => {
+                let Some(&slot) = self.slots.get(child) else {
+                    return Outcome::Refused(format!("at most {} processes", self.slots.len()));
+                };
+                let mut local = Local {
+                    window: self.window,
+                    files: self.files.clone(),
+                    slots: self.slots.clone(),
+                    is_coordinator: self.is_coordinator,
+                    ksm_running: self.ksm_running,
+                    uffd: self.uffd.for_child(),
+                };
+                let mut uffd = std::mem::take(&mut self.uffd);
+                let outcome = uffd.blocking_call(&self.files, Some(child), move || match sys::raw_fork() {
+                    Err(e) => Outcome::Errno(e),
+                    Ok(0) => local.become_worker(slot),
+                    Ok(_) => Outcome::Ok,
+                });
+                self.uffd = uffd;
+                outcome
             }
             Call::Mprotect { addr, len, prot } if self.range_ok(addr, len) => done(sys::mprotect(addr, len, prot)),
             Call::Mseal { addr, len } if self.range_ok(addr, len) => done(sys::mseal(addr, len)),
@@ -140,7 +160,8 @@ impl Local {
             Call::Userfaultfd { id, features } => self.uffd.create(&mut self.files, id, features),
             Call::Uffd { uffd, ref op } => {
                 let mut state = std::mem::take(&mut self.uffd);
-                let outcome = state.call(&self.files, uffd, op, &|addr, len| self.range_ok(addr, len));
+                let window = self.window;
+                let outcome = state.call(&mut self.files, uffd, op, &|addr, len| range_ok(window, addr, len));
                 self.uffd = state;
                 outcome
             }
@@ -230,22 +251,25 @@ impl Local {
         };
         match sys::fork() {
             Err(e) => Outcome::Errno(e),
-            Ok(0) => {
-                self.uffd.forget_threads();
-                if self.is_coordinator {
-                    // Only the runner writes commands and reads outcomes: a
-                    // worker holding those ends would keep its siblings'
-                    // pipes open after the runner is gone.
-                    for s in &self.slots {
-                        let _ = sys::close(s.cmd_w);
-                        let _ = sys::close(s.rep_r);
-                    }
-                    self.is_coordinator = false;
-                }
-                super::worker_loop(self, slot)
-            }
+            Ok(0) => self.become_worker(slot),
             Ok(_) => Outcome::Ok,
         }
+    }
+
+    /// The child side of a fork: serve the scenario's calls from `slot`.
+    fn become_worker(&mut self, slot: Slot) -> ! {
+        self.uffd.forget_threads();
+        if self.is_coordinator {
+            // Only the runner writes commands and reads outcomes: a worker
+            // holding those ends would keep its siblings' pipes open after
+            // the runner is gone.
+            for s in &self.slots {
+                let _ = sys::close(s.cmd_w);
+                let _ = sys::close(s.rep_r);
+            }
+            self.is_coordinator = false;
+        }
+        super::worker_loop(self, slot)
     }
 
     fn frame(&self, addr: u64) -> Outcome {

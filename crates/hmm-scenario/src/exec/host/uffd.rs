@@ -3,7 +3,12 @@
 //! on a thread of its own (the scenario's process becomes multi-threaded);
 //! the runner waits until the access completed or its userfaultfd has a
 //! new message (the thread then sleeps in `handle_userfault`), exactly as
-//! the model executor does (`exec/model_uffd.rs`).
+//! the model executor does (`exec/model_uffd.rs`). munmap, madvise, mremap
+//! and fork (with EVENT_FORK, by the bare system call: `sys::raw_fork`)
+//! may wait for the monitor to read their event: they run on a thread
+//! too, settled when they complete or their thread sleeps in userfaultfd
+//! (its wchan); a FORK message carries the child's new descriptor, which
+//! `v = uffd_read u` names.
 //!
 //! Linux: `mm/userfaultfd.c`, `include/uapi/linux/userfaultfd.h`.
 
@@ -37,10 +42,11 @@ pub struct HostUffd {
     ids: HashSet<FileId>,
     /// Features negotiated, by id.
     features: HashMap<FileId, u64>,
-    /// munmap/madvise/mremap calls waiting for their events to be read:
-    /// the thread id and the thread.
-    calls: Vec<(i32, JoinHandle<Outcome>)>,
-    read_ahead: HashMap<FileId, VecDeque<UffdMsgView>>,
+    /// munmap/madvise/mremap/fork calls waiting for their events to be
+    /// read: the thread id, the child a fork makes, and the thread.
+    calls: Vec<(i32, Option<usize>, JoinHandle<Outcome>)>,
+    /// Messages read ahead, each FORK with the child's new descriptor.
+    read_ahead: HashMap<FileId, VecDeque<(UffdMsgView, Option<RawFd>)>>,
     accesses: HashMap<AccessId, Access>,
     anonymous: usize,
 }
@@ -54,6 +60,21 @@ impl HostUffd {
     pub fn forget_threads(&mut self) {
         self.accesses.clear();
         self.calls.clear();
+    }
+    /// A forked child's copy: the same descriptors and messages read
+    /// ahead, none of the parent's threads.
+    pub fn for_child(&self) -> Self {
+        Self {
+            ids: self.ids.clone(),
+            features: self.features.clone(),
+            read_ahead: self.read_ahead.clone(),
+            ..Self::default()
+        }
+    }
+    /// Whether process `child` is still being forked here (its FORK event
+    /// unread: Linux creates it only once the monitor read it).
+    pub fn fork_pending(&self, child: usize) -> bool {
+        self.calls.iter().any(|(_, c, h)| *c == Some(child) && !h.is_finished())
     }
     /// Whether a userfaultfd here negotiated EVENT_FORK (see the model's).
     pub fn has_event_fork(&self) -> bool {
@@ -90,10 +111,13 @@ impl HostUffd {
     /// one is a page fault on the page of `page`.
     fn drain(&mut self, id: FileId, fd: RawFd, page: Option<u64>) -> bool {
         let mut got = false;
-        while let Some(msg) = sys::uffd_read_msg(fd) {
-            let msg = UffdMsgView::from_bytes(&msg);
+        while let Some(bytes) = sys::uffd_read_msg(fd) {
+            let msg = UffdMsgView::from_bytes(&bytes);
             got |= crate::exec::uffd::faults_on(&msg, page);
-            self.read_ahead.entry(id).or_default().push_back(msg);
+            // FORK: the kernel installed the child's userfaultfd here.
+            let child = (msg == UffdMsgView::Fork)
+                .then(|| u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as RawFd);
+            self.read_ahead.entry(id).or_default().push_back((msg, child));
         }
         got
     }
@@ -106,7 +130,7 @@ impl HostUffd {
     /// One userfaultfd call; `inside` says whether a range may be touched.
     pub fn call(
         &mut self,
-        files: &HashMap<FileId, RawFd>,
+        files: &mut HashMap<FileId, RawFd>,
         id: FileId,
         op: &UffdCall,
         inside: &dyn Fn(u64, u64) -> bool,
@@ -144,7 +168,7 @@ impl HostUffd {
                 ioctl(RW, 0x07, &mut [start, len, mode, 0])
             }
             UffdCall::Poison { start, len, mode } if inside(start, len) => ioctl(RW, 0x08, &mut [start, len, mode, 0]),
-            UffdCall::Read => {
+            UffdCall::Read { fork_file } => {
                 // Reading an event lets its sender go on, which may send
                 // the next one (mremap: REMAP, then UNMAP): settle them all.
                 let mut seen = self.read_ahead.get(&id).map_or(0, VecDeque::len);
@@ -157,7 +181,19 @@ impl HostUffd {
                     seen = now;
                     settle_calls(&mut self.calls);
                 }
-                Outcome::Messages(self.read_ahead.remove(&id).unwrap_or_default().into())
+                let mut msgs = Vec::new();
+                let mut named = fork_file;
+                for (msg, child) in self.read_ahead.remove(&id).unwrap_or_default() {
+                    msgs.push(msg);
+                    // An unnamed child's descriptor stays open, unused.
+                    if let (Some(child), Some(name)) = (child, named.take()) {
+                        files.insert(name, child);
+                        self.ids.insert(name);
+                        let features = self.features.get(&id).copied().unwrap_or(0);
+                        self.features.insert(name, features);
+                    }
+                }
+                Outcome::Messages(msgs)
             }
             _ => refused(),
         }
@@ -171,6 +207,7 @@ impl HostUffd {
     pub fn blocking_call(
         &mut self,
         files: &HashMap<FileId, RawFd>,
+        child: Option<usize>,
         run: impl FnOnce() -> Outcome + Send + 'static,
     ) -> Outcome {
         let ids: Vec<FileId> = self.ids.iter().copied().collect();
@@ -179,25 +216,33 @@ impl HostUffd {
                 self.drain(id, fd, None);
             }
         }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let handle = std::thread::spawn(move || {
-            let _ = tx.send(sys::gettid());
-            run()
+        // Nothing below allocates until the call completed or sleeps: a
+        // fork on the thread must find the allocator unlocked (`raw_fork`).
+        let shared_tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let handle = std::thread::spawn({
+            let shared_tid = shared_tid.clone();
+            move || {
+                shared_tid.store(sys::gettid(), SeqCst);
+                run()
+            }
         });
-        let Ok(tid) = rx.recv() else {
-            return Outcome::Inconclusive("the call panicked".into());
-        };
         let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let tid = loop {
+            match shared_tid.load(SeqCst) {
+                0 if !handle.is_finished() => std::thread::sleep(Duration::from_micros(50)),
+                tid => break tid,
+            }
+        };
         loop {
             if handle.is_finished() {
                 return handle.join().unwrap_or_else(|_| Outcome::Inconclusive("the call panicked".into()));
             }
             if sleeps_in_userfaultfd(tid) {
-                self.calls.push((tid, handle));
+                self.calls.push((tid, child, handle));
                 return Outcome::Blocked;
             }
             if Instant::now() > deadline {
-                self.calls.push((tid, handle));
+                self.calls.push((tid, child, handle));
                 return Outcome::Inconclusive("the call neither completed nor waited for the monitor".into());
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -214,13 +259,19 @@ impl HostUffd {
         addr: u64,
         write: Option<u64>,
     ) -> Outcome {
-        let handle = std::thread::spawn(move || match write {
-            None => super::calls::access(sys::load_u64(addr)),
-            Some(value) => super::calls::access(
-                super::calls::writable(addr).and_then(|()| sys::atomic_rmw(addr, |a| a.swap(value, SeqCst), |_| value)),
-            )
-            .map_ok(),
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let _ = tx.send(sys::gettid());
+            match write {
+                None => super::calls::access(sys::load_u64(addr)),
+                Some(value) => super::calls::access(
+                    super::calls::writable(addr)
+                        .and_then(|()| sys::atomic_rmw(addr, |a| a.swap(value, SeqCst), |_| value)),
+                )
+                .map_ok(),
+            }
         });
+        let tid = rx.recv().unwrap_or(0);
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         loop {
             if handle.is_finished() {
@@ -230,7 +281,9 @@ impl HostUffd {
                 }
                 return outcome;
             }
-            if self.drain_all(files, addr) {
+            // A fault whose message went to a userfaultfd this process does
+            // not hold (a fork child's, read by its parent) is seen asleep.
+            if self.drain_all(files, addr) || sleeps_in_userfaultfd(tid) {
                 let id = id.unwrap_or_else(|| {
                     self.anonymous += 1;
                     usize::MAX - self.anonymous
@@ -284,20 +337,17 @@ impl MapOk for Outcome {
     }
 }
 
-/// Whether thread `tid` of this process sleeps in userfaultfd
-/// (`handle_userfault`, `userfaultfd_event_wait_completion`).
-fn sleeps_in_userfaultfd(tid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan")).is_ok_and(|w| w.contains("userfault"))
-}
+use sys::sleeps_in_userfaultfd;
 
 /// Waits until every running call finished or sleeps in userfaultfd
 /// again; the finished ones are joined.
-fn settle_calls(calls: &mut Vec<(i32, JoinHandle<Outcome>)>) {
+fn settle_calls(calls: &mut Vec<(i32, Option<usize>, JoinHandle<Outcome>)>) {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
-    while Instant::now() < deadline && calls.iter().any(|(tid, h)| !h.is_finished() && !sleeps_in_userfaultfd(*tid)) {
+    while Instant::now() < deadline && calls.iter().any(|(tid, _, h)| !h.is_finished() && !sleeps_in_userfaultfd(*tid))
+    {
         std::thread::sleep(Duration::from_micros(200));
     }
-    calls.retain(|(_, h)| !h.is_finished());
+    calls.retain(|(.., h)| !h.is_finished());
 }
 
 /// Keeps a joined access's outcome, so a later `wait` shows it again.

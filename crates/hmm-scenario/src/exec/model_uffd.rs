@@ -30,8 +30,11 @@ pub struct ModelUffd {
     file: Arc<Userfaultfd>,
     features: u64,
     /// Messages read ahead, each FORK with the child's userfaultfd.
-    read_ahead: Arc<parking_lot::Mutex<VecDeque<(UffdMsgView, Option<Userfaultfd>)>>>,
+    read_ahead: Arc<parking_lot::Mutex<VecDeque<ReadAhead>>>,
 }
+
+/// A message read ahead, a FORK with the child's userfaultfd.
+type ReadAhead = (UffdMsgView, Option<Userfaultfd>);
 
 impl Clone for ModelUffd {
     fn clone(&self) -> Self {

@@ -71,8 +71,8 @@ fn read_unlocked_is_served_by_the_handler() {
         thread::spawn(move || {
             for i in 0..4u8 {
                 let msg = uffd.read().unwrap();
-                assert_eq!(msg.address, va + u64::from(i) * PAGE, "pages in order, one per lock drop");
-                uffd.copy(msg.address, &[i + 1; PAGE as usize], 0).unwrap();
+                assert_eq!(msg.address(), va + u64::from(i) * PAGE, "pages in order, one per lock drop");
+                uffd.copy(msg.address(), &[i + 1; PAGE as usize], 0).unwrap();
             }
         })
     };

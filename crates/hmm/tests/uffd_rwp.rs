@@ -102,8 +102,8 @@ fn the_unlocked_fault_waits_until_rwprotect_resolves_each_page() {
             for _ in 0..npages {
                 let msg = uffd.read().unwrap();
                 assert_eq!(msg.event, UFFD_EVENT_PAGEFAULT);
-                seen.push((msg.address, msg.flags));
-                uffd.rwprotect(msg.address, PAGE_SIZE, 0).unwrap();
+                seen.push((msg.address(), msg.flags()));
+                uffd.rwprotect(msg.address(), PAGE_SIZE, 0).unwrap();
             }
             seen
         })

@@ -110,7 +110,7 @@ fn a_userfaultfd_range_waits_for_the_handler_only_in_the_unlocked_variant() {
             let msg = uffd.read().unwrap();
             assert_eq!(msg.event, UFFD_EVENT_PAGEFAULT);
             messages.fetch_add(1, SeqCst);
-            uffd.copy(msg.address, &[0xAB; PAGE], 0).unwrap();
+            uffd.copy(msg.address(), &[0xAB; PAGE], 0).unwrap();
         })
     };
     let mut r = range(&s, &mut pfns);
@@ -185,7 +185,7 @@ fn the_budget_is_reset_by_every_lock_dropping_fault() {
         for _ in 0..npages {
             let msg = uffd.read().unwrap();
             thread::sleep(Duration::from_millis(300));
-            uffd.copy(msg.address, &[1; PAGE], 0).unwrap();
+            uffd.copy(msg.address(), &[1; PAGE], 0).unwrap();
         }
     });
     let mut pfns = vec![0; npages as usize];
@@ -251,13 +251,13 @@ fn after_a_lock_drop_every_entry_is_recomputed_from_the_start() {
     let va = s.va;
     let handler = thread::spawn(move || {
         let msg = uffd.read().unwrap();
-        assert_eq!(msg.address, va + PAGE_SIZE, "page 0 is present");
+        assert_eq!(msg.address(), va + PAGE_SIZE, "page 0 is present");
         // While the device's fault sleeps, page 0 is zapped: the next walk
         // must see that (and fault page 0 too).
         mm.madvise(va, PAGE_SIZE, hmm_types::MadviseAdvice::DontNeed).unwrap();
         uffd.copy(va + PAGE_SIZE, &[5; PAGE], 0).unwrap();
         let msg = uffd.read().unwrap();
-        assert_eq!(msg.address, va, "the restart faulted page 0 again");
+        assert_eq!(msg.address(), va, "the restart faulted page 0 again");
         uffd.copy(va, &[6; PAGE], 0).unwrap();
     });
     let mut pfns = vec![0; 2];

@@ -21,7 +21,19 @@ use crate::zap::has_entries;
 
 impl Mm {
     /// Forks this address space; returns the child's.
+    /// With userfaultfd FORK events the call returns only once the monitor
+    /// read them (`dup_userfaultfd_complete`, inside `copy_process`: the
+    /// child does not run before).
     pub fn fork(&self) -> Result<Arc<Mm>, MmError> {
+        let result = self.fork_locking();
+        match &result {
+            Ok(_) => crate::uffd::complete_events(),
+            Err(_) => crate::uffd::discard_events(),
+        }
+        result
+    }
+
+    fn fork_locking(&self) -> Result<Arc<Mm>, MmError> {
         self.check_alive()?;
         let child = self.kernel().create_mm()?;
         // Migration entries are not copied: the migrator could not find
@@ -29,14 +41,15 @@ impl Mm {
         let guard = self.mmap_write_settled(0, TASK_SIZE);
         self.check_alive()?;
         let mut child_guard = child.mmap_write();
+        let mut forks = crate::uffd::ForkContexts::default();
         for vma in guard.iter() {
             if vma.flags.contains(VmFlags::DONTCOPY) {
                 continue;
             }
             let mut copy = vma.clone();
-            // Without UFFD_FEATURE_EVENT_FORK (not modelled) the child's
-            // VMAs are not registered (`dup_userfaultfd`).
-            crate::uffd::forget_on_fork(&mut copy);
+            // Without UFFD_FEATURE_EVENT_FORK the child's VMAs are not
+            // registered; with it they are, with a new context.
+            let keeps_uffd = crate::uffd::dup_userfaultfd(&mut copy, &child, &mut forks);
             if let Some(inode) = vma.file() {
                 inode.add_mapper(child.weak());
             }
@@ -67,7 +80,7 @@ impl Mm {
             let invalidation = vma
                 .is_cow_mapping()
                 .then(|| self.notifiers().start(self.id(), vma.start, vma.end, Event::ProtectionPage));
-            let copied = copy_range(self, &child, vma.start, vma.end, vma.is_cow_mapping());
+            let copied = copy_range(self, &child, vma.start, vma.end, vma.is_cow_mapping(), keeps_uffd);
             drop(invalidation);
             copied?;
             let child_flags = child_guard.overlapping(vma.start, vma.end).next().map_or(vma.flags, |v| v.flags);
@@ -106,7 +119,7 @@ fn split_device_private_pmds(mm: &Mm, start: u64, end: u64) -> Result<(), MmErro
 /// sides when `cow`. The parent holds its mmap write lock, so no fault runs
 /// concurrently; entries are still swapped atomically against the CPU's
 /// accessed/dirty updates.
-fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool) -> Result<(), MmError> {
+fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool, keeps_uffd: bool) -> Result<(), MmError> {
     let phys = parent.phys();
     let swap = parent.kernel().swap();
     let flow = parent.pgtable().walk(start, end, |visit| {
@@ -170,9 +183,9 @@ fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool) -> Resul
                     phys.meta(phys.folio_head(entry.pfn())).clear_flags(crate::phys::PageFlags::ANON_EXCLUSIVE);
                 }
             }
-            // The child's VMA is not registered: no uffd-wp bit
+            // A child VMA that is not registered gets no uffd-wp bit
             // (`copy_present_pte` clears it without `userfaultfd_wp`).
-            target.store(entry.mkold().clear_uffd_wp());
+            target.store(if keeps_uffd { entry.mkold() } else { entry.mkold().clear_uffd_wp() });
         } else if entry.is_guard_marker() || crate::uffd::is_poison_marker(entry) {
             // Guard and poison markers are always copied
             // (`copy_nonpresent_pte`).

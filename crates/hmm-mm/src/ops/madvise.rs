@@ -55,8 +55,17 @@ impl Mm {
                 madvise_populate(self, &mut guard, start, end, advice == MadviseAdvice::PopulateWrite)
             }
             MadviseAdvice::DontNeed | MadviseAdvice::Free | MadviseAdvice::PageOut => {
-                let guard = self.mmap_read();
-                Walk::new(&guard, start, end).run(|piece_start, piece_end| {
+                let mut guard = self.mmap_read();
+                Walk::new(&guard, start, end).run(|piece_start, mut piece_end| {
+                    // `userfaultfd_remove`: a REMOVE event first, the lock
+                    // dropped while the monitor reads it; then the VMA is
+                    // looked up again (gone: ENOMEM) and the piece cut to it.
+                    if advice != MadviseAdvice::PageOut
+                        && crate::uffd::remove_before_zap(&mut guard, piece_start, piece_end)
+                    {
+                        let vma = guard.lookup(piece_start).ok_or(MmError::NoMem)?;
+                        piece_end = piece_end.min(vma.end);
+                    }
                     let vma = guard.lookup(piece_start).expect("a piece lies in a VMA");
                     discard_piece(self, &guard, vma, piece_start, piece_end, advice)
                 })

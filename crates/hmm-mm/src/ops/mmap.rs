@@ -112,6 +112,20 @@ impl Mm {
     }
 
     fn do_mmap(&self, addr: u64, len: u64, prot: Prot, flags: MapFlags, source: Source<'_>) -> Result<u64, MmError> {
+        let result = self.do_mmap_locking(addr, len, prot, flags, source);
+        // A MAP_FIXED over registered memory sends UNMAP, lock dropped.
+        crate::uffd::complete_events();
+        result
+    }
+
+    fn do_mmap_locking(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        flags: MapFlags,
+        source: Source<'_>,
+    ) -> Result<u64, MmError> {
         self.check_alive()?;
         // ksys_mmap_pgoff: anonymous MAP_HUGETLB picks its page size (EINVAL
         // for an unknown one) and rounds the length to it before do_mmap

@@ -36,6 +36,20 @@ impl Mm {
         flags: MremapFlags,
         new_addr: u64,
     ) -> Result<u64, MmError> {
+        let result = self.mremap_locking(old_addr, old_len, new_len, flags, new_addr);
+        // `mremap_userfaultfd_complete`, `userfaultfd_unmap_complete`.
+        crate::uffd::complete_events();
+        result
+    }
+
+    fn mremap_locking(
+        &self,
+        old_addr: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: MremapFlags,
+        new_addr: u64,
+    ) -> Result<u64, MmError> {
         self.check_alive()?;
         check_params(old_addr, old_len, new_len, flags, new_addr)?;
         let (old_len, new_len) = (page_round(old_len), page_round(new_len));
@@ -372,6 +386,9 @@ fn move_mapping(
         }
     }
 
+    // `mremap_userfaultfd_prep`: with EVENT_REMAP the moved range stays
+    // registered (a REMAP is prepared); else `userfaultfd_reset_ctx`.
+    let keeps_uffd = crate::uffd::prepare_remap(vma, old, new, len);
     let invalidation = mm.notifiers().start(mm.id(), old, old + len, Event::Unmap);
     for &(va, level) in &leaves {
         let from = mm.pgtable().find(va);
@@ -379,14 +396,15 @@ fn move_mapping(
         let Ok(to) = mm.pgtable().ensure(va.wrapping_add(shift), level) else {
             unreachable!("destination tables were built above");
         };
-        // Without UFFD_FEATURE_EVENT_REMAP (not modelled) the moved range
-        // is not registered: its entries lose the uffd-wp bit (`move_ptes`).
-        to.store(entry.clear_uffd_wp());
+        // A range that is no longer registered loses the uffd-wp bits
+        // (`move_ptes`).
+        to.store(if keeps_uffd { entry } else { entry.clear_uffd_wp() });
     }
     let mut moved = vma.clone();
-    // `mremap_userfaultfd_prep` without EVENT_REMAP: `userfaultfd_reset_ctx`.
-    moved.uffd = None;
-    moved.flags.remove(crate::uffd::UFFD_VM_FLAGS);
+    if !keeps_uffd {
+        moved.uffd = None;
+        moved.flags.remove(crate::uffd::UFFD_VM_FLAGS);
+    }
     moved.start = new;
     moved.end = new + new_len;
     // Anonymous memory that never had a page takes the offset of its new
@@ -396,6 +414,8 @@ fn move_mapping(
     moved.pgoff =
         if vma.is_anonymous() && vma.anon_vma.get().is_none() { new >> PAGE_SHIFT } else { vma.page_index(old) };
     if !flags.contains(MremapFlags::DONTUNMAP) {
+        // The old range is unmapped: UNMAP after the REMAP.
+        crate::uffd::defer_unmap(vma, old, old + len);
         guard.vmas_mut().remove_range(old, old + len);
     } else if vma.start == old && vma.end == old + len {
         // The emptied source keeps no anon_vma (`dontunmap_complete`).

@@ -17,7 +17,11 @@ impl Mm {
         self.check_alive()?;
         let range = VaRange::new_round_len(addr, len).map_err(MmError::from_range)?;
         let mut guard = self.mmap_write();
-        unmap_locked(&mut guard, range.start(), range.end())
+        let result = unmap_locked(&mut guard, range.start(), range.end());
+        drop(guard);
+        // `userfaultfd_unmap_complete`: UNMAP events, with no lock held.
+        crate::uffd::complete_events();
+        result
     }
 }
 
@@ -33,6 +37,9 @@ pub(crate) fn unmap_locked(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64)
         return Ok(());
     };
     let (extent_start, extent_end) = (start.max(first.start), end.min(last.end));
+    for vma in guard.overlapping(start, end) {
+        crate::uffd::defer_unmap(vma, start, end);
+    }
     split_huge_at(mm, extent_start)?;
     split_huge_at(mm, extent_end)?;
     let invalidation = mm.notifiers().start(mm.id(), extent_start, extent_end, Event::Unmap);

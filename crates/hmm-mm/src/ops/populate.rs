@@ -145,9 +145,9 @@ mod tests {
             for page in 0..3 {
                 // A message exists only once the populate sleeps on it.
                 let msg = uffd.read().unwrap();
-                assert_eq!(msg.address, va + page * PAGE_SIZE, "{advice:?}");
-                assert_eq!(msg.flags & UFFD_PAGEFAULT_FLAG_WRITE != 0, write, "{advice:?}");
-                uffd.copy(msg.address, &[page as u8 + 1; PAGE_SIZE as usize], 0).unwrap();
+                assert_eq!(msg.address(), va + page * PAGE_SIZE, "{advice:?}");
+                assert_eq!(msg.flags() & UFFD_PAGEFAULT_FLAG_WRITE != 0, write, "{advice:?}");
+                uffd.copy(msg.address(), &[page as u8 + 1; PAGE_SIZE as usize], 0).unwrap();
             }
             assert_eq!(populate.join().unwrap(), Ok(()), "{advice:?}");
             assert_eq!(mm.read_u64(va + 2 * PAGE_SIZE), Ok(0x0303_0303_0303_0303));

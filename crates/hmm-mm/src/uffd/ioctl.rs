@@ -11,9 +11,10 @@
 //! `mfill_atomic_pte_copy`, `mfill_atomic_pte_zeropage`,
 //! `userfaultfd_wake`).
 
-use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
+use hmm_pagetable::{Entry, LeafFlags};
 use hmm_types::{VmFlags, PAGE_SIZE};
 
+use super::mfill::{install_pte, none_pte};
 use super::{check_range, UffdError, Userfaultfd, UFFDIO_COPY_MODE_DONTWAKE, UFFDIO_COPY_MODE_WP};
 use crate::fs::{Inode, InodeKind};
 use crate::mm::MmapReadGuard;
@@ -37,6 +38,7 @@ impl Userfaultfd {
     /// mode or shape, or `WP` (map the pages write-protected) on a range
     /// not registered for WP.
     pub fn copy(&self, dst: u64, src: &[u8], mode: u64) -> Result<u64, UffdError> {
+        self.ready()?;
         if mode & !(UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP) != 0 {
             return Err(UffdError::Invalid("unknown UFFDIO_COPY mode"));
         }
@@ -46,6 +48,7 @@ impl Userfaultfd {
     /// `UFFDIO_ZEROPAGE`: maps the zero page read-only over
     /// `[start, start + len)`; errors as [`Self::copy`].
     pub fn zeropage(&self, start: u64, len: u64, mode: u64) -> Result<u64, UffdError> {
+        self.ready()?;
         if mode & !UFFDIO_COPY_MODE_DONTWAKE != 0 {
             return Err(UffdError::Invalid("unknown UFFDIO_ZEROPAGE mode"));
         }
@@ -61,30 +64,14 @@ impl Userfaultfd {
     }
 
     fn fill(&self, dst: u64, len: u64, fill: Fill<'_>, mode: u64) -> Result<u64, UffdError> {
-        self.features()?;
-        let end = check_range(dst, len)?;
-        let mm = self.mm()?;
-        let mut done = 0;
-        let result = {
-            let guard = mm.mmap_read();
-            let mut result = Ok(());
-            while dst + done < end {
-                if let Err(error) = self.fill_page(&guard, dst + done, fill, done as usize, mode) {
-                    result = Err(error);
-                    break;
-                }
-                done += PAGE_SIZE;
-            }
-            result
-        };
-        if mode & UFFDIO_COPY_MODE_DONTWAKE == 0 && done > 0 {
-            self.ctx.wake_range(dst, dst + done);
-        }
-        match result {
-            Ok(()) => Ok(done),
-            Err(_) if done > 0 => Err(UffdError::Partial { copied: done }),
-            Err(error) => Err(error),
-        }
+        let dontwake = mode & UFFDIO_COPY_MODE_DONTWAKE != 0;
+        self.mfill(
+            dst,
+            len,
+            dontwake,
+            |_| Ok(()),
+            |guard, offset| self.fill_page(guard, dst + offset, fill, offset as usize, mode),
+        )
     }
 
     fn fill_page(
@@ -108,14 +95,7 @@ impl Userfaultfd {
         }
         let mm = guard.mm();
         let phys = mm.phys();
-        let pte = match mm.pgtable().ensure(va, Level::Pte) {
-            Ok(slot) => slot,
-            Err(EnsureError::NoMem(_)) => return Err(UffdError::NoMem),
-            Err(EnsureError::Leaf(_)) => return Err(UffdError::Exists(va)),
-        };
-        if !pte.load().is_none() {
-            return Err(UffdError::Exists(va));
-        }
+        let pte = none_pte(mm, va)?;
         let new = match fill {
             Fill::Copy(src) => {
                 let page = phys.alloc_folio(0, false).map_err(|_| UffdError::NoMem)?;
@@ -168,14 +148,7 @@ fn shmem_fill(
     }
     let mm = guard.mm();
     let phys = mm.phys();
-    let pte = match mm.pgtable().ensure(va, Level::Pte) {
-        Ok(slot) => slot,
-        Err(EnsureError::NoMem(_)) => return Err(UffdError::NoMem),
-        Err(EnsureError::Leaf(_)) => return Err(UffdError::Exists(va)),
-    };
-    if !pte.load().is_none() {
-        return Err(UffdError::Exists(va));
-    }
+    let pte = none_pte(mm, va)?;
     let index = vma.page_index(va);
     let pfn = {
         let mut state = inode.state.lock();
@@ -199,15 +172,5 @@ fn shmem_fill(
         pfn
     };
     let write = vma.flags.contains(VmFlags::WRITE);
-    let mut new = Entry::present(pfn, LeafFlags { write, dirty: true, accessed: true, special: false }, false);
-    if wp {
-        new = new.mkuffd_wp();
-    }
-    phys.map_add(pfn, 1);
-    if pte.compare_exchange(Entry::NONE, new).is_err() {
-        phys.map_sub(pfn, 1);
-        phys.put(pfn);
-        return Err(UffdError::Exists(va));
-    }
-    Ok(())
+    install_pte(mm, &pte, va, pfn, write, wp)
 }

@@ -7,11 +7,11 @@
 //! `mfill_atomic_pte_continue`, `mfill_atomic_install_pte`),
 //! `mm/shmem.c` (`shmem_get_folio_gfp` with `SGP_NOALLOC`).
 
-use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
-use hmm_types::{VmFlags, PAGE_SIZE};
+use hmm_types::VmFlags;
 
-use super::{check_range, is_mine, UffdError, Userfaultfd, UFFDIO_CONTINUE_MODE_DONTWAKE, UFFDIO_CONTINUE_MODE_WP};
-use crate::fs::InodeKind;
+use super::mfill::{install_pte, none_pte};
+use super::{is_mine, UffdError, Userfaultfd, UFFDIO_CONTINUE_MODE_DONTWAKE, UFFDIO_CONTINUE_MODE_WP};
+use crate::fs::{Inode, InodeKind};
 use crate::mm::MmapReadGuard;
 use crate::vma::{Vma, VmaBacking};
 
@@ -35,63 +35,43 @@ impl Userfaultfd {
     /// page cache has no page; a failure after the first page is
     /// [`UffdError::Partial`].
     pub fn continue_range(&self, start: u64, len: u64, mode: u64) -> Result<u64, UffdError> {
-        self.features()?;
+        self.ready()?;
         if mode & !(UFFDIO_CONTINUE_MODE_DONTWAKE | UFFDIO_CONTINUE_MODE_WP) != 0 {
             return Err(UffdError::Invalid("unknown UFFDIO_CONTINUE mode"));
         }
-        let end = check_range(start, len)?;
-        let mm = self.mm()?;
-        let mut done = 0;
-        let result = {
-            let guard = mm.mmap_read();
-            let vma = guard
-                .vma(start)
-                .filter(|v| is_mine(&self.ctx, v) && end <= v.end)
-                .ok_or(UffdError::NotRegistered(start))?;
-            if mode & UFFDIO_CONTINUE_MODE_WP != 0 && !vma.flags.contains(VmFlags::UFFD_WP) {
-                return Err(UffdError::Invalid("UFFDIO_CONTINUE_MODE_WP on a range not registered for WP"));
-            }
-            let VmaBacking::File(inode) = &vma.backing else {
-                return Err(UffdError::Invalid("UFFDIO_CONTINUE needs shmem"));
-            };
-            let mut result = Ok(());
-            while start + done < end {
-                if let Err(e) = continue_page(&guard, vma, inode, start + done, mode & UFFDIO_CONTINUE_MODE_WP != 0) {
-                    result = Err(e);
-                    break;
+        let wp = mode & UFFDIO_CONTINUE_MODE_WP != 0;
+        let dontwake = mode & UFFDIO_CONTINUE_MODE_DONTWAKE != 0;
+        self.mfill(
+            start,
+            len,
+            dontwake,
+            |guard| {
+                // One shmem VMA registered here holds the whole range.
+                let vma = guard
+                    .vma(start)
+                    .filter(|v| is_mine(&self.ctx, v) && start + len <= v.end)
+                    .ok_or(UffdError::NotRegistered(start))?;
+                if wp && !vma.flags.contains(VmFlags::UFFD_WP) {
+                    return Err(UffdError::Invalid("UFFDIO_CONTINUE_MODE_WP on a range not registered for WP"));
                 }
-                done += PAGE_SIZE;
-            }
-            result
-        };
-        if mode & UFFDIO_CONTINUE_MODE_DONTWAKE == 0 && done > 0 {
-            self.ctx.wake_range(start, start + done);
-        }
-        match result {
-            Ok(()) => Ok(done),
-            Err(_) if done > 0 => Err(UffdError::Partial { copied: done }),
-            Err(error) => Err(error),
-        }
+                match &vma.backing {
+                    VmaBacking::File(_) => Ok(()),
+                    _ => Err(UffdError::Invalid("UFFDIO_CONTINUE needs shmem")),
+                }
+            },
+            |guard, offset| {
+                let vma = guard.vma(start).expect("setup found the VMA, the read lock keeps it");
+                let VmaBacking::File(inode) = &vma.backing else { unreachable!("setup checked the backing") };
+                continue_page(guard, vma, inode, start + offset, wp)
+            },
+        )
     }
 }
 
-fn continue_page(
-    guard: &MmapReadGuard<'_>,
-    vma: &Vma,
-    inode: &crate::fs::Inode,
-    va: u64,
-    wp: bool,
-) -> Result<(), UffdError> {
+fn continue_page(guard: &MmapReadGuard<'_>, vma: &Vma, inode: &Inode, va: u64, wp: bool) -> Result<(), UffdError> {
     let mm = guard.mm();
     let phys = mm.phys();
-    let pte = match mm.pgtable().ensure(va, Level::Pte) {
-        Ok(slot) => slot,
-        Err(EnsureError::NoMem(_)) => return Err(UffdError::NoMem),
-        Err(EnsureError::Leaf(_)) => return Err(UffdError::Exists(va)),
-    };
-    if !pte.load().is_none() {
-        return Err(UffdError::Exists(va));
-    }
+    let pte = none_pte(mm, va)?;
     let pfn = {
         let state = inode.state.lock();
         let pfn = *state.pages.get(&vma.page_index(va)).ok_or(UffdError::NoCachedPage(va))?;
@@ -100,17 +80,7 @@ fn continue_page(
     };
     // A private mapping maps the cached page read-only (a write copies it).
     let write = vma.flags.contains(VmFlags::WRITE) && vma.flags.is_shared();
-    let mut new = Entry::present(pfn, LeafFlags { write, dirty: true, accessed: true, special: false }, false);
-    if wp {
-        new = new.mkuffd_wp();
-    }
-    phys.map_add(pfn, 1);
-    if pte.compare_exchange(Entry::NONE, new).is_err() {
-        phys.map_sub(pfn, 1);
-        phys.put(pfn);
-        return Err(UffdError::Exists(va));
-    }
-    Ok(())
+    install_pte(mm, &pte, va, pfn, write, wp)
 }
 
 #[cfg(test)]

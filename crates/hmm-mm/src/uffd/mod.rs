@@ -5,12 +5,15 @@
 //! `WRITEPROTECT`, `MOVE`, `POISON`, `RWPROTECT` or `WAKE`.
 //!
 //! Files: `mod.rs` the context, the file object and the message queue;
+//! `msg.rs` the messages (`struct uffd_msg`);
 //! `register.rs` REGISTER/UNREGISTER and close; `ioctl.rs` COPY, ZEROPAGE,
 //! WAKE; `wp.rs` WP mode (WRITEPROTECT, the uffd-wp PTE bit); `minor.rs`
 //! MINOR mode and CONTINUE; `mover.rs` MOVE; `poison.rs` POISON;
 //! `wait.rs` the fault side (queue a message, sleep with the mmap lock
-//! released, or SIGBUS); `rwp.rs` Linux 7.3's RWP mode (RWPROTECT,
-//! SET_MODE, resolving protected pages).
+//! released, or SIGBUS); `events.rs` the non-cooperative events (FORK,
+//! REMAP, REMOVE, UNMAP); `probe.rs` whether a thread sleeps in here;
+//! `rwp.rs` Linux 7.3's RWP mode (RWPROTECT, SET_MODE, resolving
+//! protected pages).
 //!
 //! Modelled: MISSING mode on private anonymous memory and shmem (shared
 //! anonymous memory, memfd, tmpfs); WP mode on the same (present pages
@@ -18,11 +21,11 @@
 //! mode on shmem; RWP mode on the same as WP; MOVE of anonymous pages;
 //! POISON markers; features `PAGEFAULT_FLAG_WP`, `SIGBUS`, `THREAD_ID`,
 //! `EXACT_ADDRESS`, `MISSING_SHMEM`, `MINOR_SHMEM`, `POISON`, `WP_ASYNC`,
-//! `MOVE`, `RWP`, `RWP_ASYNC`; the open flag `UFFD_USER_MODE_ONLY`. Not
+//! `MOVE`, `RWP`, `RWP_ASYNC`, the events `EVENT_FORK`, `EVENT_REMAP`,
+//! `EVENT_REMOVE`, `EVENT_UNMAP` (without them fork and mremap drop the
+//! registration, as Linux does); the open flag `UFFD_USER_MODE_ONLY`. Not
 //! modelled (refused with a typed error, never silently accepted):
-//! registration of hugetlb memory, the non-cooperative events (`EVENT_FORK`, `EVENT_REMAP`,
-//! `EVENT_REMOVE`, `EVENT_UNMAP`: without them fork and mremap drop the
-//! registration, as Linux does), `WP_UNPOPULATED`. Known
+//! registration of hugetlb memory, `WP_UNPOPULATED`. Known
 //! gaps: a uffd-wp page swapped out loses its bit (Linux keeps it in the
 //! swap entry); `THREAD_ID`'s `ptid` is 0 (the model has no threads).
 //!
@@ -34,15 +37,21 @@
 //! `userfaultfd_register`, `mfill_atomic_copy`, `userfaultfd_read`),
 //! `include/uapi/linux/userfaultfd.h`.
 
+mod events;
 mod ioctl;
+mod mfill;
 mod minor;
 mod mover;
+mod msg;
 mod poison;
+pub mod probe;
 mod register;
 pub mod rwp;
 mod wait;
 mod wp;
 
+#[cfg(test)]
+mod events_tests;
 #[cfg(test)]
 mod tests;
 
@@ -54,6 +63,9 @@ use hmm_types::Errno;
 use crate::mm::Mm;
 use crate::vma::Vma;
 
+pub(crate) use events::{complete as complete_events, defer_unmap, discard as discard_events, dup_userfaultfd};
+pub(crate) use events::{prepare_remap, remove_before_zap, ForkContexts};
+pub use msg::*;
 pub(crate) use poison::is_poison_marker;
 pub(crate) use wait::{verdict, wait_for_handler, Verdict};
 
@@ -68,17 +80,17 @@ pub const O_CLOEXEC: u32 = 0o2000000;
 
 /// `UFFD_FEATURE_PAGEFAULT_FLAG_WP`: WP faults say so in the message.
 pub const UFFD_FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
-/// `UFFD_FEATURE_EVENT_FORK` (not modelled).
+/// `UFFD_FEATURE_EVENT_FORK`: fork keeps the registration with a new context (`events.rs`).
 pub const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
-/// `UFFD_FEATURE_EVENT_REMAP` (not modelled).
+/// `UFFD_FEATURE_EVENT_REMAP`: mremap keeps the registration and says so (`events.rs`).
 pub const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
-/// `UFFD_FEATURE_EVENT_REMOVE` (not modelled).
+/// `UFFD_FEATURE_EVENT_REMOVE`: MADV_DONTNEED/FREE say so first (`events.rs`).
 pub const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 /// `UFFD_FEATURE_MISSING_HUGETLBFS` (not modelled).
 pub const UFFD_FEATURE_MISSING_HUGETLBFS: u64 = 1 << 4;
 /// `UFFD_FEATURE_MISSING_SHMEM`: MISSING mode on shmem.
 pub const UFFD_FEATURE_MISSING_SHMEM: u64 = 1 << 5;
-/// `UFFD_FEATURE_EVENT_UNMAP` (not modelled).
+/// `UFFD_FEATURE_EVENT_UNMAP`: munmap says so (`events.rs`).
 pub const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
 /// `UFFD_FEATURE_SIGBUS`: faults get SIGBUS instead of a message.
 pub const UFFD_FEATURE_SIGBUS: u64 = 1 << 7;
@@ -102,6 +114,10 @@ pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
 pub const UFFD_FEATURE_MOVE: u64 = 1 << 16;
 /// The features this model offers (a subset of Linux's 7.3 set).
 pub const UFFD_API_FEATURES: u64 = UFFD_FEATURE_PAGEFAULT_FLAG_WP
+    | UFFD_FEATURE_EVENT_FORK
+    | UFFD_FEATURE_EVENT_REMAP
+    | UFFD_FEATURE_EVENT_REMOVE
+    | UFFD_FEATURE_EVENT_UNMAP
     | UFFD_FEATURE_MISSING_SHMEM
     | UFFD_FEATURE_SIGBUS
     | UFFD_FEATURE_THREAD_ID
@@ -172,15 +188,6 @@ pub mod nr {
     pub const API: u32 = 0x3F;
 }
 
-/// `UFFD_EVENT_PAGEFAULT`.
-pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
-/// `UFFD_PAGEFAULT_FLAG_WRITE`.
-pub const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
-/// `UFFD_PAGEFAULT_FLAG_WP`: a write to a write-protected page.
-pub const UFFD_PAGEFAULT_FLAG_WP: u64 = 1 << 1;
-/// `UFFD_PAGEFAULT_FLAG_MINOR`: the page is in the page cache, not mapped.
-pub const UFFD_PAGEFAULT_FLAG_MINOR: u64 = 1 << 2;
-
 /// Errors of the userfaultfd calls, each with Linux's errno.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum UffdError {
@@ -199,6 +206,10 @@ pub enum UffdError {
     /// `EAGAIN`: nothing to read on a non-blocking file.
     #[error("EAGAIN: no message pending")]
     Again,
+    /// `EAGAIN` from a resolving ioctl: a non-cooperative event of this
+    /// context has not been read yet (`mmap_changing`).
+    #[error("EAGAIN: the address space is changing (an event is not read yet)")]
+    Changing,
     /// `EAGAIN` from COPY or ZEROPAGE: only the first `copied` bytes were
     /// filled (and woken) before a page failed; Linux stores `copied` in
     /// the `copy`/`zeropage` field.
@@ -239,39 +250,13 @@ impl UffdError {
             Self::Perm(_) => Errno::Perm,
             Self::Busy | Self::PageBusy(_) => Errno::Busy,
             Self::Exists(_) => Errno::Exist,
-            Self::Again | Self::Partial { .. } => Errno::Again,
+            Self::Again | Self::Changing | Self::Partial { .. } => Errno::Again,
             Self::NotRegistered(_) | Self::NoEntry(_) => Errno::NoEnt,
             Self::NoCachedPage(_) => Errno::Fault,
             Self::NoMem => Errno::NoMem,
             Self::Exited => Errno::Srch,
             Self::NotModelled(_) => Errno::OpNotSupp,
         }
-    }
-}
-
-/// One message (`struct uffd_msg`); only page faults are modelled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UffdMsg {
-    /// `UFFD_EVENT_*`.
-    pub event: u8,
-    /// `UFFD_PAGEFAULT_FLAG_*`.
-    pub flags: u64,
-    /// The fault address, page aligned unless EXACT_ADDRESS was negotiated.
-    pub address: u64,
-    /// The faulting thread (`UFFD_FEATURE_THREAD_ID`); the model has no
-    /// thread ids, so it is always 0.
-    pub ptid: u32,
-}
-
-impl UffdMsg {
-    /// The 32-byte packed layout `read(2)` returns.
-    pub fn to_bytes(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        out[0] = self.event;
-        out[8..16].copy_from_slice(&self.flags.to_le_bytes());
-        out[16..24].copy_from_slice(&self.address.to_le_bytes());
-        out[24..28].copy_from_slice(&self.ptid.to_le_bytes());
-        out
     }
 }
 
@@ -297,8 +282,13 @@ struct Waiter {
 struct State {
     /// Negotiated features once `UFFDIO_API` succeeded.
     features: Option<u64>,
-    /// Queued, not yet read, by waiter id.
+    /// Queued page faults, not yet read, by waiter id.
     pending: VecDeque<(u64, UffdMsg)>,
+    /// Queued non-cooperative events, not yet read (`event_wqh`).
+    events: VecDeque<(u64, events::Event, probe::SleepProbe)>,
+    /// Events prepared or queued and not yet read: the resolving ioctls
+    /// are `EAGAIN` meanwhile.
+    mmap_changing: u32,
     /// Faults sleeping until a wake covers their page.
     waiting: Vec<Waiter>,
     next_id: u64,
@@ -447,7 +437,7 @@ impl Userfaultfd {
             return Err(UffdError::Invalid("a requested feature is unknown"));
         }
         if features & !UFFD_API_FEATURES != 0 {
-            return Err(UffdError::NotModelled("a requested feature (events, hugetlb, WP_UNPOPULATED)"));
+            return Err(UffdError::NotModelled("a requested feature (hugetlb, WP_UNPOPULATED)"));
         }
         if features & rwp::UFFD_FEATURE_RWP_ASYNC != 0 && features & rwp::UFFD_FEATURE_RWP == 0 {
             return Err(UffdError::Invalid("UFFD_FEATURE_RWP_ASYNC needs UFFD_FEATURE_RWP"));
@@ -461,19 +451,8 @@ impl Userfaultfd {
     /// pending on a non-blocking file; a blocking file sleeps until a
     /// fault queues one. `EINVAL` before `UFFDIO_API`.
     pub fn read(&self) -> Result<UffdMsg, UffdError> {
-        let mut state = self.ctx.lock();
-        if state.features.is_none() {
-            return Err(UffdError::Invalid("read before UFFDIO_API"));
-        }
-        loop {
-            if let Some((_, msg)) = state.pending.pop_front() {
-                return Ok(msg);
-            }
-            if self.ctx.nonblocking {
-                return Err(UffdError::Again);
-            }
-            state = self.ctx.readers.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
+        // A FORK's new file is closed at once (see `read_event`).
+        self.read_event().map(|(msg, _)| msg)
     }
 
     /// `poll(2)` without sleeping.
@@ -503,7 +482,7 @@ impl Userfaultfd {
 
     fn events(state: &State) -> PollEvents {
         PollEvents {
-            readable: state.features.is_some() && !state.pending.is_empty(),
+            readable: state.features.is_some() && !(state.pending.is_empty() && state.events.is_empty()),
             error: state.features.is_none(),
             interrupted: state.interrupted,
         }
@@ -512,6 +491,15 @@ impl Userfaultfd {
     /// The negotiated features, or `EINVAL` before `UFFDIO_API`.
     pub(crate) fn features(&self) -> Result<u64, UffdError> {
         self.ctx.lock().features.ok_or(UffdError::Invalid("UFFDIO_API has not been called"))
+    }
+
+    /// `EAGAIN` while an event of this context is not read yet (the
+    /// resolving ioctls check `mmap_changing` first).
+    pub(crate) fn check_changing(&self) -> Result<(), UffdError> {
+        if self.ctx.lock().mmap_changing > 0 {
+            return Err(UffdError::Changing);
+        }
+        Ok(())
     }
 
     /// The address space, with a user reference for the call.

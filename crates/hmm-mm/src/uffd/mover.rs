@@ -13,7 +13,7 @@
 //! Linux 7.3: `mm/userfaultfd.c` (`move_pages`, `validate_move_areas`,
 //! `move_pages_pte`, `move_present_pte`, `move_zeropage_pte`).
 
-use hmm_pagetable::{EnsureError, Entry, Level};
+use hmm_pagetable::{Entry, Level};
 use hmm_types::{Event, VmFlags, PAGE_SIZE};
 
 use super::{
@@ -33,39 +33,28 @@ impl Userfaultfd {
     /// VMAs, or VMAs that differ in access rights or are not writable; a
     /// failure after the first page is [`UffdError::Partial`].
     pub fn move_pages(&self, dst: u64, src: u64, len: u64, mode: u64) -> Result<u64, UffdError> {
-        self.features()?;
+        self.ready()?;
         if mode & !(UFFDIO_MOVE_MODE_DONTWAKE | UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES) != 0 {
             return Err(UffdError::Invalid("unknown UFFDIO_MOVE mode"));
         }
-        let dst_end = check_range(dst, len)?;
         let src_end = check_range(src, len)?;
-        let mm = self.mm()?;
-        let mut done = 0;
-        let result = {
-            let guard = mm.mmap_read();
-            let dst_vma = guard.vma(dst).ok_or(UffdError::NoEntry("no mapping at the destination"))?;
-            let src_vma = guard.vma(src).ok_or(UffdError::NoEntry("no mapping at the source"))?;
-            self.validate(src_vma, src_end, dst_vma, dst_end)?;
-            crate::anon_vma::anon_vma_prepare(&mm, &guard, dst_vma);
-            let holes = mode & UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES != 0;
-            let mut result = Ok(());
-            while done < len {
-                if let Err(e) = move_page(&guard, src + done, dst_vma, dst + done, holes) {
-                    result = Err(e);
-                    break;
-                }
-                done += PAGE_SIZE;
-            }
-            result
-        };
-        if mode & UFFDIO_MOVE_MODE_DONTWAKE == 0 && done > 0 {
-            self.ctx.wake_range(dst, dst + done);
-        }
-        match result {
-            Ok(()) => Ok(done),
-            Err(_) if done > 0 => Err(UffdError::Partial { copied: done }),
-            Err(error) => Err(error),
-        }
+        let holes = mode & UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES != 0;
+        self.mfill(
+            dst,
+            len,
+            mode & UFFDIO_MOVE_MODE_DONTWAKE != 0,
+            |guard| {
+                let dst_vma = guard.vma(dst).ok_or(UffdError::NoEntry("no mapping at the destination"))?;
+                let src_vma = guard.vma(src).ok_or(UffdError::NoEntry("no mapping at the source"))?;
+                self.validate(src_vma, src_end, dst_vma, dst + len)?;
+                crate::anon_vma::anon_vma_prepare(guard.mm(), guard, dst_vma);
+                Ok(())
+            },
+            |guard, offset| {
+                let vma = guard.vma(dst).expect("validated: the destination stays mapped under the lock");
+                move_page(guard, src + offset, vma, dst + offset, holes)
+            },
+        )
     }
 
     /// `move_pages`' range checks and `validate_move_areas`.
@@ -94,14 +83,7 @@ impl Userfaultfd {
 fn move_page(guard: &MmapReadGuard<'_>, src: u64, dst_vma: &Vma, dst: u64, holes: bool) -> Result<(), UffdError> {
     let mm = guard.mm();
     let phys = mm.phys();
-    let dst_pte = match mm.pgtable().ensure(dst, Level::Pte) {
-        Ok(slot) => slot,
-        Err(EnsureError::NoMem(_)) => return Err(UffdError::NoMem),
-        Err(EnsureError::Leaf(_)) => return Err(UffdError::Exists(dst)),
-    };
-    if !dst_pte.load().is_none() {
-        return Err(UffdError::Exists(dst));
-    }
+    let dst_pte = super::mfill::none_pte(mm, dst)?;
     let src_slot = mm.pgtable().find(src);
     let entry = src_slot.load();
     if entry.is_none() {

@@ -8,10 +8,10 @@
 //! `mfill_atomic_pte_poison`), `include/linux/swapops.h`
 //! (`make_pte_marker(PTE_MARKER_POISONED)`).
 
-use hmm_pagetable::{EnsureError, Entry, Level, SwapKind};
-use hmm_types::PAGE_SIZE;
+use hmm_pagetable::{Entry, SwapKind};
 
-use super::{check_range, is_mine, UffdError, Userfaultfd, UFFDIO_POISON_MODE_DONTWAKE};
+use super::mfill::none_pte;
+use super::{is_mine, UffdError, Userfaultfd, UFFDIO_POISON_MODE_DONTWAKE};
 
 /// `PTE_MARKER_POISONED`: the marker's offset field (Linux's bit value;
 /// `PTE_MARKER_UFFD_WP` is 1, `PTE_MARKER_GUARD` 4).
@@ -33,49 +33,27 @@ impl Userfaultfd {
     /// waking the faults waiting there unless `DONTWAKE`. `EEXIST` over an
     /// entry; a failure after the first page is [`UffdError::Partial`].
     pub fn poison(&self, start: u64, len: u64, mode: u64) -> Result<u64, UffdError> {
-        self.features()?;
+        self.ready()?;
         if mode & !UFFDIO_POISON_MODE_DONTWAKE != 0 {
             return Err(UffdError::Invalid("unknown UFFDIO_POISON mode"));
         }
-        let end = check_range(start, len)?;
-        let mm = self.mm()?;
-        let mut done = 0;
-        let result = {
-            let guard = mm.mmap_read();
-            guard
-                .vma(start)
-                .filter(|v| is_mine(&self.ctx, v) && end <= v.end)
-                .ok_or(UffdError::NotRegistered(start))?;
-            let mut result = Ok(());
-            while start + done < end {
-                let va = start + done;
-                let pte = match mm.pgtable().ensure(va, Level::Pte) {
-                    Ok(slot) => slot,
-                    Err(EnsureError::NoMem(_)) => {
-                        result = Err(UffdError::NoMem);
-                        break;
-                    }
-                    Err(EnsureError::Leaf(_)) => {
-                        result = Err(UffdError::Exists(va));
-                        break;
-                    }
-                };
-                if pte.compare_exchange(Entry::NONE, poison_marker()).is_err() {
-                    result = Err(UffdError::Exists(va));
-                    break;
-                }
-                done += PAGE_SIZE;
-            }
-            result
-        };
-        if mode & UFFDIO_POISON_MODE_DONTWAKE == 0 && done > 0 {
-            self.ctx.wake_range(start, start + done);
-        }
-        match result {
-            Ok(()) => Ok(done),
-            Err(_) if done > 0 => Err(UffdError::Partial { copied: done }),
-            Err(error) => Err(error),
-        }
+        self.mfill(
+            start,
+            len,
+            mode & UFFDIO_POISON_MODE_DONTWAKE != 0,
+            |guard| {
+                guard
+                    .vma(start)
+                    .filter(|v| is_mine(&self.ctx, v) && start + len <= v.end)
+                    .map(|_| ())
+                    .ok_or(UffdError::NotRegistered(start))
+            },
+            |guard, offset| {
+                let va = start + offset;
+                let pte = none_pte(guard.mm(), va)?;
+                pte.compare_exchange(Entry::NONE, poison_marker()).map(|_| ()).map_err(|_| UffdError::Exists(va))
+            },
+        )
     }
 }
 

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use hmm_types::{VmFlags, PAGE_SIZE};
 
 use super::{
-    UffdCtx, UffdMsg, Waiter, UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_EXACT_ADDRESS, UFFD_FEATURE_SIGBUS,
-    UFFD_FEATURE_WP_ASYNC, UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_WP, UFFD_PAGEFAULT_FLAG_WRITE,
+    UffdCtx, UffdMsg, Waiter, UFFD_FEATURE_EXACT_ADDRESS, UFFD_FEATURE_SIGBUS, UFFD_FEATURE_WP_ASYNC,
+    UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_WP, UFFD_PAGEFAULT_FLAG_WRITE,
 };
 use crate::fault::FaultFlags;
 use crate::mm::{Mm, MmapReadGuard};
@@ -105,12 +105,10 @@ pub(crate) fn wait_for_handler(
     let id = {
         let mut state = ctx.lock();
         let exact = state.features.unwrap_or(0) & UFFD_FEATURE_EXACT_ADDRESS != 0;
-        let msg = UffdMsg {
-            event: UFFD_EVENT_PAGEFAULT,
-            flags: reason | if flags.contains(FaultFlags::WRITE) { UFFD_PAGEFAULT_FLAG_WRITE } else { 0 },
-            address: if exact { va } else { page },
-            ptid: 0,
-        };
+        let msg = UffdMsg::pagefault(
+            reason | if flags.contains(FaultFlags::WRITE) { UFFD_PAGEFAULT_FLAG_WRITE } else { 0 },
+            if exact { va } else { page },
+        );
         let id = state.next_id;
         state.next_id += 1;
         state.pending.push_back((id, msg));
@@ -120,8 +118,10 @@ pub(crate) fn wait_for_handler(
     };
     let mm = guard.mm();
     let killable = flags.contains(FaultFlags::KILLABLE);
+    let probe = super::probe::current();
     guard.unlocked(|| {
         let mut state = ctx.lock();
+        probe.set(true);
         while !state.released && state.waiting.iter().any(|w| w.id == id) {
             if killable && mm.fatal_signal_pending() {
                 state.waiting.retain(|w| w.id != id);
@@ -130,5 +130,6 @@ pub(crate) fn wait_for_handler(
             }
             state = ctx.faults.wait(state).unwrap_or_else(|p| p.into_inner());
         }
+        probe.set(false);
     });
 }

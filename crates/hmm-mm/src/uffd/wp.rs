@@ -39,6 +39,7 @@ impl Userfaultfd {
             return Err(UffdError::Invalid("UFFDIO_WRITEPROTECT_MODE_DONTWAKE only goes with resolving"));
         }
         let end = check_range(start, len)?;
+        self.check_changing()?;
         let mm = self.mm()?;
         {
             let guard = mm.mmap_read();

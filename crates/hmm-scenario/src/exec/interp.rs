@@ -242,7 +242,13 @@ fn to_call(env: &mut Env, line: usize, op: &Op, bound: bool) -> Result<Result<Ca
         Op::Same { addr, .. } => Call::Frame { addr: a(addr)? },
         Op::Userfaultfd { features } => Call::Userfaultfd { id: env.files, features: u64::from(*features) },
         Op::Uffd(op) => match file(op.uffd())? {
-            Ok(uffd) => Call::Uffd { uffd, op: super::uffd::resolve(op, &a)? },
+            Ok(uffd) => {
+                let mut op = super::uffd::resolve(op, &a)?;
+                if let (true, super::UffdCall::Read { fork_file }) = (bound, &mut op) {
+                    *fork_file = Some(env.files);
+                }
+                Call::Uffd { uffd, op }
+            }
             Err(o) => return Ok(Err(o)),
         },
         Op::Wait { access } => match env.names.get(access) {
@@ -263,7 +269,8 @@ fn bind(env: &mut Env, name: Option<&str>, call: &Call, outcome: &Outcome, actin
     let value = match (call, outcome) {
         (Call::Mmap { .. } | Call::Mremap { .. }, Outcome::Addr(va)) => Some(Value::Addr(*va)),
         (Call::Mmap { .. } | Call::Mremap { .. }, _) => Some(Value::Addr(MAP_FAILED)),
-        (Call::Fork { child }, Outcome::Ok) => {
+        // A fork waiting for its FORK event to be read has a child already.
+        (Call::Fork { child }, Outcome::Ok | Outcome::Blocked) => {
             env.procs.push(name.unwrap_or("child").to_string());
             env.alive.push(true);
             Some(Value::Proc(*child))
@@ -278,6 +285,13 @@ fn bind(env: &mut Env, name: Option<&str>, call: &Call, outcome: &Outcome, actin
             Some(Value::File(Some(*id)))
         }
         (Call::Userfaultfd { .. }, _) => Some(Value::File(None)),
+        (Call::Uffd { op: super::UffdCall::Read { fork_file: Some(id) }, .. }, Outcome::Messages(msgs))
+            if msgs.contains(&crate::observe::UffdMsgView::Fork) =>
+        {
+            env.files += 1;
+            Some(Value::File(Some(*id)))
+        }
+        (Call::Uffd { op: super::UffdCall::Read { .. }, .. }, _) => Some(Value::File(None)),
         (Call::Access { id, .. }, _) => {
             env.accesses += 1;
             Some(Value::Access(*id))

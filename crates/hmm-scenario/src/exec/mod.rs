@@ -209,8 +209,11 @@ pub enum UffdCall {
         start: u64,
         len: u64,
     },
-    /// Reads every pending message without blocking.
-    Read,
+    /// Reads every pending message without blocking; the child's
+    /// userfaultfd of the first FORK message becomes file `fork_file`.
+    Read {
+        fork_file: Option<FileId>,
+    },
     /// `UFFDIO_RWPROTECT` (7.3).
     Rwprotect {
         start: u64,

@@ -51,6 +51,18 @@ pub struct ModelBackend {
     log: Arc<Mutex<Vec<(ProcId, NotifierRange)>>>,
     /// The test devices and fs-dax files (`model_device.rs`).
     devices: ModelDevices,
+    /// Forks waiting for their FORK event to be read: the child process
+    /// exists once the fork returns.
+    pending_forks: Vec<PendingFork>,
+}
+
+/// A fork on a thread, waiting for the monitor.
+struct PendingFork {
+    parent: ProcId,
+    child: ProcId,
+    forked: std::sync::mpsc::Receiver<Arc<Mm>>,
+    files: HashMap<FileId, File>,
+    uffd: super::model_uffd::UffdState,
 }
 
 impl core::fmt::Debug for ModelBackend {
@@ -67,7 +79,14 @@ impl ModelBackend {
         let log = Arc::new(Mutex::new(Vec::new()));
         mm.register_notifier(Arc::new(Recorder { proc: 0, log: log.clone() }));
         let procs = HashMap::from([(0, Proc { mm, files: HashMap::new(), uffd: Default::default() })]);
-        Ok(Self { kernel, procs, names: HashMap::new(), log, devices: ModelDevices::default() })
+        Ok(Self {
+            kernel,
+            procs,
+            names: HashMap::new(),
+            log,
+            devices: ModelDevices::default(),
+            pending_forks: Vec::new(),
+        })
     }
 
     fn proc(&mut self, proc: ProcId) -> &mut Proc {
@@ -118,14 +137,53 @@ fn done(r: Result<(), MmError>) -> Outcome {
     r.map_or_else(errno, |()| Outcome::Ok)
 }
 
+/// munmap, madvise or mremap: the calls that may send a userfaultfd
+/// event and wait until the monitor read it.
+fn address_call(mm: &Arc<Mm>, call: &Call) -> Outcome {
+    let done = |r: Result<(), hmm_mm::MmError>| r.map_or_else(errno, |()| Outcome::Ok);
+    match *call {
+        Call::Munmap { addr, len } => done(mm.munmap(addr, len)),
+        Call::Madvise { addr, len, advice } => match MadviseAdvice::from_raw(advice) {
+            Ok(advice) => done(mm.madvise(addr, len, advice)),
+            Err(e) => Outcome::Errno(e as i32),
+        },
+        Call::Mremap { old, old_len, new_len, flags, new_addr } => match MremapFlags::from_bits(flags) {
+            Some(flags) => mm.mremap(old, old_len, new_len, flags, new_addr).map_or_else(errno, Outcome::Addr),
+            None => Outcome::Errno(Errno::Inval as i32),
+        },
+        _ => unreachable!("only address calls come here"),
+    }
+}
+
+impl ModelBackend {
+    /// Makes the children of the forks that returned processes.
+    fn adopt_forks(&mut self) {
+        let pending = std::mem::take(&mut self.pending_forks);
+        for fork in pending {
+            match fork.forked.try_recv() {
+                Ok(mm) => {
+                    mm.register_notifier(Arc::new(Recorder { proc: fork.child, log: self.log.clone() }));
+                    self.procs.insert(fork.child, Proc { mm, files: fork.files, uffd: fork.uffd });
+                    self.devices.fork(fork.parent, fork.child);
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => self.pending_forks.push(fork),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {}
+            }
+        }
+    }
+}
+
 impl Backend for ModelBackend {
     fn set_window(&mut self, _base: u64, _len: u64) -> Result<(), ExecError> {
         Ok(())
     }
 
     fn call(&mut self, proc: ProcId, call: &Call) -> Outcome {
+        self.adopt_forks();
         let log = self.log.clone();
-        let p = self.procs.get_mut(&proc).expect("the interpreter only names live processes");
+        let Some(p) = self.procs.get_mut(&proc) else {
+            return Outcome::Inconclusive("the fork child exists once its FORK event is read".into());
+        };
         let mm = p.mm.clone();
         match *call {
             Call::Mmap { addr, len, prot, flags, file, offset } => {
@@ -149,20 +207,18 @@ impl Backend for ModelBackend {
                 };
                 result.map_or_else(errno, Outcome::Addr)
             }
-            Call::Munmap { addr, len } => done(mm.munmap(addr, len)),
+            // With a userfaultfd, a call that may wait for the monitor to
+            // read an event runs on a thread (`model_uffd::blocking_call`).
+            Call::Munmap { .. } | Call::Madvise { .. } | Call::Mremap { .. } if p.uffd.has_uffd() => {
+                let call = call.clone();
+                super::model_uffd::blocking_call(&mut p.uffd, move || address_call(&mm, &call))
+            }
+            Call::Munmap { .. } | Call::Madvise { .. } | Call::Mremap { .. } => address_call(&mm, call),
             Call::Mprotect { addr, len, prot } => match Prot::from_raw(prot) {
                 Ok(prot) => done(mm.mprotect(addr, len, prot)),
                 Err(e) => Outcome::Errno(e as i32),
             },
-            Call::Madvise { addr, len, advice } => match MadviseAdvice::from_raw(advice) {
-                Ok(advice) => done(mm.madvise(addr, len, advice)),
-                Err(e) => Outcome::Errno(e as i32),
-            },
             Call::Mseal { addr, len } => done(mm.mseal(addr, len, 0)),
-            Call::Mremap { old, old_len, new_len, flags, new_addr } => match MremapFlags::from_bits(flags) {
-                Some(flags) => mm.mremap(old, old_len, new_len, flags, new_addr).map_or_else(errno, Outcome::Addr),
-                None => Outcome::Errno(Errno::Inval as i32),
-            },
             Call::Read { addr } if p.uffd.has_uffd() => super::model_uffd::access(&mut p.uffd, None, addr, move || {
                 mm.read_u64(addr).map_or_else(access, Outcome::Value)
             }),
@@ -187,6 +243,22 @@ impl Backend for ModelBackend {
                 Ok(Ok(found) | Err(found)) => Outcome::Value(found),
                 Err(e) => access(e),
             },
+            // With EVENT_FORK the fork waits for the monitor to read the
+            // FORK message, on a thread; the child is there before that.
+            Call::Fork { child } if p.uffd.has_event_fork() => {
+                let (files, uffd) = (p.files.clone(), p.uffd.fork());
+                let (tx, forked) = std::sync::mpsc::channel();
+                let outcome = super::model_uffd::blocking_call(&mut p.uffd, move || match mm.fork() {
+                    Ok(child) => {
+                        let _ = tx.send(child);
+                        Outcome::Ok
+                    }
+                    Err(e) => errno(e),
+                });
+                self.pending_forks.push(PendingFork { parent: proc, child, forked, files, uffd });
+                self.adopt_forks();
+                outcome
+            }
             Call::Fork { child } => match mm.fork() {
                 Ok(child_mm) => {
                     child_mm.register_notifier(Arc::new(Recorder { proc: child, log }));
@@ -376,8 +448,14 @@ impl Executor for ModelExecutor {
         // Tear the processes down so frames return before the next run
         // (device files first: closing one migrates device memory back).
         backend.devices.close_all();
+        // Every process's userfaultfds first: a fork or access still waiting
+        // on a context that several processes hold ends once all closed it.
+        backend.pending_forks.clear();
         for proc in backend.procs.values_mut() {
-            proc.uffd.close_all();
+            proc.uffd.close_files();
+        }
+        for proc in backend.procs.values_mut() {
+            proc.uffd.join_all();
         }
         for proc in backend.procs.values() {
             proc.mm.exit();

@@ -3,13 +3,19 @@
 //! on its own thread; the executor waits until it completed or queued a
 //! message (it then sleeps in the model's `handle_userfault`), so the
 //! outcome is the same on every run. Messages read while waiting are kept
-//! for the next `uffd_read`.
+//! for the next `uffd_read`. munmap, madvise, mremap and fork, which may
+//! wait for the monitor to read a non-cooperative event, run on a thread
+//! too (`blocking_call`), settled when they complete or sleep in
+//! userfaultfd (`hmm_mm::uffd::probe`); `uffd_read` settles the callers its
+//! reading released, and `v = uffd_read u` names the child's userfaultfd
+//! a FORK message hands over.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use hmm_mm::uffd::probe::SleepProbe;
 use hmm_mm::uffd::{UffdError, UffdMsg, Userfaultfd, O_CLOEXEC, O_NONBLOCK, UFFD_API};
 use hmm_mm::Mm;
 
@@ -22,12 +28,17 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// One open userfaultfd of a process, with the messages read ahead.
 pub struct ModelUffd {
     file: Arc<Userfaultfd>,
-    read_ahead: Arc<parking_lot::Mutex<VecDeque<UffdMsgView>>>,
+    features: u64,
+    /// Messages read ahead, each FORK with the child's userfaultfd.
+    read_ahead: Arc<parking_lot::Mutex<VecDeque<ReadAhead>>>,
 }
+
+/// A message read ahead, a FORK with the child's userfaultfd.
+type ReadAhead = (UffdMsgView, Option<Userfaultfd>);
 
 impl Clone for ModelUffd {
     fn clone(&self) -> Self {
-        Self { file: self.file.clone(), read_ahead: self.read_ahead.clone() }
+        Self { file: self.file.clone(), features: self.features, read_ahead: self.read_ahead.clone() }
     }
 }
 
@@ -45,12 +56,29 @@ pub struct UffdState {
     accesses: HashMap<AccessId, Access>,
     /// Ids for accesses the scenario did not bind.
     anonymous: usize,
+    /// munmap/madvise/mremap/fork calls waiting for their events to be read.
+    calls: Vec<(SleepProbe, JoinHandle<Outcome>)>,
+    /// Children's userfaultfds from FORK messages the scenario did not
+    /// name: kept open, as a program's descriptors stay open.
+    unnamed: Vec<Userfaultfd>,
 }
 
 impl UffdState {
     /// A forked child's copy: the same open files, no running accesses.
     pub fn fork(&self) -> Self {
-        Self { uffds: self.uffds.clone(), accesses: HashMap::new(), anonymous: 0 }
+        Self {
+            uffds: self.uffds.clone(),
+            accesses: HashMap::new(),
+            anonymous: 0,
+            calls: Vec::new(),
+            unnamed: Vec::new(),
+        }
+    }
+
+    /// Whether a userfaultfd of this process negotiated EVENT_FORK: a fork
+    /// may wait for the monitor, so it runs on a thread.
+    pub fn has_event_fork(&self) -> bool {
+        self.uffds.values().any(|u| u.features & hmm_mm::uffd::UFFD_FEATURE_EVENT_FORK != 0)
     }
 
     /// Whether accesses must run on their own thread.
@@ -61,11 +89,26 @@ impl UffdState {
     /// Closes every userfaultfd (waking the faults that wait on them), then
     /// joins every access.
     pub fn close_all(&mut self) {
+        self.close_files();
+        self.join_all();
+    }
+
+    /// Closes every userfaultfd of the process (a context shared with
+    /// another process is released once that one closes it too).
+    pub fn close_files(&mut self) {
         self.uffds.clear();
+        self.unnamed.clear();
+    }
+
+    /// Joins every access and call (their userfaultfds closed first).
+    pub fn join_all(&mut self) {
         for (_, access) in self.accesses.drain() {
             if let Access::Running(handle) = access {
                 let _ = handle.join();
             }
+        }
+        for (_, handle) in self.calls.drain(..) {
+            let _ = handle.join();
         }
     }
 
@@ -88,7 +131,7 @@ pub fn create(state: &mut UffdState, mm: &Arc<Mm>, id: FileId, features: u64) ->
     };
     match file.api(UFFD_API, features) {
         Ok((_features, ioctls)) => {
-            let uffd = ModelUffd { file: Arc::new(file), read_ahead: Default::default() };
+            let uffd = ModelUffd { file: Arc::new(file), features, read_ahead: Default::default() };
             state.uffds.insert(id, uffd);
             Outcome::Value(ioctls)
         }
@@ -104,17 +147,18 @@ fn view(msg: UffdMsg) -> UffdMsgView {
 /// `true` if one is a page fault on the page of `page`.
 fn drain(uffd: &ModelUffd, page: Option<u64>) -> bool {
     let mut got = false;
-    while let Ok(msg) = uffd.file.read() {
+    while let Ok((msg, file)) = uffd.file.read_event() {
         let msg = view(msg);
         got |= super::uffd::faults_on(&msg, page);
-        uffd.read_ahead.lock().push_back(msg);
+        uffd.read_ahead.lock().push_back((msg, file));
     }
     got
 }
 
 /// One userfaultfd call.
 pub fn call(state: &mut UffdState, id: FileId, op: &UffdCall) -> Outcome {
-    let Some(uffd) = state.uffds.get(&id) else { return Outcome::Errno(hmm_types::Errno::BadF as i32) };
+    let Some(uffd) = state.uffds.get(&id).cloned() else { return Outcome::Errno(hmm_types::Errno::BadF as i32) };
+    let uffd = &uffd;
     let f = &uffd.file;
     let ok = |r: Result<u64, UffdError>| r.map_or_else(errno, |_| Outcome::Ok);
     match *op {
@@ -132,13 +176,80 @@ pub fn call(state: &mut UffdState, id: FileId, op: &UffdCall) -> Outcome {
         UffdCall::Wake { start, len } => ok(f.wake(start, len).map(|()| 0)),
         UffdCall::Rwprotect { start, len, mode } => ok(f.rwprotect(start, len, mode).map(|()| 0)),
         UffdCall::SetMode { enable, disable } => ok(f.set_mode(enable, disable).map(|()| 0)),
-        UffdCall::Read => {
-            drain(uffd, None);
-            let msgs: Vec<UffdMsgView> = uffd.read_ahead.lock().drain(..).collect();
+        UffdCall::Read { fork_file } => {
+            // Reading an event lets its sender go on, which may send the
+            // next one (mremap: REMAP, then UNMAP): settle them all.
+            let mut seen = uffd.read_ahead.lock().len();
+            loop {
+                drain(uffd, None);
+                let now = uffd.read_ahead.lock().len();
+                if now == seen {
+                    break;
+                }
+                seen = now;
+                settle_calls(&mut state.calls);
+            }
+            let mut msgs = Vec::new();
+            let mut named = fork_file;
+            for (msg, file) in uffd.read_ahead.lock().drain(..) {
+                msgs.push(msg);
+                let Some(file) = file else { continue };
+                match named.take() {
+                    Some(id) => {
+                        let child =
+                            ModelUffd { file: Arc::new(file), features: uffd.features, read_ahead: Default::default() };
+                        state.uffds.insert(id, child);
+                    }
+                    None => state.unnamed.push(file),
+                }
+            }
             // Linux: reading before UFFDIO_API is EINVAL; here the API
             // always happened at creation.
             Outcome::Messages(msgs)
         }
+    }
+}
+
+/// Waits until every running call finished or sleeps in userfaultfd
+/// again; the finished ones are joined.
+fn settle_calls(calls: &mut Vec<(SleepProbe, JoinHandle<Outcome>)>) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while Instant::now() < deadline && calls.iter().any(|(probe, h)| !h.is_finished() && !probe.is_sleeping()) {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    calls.retain(|(_, h)| !h.is_finished());
+}
+
+/// Runs a call that may wait for a userfaultfd monitor (munmap, madvise,
+/// mremap with the event features) on its own thread: its outcome, or
+/// `Blocked` once it sleeps waiting for its event to be read. Messages
+/// already queued are read ahead first, so they stay older than its events.
+pub fn blocking_call(state: &mut UffdState, run: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
+    for uffd in state.uffds.values() {
+        drain(uffd, None);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let _ = tx.send(hmm_mm::uffd::probe::current());
+        run()
+    });
+    let Ok(probe) = rx.recv() else {
+        return Outcome::Inconclusive("the call panicked".into());
+    };
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        if handle.is_finished() {
+            return handle.join().unwrap_or_else(|_| Outcome::Inconclusive("the call panicked".into()));
+        }
+        if probe.is_sleeping() {
+            state.calls.push((probe, handle));
+            return Outcome::Blocked;
+        }
+        if Instant::now() > deadline {
+            state.calls.push((probe, handle));
+            return Outcome::Inconclusive("the call neither completed nor waited for the monitor".into());
+        }
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 
@@ -151,7 +262,12 @@ pub fn access(
     addr: u64,
     run: impl FnOnce() -> Outcome + Send + 'static,
 ) -> Outcome {
-    let handle = std::thread::spawn(run);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let _ = tx.send(hmm_mm::uffd::probe::current());
+        run()
+    });
+    let probe = rx.recv().unwrap_or_default();
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
         if handle.is_finished() {
@@ -162,7 +278,9 @@ pub fn access(
             return outcome;
         }
         let queued = state.uffds.values().fold(false, |any, u| drain(u, Some(addr)) | any);
-        if queued {
+        // A fault whose message went to a userfaultfd this process does
+        // not hold (a fork child's, read by its parent) is seen asleep.
+        if queued || probe.is_sleeping() {
             let id = id.unwrap_or_else(|| {
                 state.anonymous += 1;
                 usize::MAX - state.anonymous

@@ -24,7 +24,7 @@ pub fn resolve(op: &UffdOp, a: &dyn Fn(&Expr) -> Result<u64, ExecError>) -> Resu
         }
         UffdOp::Poison { addr, len, mode, .. } => UffdCall::Poison { start: a(addr)?, len: a(len)?, mode: m(mode) },
         UffdOp::Wake { addr, len, .. } => UffdCall::Wake { start: a(addr)?, len: a(len)? },
-        UffdOp::Read { .. } => UffdCall::Read,
+        UffdOp::Read { .. } => UffdCall::Read { fork_file: None },
         UffdOp::Rwprotect { addr, len, mode, .. } => {
             UffdCall::Rwprotect { start: a(addr)?, len: a(len)?, mode: m(mode) }
         }

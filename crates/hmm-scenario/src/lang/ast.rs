@@ -164,6 +164,7 @@ impl Op {
                 | Op::Userfaultfd { .. }
                 | Op::Read { .. }
                 | Op::Write { .. }
+                | Op::Uffd(crate::lang::uffd::UffdOp::Read { .. })
         ) || matches!(self, Op::Device(d) if d.binds())
     }
 }

@@ -16,6 +16,7 @@
 //! uffd_read u                         # every queued message, without blocking
 //! uffd_rwprotect u ADDR LEN MODE      # rwp (protect) or 0 (resolve), dontwake (7.3)
 //! uffd_set_mode u ENABLE DISABLE      # feature bits (rwp_async) or 0 (7.3)
+//! v = uffd_read u                     # ... and v is the child's userfaultfd of the first FORK
 //! ```
 //!
 //! The RWP lines, and `userfaultfd` or `uffd_register` naming `rwp`, need
@@ -370,7 +371,8 @@ mod tests {
                     uffd_move u w+1p w+8p 1p\n\
                     t = read w\n\
                     wait t\n\
-                    uffd_read u\n";
+                    uffd_read u\n\
+                    v = uffd_read u\n";
         let s = parse("t.hmm", text).unwrap();
         assert_eq!(s.steps[0].op, Op::Userfaultfd { features: (1 << 7) | (1 << 16) });
         assert_eq!(
@@ -386,7 +388,8 @@ mod tests {
              uffd_move u w+0x1000 w+0x8000 0x1000\n\
              t = read w\n\
              wait t\n\
-             uffd_read u\n"
+             uffd_read u\n\
+             v = uffd_read u\n"
         );
     }
 
@@ -426,7 +429,7 @@ mod tests {
         assert_eq!((e.col, e.message.as_str()), (18, "unexpected `wp` after `uffd_wake`"));
         let e = parse("t", "uffd_copy u w 1p 7 missing\n").unwrap_err();
         assert!(e.message.contains("unknown mode `missing`"), "{e}");
-        assert!(parse("t", "x = uffd_read u\n").unwrap_err().message.contains("no result"));
+        assert!(parse("t", "x = uffd_wake u w 1p\n").unwrap_err().message.contains("no result"));
         assert!(parse("t", "u = userfaultfd frob\n").unwrap_err().message.contains("unknown feature"));
     }
 }

@@ -29,7 +29,7 @@ fn handler(uffd: Arc<Userfaultfd>, page_size: u64) {
         if msg.to_bytes().len() != 32 || msg.event != UFFD_EVENT_PAGEFAULT {
             return;
         }
-        if uffd.copy(msg.address & !(page_size - 1), &source, 0).is_err() {
+        if uffd.copy(msg.address() & !(page_size - 1), &source, 0).is_err() {
             return;
         }
     }

@@ -92,13 +92,13 @@ fn rwprotect_protects_present_pages_and_resolving_wakes_the_reader() {
         std::thread::spawn(move || mm.read_u64(va + 8))
     };
     let msg = uffd.read().unwrap();
-    assert_eq!((msg.event, msg.flags, msg.address), (UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_RWP, va));
+    assert_eq!((msg.event, msg.flags(), msg.address()), (UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_RWP, va));
     let writer = {
         let mm = mm.clone();
         std::thread::spawn(move || mm.write_u64(va + PAGE_SIZE, 9))
     };
     let msg = uffd.read().unwrap();
-    assert_eq!((msg.flags, msg.address), (UFFD_PAGEFAULT_FLAG_RWP | UFFD_PAGEFAULT_FLAG_WRITE, va + PAGE_SIZE));
+    assert_eq!((msg.flags(), msg.address()), (UFFD_PAGEFAULT_FLAG_RWP | UFFD_PAGEFAULT_FLAG_WRITE, va + PAGE_SIZE));
     // The none page faults normally, with no message.
     assert_eq!(mm.read_u64(va + 2 * PAGE_SIZE), Ok(0));
     uffd.rwprotect(va, PAGE_SIZE, 0).unwrap();
@@ -156,7 +156,7 @@ fn async_mode_resolves_in_the_fault_and_set_mode_toggles_it() {
         let mm = mm.clone();
         std::thread::spawn(move || mm.read_u64(va + PAGE_SIZE))
     };
-    assert_eq!(uffd.read().unwrap().flags, UFFD_PAGEFAULT_FLAG_RWP);
+    assert_eq!(uffd.read().unwrap().flags(), UFFD_PAGEFAULT_FLAG_RWP);
     uffd.set_mode(UFFD_FEATURE_RWP_ASYNC, 0).unwrap();
     assert_eq!(reader.join().unwrap(), Ok(2));
     assert!(!uffd.poll().readable, "the retried fault resolved itself");
@@ -181,9 +181,9 @@ fn going_async_wakes_a_missing_fault_too_which_asks_again() {
         let mm = mm.clone();
         std::thread::spawn(move || mm.read_u64(va))
     };
-    assert_eq!(uffd.read().unwrap().address, va);
+    assert_eq!(uffd.read().unwrap().address(), va);
     uffd.set_mode(UFFD_FEATURE_RWP_ASYNC, 0).unwrap();
-    assert_eq!(uffd.read().unwrap().address, va, "the woken MISSING fault queued its message again");
+    assert_eq!(uffd.read().unwrap().address(), va, "the woken MISSING fault queued its message again");
     uffd.zeropage(va, PAGE_SIZE, 0).unwrap();
     assert_eq!(reader.join().unwrap(), Ok(0));
 }

@@ -58,20 +58,46 @@ fn page_round(len: u64) -> Option<u64> {
     len.checked_add(PAGE - 1).map(|l| l & !(PAGE - 1))
 }
 
+fn inside((base, size): (u64, u64), addr: u64, len: u64) -> bool {
+    addr >= base && addr - base <= size && len <= size - (addr - base)
+}
+
+fn range_ok(window: (u64, u64), addr: u64, len: u64) -> bool {
+    let rounded = page_round(len);
+    addr % PAGE != 0
+        || len == 0
+        || rounded.is_none_or(|r| addr.checked_add(r).is_none())
+        || inside(window, addr, rounded.unwrap_or(0))
+}
+
+/// munmap, madvise or mremap, kept inside `window`: the calls that may
+/// send a userfaultfd event and wait until the monitor read it.
+fn address_call(window: (u64, u64), call: &Call) -> Outcome {
+    let refused = || Outcome::Refused("outside the window".into());
+    let done = |r: Result<u64, i32>| r.map_or_else(Outcome::Errno, |_| Outcome::Ok);
+    match *call {
+        Call::Munmap { addr, len } if range_ok(window, addr, len) => done(sys::munmap(addr, len)),
+        Call::Madvise { addr, len, advice } if range_ok(window, addr, len) => done(sys::madvise(addr, len, advice)),
+        Call::Mremap { old, old_len, new_len, flags, new_addr } => {
+            let fixed_ok = flags & MREMAP_FIXED == 0 || range_ok(window, new_addr, new_len);
+            if !(fixed_ok && (old % PAGE != 0 || range_ok(window, old, old_len.max(1)))) {
+                return refused();
+            }
+            sys::mremap(old, old_len, new_len, flags, new_addr).map_or_else(Outcome::Errno, Outcome::Addr)
+        }
+        _ => refused(),
+    }
+}
+
 impl Local {
     fn inside(&self, addr: u64, len: u64) -> bool {
-        let (base, size) = self.window;
-        addr >= base && addr - base <= size && len <= size - (addr - base)
+        inside(self.window, addr, len)
     }
     /// A range call may go to the kernel: inside the window, or arguments
     /// every kernel rejects before looking at memory (unaligned start,
     /// zero or wrapping length).
     pub(super) fn range_ok(&self, addr: u64, len: u64) -> bool {
-        let rounded = page_round(len);
-        addr % PAGE != 0
-            || len == 0
-            || rounded.is_none_or(|r| addr.checked_add(r).is_none())
-            || self.inside(addr, rounded.unwrap_or(0))
+        range_ok(self.window, addr, len)
     }
 
     /// Performs `call` here.
@@ -86,17 +112,41 @@ impl Local {
                 let fd = file.and_then(|id| self.files.get(&id).copied()).unwrap_or(-1);
                 sys::mmap(addr, len, prot, flags, fd, offset).map_or_else(Outcome::Errno, Outcome::Addr)
             }
-            Call::Munmap { addr, len } if self.range_ok(addr, len) => done(sys::munmap(addr, len)),
-            Call::Mprotect { addr, len, prot } if self.range_ok(addr, len) => done(sys::mprotect(addr, len, prot)),
-            Call::Madvise { addr, len, advice } if self.range_ok(addr, len) => done(sys::madvise(addr, len, advice)),
-            Call::Mseal { addr, len } if self.range_ok(addr, len) => done(sys::mseal(addr, len)),
-            Call::Mremap { old, old_len, new_len, flags, new_addr } => {
-                let fixed_ok = flags & MREMAP_FIXED == 0 || self.range_ok(new_addr, new_len);
-                if !(fixed_ok && (old % PAGE != 0 || self.range_ok(old, old_len.max(1)))) {
-                    return refused();
-                }
-                sys::mremap(old, old_len, new_len, flags, new_addr).map_or_else(Outcome::Errno, Outcome::Addr)
+            // With a userfaultfd, a call that may wait for the monitor to
+            // read an event runs on a thread (`HostUffd::blocking_call`).
+            Call::Munmap { .. } | Call::Madvise { .. } | Call::Mremap { .. } if self.uffd.has_uffd() => {
+                let (window, call) = (self.window, call.clone());
+                let mut uffd = std::mem::take(&mut self.uffd);
+                let outcome = uffd.blocking_call(&self.files, None, move || address_call(window, &call));
+                self.uffd = uffd;
+                outcome
             }
+            Call::Munmap { .. } | Call::Madvise { .. } | Call::Mremap { .. } => address_call(self.window, call),
+            // With EVENT_FORK the fork waits for the monitor to read the
+            // FORK message: it runs on a thread, whose copy is the child.
+            Call::Fork { child } if self.uffd.has_event_fork() => {
+                let Some(&slot) = self.slots.get(child) else {
+                    return Outcome::Refused(format!("at most {} processes", self.slots.len()));
+                };
+                let mut local = Local {
+                    window: self.window,
+                    files: self.files.clone(),
+                    slots: self.slots.clone(),
+                    is_coordinator: self.is_coordinator,
+                    ksm_running: self.ksm_running,
+                    uffd: self.uffd.for_child(),
+                };
+                let mut uffd = std::mem::take(&mut self.uffd);
+                let outcome = uffd.blocking_call(&self.files, Some(child), move || match sys::raw_fork() {
+                    Err(e) => Outcome::Errno(e),
+                    Ok(0) => local.become_worker(slot),
+                    Ok(_) => Outcome::Ok,
+                });
+                self.uffd = uffd;
+                outcome
+            }
+            Call::Mprotect { addr, len, prot } if self.range_ok(addr, len) => done(sys::mprotect(addr, len, prot)),
+            Call::Mseal { addr, len } if self.range_ok(addr, len) => done(sys::mseal(addr, len)),
             Call::Read { addr } if self.inside(addr, 8) && self.uffd.has_uffd() => {
                 self.uffd.access(&self.files, None, addr, None)
             }
@@ -110,7 +160,8 @@ impl Local {
             Call::Userfaultfd { id, features } => self.uffd.create(&mut self.files, id, features),
             Call::Uffd { uffd, ref op } => {
                 let mut state = std::mem::take(&mut self.uffd);
-                let outcome = state.call(&self.files, uffd, op, &|addr, len| self.range_ok(addr, len));
+                let window = self.window;
+                let outcome = state.call(&mut self.files, uffd, op, &|addr, len| range_ok(window, addr, len));
                 self.uffd = state;
                 outcome
             }
@@ -200,22 +251,25 @@ impl Local {
         };
         match sys::fork() {
             Err(e) => Outcome::Errno(e),
-            Ok(0) => {
-                self.uffd.forget_threads();
-                if self.is_coordinator {
-                    // Only the runner writes commands and reads outcomes: a
-                    // worker holding those ends would keep its siblings'
-                    // pipes open after the runner is gone.
-                    for s in &self.slots {
-                        let _ = sys::close(s.cmd_w);
-                        let _ = sys::close(s.rep_r);
-                    }
-                    self.is_coordinator = false;
-                }
-                super::worker_loop(self, slot)
-            }
+            Ok(0) => self.become_worker(slot),
             Ok(_) => Outcome::Ok,
         }
+    }
+
+    /// The child side of a fork: serve the scenario's calls from `slot`.
+    fn become_worker(&mut self, slot: Slot) -> ! {
+        self.uffd.forget_threads();
+        if self.is_coordinator {
+            // Only the runner writes commands and reads outcomes: a worker
+            // holding those ends would keep its siblings' pipes open after
+            // the runner is gone.
+            for s in &self.slots {
+                let _ = sys::close(s.cmd_w);
+                let _ = sys::close(s.rep_r);
+            }
+            self.is_coordinator = false;
+        }
+        super::worker_loop(self, slot)
     }
 
     fn frame(&self, addr: u64) -> Outcome {

@@ -255,6 +255,9 @@ impl Backend for HostBackend {
         if !self.alive[proc] {
             return Outcome::Inconclusive("the process died".into());
         }
+        if self.local.uffd.fork_pending(proc) {
+            return Outcome::Inconclusive("the fork child exists once its FORK event is read".into());
+        }
         let slot = self.local.slots[proc];
         let mut line = serde_json::to_string(call).expect("calls serialize");
         line.push('\n');

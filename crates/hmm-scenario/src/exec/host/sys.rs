@@ -184,15 +184,66 @@ pub fn atomic_rmw(addr: u64, op: impl FnOnce(&AtomicU64) -> u64, plain: impl FnO
 /// `fork()`: `Ok(0)` in the child, the child's pid in the parent.
 pub fn fork() -> Result<i32, i32> {
     // SAFETY: the runner is single-threaded except in userfaultfd
-    // scenarios, whose extra threads only run one access each (a populate
-    // syscall, a volatile load or an atomic) and return its outcome; glibc's
-    // fork takes the allocator's locks around the fork, so the child's
-    // allocator is consistent, and the child never joins those threads
-    // (`HostUffd::forget_threads`).
+    // scenarios, whose extra threads only run one call each (a populate
+    // syscall, a volatile load, an atomic, munmap/madvise/mremap, or this
+    // fork, on its own thread with EVENT_FORK) and return its outcome;
+    // glibc's fork takes the allocator's locks around the fork, so the
+    // child's allocator is consistent, and the child (a copy of the forking
+    // thread only) never joins those threads (`HostUffd::forget_threads`).
     match unsafe { libc::fork() } {
         -1 => Err(last_errno()),
         pid => Ok(pid),
     }
+}
+
+/// `fork` as the bare system call, without glibc's atfork handlers. glibc's
+/// `fork` holds the allocator's and stdio's locks across the call, and a
+/// fork with `UFFD_FEATURE_EVENT_FORK` stays in the call until this very
+/// process's monitor (the runner's main thread, which allocates) has read
+/// the FORK event: through glibc that is a deadlock.
+pub fn raw_fork() -> Result<i32, i32> {
+    // SAFETY: `clone(SIGCHLD, 0, ...)` is fork: the child continues on a copy
+    // of this thread's stack. The caller keeps every other thread of the
+    // runner out of the allocator until the child's copy of memory is made
+    // (it polls with `sleeps_in_userfaultfd`, which allocates nothing), so
+    // the child's allocator is consistent; the child serves calls on this
+    // thread only and never joins the others.
+    check(unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as u64, 0u64, 0u64, 0u64, 0u64) }).map(|p| p as i32)
+}
+
+/// Whether thread `tid` of this process sleeps in userfaultfd: its wchan
+/// (`/proc/self/task/<tid>/wchan`) names `handle_userfault` or
+/// `userfaultfd_event_wait_completion`. Allocates nothing.
+pub fn sleeps_in_userfaultfd(tid: i32) -> bool {
+    let mut path = [0u8; 48];
+    let prefix = b"/proc/self/task/";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut at = prefix.len();
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (tid.unsigned_abs(), 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in digits[..len].iter().rev() {
+        path[at] = *d;
+        at += 1;
+    }
+    let suffix = b"/wchan";
+    path[at..at + suffix.len()].copy_from_slice(suffix);
+    // SAFETY: `path` is NUL-terminated (zero-filled past the suffix).
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let got = read(fd, &mut buf).unwrap_or(0);
+    let _ = close(fd);
+    buf[..got].windows(9).any(|w| w == b"userfault")
 }
 
 /// Ends this process at once, without unwinding or flushing.
@@ -340,6 +391,12 @@ pub fn pagemap_scan(fd: RawFd, start: u64, end: u64, return_mask: u64) -> Result
 pub fn userfaultfd(flags: u64) -> Result<RawFd, i32> {
     // SAFETY: no memory is passed.
     check(unsafe { libc::syscall(libc::SYS_userfaultfd, flags) }).map(|fd| fd as RawFd)
+}
+
+/// The calling thread's id (`gettid`).
+pub fn gettid() -> i32 {
+    // SAFETY: no arguments, no memory.
+    unsafe { libc::gettid() }
 }
 
 /// `_IOR` and `_IOWR` directions of an ioctl number.

@@ -3,7 +3,12 @@
 //! on a thread of its own (the scenario's process becomes multi-threaded);
 //! the runner waits until the access completed or its userfaultfd has a
 //! new message (the thread then sleeps in `handle_userfault`), exactly as
-//! the model executor does (`exec/model_uffd.rs`).
+//! the model executor does (`exec/model_uffd.rs`). munmap, madvise, mremap
+//! and fork (with EVENT_FORK, by the bare system call: `sys::raw_fork`)
+//! may wait for the monitor to read their event: they run on a thread
+//! too, settled when they complete or their thread sleeps in userfaultfd
+//! (its wchan); a FORK message carries the child's new descriptor, which
+//! `v = uffd_read u` names.
 //!
 //! Linux: `mm/userfaultfd.c`, `include/uapi/linux/userfaultfd.h`.
 
@@ -20,6 +25,7 @@ use crate::observe::{Outcome, UffdMsgView};
 const O_NONBLOCK: u64 = 0o4000;
 const O_CLOEXEC: u64 = 0o2000000;
 const UFFD_API: u64 = 0xAA;
+const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
 /// How long an access may take to either finish or queue a message.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -34,7 +40,13 @@ enum Access {
 #[derive(Debug, Default)]
 pub struct HostUffd {
     ids: HashSet<FileId>,
-    read_ahead: HashMap<FileId, VecDeque<UffdMsgView>>,
+    /// Features negotiated, by id.
+    features: HashMap<FileId, u64>,
+    /// munmap/madvise/mremap/fork calls waiting for their events to be
+    /// read: the thread id, the child a fork makes, and the thread.
+    calls: Vec<(i32, Option<usize>, JoinHandle<Outcome>)>,
+    /// Messages read ahead, each FORK with the child's new descriptor.
+    read_ahead: HashMap<FileId, VecDeque<(UffdMsgView, Option<RawFd>)>>,
     accesses: HashMap<AccessId, Access>,
     anonymous: usize,
 }
@@ -47,6 +59,26 @@ impl HostUffd {
     /// A forked child: the threads stayed in the parent.
     pub fn forget_threads(&mut self) {
         self.accesses.clear();
+        self.calls.clear();
+    }
+    /// A forked child's copy: the same descriptors and messages read
+    /// ahead, none of the parent's threads.
+    pub fn for_child(&self) -> Self {
+        Self {
+            ids: self.ids.clone(),
+            features: self.features.clone(),
+            read_ahead: self.read_ahead.clone(),
+            ..Self::default()
+        }
+    }
+    /// Whether process `child` is still being forked here (its FORK event
+    /// unread: Linux creates it only once the monitor read it).
+    pub fn fork_pending(&self, child: usize) -> bool {
+        self.calls.iter().any(|(_, c, h)| *c == Some(child) && !h.is_finished())
+    }
+    /// Whether a userfaultfd here negotiated EVENT_FORK (see the model's).
+    pub fn has_event_fork(&self) -> bool {
+        self.ids.iter().any(|id| self.features.get(id).is_some_and(|f| f & UFFD_FEATURE_EVENT_FORK != 0))
     }
     /// The descriptor `id` was closed.
     pub fn closed(&mut self, id: FileId) {
@@ -65,6 +97,7 @@ impl HostUffd {
             Ok(()) => {
                 files.insert(id, fd);
                 self.ids.insert(id);
+                self.features.insert(id, features);
                 Outcome::Value(api[2])
             }
             Err(e) => {
@@ -78,10 +111,13 @@ impl HostUffd {
     /// one is a page fault on the page of `page`.
     fn drain(&mut self, id: FileId, fd: RawFd, page: Option<u64>) -> bool {
         let mut got = false;
-        while let Some(msg) = sys::uffd_read_msg(fd) {
-            let msg = UffdMsgView::from_bytes(&msg);
+        while let Some(bytes) = sys::uffd_read_msg(fd) {
+            let msg = UffdMsgView::from_bytes(&bytes);
             got |= crate::exec::uffd::faults_on(&msg, page);
-            self.read_ahead.entry(id).or_default().push_back(msg);
+            // FORK: the kernel installed the child's userfaultfd here.
+            let child = (msg == UffdMsgView::Fork)
+                .then(|| u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as RawFd);
+            self.read_ahead.entry(id).or_default().push_back((msg, child));
         }
         got
     }
@@ -94,7 +130,7 @@ impl HostUffd {
     /// One userfaultfd call; `inside` says whether a range may be touched.
     pub fn call(
         &mut self,
-        files: &HashMap<FileId, RawFd>,
+        files: &mut HashMap<FileId, RawFd>,
         id: FileId,
         op: &UffdCall,
         inside: &dyn Fn(u64, u64) -> bool,
@@ -134,11 +170,84 @@ impl HostUffd {
             UffdCall::Poison { start, len, mode } if inside(start, len) => ioctl(RW, 0x08, &mut [start, len, mode, 0]),
             UffdCall::Rwprotect { start, len, mode } if inside(start, len) => ioctl(RW, 0x09, &mut [start, len, mode]),
             UffdCall::SetMode { enable, disable } => ioctl(IoctlDir::Write, 0x0A, &mut [enable, disable]),
-            UffdCall::Read => {
-                self.drain(id, fd, None);
-                Outcome::Messages(self.read_ahead.remove(&id).unwrap_or_default().into())
+            UffdCall::Read { fork_file } => {
+                // Reading an event lets its sender go on, which may send
+                // the next one (mremap: REMAP, then UNMAP): settle them all.
+                let mut seen = self.read_ahead.get(&id).map_or(0, VecDeque::len);
+                loop {
+                    self.drain(id, fd, None);
+                    let now = self.read_ahead.get(&id).map_or(0, VecDeque::len);
+                    if now == seen {
+                        break;
+                    }
+                    seen = now;
+                    settle_calls(&mut self.calls);
+                }
+                let mut msgs = Vec::new();
+                let mut named = fork_file;
+                for (msg, child) in self.read_ahead.remove(&id).unwrap_or_default() {
+                    msgs.push(msg);
+                    // An unnamed child's descriptor stays open, unused.
+                    if let (Some(child), Some(name)) = (child, named.take()) {
+                        files.insert(name, child);
+                        self.ids.insert(name);
+                        let features = self.features.get(&id).copied().unwrap_or(0);
+                        self.features.insert(name, features);
+                    }
+                }
+                Outcome::Messages(msgs)
             }
             _ => refused(),
+        }
+    }
+
+    /// Runs a call that may wait for a userfaultfd monitor (munmap,
+    /// madvise, mremap with the event features) on its own thread: its
+    /// outcome, or `Blocked` once the thread sleeps in userfaultfd (its
+    /// wchan). Messages already queued are read ahead first, so they stay
+    /// older than its events (as the model does).
+    pub fn blocking_call(
+        &mut self,
+        files: &HashMap<FileId, RawFd>,
+        child: Option<usize>,
+        run: impl FnOnce() -> Outcome + Send + 'static,
+    ) -> Outcome {
+        let ids: Vec<FileId> = self.ids.iter().copied().collect();
+        for id in ids {
+            if let Some(&fd) = files.get(&id) {
+                self.drain(id, fd, None);
+            }
+        }
+        // Nothing below allocates until the call completed or sleeps: a
+        // fork on the thread must find the allocator unlocked (`raw_fork`).
+        let shared_tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let handle = std::thread::spawn({
+            let shared_tid = shared_tid.clone();
+            move || {
+                shared_tid.store(sys::gettid(), SeqCst);
+                run()
+            }
+        });
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let tid = loop {
+            match shared_tid.load(SeqCst) {
+                0 if !handle.is_finished() => std::thread::sleep(Duration::from_micros(50)),
+                tid => break tid,
+            }
+        };
+        loop {
+            if handle.is_finished() {
+                return handle.join().unwrap_or_else(|_| Outcome::Inconclusive("the call panicked".into()));
+            }
+            if sleeps_in_userfaultfd(tid) {
+                self.calls.push((tid, child, handle));
+                return Outcome::Blocked;
+            }
+            if Instant::now() > deadline {
+                self.calls.push((tid, child, handle));
+                return Outcome::Inconclusive("the call neither completed nor waited for the monitor".into());
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
 
@@ -152,13 +261,19 @@ impl HostUffd {
         addr: u64,
         write: Option<u64>,
     ) -> Outcome {
-        let handle = std::thread::spawn(move || match write {
-            None => super::calls::access(sys::load_u64(addr)),
-            Some(value) => super::calls::access(
-                super::calls::writable(addr).and_then(|()| sys::atomic_rmw(addr, |a| a.swap(value, SeqCst), |_| value)),
-            )
-            .map_ok(),
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let _ = tx.send(sys::gettid());
+            match write {
+                None => super::calls::access(sys::load_u64(addr)),
+                Some(value) => super::calls::access(
+                    super::calls::writable(addr)
+                        .and_then(|()| sys::atomic_rmw(addr, |a| a.swap(value, SeqCst), |_| value)),
+                )
+                .map_ok(),
+            }
         });
+        let tid = rx.recv().unwrap_or(0);
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         loop {
             if handle.is_finished() {
@@ -168,7 +283,9 @@ impl HostUffd {
                 }
                 return outcome;
             }
-            if self.drain_all(files, addr) {
+            // A fault whose message went to a userfaultfd this process does
+            // not hold (a fork child's, read by its parent) is seen asleep.
+            if self.drain_all(files, addr) || sleeps_in_userfaultfd(tid) {
                 let id = id.unwrap_or_else(|| {
                     self.anonymous += 1;
                     usize::MAX - self.anonymous
@@ -235,6 +352,19 @@ pub fn offers_rwp() -> bool {
         let _ = sys::close(fd);
         offered
     })
+}
+
+use sys::sleeps_in_userfaultfd;
+
+/// Waits until every running call finished or sleeps in userfaultfd
+/// again; the finished ones are joined.
+fn settle_calls(calls: &mut Vec<(i32, Option<usize>, JoinHandle<Outcome>)>) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while Instant::now() < deadline && calls.iter().any(|(tid, _, h)| !h.is_finished() && !sleeps_in_userfaultfd(*tid))
+    {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    calls.retain(|(.., h)| !h.is_finished());
 }
 
 /// Keeps a joined access's outcome, so a later `wait` shows it again.

@@ -28,6 +28,7 @@ mod notify;
 mod ops;
 pub mod phys;
 pub mod proc_pagemap;
+pub mod proc_smaps;
 mod rmap;
 mod signal;
 pub mod swap;

@@ -19,6 +19,7 @@ mod error;
 pub mod fault;
 pub mod fs;
 pub mod gup;
+pub mod gup_test;
 mod huge;
 pub mod hugetlb;
 mod kernel;

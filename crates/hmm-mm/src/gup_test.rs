@@ -174,8 +174,9 @@ impl GupTestFile {
         self.longterm.lock().take();
     }
 
-    /// `PIN_LONGTERM_TEST_READ` into a buffer of `buf_pages` pages: the
-    /// pinned pages' bytes, in order; `EFAULT` when they do not fit.
+    /// `PIN_LONGTERM_TEST_READ` into a zeroed buffer of `buf_pages` pages:
+    /// the buffer with the pinned pages' bytes at its start, in order;
+    /// `EFAULT` when they do not fit.
     pub fn pin_longterm_read(&self, mm: &Mm, buf_pages: u64) -> Result<Vec<u8>, MmError> {
         let held = self.longterm.lock();
         let pins = held.as_ref().ok_or(MmError::Invalid("no long-term pin is held"))?;
@@ -185,7 +186,7 @@ impl GupTestFile {
                 error: crate::error::FaultError::Segv(crate::error::SegvReason::NotMapped),
             });
         }
-        let mut out = vec![0u8; pins.pfns().len() * PAGE_SIZE as usize];
+        let mut out = vec![0u8; (buf_pages * PAGE_SIZE) as usize];
         for (page, &pfn) in out.chunks_mut(PAGE_SIZE as usize).zip(pins.pfns()) {
             mm.phys().read(pfn, 0, page);
         }

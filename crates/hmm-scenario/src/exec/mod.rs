@@ -14,7 +14,9 @@ pub mod host;
 mod interp;
 pub mod model;
 mod model_device;
+mod model_pin;
 mod model_uffd;
+pub mod pin;
 mod uffd;
 pub mod vm;
 
@@ -154,6 +156,12 @@ pub enum Call {
     },
     /// A test-device or DAX call (`device.rs`).
     Device(device::DeviceCall),
+    /// A `gup_test` call (`pin.rs`).
+    Pin(pin::PinCall),
+    /// The smaps statistics of the VMA containing `addr`.
+    Smaps {
+        addr: u64,
+    },
 }
 
 /// An access of the scenario (in the order they were bound).
@@ -258,6 +266,8 @@ pub enum Capability {
     Devices,
     /// fs-dax files (a filesystem mounted with `-o dax`).
     Dax,
+    /// The `gup_test` driver (`/sys/kernel/debug/gup_test`).
+    GupTest,
 }
 
 impl core::fmt::Display for Capability {
@@ -267,6 +277,7 @@ impl core::fmt::Display for Capability {
             Self::Frames => "frame numbers",
             Self::Devices => "the test device /dev/hmm_dmirror*",
             Self::Dax => "an fs-dax mount",
+            Self::GupTest => "the gup_test driver /sys/kernel/debug/gup_test",
         })
     }
 }

@@ -51,6 +51,8 @@ pub struct ModelBackend {
     log: Arc<Mutex<Vec<(ProcId, NotifierRange)>>>,
     /// The test devices and fs-dax files (`model_device.rs`).
     devices: ModelDevices,
+    /// The open `gup_test` files (`model_pin.rs`).
+    pins: super::model_pin::ModelPins,
 }
 
 impl core::fmt::Debug for ModelBackend {
@@ -67,7 +69,14 @@ impl ModelBackend {
         let log = Arc::new(Mutex::new(Vec::new()));
         mm.register_notifier(Arc::new(Recorder { proc: 0, log: log.clone() }));
         let procs = HashMap::from([(0, Proc { mm, files: HashMap::new(), uffd: Default::default() })]);
-        Ok(Self { kernel, procs, names: HashMap::new(), log, devices: ModelDevices::default() })
+        Ok(Self {
+            kernel,
+            procs,
+            names: HashMap::new(),
+            log,
+            devices: ModelDevices::default(),
+            pins: Default::default(),
+        })
     }
 
     fn proc(&mut self, proc: ProcId) -> &mut Proc {
@@ -194,6 +203,7 @@ impl Backend for ModelBackend {
                     let uffd = p.uffd.fork();
                     self.procs.insert(child, Proc { mm: child_mm, files, uffd });
                     self.devices.fork(proc, child);
+                    self.pins.fork(proc, child);
                     Outcome::Ok
                 }
                 Err(e) => errno(e),
@@ -202,6 +212,7 @@ impl Backend for ModelBackend {
                 p.files.clear();
                 p.uffd.close_all();
                 self.devices.exit(proc);
+                self.pins.exit(proc);
                 mm.exit();
                 Outcome::Ok
             }
@@ -230,9 +241,12 @@ impl Backend for ModelBackend {
                 Some(_) => Outcome::Ok,
                 None if p.uffd.close(file) => Outcome::Ok,
                 None if self.devices.close(proc, file) => Outcome::Ok,
+                None if self.pins.close(proc, file) => Outcome::Ok,
                 None => Outcome::Errno(Errno::BadF as i32),
             },
             Call::Device(ref call) => self.devices.call(&self.kernel, &mm, proc, call, &mut p.files, &mut self.names),
+            Call::Pin(ref call) => self.pins.call(&mm, proc, call),
+            Call::Smaps { addr } => super::model_pin::smaps(&mm, addr),
             Call::Maps { addr, len } => self.maps(&mm, addr, len),
             Call::Pagemap { addr, len } => pagemap(&mm, addr, len),
             Call::Frame { addr } => match mm.pagemap_entry(addr) {
@@ -362,7 +376,14 @@ impl Executor for ModelExecutor {
         "model"
     }
     fn supports(&self, cap: Capability) -> bool {
-        matches!(cap, Capability::Invalidations | Capability::Frames | Capability::Devices | Capability::Dax)
+        matches!(
+            cap,
+            Capability::Invalidations
+                | Capability::Frames
+                | Capability::Devices
+                | Capability::Dax
+                | Capability::GupTest
+        )
     }
     fn run(&mut self, scenario: &Scenario) -> Result<Trace, ExecError> {
         let mut backend = ModelBackend::new(self.config.clone())?;
@@ -370,6 +391,7 @@ impl Executor for ModelExecutor {
         // Tear the processes down so frames return before the next run
         // (device files first: closing one migrates device memory back).
         backend.devices.close_all();
+        backend.pins.close_all();
         for proc in backend.procs.values_mut() {
             proc.uffd.close_all();
         }

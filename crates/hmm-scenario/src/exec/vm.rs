@@ -271,7 +271,7 @@ impl Executor for VmExecutor {
         "vm"
     }
     fn supports(&self, cap: Capability) -> bool {
-        matches!(cap, Capability::Frames | Capability::Devices | Capability::Dax)
+        matches!(cap, Capability::Frames | Capability::Devices | Capability::Dax | Capability::GupTest)
     }
     /// One boot for one scenario; prefer [`VmExecutor::run_batch`].
     fn run(&mut self, scenario: &Scenario) -> Result<Trace, ExecError> {

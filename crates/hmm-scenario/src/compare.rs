@@ -100,7 +100,8 @@ pub fn compare(scenario: &Scenario, model: &Trace, host: &Trace, host_version: (
         } else {
             judge(op, &m.outcome, &h.outcome, window.0, &mut thp_fallback, host_version)
         };
-        let changes_state = !matches!(op, Op::Read { .. } | Op::Pagemap { .. } | Op::Maps { .. } | Op::Same { .. });
+        let changes_state =
+            !matches!(op, Op::Read { .. } | Op::Pagemap { .. } | Op::Maps { .. } | Op::Same { .. } | Op::Smaps { .. });
         if changes_state && matches!(h.outcome, Outcome::Refused(_)) && !matches!(m.outcome, Outcome::Refused(_)) {
             refused_change = true;
         }
@@ -129,6 +130,14 @@ fn judge(op: &Op, model: &Outcome, host: &Outcome, window: u64, thp: &mut bool, 
         (Outcome::Device(m), Outcome::Device(h)) if crate::observe_device::DeviceResult::thp_fallback(m, h) => {
             *thp = true;
             return Verdict::Inconclusive("the kernel may not get a THP (THP is not guaranteed)".into());
+        }
+        // smaps counts the THP the host may not have got, and after one
+        // such step the rest of the memory's sharing too.
+        (Outcome::Smaps(Some(m)), Outcome::Smaps(Some(h)))
+            if *thp || m.get("AnonHugePages") > h.get("AnonHugePages") =>
+        {
+            *thp = true;
+            return Verdict::Inconclusive("the host may not get a THP (THP is not guaranteed)".into());
         }
         (Outcome::Same(_), Outcome::Same(_)) if *thp => {
             return Verdict::Inconclusive("follows a THP the host may not have allocated".into());

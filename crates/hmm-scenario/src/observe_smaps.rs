@@ -2,7 +2,10 @@
 //! containing ADDR that are deterministic on a quiet machine, in kB as
 //! Linux prints them. Left out: `KernelPageSize`/`MMUPageSize` (the
 //! model's hugetlb is the only case they differ), `Referenced` (accessed
-//! bits the kernel may clear or set behind the scenario's back), `KSM`,
+//! bits the kernel may clear or set behind the scenario's back),
+//! `LazyFree` (MADV_FREE clears a folio's swap-backed flag through a
+//! per-CPU batch, `folio_mark_lazyfree`, so Linux 6.18 shows 0 kB right
+//! after MADV_FREE and the size only once the batch drained), `KSM`,
 //! `ProtectionKey` and `VmFlags`.
 //!
 //! Printed as `Size=16k Rss=4k ... THPeligible=1`, fields that are 0
@@ -28,7 +31,7 @@ pub struct SmapsView {
 }
 
 /// The fields `smaps` reports, in Linux's order.
-pub const FIELDS: [&str; 18] = [
+pub const FIELDS: [&str; 17] = [
     "Size",
     "Rss",
     "Pss",
@@ -38,7 +41,6 @@ pub const FIELDS: [&str; 18] = [
     "Private_Clean",
     "Private_Dirty",
     "Anonymous",
-    "LazyFree",
     "AnonHugePages",
     "ShmemPmdMapped",
     "FilePmdMapped",
@@ -69,7 +71,6 @@ impl SmapsView {
             kb(s.private_clean),
             kb(s.private_dirty),
             kb(s.anonymous),
-            kb(s.lazyfree),
             kb(s.anonymous_thp),
             kb(s.shmem_thp),
             kb(s.file_thp),

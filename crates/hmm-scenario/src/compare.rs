@@ -214,4 +214,23 @@ mod tests {
         assert!(matches!(c.steps[1].verdict, Verdict::Inconclusive(_)));
         assert!(c.first_divergence().is_none());
     }
+
+    #[test]
+    fn smaps_with_a_thp_the_host_lacks_is_inconclusive() {
+        use crate::observe_smaps::{SmapsView, FIELDS};
+        let view = |huge: u64, rss: u64| SmapsView {
+            start: 0,
+            end: 4 << 20,
+            fields: FIELDS.iter().map(|f| (f.to_string(), if *f == "AnonHugePages" { huge } else { rss })).collect(),
+            thp_eligible: true,
+        };
+        let s = parse("t", "smaps w\nsmaps w\n").unwrap();
+        let m = trace(vec![Outcome::Smaps(Some(view(0, 4))), Outcome::Smaps(Some(view(2048, 2048)))]);
+        let h = trace(vec![Outcome::Smaps(Some(view(0, 8))), Outcome::Smaps(Some(view(0, 4)))]);
+        let c = compare(&s, &m, &h, (6, 18));
+        assert!(matches!(c.steps[0].verdict, Verdict::Differ), "no THP involved: a divergence");
+        assert!(matches!(c.steps[1].verdict, Verdict::Inconclusive(_)), "the host got no THP");
+        let c = compare(&s, &h, &m, (6, 18));
+        assert!(matches!(c.steps[1].verdict, Verdict::Differ), "the kernel huge, the model not");
+    }
 }

@@ -96,7 +96,12 @@ fn without_the_device_the_host_never_counts_a_device_step() {
         let (name, scenario, _) = load(&path);
         let model = guest_like_model().run(&scenario).unwrap();
         let trace = host.run(&scenario).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let first_device = scenario.steps.iter().position(|s| matches!(s.op, Op::Device(_))).expect("uses a device");
+        // A device, DAX or gup_test step: this host has none of them.
+        let first_device = scenario
+            .steps
+            .iter()
+            .position(|s| matches!(s.op, Op::Device(_) | Op::Pin(_)))
+            .expect("uses a device or gup_test");
         let refused = &trace.records[first_device].outcome;
         let is_setting = matches!(&scenario.steps[first_device].op, Op::Device(d) if d.keyword() == "daxdir");
         assert!(is_setting || matches!(refused, Outcome::Refused(_)), "{name}: {refused:?}");

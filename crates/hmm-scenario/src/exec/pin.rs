@@ -73,13 +73,16 @@ impl PinCall {
     }
 }
 
+/// A file name resolved: its id, or directly the outcome of using it.
+type Resolved = Result<FileId, Outcome>;
+
 /// The call for `op` with `addr` resolving expressions and `file` names,
 /// or directly its outcome (a file that failed to open).
 pub(super) fn resolve<E>(
     op: &PinOp,
     next_file: FileId,
     addr: &dyn Fn(&crate::lang::ast::Expr) -> Result<u64, E>,
-    file: &dyn Fn(&str) -> Result<Result<FileId, Outcome>, E>,
+    file: &dyn Fn(&str) -> Result<Resolved, E>,
 ) -> Result<Result<PinCall, Outcome>, E> {
     let id = match op.file() {
         None => return Ok(Ok(PinCall::Open { id: next_file })),

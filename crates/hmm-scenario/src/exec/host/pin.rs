@@ -97,3 +97,20 @@ pub fn smaps(local: &Local, addr: u64) -> Outcome {
         Err(e) => Outcome::Inconclusive(format!("/proc/self/smaps: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sys;
+    use crate::lang::pin::GupCmd;
+
+    #[test]
+    fn requests_have_the_kernels_numbers() {
+        // mm/gup_test.h: struct gup_test is 80 bytes, pin_longterm_test 24.
+        assert_eq!(core::mem::size_of::<sys::GupTestArg>(), 80);
+        assert_eq!(sys::gup_test_request(GupCmd::GupBasic.nr()), 0xc050_6704);
+        assert_eq!(sys::gup_test_request(GupCmd::PinBasic.nr()), 0xc050_6705);
+        assert_eq!(sys::PIN_LONGTERM_TEST_START, 0x4018_6707);
+        assert_eq!(sys::PIN_LONGTERM_TEST_STOP, 0x6708);
+        assert_eq!(sys::PIN_LONGTERM_TEST_READ, 0x4008_6709);
+    }
+}

@@ -430,9 +430,21 @@ struct PinLongtermArg {
 
 const GUP_TEST_MAGIC: u64 = b'g' as u64;
 
+/// The request of one-shot command `nr`: `_IOWR('g', nr, struct gup_test)`.
+pub const fn gup_test_request(nr: u8) -> u64 {
+    (3 << 30) | ((core::mem::size_of::<GupTestArg>() as u64) << 16) | (GUP_TEST_MAGIC << 8) | nr as u64
+}
+/// `PIN_LONGTERM_TEST_START`: `_IOW('g', 7, struct pin_longterm_test)`.
+pub const PIN_LONGTERM_TEST_START: u64 =
+    (1 << 30) | ((core::mem::size_of::<PinLongtermArg>() as u64) << 16) | (GUP_TEST_MAGIC << 8) | 7;
+/// `PIN_LONGTERM_TEST_STOP`: `_IO('g', 8)`.
+pub const PIN_LONGTERM_TEST_STOP: u64 = (GUP_TEST_MAGIC << 8) | 8;
+/// `PIN_LONGTERM_TEST_READ`: `_IOW('g', 9, __u64)`.
+pub const PIN_LONGTERM_TEST_READ: u64 = (1 << 30) | (8 << 16) | (GUP_TEST_MAGIC << 8) | 9;
+
 /// A one-shot `gup_test` command `nr` (`_IOWR('g', nr, struct gup_test)`).
 pub fn gup_test_run(fd: RawFd, nr: u8, arg: &mut GupTestArg) -> Result<(), i32> {
-    let request = (3 << 30) | ((core::mem::size_of::<GupTestArg>() as u64) << 16) | (GUP_TEST_MAGIC << 8) | nr as u64;
+    let request = gup_test_request(nr);
     // SAFETY: `arg` is a valid `struct gup_test` (repr(C), the kernel's
     // layout and size) that the kernel reads and writes back while it is
     // borrowed mutably; the pages it names are the caller's, checked to be
@@ -443,7 +455,7 @@ pub fn gup_test_run(fd: RawFd, nr: u8, arg: &mut GupTestArg) -> Result<(), i32> 
 /// `PIN_LONGTERM_TEST_START` (`_IOW('g', 7, struct pin_longterm_test)`).
 pub fn gup_test_longterm_start(fd: RawFd, addr: u64, size: u64, flags: u32) -> Result<(), i32> {
     let mut arg = PinLongtermArg { addr, size, flags };
-    let request = (1 << 30) | ((core::mem::size_of::<PinLongtermArg>() as u64) << 16) | (GUP_TEST_MAGIC << 8) | 7;
+    let request = PIN_LONGTERM_TEST_START;
     // SAFETY: `arg` is a valid `struct pin_longterm_test` the kernel only
     // reads during the call.
     check(unsafe { libc::ioctl(fd, request as _, &mut arg as *mut PinLongtermArg) } as libc::c_long).map(|_| ())
@@ -451,7 +463,7 @@ pub fn gup_test_longterm_start(fd: RawFd, addr: u64, size: u64, flags: u32) -> R
 
 /// `PIN_LONGTERM_TEST_STOP` (`_IO('g', 8)`).
 pub fn gup_test_longterm_stop(fd: RawFd) -> Result<(), i32> {
-    let request = (GUP_TEST_MAGIC << 8) | 8;
+    let request = PIN_LONGTERM_TEST_STOP;
     // SAFETY: the request takes no argument.
     check(unsafe { libc::ioctl(fd, request as _, 0usize) } as libc::c_long).map(|_| ())
 }
@@ -467,7 +479,7 @@ pub fn gup_test_longterm_read(fd: RawFd, npages: u64) -> Result<Vec<u8>, i32> {
     let buf = mmap(0, len, (libc::PROT_READ | libc::PROT_WRITE) as u32, flags, -1, 0)?;
     let result = mprotect(buf + npages * PAGE, PAGE, libc::PROT_NONE as u32).and_then(|_| {
         let mut user_addr: u64 = buf;
-        let request = (1 << 30) | (8 << 16) | (GUP_TEST_MAGIC << 8) | 9;
+        let request = PIN_LONGTERM_TEST_READ;
         // SAFETY: the argument is a pointer to a u64 the kernel reads; the
         // address it holds is the mapping made above, owned by this
         // function, writable for `npages` pages and guarded after them.

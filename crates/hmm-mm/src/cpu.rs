@@ -33,6 +33,10 @@ pub(crate) struct Held<'a> {
 }
 
 impl Held<'_> {
+    /// The frame held.
+    pub(crate) fn pfn(&self) -> Pfn {
+        self.pfn
+    }
     /// Keeps the reference beyond the access (GUP): returns the frame,
     /// whose reference the caller now owns.
     pub(crate) fn keep(mut self) -> Pfn {

@@ -22,7 +22,7 @@ use crate::device::MigrateDevice;
 use crate::error::{FaultError, MmError, SegvReason};
 use crate::fs::InodeKind;
 use crate::mm::Mm;
-use crate::phys::{MemoryType, PhysMem};
+use crate::phys::{MemoryType, PageFlags, PhysMem};
 
 /// References a pin adds (`GUP_PIN_COUNTING_BIAS`).
 pub const GUP_PIN_COUNTING_BIAS: u32 = 1024;
@@ -36,6 +36,8 @@ bitflags! {
         /// The pin may last indefinitely (`FOLL_LONGTERM`): refused on
         /// fs-dax, whose blocks must stay reclaimable by the filesystem.
         const LONGTERM = 1 << 1;
+        /// Anonymous memory only (`FOLL_ANON`): any other VMA is `EFAULT`.
+        const ANON = 1 << 2;
     }
 }
 
@@ -74,12 +76,17 @@ impl Mm {
     /// (`get_user_pages_remote`); the caller drops them with
     /// [`PhysMem::put`].
     pub fn get_user_pages(&self, start: u64, nr_pages: u64, flags: FollFlags) -> Result<Vec<Pfn>, MmError> {
-        self.gup(start, nr_pages, flags)
+        // `is_valid_gup_args`: FOLL_LONGTERM only with FOLL_PIN.
+        if flags.contains(FollFlags::LONGTERM) {
+            return Err(MmError::Invalid("FOLL_LONGTERM without FOLL_PIN"));
+        }
+        self.gup(start, nr_pages, flags, false)
     }
 
     /// Pins `nr_pages` pages from `start` (`pin_user_pages_remote`).
     pub fn pin_user_pages(&self, start: u64, nr_pages: u64, flags: FollFlags) -> Result<PinnedPages, MmError> {
-        let pfns = self.gup(start, nr_pages, flags)?;
+        self.has_pinned.store(true, core::sync::atomic::Ordering::Release);
+        let pfns = self.gup(start, nr_pages, flags, true)?;
         for &pfn in &pfns {
             self.phys().get_many(pfn, GUP_PIN_COUNTING_BIAS - 1);
         }
@@ -90,10 +97,10 @@ impl Mm {
     /// found to system RAM and tries again (`check_and_migrate_movable_pages`
     /// with `migrate_device_coherent_folio`): device memory must stay free
     /// for its device.
-    fn gup(&self, start: u64, nr_pages: u64, flags: FollFlags) -> Result<Vec<Pfn>, MmError> {
+    fn gup(&self, start: u64, nr_pages: u64, flags: FollFlags, pin: bool) -> Result<Vec<Pfn>, MmError> {
         const TRIES: usize = 8;
         for _ in 0..TRIES {
-            let taken = self.gup_once(start, nr_pages, flags)?;
+            let taken = self.gup_once(start, nr_pages, flags, pin)?;
             if !flags.contains(FollFlags::LONGTERM) {
                 return Ok(taken);
             }
@@ -113,7 +120,7 @@ impl Mm {
         Err(MmError::Busy("device-coherent pages keep coming back under a long-term pin"))
     }
 
-    fn gup_once(&self, start: u64, nr_pages: u64, flags: FollFlags) -> Result<Vec<Pfn>, MmError> {
+    fn gup_once(&self, start: u64, nr_pages: u64, flags: FollFlags, pin: bool) -> Result<Vec<Pfn>, MmError> {
         self.check_alive()?;
         // `is_valid_gup_args`: flags outside the permitted set are EINVAL.
         if FollFlags::from_bits(flags.bits()).is_none() {
@@ -137,12 +144,26 @@ impl Mm {
                 if vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
                     return Err(fault(SegvReason::Protection));
                 }
+                if flags.contains(FollFlags::ANON) && !vma.is_anonymous() {
+                    return Err(fault(SegvReason::Protection));
+                }
                 if flags.contains(FollFlags::LONGTERM)
                     && vma.file().is_some_and(|i| matches!(i.kind(), InodeKind::Dax(_)))
                 {
                     return Err(MmError::NotSupported("FOLL_LONGTERM pins are refused on fs-dax"));
                 }
-                taken.push(translate_or_fault(&guard, va, write)?.keep());
+                let mut held = translate_or_fault(&guard, va, write)?;
+                // A read-only pin must not see a page a later write fault
+                // would replace: a shared anonymous page, or (long-term) a
+                // zero or page-cache page of a private mapping, is unshared
+                // first (`gup_must_unshare`, FAULT_FLAG_UNSHARE). The model
+                // unshares with a write fault, so only where the VMA allows
+                // writing (Linux also unshares in read-only ones).
+                if pin && !write && vma.flags.contains(VmFlags::WRITE) && must_unshare(self, vma, held.pfn(), flags) {
+                    drop(held);
+                    held = translate_or_fault(&guard, va, true)?;
+                }
+                taken.push(held.keep());
                 // The last page of 2^64 has no VMA, so this never wraps.
                 va += PAGE_SIZE;
             }
@@ -158,6 +179,16 @@ impl Mm {
             }
         }
     }
+}
+
+/// `gup_must_unshare` for a read-only pin of `pfn` in `vma`.
+fn must_unshare(mm: &Mm, vma: &crate::vma::Vma, pfn: Pfn, flags: FollFlags) -> bool {
+    let phys = mm.phys();
+    let head_flags = phys.meta(phys.folio_head(pfn)).flags();
+    if head_flags.contains(PageFlags::ANON) {
+        return !head_flags.contains(PageFlags::ANON_EXCLUSIVE);
+    }
+    flags.contains(FollFlags::LONGTERM) && vma.is_cow_mapping()
 }
 
 /// Moves one device-coherent page to a new system page wherever it is

@@ -44,6 +44,9 @@ pub struct Mm {
     migrating: AtomicU32,
     /// Fatal signal and OOM-reaper state (`crate::signal`).
     signals: crate::signal::Signals,
+    /// A pin was ever taken here (`MMF_HAS_PINNED`, never cleared): fork
+    /// then copies maybe-pinned anonymous pages for the child.
+    pub(crate) has_pinned: AtomicBool,
 }
 
 impl core::fmt::Debug for Mm {
@@ -67,6 +70,7 @@ impl Mm {
             exited: AtomicBool::new(false),
             migrating: AtomicU32::new(0),
             signals: crate::signal::Signals::default(),
+            has_pinned: AtomicBool::new(false),
         });
         mm.kernel.register_mm(&mm);
         Ok(mm)

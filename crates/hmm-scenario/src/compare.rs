@@ -100,7 +100,8 @@ pub fn compare(scenario: &Scenario, model: &Trace, host: &Trace, host_version: (
         } else {
             judge(op, &m.outcome, &h.outcome, window.0, &mut thp_fallback, host_version)
         };
-        let changes_state = !matches!(op, Op::Read { .. } | Op::Pagemap { .. } | Op::Maps { .. } | Op::Same { .. });
+        let changes_state =
+            !matches!(op, Op::Read { .. } | Op::Pagemap { .. } | Op::Maps { .. } | Op::Same { .. } | Op::Smaps { .. });
         if changes_state && matches!(h.outcome, Outcome::Refused(_)) && !matches!(m.outcome, Outcome::Refused(_)) {
             refused_change = true;
         }
@@ -129,6 +130,14 @@ fn judge(op: &Op, model: &Outcome, host: &Outcome, window: u64, thp: &mut bool, 
         (Outcome::Device(m), Outcome::Device(h)) if crate::observe_device::DeviceResult::thp_fallback(m, h) => {
             *thp = true;
             return Verdict::Inconclusive("the kernel may not get a THP (THP is not guaranteed)".into());
+        }
+        // smaps counts the THP the host may not have got, and after one
+        // such step the rest of the memory's sharing too.
+        (Outcome::Smaps(Some(m)), Outcome::Smaps(Some(h)))
+            if *thp || m.get("AnonHugePages") > h.get("AnonHugePages") =>
+        {
+            *thp = true;
+            return Verdict::Inconclusive("the host may not get a THP (THP is not guaranteed)".into());
         }
         (Outcome::Same(_), Outcome::Same(_)) if *thp => {
             return Verdict::Inconclusive("follows a THP the host may not have allocated".into());
@@ -204,5 +213,24 @@ mod tests {
         let c = compare(&s, &m, &h, (6, 18));
         assert!(matches!(c.steps[1].verdict, Verdict::Inconclusive(_)));
         assert!(c.first_divergence().is_none());
+    }
+
+    #[test]
+    fn smaps_with_a_thp_the_host_lacks_is_inconclusive() {
+        use crate::observe_smaps::{SmapsView, FIELDS};
+        let view = |huge: u64, rss: u64| SmapsView {
+            start: 0,
+            end: 4 << 20,
+            fields: FIELDS.iter().map(|f| (f.to_string(), if *f == "AnonHugePages" { huge } else { rss })).collect(),
+            thp_eligible: true,
+        };
+        let s = parse("t", "smaps w\nsmaps w\n").unwrap();
+        let m = trace(vec![Outcome::Smaps(Some(view(0, 4))), Outcome::Smaps(Some(view(2048, 2048)))]);
+        let h = trace(vec![Outcome::Smaps(Some(view(0, 8))), Outcome::Smaps(Some(view(0, 4)))]);
+        let c = compare(&s, &m, &h, (6, 18));
+        assert!(matches!(c.steps[0].verdict, Verdict::Differ), "no THP involved: a divergence");
+        assert!(matches!(c.steps[1].verdict, Verdict::Inconclusive(_)), "the host got no THP");
+        let c = compare(&s, &h, &m, (6, 18));
+        assert!(matches!(c.steps[1].verdict, Verdict::Differ), "the kernel huge, the model not");
     }
 }

@@ -112,6 +112,7 @@ pub(crate) fn step() -> impl Strategy<Value = Step> {
         2 => (addr(), len()).prop_map(|(addr, len)| Op::Maps { addr, len }),
         2 => (addr(), (1u64..17).prop_map(|n| Expr::num(n * PAGE))).prop_map(|(addr, len)| Op::Pagemap { addr, len }),
         1 => (addr(), proptest::sample::select(PROCS.to_vec())).prop_map(|(a, p)| Op::Same { addr: a.clone(), other: p.into(), other_addr: a }),
+        1 => addr().prop_map(|addr| Op::Smaps { addr }),
     ];
     (op, proptest::sample::select(vec!["c1", "c2"])).prop_map(|(op, child)| Step {
         line: 0,

@@ -20,4 +20,5 @@ pub mod fuzz_vm;
 pub mod lang;
 pub mod observe;
 pub mod observe_device;
+pub mod observe_smaps;
 pub mod versions;

@@ -94,6 +94,10 @@ pub enum Outcome {
     Messages(Vec<UffdMsgView>),
     /// A test-device command's counters and data (`observe_device.rs`).
     Device(crate::observe_device::DeviceResult),
+    /// Bytes a call copied out (`pin_read`), as runs of 32-bit words.
+    Words(Vec<crate::observe_device::Run>),
+    /// `smaps`: the VMA's statistics (`None`: no VMA there).
+    Smaps(Option<crate::observe_smaps::SmapsView>),
 }
 
 /// One `struct uffd_msg` as a scenario sees it (thread ids and the new
@@ -250,6 +254,12 @@ impl fmt::Display for Shown<'_> {
                 Ok(())
             }
             Outcome::Device(result) => write!(f, "{result}"),
+            Outcome::Words(runs) => {
+                write!(f, "words")?;
+                crate::observe_device::show_run_list(f, runs)
+            }
+            Outcome::Smaps(None) => write!(f, "no vma"),
+            Outcome::Smaps(Some(view)) => write!(f, "{view}"),
         }
     }
 }

@@ -56,10 +56,15 @@ pub struct DeviceResult {
     pub snapshot: Option<Vec<Run>>,
 }
 
+/// The 32-bit little-endian words of `data` as runs.
+pub fn word_runs(data: &[u8]) -> Vec<Run> {
+    runs(data.chunks(4).map(|c| c.iter().rev().fold(0u32, |w, &b| w << 8 | b as u32)))
+}
+
 impl DeviceResult {
     /// A result with the buffer `data` (`words`) or SNAPSHOT bytes.
     pub fn new(cpages: u64, faults: u64, data: Option<&[u8]>, snapshot: Option<&[u8]>) -> Self {
-        let words = data.map(|d| runs(d.chunks(4).map(|c| c.iter().rev().fold(0u32, |w, &b| w << 8 | b as u32))));
+        let words = data.map(word_runs);
         let snapshot = snapshot.map(|s| runs(s.iter().map(|&b| b as u32)));
         Self { cpages, faults, words, snapshot }
     }
@@ -86,6 +91,11 @@ impl DeviceResult {
 
 fn show_runs(f: &mut fmt::Formatter<'_>, label: &str, runs: &[Run]) -> fmt::Result {
     write!(f, " {label}")?;
+    show_run_list(f, runs)
+}
+
+/// ` 1024*0x0++ 2*0x7`: each run after a space.
+pub(crate) fn show_run_list(f: &mut fmt::Formatter<'_>, runs: &[Run]) -> fmt::Result {
     for r in runs {
         let up = if r.step == 1 { "++" } else { "" };
         write!(f, " {}*{:#x}{up}", r.count, r.first)?;

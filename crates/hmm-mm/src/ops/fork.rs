@@ -16,7 +16,7 @@ use hmm_types::{Event, VmFlags, TASK_SIZE};
 
 use crate::error::MmError;
 use crate::mm::Mm;
-use crate::vma::VmaBacking;
+use crate::vma::{Vma, VmaBacking};
 use crate::zap::has_entries;
 
 impl Mm {
@@ -65,6 +65,7 @@ impl Mm {
                 root.link(child.weak());
             }
             copy.anon_vma = vma.anon_vma.forked(&child);
+            let child_vma = copy.clone();
             child_guard.vmas_mut().insert(copy);
             // `vma_needs_copy`: only driver-inserted frames (which cannot
             // refault) and VMAs with an anon_vma are copied; everything else
@@ -80,7 +81,7 @@ impl Mm {
             let invalidation = vma
                 .is_cow_mapping()
                 .then(|| self.notifiers().start(self.id(), vma.start, vma.end, Event::ProtectionPage));
-            let copied = copy_range(self, &child, vma.start, vma.end, vma.is_cow_mapping(), keeps_uffd);
+            let copied = copy_range(self, &child, &child_vma, vma.is_cow_mapping(), keeps_uffd);
             drop(invalidation);
             copied?;
             let child_flags = child_guard.overlapping(vma.start, vma.end).next().map_or(vma.flags, |v| v.flags);
@@ -115,12 +116,15 @@ fn split_device_private_pmds(mm: &Mm, start: u64, end: u64) -> Result<(), MmErro
     Ok(())
 }
 
-/// Copies the entries of `[start, end)` into `child`, write-protecting both
-/// sides when `cow`. The parent holds its mmap write lock, so no fault runs
-/// concurrently; entries are still swapped atomically against the CPU's
-/// accessed/dirty updates.
-fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool, keeps_uffd: bool) -> Result<(), MmError> {
+/// Copies the entries of the child's VMA `child_vma` (same range in the
+/// parent) into `child`, write-protecting both sides when `cow` (keeping the
+/// uffd-wp bits when the child stays registered, `keeps_uffd`). The parent
+/// holds its mmap write lock, so no fault runs concurrently; entries are
+/// still swapped atomically against the CPU's accessed/dirty updates.
+fn copy_range(parent: &Mm, child: &Mm, child_vma: &Vma, cow: bool, keeps_uffd: bool) -> Result<(), MmError> {
+    let (start, end) = (child_vma.start, child_vma.end);
     let phys = parent.phys();
+    let has_pinned = parent.has_pinned.load(core::sync::atomic::Ordering::Acquire);
     let swap = parent.kernel().swap();
     let flow = parent.pgtable().walk(start, end, |visit| {
         let Visit::Slot { slot, mut entry } = visit else {
@@ -164,6 +168,20 @@ fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool, keeps_uf
             phys.map_add(entry.pfn(), 1);
             target.store(entry);
         } else if entry.is_present() {
+            if cow && has_pinned && !entry.is_huge() && needs_cow_for_dma(phys, entry.pfn()) {
+                // A maybe-pinned exclusive anonymous page is copied for the
+                // child at once, and the parent keeps its page writable: a
+                // later write fault must never replace a pinned page
+                // (`copy_present_page`, after `folio_try_dup_anon_rmap_pte`
+                // refused the pinned folio).
+                return match copy_pinned_page(phys, child, child_vma, slot.va(), entry.pfn()) {
+                    Ok(new) => {
+                        target.store(new);
+                        ControlFlow::Continue(())
+                    }
+                    Err(error) => ControlFlow::Break(error),
+                };
+            }
             if cow && entry.is_write() {
                 loop {
                     match slot.compare_exchange(entry, entry.wrprotect()) {
@@ -202,6 +220,41 @@ fn copy_range(parent: &Mm, child: &Mm, start: u64, end: u64, cow: bool, keeps_uf
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(error) => Err(error),
     }
+}
+
+/// `folio_needs_cow_for_dma` for an exclusive anonymous page (the parent
+/// has pinned something): the folio may be pinned.
+fn needs_cow_for_dma(phys: &crate::phys::PhysMem, pfn: hmm_types::Pfn) -> bool {
+    use crate::phys::PageFlags;
+    let flags = phys.meta(phys.folio_head(pfn)).flags();
+    !phys.is_zero_pfn(pfn)
+        && flags.contains(PageFlags::ANON | PageFlags::ANON_EXCLUSIVE)
+        && phys.folio_order(pfn) == 0
+        && phys.maybe_pinned(pfn)
+}
+
+/// The child's own copy of the page at `pfn`, mapped at `va`: dirty, and
+/// writable when its VMA is.
+fn copy_pinned_page(
+    phys: &crate::phys::PhysMem,
+    child: &Mm,
+    child_vma: &Vma,
+    va: u64,
+    pfn: hmm_types::Pfn,
+) -> Result<hmm_pagetable::Entry, MmError> {
+    use crate::phys::PageFlags;
+    let copy = phys.alloc_folio(0, false).map_err(|_| MmError::NoMem)?;
+    phys.copy_frames(copy, pfn, 1);
+    phys.meta(copy)
+        .set_flags(PageFlags::ANON | PageFlags::SWAPBACKED | PageFlags::UPTODATE | PageFlags::ANON_EXCLUSIVE);
+    crate::rmap::folio_add_new_anon_rmap(child, child_vma, copy, va);
+    phys.map_add(copy, 1);
+    let write = child_vma.flags.contains(VmFlags::WRITE);
+    Ok(hmm_pagetable::Entry::present(
+        copy,
+        hmm_pagetable::LeafFlags { write, dirty: true, accessed: true, special: false },
+        false,
+    ))
 }
 
 #[cfg(test)]

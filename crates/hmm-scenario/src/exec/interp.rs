@@ -132,6 +132,13 @@ pub fn run_scenario(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Tr
                             "more than {} pages in one device command",
                             super::device::MAX_DEVICE_PAGES
                         )),
+                        Call::Pin(p) if !backend.supports(p.needs()) => {
+                            Outcome::Refused(format!("needs {}, which this executor lacks", p.needs()))
+                        }
+                        Call::Pin(p) if p.too_large() => Outcome::Refused(format!(
+                            "more than {} pages in one gup_test call",
+                            super::pin::MAX_PIN_PAGES
+                        )),
                         _ => backend.call(acting, &call),
                     };
                     bind(&mut env, step.bind.as_deref(), &call, &outcome, acting);
@@ -259,6 +266,11 @@ fn to_call(env: &mut Env, line: usize, op: &Op, bound: bool) -> Result<Result<Ca
             Ok(call) => Call::Device(call),
             Err(o) => return Ok(Err(o)),
         },
+        Op::Pin(p) => match super::pin::resolve(p, env.files, &a, &file)? {
+            Ok(call) => Call::Pin(call),
+            Err(o) => return Ok(Err(o)),
+        },
+        Op::Smaps { addr } => Call::Smaps { addr: a(addr)? },
         Op::Window { .. } | Op::Expect { .. } | Op::Proc { .. } => unreachable!("handled by the caller"),
     }))
 }
@@ -301,6 +313,11 @@ fn bind(env: &mut Env, name: Option<&str>, call: &Call, outcome: &Outcome, actin
             Some(Value::File(d.creates()))
         }
         (Call::Device(d), _) if d.creates().is_some() => Some(Value::File(None)),
+        (Call::Pin(p), Outcome::Ok) if p.creates().is_some() => {
+            env.files += 1;
+            Some(Value::File(p.creates()))
+        }
+        (Call::Pin(p), _) if p.creates().is_some() => Some(Value::File(None)),
         (Call::Exit, _) => {
             env.alive[acting] = false;
             None

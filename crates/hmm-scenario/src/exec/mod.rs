@@ -14,7 +14,9 @@ pub mod host;
 mod interp;
 pub mod model;
 mod model_device;
+mod model_pin;
 mod model_uffd;
+pub mod pin;
 mod uffd;
 pub mod vm;
 
@@ -154,6 +156,12 @@ pub enum Call {
     },
     /// A test-device or DAX call (`device.rs`).
     Device(device::DeviceCall),
+    /// A `gup_test` call (`pin.rs`).
+    Pin(pin::PinCall),
+    /// The smaps statistics of the VMA containing `addr`.
+    Smaps {
+        addr: u64,
+    },
 }
 
 /// An access of the scenario (in the order they were bound).
@@ -274,6 +282,8 @@ pub enum Capability {
     Dax,
     /// userfaultfd's RWP mode (Linux 7.3: `UFFD_FEATURE_RWP`).
     UffdRwp,
+    /// The `gup_test` driver (`/sys/kernel/debug/gup_test`).
+    GupTest,
 }
 
 impl core::fmt::Display for Capability {
@@ -284,6 +294,7 @@ impl core::fmt::Display for Capability {
             Self::Devices => "the test device /dev/hmm_dmirror*",
             Self::Dax => "an fs-dax mount",
             Self::UffdRwp => "userfaultfd's RWP mode (Linux 7.3)",
+            Self::GupTest => "the gup_test driver /sys/kernel/debug/gup_test",
         })
     }
 }

@@ -51,6 +51,8 @@ pub struct ModelBackend {
     log: Arc<Mutex<Vec<(ProcId, NotifierRange)>>>,
     /// The test devices and fs-dax files (`model_device.rs`).
     devices: ModelDevices,
+    /// The open `gup_test` files (`model_pin.rs`).
+    pins: super::model_pin::ModelPins,
     /// Forks waiting for their FORK event to be read: the child process
     /// exists once the fork returns.
     pending_forks: Vec<PendingFork>,
@@ -86,6 +88,7 @@ impl ModelBackend {
             log,
             devices: ModelDevices::default(),
             pending_forks: Vec::new(),
+            pins: Default::default(),
         })
     }
 
@@ -266,6 +269,7 @@ impl Backend for ModelBackend {
                     let uffd = p.uffd.fork();
                     self.procs.insert(child, Proc { mm: child_mm, files, uffd });
                     self.devices.fork(proc, child);
+                    self.pins.fork(proc, child);
                     Outcome::Ok
                 }
                 Err(e) => errno(e),
@@ -274,6 +278,7 @@ impl Backend for ModelBackend {
                 p.files.clear();
                 p.uffd.close_all();
                 self.devices.exit(proc);
+                self.pins.exit(proc);
                 mm.exit();
                 Outcome::Ok
             }
@@ -302,9 +307,12 @@ impl Backend for ModelBackend {
                 Some(_) => Outcome::Ok,
                 None if p.uffd.close(file) => Outcome::Ok,
                 None if self.devices.close(proc, file) => Outcome::Ok,
+                None if self.pins.close(proc, file) => Outcome::Ok,
                 None => Outcome::Errno(Errno::BadF as i32),
             },
             Call::Device(ref call) => self.devices.call(&self.kernel, &mm, proc, call, &mut p.files, &mut self.names),
+            Call::Pin(ref call) => self.pins.call(&mm, proc, call),
+            Call::Smaps { addr } => super::model_pin::smaps(&mm, addr),
             Call::Maps { addr, len } => self.maps(&mm, addr, len),
             Call::Pagemap { addr, len } => pagemap(&mm, addr, len),
             Call::Frame { addr } => match mm.pagemap_entry(addr) {
@@ -440,6 +448,7 @@ impl Executor for ModelExecutor {
                 | Capability::Devices
                 | Capability::Dax
                 | Capability::UffdRwp
+                | Capability::GupTest
         )
     }
     fn run(&mut self, scenario: &Scenario) -> Result<Trace, ExecError> {
@@ -448,6 +457,7 @@ impl Executor for ModelExecutor {
         // Tear the processes down so frames return before the next run
         // (device files first: closing one migrates device memory back).
         backend.devices.close_all();
+        backend.pins.close_all();
         // Every process's userfaultfds first: a fork or access still waiting
         // on a context that several processes hold ends once all closed it.
         backend.pending_forks.clear();

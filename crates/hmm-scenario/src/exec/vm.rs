@@ -271,7 +271,10 @@ impl Executor for VmExecutor {
         "vm"
     }
     fn supports(&self, cap: Capability) -> bool {
-        matches!(cap, Capability::Frames | Capability::Devices | Capability::Dax | Capability::UffdRwp)
+        matches!(
+            cap,
+            Capability::Frames | Capability::Devices | Capability::Dax | Capability::UffdRwp | Capability::GupTest
+        )
     }
     /// One boot for one scenario; prefer [`VmExecutor::run_batch`].
     fn run(&mut self, scenario: &Scenario) -> Result<Trace, ExecError> {

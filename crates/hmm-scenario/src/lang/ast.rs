@@ -103,6 +103,11 @@ pub enum Op {
     Wait { access: Name },
     /// A test-device or DAX operation (`device.rs`).
     Device(super::device::DeviceOp),
+    /// A `gup_test` pin operation (`pin.rs`).
+    Pin(super::pin::PinOp),
+    /// `smaps ADDR`: the statistics of the VMA containing ADDR, as
+    /// /proc/PID/smaps shows them.
+    Smaps { addr: Expr },
 }
 
 impl Op {
@@ -137,6 +142,8 @@ impl Op {
             Op::Uffd(op) => op.keyword(),
             Op::Wait { .. } => "wait",
             Op::Device(d) => d.keyword(),
+            Op::Pin(p) => p.keyword(),
+            Op::Smaps { .. } => "smaps",
         }
     }
 }
@@ -166,6 +173,7 @@ impl Op {
                 | Op::Write { .. }
                 | Op::Uffd(crate::lang::uffd::UffdOp::Read { .. })
         ) || matches!(self, Op::Device(d) if d.binds())
+            || matches!(self, Op::Pin(p) if p.binds())
     }
 }
 

@@ -6,6 +6,7 @@ pub mod ast;
 pub mod device;
 pub mod lex;
 mod parse;
+pub mod pin;
 pub mod print;
 pub mod uffd;
 

@@ -174,6 +174,20 @@ impl<'a> Args<'a, '_> {
                 features: lex::bits(self.take("features (or 0)")?, &super::uffd::FEATURE_BITS, "feature")?,
             },
             "wait" => Op::Wait { access: self.name("an access")? },
+            "smaps" => Op::Smaps { addr: self.expr("an address")? },
+            kw if super::pin::KEYWORDS.contains(&kw) => {
+                let (toks, next, end_col) = (self.toks, &mut self.next, self.end_col);
+                let next = core::cell::Cell::new(*next);
+                let mut take = |what: &str| {
+                    let tok = toks.get(next.get()).copied();
+                    next.set(next.get() + 1);
+                    tok.ok_or_else(|| ParseError::at(end_col, format!("`{kw}` needs {what}")))
+                };
+                let more = || next.get() < toks.len();
+                let op = super::pin::parse(kw, &mut take, &more).expect("a pin keyword")?;
+                self.next = next.get();
+                Op::Pin(op)
+            }
             kw if super::uffd::KEYWORDS.contains(&kw) => {
                 return Ok(Op::Uffd(super::uffd::parse(self.toks, self.end_col)?))
             }

@@ -103,6 +103,8 @@ pub fn print_step(step: &Step) -> String {
         Op::Uffd(op) => super::uffd::print_args(op, &mut arg, expr),
         Op::Wait { access } => arg(access.clone()),
         Op::Device(d) => d.print_args().into_iter().for_each(arg),
+        Op::Pin(p) => p.print_args().into_iter().for_each(arg),
+        Op::Smaps { addr } => arg(expr(addr)),
     }
     out
 }
@@ -194,8 +196,24 @@ mod tests {
             "[a-z0-9]{1,4}( [a-z0-9+]{1,6}){0,3}".prop_map(|text| Op::Expect { text }),
             any::<u32>().prop_map(|features| Op::Userfaultfd { features }),
             name().prop_map(|access| Op::Wait { access }),
+            e().prop_map(|addr| Op::Smaps { addr }),
             uffd_op_s(),
+            pin_op_s(),
         ]
+    }
+    fn pin_op_s() -> impl Strategy<Value = Op> {
+        use super::super::pin::{GupCmd, PinOp as P};
+        let e = expr_s;
+        let cmd = proptest::sample::select(GupCmd::ALL.map(|(c, _)| c).to_vec());
+        prop_oneof![
+            Just(P::Open),
+            (name(), cmd, e(), e(), any::<u32>(), proptest::option::of(any::<u32>()))
+                .prop_map(|(file, cmd, addr, len, foll, per_call)| P::Run { file, cmd, addr, len, foll, per_call }),
+            (name(), e(), e(), any::<u32>()).prop_map(|(file, addr, len, flags)| P::Start { file, addr, len, flags }),
+            name().prop_map(|file| P::Stop { file }),
+            (name(), any::<u64>()).prop_map(|(file, npages)| P::Read { file, npages }),
+        ]
+        .prop_map(Op::Pin)
     }
     fn uffd_op_s() -> impl Strategy<Value = Op> {
         use super::super::uffd::UffdOp as U;

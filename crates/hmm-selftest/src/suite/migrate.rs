@@ -2,7 +2,7 @@
 //! `hmm-tests.c`).
 
 use hmm_dmirror::uapi::{prot, HMM_DMIRROR_READ, HMM_DMIRROR_RELEASE, HMM_DMIRROR_SNAPSHOT};
-use hmm_mm::gup::FollFlags;
+use hmm_mm::gup_test::{GupTestCmd, GupTestFile, FOLL_LONGTERM, FOLL_WRITE};
 use hmm_types::{Errno, MapFlags, Prot};
 
 use super::anon::check_counts;
@@ -166,16 +166,19 @@ pub(crate) fn hmm_gup_test(ctx: &Ctx) -> Verdict {
     let mut buffer = ctx.buffer(npages * page, Prot::RW, ANON)?;
     fill_and_migrate(ctx, &mut buffer, npages)?;
     let mm = &cpu.mm;
-    let phys = mm.phys();
-    // GUP_BASIC_TEST and GUP_FAST_BENCHMARK: get and put one page each.
-    for i in 0..2 {
-        for pfn in ok!(mm.get_user_pages(buffer.ptr + i * page, 1, FollFlags::WRITE)) {
-            phys.put(pfn);
-        }
-    }
-    // PIN_FAST_BENCHMARK and PIN_LONGTERM_BENCHMARK, both FOLL_LONGTERM.
-    for i in 2..4 {
-        ok!(mm.pin_user_pages(buffer.ptr + i * page, 1, FollFlags::WRITE | FollFlags::LONGTERM)).unpin();
+    // Through the gup_test driver, one page each, FOLL_WRITE: GUP_BASIC_TEST
+    // and GUP_FAST_BENCHMARK get and put a page; PIN_FAST_BENCHMARK with
+    // FOLL_LONGTERM and PIN_LONGTERM_BENCHMARK pin and unpin one.
+    let gup = GupTestFile::new();
+    let calls = [
+        (GupTestCmd::GupBasic, FOLL_WRITE),
+        (GupTestCmd::GupFast, FOLL_WRITE),
+        (GupTestCmd::PinFast, FOLL_WRITE | FOLL_LONGTERM),
+        (GupTestCmd::PinLongterm, FOLL_WRITE),
+    ];
+    for (i, (cmd, flags)) in calls.into_iter().enumerate() {
+        // The kernel's test asserts only that the ioctl succeeds.
+        ok!(gup.run(mm, cmd, buffer.ptr + i as u64 * page, page, 1, flags));
     }
     check_ok(hmm_dmirror_cmd(ctx.fd(), HMM_DMIRROR_SNAPSHOT, &mut buffer, npages))?;
     check_eq!(buffer.cpages, npages);

@@ -234,6 +234,8 @@ impl Local {
             Call::Pagemap { addr, len } if self.inside(addr, len) => pagemap(addr, len),
             Call::Frame { addr } if self.inside(addr, 1) => self.frame(addr),
             Call::Device(ref call) => super::device::execute(self, call),
+            Call::Pin(ref call) => super::pin::execute(self, call),
+            Call::Smaps { addr } if self.inside(addr, 1) => super::pin::smaps(self, addr),
             _ => refused(),
         }
     }

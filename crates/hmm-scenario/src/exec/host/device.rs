@@ -33,6 +33,7 @@ pub fn supports(cap: Capability) -> bool {
         Capability::Devices => std::path::Path::new("/dev/hmm_dmirror0").exists(),
         Capability::Dax => dax_mounts().next().is_some(),
         Capability::Frames => true,
+        Capability::GupTest => super::pin::supported(),
         Capability::Invalidations => false,
         Capability::UffdRwp => super::uffd::offers_rwp(),
     }

@@ -14,6 +14,7 @@
 
 mod calls;
 mod device;
+mod pin;
 mod sys;
 mod uffd;
 

@@ -258,6 +258,8 @@ pub enum Capability {
     Devices,
     /// fs-dax files (a filesystem mounted with `-o dax`).
     Dax,
+    /// The device-DAX node (`devdax`).
+    DevDax,
 }
 
 impl core::fmt::Display for Capability {
@@ -267,6 +269,7 @@ impl core::fmt::Display for Capability {
             Self::Frames => "frame numbers",
             Self::Devices => "the test device /dev/hmm_dmirror*",
             Self::Dax => "an fs-dax mount",
+            Self::DevDax => "the device-DAX node /dev/hmm-devdax",
         })
     }
 }

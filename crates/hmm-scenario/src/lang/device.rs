@@ -93,11 +93,18 @@ pub enum DeviceOp {
     DaxDir { path: String },
     /// `daxfile NAME`: creates an empty file on the fs-dax mount.
     DaxFile { name: String },
+    /// `devdax`: opens the device-DAX character device
+    /// ([`DEFAULT_DEVDAX`]) read-write; `mmap ... fd x OFFSET` maps it.
+    DevDax,
 }
 
 /// The DAX directory a scenario uses when it names none (the reference
 /// guest's mount point).
 pub const DEFAULT_DAX_DIR: &str = "/mnt/dax";
+
+/// The device-DAX node `devdax` opens: the reference guest links its
+/// `/dev/daxN.0` (256 MiB, 2 MiB alignment) there (kernel-lab/guest-init).
+pub const DEFAULT_DEVDAX: &str = "/dev/hmm-devdax";
 
 /// `HMM_DMIRROR_FLAG_*` by name.
 pub const DMIRROR_FLAGS: [(u32, &str); 1] = [(1, "fail_alloc")];
@@ -113,12 +120,13 @@ impl DeviceOp {
             Self::Flags { .. } => "dm_flags",
             Self::DaxDir { .. } => "daxdir",
             Self::DaxFile { .. } => "daxfile",
+            Self::DevDax => "devdax",
         }
     }
 
     /// Whether `name = ...` may bind its result (a file).
     pub fn binds(&self) -> bool {
-        matches!(self, Self::Open { .. } | Self::DaxFile { .. })
+        matches!(self, Self::Open { .. } | Self::DaxFile { .. } | Self::DevDax)
     }
 
     /// The arguments after the keyword, in canonical spelling.
@@ -142,6 +150,7 @@ impl DeviceOp {
             }
             Self::DaxDir { path } => vec![path.clone()],
             Self::DaxFile { name } => vec![name.clone()],
+            Self::DevDax => vec![],
         }
     }
 }
@@ -176,7 +185,7 @@ pub(super) fn parse<'a>(
 ) -> Option<Result<DeviceOp, ParseError>> {
     let cmd = DevCmd::ALL.iter().find(|(_, k)| *k == keyword).map(|(c, _)| *c);
     let known =
-        cmd.is_some() || matches!(keyword, "dmirror" | "dm_write" | "dm_release" | "dm_flags" | "daxdir" | "daxfile");
+        cmd.is_some() || matches!(keyword, "dmirror" | "dm_write" | "dm_release" | "dm_flags" | "daxdir" | "daxfile" | "devdax");
     if !known {
         return None;
     }
@@ -205,6 +214,7 @@ pub(super) fn parse<'a>(
                 DeviceOp::DaxDir { path: tok.text.to_string() }
             }
             "daxfile" => DeviceOp::DaxFile { name: name(take("a file name")?, "a file name")? },
+            "devdax" => DeviceOp::DevDax,
             _ => DeviceOp::Cmd {
                 cmd: cmd.expect("a command keyword"),
                 file: name(take("a device file")?, "a device file")?,

@@ -56,8 +56,12 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, dev: &DevDax, va: u64, write: bool) -> R
         if !entry.is_none() {
             return Err(FaultError::Sigbus("device-dax memory mapped at a smaller size"));
         }
-        let new =
-            Entry::present(pfn, LeafFlags { write, dirty: write, accessed: true, special: false }, level > Level::Pte);
+        // No write notification (no mkwrite hooks): the leaf takes the
+        // VMA's protection, writable in a writable mapping even on a read
+        // fault (insert_pmd from vm_page_prot); dirty only on a write.
+        let writable = write || vma.flags.contains(VmFlags::WRITE);
+        let flags = LeafFlags { write: writable, dirty: write, accessed: true, special: false };
+        let new = Entry::present(pfn, flags, level > Level::Pte);
         phys.get(pfn);
         phys.map_add(pfn, 1);
         if slot.compare_exchange(Entry::NONE, new).is_ok() {

@@ -135,8 +135,11 @@ impl Mm {
             (Source::DevDax(dev, _), _) => dev.align().bytes(),
             _ => PAGE_SIZE,
         };
-        // A hugetlb length was rounded up above; a device-DAX one is not
-        // (its mmap hook refuses an unaligned end).
+        // Lengths round up to the granule, as hugetlbfs rounds to its page;
+        // a device-DAX length only to pages (its mmap hook refuses an
+        // unaligned end).
+        let round = if matches!(source, Source::DevDax(..)) { PAGE_SIZE } else { granule };
+        let len = len.checked_add(round - 1).ok_or(MmError::NoSpace(len))? & !(round - 1);
         // get_unmapped_area: any length past the address space is ENOMEM
         // (before the sharing type is looked at), a fixed range past it too,
         // an unaligned fixed address EINVAL.

@@ -92,7 +92,8 @@ fn try_pmd(mm: &Mm, inode: &Inode, fs: &DaxShared, block: u64, va: u64, write: b
         if !entry.is_none() && !is_zero {
             return Ok(false);
         }
-        let mapping = fs.pmd_entry(inode, block, write).map_err(|_| FaultError::Sigbus("DAX block allocation failed"))?;
+        let mapping =
+            fs.pmd_entry(inode, block, write).map_err(|_| FaultError::Sigbus("DAX block allocation failed"))?;
         let head = match mapping {
             PmdMapping::Fallback => return Ok(false),
             PmdMapping::Block { replaced_zero: true, .. } => {

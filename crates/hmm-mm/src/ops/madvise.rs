@@ -137,13 +137,7 @@ impl Walk {
 }
 
 /// DONTNEED, FREE or PAGEOUT on `[start, end)`, all inside `vma`.
-fn discard_piece(
-    mm: &Mm,
-    vma: &Vma,
-    start: u64,
-    end: u64,
-    advice: MadviseAdvice,
-) -> Result<(), MmError> {
+fn discard_piece(mm: &Mm, vma: &Vma, start: u64, end: u64, advice: MadviseAdvice) -> Result<(), MmError> {
     check_madvise_sealed(vma, advice)?;
     let mut end = end;
     if advice == MadviseAdvice::DontNeed && vma.flags.contains(VmFlags::HUGETLB) {

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hmm_dmirror::{uapi, Counts, Dmirror, DmirrorConfig, DmirrorError, DmirrorFile, HmmDmirrorCmd};
-use hmm_mm::fs::{DaxFs, File};
 use hmm_mm::devdax::DevDax;
+use hmm_mm::fs::{DaxFs, File};
 use hmm_mm::{Kernel, Mm};
 use hmm_types::{Errno, PageSize, PAGE_SIZE};
 

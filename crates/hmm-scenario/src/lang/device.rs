@@ -184,8 +184,8 @@ pub(super) fn parse<'a>(
     take: &mut dyn FnMut(&str) -> Result<Token<'a>, ParseError>,
 ) -> Option<Result<DeviceOp, ParseError>> {
     let cmd = DevCmd::ALL.iter().find(|(_, k)| *k == keyword).map(|(c, _)| *c);
-    let known =
-        cmd.is_some() || matches!(keyword, "dmirror" | "dm_write" | "dm_release" | "dm_flags" | "daxdir" | "daxfile" | "devdax");
+    let known = cmd.is_some()
+        || matches!(keyword, "dmirror" | "dm_write" | "dm_release" | "dm_flags" | "daxdir" | "daxfile" | "devdax");
     if !known {
         return None;
     }
@@ -236,6 +236,7 @@ mod tests {
     fn device_lines_parse_and_print_back() {
         let text = "daxdir /mnt/dax\n\
                     f = daxfile seed\n\
+                    x = devdax\n\
                     d = dmirror 2\n\
                     dm_read d w+0x1000 0x4\n\
                     dm_write d w 0x2 fill:0xab\n\
@@ -250,8 +251,9 @@ mod tests {
                     dm_flags d 0x0\n\
                     dm_read_unlocked d w 0x1\n";
         let s = parse("t", text).unwrap();
-        assert_eq!(s.steps[2].bind.as_deref(), Some("d"));
-        assert_eq!(s.steps[2].op, Op::Device(DeviceOp::Open { minor: 2 }));
+        assert_eq!(s.steps[3].bind.as_deref(), Some("d"));
+        assert_eq!(s.steps[2].op, Op::Device(DeviceOp::DevDax));
+        assert_eq!(s.steps[3].op, Op::Device(DeviceOp::Open { minor: 2 }));
         assert_eq!(print(&s), text);
     }
 
@@ -264,6 +266,7 @@ mod tests {
         assert!(parse("t", "daxdir mnt\n").unwrap_err().message.contains("absolute"));
         assert!(parse("t", "x = dm_release d\n").unwrap_err().message.contains("no result"));
         assert!(parse("t", "dm_read d w\n").unwrap_err().message.contains("needs a page count"));
+        assert!(parse("t", "devdax\n").is_ok(), "a device-DAX node need not be named");
     }
 
     #[test]

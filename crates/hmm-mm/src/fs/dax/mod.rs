@@ -347,7 +347,9 @@ impl DaxShared {
         }
         let replaced_zero = match state.dax_entries.get(&block) {
             Some(DaxEntry::Pte) => return Ok(PmdMapping::Fallback),
-            Some(DaxEntry::Pmd) => return Ok(PmdMapping::Block { head: state.pages[&pages.start], replaced_zero: false }),
+            Some(DaxEntry::Pmd) => {
+                return Ok(PmdMapping::Block { head: state.pages[&pages.start], replaced_zero: false })
+            }
             Some(DaxEntry::PmdZero) if !write => return Ok(PmdMapping::HugeZero),
             Some(DaxEntry::PmdZero) => true,
             None => false,

@@ -154,11 +154,31 @@ mod tests {
         assert_eq!((level, entry.pfn()), (Level::Pmd, dev.base().add(512)));
         let errno = |r: Result<u64, crate::MmError>| r.unwrap_err().errno();
         assert_eq!(errno(mm.mmap_devdax(0, 2 << 20, Prot::RW, MapFlags::PRIVATE, &dev, 0)), Errno::Inval);
-        assert_eq!(errno(mm.mmap_devdax(0, 2 << 20, Prot::RW, MapFlags::SHARED, &dev, 4096)), Errno::Inval);
+        // As 7.3.4 in the guest: the offset is not checked, the fault maps
+        // the folio holding it from its head; an unaligned end is EINVAL.
+        let off = mm.mmap_devdax(0, 2 << 20, Prot::RW, MapFlags::SHARED, &dev, (2 << 20) + 4096).unwrap();
+        assert_eq!(mm.read_u64(off).unwrap(), 1, "offset 2M + 4K maps from 2M");
+        assert_eq!(errno(mm.mmap_devdax(0, 3 << 20, Prot::RW, MapFlags::SHARED, &dev, 0)), Errno::Inval);
         let fixed = MapFlags::SHARED | MapFlags::FIXED;
         assert_eq!(errno(mm.mmap_devdax(0x4000_1000, 2 << 20, Prot::RW, fixed, &dev, 0)), Errno::Inval);
         assert_eq!(DevDax::create(&k, 3 << 20, PageSize::Size2M, None).unwrap_err().errno(), Errno::Inval);
         let beyond = mm.mmap_devdax(0, 4 << 20, Prot::RW, MapFlags::SHARED, &dev, 6 << 20).unwrap();
         assert!(mm.read_u64(beyond + (2 << 20)).is_err(), "past the device end is SIGBUS");
+        let sync = MapFlags::SHARED_VALIDATE | MapFlags::SYNC;
+        assert!(mm.mmap_devdax(0, 2 << 20, Prot::RW, sync, &dev, 0).is_ok(), "MAP_SYNC is accepted");
+    }
+
+    #[test]
+    fn a_read_fault_maps_writable_and_nohugepage_leaves_only_sigbus() {
+        let k = kernel(64, ThpMode::Never);
+        let dev = DevDax::create(&k, 8 << 20, PageSize::Size2M, None).unwrap();
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap_devdax(0, 4 << 20, Prot::RW, MapFlags::SHARED, &dev, 0).unwrap();
+        assert_eq!(mm.read_u64(va).unwrap(), 0);
+        let (_, entry) = leaf(&mm, va);
+        assert!(entry.is_write() && !entry.is_dirty(), "no write notification: writable, clean");
+        mm.madvise(va, 4 << 20, hmm_types::MadviseAdvice::NoHugePage).unwrap();
+        assert!(mm.read_u64(va + (2 << 20)).is_err(), "the 4K fault refuses a 2 MiB-aligned device");
+        assert_eq!(mm.read_u64(va).unwrap(), 0, "the leaf already there stays");
     }
 }

@@ -46,7 +46,8 @@ impl Drop for ExclusivePage<'_> {
 /// Linux's `owner = NULL`: every mirror, the caller's too, drops the page.
 /// Fault errors as GUP gives them (a read-only VMA is `EFAULT`), then
 /// `EOPNOTSUPP` for a folio that is not anonymous (file, shmem), which
-/// stays faulted in.
+/// stays faulted in; device-DAX aligned above 4K is `EFAULT`, its leaf
+/// zapped.
 pub fn make_device_exclusive<'a>(
     guard: &MmapReadGuard<'a>,
     addr: u64,
@@ -68,6 +69,21 @@ pub fn make_device_exclusive<'a>(
         // then make sure a PTE maps it; only a PTE can become a
         // device-exclusive entry.
         let pfn = translate_or_fault(guard, addr, true)?.keep();
+        if let crate::vma::VmaBacking::DevDax(dev) = &vma.backing {
+            if dev.align() != hmm_types::PageSize::Size4K {
+                // FOLL_SPLIT_PMD removes the device's leaf whole and puts
+                // an empty page table in its place (follow_pmd_mask's
+                // pte_alloc), and the 4K fault GUP then makes refuses a
+                // device aligned above 4K: SIGBUS, which GUP reports as
+                // EFAULT. The table stays, so the CPU's next access there
+                // takes that 4K fault too.
+                phys.put(pfn);
+                split_to_pte(mm, addr)?;
+                mm.pgtable().ensure(addr, Level::Pte).map_err(|_| MmError::NoMem)?;
+                let error = crate::FaultError::Sigbus("device-dax alignment above the 4K fault size");
+                return Err(MmError::Fault { addr, error });
+            }
+        }
         // Only now is the folio's kind known: a shared file or shmem page
         // stays faulted in, and the call is EOPNOTSUPP.
         if !phys.meta(phys.folio_head(pfn)).flags().contains(PageFlags::ANON) {

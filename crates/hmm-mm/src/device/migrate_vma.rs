@@ -162,7 +162,10 @@ impl MigrateVma {
         if vma.flags.intersects(VmFlags::HUGETLB | VmFlags::SPECIAL) {
             return Err(MmError::Invalid("hugetlb and special mappings cannot migrate"));
         }
-        if vma.file().is_some_and(|inode| matches!(inode.kind(), crate::fs::InodeKind::Dax(_))) {
+        // vma_is_dax: fs-dax files and the device-DAX node alike.
+        let dax = vma.file().is_some_and(|inode| matches!(inode.kind(), crate::fs::InodeKind::Dax(_)))
+            || matches!(vma.backing, crate::vma::VmaBacking::DevDax(_));
+        if dax {
             return Err(MmError::Invalid("DAX mappings cannot migrate"));
         }
         if let Some(page) = self.fault_page {

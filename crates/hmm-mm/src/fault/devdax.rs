@@ -2,10 +2,14 @@
 //! (PUD, PMD or PTE) mapping device frames directly. Beyond the device, or
 //! after the device went away, the fault is SIGBUS.
 //!
+//! MADV_NOHUGEPAGE on a device aligned above 4K makes every fault SIGBUS.
+//!
 //! Linux: `drivers/dax/device.c` (`__dev_dax_pud_fault`,
 //! `__dev_dax_pmd_fault`, `__dev_dax_pte_fault`).
 
 use hmm_pagetable::{EnsureError, Entry, LeafFlags, Level};
+
+use hmm_types::{PageSize, VmFlags, PAGE_SIZE};
 
 use crate::devdax::DevDax;
 use crate::error::FaultError;
@@ -16,12 +20,22 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, dev: &DevDax, va: u64, write: bool) -> R
     if !dev.pagemap().is_alive() {
         return Err(FaultError::Sigbus("the device-dax device is gone"));
     }
+    // MADV_NOHUGEPAGE leaves only the PTE fault, which a device aligned
+    // above 4K refuses (`__dev_dax_pte_fault`).
+    if vma.flags.contains(VmFlags::NOHUGEPAGE) && dev.align() != PageSize::Size4K {
+        return Err(FaultError::Sigbus("device-dax alignment above the 4K fault size (MADV_NOHUGEPAGE)"));
+    }
     let level = Level::for_size(dev.align());
     let size = level.entry_bytes();
     let start = va & !(size - 1);
-    let pfn = dev
-        .pfn_at(vma.page_index(start) * hmm_types::PAGE_SIZE)
-        .ok_or(FaultError::Sigbus("access beyond the device"))?;
+    // The unit's folio is mapped whole from its head, even where the
+    // mapping's offset is not aligned (`vmf_insert_folio_pmd` of the folio
+    // holding the offset).
+    let offset = vma.page_index(start) * PAGE_SIZE;
+    let pfn = dev.pfn_at(offset & !(size - 1)).ok_or(FaultError::Sigbus("access beyond the device"))?;
+    if offset + size > dev.size() {
+        return Err(FaultError::Sigbus("access beyond the device"));
+    }
     let phys = mm.phys();
     loop {
         let slot = match mm.pgtable().ensure(va, level) {
@@ -42,8 +56,12 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, dev: &DevDax, va: u64, write: bool) -> R
         if !entry.is_none() {
             return Err(FaultError::Sigbus("device-dax memory mapped at a smaller size"));
         }
-        let new =
-            Entry::present(pfn, LeafFlags { write, dirty: write, accessed: true, special: false }, level > Level::Pte);
+        // No write notification (no mkwrite hooks): the leaf takes the
+        // VMA's protection, writable in a writable mapping even on a read
+        // fault (insert_pmd from vm_page_prot); dirty only on a write.
+        let writable = write || vma.flags.contains(VmFlags::WRITE);
+        let flags = LeafFlags { write: writable, dirty: write, accessed: true, special: false };
+        let new = Entry::present(pfn, flags, level > Level::Pte);
         phys.get(pfn);
         phys.map_add(pfn, 1);
         if slot.compare_exchange(Entry::NONE, new).is_ok() {

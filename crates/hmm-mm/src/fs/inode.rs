@@ -200,7 +200,7 @@ impl Inode {
             return Ok(pfn);
         }
         if let InodeKind::Dax(fs) = &self.kind {
-            return fs.alloc_for(state, index);
+            return fs.alloc_page_for(state, index);
         }
         let pfn = self.phys.alloc_folio(0, true)?;
         let meta = self.phys.meta(pfn);
@@ -271,15 +271,19 @@ impl Inode {
             std::thread::sleep(std::time::Duration::from_millis(1));
             state = self.state.lock();
         }
-        // Grow first, so a DAX write into a fresh 2 MiB block gets a whole
-        // chunk.
         let old_size = state.size;
         state.size = state.size.max(end);
         let mut pos = offset;
+        // DAX pages this write allocates: [first, last] (file pages).
+        let mut allocated: Option<(u64, u64)> = None;
         while pos < end {
             let in_page = pos % PAGE_SIZE;
             let chunk = (PAGE_SIZE - in_page).min(end - pos) as usize;
-            let pfn = match self.page_locked(&mut state, pos >> PAGE_SHIFT) {
+            let index = pos >> PAGE_SHIFT;
+            if matches!(self.kind, InodeKind::Dax(_)) && !state.pages.contains_key(&index) {
+                allocated = Some(allocated.map_or((index, index), |(first, _)| (first, index)));
+            }
+            let pfn = match self.page_locked(&mut state, index) {
                 Ok(pfn) => pfn,
                 Err(error) => {
                     state.size = old_size.max(pos);
@@ -295,6 +299,18 @@ impl Inode {
         }
         drop(state);
         self.after_allocation(true)?;
+        if let (InodeKind::Dax(fs), Some((first, last))) = (&self.kind, allocated) {
+            // The new blocks were holes, which mappings may show as the
+            // (huge) zero page: those go, so the next access maps the
+            // block (dax_iomap_iter's invalidate_inode_pages2_range of a
+            // new extent; a huge zero entry goes whole).
+            for block in first / 512..=last / 512 {
+                if fs.downgrade_zero_pmd(self, block) {
+                    super::truncate::unmap_mapping_pages(self, block * 512, (block + 1) * 512, false)?;
+                }
+            }
+            super::truncate::unmap_mapping_pages(self, first, last + 1, false)?;
+        }
         Ok(data.len())
     }
 }

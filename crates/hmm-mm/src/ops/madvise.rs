@@ -67,7 +67,7 @@ impl Mm {
                         piece_end = piece_end.min(vma.end);
                     }
                     let vma = guard.lookup(piece_start).expect("a piece lies in a VMA");
-                    discard_piece(self, &guard, vma, piece_start, piece_end, advice)
+                    discard_piece(self, vma, piece_start, piece_end, advice)
                 })
             }
             MadviseAdvice::Collapse => {
@@ -145,14 +145,7 @@ impl Walk {
 }
 
 /// DONTNEED, FREE or PAGEOUT on `[start, end)`, all inside `vma`.
-fn discard_piece(
-    mm: &Mm,
-    vmas: &VmaTree,
-    vma: &Vma,
-    start: u64,
-    end: u64,
-    advice: MadviseAdvice,
-) -> Result<(), MmError> {
+fn discard_piece(mm: &Mm, vma: &Vma, start: u64, end: u64, advice: MadviseAdvice) -> Result<(), MmError> {
     check_madvise_sealed(vma, advice)?;
     let mut end = end;
     if advice == MadviseAdvice::DontNeed && vma.flags.contains(VmFlags::HUGETLB) {
@@ -168,8 +161,8 @@ fn discard_piece(
             return Ok(());
         }
     }
-    vmas.check_split(start)?;
-    vmas.check_split(end)?;
+    // No VMA is split here, so `may_split` is not asked: a device-DAX
+    // mapping takes a zap of part of its leaf (the leaf goes whole).
     if advice == MadviseAdvice::PageOut {
         // `can_madv_lru_vma`.
         if vma.flags.intersects(VmFlags::PFNMAP | VmFlags::HUGETLB) {

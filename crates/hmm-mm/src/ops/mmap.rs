@@ -149,8 +149,11 @@ impl Mm {
             (Source::DevDax(dev, _), _) => dev.align().bytes(),
             _ => PAGE_SIZE,
         };
-        // Lengths round up to the granule, as hugetlbfs rounds to its page.
-        let len = len.checked_add(granule - 1).ok_or(MmError::NoSpace(len))? & !(granule - 1);
+        // Lengths round up to the granule, as hugetlbfs rounds to its page;
+        // a device-DAX length only to pages (its mmap hook refuses an
+        // unaligned end).
+        let round = if matches!(source, Source::DevDax(..)) { PAGE_SIZE } else { granule };
+        let len = len.checked_add(round - 1).ok_or(MmError::NoSpace(len))? & !(round - 1);
         // get_unmapped_area: any length past the address space is ENOMEM
         // (before the sharing type is looked at), a fixed range past it too,
         // an unaligned fixed address EINVAL.
@@ -173,7 +176,9 @@ impl Mm {
         {
             return Err(MmError::Exists(VaRange::new(addr, len).map_err(|_| MmError::NoSpace(len))?));
         }
-        let is_dax_file = matches!(&source, Source::File(f, _) if matches!(f.inode().kind(), InodeKind::Dax(_)));
+        // The device-DAX node offers MAP_SYNC too (`mmap_supported_flags`).
+        let is_dax_file = matches!(&source, Source::File(f, _) if matches!(f.inode().kind(), InodeKind::Dax(_)))
+            || matches!(source, Source::DevDax(..));
         let shared = map_type_shared(flags, !matches!(source, Source::Anonymous) || hugetlb.is_some(), is_dax_file)?;
         // MAP_SYNC is only validated with MAP_SHARED_VALIDATE, where only a
         // DAX file accepts it; but `calc_vm_flag_bits` turns it into
@@ -246,8 +251,10 @@ impl Mm {
                 if !shared {
                     return Err(MmError::Invalid("device-dax mappings must be MAP_SHARED"));
                 }
-                if offset % granule != 0 {
-                    return Err(MmError::Invalid("device-dax offset not aligned to the device alignment"));
+                // check_vma: both ends aligned. The offset need not be: a
+                // fault maps the whole aligned unit holding it.
+                if len % granule != 0 {
+                    return Err(MmError::Invalid("device-dax mapping end not aligned to the device alignment"));
                 }
                 // A character device's limit is the whole `unsigned long`.
                 if offset.checked_add(len).is_none() {

@@ -49,6 +49,11 @@ pub enum DeviceCall {
         dir: String,
         id: FileId,
     },
+    /// Open the device-DAX node ([`crate::lang::device::DEFAULT_DEVDAX`]);
+    /// it becomes file `id`.
+    DevDax {
+        id: FileId,
+    },
 }
 
 impl DeviceCall {
@@ -56,6 +61,7 @@ impl DeviceCall {
     pub fn needs(&self) -> Capability {
         match self {
             Self::DaxFile { .. } => Capability::Dax,
+            Self::DevDax { .. } => Capability::DevDax,
             _ => Capability::Devices,
         }
     }
@@ -74,7 +80,7 @@ impl DeviceCall {
     /// The file the call creates, if any.
     pub fn creates(&self) -> Option<FileId> {
         match self {
-            Self::Open { id, .. } | Self::DaxFile { id, .. } => Some(*id),
+            Self::Open { id, .. } | Self::DaxFile { id, .. } | Self::DevDax { id } => Some(*id),
             _ => None,
         }
     }

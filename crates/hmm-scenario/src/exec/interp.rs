@@ -340,6 +340,7 @@ fn device_call(env: &mut Env, line: usize, op: &DeviceOp) -> Result<Result<Devic
         DeviceOp::DaxFile { name } => {
             DeviceCall::DaxFile { name: name.clone(), dir: env.dax_dir.clone(), id: env.files }
         }
+        DeviceOp::DevDax => DeviceCall::DevDax { id: env.files },
         DeviceOp::DaxDir { path } => {
             env.dax_dir = path.clone();
             return Ok(Err(Outcome::Ok));

@@ -284,6 +284,8 @@ pub enum Capability {
     UffdRwp,
     /// The `gup_test` driver (`/sys/kernel/debug/gup_test`).
     GupTest,
+    /// The device-DAX node (`devdax`).
+    DevDax,
 }
 
 impl core::fmt::Display for Capability {
@@ -295,6 +297,7 @@ impl core::fmt::Display for Capability {
             Self::Dax => "an fs-dax mount",
             Self::UffdRwp => "userfaultfd's RWP mode (Linux 7.3)",
             Self::GupTest => "the gup_test driver /sys/kernel/debug/gup_test",
+            Self::DevDax => "the device-DAX node /dev/hmm-devdax",
         })
     }
 }

@@ -192,8 +192,9 @@ impl Backend for ModelBackend {
             Call::Mmap { addr, len, prot, flags, file, offset } => {
                 // Linux looks the descriptor up before anything else
                 // (`ksys_mmap_pgoff`): without MAP_ANONYMOUS, fd -1 is EBADF.
+                let devdax = file.and_then(|id| self.devices.devdax(proc, id));
                 let file = file.and_then(|id| p.files.get(&id));
-                if flags & MapFlags::ANONYMOUS.bits() == 0 && file.is_none() {
+                if flags & MapFlags::ANONYMOUS.bits() == 0 && file.is_none() && devdax.is_none() {
                     return Outcome::Errno(Errno::BadF as i32);
                 }
                 // mmap validates no PROT_* bits, and judges unknown MAP_*
@@ -203,9 +204,10 @@ impl Backend for ModelBackend {
                     // Linux ignores the descriptor of an anonymous mapping.
                     mm.mmap(addr, len, prot, flags)
                 } else {
-                    match file {
-                        Some(f) => mm.mmap_file(addr, len, prot, flags, f, offset),
-                        None => return Outcome::Errno(Errno::BadF as i32),
+                    match (file, devdax) {
+                        (Some(f), _) => mm.mmap_file(addr, len, prot, flags, f, offset),
+                        (None, Some(dev)) => mm.mmap_devdax(addr, len, prot, flags, dev, offset),
+                        (None, None) => return Outcome::Errno(Errno::BadF as i32),
                     }
                 };
                 result.map_or_else(errno, Outcome::Addr)
@@ -293,6 +295,17 @@ impl Backend for ModelBackend {
                     }
                     Err(e) => errno(e),
                 }
+            }
+            // The device-DAX node has no read/write file operations
+            // (vfs_read/vfs_write: EINVAL), is no regular file for
+            // ftruncate (EINVAL) and fallocate (ENODEV).
+            Call::Fwrite { file, .. } | Call::Pread { file, .. } | Call::Ftruncate { file, .. }
+                if self.devices.devdax(proc, file).is_some() =>
+            {
+                Outcome::Errno(Errno::Inval as i32)
+            }
+            Call::Fallocate { file, .. } if self.devices.devdax(proc, file).is_some() => {
+                Outcome::Errno(Errno::NoDev as i32)
             }
             Call::Fwrite { file, offset, value } => {
                 with_file(p, file, |f| f.pwrite(offset, &value.to_le_bytes()).map(|n| Outcome::Value(n as u64)))
@@ -387,6 +400,7 @@ impl ModelBackend {
                     None => Backing::SharedAnon,
                 },
                 VmaBacking::Hugetlb(_) => Backing::Hugetlb,
+                VmaBacking::DevDax(_) => Backing::File("devdax".into()),
                 other => Backing::Other(format!("{other:?}")),
             };
             let offset = if vma.is_anonymous() { 0 } else { vma.pgoff * PAGE_SIZE };
@@ -449,6 +463,7 @@ impl Executor for ModelExecutor {
                 | Capability::Dax
                 | Capability::UffdRwp
                 | Capability::GupTest
+                | Capability::DevDax
         )
     }
     fn run(&mut self, scenario: &Scenario) -> Result<Trace, ExecError> {

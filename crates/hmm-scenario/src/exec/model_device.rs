@@ -3,22 +3,24 @@
 //! devices as the reference guest has them), its commands go through the
 //! typed calls of [`DmirrorFile`] (the ioctl's argument checks included);
 //! a `daxfile` is a file of an `hmm-mm` [`DaxFs`] formatted on a temporary
-//! pmem image, removed when the run ends.
+//! pmem image, removed when the run ends; `devdax` opens an `hmm-mm`
+//! [`DevDax`] sized and aligned as the reference guest's device-DAX.
 //!
 //! Open device files belong to processes as descriptors do: a fork shares
 //! them (the child's commands still act on the opener's address space, as
 //! Linux's file keeps the opener's `mm`), and the device file closes when
 //! the last process holding it closes it or exits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hmm_dmirror::{uapi, Counts, Dmirror, DmirrorConfig, DmirrorError, DmirrorFile, HmmDmirrorCmd};
+use hmm_mm::devdax::DevDax;
 use hmm_mm::fs::{DaxFs, File};
 use hmm_mm::{Kernel, Mm};
-use hmm_types::{Errno, PAGE_SIZE};
+use hmm_types::{Errno, PageSize, PAGE_SIZE};
 
 use super::device::DeviceCall;
 use super::{FileId, ProcId};
@@ -29,6 +31,13 @@ use crate::observe_device::DeviceResult;
 /// Size of the model's pmem image for fs-dax files.
 const DAX_IMAGE_BYTES: u64 = 64 << 20;
 
+/// The reference guest's device-DAX (`kernel-lab/guest-init`): a 256 MiB
+/// NVDIMM in mode devdax with 2 MiB alignment and its memmap on the
+/// device, which leaves this much (`/sys/bus/dax/devices/dax1.0/size`).
+pub(super) const DEVDAX_BYTES: u64 = 250 << 20;
+/// Its alignment, the size of its leaves.
+const DEVDAX_ALIGN: PageSize = PageSize::Size2M;
+
 /// Images made by this process, to keep their names apart.
 static IMAGES: AtomicU64 = AtomicU64::new(0);
 
@@ -38,6 +47,9 @@ pub(super) struct ModelDevices {
     dmirror: Option<Dmirror>,
     dax: Option<(DaxFs, PathBuf)>,
     files: HashMap<(ProcId, FileId), Arc<DmirrorFile>>,
+    devdax: Option<Arc<DevDax>>,
+    /// Open descriptors of the device-DAX node.
+    devdax_files: HashSet<(ProcId, FileId)>,
 }
 
 impl core::fmt::Debug for ModelDevices {
@@ -111,6 +123,16 @@ impl ModelDevices {
                 },
                 Err(why) => Outcome::Inconclusive(why),
             },
+            DeviceCall::DevDax { id } => {
+                if self.devdax.is_none() {
+                    match DevDax::create(kernel, DEVDAX_BYTES, DEVDAX_ALIGN, None) {
+                        Ok(dev) => self.devdax = Some(dev),
+                        Err(e) => return Outcome::Inconclusive(format!("the model's device-DAX: {e}")),
+                    }
+                }
+                self.devdax_files.insert((proc, id));
+                Outcome::Ok
+            }
             DeviceCall::Cmd { file, cmd, addr, npages } => {
                 let Some(f) = self.files.get(&(proc, file)) else { return Outcome::Errno(Errno::BadF as i32) };
                 let mut buf = vec![0u8; (npages * PAGE_SIZE) as usize * usize::from(cmd.returns_data())];
@@ -157,9 +179,14 @@ impl ModelDevices {
         Ok(&self.dax.as_ref().expect("made above").0)
     }
 
+    /// The device-DAX instance if `file` of `proc` is its node.
+    pub(super) fn devdax(&self, proc: ProcId, file: FileId) -> Option<&Arc<DevDax>> {
+        self.devdax.as_ref().filter(|_| self.devdax_files.contains(&(proc, file)))
+    }
+
     /// `close FILE`: true if it was a device file of `proc`.
     pub(super) fn close(&mut self, proc: ProcId, file: FileId) -> bool {
-        self.files.remove(&(proc, file)).is_some()
+        self.files.remove(&(proc, file)).is_some() || self.devdax_files.remove(&(proc, file))
     }
 
     /// A fork: the child shares the parent's open device files.
@@ -169,17 +196,21 @@ impl ModelDevices {
         for (id, file) in shared {
             self.files.insert((child, id), file);
         }
+        let devdax: Vec<_> = self.devdax_files.iter().filter(|(p, _)| *p == parent).map(|&(_, id)| id).collect();
+        self.devdax_files.extend(devdax.into_iter().map(|id| (child, id)));
     }
 
     /// An exit (or the end of the run): `proc`'s device files close.
     pub(super) fn exit(&mut self, proc: ProcId) {
         self.files.retain(|(p, _), _| *p != proc);
+        self.devdax_files.retain(|(p, _)| *p != proc);
     }
 
     /// Every device file closes (at the end of a run, before the address
     /// spaces go).
     pub(super) fn close_all(&mut self) {
         self.files.clear();
+        self.devdax_files.clear();
     }
 
     /// The end of the run: every device file closes, then the DAX image is

@@ -206,6 +206,9 @@ fn run_script(n: usize) -> String {
     s.push_str("echo \"=== guest thp $(cat /sys/kernel/mm/transparent_hugepage/enabled)\"\n");
     s.push_str("echo \"=== guest zero $(cat /sys/kernel/mm/transparent_hugepage/use_zero_page)\"\n");
     s.push_str("echo \"=== guest hugepages $(cat /proc/sys/vm/nr_hugepages)\"\n");
+    s.push_str(
+        "echo \"=== guest devdax $(readlink /dev/hmm-devdax) $(cat /sys/bus/dax/devices/*/size 2>/dev/null)\"\n",
+    );
     s.push_str(&format!("i=0\nwhile [ $i -lt {n} ]; do\n"));
     s.push_str(&format!("  timeout {SCENARIO_TIMEOUT_S} ./hmm-host-runner <s$i.hmm >/tmp/reply 2>/tmp/err\n  st=$?\n"));
     s.push_str("  echo \"=== reply $i $st\"\n  cat /tmp/reply\n  echo\n");
@@ -273,7 +276,12 @@ impl Executor for VmExecutor {
     fn supports(&self, cap: Capability) -> bool {
         matches!(
             cap,
-            Capability::Frames | Capability::Devices | Capability::Dax | Capability::UffdRwp | Capability::GupTest
+            Capability::Frames
+                | Capability::Devices
+                | Capability::Dax
+                | Capability::UffdRwp
+                | Capability::GupTest
+                | Capability::DevDax
         )
     }
     /// One boot for one scenario; prefer [`VmExecutor::run_batch`].

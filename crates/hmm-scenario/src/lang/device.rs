@@ -93,11 +93,18 @@ pub enum DeviceOp {
     DaxDir { path: String },
     /// `daxfile NAME`: creates an empty file on the fs-dax mount.
     DaxFile { name: String },
+    /// `devdax`: opens the device-DAX character device
+    /// ([`DEFAULT_DEVDAX`]) read-write; `mmap ... fd x OFFSET` maps it.
+    DevDax,
 }
 
 /// The DAX directory a scenario uses when it names none (the reference
 /// guest's mount point).
 pub const DEFAULT_DAX_DIR: &str = "/mnt/dax";
+
+/// The device-DAX node `devdax` opens: the reference guest links its
+/// `/dev/daxN.0` (256 MiB, 2 MiB alignment) there (kernel-lab/guest-init).
+pub const DEFAULT_DEVDAX: &str = "/dev/hmm-devdax";
 
 /// `HMM_DMIRROR_FLAG_*` by name.
 pub const DMIRROR_FLAGS: [(u32, &str); 1] = [(1, "fail_alloc")];
@@ -113,12 +120,13 @@ impl DeviceOp {
             Self::Flags { .. } => "dm_flags",
             Self::DaxDir { .. } => "daxdir",
             Self::DaxFile { .. } => "daxfile",
+            Self::DevDax => "devdax",
         }
     }
 
     /// Whether `name = ...` may bind its result (a file).
     pub fn binds(&self) -> bool {
-        matches!(self, Self::Open { .. } | Self::DaxFile { .. })
+        matches!(self, Self::Open { .. } | Self::DaxFile { .. } | Self::DevDax)
     }
 
     /// The arguments after the keyword, in canonical spelling.
@@ -142,6 +150,7 @@ impl DeviceOp {
             }
             Self::DaxDir { path } => vec![path.clone()],
             Self::DaxFile { name } => vec![name.clone()],
+            Self::DevDax => vec![],
         }
     }
 }
@@ -175,8 +184,8 @@ pub(super) fn parse<'a>(
     take: &mut dyn FnMut(&str) -> Result<Token<'a>, ParseError>,
 ) -> Option<Result<DeviceOp, ParseError>> {
     let cmd = DevCmd::ALL.iter().find(|(_, k)| *k == keyword).map(|(c, _)| *c);
-    let known =
-        cmd.is_some() || matches!(keyword, "dmirror" | "dm_write" | "dm_release" | "dm_flags" | "daxdir" | "daxfile");
+    let known = cmd.is_some()
+        || matches!(keyword, "dmirror" | "dm_write" | "dm_release" | "dm_flags" | "daxdir" | "daxfile" | "devdax");
     if !known {
         return None;
     }
@@ -205,6 +214,7 @@ pub(super) fn parse<'a>(
                 DeviceOp::DaxDir { path: tok.text.to_string() }
             }
             "daxfile" => DeviceOp::DaxFile { name: name(take("a file name")?, "a file name")? },
+            "devdax" => DeviceOp::DevDax,
             _ => DeviceOp::Cmd {
                 cmd: cmd.expect("a command keyword"),
                 file: name(take("a device file")?, "a device file")?,
@@ -226,6 +236,7 @@ mod tests {
     fn device_lines_parse_and_print_back() {
         let text = "daxdir /mnt/dax\n\
                     f = daxfile seed\n\
+                    x = devdax\n\
                     d = dmirror 2\n\
                     dm_read d w+0x1000 0x4\n\
                     dm_write d w 0x2 fill:0xab\n\
@@ -240,8 +251,9 @@ mod tests {
                     dm_flags d 0x0\n\
                     dm_read_unlocked d w 0x1\n";
         let s = parse("t", text).unwrap();
-        assert_eq!(s.steps[2].bind.as_deref(), Some("d"));
-        assert_eq!(s.steps[2].op, Op::Device(DeviceOp::Open { minor: 2 }));
+        assert_eq!(s.steps[3].bind.as_deref(), Some("d"));
+        assert_eq!(s.steps[2].op, Op::Device(DeviceOp::DevDax));
+        assert_eq!(s.steps[3].op, Op::Device(DeviceOp::Open { minor: 2 }));
         assert_eq!(print(&s), text);
     }
 
@@ -254,6 +266,7 @@ mod tests {
         assert!(parse("t", "daxdir mnt\n").unwrap_err().message.contains("absolute"));
         assert!(parse("t", "x = dm_release d\n").unwrap_err().message.contains("no result"));
         assert!(parse("t", "dm_read d w\n").unwrap_err().message.contains("needs a page count"));
+        assert!(parse("t", "devdax\n").is_ok(), "a device-DAX node need not be named");
     }
 
     #[test]

@@ -15,6 +15,8 @@
 mod backing;
 mod error;
 #[cfg(test)]
+mod hole_tests;
+#[cfg(test)]
 mod image_tests;
 mod layout;
 mod pmem;
@@ -62,6 +64,22 @@ pub enum DaxEntry {
     Pte,
     /// By PMD leaves (4K entries may map parts of it); one order-9 folio.
     Pmd,
+    /// A whole hole read through PMD faults: the huge zero page maps it
+    /// read-only and no block is allocated (`DAX_PMD | DAX_ZERO_PAGE`).
+    PmdZero,
+}
+
+/// What a PMD fault maps ([`DaxShared::pmd_entry`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum PmdMapping {
+    /// The block's aligned chunk from `head` (an order-9 folio);
+    /// `replaced_zero`: the huge zero page stood for it until this write,
+    /// and must go from every mapping before the block is mapped.
+    Block { head: Pfn, replaced_zero: bool },
+    /// A read of a whole hole: the huge zero page, read-only.
+    HugeZero,
+    /// Map it with 4K entries.
+    Fallback,
 }
 
 /// The filesystem state shared by its inodes.
@@ -290,66 +308,103 @@ impl DaxShared {
         Ok(())
     }
 
-    /// Allocates the block backing file page `index`: the whole aligned
-    /// chunk when the file's 2 MiB block is an unallocated hole inside the
-    /// file, else a single page.
-    pub(crate) fn alloc_for(&self, state: &mut InodeState, index: u64) -> Result<Pfn, MmError> {
-        let block = index / CHUNK;
-        let block_pages = block * CHUNK..(block + 1) * CHUNK;
-        let within_size = block_pages.end <= state.size.div_ceil(PAGE_SIZE);
-        if within_size && state.pages.range(block_pages.clone()).next().is_none() {
-            if let Some(first) = self.pmem.alloc_chunk() {
-                for (i, file_page) in block_pages.enumerate() {
-                    state.pages.insert(file_page, self.pmem.pfn(first + i as u64));
-                }
-                return Ok(state.pages[&index]);
-            }
-        }
+    /// Allocates the block backing file page `index` alone, as a write or
+    /// a 4K write fault does (ext4 maps exactly the range asked for): the
+    /// rest of its 2 MiB stays a hole.
+    pub(crate) fn alloc_page_for(&self, state: &mut InodeState, index: u64) -> Result<Pfn, MmError> {
         let page = self.pmem.alloc_page().ok_or(MmError::DeviceFull("pmem device full"))?;
         state.pages.insert(index, self.pmem.pfn(page));
         Ok(self.pmem.pfn(page))
     }
 
-    /// The head frame of a PMD mapping of the file's 2 MiB `block`, making
-    /// the block PMD-mapped if nothing maps it yet and it is one aligned
-    /// chunk inside the file; `None` means "map it with PTEs".
-    pub(crate) fn pmd_entry(&self, inode: &Inode, block: u64) -> Result<Option<Pfn>, MmError> {
+    /// Allocates the file's 2 MiB `block`, a hole inside the file, for a
+    /// PMD write fault: one aligned chunk if the device has one, else its
+    /// first page alone (the fault then falls back to 4K entries).
+    fn alloc_block(&self, state: &mut InodeState, block: u64) -> Result<(), MmError> {
+        let block_pages = block * CHUNK..(block + 1) * CHUNK;
+        if let Some(first) = self.pmem.alloc_chunk() {
+            for (i, file_page) in block_pages.enumerate() {
+                state.pages.insert(file_page, self.pmem.pfn(first + i as u64));
+            }
+            return Ok(());
+        }
+        self.alloc_page_for(state, block * CHUNK).map(|_| ())
+    }
+
+    /// What a PMD fault of the file's 2 MiB `block` maps (`write`: a
+    /// shared write fault), deciding the block's entry if nothing maps it
+    /// yet: a read of a whole hole is the huge zero page and allocates
+    /// nothing (`dax_pmd_load_hole`); a write of a whole hole, or of one
+    /// the huge zero page maps, allocates one aligned chunk; a block that
+    /// is partly allocated, not one aligned chunk, beyond end of file or
+    /// already mapped by PTEs falls back to 4K entries (its extent or hole
+    /// is shorter than 2 MiB, or the entry is a PTE one).
+    pub(crate) fn pmd_entry(&self, inode: &Inode, block: u64, write: bool) -> Result<PmdMapping, MmError> {
         let mut state = inode.lock_unlocked_block(block);
         let pages = block * CHUNK..(block + 1) * CHUNK;
         if pages.end > state.size.div_ceil(PAGE_SIZE) {
-            return Ok(None);
+            return Ok(PmdMapping::Fallback);
         }
-        match state.dax_entries.get(&block) {
-            Some(DaxEntry::Pte) => return Ok(None),
-            Some(DaxEntry::Pmd) => return Ok(Some(state.pages[&pages.start])),
-            None => {}
+        let replaced_zero = match state.dax_entries.get(&block) {
+            Some(DaxEntry::Pte) => return Ok(PmdMapping::Fallback),
+            Some(DaxEntry::Pmd) => {
+                return Ok(PmdMapping::Block { head: state.pages[&pages.start], replaced_zero: false })
+            }
+            Some(DaxEntry::PmdZero) if !write => return Ok(PmdMapping::HugeZero),
+            Some(DaxEntry::PmdZero) => true,
+            None => false,
+        };
+        let hole = state.pages.range(pages.clone()).next().is_none();
+        if hole && !write {
+            state.dax_entries.insert(block, DaxEntry::PmdZero);
+            return Ok(PmdMapping::HugeZero);
         }
-        let mut allocated = false;
-        if state.pages.range(pages.clone()).next().is_none() {
-            self.alloc_for(&mut state, pages.start)?;
-            allocated = true;
+        if hole {
+            self.alloc_block(&mut state, block)?;
         }
         let head = state.pages.get(&pages.start).copied();
         let contiguous = head.is_some_and(|head| {
             self.pmem.page_of(head) % CHUNK == 0
                 && pages.clone().all(|p| state.pages.get(&p) == Some(&head.add(p - pages.start)))
         });
-        let entry = match (head, contiguous) {
+        let mapping = match (head, contiguous) {
             (Some(head), true) => {
                 self.pmem.phys().init_device_folio(head, 9);
                 state.dax_entries.insert(block, DaxEntry::Pmd);
-                Some(head)
+                PmdMapping::Block { head, replaced_zero }
             }
             _ => {
                 state.dax_entries.insert(block, DaxEntry::Pte);
-                None
+                PmdMapping::Fallback
             }
         };
         drop(state);
-        if allocated {
+        if hole {
             self.persist()?;
         }
-        Ok(entry)
+        Ok(mapping)
+    }
+
+    /// True if the huge zero page still stands for `block` (a fault that
+    /// mapped it checks after installing: a writer that replaced it in the
+    /// meantime may have unmapped it before the install).
+    pub(crate) fn is_zero_pmd(&self, inode: &Inode, block: u64) -> bool {
+        inode.state.lock().dax_entries.get(&block) == Some(&DaxEntry::PmdZero)
+    }
+
+    /// A 4K fault or a write of a block the huge zero page stands for: its
+    /// entry becomes a PTE one; true if it was the huge zero page, which the
+    /// caller then unmaps everywhere (`grab_mapping_entry`'s PMD downgrade,
+    /// `invalidate_inode_pages2_range` after a write allocated blocks).
+    pub(crate) fn downgrade_zero_pmd(&self, inode: &Inode, block: u64) -> bool {
+        let mut state = inode.lock_unlocked_block(block);
+        match state.dax_entries.get_mut(&block) {
+            Some(entry @ DaxEntry::PmdZero) => {
+                *entry = DaxEntry::Pte;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Takes the entry locks of the 2 MiB blocks holding file pages

@@ -359,6 +359,8 @@ pub fn parse_maps_line(line: &str) -> Option<VmaView> {
         Backing::File(name.trim_end_matches(" (deleted)").to_string())
     } else if let Some(name) = super::device::dax_file_name(path) {
         Backing::File(name)
+    } else if super::device::is_devdax_path(path) {
+        Backing::File("devdax".into())
     } else {
         Backing::Other(path.to_string())
     };

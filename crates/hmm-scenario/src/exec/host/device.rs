@@ -17,7 +17,7 @@ use super::calls::Local;
 use super::sys;
 use crate::exec::device::DeviceCall;
 use crate::exec::Capability;
-use crate::lang::device::DevCmd;
+use crate::lang::device::{DevCmd, DEFAULT_DEVDAX};
 use crate::observe::Outcome;
 use crate::observe_device::DeviceResult;
 
@@ -32,6 +32,7 @@ pub fn supports(cap: Capability) -> bool {
     match cap {
         Capability::Devices => std::path::Path::new("/dev/hmm_dmirror0").exists(),
         Capability::Dax => dax_mounts().next().is_some(),
+        Capability::DevDax => std::path::Path::new(DEFAULT_DEVDAX).exists(),
         Capability::Frames => true,
         Capability::GupTest => super::pin::supported(),
         Capability::Invalidations => false,
@@ -52,6 +53,12 @@ fn dax_mounts() -> impl Iterator<Item = String> {
         })
         .collect();
     points.into_iter()
+}
+
+/// Whether a maps path is a device-DAX node (`/dev/daxN.M`): `maps` calls
+/// it `devdax`, as the scenario opened it.
+pub fn is_devdax_path(path: &str) -> bool {
+    path.strip_prefix("/dev/dax").is_some_and(|rest| rest.split('.').all(|n| n.parse::<u32>().is_ok()))
 }
 
 /// The scenario's name of a DAX file from its maps path.
@@ -77,6 +84,13 @@ pub fn execute(local: &mut Local, call: &DeviceCall) -> Outcome {
                 Err(e) => errno(&e),
             }
         }
+        DeviceCall::DevDax { id } => match std::fs::OpenOptions::new().read(true).write(true).open(DEFAULT_DEVDAX) {
+            Ok(file) => {
+                local.files.insert(id, file.into_raw_fd());
+                Outcome::Ok
+            }
+            Err(e) => errno(&e),
+        },
         DeviceCall::DaxFile { ref name, ref dir, id } => {
             let on_dax = dax_mounts().any(|m| dir == &m || dir.starts_with(&format!("{}/", m.trim_end_matches('/'))));
             if !on_dax {
@@ -167,5 +181,6 @@ mod tests {
     fn dax_files_show_by_their_scenario_name() {
         assert_eq!(dax_file_name("/mnt/dax/hmm-scenario.seed (deleted)").as_deref(), Some("seed"));
         assert_eq!(dax_file_name("/mnt/dax/other"), None);
+        assert!(is_devdax_path("/dev/dax1.0") && !is_devdax_path("/dev/dax") && !is_devdax_path("/dev/daxctl"));
     }
 }

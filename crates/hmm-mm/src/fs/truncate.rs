@@ -38,6 +38,7 @@ pub(crate) fn truncate(inode: &Arc<Inode>, size: u64) -> Result<(), MmError> {
         if old > first_gone << PAGE_SHIFT {
             unmap_mapping_pages(inode, first_gone, u64::MAX, true)?;
         }
+        split_partial_folios(inode, first_gone, u64::MAX)?;
         drop_cached(inode, first_gone, u64::MAX);
         zero_cached(inode, size, first_gone << PAGE_SHIFT);
         return Ok(());

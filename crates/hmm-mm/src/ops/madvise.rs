@@ -209,9 +209,14 @@ fn set_flags_piece(
     if advice == MadviseAdvice::WipeOnFork && !vma.is_anonymous() {
         return Err(MmError::Invalid("MADV_WIPEONFORK applies to private anonymous memory"));
     }
+    let (set, clear) = flag_change(advice);
+    // `madvise_update_vma`: flags that do not change leave the VMA alone,
+    // unsplit (a hugetlb VMA cut at an unaligned edge is no error then).
+    if (vma.flags - clear) | set == vma.flags {
+        return Ok(());
+    }
     guard.check_split(start)?;
     guard.check_split(end)?;
-    let (set, clear) = flag_change(advice);
     // A huge leaf must not straddle the new VMA edges (fork copies per
     // VMA), as `vma_adjust_trans_huge` ensures.
     split_huge_at(mm, start)?;

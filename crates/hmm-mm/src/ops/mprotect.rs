@@ -116,9 +116,11 @@ fn walk_prefix(guard: &MmapWriteGuard<'_>, start: u64, end: u64, access: VmFlags
             return (cursor, Err(error));
         }
         // A split inside a VMA that cannot be split there (hugetlb,
-        // device-DAX) fails at that VMA.
-        let first_cut = if vma.start < start { guard.check_split(start) } else { Ok(()) };
-        let last_cut = if end < vma.end { guard.check_split(end) } else { Ok(()) };
+        // device-DAX) fails at that VMA, unless its protection does not
+        // change: `mprotect_fixup` then leaves it alone, unsplit.
+        let changes = vma.flags & ACCESS != access;
+        let first_cut = if changes && vma.start < start { guard.check_split(start) } else { Ok(()) };
+        let last_cut = if changes && end < vma.end { guard.check_split(end) } else { Ok(()) };
         if let Err(error) = first_cut.and(last_cut) {
             return (cursor, Err(error));
         }
@@ -135,8 +137,8 @@ fn walk_prefix(guard: &MmapWriteGuard<'_>, start: u64, end: u64, access: VmFlags
 /// Gives every VMA of `[start, end)` (no gap in it) the access bits, and
 /// rewrites their entries.
 fn apply(mm: &Mm, guard: &mut MmapWriteGuard<'_>, start: u64, end: u64, new_access: VmFlags) -> Result<(), MmError> {
-    split_huge_at(mm, start)?;
-    split_huge_at(mm, end)?;
+    // Only the VMAs whose protection changes are split, with the huge
+    // leaves at their new edges (`mprotect_fixup` leaves the others alone).
     let changes: Vec<(u64, u64, WriteUpgrade, bool)> = guard
         .overlapping(start, end)
         .filter(|vma| vma.flags & ACCESS != new_access)
@@ -145,6 +147,10 @@ fn apply(mm: &Mm, guard: &mut MmapWriteGuard<'_>, start: u64, end: u64, new_acce
             (vma.start.max(start), vma.end.min(end), upgrade, vma.flags.contains(VmFlags::UFFD_RWP))
         })
         .collect();
+    for &(chunk_start, chunk_end, ..) in &changes {
+        split_huge_at(mm, chunk_start)?;
+        split_huge_at(mm, chunk_end)?;
+    }
     for &(chunk_start, chunk_end, upgrade, rwp) in &changes {
         if has_entries(mm, chunk_start, chunk_end) {
             let invalidation = mm.notifiers().start(mm.id(), chunk_start, chunk_end, Event::ProtectionVma);
@@ -152,8 +158,8 @@ fn apply(mm: &Mm, guard: &mut MmapWriteGuard<'_>, start: u64, end: u64, new_acce
             invalidation.end();
         }
     }
-    for vma in guard.vmas_mut().split_range_mut(start, end) {
-        if vma.flags & ACCESS != new_access {
+    for &(chunk_start, chunk_end, ..) in &changes {
+        for vma in guard.vmas_mut().split_range_mut(chunk_start, chunk_end) {
             vma.flags = account(vma, (vma.flags - ACCESS) | new_access);
         }
     }

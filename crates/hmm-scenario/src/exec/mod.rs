@@ -235,6 +235,16 @@ pub enum UffdCall {
     },
 }
 
+impl UffdCall {
+    /// Whether the call may wake threads waiting in userfaultfd (it
+    /// resolves, unregisters or wakes): the executors then let the woken
+    /// calls run until they finish or wait again, so what the scenario
+    /// observes next does not depend on timing.
+    pub fn wakes_waiters(&self) -> bool {
+        !matches!(self, Self::Register { .. } | Self::Read { .. })
+    }
+}
+
 /// [`FallocMode`] in a serializable form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]

@@ -157,6 +157,14 @@ fn drain(uffd: &ModelUffd, page: Option<u64>) -> bool {
 
 /// One userfaultfd call.
 pub fn call(state: &mut UffdState, id: FileId, op: &UffdCall) -> Outcome {
+    let outcome = call_once(state, id, op);
+    if op.wakes_waiters() {
+        settle_calls(&mut state.calls);
+    }
+    outcome
+}
+
+fn call_once(state: &mut UffdState, id: FileId, op: &UffdCall) -> Outcome {
     let Some(uffd) = state.uffds.get(&id).cloned() else { return Outcome::Errno(hmm_types::Errno::BadF as i32) };
     let uffd = &uffd;
     let f = &uffd.file;

@@ -135,6 +135,20 @@ impl HostUffd {
         op: &UffdCall,
         inside: &dyn Fn(u64, u64) -> bool,
     ) -> Outcome {
+        let outcome = self.call_once(files, id, op, inside);
+        if op.wakes_waiters() {
+            settle_calls(&mut self.calls);
+        }
+        outcome
+    }
+
+    fn call_once(
+        &mut self,
+        files: &mut HashMap<FileId, RawFd>,
+        id: FileId,
+        op: &UffdCall,
+        inside: &dyn Fn(u64, u64) -> bool,
+    ) -> Outcome {
         let Some(&fd) = files.get(&id).filter(|_| self.ids.contains(&id)) else {
             return Outcome::Errno(libc::EBADF);
         };

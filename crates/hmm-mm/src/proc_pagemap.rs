@@ -83,6 +83,10 @@ impl Mm {
             // GUARD_REGION, and the marker as swap type 31, offset 4.
             return Ok(PM_SWAP | PM_GUARD_REGION | (hmm_pagetable::PTE_MARKER_GUARD << 5 | 31));
         }
+        if entry.is_uffd_wp_marker() {
+            // `pte_marker_entry_uffd_wp`: a protected none entry.
+            return Ok(PM_SWAP | PM_UFFD_WP | (hmm_pagetable::PTE_MARKER_UFFD_WP << 5 | 31));
+        }
         match entry.swap_kind() {
             Some(kind) => {
                 let swp = ((entry.pfn().0 + offset) << 5 | kind as u64) & PM_PFRAME_MASK;

@@ -41,6 +41,9 @@ const PFN_MASK: u64 = ((1 << 52) - 1) & !((1 << PFN_SHIFT) - 1);
 
 /// The marker bit of a guard region's PTE (`PTE_MARKER_GUARD`, bit 2).
 pub const PTE_MARKER_GUARD: u64 = 1 << 2;
+/// The marker bit of a write-protected none entry (`PTE_MARKER_UFFD_WP`,
+/// bit 0): userfaultfd WP over unpopulated memory.
+pub const PTE_MARKER_UFFD_WP: u64 = 1 << 0;
 
 /// The kinds of non-present entries (`swp_type` in Linux).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -205,6 +208,21 @@ impl Entry {
             && !self.is_huge()
             && (self.0 & KIND_MASK) >> KIND_SHIFT == SwapKind::Marker as u64
             && ((self.0 & PFN_MASK) >> PFN_SHIFT) & PTE_MARKER_GUARD != 0
+    }
+
+    /// A uffd-wp marker (`make_pte_marker(PTE_MARKER_UFFD_WP)`): a none
+    /// entry that remembers it is write-protected for userfaultfd.
+    #[inline]
+    pub const fn uffd_wp_marker() -> Self {
+        Self::swap(SwapKind::Marker, PTE_MARKER_UFFD_WP, false)
+    }
+    /// `pte_marker_uffd_wp`: a marker entry carrying the uffd-wp bit.
+    #[inline]
+    pub const fn is_uffd_wp_marker(self) -> bool {
+        !self.is_present()
+            && !self.is_huge()
+            && (self.0 & KIND_MASK) >> KIND_SHIFT == SwapKind::Marker as u64
+            && ((self.0 & PFN_MASK) >> PFN_SHIFT) & PTE_MARKER_UFFD_WP != 0
     }
 
     /// `pte_none`.
@@ -535,6 +553,21 @@ mod tests {
             let e = Entry::swap(kind, 0x1234, false);
             assert!(!e.is_present() && !e.is_none());
             assert_eq!(e.kind(Level::Pte), EntryKind::NonPresent { kind, offset: 0x1234 });
+        }
+    }
+
+    #[test]
+    fn uffd_wp_markers_are_recognised_and_nothing_else_is() {
+        let marker = Entry::uffd_wp_marker();
+        assert!(marker.is_uffd_wp_marker() && !marker.is_none() && !marker.is_present());
+        assert!(!marker.is_guard_marker() && !marker.is_uffd_wp(), "not a guard, not a present uffd-wp page");
+        for other in [
+            Entry::guard_marker(),
+            Entry::swap(SwapKind::Swap, PTE_MARKER_UFFD_WP, false),
+            Entry::present(Pfn(PTE_MARKER_UFFD_WP), LeafFlags::default(), false).mkuffd_wp(),
+            Entry::NONE,
+        ] {
+            assert!(!other.is_uffd_wp_marker(), "{other:?}");
         }
     }
 

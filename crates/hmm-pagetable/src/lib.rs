@@ -26,7 +26,7 @@ mod table;
 mod walk;
 
 pub use arena::ArenaStore;
-pub use entry::{Entry, EntryKind, LeafFlags, SwapKind, PTE_MARKER_GUARD};
+pub use entry::{Entry, EntryKind, LeafFlags, SwapKind, PTE_MARKER_GUARD, PTE_MARKER_UFFD_WP};
 pub use level::Level;
 pub use store::{TableId, TableStore, TableStoreFull, ENTRIES_PER_TABLE};
 pub use table::{EnsureError, PageTable, Slot};

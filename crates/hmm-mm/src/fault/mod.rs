@@ -106,6 +106,18 @@ pub(crate) fn handle_fault(mm: &Mm, vmas: &VmaTree, vma: &Vma, va: u64, flags: F
     if private_page && !vma.flags.is_shared() {
         crate::anon_vma::anon_vma_prepare(mm, vmas, vma);
     }
+    // A uffd-wp marker faults as a none entry whose new page is
+    // protected (`handle_pte_marker`, `vmf_orig_pte_uffd_wp`).
+    let wp_marker = crate::uffd::take_wp_marker(mm, vma, va);
+    let done = fault_backing(mm, vmas, vma, va, write);
+    if wp_marker {
+        crate::uffd::arm_after_marker_fault(mm, va);
+    }
+    done
+}
+
+/// The backing-specific fault on a none or non-present entry.
+fn fault_backing(mm: &Mm, vmas: &VmaTree, vma: &Vma, va: u64, write: bool) -> Result<(), FaultError> {
     match &vma.backing {
         VmaBacking::Anon => anon::fault(MmapLocked { mm, vmas }, vma, va, write),
         VmaBacking::File(inode) => match inode.kind() {

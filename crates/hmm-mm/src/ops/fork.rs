@@ -72,8 +72,10 @@ impl Mm {
             // (shared mappings, private ones holding only page cache or
             // zero-page reads) is refaulted in the child from its object.
             // Guard markers cannot be refaulted either (`VM_MAYBE_GUARD`).
+            // A child that stays WP-registered needs the uffd-wp bits and markers.
             let needs_copy = vma.flags.intersects(VmFlags::PFNMAP | VmFlags::MIXEDMAP | VmFlags::MAYBE_GUARD)
-                || vma.anon_vma.get().is_some();
+                || vma.anon_vma.get().is_some()
+                || (keeps_uffd && vma.flags.contains(VmFlags::UFFD_WP));
             if !needs_copy || !has_entries(self, vma.start, vma.end) {
                 continue;
             }
@@ -204,6 +206,12 @@ fn copy_range(parent: &Mm, child: &Mm, child_vma: &Vma, cow: bool, keeps_uffd: b
             // A child VMA that is not registered gets no uffd-wp bit
             // (`copy_present_pte` clears it without `userfaultfd_wp`).
             target.store(if keeps_uffd { entry.mkold() } else { entry.mkold().clear_uffd_wp() });
+        } else if entry.is_uffd_wp_marker() {
+            // Kept only where the child stays WP-registered
+            // (`copy_pte_marker`).
+            if keeps_uffd {
+                target.store(entry);
+            }
         } else if entry.is_guard_marker() || crate::uffd::is_poison_marker(entry) {
             // Guard and poison markers are always copied
             // (`copy_nonpresent_pte`).

@@ -184,7 +184,10 @@ fn discard_piece(mm: &Mm, vma: &Vma, start: u64, end: u64, advice: MadviseAdvice
     let invalidation = mm.notifiers().start(mm.id(), start, end, Event::Clear);
     let mut gather = Gather::new();
     if advice == MadviseAdvice::DontNeed {
+        // File memory registered for WP keeps its protection as markers.
+        let markers = crate::uffd::markers_to_keep(mm, vma, start, end);
         zap_range_keep_guards(mm, start, end, &mut gather)?;
+        crate::uffd::restore_markers(mm, &markers);
     } else {
         mark_lazyfree(mm, start, end);
     }

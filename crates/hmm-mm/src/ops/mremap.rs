@@ -398,7 +398,10 @@ fn move_mapping(
         };
         // A range that is no longer registered loses the uffd-wp bits
         // (`move_ptes`).
-        to.store(if keeps_uffd { entry } else { entry.clear_uffd_wp() });
+        // Its uffd-wp markers are dropped.
+        if keeps_uffd || !entry.is_uffd_wp_marker() {
+            to.store(if keeps_uffd { entry } else { entry.clear_uffd_wp() });
+        }
     }
     let mut moved = vma.clone();
     if !keeps_uffd {

@@ -72,6 +72,12 @@ pub(super) fn none_pte(mm: &Mm, va: u64) -> Result<Slot<'_>, UffdError> {
         Err(EnsureError::NoMem(_)) => return Err(UffdError::NoMem),
         Err(EnsureError::Leaf(_)) => return Err(UffdError::Exists(va)),
     };
+    let entry = pte.load();
+    // A uffd-wp marker counts as none (`pte_none_mostly`); the fill
+    // replaces it, protected again only with its own WP mode.
+    if entry.is_uffd_wp_marker() {
+        let _ = pte.compare_exchange(entry, Entry::NONE);
+    }
     if !pte.load().is_none() {
         return Err(UffdError::Exists(va));
     }

@@ -3,6 +3,9 @@
 //! which may change the page's contents through another mapping and then
 //! map the cached page with `UFFDIO_CONTINUE`.
 //!
+//! A fallocated (not yet uptodate) page becomes uptodate when CONTINUE
+//! maps it.
+//!
 //! Linux 7.3: `mm/userfaultfd.c` (`mfill_atomic_continue`,
 //! `mfill_atomic_pte_continue`, `mfill_atomic_install_pte`),
 //! `mm/shmem.c` (`shmem_get_folio_gfp` with `SGP_NOALLOC`).
@@ -78,6 +81,10 @@ fn continue_page(guard: &MmapReadGuard<'_>, vma: &Vma, inode: &Inode, va: u64, w
         phys.get(pfn);
         pfn
     };
+    // A fallocated page has no contents yet: the lookup zeroes it and
+    // marks it uptodate (`shmem_get_folio_gfp` with `SGP_NOALLOC`), so
+    // fault-around maps it from now on.
+    inode.mark_uptodate(pfn);
     // A private mapping maps the cached page read-only (a write copies it).
     let write = vma.flags.contains(VmFlags::WRITE) && vma.flags.is_shared();
     install_pte(mm, &pte, va, pfn, write, wp)
@@ -110,6 +117,28 @@ mod tests {
         assert_eq!(uffd.continue_range(va, 4096, 0).unwrap_err().errno(), Errno::Exist);
         file.punch_hole(0, 4096).unwrap();
         assert_eq!(uffd.continue_range(va, 4096, 0).unwrap_err().errno(), Errno::Fault, "no page in the cache");
+    }
+
+    #[test]
+    fn continue_makes_a_fallocated_page_uptodate() {
+        // As Linux 6.18 (scenarios/corpus/uffd_continue_fallocated.hmm).
+        let k = kernel(64, ThpMode::Never);
+        let mm = k.create_mm().unwrap();
+        let file = k.tmpfs().create("falloc").unwrap();
+        file.ftruncate(2 * 4096).unwrap();
+        file.fallocate_keep_size(0, 2 * 4096).unwrap();
+        let va = mm.mmap_file(0, 2 * 4096, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
+        let uffd = Userfaultfd::new(&mm, 0).unwrap();
+        uffd.api(UFFD_API, UFFD_FEATURE_SIGBUS).unwrap();
+        uffd.register(va, 2 * 4096, UFFDIO_REGISTER_MODE_MINOR).unwrap();
+        let uptodate = |n: u64| {
+            let pfn = file.inode().state.lock().pages[&n];
+            file.inode().phys().meta(pfn).flags().contains(crate::phys::PageFlags::UPTODATE)
+        };
+        assert!(!uptodate(1));
+        assert_eq!(uffd.continue_range(va + 4096, 4096, 0), Ok(4096));
+        assert!(uptodate(1) && !uptodate(0), "only the page CONTINUE mapped");
+        assert_eq!(mm.read_u64(va + 4096).unwrap(), 0);
     }
 
     #[test]

@@ -17,15 +17,15 @@
 //!
 //! Modelled: MISSING mode on private anonymous memory and shmem (shared
 //! anonymous memory, memfd, tmpfs); WP mode on the same (present pages
-//! are protected; none entries of shmem get no marker, see wp.rs); MINOR
+//! are protected, none entries get uffd-wp markers, see wp.rs); MINOR
 //! mode on shmem; RWP mode on the same as WP; MOVE of anonymous pages;
 //! POISON markers; features `PAGEFAULT_FLAG_WP`, `SIGBUS`, `THREAD_ID`,
 //! `EXACT_ADDRESS`, `MISSING_SHMEM`, `MINOR_SHMEM`, `POISON`, `WP_ASYNC`,
-//! `MOVE`, `RWP`, `RWP_ASYNC`, the events `EVENT_FORK`, `EVENT_REMAP`,
+//! `WP_UNPOPULATED`, `MOVE`, `RWP`, `RWP_ASYNC`, the events `EVENT_FORK`, `EVENT_REMAP`,
 //! `EVENT_REMOVE`, `EVENT_UNMAP` (without them fork and mremap drop the
 //! registration, as Linux does); the open flag `UFFD_USER_MODE_ONLY`. Not
 //! modelled (refused with a typed error, never silently accepted):
-//! registration of hugetlb memory, `WP_UNPOPULATED`. Known
+//! registration of hugetlb memory. Known
 //! gaps: a uffd-wp page swapped out loses its bit (Linux keeps it in the
 //! swap entry); `THREAD_ID`'s `ptid` is 0 (the model has no threads).
 //!
@@ -54,6 +54,8 @@ mod wp;
 mod events_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wp_tests;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -68,6 +70,7 @@ pub(crate) use events::{prepare_remap, remove_before_zap, ForkContexts};
 pub use msg::*;
 pub(crate) use poison::is_poison_marker;
 pub(crate) use wait::{verdict, wait_for_handler, Verdict};
+pub(crate) use wp::{arm_after_marker_fault, markers_to_keep, restore_markers, take_wp_marker};
 
 /// `UFFD_API`.
 pub const UFFD_API: u64 = 0xAA;
@@ -104,7 +107,8 @@ pub const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
 pub const UFFD_FEATURE_EXACT_ADDRESS: u64 = 1 << 11;
 /// `UFFD_FEATURE_WP_HUGETLBFS_SHMEM` (not modelled: needs PTE markers).
 pub const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
-/// `UFFD_FEATURE_WP_UNPOPULATED` (not modelled: needs PTE markers).
+/// `UFFD_FEATURE_WP_UNPOPULATED`: WRITEPROTECT puts uffd-wp markers in
+/// the none entries of anonymous memory too (`wp.rs`).
 pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
 /// `UFFD_FEATURE_POISON`: UFFDIO_POISON.
 pub const UFFD_FEATURE_POISON: u64 = 1 << 14;
@@ -125,6 +129,7 @@ pub const UFFD_API_FEATURES: u64 = UFFD_FEATURE_PAGEFAULT_FLAG_WP
     | UFFD_FEATURE_EXACT_ADDRESS
     | UFFD_FEATURE_POISON
     | UFFD_FEATURE_WP_ASYNC
+    | UFFD_FEATURE_WP_UNPOPULATED
     | UFFD_FEATURE_MOVE
     | rwp::UFFD_FEATURE_RWP
     | rwp::UFFD_FEATURE_RWP_ASYNC;
@@ -437,7 +442,7 @@ impl Userfaultfd {
             return Err(UffdError::Invalid("a requested feature is unknown"));
         }
         if features & !UFFD_API_FEATURES != 0 {
-            return Err(UffdError::NotModelled("a requested feature (hugetlb, WP_UNPOPULATED)"));
+            return Err(UffdError::NotModelled("a requested feature (hugetlb)"));
         }
         if features & rwp::UFFD_FEATURE_RWP_ASYNC != 0 && features & rwp::UFFD_FEATURE_RWP == 0 {
             return Err(UffdError::Invalid("UFFD_FEATURE_RWP_ASYNC needs UFFD_FEATURE_RWP"));

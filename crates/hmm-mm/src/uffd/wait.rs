@@ -50,7 +50,9 @@ pub(crate) fn verdict(mm: &Mm, vma: &Vma, va: u64, flags: FaultFlags) -> Verdict
     let Some(binding) = &vma.uffd else { return Verdict::Proceed };
     let slot = mm.pgtable().find(va);
     let entry = slot.load();
-    let reason = if entry.is_none() {
+    // A uffd-wp marker is a none entry to MISSING and MINOR
+    // (`pte_none_mostly`).
+    let reason = if entry.is_none() || entry.is_uffd_wp_marker() {
         let cached = super::minor::is_cached(vma, va);
         if vma.flags.contains(VmFlags::UFFD_MISSING) && !cached {
             0

@@ -5,23 +5,32 @@
 //! `UFFD_FEATURE_WP_ASYNC` the fault clears the bit itself and proceeds);
 //! pagemap reports the bit as `PM_UFFD_WP` (bit 57).
 //!
-//! Not modelled: PTE markers, so none entries stay unprotected (Linux
-//! puts a uffd-wp marker on the none entries of shmem, and of anonymous
-//! memory with `UFFD_FEATURE_WP_UNPOPULATED`); a shmem range with a none
-//! entry is refused (`EOPNOTSUPP`) rather than protected halfway.
+//! None entries get a uffd-wp marker (`PTE_MARKER_UFFD_WP`) in file memory
+//! (shmem) always, in anonymous memory with `UFFD_FEATURE_WP_UNPOPULATED`.
+//! A fault there is a none fault whose new page (or zero page) comes
+//! protected, so a read maps it and a write then takes a WP fault;
+//! pagemap shows `PM_SWAP|PM_UFFD_WP`. Resolving and unregistering
+//! remove the markers; MADV_DONTNEED drops them in anonymous memory and
+//! keeps them in file memory, where it also turns a protected page into
+//! a marker (`pte_install_uffd_wp_if_needed`); fork keeps them only for a
+//! child that stays registered (EVENT_FORK), mremap only with EVENT_REMAP.
 //!
 //! Linux 7.3: `mm/userfaultfd.c` (`mwriteprotect_range`, `uffd_wp_range`),
-//! `mm/mprotect.c` (`change_pte_range` with `MM_CP_UFFD_WP`).
+//! `mm/mprotect.c` (`change_pte_range` with `MM_CP_UFFD_WP`),
+//! `mm/memory.c` (`handle_pte_marker`, `pte_marker_handle_uffd_wp`),
+//! `include/linux/mm_inline.h` (`pte_install_uffd_wp_if_needed`).
 
 use core::ops::ControlFlow;
 
-use hmm_pagetable::{Entry, Visit};
-use hmm_types::{Event, VmFlags};
+use hmm_pagetable::{EnsureError, Entry, Level, Visit};
+use hmm_types::{Event, VmFlags, PAGE_SIZE, PMD_SIZE};
 
 use super::{
-    check_range, is_mine, UffdError, Userfaultfd, UFFDIO_WRITEPROTECT_MODE_DONTWAKE, UFFDIO_WRITEPROTECT_MODE_WP,
+    check_range, UffdError, Userfaultfd, UFFDIO_WRITEPROTECT_MODE_DONTWAKE, UFFDIO_WRITEPROTECT_MODE_WP,
+    UFFD_FEATURE_WP_UNPOPULATED,
 };
 use crate::mm::Mm;
+use crate::vma::Vma;
 
 impl Userfaultfd {
     /// `UFFDIO_WRITEPROTECT`: with `WP`, protects the present pages of
@@ -30,7 +39,7 @@ impl Userfaultfd {
     /// here in WP mode (`ENOENT`, also for a range with no VMA);
     /// `WP|DONTWAKE` and unknown bits are `EINVAL`.
     pub fn writeprotect(&self, start: u64, len: u64, mode: u64) -> Result<(), UffdError> {
-        self.features()?;
+        let features = self.features()?;
         if mode & !(UFFDIO_WRITEPROTECT_MODE_WP | UFFDIO_WRITEPROTECT_MODE_DONTWAKE) != 0 {
             return Err(UffdError::Invalid("unknown UFFDIO_WRITEPROTECT mode"));
         }
@@ -45,21 +54,29 @@ impl Userfaultfd {
             let guard = mm.mmap_read();
             let mut chunks = Vec::new();
             for vma in guard.overlapping(start, end) {
-                if !is_mine(&self.ctx, vma) || !vma.flags.contains(VmFlags::UFFD_WP) {
-                    return Err(UffdError::NoEntry("the range is not registered for WP with this userfaultfd"));
+                // Linux checks the WP registration, not whose it is: a
+                // range of another userfaultfd is protected too (only the
+                // wake stays with the caller's context).
+                if !vma.flags.contains(VmFlags::UFFD_WP) {
+                    return Err(UffdError::NoEntry("the range is not registered for WP"));
                 }
                 let (s, e) = (vma.start.max(start), vma.end.min(end));
-                if protect && !vma.is_anonymous() && has_none(&mm, s, e) {
-                    return Err(UffdError::NotModelled("write-protecting unpopulated shmem (PTE markers)"));
-                }
-                chunks.push((s, e));
+                chunks.push((s, e, use_markers(vma, features)));
             }
             if chunks.is_empty() {
                 return Err(UffdError::NoEntry("no mapping in the range"));
             }
-            for (s, e) in chunks {
+            for (s, e, markers) in chunks {
+                // A huge leaf straddling an edge is split first
+                // (`change_pmd_range` → `__split_huge_pmd`).
+                for edge in [s, e] {
+                    crate::huge::split_huge_at(&mm, edge).map_err(|_| UffdError::NoMem)?;
+                }
                 if protect {
                     protect_range(&mm, s, e);
+                    if markers {
+                        install_markers(&mm, s, e)?;
+                    }
                 } else {
                     clear_range(&mm, s, e);
                 }
@@ -72,15 +89,101 @@ impl Userfaultfd {
     }
 }
 
-/// Whether a PTE-level slot in `[start, end)` is none (or has no table).
-fn has_none(mm: &Mm, start: u64, end: u64) -> bool {
-    mm.pgtable()
-        .walk(start, end, |visit| match visit {
-            Visit::Hole { .. } => ControlFlow::Break(()),
-            Visit::Slot { entry, .. } if entry.is_none() => ControlFlow::Break(()),
-            _ => ControlFlow::Continue(()),
-        })
-        .is_break()
+/// `userfaultfd_wp_use_markers`: file memory always, anonymous memory
+/// with `UFFD_FEATURE_WP_UNPOPULATED`.
+fn use_markers(vma: &Vma, features: u64) -> bool {
+    !vma.is_anonymous() || features & UFFD_FEATURE_WP_UNPOPULATED != 0
+}
+
+/// Puts a uffd-wp marker in every none PTE of `[start, end)`, building
+/// the page tables it needs (`change_pmd_prepare`); a huge leaf was
+/// protected whole by [`protect_range`].
+fn install_markers(mm: &Mm, start: u64, end: u64) -> Result<(), UffdError> {
+    let mut va = start;
+    while va < end {
+        match mm.pgtable().ensure(va, Level::Pte) {
+            Ok(slot) => {
+                let _ = slot.compare_exchange(Entry::NONE, Entry::uffd_wp_marker());
+                va += PAGE_SIZE;
+            }
+            Err(EnsureError::Leaf(_)) => va = (va | (PMD_SIZE - 1)) + 1,
+            Err(EnsureError::NoMem(_)) => return Err(UffdError::NoMem),
+        }
+    }
+    Ok(())
+}
+
+/// Removes the uffd-wp markers of `[start, end)` (`MM_CP_UFFD_WP_RESOLVE`
+/// clears them).
+fn remove_markers(mm: &Mm, start: u64, end: u64) {
+    let _ = mm.pgtable().walk(start, end, |visit| {
+        if let Visit::Slot { slot, entry } = visit {
+            if entry.is_uffd_wp_marker() {
+                let _ = slot.compare_exchange(entry, Entry::NONE);
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// Before a fault at `va`: replaces a uffd-wp marker there by a none
+/// entry and says whether the page the fault installs must come
+/// protected (the VMA is still WP-registered; a leftover marker of an
+/// unregistered range is just cleared, `pte_marker_clear`).
+pub(crate) fn take_wp_marker(mm: &Mm, vma: &Vma, va: u64) -> bool {
+    let slot = mm.pgtable().find(va);
+    let entry = slot.load();
+    if !entry.is_uffd_wp_marker() || slot.compare_exchange(entry, Entry::NONE).is_err() {
+        return false;
+    }
+    vma.flags.contains(VmFlags::UFFD_WP)
+}
+
+/// After the fault that replaced a marker: the page now mapped at `va`
+/// gets the uffd-wp bit (and loses WRITE), so a write takes a WP fault.
+pub(crate) fn arm_after_marker_fault(mm: &Mm, va: u64) {
+    let slot = mm.pgtable().find(va);
+    let mut entry = slot.load();
+    while entry.is_present() && !entry.is_uffd_wp() {
+        match slot.compare_exchange(entry, entry.mkuffd_wp()) {
+            Ok(_) => break,
+            Err(now) => entry = now,
+        }
+    }
+    if entry.is_none() {
+        // The fault installed nothing (an error): the marker stays.
+        let _ = slot.compare_exchange(Entry::NONE, Entry::uffd_wp_marker());
+    }
+}
+
+/// Before MADV_DONTNEED zaps `[start, end)` of `vma`: the addresses that
+/// must hold a uffd-wp marker afterwards (file memory registered for WP
+/// keeps its markers and protected pages as markers; anonymous memory
+/// keeps none).
+pub(crate) fn markers_to_keep(mm: &Mm, vma: &Vma, start: u64, end: u64) -> Vec<u64> {
+    let mut keep = Vec::new();
+    if vma.is_anonymous() || !vma.flags.contains(VmFlags::UFFD_WP) {
+        return keep;
+    }
+    let _ = mm.pgtable().walk(start, end, |visit| {
+        if let Visit::Slot { slot, entry } = visit {
+            if entry.is_uffd_wp_marker() || (entry.is_uffd_wp() && slot.level() == Level::Pte) {
+                keep.push(slot.va());
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    keep
+}
+
+/// After the zap: puts the markers [`markers_to_keep`] listed back into
+/// the entries that are still none.
+pub(crate) fn restore_markers(mm: &Mm, at: &[u64]) {
+    for &va in at {
+        if let Ok(slot) = mm.pgtable().ensure(va, Level::Pte) {
+            let _ = slot.compare_exchange(Entry::NONE, Entry::uffd_wp_marker());
+        }
+    }
 }
 
 /// Changes every present leaf of `[start, end)` with `change`, inside a
@@ -110,8 +213,9 @@ pub(crate) fn protect_range(mm: &Mm, start: u64, end: u64) {
 }
 
 /// Clears the uffd-wp bit of the present pages (the next write faults
-/// normally and makes the page writable again).
+/// normally and makes the page writable again) and removes the markers.
 pub(crate) fn clear_range(mm: &Mm, start: u64, end: u64) {
+    remove_markers(mm, start, end);
     let any = mm
         .pgtable()
         .walk(start, end, |visit| match visit {

@@ -89,7 +89,13 @@ pub(super) enum HugeFill<'a> {
 /// allocates a page (added to the page cache of a shared mapping,
 /// `EEXIST` if one is there); CONTINUE maps the cached page (`EFAULT`
 /// without one) read-only in a private mapping. `EEXIST` over any entry.
-pub(super) fn fill(guard: &MmapReadGuard<'_>, vma: &Vma, va: u64, what: HugeFill<'_>, wp: bool) -> Result<(), UffdError> {
+pub(super) fn fill(
+    guard: &MmapReadGuard<'_>,
+    vma: &Vma,
+    va: u64,
+    what: HugeFill<'_>,
+    wp: bool,
+) -> Result<(), UffdError> {
     let VmaBacking::Hugetlb(object) = &vma.backing else { return Err(UffdError::Invalid("not hugetlb")) };
     let mm = guard.mm();
     let phys = mm.phys();
@@ -224,6 +230,19 @@ mod tests {
         assert_eq!(errno(uffd.continue_range(va + PMD_SIZE, PMD_SIZE, 0)), Errno::Fault, "nothing cached");
         // The second huge page: MINOR does not fire without a cached page.
         mm.write_u64(va + PMD_SIZE, 3).unwrap();
+    }
+
+    #[test]
+    fn a_copy_running_from_anonymous_memory_into_hugetlb_stops_there() {
+        let mm = mm();
+        let uffd = uffd(&mm, UFFD_FEATURE_SIGBUS);
+        let huge = mm.mmap(0, PMD_SIZE, Prot::RW, PRIVATE).unwrap();
+        let anon = MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED;
+        let below = mm.mmap(huge - PAGE_SIZE, PAGE_SIZE, Prot::RW, anon).unwrap();
+        uffd.register(below, PAGE_SIZE + PMD_SIZE, UFFDIO_REGISTER_MODE_MISSING).unwrap();
+        let src = vec![1_u8; 2 * PAGE_SIZE as usize];
+        assert_eq!(uffd.copy(below, &src, 0), Err(UffdError::Partial { copied: PAGE_SIZE }));
+        assert!(mm.read_u64(huge).is_err(), "the huge page stays missing");
     }
 
     #[test]

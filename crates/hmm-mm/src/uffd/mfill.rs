@@ -29,7 +29,7 @@ impl Userfaultfd {
     /// Runs `setup` once, then `page(guard, offset)` for each page offset
     /// of `[start, start + len)` until one fails; wakes the faults waiting
     /// on the pages done unless `dontwake`. Returns the bytes done. A hugetlb
-/// VMA at `start` makes the pages huge ([`super::hugetlb::mfill_step`]).
+    /// VMA at `start` makes the pages huge ([`super::hugetlb::mfill_step`]).
     pub(super) fn mfill(
         &self,
         start: u64,

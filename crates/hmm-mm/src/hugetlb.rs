@@ -76,6 +76,34 @@ impl HugetlbFile {
         self.phys.get(pfn);
         Ok(pfn)
     }
+
+    /// Whether a shared page exists at huge-page `index` (userfaultfd's
+    /// MINOR mode: a page in the hugetlbfs page cache). A private mapping's
+    /// pages are anonymous, never cached.
+    pub(crate) fn is_cached(&self, index: u64) -> bool {
+        self.pages.lock().contains_key(&index)
+    }
+
+    /// The shared page at huge-page `index` if there is one, with a
+    /// reference for the caller (`UFFDIO_CONTINUE`).
+    pub(crate) fn cached_page(&self, index: u64) -> Option<Pfn> {
+        let pfn = *self.pages.lock().get(&index)?;
+        self.phys.get(pfn);
+        Some(pfn)
+    }
+
+    /// Adds the caller's fresh page `pfn` at huge-page `index` of the shared
+    /// object (`UFFDIO_COPY` into shared hugetlb), the object taking its own
+    /// reference; `false` if a page is there already.
+    pub(crate) fn add_shared_page(&self, index: u64, pfn: Pfn) -> bool {
+        let mut pages = self.pages.lock();
+        if pages.contains_key(&index) {
+            return false;
+        }
+        pages.insert(index, pfn);
+        self.phys.get(pfn);
+        true
+    }
 }
 
 impl Drop for HugetlbFile {

@@ -90,6 +90,18 @@ impl Userfaultfd {
         if wp && !vma.flags.contains(VmFlags::UFFD_WP) {
             return Err(UffdError::Invalid("UFFDIO_COPY_MODE_WP on a range not registered for WP"));
         }
+        if let VmaBacking::Hugetlb(_) = &vma.backing {
+            let Fill::Copy(src) = fill else {
+                return Err(UffdError::Invalid("UFFDIO_ZEROPAGE on hugetlb memory"));
+            };
+            let bytes = super::hugetlb::huge_size(vma).unwrap_or(PAGE_SIZE) as usize;
+            // A range that runs from other memory into hugetlb leaves the
+            // VMA it started in: ENOENT, as Linux's one-VMA check says.
+            let Some(src) = src.get(offset..offset + bytes).filter(|_| va as usize % bytes == 0) else {
+                return Err(UffdError::NotRegistered(va));
+            };
+            return super::hugetlb::fill(guard, vma, va, super::hugetlb::HugeFill::Copy(src), wp);
+        }
         if let (true, VmaBacking::File(inode)) = (vma.flags.is_shared(), &vma.backing) {
             return shmem_fill(guard, vma, inode, va, fill, offset, wp);
         }

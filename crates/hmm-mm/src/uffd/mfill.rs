@@ -28,7 +28,8 @@ impl Userfaultfd {
 
     /// Runs `setup` once, then `page(guard, offset)` for each page offset
     /// of `[start, start + len)` until one fails; wakes the faults waiting
-    /// on the pages done unless `dontwake`. Returns the bytes done.
+    /// on the pages done unless `dontwake`. Returns the bytes done. A hugetlb
+    /// VMA at `start` makes the pages huge ([`super::hugetlb::mfill_step`]).
     pub(super) fn mfill(
         &self,
         start: u64,
@@ -43,13 +44,18 @@ impl Userfaultfd {
         let result = {
             let guard = mm.mmap_read();
             setup(&guard)?;
+            // A hugetlb destination goes in huge pages (`mfill_atomic_hugetlb`).
+            let step = match guard.vma(start) {
+                Some(vma) => super::hugetlb::mfill_step(vma, start, len)?.unwrap_or(PAGE_SIZE),
+                None => PAGE_SIZE,
+            };
             let mut result = Ok(());
             while done < len {
                 if let Err(error) = page(&guard, done) {
                     result = Err(error);
                     break;
                 }
-                done += PAGE_SIZE;
+                done += step;
             }
             result
         };

@@ -18,13 +18,14 @@ use crate::fs::{Inode, InodeKind};
 use crate::mm::MmapReadGuard;
 use crate::vma::{Vma, VmaBacking};
 
-/// Whether the page-cache page behind `va` exists (shmem only: anonymous
-/// memory has no page cache).
+/// Whether the page-cache page behind `va` exists (shmem and shared
+/// hugetlb: anonymous memory has no page cache).
 pub(crate) fn is_cached(vma: &Vma, va: u64) -> bool {
     match &vma.backing {
         VmaBacking::File(inode) if matches!(inode.kind(), InodeKind::PageCache) => {
             inode.state.lock().pages.contains_key(&vma.page_index(va))
         }
+        VmaBacking::Hugetlb(object) => super::hugetlb::is_cached(vma, object, va),
         _ => false,
     }
 }
@@ -58,14 +59,16 @@ impl Userfaultfd {
                     return Err(UffdError::Invalid("UFFDIO_CONTINUE_MODE_WP on a range not registered for WP"));
                 }
                 match &vma.backing {
-                    VmaBacking::File(_) => Ok(()),
-                    _ => Err(UffdError::Invalid("UFFDIO_CONTINUE needs shmem")),
+                    VmaBacking::File(_) | VmaBacking::Hugetlb(_) => Ok(()),
+                    _ => Err(UffdError::Invalid("UFFDIO_CONTINUE needs shmem or hugetlb")),
                 }
             },
             |guard, offset| {
                 let vma = guard.vma(start).expect("setup found the VMA, the read lock keeps it");
-                let VmaBacking::File(inode) = &vma.backing else { unreachable!("setup checked the backing") };
-                continue_page(guard, vma, inode, start + offset, wp)
+                match &vma.backing {
+                    VmaBacking::File(inode) => continue_page(guard, vma, inode, start + offset, wp),
+                    _ => super::hugetlb::fill(guard, vma, start + offset, super::hugetlb::HugeFill::Continue, wp),
+                }
             },
         )
     }

@@ -9,6 +9,7 @@
 //! `register.rs` REGISTER/UNREGISTER and close; `ioctl.rs` COPY, ZEROPAGE,
 //! WAKE; `wp.rs` WP mode (WRITEPROTECT, the uffd-wp PTE bit); `minor.rs`
 //! MINOR mode and CONTINUE; `mover.rs` MOVE; `poison.rs` POISON;
+//! `hugetlb.rs` the huge-page rules of all of these on hugetlb memory;
 //! `wait.rs` the fault side (queue a message, sleep with the mmap lock
 //! released, or SIGBUS); `events.rs` the non-cooperative events (FORK,
 //! REMAP, REMOVE, UNMAP); `probe.rs` whether a thread sleeps in here;
@@ -23,9 +24,12 @@
 //! `EXACT_ADDRESS`, `MISSING_SHMEM`, `MINOR_SHMEM`, `POISON`, `WP_ASYNC`,
 //! `WP_UNPOPULATED`, `MOVE`, `RWP`, `RWP_ASYNC`, the events `EVENT_FORK`, `EVENT_REMAP`,
 //! `EVENT_REMOVE`, `EVENT_UNMAP` (without them fork and mremap drop the
-//! registration, as Linux does); the open flag `UFFD_USER_MODE_ONLY`. Not
-//! modelled (refused with a typed error, never silently accepted):
-//! registration of hugetlb memory. Known
+//! registration, as Linux does); the open flag `UFFD_USER_MODE_ONLY`;
+//! MISSING and MINOR mode on hugetlb with COPY and CONTINUE in huge pages
+//! (`hugetlb.rs`, features `MISSING_HUGETLBFS`, `MINOR_HUGETLBFS`). Not
+//! modelled (refused with a typed error, never silently accepted): WP and
+//! RWP mode and POISON on hugetlb
+//! (`WP_HUGETLBFS_SHMEM`). Known
 //! gaps: a uffd-wp page swapped out loses its bit (Linux keeps it in the
 //! swap entry); `THREAD_ID`'s `ptid` is 0 (the model has no threads).
 //!
@@ -38,6 +42,7 @@
 //! `include/uapi/linux/userfaultfd.h`.
 
 mod events;
+mod hugetlb;
 mod ioctl;
 mod mfill;
 mod minor;
@@ -89,7 +94,7 @@ pub const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
 pub const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
 /// `UFFD_FEATURE_EVENT_REMOVE`: MADV_DONTNEED/FREE say so first (`events.rs`).
 pub const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
-/// `UFFD_FEATURE_MISSING_HUGETLBFS` (not modelled).
+/// `UFFD_FEATURE_MISSING_HUGETLBFS`: MISSING mode on hugetlb (`hugetlb.rs`).
 pub const UFFD_FEATURE_MISSING_HUGETLBFS: u64 = 1 << 4;
 /// `UFFD_FEATURE_MISSING_SHMEM`: MISSING mode on shmem.
 pub const UFFD_FEATURE_MISSING_SHMEM: u64 = 1 << 5;
@@ -99,7 +104,7 @@ pub const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
 pub const UFFD_FEATURE_SIGBUS: u64 = 1 << 7;
 /// `UFFD_FEATURE_THREAD_ID`: messages carry the faulting thread.
 pub const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
-/// `UFFD_FEATURE_MINOR_HUGETLBFS` (not modelled).
+/// `UFFD_FEATURE_MINOR_HUGETLBFS`: MINOR mode on hugetlb (`hugetlb.rs`).
 pub const UFFD_FEATURE_MINOR_HUGETLBFS: u64 = 1 << 9;
 /// `UFFD_FEATURE_MINOR_SHMEM`: MINOR mode on shmem.
 pub const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
@@ -122,9 +127,11 @@ pub const UFFD_API_FEATURES: u64 = UFFD_FEATURE_PAGEFAULT_FLAG_WP
     | UFFD_FEATURE_EVENT_REMAP
     | UFFD_FEATURE_EVENT_REMOVE
     | UFFD_FEATURE_EVENT_UNMAP
+    | UFFD_FEATURE_MISSING_HUGETLBFS
     | UFFD_FEATURE_MISSING_SHMEM
     | UFFD_FEATURE_SIGBUS
     | UFFD_FEATURE_THREAD_ID
+    | UFFD_FEATURE_MINOR_HUGETLBFS
     | UFFD_FEATURE_MINOR_SHMEM
     | UFFD_FEATURE_EXACT_ADDRESS
     | UFFD_FEATURE_POISON
@@ -442,7 +449,7 @@ impl Userfaultfd {
             return Err(UffdError::Invalid("a requested feature is unknown"));
         }
         if features & !UFFD_API_FEATURES != 0 {
-            return Err(UffdError::NotModelled("a requested feature (hugetlb)"));
+            return Err(UffdError::NotModelled("a requested feature (WP_HUGETLBFS_SHMEM)"));
         }
         if features & rwp::UFFD_FEATURE_RWP_ASYNC != 0 && features & rwp::UFFD_FEATURE_RWP == 0 {
             return Err(UffdError::Invalid("UFFD_FEATURE_RWP_ASYNC needs UFFD_FEATURE_RWP"));

@@ -42,11 +42,16 @@ impl Userfaultfd {
             len,
             mode & UFFDIO_POISON_MODE_DONTWAKE != 0,
             |guard| {
-                guard
+                let vma = guard
                     .vma(start)
                     .filter(|v| is_mine(&self.ctx, v) && start + len <= v.end)
-                    .map(|_| ())
-                    .ok_or(UffdError::NotRegistered(start))
+                    .ok_or(UffdError::NotRegistered(start))?;
+                match super::hugetlb::huge_size(vma) {
+                    // A huge poison marker needs the hugetlb fault and zap
+                    // paths to know it; refused rather than half done.
+                    Some(_) => Err(UffdError::NotModelled("UFFDIO_POISON on hugetlb memory")),
+                    None => Ok(()),
+                }
             },
             |guard, offset| {
                 let va = start + offset;

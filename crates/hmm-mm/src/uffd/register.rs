@@ -4,8 +4,9 @@
 //! became alike.
 //!
 //! Which memory takes which mode (`vma_can_userfault`): MISSING, WP and
-//! RWP on private anonymous memory and shmem, MINOR on shmem only; hugetlb is
-//! allowed by Linux but not modelled (`EOPNOTSUPP`), anything else
+//! RWP on private anonymous memory and shmem, MINOR on shmem only; hugetlb
+//! takes MISSING and MINOR (`hugetlb.rs`: huge-aligned ranges, fewer range
+//! ioctls), its WP and RWP are not modelled (`EOPNOTSUPP`); anything else
 //! (fs-dax, device-DAX, PFN maps) is `EINVAL`.
 //!
 //! Linux 7.3: `mm/userfaultfd.c` (`userfaultfd_register`,
@@ -82,8 +83,10 @@ impl Userfaultfd {
         let mm = self.mm()?;
         let mut guard = mm.mmap_write();
         let mut any = false;
+        let mut hugetlb = false;
         for vma in guard.overlapping(start, end) {
             any = true;
+            hugetlb |= matches!(kind(vma), Kind::Hugetlb);
             self.check_vma(vma, vm_flags)?;
             super::rwp::check_register(mode, features, Some(vma))?;
             super::rwp::check_reregister(vma, vm_flags)?;
@@ -91,6 +94,7 @@ impl Userfaultfd {
         if !any {
             return Err(UffdError::Invalid("no mapping in the range"));
         }
+        super::hugetlb::check_range_alignment(guard.overlapping(start, end), start, end)?;
         let binding = UffdBinding(self.ctx.clone());
         for vma in guard.vmas_mut().split_range_mut(start, end) {
             // "Nothing to do": registered here with these modes and maybe
@@ -104,6 +108,9 @@ impl Userfaultfd {
         }
         guard.vmas_mut().merge_range(start, end);
         let mut ioctls = RANGE_IOCTLS;
+        if hugetlb {
+            ioctls &= super::hugetlb::BASIC_RANGE_IOCTLS;
+        }
         if mode & UFFDIO_REGISTER_MODE_MINOR == 0 {
             ioctls &= !(1 << nr::CONTINUE);
         }
@@ -119,12 +126,14 @@ impl Userfaultfd {
     /// `vma_can_userfault`, then the VM_MAYWRITE and ownership checks.
     fn check_vma(&self, vma: &Vma, vm_flags: VmFlags) -> Result<(), UffdError> {
         match kind(vma) {
-            Kind::Hugetlb => return Err(UffdError::NotModelled("registration of hugetlb memory")),
+            Kind::Hugetlb if vm_flags.intersects(VmFlags::UFFD_WP | VmFlags::UFFD_RWP) => {
+                return Err(UffdError::NotModelled("WP and RWP modes on hugetlb memory"))
+            }
             Kind::Other => return Err(UffdError::Invalid("userfaultfd cannot register this kind of memory")),
             Kind::Anon if vm_flags.contains(VmFlags::UFFD_MINOR) => {
                 return Err(UffdError::Invalid("MINOR mode needs shmem or hugetlb"))
             }
-            Kind::Anon | Kind::Shmem => {}
+            Kind::Anon | Kind::Shmem | Kind::Hugetlb => {}
         }
         if !vma.flags.contains(VmFlags::MAYWRITE) {
             return Err(UffdError::Perm("the mapping can never be written"));
@@ -159,6 +168,7 @@ impl Userfaultfd {
             if !any {
                 return Err(UffdError::Invalid("no mapping in the range"));
             }
+            super::hugetlb::check_range_alignment(guard.overlapping(start, end), start, end)?;
             // Only MISSING ranges wake their waiting faults: a WP or MINOR
             // fault keeps waiting for a WAKE (`userfaultfd_unregister`).
             let missing: Vec<(u64, u64)> = guard

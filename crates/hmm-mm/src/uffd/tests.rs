@@ -34,7 +34,11 @@ fn api_handshake_checks_the_version_the_features_and_happens_once() {
     assert!(uffd.poll().error, "POLLERR before UFFDIO_API");
     assert_eq!(uffd.register(0x10000, 0x1000, UFFDIO_REGISTER_MODE_MISSING).unwrap_err().errno(), Errno::Inval);
     assert_eq!(uffd.api(0xAB, 0).unwrap_err().errno(), Errno::Inval);
-    assert_eq!(uffd.api(UFFD_API, 1 << 4).unwrap_err().errno(), Errno::OpNotSupp, "MISSING_HUGETLBFS is not modelled");
+    assert_eq!(
+        uffd.api(UFFD_API, 1 << 12).unwrap_err().errno(),
+        Errno::OpNotSupp,
+        "WP_HUGETLBFS_SHMEM is not modelled"
+    );
     assert_eq!(uffd.api(UFFD_API, 1 << 20).unwrap_err().errno(), Errno::Inval, "no such feature");
     let (features, ioctls) = uffd.api(UFFD_API, 0).unwrap();
     assert_eq!(features & UFFD_FEATURE_SIGBUS, UFFD_FEATURE_SIGBUS);

@@ -69,14 +69,15 @@ fn without_the_device_the_host_never_counts_a_device_step() {
         let trace = host.run(scenario).unwrap_or_else(|e| panic!("{name}: {e}"));
         // The first step this kernel cannot run: a device, DAX or gup_test
         // one, or one of userfaultfd's RWP mode where the kernel lacks it (7.3).
-        let first_device = scenario
-            .steps
-            .iter()
-            .position(|s| {
-                matches!(s.op, Op::Device(_) | Op::Pin(_))
-                    || (lang::uffd::needs_rwp(&s.op) && !HostExecutor::offers_uffd_rwp())
-            })
-            .expect("uses a device, DAX, gup_test, or the RWP mode");
+        let Some(first_device) = scenario.steps.iter().position(|s| {
+            matches!(s.op, Op::Device(_) | Op::Pin(_))
+                || (lang::uffd::needs_rwp(&s.op) && !HostExecutor::offers_uffd_rwp())
+        }) else {
+            // It needs what else the guest has (its hugetlb pool): only the
+            // guest can judge it, and nothing here is refused.
+            println!("{name}: no device, DAX, gup_test or RWP step");
+            continue;
+        };
         let refused = &trace.records[first_device].outcome;
         let is_setting = matches!(&scenario.steps[first_device].op, Op::Device(d) if d.keyword() == "daxdir");
         assert!(is_setting || matches!(refused, Outcome::Refused(_)), "{name}: {refused:?}");

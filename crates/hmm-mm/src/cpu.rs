@@ -85,6 +85,21 @@ impl Mm {
         self.write_bytes(va, &value.to_le_bytes())
     }
 
+    /// Writes a little-endian u64 at `va` the way `process_vm_writev` does:
+    /// through GUP with FOLL_WRITE, then `unpin_user_pages_dirty_lock`,
+    /// which marks the folio dirty besides the entry (a CPU store dirties
+    /// only the entry; MADV_FREE of a page shared after fork tells them
+    /// apart).
+    pub fn write_u64_remote(&self, va: u64, value: u64) -> Result<(), MmError> {
+        self.write_u64(va, value)?;
+        let entry = self.pgtable().find(va).load();
+        if entry.is_present() && !entry.is_special() {
+            let phys = self.phys();
+            phys.meta(phys.folio_head(entry.pfn())).set_flags(crate::phys::PageFlags::DIRTY);
+        }
+        Ok(())
+    }
+
     /// Atomically adds `value` to the u64 at the 8-aligned `va`; returns the
     /// previous value (`lock xadd`).
     pub fn atomic_fetch_add(&self, va: u64, value: u64) -> Result<u64, MmError> {

@@ -255,10 +255,21 @@ fn mark_lazyfree(mm: &Mm, start: u64, end: u64) {
                 mm.kernel().swap().put(entry.pfn().0);
                 return ControlFlow::Continue(());
             }
+            if !entry.is_present() || entry.is_special() {
+                return ControlFlow::Continue(());
+            }
             let pfn = entry.pfn();
-            let exclusive = entry.is_present() && !entry.is_special() && phys.folio_counts(pfn).1 == 1;
-            if exclusive && slot.compare_exchange(entry, entry.mkclean().mkold()).is_ok() {
-                let head = phys.meta(phys.folio_head(pfn));
+            let exclusive = phys.folio_counts(pfn).1 == 1;
+            let head = phys.meta(phys.folio_head(pfn));
+            // `madvise_free_pte_range`: a dirty folio is cleaned only where
+            // this is its one mapping; a clean one shared with another
+            // process (fork) still has this mapping's entry made clean and
+            // old. Only an exclusive folio becomes lazily freeable here: the
+            // model's reclaim does not look at the other mappings' entries.
+            if head.flags().contains(PageFlags::DIRTY) && !exclusive {
+                return ControlFlow::Continue(());
+            }
+            if slot.compare_exchange(entry, entry.mkclean().mkold()).is_ok() && exclusive {
                 head.clear_flags(PageFlags::DIRTY);
                 head.set_flags(PageFlags::LAZYFREE);
             }

@@ -310,7 +310,11 @@ impl Mm {
         guard.vmas_mut().merge_range(start, end);
         if flags.contains(MapFlags::POPULATE) {
             // Like Linux, a failed populate does not fail the mmap.
-            let _ = populate_locked(self, &guard, start, end, prot.contains(Prot::WRITE));
+            // `populate_vma_page_range`: write faults only where a write
+            // must break COW (private and writable); a shared mapping
+            // takes read faults.
+            let cow = prot.contains(Prot::WRITE) && !flags.contains(MapFlags::SHARED);
+            let _ = populate_locked(self, &guard, start, end, cow);
         }
         Ok(start)
     }

@@ -233,7 +233,10 @@ impl Backend for ModelBackend {
                 })
             }
             Call::Read { addr } => mm.read_u64(addr).map_or_else(access, Outcome::Value),
-            Call::Write { addr, value } => mm.write_u64(addr, value).map_or_else(access, |()| Outcome::Ok),
+            // The host runner's plain store is process_vm_writev (the folio
+            // ends dirty too); a store in a process with a userfaultfd is a
+            // CPU store on both.
+            Call::Write { addr, value } => mm.write_u64_remote(addr, value).map_or_else(access, |()| Outcome::Ok),
             Call::Access { id, addr, write } => {
                 super::model_uffd::access(&mut p.uffd, Some(id), addr, move || match write {
                     None => mm.read_u64(addr).map_or_else(access, Outcome::Value),

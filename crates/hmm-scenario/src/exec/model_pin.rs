@@ -33,13 +33,7 @@ impl ModelPins {
             self.files.insert((proc, id), Arc::new(GupTestFile::new()));
             return Outcome::Ok;
         }
-        let file = match call {
-            PinCall::Run { file, .. }
-            | PinCall::Start { file, .. }
-            | PinCall::Stop { file }
-            | PinCall::Read { file, .. } => *file,
-            PinCall::Open { .. } => unreachable!("handled above"),
-        };
+        let Some(file) = call.file() else { return Outcome::Errno(libc_ebadf()) };
         let Some(f) = self.files.get(&(proc, file)) else { return Outcome::Errno(libc_ebadf()) };
         match *call {
             PinCall::Run { cmd, addr, size, foll, per_call, .. } => {

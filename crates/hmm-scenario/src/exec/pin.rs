@@ -50,6 +50,16 @@ pub enum PinCall {
 }
 
 impl PinCall {
+    /// The gup_test file the call acts on (`None` for the open).
+    pub fn file(&self) -> Option<FileId> {
+        match self {
+            Self::Run { file, .. } | Self::Start { file, .. } | Self::Stop { file } | Self::Read { file, .. } => {
+                Some(*file)
+            }
+            Self::Open { .. } => None,
+        }
+    }
+
     /// The file id the call creates, if it creates one.
     pub fn creates(&self) -> Option<FileId> {
         match self {

@@ -32,13 +32,7 @@ pub fn execute(local: &mut Local, call: &PinCall) -> Outcome {
             Err(e) => Outcome::Errno(e.raw_os_error().unwrap_or(libc::EIO)),
         };
     }
-    let file = match call {
-        PinCall::Run { file, .. }
-        | PinCall::Start { file, .. }
-        | PinCall::Stop { file }
-        | PinCall::Read { file, .. } => *file,
-        PinCall::Open { .. } => unreachable!("handled above"),
-    };
+    let Some(file) = call.file() else { return Outcome::Errno(libc::EBADF) };
     let Some(&fd) = local.files.get(&file) else { return Outcome::Errno(libc::EBADF) };
     let done = |r: Result<(), i32>| r.map_or_else(Outcome::Errno, |()| Outcome::Ok);
     match *call {

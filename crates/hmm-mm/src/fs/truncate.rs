@@ -93,19 +93,24 @@ pub(crate) fn unmap_mapping_pages(inode: &Inode, first: u64, last: u64, even_cow
         if mm.has_exited() {
             continue;
         }
-        let ranges: Vec<(u64, u64)> = guard
+        let ranges: Vec<(u64, u64, Vec<u64>)> = guard
             .iter()
             .filter(|vma| matches!(&vma.backing, VmaBacking::File(i) if core::ptr::eq(&**i, inode)))
             .filter_map(|vma| {
                 let vma_last = vma.pgoff + ((vma.end - vma.start) >> PAGE_SHIFT);
                 let (from, to) = (first.max(vma.pgoff), last.min(vma_last));
                 (from < to).then(|| {
-                    (vma.start + ((from - vma.pgoff) << PAGE_SHIFT), vma.start + ((to - vma.pgoff) << PAGE_SHIFT))
+                    let start = vma.start + ((from - vma.pgoff) << PAGE_SHIFT);
+                    let end = vma.start + ((to - vma.pgoff) << PAGE_SHIFT);
+                    // A WP-registered range keeps its protection as uffd-wp
+                    // markers (`zap_install_uffd_wp_if_needed`): truncation
+                    // and hole punching are not munmap.
+                    (start, end, crate::uffd::markers_to_keep(&mm, vma, start, end))
                 })
             })
             .collect();
         let phys = mm.phys();
-        for (start, end) in ranges {
+        for (start, end, markers) in ranges {
             let invalidation = mm.notifiers().start(mm.id(), start, end, Event::Clear);
             let mut gather = Gather::new();
             // A swapped-out page of a file mapping is a private copy; guard
@@ -119,6 +124,7 @@ pub(crate) fn unmap_mapping_pages(inode: &Inode, first: u64, last: u64, even_cow
                     || (entry.is_present()
                         && !phys.meta(phys.folio_head(entry.pfn())).flags().contains(PageFlags::ANON))
             })?;
+            crate::uffd::restore_markers(&mm, &markers);
             gather.free_after(phys, invalidation);
         }
     }

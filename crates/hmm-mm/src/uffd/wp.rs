@@ -11,8 +11,9 @@
 //! protected, so a read maps it and a write then takes a WP fault;
 //! pagemap shows `PM_SWAP|PM_UFFD_WP`. Resolving and unregistering
 //! remove the markers; MADV_DONTNEED drops them in anonymous memory and
-//! keeps them in file memory, where it also turns a protected page into
-//! a marker (`pte_install_uffd_wp_if_needed`); fork keeps them only for a
+//! keeps them in file memory, where it (and truncation and hole punching,
+//! `fs/truncate.rs`) also turns a protected page into a marker
+//! (`pte_install_uffd_wp_if_needed`); fork keeps them only for a
 //! child that stays registered (EVENT_FORK), mremap only with EVENT_REMAP.
 //!
 //! Linux 7.3: `mm/userfaultfd.c` (`mwriteprotect_range`, `uffd_wp_range`),
@@ -156,10 +157,10 @@ pub(crate) fn arm_after_marker_fault(mm: &Mm, va: u64) {
     }
 }
 
-/// Before MADV_DONTNEED zaps `[start, end)` of `vma`: the addresses that
-/// must hold a uffd-wp marker afterwards (file memory registered for WP
-/// keeps its markers and protected pages as markers; anonymous memory
-/// keeps none).
+/// Before MADV_DONTNEED, truncation or a hole punch zaps `[start, end)`
+/// of `vma`: the addresses that must hold a uffd-wp marker afterwards
+/// (file memory registered for WP keeps its markers and protected pages
+/// as markers; anonymous memory keeps none).
 pub(crate) fn markers_to_keep(mm: &Mm, vma: &Vma, start: u64, end: u64) -> Vec<u64> {
     let mut keep = Vec::new();
     if vma.is_anonymous() || !vma.flags.contains(VmFlags::UFFD_WP) {

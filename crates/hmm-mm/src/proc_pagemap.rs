@@ -83,6 +83,12 @@ impl Mm {
             // GUARD_REGION, and the marker as swap type 31, offset 4.
             return Ok(PM_SWAP | PM_GUARD_REGION | (hmm_pagetable::PTE_MARKER_GUARD << 5 | 31));
         }
+        if matches!(vma.backing, VmaBacking::Hugetlb(_)) && entry.swap_kind() == Some(SwapKind::Marker) {
+            // `pagemap_hugetlb_range` reports a huge marker's uffd-wp bit
+            // and nothing else (no PM_SWAP); a poison marker reads as 0
+            // (the 6.18 host: scenarios/device/uffd_hugetlb_wp.hmm).
+            return Ok(if crate::uffd::is_wp_marker(entry) { PM_UFFD_WP } else { 0 });
+        }
         if entry.is_uffd_wp_marker() {
             // `pte_marker_entry_uffd_wp`: a protected none entry.
             return Ok(PM_SWAP | PM_UFFD_WP | (hmm_pagetable::PTE_MARKER_UFFD_WP << 5 | 31));

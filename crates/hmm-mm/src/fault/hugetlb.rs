@@ -56,6 +56,10 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, object: &HugetlbFile, va: u64, write: bo
             gather.free_after(phys, invalidation);
             continue;
         }
+        if crate::uffd::is_poison_marker(entry) {
+            // A UFFDIO_POISON marker (`hugetlb_fault`: VM_FAULT_HWPOISON_LARGE).
+            return Err(FaultError::Hwpoison);
+        }
         if !entry.is_none() {
             return Err(FaultError::Sigbus("unsupported non-present hugetlb entry"));
         }

@@ -93,7 +93,7 @@ pub(crate) fn unmap_mapping_pages(inode: &Inode, first: u64, last: u64, even_cow
         if mm.has_exited() {
             continue;
         }
-        let ranges: Vec<(u64, u64, Vec<u64>)> = guard
+        let ranges: Vec<(u64, u64, Vec<_>)> = guard
             .iter()
             .filter(|vma| matches!(&vma.backing, VmaBacking::File(i) if core::ptr::eq(&**i, inode)))
             .filter_map(|vma| {

@@ -206,7 +206,7 @@ fn copy_range(parent: &Mm, child: &Mm, child_vma: &Vma, cow: bool, keeps_uffd: b
             // A child VMA that is not registered gets no uffd-wp bit
             // (`copy_present_pte` clears it without `userfaultfd_wp`).
             target.store(if keeps_uffd { entry.mkold() } else { entry.mkold().clear_uffd_wp() });
-        } else if entry.is_uffd_wp_marker() {
+        } else if crate::uffd::is_wp_marker(entry) {
             // Kept only where the child stays WP-registered
             // (`copy_pte_marker`).
             if keeps_uffd {

@@ -14,7 +14,7 @@
 use hmm_pagetable::{Entry, LeafFlags};
 use hmm_types::{VmFlags, PAGE_SIZE};
 
-use super::mfill::{install_pte, none_pte};
+use super::mfill::{fill_pte, install_pte, none_pte};
 use super::{check_range, UffdError, Userfaultfd, UFFDIO_COPY_MODE_DONTWAKE, UFFDIO_COPY_MODE_WP};
 use crate::fs::{Inode, InodeKind};
 use crate::mm::MmapReadGuard;
@@ -107,7 +107,13 @@ impl Userfaultfd {
         }
         let mm = guard.mm();
         let phys = mm.phys();
-        let pte = none_pte(mm, va)?;
+        // An anonymous ZEROPAGE wants a plain none entry, COPY takes a
+        // marker's place too (`mfill_atomic_pte_zeropage` vs
+        // `mfill_atomic_install_pte`; the 6.18 host).
+        let pte = match fill {
+            Fill::Copy(_) => fill_pte(mm, va)?,
+            _ => none_pte(mm, va)?,
+        };
         let new = match fill {
             Fill::Copy(src) => {
                 let page = phys.alloc_folio(0, false).map_err(|_| UffdError::NoMem)?;
@@ -160,7 +166,7 @@ fn shmem_fill(
     }
     let mm = guard.mm();
     let phys = mm.phys();
-    let pte = none_pte(mm, va)?;
+    let pte = fill_pte(mm, va)?;
     let index = vma.page_index(va);
     let pfn = {
         let mut state = inode.state.lock();

@@ -70,24 +70,32 @@ impl Userfaultfd {
     }
 }
 
-/// The PTE slot of `va`, built if missing, which must be none: `EEXIST`
-/// over an entry or a huge leaf, `ENOMEM` without a table page.
+/// The PTE slot of `va`, built if missing, which must be none, markers
+/// included (ZEROPAGE, POISON, MOVE check `pte_none`): `EEXIST` over an
+/// entry or a huge leaf, `ENOMEM` without a table page.
 pub(super) fn none_pte(mm: &Mm, va: u64) -> Result<Slot<'_>, UffdError> {
     let pte = match mm.pgtable().ensure(va, Level::Pte) {
         Ok(slot) => slot,
         Err(EnsureError::NoMem(_)) => return Err(UffdError::NoMem),
         Err(EnsureError::Leaf(_)) => return Err(UffdError::Exists(va)),
     };
-    let entry = pte.load();
-    // A uffd-wp marker counts as none (`pte_none_mostly`); the fill
-    // replaces it, protected again only with its own WP mode.
-    if entry.is_uffd_wp_marker() {
-        let _ = pte.compare_exchange(entry, Entry::NONE);
-    }
     if !pte.load().is_none() {
         return Err(UffdError::Exists(va));
     }
     Ok(pte)
+}
+
+/// [`none_pte`] for COPY and CONTINUE (`mfill_atomic_install_pte` checks
+/// `pte_none_mostly`): a uffd-wp or poison marker counts as none and is
+/// cleared for the fill, which protects the page again only with its own
+/// WP mode (the 6.18 host copies over both).
+pub(super) fn fill_pte(mm: &Mm, va: u64) -> Result<Slot<'_>, UffdError> {
+    let slot = mm.pgtable().find(va);
+    let entry = slot.load();
+    if slot.level() == Level::Pte && (entry.is_uffd_wp_marker() || super::poison::is_poison_marker(entry)) {
+        let _ = slot.compare_exchange(entry, Entry::NONE);
+    }
+    none_pte(mm, va)
 }
 
 /// Maps page-cache page `pfn`, on which the caller holds a reference that

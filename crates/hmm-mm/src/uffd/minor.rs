@@ -12,7 +12,7 @@
 
 use hmm_types::VmFlags;
 
-use super::mfill::{install_pte, none_pte};
+use super::mfill::{fill_pte, install_pte};
 use super::{is_mine, UffdError, Userfaultfd, UFFDIO_CONTINUE_MODE_DONTWAKE, UFFDIO_CONTINUE_MODE_WP};
 use crate::fs::{Inode, InodeKind};
 use crate::mm::MmapReadGuard;
@@ -77,7 +77,7 @@ impl Userfaultfd {
 fn continue_page(guard: &MmapReadGuard<'_>, vma: &Vma, inode: &Inode, va: u64, wp: bool) -> Result<(), UffdError> {
     let mm = guard.mm();
     let phys = mm.phys();
-    let pte = none_pte(mm, va)?;
+    let pte = fill_pte(mm, va)?;
     let pfn = {
         let state = inode.state.lock();
         let pfn = *state.pages.get(&vma.page_index(va)).ok_or(UffdError::NoCachedPage(va))?;

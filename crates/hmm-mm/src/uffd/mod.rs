@@ -58,6 +58,8 @@ mod wp;
 #[cfg(test)]
 mod events_tests;
 #[cfg(test)]
+mod hugetlb_wp_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod wp_tests;
@@ -75,7 +77,7 @@ pub(crate) use events::{prepare_remap, remove_before_zap, ForkContexts};
 pub use msg::*;
 pub(crate) use poison::is_poison_marker;
 pub(crate) use wait::{verdict, wait_for_handler, Verdict};
-pub(crate) use wp::{arm_after_marker_fault, markers_to_keep, restore_markers, take_wp_marker};
+pub(crate) use wp::{arm_after_marker_fault, is_wp_marker, markers_to_keep, restore_markers, take_wp_marker};
 
 /// `UFFD_API`.
 pub const UFFD_API: u64 = 0xAA;
@@ -110,7 +112,8 @@ pub const UFFD_FEATURE_MINOR_HUGETLBFS: u64 = 1 << 9;
 pub const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
 /// `UFFD_FEATURE_EXACT_ADDRESS`: messages carry the exact fault address.
 pub const UFFD_FEATURE_EXACT_ADDRESS: u64 = 1 << 11;
-/// `UFFD_FEATURE_WP_HUGETLBFS_SHMEM` (not modelled: needs PTE markers).
+/// `UFFD_FEATURE_WP_HUGETLBFS_SHMEM`: WP mode on hugetlb and shmem (an
+/// announcement: asking for it changes nothing).
 pub const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
 /// `UFFD_FEATURE_WP_UNPOPULATED`: WRITEPROTECT puts uffd-wp markers in
 /// the none entries of anonymous memory too (`wp.rs`).
@@ -121,7 +124,7 @@ pub const UFFD_FEATURE_POISON: u64 = 1 << 14;
 pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
 /// `UFFD_FEATURE_MOVE`: UFFDIO_MOVE.
 pub const UFFD_FEATURE_MOVE: u64 = 1 << 16;
-/// The features this model offers (a subset of Linux's 7.3 set).
+/// The features this model offers: Linux 7.3's whole set.
 pub const UFFD_API_FEATURES: u64 = UFFD_FEATURE_PAGEFAULT_FLAG_WP
     | UFFD_FEATURE_EVENT_FORK
     | UFFD_FEATURE_EVENT_REMAP
@@ -134,15 +137,13 @@ pub const UFFD_API_FEATURES: u64 = UFFD_FEATURE_PAGEFAULT_FLAG_WP
     | UFFD_FEATURE_MINOR_HUGETLBFS
     | UFFD_FEATURE_MINOR_SHMEM
     | UFFD_FEATURE_EXACT_ADDRESS
+    | UFFD_FEATURE_WP_HUGETLBFS_SHMEM
     | UFFD_FEATURE_POISON
     | UFFD_FEATURE_WP_ASYNC
     | UFFD_FEATURE_WP_UNPOPULATED
     | UFFD_FEATURE_MOVE
     | rwp::UFFD_FEATURE_RWP
     | rwp::UFFD_FEATURE_RWP_ASYNC;
-
-/// Every feature bit Linux knows (7.3 adds RWP and RWP_ASYNC).
-const LINUX_FEATURES: u64 = (1 << 19) - 1;
 
 /// `UFFDIO_REGISTER_MODE_MISSING`.
 pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
@@ -445,11 +446,8 @@ impl Userfaultfd {
         if api != UFFD_API {
             return Err(UffdError::Invalid("api must be UFFD_API (0xAA)"));
         }
-        if features & !LINUX_FEATURES != 0 {
-            return Err(UffdError::Invalid("a requested feature is unknown"));
-        }
         if features & !UFFD_API_FEATURES != 0 {
-            return Err(UffdError::NotModelled("a requested feature (WP_HUGETLBFS_SHMEM)"));
+            return Err(UffdError::Invalid("a requested feature is unknown"));
         }
         if features & rwp::UFFD_FEATURE_RWP_ASYNC != 0 && features & rwp::UFFD_FEATURE_RWP == 0 {
             return Err(UffdError::Invalid("UFFD_FEATURE_RWP_ASYNC needs UFFD_FEATURE_RWP"));

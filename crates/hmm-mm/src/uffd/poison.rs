@@ -2,13 +2,15 @@
 //! behind them (a `PTE_MARKER_POISONED` marker in a none entry); an access
 //! there gets SIGBUS as a hardware-poisoned page would, pagemap shows a
 //! non-present entry, and zapping the range (munmap, MADV_DONTNEED)
-//! removes the marker.
+//! removes the marker. On hugetlb memory the markers are huge, one per
+//! huge page (the range in huge pages, `EINVAL` otherwise); pagemap reads
+//! them as 0.
 //!
 //! Linux 7.3: `mm/userfaultfd.c` (`mfill_atomic_poison`,
 //! `mfill_atomic_pte_poison`), `include/linux/swapops.h`
 //! (`make_pte_marker(PTE_MARKER_POISONED)`).
 
-use hmm_pagetable::{Entry, SwapKind};
+use hmm_pagetable::{EnsureError, Entry, SwapKind};
 
 use super::mfill::none_pte;
 use super::{is_mine, UffdError, Userfaultfd, UFFDIO_POISON_MODE_DONTWAKE};
@@ -42,21 +44,32 @@ impl Userfaultfd {
             len,
             mode & UFFDIO_POISON_MODE_DONTWAKE != 0,
             |guard| {
-                let vma = guard
+                guard
                     .vma(start)
                     .filter(|v| is_mine(&self.ctx, v) && start + len <= v.end)
-                    .ok_or(UffdError::NotRegistered(start))?;
-                match super::hugetlb::huge_size(vma) {
-                    // A huge poison marker needs the hugetlb fault and zap
-                    // paths to know it; refused rather than half done.
-                    Some(_) => Err(UffdError::NotModelled("UFFDIO_POISON on hugetlb memory")),
-                    None => Ok(()),
-                }
+                    .map(|_| ())
+                    .ok_or(UffdError::NotRegistered(start))
             },
             |guard, offset| {
                 let va = start + offset;
-                let pte = none_pte(guard.mm(), va)?;
-                pte.compare_exchange(Entry::NONE, poison_marker()).map(|_| ()).map_err(|_| UffdError::Exists(va))
+                let huge = guard.vma(va).and_then(super::hugetlb::huge_page);
+                let Some((_, level)) = huge else {
+                    let pte = none_pte(guard.mm(), va)?;
+                    return pte
+                        .compare_exchange(Entry::NONE, poison_marker())
+                        .map(|_| ())
+                        .map_err(|_| UffdError::Exists(va));
+                };
+                // A hugetlb entry takes a huge marker, and only over a none
+                // entry: a uffd-wp marker is EEXIST here
+                // (`hugetlb_mfill_atomic_pte` checks `huge_pte_none`).
+                let slot = match guard.mm().pgtable().ensure(va, level) {
+                    Ok(slot) => slot,
+                    Err(EnsureError::NoMem(_)) => return Err(UffdError::NoMem),
+                    Err(EnsureError::Leaf(_)) => return Err(UffdError::Exists(va)),
+                };
+                let marker = Entry::swap(SwapKind::Marker, PTE_MARKER_POISONED, true);
+                slot.compare_exchange(Entry::NONE, marker).map(|_| ()).map_err(|_| UffdError::Exists(va))
             },
         )
     }

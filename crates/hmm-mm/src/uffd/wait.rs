@@ -52,7 +52,7 @@ pub(crate) fn verdict(mm: &Mm, vma: &Vma, va: u64, flags: FaultFlags) -> Verdict
     let entry = slot.load();
     // A uffd-wp marker is a none entry to MISSING and MINOR
     // (`pte_none_mostly`).
-    let reason = if entry.is_none() || entry.is_uffd_wp_marker() {
+    let reason = if entry.is_none() || super::wp::is_wp_marker(entry) {
         let cached = super::minor::is_cached(vma, va);
         if vma.flags.contains(VmFlags::UFFD_MISSING) && !cached {
             0

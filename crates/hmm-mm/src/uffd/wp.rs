@@ -23,7 +23,7 @@
 
 use core::ops::ControlFlow;
 
-use hmm_pagetable::{EnsureError, Entry, Level, Visit};
+use hmm_pagetable::{EnsureError, Entry, Level, SwapKind, Visit, PTE_MARKER_UFFD_WP};
 use hmm_types::{Event, VmFlags, PAGE_SIZE, PMD_SIZE};
 
 use super::{
@@ -61,22 +61,31 @@ impl Userfaultfd {
                 if !vma.flags.contains(VmFlags::UFFD_WP) {
                     return Err(UffdError::NoEntry("the range is not registered for WP"));
                 }
+                // hugetlb goes in whole huge pages (`mwriteprotect_range`
+                // checks the caller's start and length, not the piece).
+                let huge = super::hugetlb::huge_page(vma);
+                if huge.is_some_and(|(size, _)| start & (size - 1) != 0 || len & (size - 1) != 0) {
+                    return Err(UffdError::Invalid("hugetlb range not aligned to the huge page size"));
+                }
                 let (s, e) = (vma.start.max(start), vma.end.min(end));
-                chunks.push((s, e, use_markers(vma, features)));
+                chunks.push((s, e, use_markers(vma, features), huge));
             }
             if chunks.is_empty() {
                 return Err(UffdError::NoEntry("no mapping in the range"));
             }
-            for (s, e, markers) in chunks {
+            for (s, e, markers, huge) in chunks {
                 // A huge leaf straddling an edge is split first
-                // (`change_pmd_range` → `__split_huge_pmd`).
-                for edge in [s, e] {
-                    crate::huge::split_huge_at(&mm, edge).map_err(|_| UffdError::NoMem)?;
+                // (`change_pmd_range` → `__split_huge_pmd`); a hugetlb
+                // range is huge-aligned already.
+                if huge.is_none() {
+                    for edge in [s, e] {
+                        crate::huge::split_huge_at(&mm, edge).map_err(|_| UffdError::NoMem)?;
+                    }
                 }
                 if protect {
                     protect_range(&mm, s, e);
                     if markers {
-                        install_markers(&mm, s, e)?;
+                        install_markers(&mm, s, e, huge)?;
                     }
                 } else {
                     clear_range(&mm, s, e);
@@ -90,16 +99,47 @@ impl Userfaultfd {
     }
 }
 
-/// `userfaultfd_wp_use_markers`: file memory always, anonymous memory
-/// with `UFFD_FEATURE_WP_UNPOPULATED`.
+/// `userfaultfd_wp_use_markers`: file memory (hugetlb included) always,
+/// anonymous memory with `UFFD_FEATURE_WP_UNPOPULATED`.
 fn use_markers(vma: &Vma, features: u64) -> bool {
     !vma.is_anonymous() || features & UFFD_FEATURE_WP_UNPOPULATED != 0
 }
 
+/// The uffd-wp marker of a none entry at `level`: a PTE marker, or a
+/// hugetlb entry's huge one (`huge_pte_mkuffd_wp(make_pte_marker(..))`).
+pub(crate) fn wp_marker(level: Level) -> Entry {
+    match level {
+        Level::Pte => Entry::uffd_wp_marker(),
+        _ => Entry::swap(SwapKind::Marker, PTE_MARKER_UFFD_WP, true),
+    }
+}
+
+/// Whether `entry` is a uffd-wp marker at any level (`pte_marker_uffd_wp`,
+/// also on a hugetlb entry).
+pub(crate) fn is_wp_marker(entry: Entry) -> bool {
+    entry.is_uffd_wp_marker()
+        || (entry.is_huge()
+            && entry.swap_kind() == Some(SwapKind::Marker)
+            && entry.pfn().0 & PTE_MARKER_UFFD_WP != 0)
+}
+
 /// Puts a uffd-wp marker in every none PTE of `[start, end)`, building
 /// the page tables it needs (`change_pmd_prepare`); a huge leaf was
-/// protected whole by [`protect_range`].
-fn install_markers(mm: &Mm, start: u64, end: u64) -> Result<(), UffdError> {
+/// protected whole by [`protect_range`]. In hugetlb memory (`huge` pages)
+/// the none huge entries get huge markers (`hugetlb_change_protection`).
+fn install_markers(mm: &Mm, start: u64, end: u64, huge: Option<(u64, Level)>) -> Result<(), UffdError> {
+    if let Some((size, level)) = huge {
+        for va in (start..end).step_by(size as usize) {
+            match mm.pgtable().ensure(va, level) {
+                Ok(slot) => {
+                    let _ = slot.compare_exchange(Entry::NONE, wp_marker(level));
+                }
+                Err(EnsureError::Leaf(_)) => {}
+                Err(EnsureError::NoMem(_)) => return Err(UffdError::NoMem),
+            }
+        }
+        return Ok(());
+    }
     let mut va = start;
     while va < end {
         match mm.pgtable().ensure(va, Level::Pte) {
@@ -119,7 +159,7 @@ fn install_markers(mm: &Mm, start: u64, end: u64) -> Result<(), UffdError> {
 fn remove_markers(mm: &Mm, start: u64, end: u64) {
     let _ = mm.pgtable().walk(start, end, |visit| {
         if let Visit::Slot { slot, entry } = visit {
-            if entry.is_uffd_wp_marker() {
+            if is_wp_marker(entry) {
                 let _ = slot.compare_exchange(entry, Entry::NONE);
             }
         }
@@ -134,7 +174,7 @@ fn remove_markers(mm: &Mm, start: u64, end: u64) {
 pub(crate) fn take_wp_marker(mm: &Mm, vma: &Vma, va: u64) -> bool {
     let slot = mm.pgtable().find(va);
     let entry = slot.load();
-    if !entry.is_uffd_wp_marker() || slot.compare_exchange(entry, Entry::NONE).is_err() {
+    if !is_wp_marker(entry) || slot.compare_exchange(entry, Entry::NONE).is_err() {
         return false;
     }
     vma.flags.contains(VmFlags::UFFD_WP)
@@ -153,23 +193,26 @@ pub(crate) fn arm_after_marker_fault(mm: &Mm, va: u64) {
     }
     if entry.is_none() {
         // The fault installed nothing (an error): the marker stays.
-        let _ = slot.compare_exchange(Entry::NONE, Entry::uffd_wp_marker());
+        let _ = slot.compare_exchange(Entry::NONE, wp_marker(slot.level()));
     }
 }
 
 /// Before MADV_DONTNEED, truncation or a hole punch zaps `[start, end)`
 /// of `vma`: the addresses that must hold a uffd-wp marker afterwards
 /// (file memory registered for WP keeps its markers and protected pages
-/// as markers; anonymous memory keeps none).
-pub(crate) fn markers_to_keep(mm: &Mm, vma: &Vma, start: u64, end: u64) -> Vec<u64> {
+/// as markers; anonymous memory keeps none). hugetlb memory, private
+/// too, keeps them at its huge entries (`__unmap_hugepage_range`).
+pub(crate) fn markers_to_keep(mm: &Mm, vma: &Vma, start: u64, end: u64) -> Vec<(u64, Level)> {
     let mut keep = Vec::new();
     if vma.is_anonymous() || !vma.flags.contains(VmFlags::UFFD_WP) {
         return keep;
     }
+    let hugetlb = super::hugetlb::huge_size(vma).is_some();
     let _ = mm.pgtable().walk(start, end, |visit| {
         if let Visit::Slot { slot, entry } = visit {
-            if entry.is_uffd_wp_marker() || (entry.is_uffd_wp() && slot.level() == Level::Pte) {
-                keep.push(slot.va());
+            let level = slot.level();
+            if is_wp_marker(entry) || (entry.is_uffd_wp() && (level == Level::Pte || hugetlb)) {
+                keep.push((slot.va(), level));
             }
         }
         ControlFlow::<()>::Continue(())
@@ -179,10 +222,10 @@ pub(crate) fn markers_to_keep(mm: &Mm, vma: &Vma, start: u64, end: u64) -> Vec<u
 
 /// After the zap: puts the markers [`markers_to_keep`] listed back into
 /// the entries that are still none.
-pub(crate) fn restore_markers(mm: &Mm, at: &[u64]) {
-    for &va in at {
-        if let Ok(slot) = mm.pgtable().ensure(va, Level::Pte) {
-            let _ = slot.compare_exchange(Entry::NONE, Entry::uffd_wp_marker());
+pub(crate) fn restore_markers(mm: &Mm, at: &[(u64, Level)]) {
+    for &(va, level) in at {
+        if let Ok(slot) = mm.pgtable().ensure(va, level) {
+            let _ = slot.compare_exchange(Entry::NONE, wp_marker(level));
         }
     }
 }

@@ -102,7 +102,8 @@ impl Mm {
                     SwapKind::Swap | SwapKind::Marker => 0,
                     _ => file_page(entry.pfn().add(offset)),
                 };
-                Ok(PM_SWAP | file | swp)
+                let uffd_wp = if entry.is_swp_uffd_wp() { PM_UFFD_WP } else { 0 };
+                Ok(PM_SWAP | file | uffd_wp | swp)
             }
             None => Ok(0),
         }

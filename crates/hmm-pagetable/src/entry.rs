@@ -7,6 +7,7 @@
 //!               write-protected; x86's `_PAGE_UFFD_WP`), bits 12..52 pfn
 //! table:        bit 0 = 1, bit 7 = 0, above the PTE level; pfn = table id
 //! non-present:  bit 0 = 0, bits 1..6 swap kind (never 0), bit 7 HUGE,
+//!               bit 10 UFFD_WP (a swap entry's `_PAGE_SWP_UFFD_WP`),
 //!               bits 12..52 offset (swap slot or pfn)
 //! none:         0
 //! ```
@@ -375,6 +376,30 @@ impl Entry {
             self
         }
     }
+    /// The uffd-wp bit of a swap entry (`pte_swp_uffd_wp`): the page was
+    /// write-protected when it went to swap and comes back protected.
+    #[inline]
+    pub const fn is_swp_uffd_wp(self) -> bool {
+        self.0 & (PRESENT | UFFD_WP) == UFFD_WP && self.0 & KIND_MASK != 0
+    }
+    /// The same swap entry with the uffd-wp bit (`pte_swp_mkuffd_wp`).
+    #[inline]
+    pub const fn swp_mkuffd_wp(self) -> Self {
+        if self.0 & PRESENT == 0 && self.0 & KIND_MASK != 0 {
+            Self(self.0 | UFFD_WP)
+        } else {
+            self
+        }
+    }
+    /// The same swap entry without the uffd-wp bit (`pte_swp_clear_uffd_wp`).
+    #[inline]
+    pub const fn swp_clear_uffd_wp(self) -> Self {
+        if self.0 & PRESENT == 0 {
+            Self(self.0 & !UFFD_WP)
+        } else {
+            self
+        }
+    }
     /// A present leaf read-write-protected for userfaultfd (Linux 7.3's
     /// RWP mode): PROT_NONE with the uffd bit, which tells it apart from
     /// an mprotect(PROT_NONE) entry.
@@ -569,6 +594,18 @@ mod tests {
         ] {
             assert!(!other.is_uffd_wp_marker(), "{other:?}");
         }
+    }
+
+    #[test]
+    fn a_swap_entry_carries_the_uffd_wp_bit_apart_from_its_slot() {
+        let entry = Entry::swap(SwapKind::Swap, 0x1234, false);
+        let wp = entry.swp_mkuffd_wp();
+        assert!(wp.is_swp_uffd_wp() && !entry.is_swp_uffd_wp() && !wp.is_uffd_wp());
+        assert_eq!((wp.swap_kind(), wp.pfn()), (Some(SwapKind::Swap), Pfn(0x1234)));
+        assert_eq!(wp.swp_clear_uffd_wp(), entry);
+        assert!(!Entry::NONE.swp_mkuffd_wp().is_swp_uffd_wp(), "none stays none");
+        let present = Entry::present(Pfn(1), LeafFlags::default(), false).mkuffd_wp();
+        assert!(!present.is_swp_uffd_wp() && present.swp_clear_uffd_wp() == present);
     }
 
     #[test]

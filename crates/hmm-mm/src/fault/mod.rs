@@ -160,7 +160,15 @@ pub(super) fn existing_pte(
     match entry.swap_kind() {
         // `do_swap_page` → `migration_entry_wait`: sleep, then retry.
         _ if crate::migrate::is_migration_entry(entry) => crate::migrate::migration_entry_wait(mm, va),
-        Some(hmm_pagetable::SwapKind::Swap) => swap::fault(mm, vma, slot, entry, write)?,
+        Some(hmm_pagetable::SwapKind::Swap) => {
+            swap::fault(mm, vma, slot, entry, write)?;
+            // A page that came back uffd-wp protected: a write is a WP
+            // fault now (`do_swap_page` → `do_wp_page`), which the retried
+            // access reports through the userfaultfd verdict.
+            if write && entry.is_swp_uffd_wp() && vma.flags.contains(VmFlags::UFFD_WP) {
+                return Ok(Existing::Done);
+            }
+        }
         Some(kind) if kind.is_device_private() => crate::device::to_ram::fault(locked, vma, va, slot, entry)?,
         Some(hmm_pagetable::SwapKind::DeviceExclusive) => crate::device::exclusive::restore(mm, vma, slot, entry),
         Some(hmm_pagetable::SwapKind::Hwpoison) => return Err(FaultError::Hwpoison),

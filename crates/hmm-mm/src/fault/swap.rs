@@ -7,7 +7,8 @@
 //! The slot is read and the entry replaced under the swap area lock: a slot
 //! is freed and reused only under that lock, so an entry still naming it
 //! proves the data belongs to it. Concurrent faults on one entry race on
-//! the compare-and-swap; the loser frees its frame and retries.
+//! the compare-and-swap; the loser frees its frame and retries. A swap
+//! entry's uffd-wp bit goes back on the page.
 //!
 //! Linux: `do_swap_page`, `swap_read_folio`, `swap_free`.
 
@@ -43,10 +44,22 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, pte: Slot<'_>, entry: Entry, write: bool
     }
     phys.meta(page).set_flags(flags);
     crate::rmap::folio_add_new_anon_rmap(mm, vma, page, pte.va());
-    let writable = exclusive && vma.flags.contains(VmFlags::WRITE);
+    // A uffd-wp swap entry comes back protected (`do_swap_page`), so a
+    // write then takes the WP fault; it is not made writable while the
+    // VMA is WP-registered (`userfaultfd_pte_wp`).
+    let uffd_wp = entry.is_swp_uffd_wp();
+    let protected = uffd_wp && vma.flags.contains(VmFlags::UFFD_WP);
+    let writable = exclusive && vma.flags.contains(VmFlags::WRITE) && !protected;
     let leaf = LeafFlags { write: writable, dirty: writable && write, accessed: true, special: false };
+    let mut new = Entry::present(page, leaf, false);
+    if uffd_wp {
+        new = new.mkuffd_wp();
+        if writable {
+            new = new.mkwrite();
+        }
+    }
     phys.map_add(page, 1);
-    if pte.compare_exchange(entry, Entry::present(page, leaf, false)).is_ok() {
+    if pte.compare_exchange(entry, new).is_ok() {
         slots.put(offset);
         drop(slots);
         swap.count_in();

@@ -220,7 +220,9 @@ fn copy_range(parent: &Mm, child: &Mm, child_vma: &Vma, cow: bool, keeps_uffd: b
             // Both sides name the slot; the first to fault it in gets a
             // read-only copy (`swap_duplicate`).
             swap.dup(entry.pfn().0);
-            target.store(entry);
+            // As for a present page, the bit stays only for a child that
+            // stays registered (`copy_nonpresent_pte`).
+            target.store(if keeps_uffd { entry } else { entry.swp_clear_uffd_wp() });
         }
         ControlFlow::Continue(())
     });

@@ -17,21 +17,22 @@
 //! protected pages).
 //!
 //! Modelled: MISSING mode on private anonymous memory and shmem (shared
-//! anonymous memory, memfd, tmpfs); WP mode on the same (present pages
-//! are protected, none entries get uffd-wp markers, see wp.rs); MINOR
-//! mode on shmem; RWP mode on the same as WP; MOVE of anonymous pages;
-//! POISON markers; features `PAGEFAULT_FLAG_WP`, `SIGBUS`, `THREAD_ID`,
-//! `EXACT_ADDRESS`, `MISSING_SHMEM`, `MINOR_SHMEM`, `POISON`, `WP_ASYNC`,
-//! `WP_UNPOPULATED`, `MOVE`, `RWP`, `RWP_ASYNC`, the events `EVENT_FORK`, `EVENT_REMAP`,
-//! `EVENT_REMOVE`, `EVENT_UNMAP` (without them fork and mremap drop the
-//! registration, as Linux does); the open flag `UFFD_USER_MODE_ONLY`;
-//! MISSING and MINOR mode on hugetlb with COPY and CONTINUE in huge pages
-//! (`hugetlb.rs`, features `MISSING_HUGETLBFS`, `MINOR_HUGETLBFS`). Not
-//! modelled (refused with a typed error, never silently accepted): WP and
-//! RWP mode and POISON on hugetlb
-//! (`WP_HUGETLBFS_SHMEM`). Known
-//! gaps: a uffd-wp page swapped out loses its bit (Linux keeps it in the
-//! swap entry); `THREAD_ID`'s `ptid` is 0 (the model has no threads).
+//! anonymous memory, memfd, tmpfs); WP mode on the same and on hugetlb
+//! (present pages are protected, none entries get uffd-wp markers, see
+//! wp.rs; a protected page keeps its bit through swap); MINOR mode on
+//! shmem; RWP mode on the same as WP apart from hugetlb; MOVE of anonymous
+//! pages; POISON markers (huge ones on hugetlb); features
+//! `PAGEFAULT_FLAG_WP`, `SIGBUS`, `THREAD_ID`, `EXACT_ADDRESS`,
+//! `MISSING_SHMEM`, `MINOR_SHMEM`, `WP_HUGETLBFS_SHMEM`, `POISON`,
+//! `WP_ASYNC`, `WP_UNPOPULATED`, `MOVE`, `RWP`, `RWP_ASYNC`, the events
+//! `EVENT_FORK`, `EVENT_REMAP`, `EVENT_REMOVE`, `EVENT_UNMAP` (without
+//! them fork and mremap drop the registration, as Linux does); the open
+//! flag `UFFD_USER_MODE_ONLY`; MISSING, MINOR and WP mode on hugetlb with
+//! COPY, CONTINUE, WRITEPROTECT and POISON in huge pages (`hugetlb.rs`,
+//! features `MISSING_HUGETLBFS`, `MINOR_HUGETLBFS`). Not modelled (refused
+//! with a typed error, never silently accepted): RWP mode on hugetlb,
+//! which 7.3 allows. Known gaps: `THREAD_ID`'s `ptid` is 0 (the model has
+//! no threads).
 //!
 //! Lock order: the mmap lock, then a context's `state` mutex (taken to
 //! queue a message while the faulting thread still holds the mmap read

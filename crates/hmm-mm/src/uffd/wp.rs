@@ -16,6 +16,10 @@
 //! (`pte_install_uffd_wp_if_needed`); fork keeps them only for a
 //! child that stays registered (EVENT_FORK), mremap only with EVENT_REMAP.
 //!
+//! A protected page written to swap keeps the bit in its swap entry
+//! (pagemap `PM_UFFD_WP` on the swap entry) and comes back protected;
+//! WRITEPROTECT and resolving set and clear it on swap entries too.
+//!
 //! Linux 7.3: `mm/userfaultfd.c` (`mwriteprotect_range`, `uffd_wp_range`),
 //! `mm/mprotect.c` (`change_pte_range` with `MM_CP_UFFD_WP`),
 //! `mm/memory.c` (`handle_pte_marker`, `pte_marker_handle_uffd_wp`),
@@ -251,15 +255,35 @@ pub(super) fn change_range(mm: &Mm, start: u64, end: u64, change: impl Fn(Entry)
     });
 }
 
-/// Sets the uffd-wp bit (and clears WRITE) of the present pages.
+/// Sets the uffd-wp bit (and clears WRITE) of the present pages, and the
+/// bit of the swap entries (`change_pte_range`: `pte_swp_mkuffd_wp`).
 pub(crate) fn protect_range(mm: &Mm, start: u64, end: u64) {
     change_range(mm, start, end, Entry::mkuffd_wp);
+    change_swap_entries(mm, start, end, Entry::swp_mkuffd_wp);
+}
+
+/// Changes every swap entry of `[start, end)` with `change` (no
+/// invalidation: nothing is mapped there).
+fn change_swap_entries(mm: &Mm, start: u64, end: u64, change: impl Fn(Entry) -> Entry) {
+    let _ = mm.pgtable().walk(start, end, |visit| {
+        if let Visit::Slot { slot, mut entry } = visit {
+            while entry.swap_kind() == Some(SwapKind::Swap) {
+                match slot.compare_exchange(entry, change(entry)) {
+                    Ok(_) => break,
+                    Err(now) => entry = now,
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 /// Clears the uffd-wp bit of the present pages (the next write faults
-/// normally and makes the page writable again) and removes the markers.
+/// normally and makes the page writable again) and of the swap entries,
+/// and removes the markers.
 pub(crate) fn clear_range(mm: &Mm, start: u64, end: u64) {
     remove_markers(mm, start, end);
+    change_swap_entries(mm, start, end, Entry::swp_clear_uffd_wp);
     let any = mm
         .pgtable()
         .walk(start, end, |visit| match visit {

@@ -133,3 +133,43 @@ fn writeprotect_acts_on_a_range_of_another_userfaultfd() {
     v.unregister(va, PAGE).unwrap();
     assert_eq!(u.writeprotect(va, PAGE, UFFDIO_WRITEPROTECT_MODE_WP).unwrap_err().errno(), Errno::NoEnt);
 }
+
+/// Linux keeps the bit in the swap entry (`try_to_unmap_one`,
+/// `do_swap_page`, pagemap's `pte_swp_uffd_wp`); neither the host nor the
+/// guest has swap, so this states the kernel's code, not a run.
+#[test]
+fn a_protected_page_keeps_its_bit_through_swap() {
+    let k = crate::testing::kernel_with_swap(64, ThpMode::Never, 16);
+    let mm = k.create_mm().unwrap();
+    let va = mm.mmap(0, 3 * PAGE, Prot::RW, ANON).unwrap();
+    for i in 0..3 {
+        mm.write_u64(va + i * PAGE, 0x10 + i).unwrap();
+    }
+    let uffd = Userfaultfd::new(&mm, 0).unwrap();
+    uffd.api(UFFD_API, UFFD_FEATURE_SIGBUS).unwrap();
+    uffd.register(va, 3 * PAGE, UFFDIO_REGISTER_MODE_WP).unwrap();
+    uffd.writeprotect(va, PAGE, UFFDIO_WRITEPROTECT_MODE_WP).unwrap();
+    mm.madvise(va, 3 * PAGE, MadviseAdvice::PageOut).unwrap();
+    let word = |at: u64| flags(mm.pagemap_entry(at).unwrap());
+    assert_eq!([word(va), word(va + PAGE)], [PM_SWAP | PM_UFFD_WP, PM_SWAP]);
+    // WRITEPROTECT marks a swap entry too.
+    uffd.writeprotect(va + PAGE, PAGE, UFFDIO_WRITEPROTECT_MODE_WP).unwrap();
+    assert_eq!(word(va + PAGE), PM_SWAP | PM_UFFD_WP);
+    // Swap-in brings the page back protected.
+    assert_eq!(mm.read_u64(va), Ok(0x10));
+    assert_eq!(word(va), PM_PRESENT | PM_UFFD_WP);
+    assert!(matches!(mm.write_u64(va, 1), Err(MmError::Fault { .. })), "a WP fault (SIGBUS feature)");
+    assert!(matches!(mm.write_u64(va + PAGE, 1), Err(MmError::Fault { .. })), "in from swap, then WP");
+    // A child without EVENT_FORK gets swap entries without the bit.
+    mm.madvise(va + 2 * PAGE, PAGE, MadviseAdvice::PageOut).unwrap();
+    uffd.writeprotect(va + 2 * PAGE, PAGE, UFFDIO_WRITEPROTECT_MODE_WP).unwrap();
+    let child = mm.fork().unwrap();
+    assert_eq!(flags(child.pagemap_entry(va + 2 * PAGE).unwrap()), PM_SWAP);
+    child.write_u64(va + 2 * PAGE, 2).unwrap();
+    // Resolving clears the bit of a swap entry.
+    assert_eq!(word(va + 2 * PAGE), PM_SWAP | PM_UFFD_WP);
+    uffd.writeprotect(va + 2 * PAGE, PAGE, 0).unwrap();
+    assert_eq!(word(va + 2 * PAGE), PM_SWAP);
+    mm.write_u64(va + 2 * PAGE, 3).unwrap();
+    assert_eq!(child.read_u64(va + 2 * PAGE), Ok(2));
+}

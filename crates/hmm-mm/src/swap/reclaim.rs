@@ -328,7 +328,7 @@ fn unmap_page(
                 // A write-protected page keeps its uffd-wp bit in the swap
                 // entry (`try_to_unmap_one`: `pte_swp_mkuffd_wp`).
                 let swap = Entry::swap(SwapKind::Swap, offset, false);
-                if quiet.is_uffd_wp() {
+                if quiet.is_uffd_wp() && !quiet.is_uffd_rwp() {
                     swap.swp_mkuffd_wp()
                 } else {
                     swap

@@ -116,3 +116,21 @@ fn poison_goes_in_huge_pages_and_faults_until_zapped() {
     assert!(sigbus(mm.read_u64(va).map(|_| ())), "no poison now: a MISSING fault (SIGBUS feature)");
     assert_eq!(uffd.copy(va, &src, 0), Ok(PMD_SIZE));
 }
+
+#[test]
+fn rwp_on_hugetlb_goes_in_huge_pages() {
+    let mm = mm();
+    let uffd = uffd(&mm, rwp::UFFD_FEATURE_RWP | UFFD_FEATURE_SIGBUS);
+    let va = mm.mmap(0, 2 * PMD_SIZE, Prot::RW, PRIVATE).unwrap();
+    mm.write_u64(va + 8, 0x11).unwrap();
+    // WAKE, COPY, POISON, RWPROTECT (the 7.3.4 guest's answer).
+    assert_eq!(uffd.register(va, 2 * PMD_SIZE, UFFDIO_REGISTER_MODE_RWP), Ok(0x30c));
+    let protect = rwp::UFFDIO_RWPROTECT_MODE_RWP;
+    assert_eq!(uffd.rwprotect(va, PAGE_SIZE, protect).unwrap_err().errno(), Errno::Inval);
+    uffd.rwprotect(va, PMD_SIZE, protect).unwrap();
+    assert_eq!(mm.pagemap_entry(va + PAGE_SIZE).unwrap() & (PM_PRESENT | PM_UFFD_WP), PM_PRESENT | PM_UFFD_WP);
+    assert!(sigbus(mm.read_u64(va + 8).map(|_| ())), "an RWP fault (SIGBUS feature)");
+    uffd.rwprotect(va, PMD_SIZE, 0).unwrap();
+    assert_eq!(mm.read_u64(va + 8), Ok(0x11));
+    mm.write_u64(va + 8, 0x12).unwrap();
+}

@@ -126,9 +126,6 @@ impl Userfaultfd {
     /// `vma_can_userfault`, then the VM_MAYWRITE and ownership checks.
     fn check_vma(&self, vma: &Vma, vm_flags: VmFlags) -> Result<(), UffdError> {
         match kind(vma) {
-            Kind::Hugetlb if vm_flags.contains(VmFlags::UFFD_RWP) => {
-                return Err(UffdError::NotModelled("RWP mode on hugetlb memory"))
-            }
             Kind::Other => return Err(UffdError::Invalid("userfaultfd cannot register this kind of memory")),
             Kind::Anon if vm_flags.contains(VmFlags::UFFD_MINOR) => {
                 return Err(UffdError::Invalid("MINOR mode needs shmem or hugetlb"))

@@ -24,9 +24,12 @@
 //! `range_fault` (no `ALLOW_RETRY`) gets as SIGBUS (`EFAULT`) and the
 //! unlocked one waits for.
 //!
-//! Not modelled: hugetlb (not registrable in the model); the uffd bit on
-//! swap entries (Linux keeps a protected anonymous page protected across
-//! swap-out; the model's swap-out, like its uffd-wp bit, drops it).
+//! On hugetlb memory (7.3.4 allows it) RWPROTECT goes in whole huge pages
+//! (`EINVAL` otherwise) and a fault is reported at the huge page.
+//!
+//! Not modelled: the uffd bit on swap entries (Linux keeps a protected
+//! anonymous page protected across swap-out; the model's swap-out drops
+//! the RWP protection, unlike the uffd-wp bit, which it keeps).
 //!
 //! Linux 7.3: `mm/userfaultfd.c` (`userfaultfd_rwprotect`,
 //! `userfaultfd_set_mode`), `mm/memory.c` (`do_uffd_rwp`), `mm/mprotect.c`
@@ -82,15 +85,25 @@ impl Userfaultfd {
                 if !vma.flags.contains(VmFlags::UFFD_RWP) {
                     return Err(UffdError::NoEntry("the range is not registered for RWP"));
                 }
+                // hugetlb goes in whole huge pages (EINVAL on the 7.3.4
+                // guest for a range of one base page).
+                let huge = super::hugetlb::huge_page(vma);
+                if huge.is_some_and(|(size, _)| start & (size - 1) != 0 || len & (size - 1) != 0) {
+                    return Err(UffdError::Invalid("hugetlb range not aligned to the huge page size"));
+                }
                 chunks.push((vma.start.max(start), vma.end.min(end), vma.flags));
             }
             if chunks.is_empty() {
                 return Err(UffdError::NoEntry("no mapping in the range"));
             }
             // A huge leaf only partly in the range is split first
-            // (`change_pmd_range`), so only the pages asked for change.
+            // (`change_pmd_range`), so only the pages asked for change; a
+            // hugetlb edge is huge-aligned already.
             for edge in [start, end] {
-                crate::huge::split_huge_at(&mm, edge).map_err(|_| UffdError::NoMem)?;
+                let hugetlb = guard.vma(edge).and_then(super::hugetlb::huge_page).is_some();
+                if !hugetlb {
+                    crate::huge::split_huge_at(&mm, edge).map_err(|_| UffdError::NoMem)?;
+                }
             }
             for (s, e, vma_flags) in chunks {
                 if protect {

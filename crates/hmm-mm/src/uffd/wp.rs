@@ -122,9 +122,7 @@ pub(crate) fn wp_marker(level: Level) -> Entry {
 /// also on a hugetlb entry).
 pub(crate) fn is_wp_marker(entry: Entry) -> bool {
     entry.is_uffd_wp_marker()
-        || (entry.is_huge()
-            && entry.swap_kind() == Some(SwapKind::Marker)
-            && entry.pfn().0 & PTE_MARKER_UFFD_WP != 0)
+        || (entry.is_huge() && entry.swap_kind() == Some(SwapKind::Marker) && entry.pfn().0 & PTE_MARKER_UFFD_WP != 0)
 }
 
 /// Puts a uffd-wp marker in every none PTE of `[start, end)`, building

@@ -9,7 +9,7 @@
 //! Inside the runner ([`runner_main`]) the scenario's `main` process is the
 //! runner itself; `fork` forks real processes that serve calls over pipes
 //! (`worker_loop`). Every call runs in its own process (`calls.rs`), with
-//! the window checked free of the runner's own mappings first; `sys.rs`
+//! the window checked free of the runner's own mappings first; `sys.rs` and `sys/`
 //! holds every raw system call and all the `unsafe`.
 
 mod calls;

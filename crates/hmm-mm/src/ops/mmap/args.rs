@@ -61,9 +61,8 @@ pub(super) fn check_args(
     // unaligned end).
     let round = if matches!(source, Source::DevDax(..)) { PAGE_SIZE } else { granule };
     let len = len.checked_add(round - 1).ok_or(MmError::NoSpace(len))? & !(round - 1);
-    // get_unmapped_area: any length past the address space is ENOMEM
-    // (before the sharing type is looked at), a fixed range past it too,
-    // an unaligned fixed address EINVAL.
+    // get_unmapped_area: any length past the address space is ENOMEM,
+    // before the sharing type is looked at.
     if len > hmm_types::TASK_SIZE {
         return Err(MmError::NoSpace(len));
     }

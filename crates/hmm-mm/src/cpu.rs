@@ -197,6 +197,37 @@ fn user_translate_or_fault<'a>(guard: &mut MmapReadGuard<'a>, va: u64, write: bo
     }
 }
 
+/// One page of GUP with `FOLL_UNLOCKABLE` (the fast calls' slow path,
+/// `get_user_pages_remote` with `locked`): a fault with
+/// `FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_KILLABLE` but not a user fault, so
+/// a page a userfaultfd handler must provide is waited for with the mmap
+/// lock released. `Ok(None)` after such a wait: the caller looks the VMA
+/// up afresh (Linux retries the page with `FOLL_TRIED`); a fatal signal
+/// during the wait is `EINTR` (`__get_user_pages_locked`).
+pub(crate) fn gup_unlockable_translate<'a>(
+    guard: &mut MmapReadGuard<'a>,
+    va: u64,
+    write: bool,
+) -> Result<Option<Held<'a>>, MmError> {
+    let mm = guard.mm();
+    if let Some(held) = translate(mm, va, write) {
+        return Ok(Some(held));
+    }
+    let mut flags = FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
+    if write {
+        flags |= FaultFlags::WRITE;
+    }
+    let outcome = guard.handle_mm_fault_unlockable(va, flags).map_err(|error| match error {
+        crate::error::FaultError::Oom => MmError::NoMem,
+        error => MmError::Fault { addr: va, error },
+    })?;
+    match outcome {
+        crate::fault::FaultOutcome::Released if mm.fatal_signal_pending() => Err(MmError::Interrupted),
+        crate::fault::FaultOutcome::Released => Ok(None),
+        crate::fault::FaultOutcome::Handled => Ok(translate(mm, va, write)),
+    }
+}
+
 /// The hardware walk: the frame if the entry permits the access, with a
 /// reference taken and accessed/dirty bits set; `None` means "fault".
 fn translate(mm: &Mm, va: u64, write: bool) -> Option<Held<'_>> {

@@ -58,6 +58,8 @@ mod wp;
 #[cfg(test)]
 mod events_tests;
 #[cfg(test)]
+mod gup_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod wp_tests;

@@ -290,6 +290,9 @@ struct Waiter {
     id: u64,
     /// Page-aligned fault address.
     page: u64,
+    /// The sleeping thread's probe: a wake clears it at once, as Linux's
+    /// wake-up makes the task runnable (its wchan reads 0) before it runs.
+    probe: probe::SleepProbe,
 }
 
 #[derive(Default)]
@@ -333,7 +336,13 @@ impl UffdCtx {
     fn wake_range(&self, start: u64, end: u64) {
         let mut state = self.lock();
         let before = state.waiting.len();
-        state.waiting.retain(|w| w.page < start || w.page >= end);
+        state.waiting.retain(|w| {
+            let keep = w.page < start || w.page >= end;
+            if !keep {
+                w.probe.set(false);
+            }
+            keep
+        });
         if state.waiting.len() != before {
             self.faults.notify_all();
         }

@@ -109,6 +109,7 @@ pub(crate) fn wait_for_handler(
     let huge = guard.vma(va).and_then(super::hugetlb::huge_size);
     let page = va & !(huge.unwrap_or(PAGE_SIZE) - 1);
     let exact_va = if huge.is_some() { va & !(PAGE_SIZE - 1) } else { va };
+    let probe = super::probe::current();
     let id = {
         let mut state = ctx.lock();
         let exact = state.features.unwrap_or(0) & UFFD_FEATURE_EXACT_ADDRESS != 0;
@@ -119,17 +120,18 @@ pub(crate) fn wait_for_handler(
         let id = state.next_id;
         state.next_id += 1;
         state.pending.push_back((id, msg));
-        state.waiting.push(Waiter { id, page });
+        state.waiting.push(Waiter { id, page, probe: probe.clone() });
         ctx.readers.notify_all();
         id
     };
     let mm = guard.mm();
     let killable = flags.contains(FaultFlags::KILLABLE);
-    let probe = super::probe::current();
     guard.unlocked(|| {
         let mut state = ctx.lock();
-        probe.set(true);
+        // Set under the lock only while still waiting: a wake (which
+        // clears it) may come before this thread first sleeps.
         while !state.released && state.waiting.iter().any(|w| w.id == id) {
+            probe.set(true);
             if killable && mm.fatal_signal_pending() {
                 state.waiting.retain(|w| w.id != id);
                 state.pending.retain(|(i, _)| *i != id);

@@ -6,7 +6,9 @@
 //! `FAULT_FLAG_ALLOW_RETRY`). `gup_test` exposes both kinds: its fast
 //! commands and `PIN_LONGTERM_TEST_FLAG_USE_FAST` run unlocked, the rest
 //! under the lock (facts of the 7.3.4 guest,
-//! scenarios/device/uffd_gup_waits.hmm).
+//! scenarios/device/uffd_gup_waits.hmm). The kernel's copies from and to
+//! user memory (read/write of a file, process_vm_readv/writev) wait too,
+//! unless the context is `UFFD_USER_MODE_ONLY` (facts of the 6.18 host).
 
 use std::sync::Arc;
 
@@ -107,4 +109,32 @@ fn a_fast_long_term_pin_waits_for_the_handler() {
     uffd.copy(va, &[3u8; PAGE], 0).unwrap();
     starter.join().unwrap().unwrap();
     assert_eq!(file.longterm_pages(), 1);
+}
+
+/// Host 6.18: write(2) from, read(2) into, and process_vm_readv/writev of
+/// a registered missing buffer wait for the handler (the message has the
+/// write flag when the kernel stores); with `UFFD_USER_MODE_ONLY` they
+/// fail with `EFAULT` and queue nothing.
+#[test]
+fn kernel_copies_wait_unless_the_context_is_user_mode_only() {
+    let (mm, uffd, va) = registered(1, 0);
+    let writer = {
+        let mm = mm.clone();
+        std::thread::spawn(move || mm.write_bytes_remote(va, &[9u8; 8]))
+    };
+    let msg = uffd.read().unwrap();
+    assert_eq!((msg.address(), msg.flags()), (va, UFFD_PAGEFAULT_FLAG_WRITE));
+    uffd.zeropage(va, PAGE_SIZE, 0).unwrap();
+    writer.join().unwrap().unwrap();
+    assert_eq!(mm.read_u64(va), Ok(0x0909_0909_0909_0909));
+
+    let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+    let uffd = Userfaultfd::new(&mm, O_CLOEXEC | UFFD_USER_MODE_ONLY).unwrap();
+    uffd.api(UFFD_API, 0).unwrap();
+    let va = mm.mmap(0, PAGE_SIZE, Prot::RW, ANON).unwrap();
+    uffd.register(va, PAGE_SIZE, UFFDIO_REGISTER_MODE_MISSING).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(mm.read_bytes_remote(va, &mut buf).unwrap_err().errno(), Errno::Fault);
+    assert_eq!(mm.write_u64_remote(va, 1).unwrap_err().errno(), Errno::Fault);
+    assert!(!uffd.poll().readable, "no message");
 }

@@ -9,7 +9,9 @@
 //! place instead, `UFFD_FEATURE_RWP_ASYNC` an RWP fault.
 //!
 //! A fault that may not release the lock (no `FAULT_FLAG_ALLOW_RETRY`:
-//! the locked `hmm::range_fault`, GUP here), a context created with
+//! the locked `hmm::range_fault`, GUP under the caller's mmap lock such as
+//! `Mm::pin_user_pages`; the unlocked GUP calls and the kernel's copies
+//! from and to user memory wait), a context created with
 //! `UFFD_FEATURE_SIGBUS`, and a non-user fault on a `UFFD_USER_MODE_ONLY`
 //! context get SIGBUS at once, with no message queued.
 //!

@@ -159,7 +159,14 @@ impl Mm {
         Err(MmError::Busy("device-coherent pages keep coming back under a long-term pin"))
     }
 
-    fn gup_once(&self, start: u64, nr_pages: u64, flags: FollFlags, pin: bool, how: Locking) -> Result<Vec<Pfn>, MmError> {
+    fn gup_once(
+        &self,
+        start: u64,
+        nr_pages: u64,
+        flags: FollFlags,
+        pin: bool,
+        how: Locking,
+    ) -> Result<Vec<Pfn>, MmError> {
         self.check_alive()?;
         // `is_valid_gup_args`: flags outside the permitted set are EINVAL.
         if FollFlags::from_bits(flags.bits()).is_none() {

@@ -25,6 +25,8 @@
 //! `WP_UNPOPULATED`, `MOVE`, `RWP`, `RWP_ASYNC`, the events `EVENT_FORK`, `EVENT_REMAP`,
 //! `EVENT_REMOVE`, `EVENT_UNMAP` (without them fork and mremap drop the
 //! registration, as Linux does); the open flag `UFFD_USER_MODE_ONLY`;
+//! GUP and the kernel's copies meeting a registered page (`gup_tests.rs`:
+//! the unlocked calls wait, the locked ones fail with `EFAULT`);
 //! MISSING and MINOR mode on hugetlb with COPY and CONTINUE in huge pages
 //! (`hugetlb.rs`, features `MISSING_HUGETLBFS`, `MINOR_HUGETLBFS`). Not
 //! modelled (refused with a typed error, never silently accepted): WP and

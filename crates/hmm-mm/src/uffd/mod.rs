@@ -25,6 +25,8 @@
 //! `WP_UNPOPULATED`, `MOVE`, `RWP`, `RWP_ASYNC`, the events `EVENT_FORK`, `EVENT_REMAP`,
 //! `EVENT_REMOVE`, `EVENT_UNMAP` (without them fork and mremap drop the
 //! registration, as Linux does); the open flag `UFFD_USER_MODE_ONLY`;
+//! GUP and the kernel's copies meeting a registered page (`gup_tests.rs`:
+//! the unlocked calls wait, the locked ones fail with `EFAULT`);
 //! MISSING and MINOR mode on hugetlb with COPY and CONTINUE in huge pages
 //! (`hugetlb.rs`, features `MISSING_HUGETLBFS`, `MINOR_HUGETLBFS`). Not
 //! modelled (refused with a typed error, never silently accepted): WP and
@@ -57,6 +59,8 @@ mod wp;
 
 #[cfg(test)]
 mod events_tests;
+#[cfg(test)]
+mod gup_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -288,6 +292,9 @@ struct Waiter {
     id: u64,
     /// Page-aligned fault address.
     page: u64,
+    /// The sleeping thread's probe: a wake clears it at once, as Linux's
+    /// wake-up makes the task runnable (its wchan reads 0) before it runs.
+    probe: probe::SleepProbe,
 }
 
 #[derive(Default)]
@@ -331,7 +338,13 @@ impl UffdCtx {
     fn wake_range(&self, start: u64, end: u64) {
         let mut state = self.lock();
         let before = state.waiting.len();
-        state.waiting.retain(|w| w.page < start || w.page >= end);
+        state.waiting.retain(|w| {
+            let keep = w.page < start || w.page >= end;
+            if !keep {
+                w.probe.set(false);
+            }
+            keep
+        });
         if state.waiting.len() != before {
             self.faults.notify_all();
         }

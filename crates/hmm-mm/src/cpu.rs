@@ -60,7 +60,19 @@ impl Mm {
     /// Reads `buf.len()` bytes at `va`.
     pub fn read_bytes(&self, va: u64, buf: &mut [u8]) -> Result<(), MmError> {
         let mut guard = self.mmap_read();
-        for_each_page(&mut guard, va, buf.len(), false, |held, offset, range| {
+        for_each_page(&mut guard, va, buf.len(), false, true, |held, offset, range| {
+            held.phys.read(held.pfn, offset, &mut buf[range]);
+        })
+    }
+
+    /// Reads `buf.len()` bytes at `va` as the kernel copies from user
+    /// memory (`copy_from_user`, `process_vm_readv`): a fault there is not
+    /// a user fault, so a `UFFD_USER_MODE_ONLY` userfaultfd answers it with
+    /// `EFAULT` where a CPU load would wait (host 6.18: write(2) from a
+    /// registered buffer, process_vm_readv).
+    pub fn read_bytes_remote(&self, va: u64, buf: &mut [u8]) -> Result<(), MmError> {
+        let mut guard = self.mmap_read();
+        for_each_page(&mut guard, va, buf.len(), false, false, |held, offset, range| {
             held.phys.read(held.pfn, offset, &mut buf[range]);
         })
     }
@@ -68,7 +80,17 @@ impl Mm {
     /// Writes `data` at `va`.
     pub fn write_bytes(&self, va: u64, data: &[u8]) -> Result<(), MmError> {
         let mut guard = self.mmap_read();
-        for_each_page(&mut guard, va, data.len(), true, |held, offset, range| {
+        for_each_page(&mut guard, va, data.len(), true, true, |held, offset, range| {
+            held.phys.write(held.pfn, offset, &data[range]);
+        })
+    }
+
+    /// Writes `data` at `va` as the kernel copies to user memory
+    /// (`copy_to_user`, `process_vm_writev`): not a user fault (see
+    /// [`Self::read_bytes_remote`]).
+    pub fn write_bytes_remote(&self, va: u64, data: &[u8]) -> Result<(), MmError> {
+        let mut guard = self.mmap_read();
+        for_each_page(&mut guard, va, data.len(), true, false, |held, offset, range| {
             held.phys.write(held.pfn, offset, &data[range]);
         })
     }
@@ -91,7 +113,7 @@ impl Mm {
     /// only the entry; MADV_FREE of a page shared after fork tells them
     /// apart).
     pub fn write_u64_remote(&self, va: u64, value: u64) -> Result<(), MmError> {
-        self.write_u64(va, value)?;
+        self.write_bytes_remote(va, &value.to_le_bytes())?;
         let entry = self.pgtable().find(va).load();
         if entry.is_present() && !entry.is_special() {
             let phys = self.phys();
@@ -117,7 +139,7 @@ impl Mm {
             return Err(MmError::Invalid("atomic access must be 8-byte aligned"));
         }
         let mut guard = self.mmap_read();
-        let held = user_translate_or_fault(&mut guard, va, true)?;
+        let held = user_translate_or_fault(&mut guard, va, true, true)?;
         Ok(op(held.phys.atomic_u64(held.pfn, va % PAGE_SIZE)))
     }
 }
@@ -129,6 +151,7 @@ fn for_each_page(
     va: u64,
     len: usize,
     write: bool,
+    user: bool,
     mut access: impl FnMut(&Held<'_>, u64, core::ops::Range<usize>),
 ) -> Result<(), MmError> {
     // An access running past 2^64 runs into the kernel half, which no
@@ -141,7 +164,7 @@ fn for_each_page(
     while cursor < end {
         // One translation (and one reference) per leaf: a huge leaf is
         // copied in one piece.
-        let held = user_translate_or_fault(guard, cursor, write)?;
+        let held = user_translate_or_fault(guard, cursor, write, user)?;
         let page_end = held.leaf_end.min(end);
         let done = (cursor - va) as usize;
         access(&held, cursor % PAGE_SIZE, done..done + (page_end - cursor) as usize);
@@ -174,13 +197,24 @@ pub(crate) fn translate_or_fault<'a>(guard: &MmapReadGuard<'a>, va: u64, write: 
 /// (`FAULT_FLAG_USER|ALLOW_RETRY|KILLABLE`), which may sleep without the
 /// mmap lock for a userfaultfd handler and then translates again. A fatal
 /// signal during that sleep ends the access with SIGBUS.
-fn user_translate_or_fault<'a>(guard: &mut MmapReadGuard<'a>, va: u64, write: bool) -> Result<Held<'a>, MmError> {
+/// With `user` false it is the kernel's own access to user memory
+/// (`copy_from_user`, `process_vm_readv`): the same fault without
+/// `FAULT_FLAG_USER`, which a `UFFD_USER_MODE_ONLY` context refuses.
+fn user_translate_or_fault<'a>(
+    guard: &mut MmapReadGuard<'a>,
+    va: u64,
+    write: bool,
+    user: bool,
+) -> Result<Held<'a>, MmError> {
     let mm = guard.mm();
     loop {
         if let Some(held) = translate(mm, va, write) {
             return Ok(held);
         }
-        let mut flags = FaultFlags::USER | FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
+        let mut flags = FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
+        if user {
+            flags |= FaultFlags::USER;
+        }
         if write {
             flags |= FaultFlags::WRITE;
         }
@@ -194,6 +228,37 @@ fn user_translate_or_fault<'a>(guard: &mut MmapReadGuard<'a>, va: u64, write: bo
                 error: crate::error::FaultError::Sigbus("killed while waiting for the userfaultfd handler"),
             });
         }
+    }
+}
+
+/// One page of GUP with `FOLL_UNLOCKABLE` (the fast calls' slow path,
+/// `get_user_pages_remote` with `locked`): a fault with
+/// `FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_KILLABLE` but not a user fault, so
+/// a page a userfaultfd handler must provide is waited for with the mmap
+/// lock released. `Ok(None)` after such a wait: the caller looks the VMA
+/// up afresh (Linux retries the page with `FOLL_TRIED`); a fatal signal
+/// during the wait is `EINTR` (`__get_user_pages_locked`).
+pub(crate) fn gup_unlockable_translate<'a>(
+    guard: &mut MmapReadGuard<'a>,
+    va: u64,
+    write: bool,
+) -> Result<Option<Held<'a>>, MmError> {
+    let mm = guard.mm();
+    if let Some(held) = translate(mm, va, write) {
+        return Ok(Some(held));
+    }
+    let mut flags = FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
+    if write {
+        flags |= FaultFlags::WRITE;
+    }
+    let outcome = guard.handle_mm_fault_unlockable(va, flags).map_err(|error| match error {
+        crate::error::FaultError::Oom => MmError::NoMem,
+        error => MmError::Fault { addr: va, error },
+    })?;
+    match outcome {
+        crate::fault::FaultOutcome::Released if mm.fatal_signal_pending() => Err(MmError::Interrupted),
+        crate::fault::FaultOutcome::Released => Ok(None),
+        crate::fault::FaultOutcome::Handled => Ok(translate(mm, va, write)),
     }
 }
 

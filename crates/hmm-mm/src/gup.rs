@@ -17,7 +17,7 @@ use bitflags::bitflags;
 
 use hmm_types::{Pfn, VmFlags, PAGE_SIZE};
 
-use crate::cpu::translate_or_fault;
+use crate::cpu::{gup_unlockable_translate, translate_or_fault};
 use crate::device::MigrateDevice;
 use crate::error::{FaultError, MmError, SegvReason};
 use crate::fs::InodeKind;
@@ -71,22 +71,61 @@ impl Drop for PinnedPages {
     }
 }
 
+/// Whether GUP's faults may release the mmap lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Locking {
+    /// The lock stays held: no `FAULT_FLAG_ALLOW_RETRY`.
+    Held,
+    /// `FOLL_UNLOCKABLE`: `FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_KILLABLE`.
+    Unlockable,
+}
+
 impl Mm {
-    /// Takes a reference on each of `nr_pages` pages from `start`
-    /// (`get_user_pages_remote`); the caller drops them with
-    /// [`PhysMem::put`].
+    /// Takes a reference on each of `nr_pages` pages from `start` with the
+    /// mmap lock held throughout (`get_user_pages`, `get_user_pages_remote`
+    /// without `locked`); the caller drops them with [`PhysMem::put`]. A
+    /// page a userfaultfd handler must provide fails the call with
+    /// `EFAULT` (no `FOLL_UNLOCKABLE`: `handle_userfault` answers SIGBUS).
     pub fn get_user_pages(&self, start: u64, nr_pages: u64, flags: FollFlags) -> Result<Vec<Pfn>, MmError> {
-        // `is_valid_gup_args`: FOLL_LONGTERM only with FOLL_PIN.
+        Self::check_get(flags)?;
+        self.gup(start, nr_pages, flags, false, Locking::Held)
+    }
+
+    /// [`Self::get_user_pages`] as `get_user_pages_fast` and
+    /// `get_user_pages_remote` with `locked` call it: the slow path may
+    /// release the mmap lock (`FOLL_UNLOCKABLE`), so a page a userfaultfd
+    /// handler must provide is waited for, and a fatal signal during the
+    /// wait is `EINTR`.
+    pub fn get_user_pages_unlocked(&self, start: u64, nr_pages: u64, flags: FollFlags) -> Result<Vec<Pfn>, MmError> {
+        Self::check_get(flags)?;
+        self.gup(start, nr_pages, flags, false, Locking::Unlockable)
+    }
+
+    /// `is_valid_gup_args`: FOLL_LONGTERM only with FOLL_PIN.
+    fn check_get(flags: FollFlags) -> Result<(), MmError> {
         if flags.contains(FollFlags::LONGTERM) {
             return Err(MmError::Invalid("FOLL_LONGTERM without FOLL_PIN"));
         }
-        self.gup(start, nr_pages, flags, false)
+        Ok(())
     }
 
-    /// Pins `nr_pages` pages from `start` (`pin_user_pages_remote`).
+    /// Pins `nr_pages` pages from `start` with the mmap lock held
+    /// throughout (`pin_user_pages`, `pin_user_pages_remote` without
+    /// `locked`): a page a userfaultfd handler must provide is `EFAULT`.
     pub fn pin_user_pages(&self, start: u64, nr_pages: u64, flags: FollFlags) -> Result<PinnedPages, MmError> {
+        self.pin(start, nr_pages, flags, Locking::Held)
+    }
+
+    /// [`Self::pin_user_pages`] as `pin_user_pages_fast` and
+    /// `pin_user_pages_remote` with `locked` call it (`FOLL_UNLOCKABLE`):
+    /// a page a userfaultfd handler must provide is waited for.
+    pub fn pin_user_pages_unlocked(&self, start: u64, nr_pages: u64, flags: FollFlags) -> Result<PinnedPages, MmError> {
+        self.pin(start, nr_pages, flags, Locking::Unlockable)
+    }
+
+    fn pin(&self, start: u64, nr_pages: u64, flags: FollFlags, how: Locking) -> Result<PinnedPages, MmError> {
         self.has_pinned.store(true, core::sync::atomic::Ordering::Release);
-        let pfns = self.gup(start, nr_pages, flags, true)?;
+        let pfns = self.gup(start, nr_pages, flags, true, how)?;
         for &pfn in &pfns {
             self.phys().get_many(pfn, GUP_PIN_COUNTING_BIAS - 1);
         }
@@ -97,10 +136,10 @@ impl Mm {
     /// found to system RAM and tries again (`check_and_migrate_movable_pages`
     /// with `migrate_device_coherent_folio`): device memory must stay free
     /// for its device.
-    fn gup(&self, start: u64, nr_pages: u64, flags: FollFlags, pin: bool) -> Result<Vec<Pfn>, MmError> {
+    fn gup(&self, start: u64, nr_pages: u64, flags: FollFlags, pin: bool, how: Locking) -> Result<Vec<Pfn>, MmError> {
         const TRIES: usize = 8;
         for _ in 0..TRIES {
-            let taken = self.gup_once(start, nr_pages, flags, pin)?;
+            let taken = self.gup_once(start, nr_pages, flags, pin, how)?;
             if !flags.contains(FollFlags::LONGTERM) {
                 return Ok(taken);
             }
@@ -120,7 +159,14 @@ impl Mm {
         Err(MmError::Busy("device-coherent pages keep coming back under a long-term pin"))
     }
 
-    fn gup_once(&self, start: u64, nr_pages: u64, flags: FollFlags, pin: bool) -> Result<Vec<Pfn>, MmError> {
+    fn gup_once(
+        &self,
+        start: u64,
+        nr_pages: u64,
+        flags: FollFlags,
+        pin: bool,
+        how: Locking,
+    ) -> Result<Vec<Pfn>, MmError> {
         self.check_alive()?;
         // `is_valid_gup_args`: flags outside the permitted set are EINVAL.
         if FollFlags::from_bits(flags.bits()).is_none() {
@@ -130,45 +176,26 @@ impl Mm {
         // is no work, and a range running past the user address space (or
         // past 2^64) fails at its first page without a mapping (EFAULT).
         let start = start & !(PAGE_SIZE - 1);
-        let write = flags.contains(FollFlags::WRITE);
-        let guard = self.mmap_read();
+        let mut guard = self.mmap_read();
         // The count is the caller's: reserve a little and grow as pages are
         // taken, so a huge count over an unmapped range fails with EFAULT
         // instead of an impossible allocation.
         let mut taken = Vec::with_capacity(nr_pages.min(512) as usize);
-        let result = (|| {
-            let mut va = start;
-            for _ in 0..nr_pages {
-                let fault = |reason| MmError::Fault { addr: va, error: FaultError::Segv(reason) };
-                let vma = guard.vma(va).ok_or(fault(SegvReason::NotMapped))?;
-                if vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
-                    return Err(fault(SegvReason::Protection));
+        let mut result = Ok(());
+        while (taken.len() as u64) < nr_pages {
+            // The last page of 2^64 has no VMA, so this never wraps.
+            let va = start + taken.len() as u64 * PAGE_SIZE;
+            match self.gup_page(&mut guard, va, flags, pin, how) {
+                Ok(Some(pfn)) => taken.push(pfn),
+                // The lock was released while a userfaultfd handler
+                // worked: the same page again, its VMA looked up afresh.
+                Ok(None) => {}
+                Err(error) => {
+                    result = Err(error);
+                    break;
                 }
-                if flags.contains(FollFlags::ANON) && !vma.is_anonymous() {
-                    return Err(fault(SegvReason::Protection));
-                }
-                if flags.contains(FollFlags::LONGTERM)
-                    && vma.file().is_some_and(|i| matches!(i.kind(), InodeKind::Dax(_)))
-                {
-                    return Err(MmError::NotSupported("FOLL_LONGTERM pins are refused on fs-dax"));
-                }
-                let mut held = translate_or_fault(&guard, va, write)?;
-                // A read-only pin must not see a page a later write fault
-                // would replace: a shared anonymous page, or (long-term) a
-                // zero or page-cache page of a private mapping, is unshared
-                // first (`gup_must_unshare`, FAULT_FLAG_UNSHARE). The model
-                // unshares with a write fault, so only where the VMA allows
-                // writing (Linux also unshares in read-only ones).
-                if pin && !write && vma.flags.contains(VmFlags::WRITE) && must_unshare(self, vma, held.pfn(), flags) {
-                    drop(held);
-                    held = translate_or_fault(&guard, va, true)?;
-                }
-                taken.push(held.keep());
-                // The last page of 2^64 has no VMA, so this never wraps.
-                va += PAGE_SIZE;
             }
-            Ok(())
-        })();
+        }
         match result {
             Ok(()) => Ok(taken),
             Err(error) => {
@@ -179,16 +206,60 @@ impl Mm {
             }
         }
     }
+
+    /// One page: its frame with a reference taken, or `None` when the
+    /// fault released the mmap lock (only with [`Locking::Unlockable`]).
+    fn gup_page(
+        &self,
+        guard: &mut crate::mm::MmapReadGuard<'_>,
+        va: u64,
+        flags: FollFlags,
+        pin: bool,
+        how: Locking,
+    ) -> Result<Option<Pfn>, MmError> {
+        let write = flags.contains(FollFlags::WRITE);
+        let fault = |reason| MmError::Fault { addr: va, error: FaultError::Segv(reason) };
+        let vma = guard.vma(va).ok_or(fault(SegvReason::NotMapped))?;
+        if vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
+            return Err(fault(SegvReason::Protection));
+        }
+        if flags.contains(FollFlags::ANON) && !vma.is_anonymous() {
+            return Err(fault(SegvReason::Protection));
+        }
+        if flags.contains(FollFlags::LONGTERM) && vma.file().is_some_and(|i| matches!(i.kind(), InodeKind::Dax(_))) {
+            return Err(MmError::NotSupported("FOLL_LONGTERM pins are refused on fs-dax"));
+        }
+        let vma_writable = vma.flags.contains(VmFlags::WRITE);
+        let cow = vma.is_cow_mapping();
+        let mut held = match how {
+            Locking::Held => translate_or_fault(guard, va, write)?,
+            Locking::Unlockable => match gup_unlockable_translate(guard, va, write)? {
+                Some(held) => held,
+                None => return Ok(None),
+            },
+        };
+        // A read-only pin must not see a page a later write fault would
+        // replace: a shared anonymous page, or (long-term) a zero or
+        // page-cache page of a private mapping, is unshared first
+        // (`gup_must_unshare`, FAULT_FLAG_UNSHARE). The model unshares with
+        // a write fault, so only where the VMA allows writing (Linux also
+        // unshares in read-only ones).
+        if pin && !write && vma_writable && must_unshare(self, cow, held.pfn(), flags) {
+            drop(held);
+            held = translate_or_fault(guard, va, true)?;
+        }
+        Ok(Some(held.keep()))
+    }
 }
 
 /// `gup_must_unshare` for a read-only pin of `pfn` in `vma`.
-fn must_unshare(mm: &Mm, vma: &crate::vma::Vma, pfn: Pfn, flags: FollFlags) -> bool {
+fn must_unshare(mm: &Mm, is_cow_mapping: bool, pfn: Pfn, flags: FollFlags) -> bool {
     let phys = mm.phys();
     let head_flags = phys.meta(phys.folio_head(pfn)).flags();
     if head_flags.contains(PageFlags::ANON) {
         return !head_flags.contains(PageFlags::ANON_EXCLUSIVE);
     }
-    flags.contains(FollFlags::LONGTERM) && vma.is_cow_mapping()
+    flags.contains(FollFlags::LONGTERM) && is_cow_mapping
 }
 
 /// Moves one device-coherent page to a new system page wherever it is

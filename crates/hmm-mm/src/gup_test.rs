@@ -139,7 +139,7 @@ impl GupTestFile {
                 nr = (next - at) / PAGE_SIZE;
             }
             nr = match flags {
-                Some(flags) => pages_taken(mm, cmd.pins(), at, nr, flags),
+                Some(flags) => pages_taken(mm, cmd, at, nr, flags),
                 None => 0,
             };
             if nr == 0 {
@@ -165,7 +165,14 @@ impl GupTestFile {
         }
         let mut foll = FollFlags::LONGTERM;
         foll.set(FollFlags::WRITE, flags & PIN_LONGTERM_WRITE != 0);
-        *held = Some(mm.pin_user_pages(addr, size / PAGE_SIZE, foll)?);
+        // Without USE_FAST the driver holds the mmap lock around
+        // `pin_user_pages`; `pin_user_pages_fast` may release it.
+        let nr = size / PAGE_SIZE;
+        *held = Some(if flags & PIN_LONGTERM_FAST != 0 {
+            mm.pin_user_pages_unlocked(addr, nr, foll)?
+        } else {
+            mm.pin_user_pages(addr, nr, foll)?
+        });
         Ok(())
     }
 
@@ -201,15 +208,21 @@ impl GupTestFile {
 
 /// One call of the loop: how many of `nr` pages from `at` were taken (and
 /// at once dropped); 0 when the first one failed, as Linux's call returns
-/// its error or the count taken before a failure.
-fn pages_taken(mm: &Mm, pin: bool, at: u64, nr: u64, flags: FollFlags) -> u64 {
+/// its error or the count taken before a failure. The fast commands run
+/// without the mmap lock, so their slow path may release it and wait for
+/// a userfaultfd handler (`FOLL_UNLOCKABLE`); the others run under the
+/// lock the driver holds, where such a page fails (`EFAULT`).
+fn pages_taken(mm: &Mm, cmd: GupTestCmd, at: u64, nr: u64, flags: FollFlags) -> u64 {
     let page = at & !(PAGE_SIZE - 1);
+    let fast = matches!(cmd, GupTestCmd::GupFast | GupTestCmd::PinFast);
     for i in 0..nr {
         let va = page + i * PAGE_SIZE;
-        let ok = if pin {
-            mm.pin_user_pages(va, 1, flags).is_ok()
-        } else {
-            mm.get_user_pages(va, 1, flags).map(|pfns| pfns.into_iter().for_each(|pfn| mm.phys().put(pfn))).is_ok()
+        let put = |pfns: Vec<hmm_types::Pfn>| pfns.into_iter().for_each(|pfn| mm.phys().put(pfn));
+        let ok = match (cmd.pins(), fast) {
+            (true, true) => mm.pin_user_pages_unlocked(va, 1, flags).is_ok(),
+            (true, false) => mm.pin_user_pages(va, 1, flags).is_ok(),
+            (false, true) => mm.get_user_pages_unlocked(va, 1, flags).map(put).is_ok(),
+            (false, false) => mm.get_user_pages(va, 1, flags).map(put).is_ok(),
         };
         if !ok {
             return i;

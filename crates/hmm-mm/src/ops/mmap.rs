@@ -130,6 +130,12 @@ impl Mm {
         if sync {
             vm_flags |= VmFlags::SYNC;
         }
+        // ext4's mmap of a DAX file sets VM_HUGEPAGE itself
+        // (`ext4_file_mmap_prepare`), so MADV_HUGEPAGE there changes no
+        // flag and splits nothing; MADV_NOHUGEPAGE does.
+        if matches!(&source, Source::File(f, _) if matches!(f.inode().kind(), InodeKind::Dax(_))) {
+            vm_flags |= VmFlags::HUGEPAGE;
+        }
         // `accountable_mapping`: a private writable mapping is charged
         // against the commit limit and marked VM_ACCOUNT (not hugetlb, not
         // MAP_NORESERVE); the flag takes part in merging.

@@ -20,19 +20,19 @@
 //! anonymous memory, memfd, tmpfs); WP mode on the same and on hugetlb
 //! (present pages are protected, none entries get uffd-wp markers, see
 //! wp.rs; a protected page keeps its bit through swap); MINOR mode on
-//! shmem; RWP mode on the same as WP apart from hugetlb; MOVE of anonymous
-//! pages; POISON markers (huge ones on hugetlb); features
-//! `PAGEFAULT_FLAG_WP`, `SIGBUS`, `THREAD_ID`, `EXACT_ADDRESS`,
-//! `MISSING_SHMEM`, `MINOR_SHMEM`, `WP_HUGETLBFS_SHMEM`, `POISON`,
-//! `WP_ASYNC`, `WP_UNPOPULATED`, `MOVE`, `RWP`, `RWP_ASYNC`, the events
-//! `EVENT_FORK`, `EVENT_REMAP`, `EVENT_REMOVE`, `EVENT_UNMAP` (without
-//! them fork and mremap drop the registration, as Linux does); the open
-//! flag `UFFD_USER_MODE_ONLY`; MISSING, MINOR and WP mode on hugetlb with
-//! COPY, CONTINUE, WRITEPROTECT and POISON in huge pages (`hugetlb.rs`,
-//! features `MISSING_HUGETLBFS`, `MINOR_HUGETLBFS`). Not modelled (refused
-//! with a typed error, never silently accepted): RWP mode on hugetlb,
-//! which 7.3 allows. Known gaps: `THREAD_ID`'s `ptid` is 0 (the model has
-//! no threads).
+//! shmem; RWP mode on the same as WP; MOVE of anonymous pages; POISON
+//! markers (huge ones on hugetlb); features `PAGEFAULT_FLAG_WP`, `SIGBUS`,
+//! `THREAD_ID`, `EXACT_ADDRESS`, `MISSING_SHMEM`, `MINOR_SHMEM`,
+//! `WP_HUGETLBFS_SHMEM`, `POISON`, `WP_ASYNC`, `WP_UNPOPULATED`, `MOVE`,
+//! `RWP`, `RWP_ASYNC`, the events `EVENT_FORK`, `EVENT_REMAP`,
+//! `EVENT_REMOVE`, `EVENT_UNMAP` (without them fork and mremap drop the
+//! registration, as Linux does); the open flag `UFFD_USER_MODE_ONLY`;
+//! GUP and the kernel's copies meeting a registered page (`gup_tests.rs`:
+//! the unlocked calls wait, the locked ones fail with `EFAULT`); MISSING,
+//! MINOR, WP and RWP mode on hugetlb with COPY, CONTINUE, WRITEPROTECT,
+//! RWPROTECT and POISON in huge pages (`hugetlb.rs`, features
+//! `MISSING_HUGETLBFS`, `MINOR_HUGETLBFS`; `hugetlb_wp_tests.rs`). Known
+//! gaps: `THREAD_ID`'s `ptid` is 0 (the model has no threads).
 //!
 //! Lock order: the mmap lock, then a context's `state` mutex (taken to
 //! queue a message while the faulting thread still holds the mmap read
@@ -58,6 +58,8 @@ mod wp;
 
 #[cfg(test)]
 mod events_tests;
+#[cfg(test)]
+mod gup_tests;
 #[cfg(test)]
 mod hugetlb_wp_tests;
 #[cfg(test)]
@@ -290,6 +292,9 @@ struct Waiter {
     id: u64,
     /// Page-aligned fault address.
     page: u64,
+    /// The sleeping thread's probe: a wake clears it at once, as Linux's
+    /// wake-up makes the task runnable (its wchan reads 0) before it runs.
+    probe: probe::SleepProbe,
 }
 
 #[derive(Default)]
@@ -333,7 +338,13 @@ impl UffdCtx {
     fn wake_range(&self, start: u64, end: u64) {
         let mut state = self.lock();
         let before = state.waiting.len();
-        state.waiting.retain(|w| w.page < start || w.page >= end);
+        state.waiting.retain(|w| {
+            let keep = w.page < start || w.page >= end;
+            if !keep {
+                w.probe.set(false);
+            }
+            keep
+        });
         if state.waiting.len() != before {
             self.faults.notify_all();
         }

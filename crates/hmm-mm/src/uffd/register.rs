@@ -230,7 +230,9 @@ impl Drop for Userfaultfd {
         }
         let mut state = self.ctx.lock();
         state.released = true;
-        state.waiting.clear();
+        for waiter in state.waiting.drain(..) {
+            waiter.probe.set(false);
+        }
         self.ctx.faults.notify_all();
     }
 }

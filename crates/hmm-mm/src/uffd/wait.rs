@@ -9,7 +9,9 @@
 //! place instead, `UFFD_FEATURE_RWP_ASYNC` an RWP fault.
 //!
 //! A fault that may not release the lock (no `FAULT_FLAG_ALLOW_RETRY`:
-//! the locked `hmm::range_fault`, GUP here), a context created with
+//! the locked `hmm::range_fault`, GUP under the caller's mmap lock such as
+//! `Mm::pin_user_pages`; the unlocked GUP calls and the kernel's copies
+//! from and to user memory wait), a context created with
 //! `UFFD_FEATURE_SIGBUS`, and a non-user fault on a `UFFD_USER_MODE_ONLY`
 //! context get SIGBUS at once, with no message queued.
 //!
@@ -109,6 +111,7 @@ pub(crate) fn wait_for_handler(
     let huge = guard.vma(va).and_then(super::hugetlb::huge_size);
     let page = va & !(huge.unwrap_or(PAGE_SIZE) - 1);
     let exact_va = if huge.is_some() { va & !(PAGE_SIZE - 1) } else { va };
+    let probe = super::probe::current();
     let id = {
         let mut state = ctx.lock();
         let exact = state.features.unwrap_or(0) & UFFD_FEATURE_EXACT_ADDRESS != 0;
@@ -119,17 +122,18 @@ pub(crate) fn wait_for_handler(
         let id = state.next_id;
         state.next_id += 1;
         state.pending.push_back((id, msg));
-        state.waiting.push(Waiter { id, page });
+        state.waiting.push(Waiter { id, page, probe: probe.clone() });
         ctx.readers.notify_all();
         id
     };
     let mm = guard.mm();
     let killable = flags.contains(FaultFlags::KILLABLE);
-    let probe = super::probe::current();
     guard.unlocked(|| {
         let mut state = ctx.lock();
-        probe.set(true);
+        // Set under the lock only while still waiting: a wake (which
+        // clears it) may come before this thread first sleeps.
         while !state.released && state.waiting.iter().any(|w| w.id == id) {
+            probe.set(true);
             if killable && mm.fatal_signal_pending() {
                 state.waiting.retain(|w| w.id != id);
                 state.pending.retain(|(i, _)| *i != id);

@@ -226,6 +226,17 @@ impl Backend for ModelBackend {
             | Call::Fallocate { .. }
             | Call::Close { .. } => self.file_call(proc, call),
             Call::Device(ref call) => self.devices.call(&self.kernel, &mm, proc, call, &mut p.files, &mut self.names),
+            // With a userfaultfd, a call that may fault a page in runs on a
+            // thread: the fast commands wait for the handler
+            // (`model_uffd::blocking_call`).
+            Call::Pin(ref call) if p.uffd.has_uffd() && call.may_fault() => match self.pins.file_for(proc, call) {
+                Ok(Some(f)) => {
+                    let call = call.clone();
+                    super::model_uffd::blocking_call(&mut p.uffd, move || super::model_pin::perform(&f, &mm, &call))
+                }
+                Ok(None) => Outcome::Ok,
+                Err(outcome) => outcome,
+            },
             Call::Pin(ref call) => self.pins.call(&mm, proc, call),
             Call::Smaps { addr } => super::model_pin::smaps(&mm, addr),
             Call::Maps { addr, len } => self.maps(&mm, addr, len),

@@ -29,32 +29,21 @@ fn errno(e: hmm_mm::MmError) -> Outcome {
 impl ModelPins {
     /// Performs `call` in process `proc` (address space `mm`).
     pub(super) fn call(&mut self, mm: &Mm, proc: ProcId, call: &PinCall) -> Outcome {
+        match self.file_for(proc, call) {
+            Ok(Some(f)) => perform(&f, mm, call),
+            Ok(None) => Outcome::Ok,
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// The open file `call` acts on; `Ok(None)` for an open, done here.
+    pub(super) fn file_for(&mut self, proc: ProcId, call: &PinCall) -> Result<Option<Arc<GupTestFile>>, Outcome> {
         if let PinCall::Open { id } = *call {
             self.files.insert((proc, id), Arc::new(GupTestFile::new()));
-            return Outcome::Ok;
+            return Ok(None);
         }
-        let Some(file) = call.file() else { return Outcome::Errno(libc_ebadf()) };
-        let Some(f) = self.files.get(&(proc, file)) else { return Outcome::Errno(libc_ebadf()) };
-        match *call {
-            PinCall::Run { cmd, addr, size, foll, per_call, .. } => {
-                match f.run(mm, gup_cmd(cmd), addr, size, per_call, foll) {
-                    Ok(covered) => Outcome::Value(covered),
-                    Err(GupTestError::Mm(e)) => errno(e),
-                    Err(e @ GupTestError::NotModelled(_)) => Outcome::Refused(format!("the model: {e}")),
-                }
-            }
-            PinCall::Start { addr, size, flags, .. } => {
-                f.pin_longterm_start(mm, addr, size, flags).map_or_else(errno, |()| Outcome::Ok)
-            }
-            PinCall::Stop { .. } => {
-                f.pin_longterm_stop();
-                Outcome::Ok
-            }
-            PinCall::Read { npages, .. } => f
-                .pin_longterm_read(mm, npages)
-                .map_or_else(errno, |bytes| Outcome::Words(crate::observe_device::word_runs(&bytes))),
-            PinCall::Open { .. } => unreachable!("handled above"),
-        }
+        let file = call.file().ok_or(Outcome::Errno(libc_ebadf()))?;
+        self.files.get(&(proc, file)).cloned().map(Some).ok_or(Outcome::Errno(libc_ebadf()))
     }
 
     /// `close FILE`: true if it was a `gup_test` file of `proc`.
@@ -79,6 +68,30 @@ impl ModelPins {
     /// The end of a run: every file closes, every long-term pin drops.
     pub(super) fn close_all(&mut self) {
         self.files.clear();
+    }
+}
+
+/// `call` on the open file `f` of the process whose address space is `mm`.
+pub(super) fn perform(f: &GupTestFile, mm: &Mm, call: &PinCall) -> Outcome {
+    match *call {
+        PinCall::Run { cmd, addr, size, foll, per_call, .. } => {
+            match f.run(mm, gup_cmd(cmd), addr, size, per_call, foll) {
+                Ok(covered) => Outcome::Value(covered),
+                Err(GupTestError::Mm(e)) => errno(e),
+                Err(e @ GupTestError::NotModelled(_)) => Outcome::Refused(format!("the model: {e}")),
+            }
+        }
+        PinCall::Start { addr, size, flags, .. } => {
+            f.pin_longterm_start(mm, addr, size, flags).map_or_else(errno, |()| Outcome::Ok)
+        }
+        PinCall::Stop { .. } => {
+            f.pin_longterm_stop();
+            Outcome::Ok
+        }
+        PinCall::Read { npages, .. } => f
+            .pin_longterm_read(mm, npages)
+            .map_or_else(errno, |bytes| Outcome::Words(crate::observe_device::word_runs(&bytes))),
+        PinCall::Open { .. } => Outcome::Ok,
     }
 }
 

@@ -68,6 +68,12 @@ impl PinCall {
         }
     }
 
+    /// Whether the call faults pages in: a one-shot command or a
+    /// long-term pin, which may wait for a userfaultfd handler.
+    pub fn may_fault(&self) -> bool {
+        matches!(self, Self::Run { .. } | Self::Start { .. })
+    }
+
     /// What the executor must offer.
     pub fn needs(&self) -> Capability {
         Capability::GupTest

@@ -34,13 +34,32 @@ pub fn execute(local: &mut Local, call: &PinCall) -> Outcome {
     }
     let Some(file) = call.file() else { return Outcome::Errno(libc::EBADF) };
     let Some(&fd) = local.files.get(&file) else { return Outcome::Errno(libc::EBADF) };
+    let in_window = match *call {
+        // The pages pinned are this process's: only the window's.
+        PinCall::Run { addr, size, .. } => local.range_ok(addr, size) && addr % 4096 == 0,
+        PinCall::Start { addr, size, .. } => local.range_ok(addr, size),
+        _ => true,
+    };
+    if !in_window {
+        return Outcome::Refused("outside the window".into());
+    }
+    if call.may_fault() && local.uffd.has_uffd() {
+        // The fast commands may wait for a userfaultfd handler: on a
+        // thread, settled as the model's (`HostUffd::blocking_call`).
+        let call = call.clone();
+        let mut uffd = std::mem::take(&mut local.uffd);
+        let outcome = uffd.blocking_call(&local.files, None, move || perform(fd, &call));
+        local.uffd = uffd;
+        return outcome;
+    }
+    perform(fd, call)
+}
+
+/// `call` on the open `gup_test` descriptor `fd` (its range checked).
+fn perform(fd: std::os::fd::RawFd, call: &PinCall) -> Outcome {
     let done = |r: Result<(), i32>| r.map_or_else(Outcome::Errno, |()| Outcome::Ok);
     match *call {
         PinCall::Run { cmd, addr, size, foll, per_call, .. } => {
-            // The pages pinned are this process's: only the window's.
-            if !local.range_ok(addr, size) || addr % 4096 != 0 {
-                return Outcome::Refused("outside the window".into());
-            }
             let mut arg =
                 sys::GupTestArg { addr, size, nr_pages_per_call: per_call, gup_flags: foll, ..Default::default() };
             match sys::gup_test_run(fd, cmd.nr(), &mut arg) {
@@ -48,18 +67,13 @@ pub fn execute(local: &mut Local, call: &PinCall) -> Outcome {
                 Err(e) => Outcome::Errno(e),
             }
         }
-        PinCall::Start { addr, size, flags, .. } => {
-            if !local.range_ok(addr, size) {
-                return Outcome::Refused("outside the window".into());
-            }
-            done(sys::gup_test_longterm_start(fd, addr, size, flags))
-        }
+        PinCall::Start { addr, size, flags, .. } => done(sys::gup_test_longterm_start(fd, addr, size, flags)),
         PinCall::Stop { .. } => done(sys::gup_test_longterm_stop(fd)),
         PinCall::Read { npages, .. } => match sys::gup_test_longterm_read(fd, npages) {
             Ok(bytes) => Outcome::Words(crate::observe_device::word_runs(&bytes)),
             Err(e) => Outcome::Errno(e),
         },
-        PinCall::Open { .. } => unreachable!("handled above"),
+        PinCall::Open { .. } => Outcome::Errno(libc::EBADF),
     }
 }
 

@@ -35,14 +35,18 @@ pub(super) fn remove_piece(guard: &mut MmapReadGuard<'_>, start: u64, end: u64) 
         VmaBacking::Anon | VmaBacking::Pfnmap | VmaBacking::Mixed => {
             return Err(MmError::Invalid("MADV_REMOVE of a mapping without a file"))
         }
-        VmaBacking::DevDax(_) | VmaBacking::Hugetlb(_) => {
+        VmaBacking::DevDax(_) => {
             shared_maywrite(vma)?;
-            // vfs_fallocate refuses a character device; hugetlbfs punches
-            // (the 7.3.4 guest: ok), which the model does not do yet.
-            return Err(match vma.backing {
-                VmaBacking::DevDax(_) => MmError::NoDevice("MADV_REMOVE of a device-DAX mapping"),
-                _ => MmError::NotSupported("MADV_REMOVE of hugetlbfs: not modelled"),
-            });
+            // vfs_fallocate refuses a character device.
+            return Err(MmError::NoDevice("MADV_REMOVE of a device-DAX mapping"));
+        }
+        VmaBacking::Hugetlb(object) => {
+            let object = object.clone();
+            shared_maywrite(vma)?;
+            let offset = (start - vma.start) + (vma.pgoff << PAGE_SHIFT);
+            crate::uffd::remove_before_zap(guard, start, end);
+            let kernel = guard.mm().kernel().clone();
+            return guard.unlocked(|| crate::hugetlb_punch::punch(&kernel, &object, offset, end - start));
         }
     };
     shared_maywrite(vma)?;
@@ -58,3 +62,6 @@ fn shared_maywrite(vma: &crate::vma::Vma) -> Result<(), MmError> {
         Err(MmError::Access("MADV_REMOVE needs a shared mapping that may write"))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -128,10 +128,8 @@ fn judge(op: &Op, model: &Outcome, host: &Outcome, window: u64, scope: &mut Scop
         _ if outside(model) || outside(host) => {
             return Verdict::Inconclusive("the kernel placed the mapping outside the window".into())
         }
-        (Outcome::Pages(mp), Outcome::Pages(hp)) if mp.len() == hp.len() => {
-            if pages_fell_back(op, mp, hp, scope) {
-                return Verdict::Inconclusive(NO_THP.into());
-            }
+        (Outcome::Pages(mp), Outcome::Pages(hp)) if mp.len() == hp.len() && pages_fell_back(op, mp, hp, scope) => {
+            return Verdict::Inconclusive(NO_THP.into());
         }
         (Outcome::Device(m), Outcome::Device(h)) if crate::observe_device::DeviceResult::thp_fallback(m, h) => {
             if let Op::Device(DeviceOp::Cmd { addr, npages, .. }) = op {
@@ -156,13 +154,8 @@ fn judge(op: &Op, model: &Outcome, host: &Outcome, window: u64, scope: &mut Scop
                 return Verdict::Inconclusive(NO_THP.into());
             }
         }
-        (Outcome::Same(_), Outcome::Same(_)) => {
-            if let Op::Same { addr, other_addr, .. } = op {
-                let on_fallen = |e| scope.addr(e).is_none_or(|va| scope.fell_back(va, PAGE));
-                if on_fallen(addr) || on_fallen(other_addr) {
-                    return Verdict::Inconclusive("follows a THP the host may not have allocated".into());
-                }
-            }
+        (Outcome::Same(_), Outcome::Same(_)) if same_on_fallen(op, scope) => {
+            return Verdict::Inconclusive("follows a THP the host may not have allocated".into());
         }
         _ => {}
     }
@@ -170,6 +163,14 @@ fn judge(op: &Op, model: &Outcome, host: &Outcome, window: u64, scope: &mut Scop
         Some(VersionDifference { behaviour, .. }) => Verdict::Version(behaviour),
         None => Verdict::Differ,
     }
+}
+
+/// Whether a `same` step looks at a page of a block the kernel got no THP
+/// for.
+fn same_on_fallen(op: &Op, scope: &Scope) -> bool {
+    let Op::Same { addr, other_addr, .. } = op else { return false };
+    let on_fallen = |e| scope.addr(e).is_none_or(|va| scope.fell_back(va, PAGE));
+    on_fallen(addr) || on_fallen(other_addr)
 }
 
 /// Whether every page where a pagemap differs is one the kernel may have

@@ -73,8 +73,9 @@ impl Mm {
             }
             MadviseAdvice::Remove => {
                 let mut guard = self.mmap_read();
-                Walk::new(&guard, start, end)
-                    .run(|piece_start, piece_end| super::madvise_remove::remove_piece(&mut guard, piece_start, piece_end))
+                Walk::new(&guard, start, end).run(|piece_start, piece_end| {
+                    super::madvise_remove::remove_piece(&mut guard, piece_start, piece_end)
+                })
             }
             MadviseAdvice::Collapse => {
                 let mut guard = self.mmap_write();

@@ -107,6 +107,10 @@ pub enum MmError {
     /// An offset or size does not fit.
     #[error("value too large: {0}")]
     Overflow(&'static str),
+    /// The file is no regular file or block device (`vfs_fallocate` on a
+    /// character device such as device-DAX).
+    #[error("no such device: {0}")]
+    NoDevice(&'static str),
     /// A fatal signal arrived while the call waited (a userfaultfd
     /// handler, for MADV_POPULATE_*).
     #[error("interrupted by a fatal signal")]
@@ -133,6 +137,7 @@ impl MmError {
             Self::Sealed(_) => Errno::Perm,
             Self::BadFile(_) => Errno::BadF,
             Self::NoEntry(_) => Errno::NoEnt,
+            Self::NoDevice(_) => Errno::NoDev,
             Self::Overflow(_) => Errno::Overflow,
             Self::Interrupted => Errno::Intr,
             Self::FileTooBig(_) => Errno::FBig,

@@ -5,7 +5,8 @@
 //! A file-backed leaf (fs-dax, a shmem THP) is removed instead: the rest
 //! refaults. The folio itself stays compound: each smaller leaf takes its own
 //! reference and mapcount share (`folio_ref_add(folio, HPAGE_PMD_NR - 1)`).
-//! The huge zero page splits into 4K zero-page entries; a PMD migration
+//! The huge zero page splits into 4K zero-page entries (in an anonymous
+//! VMA; in a DAX one it goes whole, [`split_huge_edge`]); a PMD migration
 //! entry splits into 512 PTE migration entries, which the migrator restores
 //! one by one.
 //!
@@ -18,6 +19,7 @@ use hmm_types::Event;
 use crate::error::MmError;
 use crate::mm::Mm;
 use crate::phys::{MemoryType, PageFlags};
+use crate::vma::VmaTree;
 use crate::zap::{release_entry, Gather};
 
 /// Splits the huge leaf `entry` held by `slot`. Returns `Ok(false)` if the
@@ -111,6 +113,39 @@ pub(crate) fn split_huge_at(mm: &Mm, va: u64) -> Result<(), MmError> {
         }
         split_huge_leaf(mm, slot, entry)?;
     }
+}
+
+/// [`split_huge_at`] at an edge inside `vmas`: the huge zero page of a VMA
+/// that is not anonymous (an fs-dax hole read by a PMD fault) is not split
+/// into 4K zero-page entries but dropped whole, and the rest refaults (a
+/// whole 2 MiB block inside one VMA again maps the huge zero page), as
+/// `__split_huge_pmd_locked` clears every leaf of a non-anonymous VMA.
+/// Measured in the 7.3.4 guest: `scenarios/device/dax_huge_zero_split.hmm`.
+pub(crate) fn split_huge_edge(mm: &Mm, vmas: &VmaTree, va: u64) -> Result<(), MmError> {
+    if vmas.lookup(va).is_some_and(|vma| !vma.is_anonymous()) {
+        drop_huge_zero_at(mm, va);
+    }
+    split_huge_at(mm, va)
+}
+
+/// Removes the huge zero PMD straddling `va`, announced as CLEAR.
+pub(crate) fn drop_huge_zero_at(mm: &Mm, va: u64) {
+    let phys = mm.phys();
+    let slot = mm.pgtable().find(va);
+    let entry = slot.load();
+    let size = slot.level().entry_bytes();
+    if slot.level() != Level::Pmd || !entry.is_leaf(Level::Pmd) || va % size == 0 {
+        return;
+    }
+    if !entry.is_present() || !phys.is_zero_pfn(entry.pfn()) {
+        return;
+    }
+    let invalidation = mm.notifiers().start(mm.id(), slot.va(), slot.va() + size, Event::Clear);
+    let mut gather = Gather::new();
+    if slot.compare_exchange(entry, Entry::NONE).is_ok() {
+        release_entry(phys, entry, &mut gather);
+    }
+    gather.free_after(phys, invalidation);
 }
 
 /// Splits every huge leaf mapping `va` until a PTE maps it

@@ -106,6 +106,26 @@ impl HugetlbFile {
     }
 }
 
+impl HugetlbFile {
+    /// The physical memory its pages come from.
+    pub(crate) fn phys(&self) -> &Arc<PhysMem> {
+        &self.phys
+    }
+
+    /// Drops the shared pages at huge-page indexes `[first, last)` from the
+    /// object (`remove_inode_hugepages`; the caller unmapped them).
+    pub(crate) fn remove_pages(&self, first: u64, last: u64) {
+        let gone: Vec<Pfn> = {
+            let mut pages = self.pages.lock();
+            let keys: Vec<u64> = pages.range(first..last).map(|(k, _)| *k).collect();
+            keys.iter().filter_map(|k| pages.remove(k)).collect()
+        };
+        for pfn in gone {
+            self.phys.put(pfn);
+        }
+    }
+}
+
 impl Drop for HugetlbFile {
     fn drop(&mut self) {
         self.phys.hugetlb_unreserve(self.size, *self.reserved.get_mut());

@@ -22,6 +22,7 @@ pub mod gup;
 pub mod gup_test;
 mod huge;
 pub mod hugetlb;
+mod hugetlb_punch;
 mod kernel;
 mod migrate;
 mod mm;

@@ -2,13 +2,18 @@
 //! matches, differs (a divergence), is an expected version difference
 //! (`versions.rs`), or is inconclusive: the host refused it (outside the
 //! window), could not observe it (no frame numbers without root), or the
-//! difference is one the host may legitimately make (a THP it could not
-//! allocate, and anything observed on pages after that).
+//! difference is one the host may legitimately make (an anonymous or shmem
+//! THP it could not allocate, and anything later observed on that 2 MiB
+//! block: `compare_thp.rs`; DAX leaves are deterministic).
 
 use serde::Serialize;
 
+const PAGE: u64 = 4096;
+
+use crate::compare_thp::Scope;
 use crate::exec::{ExecError, Executor};
 use crate::lang::ast::{Op, Scenario};
+use crate::lang::device::DeviceOp;
 use crate::observe::{Outcome, PageView, Trace};
 use crate::versions::{self, VersionDifference};
 
@@ -85,20 +90,21 @@ pub fn diff_scenario(
 pub fn compare(scenario: &Scenario, model: &Trace, host: &Trace, host_version: (u32, u32)) -> Comparison {
     let mut out = Comparison { steps: Vec::new(), host_aborted: host.aborted.clone() };
     let window = (host.window, model.window);
-    let mut thp_fallback = false;
+    let mut scope = Scope::new(model.window);
     // A call the host refused but the model ran (an mremap to an address
     // outside the window, say) may have changed the model's memory only:
     // from there on the two no longer start from the same state.
     let mut refused_change = false;
     for (m, h) in model.records.iter().zip(&host.records) {
         let op = &scenario.steps[m.step].op;
+        scope.step(scenario, m.step, &m.outcome);
         if matches!(op, Op::Expect { .. } | Op::Proc { .. } | Op::Window { .. }) {
             continue;
         }
         let verdict = if refused_change {
             Verdict::Inconclusive("follows a call the host refused, which the model ran".into())
         } else {
-            judge(op, &m.outcome, &h.outcome, window.0, &mut thp_fallback, host_version)
+            judge(op, &m.outcome, &h.outcome, window.0, &mut scope, host_version)
         };
         let changes_state =
             !matches!(op, Op::Read { .. } | Op::Pagemap { .. } | Op::Maps { .. } | Op::Same { .. } | Op::Smaps { .. });
@@ -111,8 +117,9 @@ pub fn compare(scenario: &Scenario, model: &Trace, host: &Trace, host_version: (
 }
 
 const WINDOW_BYTES: u64 = 1 << 40;
+const NO_THP: &str = "the kernel may not get a THP (THP is not guaranteed)";
 
-fn judge(op: &Op, model: &Outcome, host: &Outcome, window: u64, thp: &mut bool, version: (u32, u32)) -> Verdict {
+fn judge(op: &Op, model: &Outcome, host: &Outcome, window: u64, scope: &mut Scope, version: (u32, u32)) -> Verdict {
     let outside = |o: &Outcome| matches!(o, Outcome::Addr(va) if va.wrapping_sub(window) >= WINDOW_BYTES);
     match (model, host) {
         (_, Outcome::Refused(why)) | (Outcome::Refused(why), _) => return Verdict::Inconclusive(why.clone()),
@@ -121,25 +128,33 @@ fn judge(op: &Op, model: &Outcome, host: &Outcome, window: u64, thp: &mut bool, 
         _ if outside(model) || outside(host) => {
             return Verdict::Inconclusive("the kernel placed the mapping outside the window".into())
         }
-        (Outcome::Pages(mp), Outcome::Pages(hp))
-            if mp.len() == hp.len() && (*thp || mp.iter().zip(hp).all(|(a, b)| a == b || thp_fallback(a, b))) =>
-        {
-            *thp = true;
-            return Verdict::Inconclusive("the host may not get a THP (THP is not guaranteed)".into());
+        (Outcome::Pages(mp), Outcome::Pages(hp)) if mp.len() == hp.len() && pages_fell_back(op, mp, hp, scope) => {
+            return Verdict::Inconclusive(NO_THP.into());
         }
         (Outcome::Device(m), Outcome::Device(h)) if crate::observe_device::DeviceResult::thp_fallback(m, h) => {
-            *thp = true;
-            return Verdict::Inconclusive("the kernel may not get a THP (THP is not guaranteed)".into());
+            if let Op::Device(DeviceOp::Cmd { addr, npages, .. }) = op {
+                let len = npages.saturating_mul(PAGE);
+                match scope.addr(addr) {
+                    Some(va) if (0..*npages).all(|i| scope.thp_optional(Scope::page(va, i as usize))) => {
+                        scope.fall_back(va, len);
+                        return Verdict::Inconclusive(NO_THP.into());
+                    }
+                    None => return Verdict::Inconclusive(NO_THP.into()),
+                    Some(_) => {}
+                }
+            }
         }
         // smaps counts the THP the host may not have got, and after one
-        // such step the rest of the memory's sharing too.
-        (Outcome::Smaps(Some(m)), Outcome::Smaps(Some(h)))
-            if *thp || m.get("AnonHugePages") > h.get("AnonHugePages") =>
-        {
-            *thp = true;
-            return Verdict::Inconclusive("the host may not get a THP (THP is not guaranteed)".into());
+        // such step the rest of that memory's sharing too.
+        (Outcome::Smaps(Some(m)), Outcome::Smaps(Some(h))) => {
+            let len = m.end.saturating_sub(m.start);
+            let fewer = |f: &str| m.get(f) > h.get(f);
+            if scope.fell_back(m.start, len) || fewer("AnonHugePages") || fewer("ShmemPmdMapped") {
+                scope.fall_back(m.start, len);
+                return Verdict::Inconclusive(NO_THP.into());
+            }
         }
-        (Outcome::Same(_), Outcome::Same(_)) if *thp => {
+        (Outcome::Same(_), Outcome::Same(_)) if same_on_fallen(op, scope) => {
             return Verdict::Inconclusive("follows a THP the host may not have allocated".into());
         }
         _ => {}
@@ -148,6 +163,48 @@ fn judge(op: &Op, model: &Outcome, host: &Outcome, window: u64, thp: &mut bool, 
         Some(VersionDifference { behaviour, .. }) => Verdict::Version(behaviour),
         None => Verdict::Differ,
     }
+}
+
+/// Whether a `same` step looks at a page of a block the kernel got no THP
+/// for.
+fn same_on_fallen(op: &Op, scope: &Scope) -> bool {
+    let Op::Same { addr, other_addr, .. } = op else { return false };
+    let on_fallen = |e| scope.addr(e).is_none_or(|va| scope.fell_back(va, PAGE));
+    on_fallen(addr) || on_fallen(other_addr)
+}
+
+/// Whether every page where a pagemap differs is one the kernel may have
+/// left without a THP: a page outside DAX that the model maps huge and the
+/// kernel not, or any page of a block where that was already seen. Records
+/// the blocks newly seen so.
+fn pages_fell_back(op: &Op, model: &[PageView], host: &[PageView], scope: &mut Scope) -> bool {
+    let start = match op {
+        Op::Pagemap { addr, .. } => scope.addr(addr),
+        _ => None,
+    };
+    let Some(start) = start else {
+        return model.iter().zip(host).all(|(a, b)| a == b || thp_fallback(a, b));
+    };
+    let mut newly = Vec::new();
+    for (i, (a, b)) in model.iter().zip(host).enumerate() {
+        let va = Scope::page(start, i);
+        if a == b {
+            continue;
+        }
+        if !scope.thp_optional(va) {
+            return false;
+        }
+        if !scope.fell_back(va, PAGE) {
+            if !thp_fallback(a, b) {
+                return false;
+            }
+            newly.push(va);
+        }
+    }
+    for va in newly {
+        scope.fall_back(va, PAGE);
+    }
+    true
 }
 
 /// The model mapped a huge page where the host has small pages (or none
@@ -221,7 +278,17 @@ mod tests {
         let view = |huge: u64, rss: u64| SmapsView {
             start: 0,
             end: 4 << 20,
-            fields: FIELDS.iter().map(|f| (f.to_string(), if *f == "AnonHugePages" { huge } else { rss })).collect(),
+            fields: FIELDS
+                .iter()
+                .map(|f| {
+                    let kb = match *f {
+                        "AnonHugePages" => huge,
+                        "ShmemPmdMapped" => 0,
+                        _ => rss,
+                    };
+                    (f.to_string(), kb)
+                })
+                .collect(),
             thp_eligible: true,
         };
         let s = parse("t", "smaps w\nsmaps w\n").unwrap();
@@ -232,5 +299,39 @@ mod tests {
         assert!(matches!(c.steps[1].verdict, Verdict::Inconclusive(_)), "the host got no THP");
         let c = compare(&s, &h, &m, (6, 18));
         assert!(matches!(c.steps[1].verdict, Verdict::Differ), "the kernel huge, the model not");
+    }
+
+    #[test]
+    fn a_missing_thp_is_allowed_only_outside_dax_and_only_on_its_block() {
+        let huge = PageView { present: true, huge: true, exclusive: true, ..PageView::default() };
+        let small = PageView { present: true, exclusive: true, ..PageView::default() };
+        let gone = PageView::default();
+        let s = parse(
+            "t",
+            "f = daxfile x\nb = mmap w+4M 4M rw- shared|fixed fd f 0\na = mmap w+8M 4M rw- private|anon|fixed\n\
+             pagemap b 1p\npagemap a 1p\npagemap a+1p 1p\npagemap a+2M 1p\n",
+        )
+        .unwrap();
+        let w = 0x1000_0000_0000;
+        let common = [Outcome::Ok, Outcome::Addr(w + (4 << 20)), Outcome::Addr(w + (8 << 20))];
+        let m = trace([&common[..], &vec![Outcome::Pages(vec![huge]); 4]].concat());
+        let h = trace(
+            [
+                &common[..],
+                &[
+                    Outcome::Pages(vec![small]),
+                    Outcome::Pages(vec![small]),
+                    Outcome::Pages(vec![gone]),
+                    Outcome::Pages(vec![PageView { exclusive: false, ..huge }]),
+                ],
+            ]
+            .concat(),
+        );
+        let c = compare(&s, &m, &h, (7, 3));
+        let v: Vec<_> = c.steps.iter().map(|s| &s.verdict).collect();
+        assert!(matches!(v[3], Verdict::Differ), "an fs-dax PMD is deterministic");
+        assert!(matches!(v[4], Verdict::Inconclusive(_)), "an anonymous THP may fail");
+        assert!(matches!(v[5], Verdict::Inconclusive(_)), "the same block after the fallback");
+        assert!(matches!(v[6], Verdict::Differ), "another block is compared in full");
     }
 }

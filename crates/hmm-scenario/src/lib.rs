@@ -14,6 +14,7 @@
 #![deny(unsafe_code)]
 
 pub mod compare;
+mod compare_thp;
 pub mod exec;
 pub mod fuzz;
 pub mod fuzz_vm;

@@ -156,7 +156,7 @@ impl UffdMsgView {
 }
 
 /// Linux errno names for the numbers a scenario meets.
-const ERRNO_NAMES: [(i32, &str); 16] = [
+const ERRNO_NAMES: [(i32, &str); 17] = [
     (1, "EPERM"),
     (2, "ENOENT"),
     (3, "ESRCH"),
@@ -168,6 +168,7 @@ const ERRNO_NAMES: [(i32, &str); 16] = [
     (14, "EFAULT"),
     (16, "EBUSY"),
     (17, "EEXIST"),
+    (19, "ENODEV"),
     (22, "EINVAL"),
     (27, "EFBIG"),
     (28, "ENOSPC"),

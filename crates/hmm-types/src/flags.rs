@@ -227,6 +227,9 @@ pub enum MadviseAdvice {
     DontNeed,
     /// `MADV_FREE` (8): lazily free clean anonymous pages.
     Free,
+    /// `MADV_REMOVE` (9): punch a hole in the file behind a shared
+    /// writable mapping (`vfs_fallocate` with `FALLOC_FL_PUNCH_HOLE`).
+    Remove,
     /// `MADV_DONTFORK` (10).
     DontFork,
     /// `MADV_DOFORK` (11).
@@ -256,9 +259,10 @@ pub enum MadviseAdvice {
 
 impl MadviseAdvice {
     /// Every advice the model knows.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::DontNeed,
         Self::Free,
+        Self::Remove,
         Self::DontFork,
         Self::DoFork,
         Self::WipeOnFork,
@@ -278,6 +282,7 @@ impl MadviseAdvice {
         Ok(match value {
             4 => Self::DontNeed,
             8 => Self::Free,
+            9 => Self::Remove,
             10 => Self::DontFork,
             11 => Self::DoFork,
             14 => Self::HugePage,

@@ -46,7 +46,7 @@ impl Drop for ExclusivePage<'_> {
 /// Linux's `owner = NULL`: every mirror, the caller's too, drops the page.
 /// Fault errors as GUP gives them (a read-only VMA is `EFAULT`), then
 /// `EOPNOTSUPP` for a folio that is not anonymous (file, shmem), which
-/// stays faulted in; device-DAX aligned above 4K is `EFAULT`, its leaf
+/// stays faulted in (by a PTE: a huge file leaf is dropped first); device-DAX aligned above 4K is `EFAULT`, its leaf
 /// zapped.
 pub fn make_device_exclusive<'a>(
     guard: &MmapReadGuard<'a>,
@@ -88,6 +88,17 @@ pub fn make_device_exclusive<'a>(
         // stays faulted in, and the call is EOPNOTSUPP.
         if !phys.meta(phys.folio_head(pfn)).flags().contains(PageFlags::ANON) {
             phys.put(pfn);
+            let slot = mm.pgtable().find(addr);
+            if slot.level() > Level::Pte && slot.load().is_leaf(slot.level()) {
+                // FOLL_SPLIT_PMD ran before the folio was looked at: a file
+                // leaf (fs-dax, a shmem THP) goes whole, and GUP refaults
+                // the page through the empty page table left in its place,
+                // by a PTE (the 7.3.4 guest: an fs-dax block's first page
+                // mapped writable, the rest of the block unmapped).
+                split_to_pte(mm, addr)?;
+                mm.pgtable().ensure(addr, Level::Pte).map_err(|_| MmError::NoMem)?;
+                phys.put(translate_or_fault(guard, addr, true)?.keep());
+            }
             return Err(MmError::NotSupported("device-exclusive access needs an anonymous folio"));
         }
         if let Err(error) = split_to_pte(mm, addr) {

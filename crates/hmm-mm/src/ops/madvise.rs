@@ -1,4 +1,5 @@
-//! madvise: DONTNEED and FREE (announced as CLEAR), HUGEPAGE and
+//! madvise: DONTNEED and FREE (announced as CLEAR), REMOVE
+//! (`super::madvise_remove`), HUGEPAGE and
 //! NOHUGEPAGE, DONTFORK and DOFORK, POPULATE_READ and POPULATE_WRITE,
 //! COLLAPSE (a synchronous THP collapse, `super::collapse`),
 //! PAGEOUT (anonymous pages go to swap or, if clean after FREE, are
@@ -15,7 +16,7 @@ use hmm_pagetable::{Entry, SwapKind, Visit};
 use hmm_types::{Event, MadviseAdvice, VaRange, VmFlags, PAGE_SIZE, TASK_SIZE};
 
 use crate::error::MmError;
-use crate::huge::split_huge_at;
+use crate::huge::{drop_huge_zero_at, split_huge_edge};
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::phys::PageFlags;
 use crate::swap::{pageout_range, Scope};
@@ -68,6 +69,12 @@ impl Mm {
                     }
                     let vma = guard.lookup(piece_start).expect("a piece lies in a VMA");
                     discard_piece(self, vma, piece_start, piece_end, advice)
+                })
+            }
+            MadviseAdvice::Remove => {
+                let mut guard = self.mmap_read();
+                Walk::new(&guard, start, end).run(|piece_start, piece_end| {
+                    super::madvise_remove::remove_piece(&mut guard, piece_start, piece_end)
                 })
             }
             MadviseAdvice::Collapse => {
@@ -184,6 +191,11 @@ fn discard_piece(mm: &Mm, vma: &Vma, start: u64, end: u64, advice: MadviseAdvice
     let invalidation = mm.notifiers().start(mm.id(), start, end, Event::Clear);
     let mut gather = Gather::new();
     if advice == MadviseAdvice::DontNeed {
+        if !vma.is_anonymous() {
+            // A DAX hole's huge zero PMD straddling an edge goes whole.
+            drop_huge_zero_at(mm, start);
+            drop_huge_zero_at(mm, end);
+        }
         // File memory registered for WP keeps its protection as markers.
         let markers = crate::uffd::markers_to_keep(mm, vma, start, end);
         zap_range_keep_guards(mm, start, end, &mut gather)?;
@@ -222,8 +234,8 @@ fn set_flags_piece(
     guard.check_split(end)?;
     // A huge leaf must not straddle the new VMA edges (fork copies per
     // VMA), as `vma_adjust_trans_huge` ensures.
-    split_huge_at(mm, start)?;
-    split_huge_at(mm, end)?;
+    split_huge_edge(mm, guard, start)?;
+    split_huge_edge(mm, guard, end)?;
     for vma in guard.vmas_mut().split_range_mut(start, end) {
         vma.flags = (vma.flags - clear) | set;
     }

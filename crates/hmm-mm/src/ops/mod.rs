@@ -8,6 +8,7 @@ mod exit;
 mod fork;
 mod guard;
 mod madvise;
+mod madvise_remove;
 mod mmap;
 mod mprotect;
 mod mremap;

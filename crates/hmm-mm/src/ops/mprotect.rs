@@ -21,7 +21,7 @@ use hmm_pagetable::{Entry, SwapKind, Visit};
 use hmm_types::{Event, Prot, VaRange, VmFlags, PAGE_SIZE, TASK_SIZE};
 
 use crate::error::MmError;
-use crate::huge::split_huge_at;
+use crate::huge::split_huge_edge;
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::phys::PageFlags;
 use crate::vma::Vma;
@@ -148,8 +148,8 @@ fn apply(mm: &Mm, guard: &mut MmapWriteGuard<'_>, start: u64, end: u64, new_acce
         })
         .collect();
     for &(chunk_start, chunk_end, ..) in &changes {
-        split_huge_at(mm, chunk_start)?;
-        split_huge_at(mm, chunk_end)?;
+        split_huge_edge(mm, guard, chunk_start)?;
+        split_huge_edge(mm, guard, chunk_end)?;
     }
     for &(chunk_start, chunk_end, upgrade, rwp) in &changes {
         if has_entries(mm, chunk_start, chunk_end) {

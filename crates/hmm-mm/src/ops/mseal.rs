@@ -18,7 +18,7 @@
 use hmm_types::{MadviseAdvice, VmFlags, PAGE_SIZE};
 
 use crate::error::MmError;
-use crate::huge::split_huge_at;
+use crate::huge::split_huge_edge;
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::vma::Vma;
 
@@ -53,8 +53,8 @@ impl Mm {
         guard.check_split(addr)?;
         guard.check_split(end)?;
         // A huge leaf must not straddle the new VMA edges.
-        split_huge_at(self, addr)?;
-        split_huge_at(self, end)?;
+        split_huge_edge(self, &guard, addr)?;
+        split_huge_edge(self, &guard, end)?;
         for vma in guard.vmas_mut().split_range_mut(addr, end) {
             vma.flags |= VmFlags::SEALED;
         }
@@ -94,7 +94,7 @@ pub(crate) fn check_unmap_sealed(guard: &mut MmapWriteGuard<'_>, start: u64, end
     }
     if splits_first {
         guard.check_split(start)?;
-        split_huge_at(guard.mm(), start)?;
+        split_huge_edge(guard.mm(), guard, start)?;
         guard.vmas_mut().split_at(start);
     }
     Err(MmError::Sealed("munmap of a range holding a sealed VMA"))
@@ -109,6 +109,7 @@ pub(crate) fn check_madvise_sealed(vma: &Vma, advice: MadviseAdvice) -> Result<(
         advice,
         MadviseAdvice::DontNeed
             | MadviseAdvice::Free
+            | MadviseAdvice::Remove
             | MadviseAdvice::DontFork
             | MadviseAdvice::WipeOnFork
             | MadviseAdvice::GuardInstall

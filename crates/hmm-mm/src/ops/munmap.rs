@@ -6,7 +6,7 @@
 use hmm_types::{Event, VaRange};
 
 use crate::error::MmError;
-use crate::huge::split_huge_at;
+use crate::huge::split_huge_edge;
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::zap::{zap_range, Gather};
 
@@ -40,8 +40,8 @@ pub(crate) fn unmap_locked(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64)
     for vma in guard.overlapping(start, end) {
         crate::uffd::defer_unmap(vma, start, end);
     }
-    split_huge_at(mm, extent_start)?;
-    split_huge_at(mm, extent_end)?;
+    split_huge_edge(mm, guard, extent_start)?;
+    split_huge_edge(mm, guard, extent_end)?;
     let invalidation = mm.notifiers().start(mm.id(), extent_start, extent_end, Event::Unmap);
     let mut gather = Gather::new();
     zap_range(mm, extent_start, extent_end, &mut gather)?;

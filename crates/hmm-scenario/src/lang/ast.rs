@@ -214,9 +214,10 @@ pub const MAP_BITS: [(u32, &str); 11] = [
 pub const MREMAP_BITS: [(u32, &str); 3] = [(1, "maymove"), (2, "fixed"), (4, "dontunmap")];
 
 /// `MADV_*` advice the model knows, with Linux's numbers.
-pub const ADVICE: [(u32, &str); 14] = [
+pub const ADVICE: [(u32, &str); 15] = [
     (4, "dontneed"),
     (8, "free"),
+    (9, "remove"),
     (10, "dontfork"),
     (11, "dofork"),
     (14, "hugepage"),

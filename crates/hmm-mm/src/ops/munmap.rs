@@ -32,7 +32,16 @@ pub(crate) fn unmap_locked(guard: &mut MmapWriteGuard<'_>, start: u64, end: u64)
     let mm = guard.mm();
     super::mseal::check_unmap_sealed(guard, start, end)?;
     guard.check_split(start)?;
-    guard.check_split(end)?;
+    if let Err(error) = guard.check_split(end) {
+        // `vms_gather_munmap_vmas` splits the first VMA at `start` before
+        // it tries the end; a refused end split (an unaligned hugetlb or
+        // device-DAX edge) leaves that first split in place.
+        if guard.overlapping(start, end).next().is_some_and(|first| first.start < start) {
+            split_huge_edge(mm, guard, start)?;
+            guard.vmas_mut().split_at(start);
+        }
+        return Err(error);
+    }
     let (Some(first), Some(last)) = (guard.overlapping(start, end).next(), guard.overlapping(start, end).last()) else {
         return Ok(());
     };
@@ -106,6 +115,27 @@ mod tests {
         assert_eq!(rec.take_events(), [(Event::Clear, va, va + PMD_SIZE), (Event::Unmap, va, va + 4096)]);
         assert_eq!(leaf(&mm, va + 4096).0, Level::Pte);
         assert_eq!(mm.read_u64(va + PMD_SIZE - 8).unwrap(), 77);
+    }
+
+    #[test]
+    fn a_refused_end_split_keeps_the_start_split() {
+        // Linux 7.3 (the guest, `hmm fuzz --kernel vm --seed 2027`): an
+        // unmap from inside an anonymous VMA to an unaligned point of the
+        // hugetlb VMA after it is EINVAL, unmaps nothing, and leaves the
+        // anonymous VMA split where the range began.
+        let config = crate::KernelConfig { ram_bytes: 64 << 20, hugetlb_2m_pages: 1, ..Default::default() };
+        let mm = crate::Kernel::new(config).unwrap().create_mm().unwrap();
+        let huge = mm.mmap(0, PMD_SIZE, Prot::RW, ANON | MapFlags::HUGETLB).unwrap();
+        let anon = mm.mmap(huge - 8 * 4096, 8 * 4096, Prot::RW, ANON | MapFlags::FIXED).unwrap();
+        mm.write_u64(anon, 5).unwrap();
+        let err = mm.munmap(anon + 4 * 4096, 5 * 4096).unwrap_err();
+        assert_eq!(err.errno(), Errno::Inval);
+        let bounds: Vec<(u64, u64)> = mm.mmap_read().iter().map(|v| (v.start, v.end)).collect();
+        assert_eq!(bounds, [(anon, anon + 4 * 4096), (anon + 4 * 4096, huge), (huge, huge + PMD_SIZE)]);
+        assert_eq!(mm.read_u64(anon).unwrap(), 5);
+        // A start split that is itself refused changes nothing.
+        assert_eq!(mm.munmap(huge + 4096, 4096).unwrap_err().errno(), Errno::Inval);
+        assert_eq!(mm.mmap_read().len(), 3);
     }
 
     #[test]

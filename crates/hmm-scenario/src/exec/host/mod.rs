@@ -15,7 +15,7 @@
 mod calls;
 mod device;
 mod pin;
-mod sys;
+pub(crate) mod sys;
 mod uffd;
 
 use std::collections::HashMap;

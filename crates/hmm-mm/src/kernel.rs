@@ -253,8 +253,8 @@ mod tests {
         k.set_mmap_min_addr(0x1000);
         assert_eq!(mm.mmap(0x2800, 4096, Prot::RW, anon).unwrap(), 0x2000, "page-aligned down, above the floor");
         mm.munmap(0x1000, 4096).unwrap();
-        assert_eq!(mm.mmap(0x800, 4096, Prot::RW, anon).unwrap() > 0x1_0000_0000, true, "0x800 is no hint (0)");
-        assert_eq!(mm.mmap(0xfff, 4096, Prot::RW, anon).unwrap() > 0x1_0000_0000, true);
+        assert!(mm.mmap(0x800, 4096, Prot::RW, anon).unwrap() > 0x1_0000_0000, "0x800 is no hint (0)");
+        assert!(mm.mmap(0xfff, 4096, Prot::RW, anon).unwrap() > 0x1_0000_0000);
         assert_eq!(mm.mmap(0x1800, 4096, Prot::RW, anon).unwrap(), 0x1000);
     }
 }

@@ -10,14 +10,13 @@
 //!               bits 12..52 offset (swap slot or pfn)
 //! none:         0
 //! ```
-//! A marker is a non-present PTE of kind [`SwapKind::Marker`] whose offset
-//! holds `PTE_MARKER_*` bits; a guard marker ([`Entry::guard_marker`]) has
-//! [`PTE_MARKER_GUARD`].
+//! This file owns the bits and the present-leaf accessors; beside it,
+//! `swap` the non-present kinds ([`SwapKind`]), `marker` the marker
+//! entries (guard, uffd-wp), `uffd` the uffd-wp and RWP bits of present
+//! leaves, `raw` the decoders for tight loops over raw words.
 //!
 //! Linux: `pte_present`, `pte_write`, `pte_special`, `pmd_trans_huge`,
-//! `pud_leaf`, `swp_entry_t`, `is_migration_entry`,
-//! `is_device_private_entry`, `is_device_exclusive_entry`,
-//! `make_pte_marker`, `is_guard_pte_marker`.
+//! `pud_leaf`, `swp_entry_t`.
 
 use core::fmt;
 
@@ -25,6 +24,14 @@ use hmm_types::Pfn;
 
 use crate::level::Level;
 use crate::store::TableId;
+
+mod marker;
+mod raw;
+mod swap;
+mod uffd;
+
+pub use marker::{PTE_MARKER_GUARD, PTE_MARKER_UFFD_WP};
+pub use swap::SwapKind;
 
 const PRESENT: u64 = 1 << 0;
 const WRITE: u64 = 1 << 1;
@@ -38,72 +45,6 @@ const KIND_SHIFT: u32 = 1;
 const KIND_MASK: u64 = 0x1f << KIND_SHIFT;
 const PFN_SHIFT: u32 = 12;
 const PFN_MASK: u64 = ((1 << 52) - 1) & !((1 << PFN_SHIFT) - 1);
-
-/// The marker bit of a guard region's PTE (`PTE_MARKER_GUARD`, bit 2).
-pub const PTE_MARKER_GUARD: u64 = 1 << 2;
-/// The marker bit of a write-protected none entry (`PTE_MARKER_UFFD_WP`,
-/// bit 0): userfaultfd WP over unpopulated memory.
-pub const PTE_MARKER_UFFD_WP: u64 = 1 << 0;
-
-/// The kinds of non-present entries (`swp_type` in Linux).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub enum SwapKind {
-    /// A page written to swap; the offset is the swap slot.
-    Swap = 1,
-    /// Migration in progress, the page was mapped read-only.
-    MigrationRead = 2,
-    /// Migration in progress, read-only but exclusively owned (anon).
-    MigrationReadExclusive = 3,
-    /// Migration in progress, the page was mapped writable.
-    MigrationWrite = 4,
-    /// A device-private page, read-only.
-    DevicePrivateRead = 5,
-    /// A device-private page, writable.
-    DevicePrivateWrite = 6,
-    /// Taken away from the CPU for device atomics.
-    DeviceExclusive = 7,
-    /// A poisoned page.
-    Hwpoison = 8,
-    /// A marker (uffd-wp, guard), no page.
-    Marker = 9,
-}
-
-impl SwapKind {
-    const fn from_bits(bits: u64) -> Option<Self> {
-        Some(match bits {
-            1 => Self::Swap,
-            2 => Self::MigrationRead,
-            3 => Self::MigrationReadExclusive,
-            4 => Self::MigrationWrite,
-            5 => Self::DevicePrivateRead,
-            6 => Self::DevicePrivateWrite,
-            7 => Self::DeviceExclusive,
-            8 => Self::Hwpoison,
-            9 => Self::Marker,
-            _ => return None,
-        })
-    }
-    /// A migration entry of either direction.
-    #[inline]
-    pub const fn is_migration(self) -> bool {
-        matches!(self, Self::MigrationRead | Self::MigrationReadExclusive | Self::MigrationWrite)
-    }
-    /// A device-private entry of either direction.
-    #[inline]
-    pub const fn is_device_private(self) -> bool {
-        matches!(self, Self::DevicePrivateRead | Self::DevicePrivateWrite)
-    }
-    /// The offset field is a page frame number (not a swap slot).
-    #[inline]
-    pub const fn has_pfn(self) -> bool {
-        self.is_migration() || self.is_device_private() || matches!(self, Self::DeviceExclusive | Self::Hwpoison)
-    }
-    /// The entry records a writable mapping.
-    #[inline]
-    pub const fn is_write(self) -> bool {
-        matches!(self, Self::MigrationWrite | Self::DevicePrivateWrite)
-    }
-}
 
 /// Software and hardware bits of a present leaf.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
@@ -195,36 +136,6 @@ impl Entry {
         Self(raw)
     }
 
-    /// A guard marker (`make_pte_marker(PTE_MARKER_GUARD)`): a PTE-level
-    /// entry with no page behind it that makes every access fault.
-    #[inline]
-    pub const fn guard_marker() -> Self {
-        Self::swap(SwapKind::Marker, PTE_MARKER_GUARD, false)
-    }
-    /// `is_guard_pte_marker`: a marker entry carrying the guard bit.
-    #[inline]
-    pub const fn is_guard_marker(self) -> bool {
-        !self.is_present()
-            && !self.is_huge()
-            && (self.0 & KIND_MASK) >> KIND_SHIFT == SwapKind::Marker as u64
-            && ((self.0 & PFN_MASK) >> PFN_SHIFT) & PTE_MARKER_GUARD != 0
-    }
-
-    /// A uffd-wp marker (`make_pte_marker(PTE_MARKER_UFFD_WP)`): a none
-    /// entry that remembers it is write-protected for userfaultfd.
-    #[inline]
-    pub const fn uffd_wp_marker() -> Self {
-        Self::swap(SwapKind::Marker, PTE_MARKER_UFFD_WP, false)
-    }
-    /// `pte_marker_uffd_wp`: a marker entry carrying the uffd-wp bit.
-    #[inline]
-    pub const fn is_uffd_wp_marker(self) -> bool {
-        !self.is_present()
-            && !self.is_huge()
-            && (self.0 & KIND_MASK) >> KIND_SHIFT == SwapKind::Marker as u64
-            && ((self.0 & PFN_MASK) >> PFN_SHIFT) & PTE_MARKER_UFFD_WP != 0
-    }
-
     /// `pte_none`.
     #[inline]
     pub const fn is_none(self) -> bool {
@@ -295,40 +206,6 @@ impl Entry {
             special: self.is_special(),
         }
     }
-    /// For tight loops over raw PTE words: zero exactly when `raw` is a
-    /// plain page — present, accessible (not PROT_NONE), not special, not
-    /// huge, no bit set above the frame field. For such a word
-    /// [`Self::raw_plain_pfn`] and [`Self::raw_write`] decode it with one
-    /// operation each; callers OR the results of many words and check once.
-    #[inline]
-    pub const fn raw_plain_anomaly(raw: u64) -> u64 {
-        (raw ^ PRESENT) & (PRESENT | PROTNONE | SPECIAL | HUGE | !(PFN_MASK | ((1 << PFN_SHIFT) - 1)))
-    }
-    /// The flag bits of a word (below the frame field).
-    #[inline]
-    pub const fn raw_flags(raw: u64) -> u64 {
-        raw & ((1 << PFN_SHIFT) - 1)
-    }
-    /// The bits of `diff` (two words XORed) that decide how a plain page
-    /// is reported: nonzero when the words differ in PRESENT, WRITE, HUGE,
-    /// PROTNONE, SPECIAL or above the frame field (ACCESSED and DIRTY may
-    /// differ).
-    #[inline]
-    pub const fn raw_shape(diff: u64) -> u64 {
-        diff & (PRESENT | WRITE | PROTNONE | SPECIAL | HUGE | !(PFN_MASK | ((1 << PFN_SHIFT) - 1)))
-    }
-    /// The frame of a word with no [`Self::raw_plain_anomaly`] (for any
-    /// other word, garbage).
-    #[inline]
-    pub const fn raw_plain_pfn(raw: u64) -> u64 {
-        raw >> PFN_SHIFT
-    }
-    /// The WRITE bit of a word, moved to bit `to` (nonzero exactly for a
-    /// writable plain page, given no [`Self::raw_plain_anomaly`]).
-    #[inline]
-    pub const fn raw_write(raw: u64, to: u32) -> u64 {
-        (raw & WRITE) << (to - WRITE.trailing_zeros())
-    }
     /// The kind of a non-present entry.
     #[inline]
     pub const fn swap_kind(self) -> Option<SwapKind> {
@@ -352,54 +229,6 @@ impl Entry {
                 // callers treat it as "not a page" rather than crash.
                 None => EntryKind::NonPresent { kind: SwapKind::Marker, offset: 0 },
             }
-        }
-    }
-
-    /// The userfaultfd write-protect bit of a present leaf (`pte_uffd_wp`).
-    #[inline]
-    pub const fn is_uffd_wp(self) -> bool {
-        self.0 & (PRESENT | UFFD_WP) == PRESENT | UFFD_WP
-    }
-    /// The same present leaf write-protected for userfaultfd: UFFD_WP set,
-    /// WRITE cleared (`pte_mkuffd_wp`).
-    #[inline]
-    pub const fn mkuffd_wp(self) -> Self {
-        Self((self.0 | UFFD_WP) & !WRITE)
-    }
-    /// The same present leaf without UFFD_WP (`pte_clear_uffd_wp`).
-    #[inline]
-    pub const fn clear_uffd_wp(self) -> Self {
-        if self.0 & PRESENT != 0 {
-            Self(self.0 & !UFFD_WP)
-        } else {
-            self
-        }
-    }
-    /// A present leaf read-write-protected for userfaultfd (Linux 7.3's
-    /// RWP mode): PROT_NONE with the uffd bit, which tells it apart from
-    /// an mprotect(PROT_NONE) entry.
-    #[inline]
-    pub const fn is_uffd_rwp(self) -> bool {
-        self.0 & (PRESENT | PROTNONE | UFFD_WP) == PRESENT | PROTNONE | UFFD_WP
-    }
-    /// The same present leaf read-write-protected: PROT_NONE, the uffd bit
-    /// set, WRITE cleared (`change_pte_range` with `MM_CP_UFFD_RWP`).
-    #[inline]
-    pub const fn mkuffd_rwp(self) -> Self {
-        if self.0 & PRESENT != 0 {
-            Self((self.0 | PROTNONE | UFFD_WP) & !WRITE)
-        } else {
-            self
-        }
-    }
-    /// The same present leaf with the read-write protection gone: PROT_NONE
-    /// and the uffd bit cleared (the caller decides about WRITE).
-    #[inline]
-    pub const fn clear_uffd_rwp(self) -> Self {
-        if self.0 & PRESENT != 0 {
-            Self(self.0 & !(PROTNONE | UFFD_WP))
-        } else {
-            self
         }
     }
     /// The same present leaf with WRITE cleared (`pte_wrprotect`).
@@ -516,102 +345,11 @@ mod tests {
     }
 
     #[test]
-    fn rwp_protection_is_protnone_with_the_uffd_bit() {
-        let flags = LeafFlags { write: true, dirty: true, accessed: true, special: false };
-        let page = Entry::present(Pfn(0x42), flags, false);
-        let rwp = page.mkuffd_rwp();
-        assert!(rwp.is_uffd_rwp() && rwp.is_protnone() && !rwp.is_accessible() && !rwp.is_write());
-        assert_eq!(rwp.pfn(), Pfn(0x42));
-        assert!(!page.mkprotnone().is_uffd_rwp(), "mprotect(PROT_NONE) is no RWP protection");
-        assert!(!page.mkuffd_wp().is_uffd_rwp(), "nor is write protection");
-        let back = rwp.clear_uffd_rwp();
-        assert!(back.is_accessible() && !back.is_uffd_wp() && !back.is_write());
-        assert_eq!(Entry::NONE.mkuffd_rwp(), Entry::NONE, "only present leaves are protected");
-    }
-
-    #[test]
     fn table_versus_huge_leaf_at_pmd() {
         assert_eq!(Entry::table(7).kind(Level::Pmd), EntryKind::Table(7));
         let huge = Entry::present(Pfn(512), LeafFlags::default(), true);
         assert!(huge.is_leaf(Level::Pmd));
         assert!(!huge.is_table(Level::Pmd));
-    }
-
-    #[test]
-    fn swap_kinds_round_trip() {
-        for kind in [
-            SwapKind::Swap,
-            SwapKind::MigrationRead,
-            SwapKind::MigrationReadExclusive,
-            SwapKind::MigrationWrite,
-            SwapKind::DevicePrivateRead,
-            SwapKind::DevicePrivateWrite,
-            SwapKind::DeviceExclusive,
-            SwapKind::Hwpoison,
-            SwapKind::Marker,
-        ] {
-            let e = Entry::swap(kind, 0x1234, false);
-            assert!(!e.is_present() && !e.is_none());
-            assert_eq!(e.kind(Level::Pte), EntryKind::NonPresent { kind, offset: 0x1234 });
-        }
-    }
-
-    #[test]
-    fn uffd_wp_markers_are_recognised_and_nothing_else_is() {
-        let marker = Entry::uffd_wp_marker();
-        assert!(marker.is_uffd_wp_marker() && !marker.is_none() && !marker.is_present());
-        assert!(!marker.is_guard_marker() && !marker.is_uffd_wp(), "not a guard, not a present uffd-wp page");
-        for other in [
-            Entry::guard_marker(),
-            Entry::swap(SwapKind::Swap, PTE_MARKER_UFFD_WP, false),
-            Entry::present(Pfn(PTE_MARKER_UFFD_WP), LeafFlags::default(), false).mkuffd_wp(),
-            Entry::NONE,
-        ] {
-            assert!(!other.is_uffd_wp_marker(), "{other:?}");
-        }
-    }
-
-    #[test]
-    fn guard_markers_are_recognised_and_nothing_else_is() {
-        let guard = Entry::guard_marker();
-        assert!(guard.is_guard_marker() && !guard.is_none() && !guard.is_present() && guard.is_leaf(Level::Pte));
-        assert_eq!(guard.kind(Level::Pte), EntryKind::NonPresent { kind: SwapKind::Marker, offset: PTE_MARKER_GUARD });
-        assert_ne!(Entry::raw_plain_anomaly(guard.raw()), 0, "not a plain page");
-        // A uffd-wp marker (bit 0), a swap entry with slot 4 and a present
-        // page with frame 4 are not guard markers.
-        for other in [
-            Entry::swap(SwapKind::Marker, 1, false),
-            Entry::swap(SwapKind::Swap, PTE_MARKER_GUARD, false),
-            Entry::present(Pfn(PTE_MARKER_GUARD), LeafFlags::default(), false),
-            Entry::NONE,
-        ] {
-            assert!(!other.is_guard_marker(), "{other:?}");
-        }
-    }
-
-    #[test]
-    fn raw_plain_decoding_agrees_with_the_entry() {
-        let plain = |write, dirty, accessed| LeafFlags { write, dirty, accessed, special: false };
-        for flags in [plain(true, true, true), plain(false, false, true), plain(true, false, false)] {
-            let e = Entry::present(Pfn(0xabcde), flags, false);
-            assert_eq!(Entry::raw_plain_anomaly(e.raw()), 0);
-            assert_eq!(Entry::raw_plain_pfn(e.raw()), 0xabcde);
-            assert_eq!(Entry::raw_write(e.raw(), 62) != 0, flags.write);
-            assert_eq!(Entry::raw_write(e.raw(), 62) & !(1 << 62), 0);
-        }
-        let special = Entry::present(Pfn(1), LeafFlags { special: true, ..Default::default() }, false);
-        let others = [
-            Entry::NONE,
-            special,
-            Entry::present(Pfn(1), LeafFlags::default(), false).mkprotnone(),
-            Entry::present(Pfn(1), LeafFlags::default(), true),
-            Entry::swap(SwapKind::MigrationWrite, 1, false),
-            Entry::swap(SwapKind::DevicePrivateWrite, 1, false),
-            Entry::from_raw(Entry::present(Pfn(1), LeafFlags::default(), false).raw() | 1 << 60),
-        ];
-        for e in others {
-            assert_ne!(Entry::raw_plain_anomaly(e.raw()), 0, "{e:?}");
-        }
     }
 
     #[test]

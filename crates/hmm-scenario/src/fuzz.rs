@@ -24,7 +24,7 @@ const PAGE: u64 = 4096;
 /// Processes a scenario may name.
 const PROCS: [&str; 3] = ["main", "c1", "c2"];
 
-fn w(offset: u64) -> Expr {
+pub(crate) fn w(offset: u64) -> Expr {
     Expr::at("w", offset as i128)
 }
 
@@ -42,7 +42,7 @@ fn aligned() -> impl Strategy<Value = Expr> {
 
 /// A length: mostly a few pages; sometimes zero, unaligned, 2 MiB, or
 /// near 2^64 (overflowing).
-fn len() -> impl Strategy<Value = Expr> {
+pub(crate) fn len() -> impl Strategy<Value = Expr> {
     prop_oneof![
         12 => (1u64..17).prop_map(|n| Expr::num(n * PAGE)),
         1 => Just(Expr::num(0)),
@@ -52,7 +52,7 @@ fn len() -> impl Strategy<Value = Expr> {
     ]
 }
 
-fn prot() -> impl Strategy<Value = u32> {
+pub(crate) fn prot() -> impl Strategy<Value = u32> {
     prop_oneof![4 => Just(3u32), 2 => Just(1), 2 => Just(0), 1 => Just(7), 1 => Just(8)]
 }
 
@@ -69,7 +69,7 @@ fn advice() -> impl Strategy<Value = u32> {
     prop_oneof![9 => proptest::sample::select(known), 1 => Just(99u32)]
 }
 
-fn value() -> impl Strategy<Value = u64> {
+pub(crate) fn value() -> impl Strategy<Value = u64> {
     prop_oneof![Just(0u64), 1u64..256, any::<u64>()]
 }
 

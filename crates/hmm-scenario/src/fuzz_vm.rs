@@ -1,7 +1,9 @@
 //! `hmm fuzz --kernel vm`: generated scenarios in batches, one guest boot
 //! per batch, compared with the model configured like the guest. The
-//! scenarios are `fuzz.rs`'s with test-device commands mixed in (device 0,
-//! opened first). A divergence of a new kind is shrunk by deleting steps:
+//! scenarios are `fuzz.rs`'s with test-device commands (device 0, opened
+//! first) and an fs-dax file (`x`, 4 MiB of holes on the guest's DAX
+//! mount: mapped shared, private or MAP_SYNC, written, truncated and
+//! punched under the mirror) mixed in. A divergence of a new kind is shrunk by deleting steps:
 //! every candidate of a round (blocks of half, a quarter... down to single
 //! steps) runs in one more boot, the shortest that still shows the same
 //! kind of divergence starts the next round, until none does.
@@ -17,7 +19,8 @@ use crate::exec::model::ModelExecutor;
 use crate::exec::vm::{VmBatch, VmExecutor};
 use crate::exec::Executor;
 use crate::fuzz::{complete, signature, Found, FuzzReport};
-use crate::lang::ast::{Op, Scenario, Step};
+use crate::fuzz::{len, prot, value, w};
+use crate::lang::ast::{Expr, FallocMode, Op, Scenario, Step};
 use crate::lang::device::{DevCmd, DeviceOp, Pattern};
 
 /// Most shrinking rounds (boots) per divergence.
@@ -36,17 +39,56 @@ fn device_step() -> impl Strategy<Value = Step> {
     op.prop_map(|op| Step { line: 0, bind: None, op: Op::Device(op) })
 }
 
-/// Generated steps: `fuzz.rs`'s, about one in four a device command.
+const PAGE: u64 = 4096;
+/// Pages of the fs-dax file: two PMD-sized blocks, so faults can map a
+/// block, the huge zero page of a hole, or 4 KiB pieces.
+const DAX_PAGES: u64 = 1024;
+
+/// A step on the fs-dax file `x`: a mapping of it (often a whole aligned
+/// 2 MiB block at a block's offset, where Linux maps PMD leaves), or a
+/// file operation (pwrite, pread, ftruncate, fallocate).
+fn dax_step() -> impl Strategy<Value = Step> {
+    let x = || "x".to_string();
+    let page = || prop_oneof![3 => Just(0u64), 2 => Just(512u64), 5 => 0..DAX_PAGES];
+    let at = prop_oneof![2 => Just(w(0)), 1 => Just(w(512 * PAGE)), 3 => crate::fuzz::addr()];
+    let length = prop_oneof![2 => Just(Expr::num(512 * PAGE)), 3 => len()];
+    // shared|fixed, private|fixed, shared_validate|sync|fixed.
+    let flags = prop_oneof![3 => Just(0x11u32), 2 => Just(0x12), 1 => Just(0x03 | 0x10 | 0x80000)];
+    let op = prop_oneof![
+        4 => (at, length, prot(), flags, page()).prop_map(move |(addr, len, prot, flags, p)| Op::Mmap {
+            addr,
+            len,
+            prot,
+            flags,
+            file: Some((x(), Expr::num(p * PAGE)))
+        }),
+        1 => (page(), value()).prop_map(move |(p, value)| Op::Fwrite { file: x(), offset: Expr::num(p * PAGE), value }),
+        1 => page().prop_map(move |p| Op::Pread { file: x(), offset: Expr::num(p * PAGE) }),
+        1 => (0..=DAX_PAGES).prop_map(move |p| Op::Ftruncate { file: x(), size: Expr::num(p * PAGE) }),
+        1 => (page(), len(), prop_oneof![Just(FallocMode::PunchHole), Just(FallocMode::KeepSize)])
+            .prop_map(move |(p, len, mode)| Op::Fallocate { file: x(), offset: Expr::num(p * PAGE), len, mode }),
+    ];
+    op.prop_map(|op| Step { line: 0, bind: None, op })
+}
+
+/// Generated steps: `fuzz.rs`'s, about one in five a device command and
+/// one in five a step on the fs-dax file.
 fn steps() -> impl Strategy<Value = Vec<Step>> {
-    proptest::collection::vec(prop_oneof![3 => crate::fuzz::step(), 1 => device_step()], 1..40)
+    proptest::collection::vec(prop_oneof![3 => crate::fuzz::step(), 1 => device_step(), 1 => dax_step()], 1..40)
 }
 
 /// The runnable scenario: `fuzz.rs`'s completion with `d = dmirror 0`
-/// opened right after the file prelude.
+/// opened and the fs-dax file `x` made right after the file prelude.
 pub fn complete_with_device(steps: &[Step]) -> Scenario {
     let mut s = complete(steps);
-    let open = Step { line: 0, bind: Some("d".into()), op: Op::Device(DeviceOp::Open { minor: 0 }) };
-    s.steps.insert(2, open);
+    let step = |bind: Option<&str>, op| Step { line: 0, bind: bind.map(str::to_string), op };
+    let prelude = [
+        step(Some("d"), Op::Device(DeviceOp::Open { minor: 0 })),
+        step(None, Op::Device(DeviceOp::DaxDir { path: "/mnt/dax".into() })),
+        step(Some("x"), Op::Device(DeviceOp::DaxFile { name: "fuzz".into() })),
+        step(None, Op::Ftruncate { file: "x".into(), size: Expr::num(DAX_PAGES * PAGE) }),
+    ];
+    s.steps.splice(2..2, prelude);
     for (i, step) in s.steps.iter_mut().enumerate() {
         step.line = i + 1;
     }
@@ -191,7 +233,6 @@ fn shrink(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lang::ast::Expr;
 
     #[test]
     fn candidates_delete_blocks_down_to_single_steps() {

@@ -8,8 +8,8 @@
 //! [`exec::Executor`] (model, or host via the `hmm-host-runner` child) →
 //! [`observe::Trace`] → [`compare::compare`].
 //!
-//! `unsafe` is denied everywhere except `exec/host/sys.rs`, the one module
-//! that makes raw system calls.
+//! `unsafe` is denied everywhere except `exec/host/sys.rs` and its files
+//! `sys/`, the one module that makes raw system calls.
 
 #![deny(unsafe_code)]
 

@@ -2,20 +2,27 @@
 //! Moving carries the page-table entries to the new place without copying
 //! data, announced as UNMAP of the old range.
 //!
+//! The call's flow (resize in place, or choose a destination) and the
+//! zero-length duplication of a shared mapping are here; beside them
+//! `checks` the argument and per-VMA refusals, `move_vma` the moves (one
+//! VMA, or every VMA of a range with `MREMAP_FIXED` and equal lengths,
+//! Linux 6.17+).
+//!
 //! Linux: `mm/mremap.c` (`do_mremap`, `move_vma`, `move_page_tables`).
 
-use core::ops::ControlFlow;
-
-use hmm_pagetable::{EnsureError, Entry, Level, Visit};
-use hmm_types::{Event, MremapFlags, PageSize, VmFlags, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE};
+use hmm_types::{MremapFlags, VmFlags, PAGE_SIZE, TASK_SIZE};
 
 use crate::error::{FaultError, MmError, SegvReason};
-use crate::huge::split_huge_at;
 use crate::mm::{Mm, MmapWriteGuard};
-use crate::rmap::AnonVmaSlot;
 use crate::vma::{Vma, VmaBacking, VmaTree};
 
 use super::unmap_locked;
+
+mod checks;
+mod move_vma;
+
+use checks::{align_hugetlb, check_params, check_vma};
+use move_vma::{move_mapping, remap_move};
 
 fn page_round(len: u64) -> u64 {
     // `PAGE_ALIGN` wraps: a length within a page of 2^64 becomes 0.
@@ -164,76 +171,6 @@ fn place(tree: &VmaTree, vma: &Vma, old_addr: u64, new_len: u64, hint: Option<u6
         .ok_or(MmError::NoSpace(new_len))
 }
 
-/// A hugetlb VMA (`align_hugetlb`): both lengths round up to the huge
-/// page, both addresses must be aligned to it (`new_addr` even without
-/// MREMAP_FIXED) and growing is refused (the reservation cannot be split);
-/// each is `EINVAL`. A length rounded past the address space is `EINVAL`
-/// too, as no huge page fits there.
-fn align_hugetlb(
-    size: PageSize,
-    old_addr: u64,
-    old_len: u64,
-    new_len: u64,
-    new_addr: u64,
-) -> Result<(u64, u64), MmError> {
-    let huge = size.bytes();
-    let round = |len: u64| len.checked_next_multiple_of(huge).filter(|&len| len <= TASK_SIZE);
-    let (Some(old_len), Some(new_len)) = (round(old_len), round(new_len)) else {
-        return Err(MmError::Invalid("mremap length past the address space"));
-    };
-    if old_addr % huge != 0 || new_addr % huge != 0 {
-        return Err(MmError::Invalid("mremap of hugetlb memory at an address not huge-page aligned"));
-    }
-    if new_len > old_len {
-        return Err(MmError::Invalid("mremap cannot grow hugetlb memory"));
-    }
-    Ok((old_len, new_len))
-}
-
-/// The argument checks before any lookup, in Linux's order
-/// (`check_mremap_params`); all are `EINVAL`. Linux 6.18 on the host: an
-/// unknown flag bit, a new length rounding to zero or past `TASK_SIZE`
-/// (lengths near 2^64 included), and an old range ending past
-/// `TASK_SIZE` are each EINVAL.
-fn check_params(old_addr: u64, old_len: u64, new_len: u64, flags: MremapFlags, new_addr: u64) -> Result<(), MmError> {
-    if MremapFlags::from_bits(flags.bits()).is_none() {
-        return Err(MmError::Invalid("unknown MREMAP_* flag"));
-    }
-    if old_addr % PAGE_SIZE != 0 {
-        return Err(MmError::Invalid("mremap address not page aligned"));
-    }
-    let (old_len, new_len) = (page_round(old_len), page_round(new_len));
-    if new_len == 0 {
-        return Err(MmError::Invalid("mremap to zero length"));
-    }
-    if new_len > TASK_SIZE {
-        return Err(MmError::Invalid("mremap new length past the address space"));
-    }
-    if flags.intersects(MremapFlags::FIXED | MremapFlags::DONTUNMAP) {
-        if new_addr > TASK_SIZE - new_len {
-            return Err(MmError::Invalid("mremap new range past the address space"));
-        }
-        if new_addr % PAGE_SIZE != 0 {
-            return Err(MmError::Invalid("mremap new address not page aligned"));
-        }
-        if !flags.contains(MremapFlags::MAYMOVE) {
-            return Err(MmError::Invalid("MREMAP_FIXED and MREMAP_DONTUNMAP need MREMAP_MAYMOVE"));
-        }
-        if flags.contains(MremapFlags::DONTUNMAP) && old_len != new_len {
-            return Err(MmError::Invalid("MREMAP_DONTUNMAP needs equal old and new lengths"));
-        }
-        // The ranges must not overlap, with DONTUNMAP alone too (it names
-        // the new address; Linux 6.18 on the host: EINVAL). Linux compares
-        // the ends as they are: an old range that wraps past 2^64 ends
-        // "before" the new one (no overlap; then EFAULT where nothing is
-        // mapped, EINVAL when a shrink unmaps the tail).
-        if new_addr < old_addr.wrapping_add(old_len) && old_addr < new_addr + new_len {
-            return Err(MmError::Invalid("mremap old and new ranges overlap"));
-        }
-    }
-    Ok(())
-}
-
 /// `EFAULT`: no VMA (or not one VMA) where the call needs one.
 fn not_mapped(addr: u64) -> MmError {
     MmError::Fault { addr, error: FaultError::Segv(SegvReason::NotMapped) }
@@ -280,166 +217,11 @@ fn duplicate_shared(
     Ok(target)
 }
 
-/// The per-VMA refusals of a move or resize (`check_prep_vma`).
-fn check_vma(vma: &Vma, addr: u64, grows: bool, flags: MremapFlags) -> Result<(), MmError> {
-    super::mseal::check_sealed(vma, "mremap of a sealed VMA")?;
-    if flags.contains(MremapFlags::DONTUNMAP) && vma.flags.intersects(VmFlags::PFNMAP | VmFlags::DONTEXPAND) {
-        return Err(MmError::Invalid("MREMAP_DONTUNMAP of a VM_PFNMAP/VM_DONTEXPAND mapping"));
-    }
-    if grows && vma.flags.intersects(VmFlags::PFNMAP | VmFlags::DONTEXPAND) {
-        return Err(MmError::Fault { addr, error: FaultError::Segv(SegvReason::Protection) });
-    }
-    Ok(())
-}
-
-/// True when a VMA may be one of several moved by one call
-/// (`vma_multi_allowed`): not userfaultfd-armed, and no file whose mapping
-/// placement is its own (device-DAX aligns its mappings).
-fn multi_allowed(vma: &Vma) -> bool {
-    !vma.flags.intersects(crate::uffd::UFFD_VM_FLAGS) && !matches!(vma.backing, VmaBacking::DevDax(_))
-}
-
-/// `MREMAP_FIXED` with `old_len == new_len`: moves the part of every VMA
-/// of `[addr, addr + len)` so that the destination has the source's
-/// layout, gaps included (`remap_move`). Linux 6.18 on the host: a gap at
-/// the start is EFAULT; destination addresses facing source gaps are not
-/// unmapped; pieces moved before an error stay moved.
-fn remap_move(
-    guard: &mut MmapWriteGuard<'_>,
-    addr: u64,
-    len: u64,
-    new_addr: u64,
-    flags: MremapFlags,
-) -> Result<u64, MmError> {
-    let end = addr + len;
-    let vmas: Vec<Vma> = guard.overlapping(addr, end).cloned().collect();
-    match vmas.first() {
-        Some(first) if first.start <= addr => {}
-        _ => return Err(not_mapped(addr)),
-    }
-    for (i, vma) in vmas.iter().enumerate() {
-        let piece_start = vma.start.max(addr);
-        let piece_len = vma.end.min(end) - piece_start;
-        if !multi_allowed(vma) && (i > 0 || vma.end < end) {
-            return Err(not_mapped(piece_start));
-        }
-        // The source pieces are untouched by earlier moves (the ranges do
-        // not overlap), but merging may have changed the VMA around them.
-        let current = guard.lookup(piece_start).cloned().expect("source pieces stay mapped");
-        check_vma(&current, piece_start, false, flags)?;
-        let dest = new_addr + (piece_start - addr);
-        unmap_locked(guard, dest, dest + piece_len)?;
-        move_mapping(guard, &current, piece_start, piece_len, dest, piece_len, flags)?;
-    }
-    Ok(new_addr)
-}
-
-/// Address and level of every non-none leaf in `[start, end)`.
-fn collect_leaves(mm: &Mm, start: u64, end: u64) -> Vec<(u64, Level)> {
-    let mut leaves = Vec::new();
-    let _ = mm.pgtable().walk(start, end, |visit| {
-        if let Visit::Slot { slot, entry } = visit {
-            if !entry.is_none() {
-                leaves.push((slot.va(), slot.level()));
-            }
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    leaves
-}
-
-/// Moves `[old, old + len)` of `vma` to `new` and gives the new mapping
-/// `new_len` bytes. The destination is free. Tables are built before the
-/// invalidation starts, so a failure changes nothing.
-fn move_mapping(
-    guard: &mut MmapWriteGuard<'_>,
-    vma: &Vma,
-    old: u64,
-    len: u64,
-    new: u64,
-    new_len: u64,
-    flags: MremapFlags,
-) -> Result<u64, MmError> {
-    let mm = guard.mm();
-    split_huge_at(mm, old)?;
-    split_huge_at(mm, old + len)?;
-    // Huge leaves can keep their level only if the shift keeps them aligned.
-    let shift = new.wrapping_sub(old);
-    let mut leaves = collect_leaves(mm, old, old + len);
-    for (va, level) in &mut leaves {
-        if *level > Level::Pte && shift % level.entry_bytes() != 0 {
-            // Splitting at the second page of each 2 MiB block takes it all
-            // the way down to PTEs (a PUD leaf first becomes PMD leaves).
-            let mut block = *va;
-            while block < *va + level.entry_bytes() {
-                split_huge_at(mm, block + PAGE_SIZE)?;
-                block += PMD_SIZE;
-            }
-        }
-    }
-    let leaves = collect_leaves(mm, old, old + len);
-    for &(va, level) in &leaves {
-        match mm.pgtable().ensure(va.wrapping_add(shift), level) {
-            Ok(_) => {}
-            Err(EnsureError::NoMem(_)) => return Err(MmError::NoMem),
-            Err(EnsureError::Leaf(_)) => unreachable!("the destination range is unmapped"),
-        }
-    }
-
-    // `mremap_userfaultfd_prep`: with EVENT_REMAP the moved range stays
-    // registered (a REMAP is prepared); else `userfaultfd_reset_ctx`.
-    let keeps_uffd = crate::uffd::prepare_remap(vma, old, new, len);
-    let invalidation = mm.notifiers().start(mm.id(), old, old + len, Event::Unmap);
-    for &(va, level) in &leaves {
-        let from = mm.pgtable().find(va);
-        let entry = from.swap(Entry::NONE);
-        let Ok(to) = mm.pgtable().ensure(va.wrapping_add(shift), level) else {
-            unreachable!("destination tables were built above");
-        };
-        // A range that is no longer registered loses the uffd-wp bits
-        // (`move_ptes`).
-        // Its uffd-wp markers are dropped.
-        if keeps_uffd || !entry.is_uffd_wp_marker() {
-            to.store(if keeps_uffd { entry } else { entry.clear_uffd_wp() });
-        }
-    }
-    let mut moved = vma.clone();
-    if !keeps_uffd {
-        moved.uffd = None;
-        moved.flags.remove(crate::uffd::UFFD_VM_FLAGS);
-    }
-    moved.start = new;
-    moved.end = new + new_len;
-    // Anonymous memory that never had a page takes the offset of its new
-    // address, so it merges like a fresh mapping; otherwise the offset
-    // stays with the pages (`copy_vma`). Linux 6.18 on the host: a written
-    // VMA moved next to another stays apart, an unwritten one merges.
-    moved.pgoff =
-        if vma.is_anonymous() && vma.anon_vma.get().is_none() { new >> PAGE_SHIFT } else { vma.page_index(old) };
-    if !flags.contains(MremapFlags::DONTUNMAP) {
-        // The old range is unmapped: UNMAP after the REMAP.
-        crate::uffd::defer_unmap(vma, old, old + len);
-        guard.vmas_mut().remove_range(old, old + len);
-    } else if vma.start == old && vma.end == old + len {
-        // The emptied source keeps no anon_vma (`dontunmap_complete`).
-        for source in guard.vmas_mut().split_range_mut(old, old + len) {
-            source.anon_vma = AnonVmaSlot::default();
-        }
-    }
-    crate::uffd::rwp::disarm_unregistered(mm, vma.flags, moved.flags, new, new + len);
-    guard.vmas_mut().insert(moved);
-    guard.vmas_mut().merge_range(new, new + new_len);
-    invalidation.end();
-    mm.pgtable().free_empty_tables(old, old + len);
-    Ok(new)
-}
-
 #[cfg(test)]
 mod tests {
-    use hmm_pagetable::Level;
-    use hmm_types::{Errno, Event, MapFlags, MremapFlags, Prot, VmFlags, PMD_SIZE, TASK_SIZE};
+    use hmm_types::{Errno, Event, MapFlags, MremapFlags, Prot, PMD_SIZE};
 
-    use crate::testing::{kernel, leaf, record};
+    use crate::testing::{kernel, record};
     use crate::ThpMode;
 
     const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
@@ -489,7 +271,7 @@ mod tests {
 
     /// Linux 6.18 on the host (found by hmm fuzz --seed 2): MREMAP_DONTUNMAP
     /// without MREMAP_FIXED takes `new_addr` as a hint, and a free hint is
-    /// where the copy goes.
+
     #[test]
     fn dontunmap_without_fixed_takes_new_addr_as_a_hint() {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
@@ -497,22 +279,6 @@ mod tests {
         let hint = 0x2000_0000;
         let flags = MremapFlags::MAYMOVE | MremapFlags::DONTUNMAP;
         assert_eq!(mm.mremap(va, 4096, 4096, flags, hint), Ok(hint));
-    }
-
-    #[test]
-    fn thp_moves_whole_when_alignment_allows() {
-        let mm = kernel(64, ThpMode::Always).create_mm().unwrap();
-        let va = mm.mmap(0, PMD_SIZE, Prot::RW, ANON).unwrap();
-        mm.write_u64(va + 8, 6).unwrap();
-        let target = 0x6000_0000;
-        let flags = MremapFlags::MAYMOVE | MremapFlags::FIXED;
-        assert_eq!(mm.mremap(va, PMD_SIZE, PMD_SIZE, flags, target), Ok(target));
-        assert_eq!(leaf(&mm, target).0, Level::Pmd);
-        assert_eq!(mm.read_u64(target + 8).unwrap(), 6);
-        let odd = 0x7000_1000;
-        assert_eq!(mm.mremap(target, PMD_SIZE, PMD_SIZE, flags, odd), Ok(odd));
-        assert_eq!(leaf(&mm, odd).0, Level::Pte);
-        assert_eq!(mm.read_u64(odd + 8).unwrap(), 6);
     }
 
     #[test]
@@ -533,48 +299,6 @@ mod tests {
             assert_eq!(moved % PMD_SIZE == 0, aligned, "{flags:?} {new_len:#x}");
             mm.munmap(moved, new_len).unwrap();
         }
-    }
-
-    #[test]
-    fn bad_arguments() {
-        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
-        let va = mm.mmap(0x3000_0000, 2 * 4096, Prot::RW, ANON).unwrap();
-        let errno = |r: Result<u64, crate::MmError>| r.unwrap_err().errno();
-        assert_eq!(errno(mm.mremap(va + 1, 4096, 4096, MremapFlags::empty(), 0)), Errno::Inval);
-        assert_eq!(errno(mm.mremap(va, 4096, 4096, MremapFlags::FIXED, 0x5000_0000)), Errno::Inval);
-        assert_eq!(errno(mm.mremap(va, 4096, 0, MremapFlags::empty(), 0)), Errno::Inval);
-        assert_eq!(errno(mm.mremap(va, 4096, 8192, MremapFlags::MAYMOVE | MremapFlags::DONTUNMAP, 0)), Errno::Inval);
-        assert_eq!(errno(mm.mremap(0x7000_0000, 4096, 8192, MremapFlags::MAYMOVE, 0)), Errno::Fault);
-        assert_eq!(errno(mm.mremap(va, 3 * 4096, 4 * 4096, MremapFlags::MAYMOVE, 0)), Errno::Fault);
-        let flags = MremapFlags::MAYMOVE | MremapFlags::FIXED;
-        assert_eq!(errno(mm.mremap(va, 2 * 4096, 2 * 4096, flags, va + 4096)), Errno::Inval);
-        assert_eq!(mm.mmap_read().len(), 1);
-    }
-
-    #[test]
-    fn linux_rejects_unknown_flags_and_huge_lengths_with_einval() {
-        // Linux 6.18 on the host: flags 8 or 16|MAYMOVE = EINVAL; new_len
-        // -1, -4096 or 2^47 = EINVAL (no panic, nothing changed); new_len
-        // TASK_SIZE with MAYMOVE = ENOMEM (no room); growing in place past
-        // TASK_SIZE = ENOMEM; an old range ending past TASK_SIZE = EINVAL;
-        // an address past TASK_SIZE = EFAULT (no VMA there).
-        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
-        let va = mm.mmap(0x3000_0000, 4 * 4096, Prot::RW, ANON).unwrap();
-        let errno = |r: Result<u64, crate::MmError>| r.unwrap_err().errno();
-        assert_eq!(errno(mm.mremap(va, 4096, 4096, MremapFlags::from_bits_retain(8), 0)), Errno::Inval);
-        assert_eq!(errno(mm.mremap(va, 4096, 4096, MremapFlags::from_bits_retain(16 | 1), 0)), Errno::Inval);
-        for new_len in [u64::MAX, u64::MAX - 4095, u64::MAX - 8191, 1 << 47, TASK_SIZE + 1] {
-            for flags in [MremapFlags::empty(), MremapFlags::MAYMOVE] {
-                assert_eq!(errno(mm.mremap(va, 4096, new_len, flags, 0)), Errno::Inval, "{new_len:#x}");
-            }
-        }
-        assert_eq!(errno(mm.mremap(va, 4096, TASK_SIZE, MremapFlags::MAYMOVE, 0)), Errno::NoMem);
-        assert_eq!(errno(mm.mremap(va, 4 * 4096, TASK_SIZE - va + 4096, MremapFlags::empty(), 0)), Errno::NoMem);
-        assert_eq!(errno(mm.mremap(va, TASK_SIZE - va + 4096, 4096, MremapFlags::empty(), 0)), Errno::Inval);
-        assert_eq!(errno(mm.mremap(u64::MAX - 4095, 4096, 4096, MremapFlags::empty(), 0)), Errno::Fault);
-        let fixed = MremapFlags::MAYMOVE | MremapFlags::FIXED;
-        assert_eq!(errno(mm.mremap(va, 4096, 2 * 4096, fixed, TASK_SIZE - 4096)), Errno::Inval);
-        assert_eq!(mm.mremap(va, 4096, 2 * 4096, fixed, TASK_SIZE - 2 * 4096), Ok(TASK_SIZE - 2 * 4096));
     }
 
     #[test]
@@ -620,96 +344,5 @@ mod tests {
         assert_eq!(mm.read_u64(shared + 4096), Ok(77), "the original stays mapped");
         let private = mm.mmap(0x4000_0000, 4096, Prot::RW, ANON).unwrap();
         assert_eq!(errno(mm.mremap(private, 0, 4096, MremapFlags::MAYMOVE, 0)), Errno::Inval);
-    }
-
-    /// `(start, end, writable)` of every VMA, relative to `base` in pages.
-    fn layout(mm: &crate::Mm, base: u64) -> Vec<(u64, u64, bool)> {
-        let page = |va: u64| (va - base) / 4096;
-        mm.mmap_read().iter().map(|v| (page(v.start), page(v.end), v.flags.contains(VmFlags::WRITE))).collect()
-    }
-
-    /// The source layout of the host probe: [0,2) RW, [3,5) R, [5,6) RW,
-    /// [8,9) RW (pages 0, 5 and 8 written), and at the destination (page
-    /// 100) occupants in the source's gaps: [102,103) R and [106,108) RX.
-    fn multi_source() -> (std::sync::Arc<crate::Mm>, u64) {
-        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
-        let base = mm.mmap(0x3000_0000, 200 * 4096, Prot::RW, ANON).unwrap();
-        mm.munmap(base, 200 * 4096).unwrap();
-        let p = |n: u64| base + n * 4096;
-        let map = |n: u64, pages: u64, prot: Prot| mm.mmap(p(n), pages * 4096, prot, ANON | MapFlags::FIXED).unwrap();
-        map(0, 2, Prot::RW);
-        map(3, 2, Prot::READ);
-        map(5, 1, Prot::RW);
-        map(8, 1, Prot::RW);
-        for n in [0, 5, 8] {
-            mm.write_u64(p(n), n + 1).unwrap();
-        }
-        map(102, 1, Prot::READ);
-        map(106, 2, Prot::READ | Prot::EXEC);
-        (mm, base)
-    }
-
-    #[test]
-    fn linux_moves_every_vma_of_a_fixed_equal_length_range_keeping_gaps() {
-        // Linux 6.18 on the host, mremap([0,9), 9 pages, FIXED) to page
-        // 100: [100,102) rw, [102,105) r (the moved never-faulted [3,5)
-        // merges with the occupant at 102, which is not unmapped since it
-        // faces a source gap), [105,106) rw, [106,108) r-x kept, [108,109)
-        // rw; the data moved along.
-        let (mm, base) = multi_source();
-        let p = |n: u64| base + n * 4096;
-        let fixed = MremapFlags::MAYMOVE | MremapFlags::FIXED;
-        assert_eq!(mm.mremap(p(0), 9 * 4096, 9 * 4096, fixed, p(100)), Ok(p(100)));
-        let layout_now = layout(&mm, base);
-        assert_eq!(&layout_now[..2], [(100, 102, true), (102, 105, false)]);
-        assert_eq!(
-            layout_now.iter().map(|v| (v.0, v.1)).collect::<Vec<_>>()[2..],
-            [(105, 106), (106, 108), (108, 109)]
-        );
-        assert_eq!([mm.read_u64(p(100)), mm.read_u64(p(105)), mm.read_u64(p(108))], [Ok(1), Ok(6), Ok(9)]);
-        // Starting in a gap: EFAULT, nothing moves.
-        assert_eq!(mm.mremap(p(99), 9 * 4096, 9 * 4096, fixed, p(150)).unwrap_err().errno(), Errno::Fault);
-        assert_eq!(mm.mmap_read().len(), layout_now.len());
-    }
-
-    #[test]
-    fn linux_dontunmap_moves_several_vmas_and_leaves_them_empty() {
-        // Linux 6.18 on the host: the same move with DONTUNMAP succeeds;
-        // the source VMAs stay with their layout and read zero.
-        let (mm, base) = multi_source();
-        let p = |n: u64| base + n * 4096;
-        let flags = MremapFlags::MAYMOVE | MremapFlags::FIXED | MremapFlags::DONTUNMAP;
-        assert_eq!(mm.mremap(p(0), 9 * 4096, 9 * 4096, flags, p(100)), Ok(p(100)));
-        let source: Vec<_> = layout(&mm, base).into_iter().filter(|v| v.0 < 100).collect();
-        assert_eq!(source, [(0, 2, true), (3, 5, false), (5, 6, true), (8, 9, true)]);
-        assert_eq!([mm.read_u64(p(0)), mm.read_u64(p(5))], [Ok(0), Ok(0)]);
-        assert_eq!([mm.read_u64(p(100)), mm.read_u64(p(108))], [Ok(1), Ok(9)]);
-    }
-
-    #[test]
-    fn linux_moves_only_with_fixed_and_equal_lengths() {
-        // Linux 6.18 on the host over the multi-VMA source: FIXED growing
-        // or shrinking to 5 pages = EFAULT with nothing unmapped; FIXED
-        // shrinking to 1 page moves [0,1) and unmaps [1,9) whatever is
-        // there; MAYMOVE without FIXED at equal length is a no-op
-        // returning the address; a trailing gap is fine for the move.
-        let (mm, base) = multi_source();
-        let p = |n: u64| base + n * 4096;
-        let fixed = MremapFlags::MAYMOVE | MremapFlags::FIXED;
-        let before = layout(&mm, base);
-        for new_pages in [12, 5] {
-            let r = mm.mremap(p(0), 9 * 4096, new_pages * 4096, fixed, p(100));
-            assert_eq!(r.unwrap_err().errno(), Errno::Fault);
-            assert_eq!(layout(&mm, base), before);
-        }
-        assert_eq!(mm.mremap(p(0), 9 * 4096, 9 * 4096, MremapFlags::MAYMOVE, 0), Ok(p(0)));
-        assert_eq!(layout(&mm, base), before);
-        assert_eq!(mm.mremap(p(0), 7 * 4096, 7 * 4096, fixed, p(100)), Ok(p(100)));
-        assert_eq!(layout(&mm, base)[0], (8, 9, true), "[8,9) lay past the range");
-        let (mm, base) = multi_source();
-        let p = |n: u64| base + n * 4096;
-        assert_eq!(mm.mremap(p(0), 9 * 4096, 4096, fixed, p(100)), Ok(p(100)));
-        let pages: Vec<_> = layout(&mm, base).into_iter().map(|v| (v.0, v.1)).collect();
-        assert_eq!(pages, [(100, 101), (102, 103), (106, 108)]);
     }
 }

@@ -2,6 +2,12 @@
 //! the host (THP policy, huge zero page, hugetlb pool, no swap), each
 //! process an [`Mm`] with a recording [`MmuNotifier`] subscribed through
 //! the public API, so `hmm run` can show every invalidation.
+//!
+//! The processes and the call dispatch are here; beside them `config`
+//! the machine matching this host, `fork` fork (on a thread with
+//! EVENT_FORK), `files` the file calls (memfd,
+//! pread/pwrite, ftruncate, fallocate, close), `observe` what `maps` and
+//! `pagemap` report.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,14 +15,21 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use hmm_mm::fs::File;
-use hmm_mm::vma::VmaBacking;
-use hmm_mm::{Kernel, KernelConfig, Mm, MmError, ThpMode};
-use hmm_types::{Errno, MadviseAdvice, MapFlags, MmuNotifier, MremapFlags, NotifierRange, Prot, VmFlags, PAGE_SIZE};
+use hmm_mm::{Kernel, KernelConfig, Mm, MmError};
+use hmm_types::{Errno, MadviseAdvice, MapFlags, MmuNotifier, MremapFlags, NotifierRange, Prot};
 
 use super::model_device::ModelDevices;
-use super::{Backend, Call, Capability, ExecError, Executor, Falloc, FileId, ProcId};
+use fork::PendingFork;
+
+mod config;
+mod files;
+mod fork;
+mod observe;
+
+use super::{Backend, Call, Capability, ExecError, Executor, FileId, ProcId};
 use crate::lang::ast::Scenario;
-use crate::observe::{Backing, InvalidationView, Outcome, PageView, Trace, VmaView};
+use crate::observe::{InvalidationView, Outcome, Trace};
+pub use config::host_like_config;
 
 /// Most pages one `pagemap` observation reports.
 pub const MAX_PAGEMAP_PAGES: u64 = 1 << 16;
@@ -58,15 +71,6 @@ pub struct ModelBackend {
     pending_forks: Vec<PendingFork>,
 }
 
-/// A fork on a thread, waiting for the monitor.
-struct PendingFork {
-    parent: ProcId,
-    child: ProcId,
-    forked: std::sync::mpsc::Receiver<Arc<Mm>>,
-    files: HashMap<FileId, File>,
-    uffd: super::model_uffd::UffdState,
-}
-
 impl core::fmt::Debug for ModelBackend {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ModelBackend").field("procs", &self.procs.len()).finish_non_exhaustive()
@@ -94,55 +98,6 @@ impl ModelBackend {
 
     fn proc(&mut self, proc: ProcId) -> &mut Proc {
         self.procs.get_mut(&proc).expect("the interpreter only names live processes")
-    }
-}
-
-/// The model's configuration matching this host: THP policy and huge zero
-/// page from sysfs, the hugetlb pool from /proc/sys/vm/nr_hugepages, no
-/// swap unless /proc/swaps lists some. Defaults where a file is missing.
-pub fn host_like_config() -> KernelConfig {
-    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-    let thp = read("/sys/kernel/mm/transparent_hugepage/enabled");
-    let thp = if thp.contains("[always]") {
-        ThpMode::Always
-    } else if thp.contains("[never]") {
-        ThpMode::Never
-    } else {
-        ThpMode::Madvise
-    };
-    let use_huge_zero_page = read("/sys/kernel/mm/transparent_hugepage/use_zero_page").trim() != "0";
-    let hugetlb_2m_pages = read("/proc/sys/vm/nr_hugepages").trim().parse().unwrap_or(0).min(64);
-    let has_swap = read("/proc/swaps").lines().count() > 1;
-    KernelConfig {
-        ram_bytes: 1 << 30,
-        thp,
-        use_huge_zero_page,
-        hugetlb_2m_pages,
-        hugetlb_1g_pages: 0,
-        swap_pages: if has_swap { 1 << 16 } else { 0 },
-        mmap_min_addr: host_mmap_min_addr(),
-    }
-}
-
-/// This kernel's `mmap_min_addr` as in force, which /proc/sys/vm/
-/// mmap_min_addr does not show when an LSM floor is above it (Debian's
-/// `CONFIG_LSM_MMAP_MIN_ADDR`, 65536, over the sysctl's 4096): the place
-/// the kernel gives a one-page hint of 0x1000 (`round_hint_to_min` raises
-/// it to the value, which is free in this process), unmapped again at
-/// once. The model's default where the answer says nothing.
-fn host_mmap_min_addr() -> u64 {
-    const PROT_NONE: u32 = 0;
-    const MAP_PRIVATE_ANON: u32 = 0x02 | 0x20;
-    match super::host::sys::mmap(0x1000, 0x1000, PROT_NONE, MAP_PRIVATE_ANON, -1, 0) {
-        Ok(addr) => {
-            let _ = super::host::sys::munmap(addr, 0x1000);
-            if addr < 0x10_0000 {
-                addr
-            } else {
-                hmm_mm::vma::MMAP_MIN_ADDR
-            }
-        }
-        Err(_) => hmm_mm::vma::MMAP_MIN_ADDR,
     }
 }
 
@@ -181,24 +136,6 @@ fn address_call(mm: &Arc<Mm>, call: &Call) -> Outcome {
     }
 }
 
-impl ModelBackend {
-    /// Makes the children of the forks that returned processes.
-    fn adopt_forks(&mut self) {
-        let pending = std::mem::take(&mut self.pending_forks);
-        for fork in pending {
-            match fork.forked.try_recv() {
-                Ok(mm) => {
-                    mm.register_notifier(Arc::new(Recorder { proc: fork.child, log: self.log.clone() }));
-                    self.procs.insert(fork.child, Proc { mm, files: fork.files, uffd: fork.uffd });
-                    self.devices.fork(fork.parent, fork.child);
-                }
-                Err(std::sync::mpsc::TryRecvError::Empty) => self.pending_forks.push(fork),
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {}
-            }
-        }
-    }
-}
-
 impl Backend for ModelBackend {
     fn set_window(&mut self, _base: u64, _len: u64) -> Result<(), ExecError> {
         Ok(())
@@ -206,7 +143,6 @@ impl Backend for ModelBackend {
 
     fn call(&mut self, proc: ProcId, call: &Call) -> Outcome {
         self.adopt_forks();
-        let log = self.log.clone();
         let Some(p) = self.procs.get_mut(&proc) else {
             return Outcome::Inconclusive("the fork child exists once its FORK event is read".into());
         };
@@ -274,34 +210,7 @@ impl Backend for ModelBackend {
                 Ok(Ok(found) | Err(found)) => Outcome::Value(found),
                 Err(e) => access(e),
             },
-            // With EVENT_FORK the fork waits for the monitor to read the
-            // FORK message, on a thread; the child is there before that.
-            Call::Fork { child } if p.uffd.has_event_fork() => {
-                let (files, uffd) = (p.files.clone(), p.uffd.fork());
-                let (tx, forked) = std::sync::mpsc::channel();
-                let outcome = super::model_uffd::blocking_call(&mut p.uffd, move || match mm.fork() {
-                    Ok(child) => {
-                        let _ = tx.send(child);
-                        Outcome::Ok
-                    }
-                    Err(e) => errno(e),
-                });
-                self.pending_forks.push(PendingFork { parent: proc, child, forked, files, uffd });
-                self.adopt_forks();
-                outcome
-            }
-            Call::Fork { child } => match mm.fork() {
-                Ok(child_mm) => {
-                    child_mm.register_notifier(Arc::new(Recorder { proc: child, log }));
-                    let files = p.files.clone();
-                    let uffd = p.uffd.fork();
-                    self.procs.insert(child, Proc { mm: child_mm, files, uffd });
-                    self.devices.fork(proc, child);
-                    self.pins.fork(proc, child);
-                    Outcome::Ok
-                }
-                Err(e) => errno(e),
-            },
+            Call::Fork { child } => self.fork(proc, child),
             Call::Exit => {
                 p.files.clear();
                 p.uffd.close_all();
@@ -310,50 +219,17 @@ impl Backend for ModelBackend {
                 mm.exit();
                 Outcome::Ok
             }
-            Call::Memfd { ref name, id } => {
-                // memfds are unnamed files: unique tmpfs names keep two with
-                // the same name apart.
-                match self.kernel.tmpfs().create(&format!("memfd-{id}")) {
-                    Ok(file) => {
-                        self.names.insert(file.inode().id(), name.clone());
-                        self.proc(proc).files.insert(id, file);
-                        Outcome::Ok
-                    }
-                    Err(e) => errno(e),
-                }
-            }
-            // The device-DAX node has no read/write file operations
-            // (vfs_read/vfs_write: EINVAL), is no regular file for
-            // ftruncate (EINVAL) and fallocate (ENODEV).
-            Call::Fwrite { file, .. } | Call::Pread { file, .. } | Call::Ftruncate { file, .. }
-                if self.devices.devdax(proc, file).is_some() =>
-            {
-                Outcome::Errno(Errno::Inval as i32)
-            }
-            Call::Fallocate { file, .. } if self.devices.devdax(proc, file).is_some() => {
-                Outcome::Errno(Errno::NoDev as i32)
-            }
-            Call::Fwrite { file, offset, value } => {
-                with_file(p, file, |f| f.pwrite(offset, &value.to_le_bytes()).map(|n| Outcome::Value(n as u64)))
-            }
-            Call::Pread { file, offset } => with_file(p, file, |f| {
-                let mut buf = [0u8; 8];
-                f.pread(offset, &mut buf).map(|_| Outcome::Value(u64::from_le_bytes(buf)))
-            }),
-            Call::Ftruncate { file, size } => with_file(p, file, |f| f.ftruncate(size).map(|()| Outcome::Ok)),
-            Call::Fallocate { file, offset, len, mode } => with_file(p, file, |f| fallocate(f, offset, len, mode)),
-            Call::Close { file } => match p.files.remove(&file) {
-                Some(_) => Outcome::Ok,
-                None if p.uffd.close(file) => Outcome::Ok,
-                None if self.devices.close(proc, file) => Outcome::Ok,
-                None if self.pins.close(proc, file) => Outcome::Ok,
-                None => Outcome::Errno(Errno::BadF as i32),
-            },
+            Call::Memfd { .. }
+            | Call::Fwrite { .. }
+            | Call::Pread { .. }
+            | Call::Ftruncate { .. }
+            | Call::Fallocate { .. }
+            | Call::Close { .. } => self.file_call(proc, call),
             Call::Device(ref call) => self.devices.call(&self.kernel, &mm, proc, call, &mut p.files, &mut self.names),
             Call::Pin(ref call) => self.pins.call(&mm, proc, call),
             Call::Smaps { addr } => super::model_pin::smaps(&mm, addr),
             Call::Maps { addr, len } => self.maps(&mm, addr, len),
-            Call::Pagemap { addr, len } => pagemap(&mm, addr, len),
+            Call::Pagemap { addr, len } => observe::pagemap(&mm, addr, len),
             Call::Frame { addr } => match mm.pagemap_entry(addr) {
                 Ok(word) if word & hmm_mm::proc_pagemap::PM_PRESENT != 0 => {
                     Outcome::Value(word & hmm_mm::proc_pagemap::PM_PFRAME_MASK)
@@ -380,87 +256,6 @@ impl Backend for ModelBackend {
             })
             .collect()
     }
-}
-
-fn with_file(p: &Proc, id: FileId, f: impl FnOnce(&File) -> Result<Outcome, MmError>) -> Outcome {
-    match p.files.get(&id) {
-        Some(file) => f(file).unwrap_or_else(errno),
-        None => Outcome::Errno(Errno::BadF as i32),
-    }
-}
-
-/// `fallocate` on tmpfs: `vfs_fallocate`'s argument checks (EINVAL, then
-/// EFBIG past the largest offset), then a hole punch or an allocation.
-fn fallocate(f: &File, offset: u64, len: u64, mode: Falloc) -> Result<Outcome, MmError> {
-    if len == 0 || (offset as i64) < 0 || (len as i64) < 0 {
-        return Err(MmError::Invalid("fallocate offset or length"));
-    }
-    if offset.checked_add(len).is_none_or(|end| end > i64::MAX as u64) {
-        return Err(MmError::FileTooBig("fallocate beyond the largest file"));
-    }
-    match mode {
-        Falloc::PunchHole => f.punch_hole(offset, len)?,
-        Falloc::KeepSize => f.fallocate_keep_size(offset, len)?,
-    }
-    Ok(Outcome::Ok)
-}
-
-impl ModelBackend {
-    fn maps(&self, mm: &Mm, addr: u64, len: u64) -> Outcome {
-        let end = addr.saturating_add(len);
-        let guard = mm.mmap_read();
-        let vmas = guard.locked().vmas().overlapping(addr, end).map(|vma| {
-            let f = vma.flags;
-            let perms: String = [
-                if f.contains(VmFlags::READ) { 'r' } else { '-' },
-                if f.contains(VmFlags::WRITE) { 'w' } else { '-' },
-                if f.contains(VmFlags::EXEC) { 'x' } else { '-' },
-                if f.contains(VmFlags::MAYSHARE) { 's' } else { 'p' },
-            ]
-            .iter()
-            .collect();
-            let backing = match &vma.backing {
-                VmaBacking::Anon => Backing::Anon,
-                VmaBacking::File(inode) => match self.names.get(&inode.id()) {
-                    Some(name) => Backing::File(name.clone()),
-                    None => Backing::SharedAnon,
-                },
-                VmaBacking::Hugetlb(_) => Backing::Hugetlb,
-                VmaBacking::DevDax(_) => Backing::File("devdax".into()),
-                other => Backing::Other(format!("{other:?}")),
-            };
-            let offset = if vma.is_anonymous() { 0 } else { vma.pgoff * PAGE_SIZE };
-            VmaView { start: vma.start, end: vma.end, perms, offset, backing }
-        });
-        Outcome::Maps(vmas.collect())
-    }
-}
-
-fn pagemap(mm: &Mm, addr: u64, len: u64) -> Outcome {
-    use hmm_mm::proc_pagemap::{PM_FILE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE, PM_PFRAME_MASK, PM_PRESENT, PM_SWAP};
-    let start = addr & !(PAGE_SIZE - 1);
-    let nr = len.div_ceil(PAGE_SIZE).min(MAX_PAGEMAP_PAGES);
-    let mut pages = Vec::new();
-    for i in 0..nr {
-        let Some(va) = start.checked_add(i * PAGE_SIZE) else { break };
-        let word = match mm.pagemap_entry(va) {
-            Ok(word) => word,
-            Err(e) => return errno(e),
-        };
-        let present = word & PM_PRESENT != 0;
-        let slot = mm.pgtable().find(va);
-        pages.push(PageView {
-            present,
-            swapped: word & PM_SWAP != 0,
-            exclusive: word & PM_MMAP_EXCLUSIVE != 0,
-            file: word & PM_FILE != 0,
-            huge: present && slot.level() != hmm_pagetable::Level::Pte,
-            zero: present && mm.phys().is_zero_pfn(hmm_types::Pfn(word & PM_PFRAME_MASK)),
-            guard: word & PM_GUARD_REGION != 0,
-            uffd_wp: word & hmm_mm::proc_pagemap::PM_UFFD_WP != 0,
-        });
-    }
-    Outcome::Pages(pages)
 }
 
 /// Runs scenarios on a fresh model machine each time.
@@ -517,6 +312,8 @@ impl Executor for ModelExecutor {
 
 #[cfg(test)]
 mod tests {
+    use hmm_mm::ThpMode;
+
     use super::*;
     use crate::lang::parse;
 

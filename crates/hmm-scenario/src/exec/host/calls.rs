@@ -1,36 +1,24 @@
 //! One call performed in the calling process (the runner itself for
 //! `main`, a forked worker for the others), with the guard that keeps every
-//! address-changing call inside the scenario's window, and the observations
-//! read from /proc/self/maps, /proc/self/pagemap and PAGEMAP_SCAN.
+//! address-changing call inside the scenario's window. The observations
+//! read from procfs are in `super::procfs`.
 //!
-//! Linux: `fs/proc/task_mmu.c` (`show_map_vma`, `pagemap_read`,
-//! `do_pagemap_scan`).
+//! Linux: the system calls of `super::sys`, one per scenario call.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::SeqCst;
 
-use super::sys;
+use super::{procfs, sys};
 use crate::exec::{Call, Falloc, FileId};
-use crate::observe::{Backing, Outcome, PageView, VmaView};
+use crate::observe::Outcome;
 
 const PAGE: u64 = 4096;
 const MAP_FIXED: u32 = 0x10;
 const MAP_FIXED_NOREPLACE: u32 = 0x100000;
 const MREMAP_FIXED: u32 = 2;
-const PM_PRESENT: u64 = 1 << 63;
-const PM_SWAP: u64 = 1 << 62;
-const PM_FILE: u64 = 1 << 61;
-const PM_GUARD_REGION: u64 = 1 << 58;
-const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
-const PM_UFFD_WP: u64 = 1 << 57;
-const PM_PFRAME_MASK: u64 = (1 << 55) - 1;
-const PAGE_IS_PFNZERO: u64 = 1 << 5;
-const PAGE_IS_HUGE: u64 = 1 << 6;
 const FALLOC_FL_KEEP_SIZE: i32 = 1;
 const FALLOC_FL_PUNCH_HOLE: i32 = 2;
-/// Most pages one `pagemap` observation reports (as the model).
-const MAX_PAGES: u64 = crate::exec::model::MAX_PAGEMAP_PAGES;
 
 /// The pipes of one process slot: commands in, outcomes out.
 #[derive(Clone, Copy, Debug)]
@@ -174,13 +162,13 @@ impl Local {
             // no zero page gets mapped by a read first, and a file mapping
             // takes no read fault with its fault-around).
             Call::AtomicAdd { addr, value } if self.inside(addr, 8) => {
-                access(writable(addr).and_then(|()| {
+                access(procfs::writable(addr).and_then(|()| {
                     sys::atomic_rmw(addr, |a| a.fetch_add(value, SeqCst), |old| old.wrapping_add(value))
                 }))
             }
             // cmpxchg writes even when the comparison fails: the found value
             // is written back.
-            Call::Cmpxchg { addr, old, new } if self.inside(addr, 8) => access(writable(addr).and_then(|()| {
+            Call::Cmpxchg { addr, old, new } if self.inside(addr, 8) => access(procfs::writable(addr).and_then(|()| {
                 sys::atomic_rmw(
                     addr,
                     |a| a.compare_exchange(old, new, SeqCst, SeqCst).unwrap_or_else(|found| found),
@@ -230,8 +218,8 @@ impl Local {
                 }
                 None => Outcome::Errno(libc::EBADF),
             },
-            Call::Maps { addr, len } if self.inside(addr, len) => maps(addr, len),
-            Call::Pagemap { addr, len } if self.inside(addr, len) => pagemap(addr, len),
+            Call::Maps { addr, len } if self.inside(addr, len) => procfs::maps(addr, len),
+            Call::Pagemap { addr, len } if self.inside(addr, len) => procfs::pagemap(addr, len),
             Call::Frame { addr } if self.inside(addr, 1) => self.frame(addr),
             Call::Device(ref call) => super::device::execute(self, call),
             Call::Pin(ref call) => super::pin::execute(self, call),
@@ -273,20 +261,6 @@ impl Local {
         }
         super::worker_loop(self, slot)
     }
-
-    fn frame(&self, addr: u64) -> Outcome {
-        if self.ksm_running {
-            return Outcome::Inconclusive("KSM may merge frames at any time".into());
-        }
-        match pagemap_words(addr, 1) {
-            Ok(words) if words[0] & PM_PRESENT == 0 => Outcome::Same(None),
-            Ok(words) if words[0] & PM_PFRAME_MASK == 0 => {
-                Outcome::Inconclusive("frame numbers need CAP_SYS_ADMIN".into())
-            }
-            Ok(words) => Outcome::Value(words[0] & PM_PFRAME_MASK),
-            Err(e) => Outcome::Inconclusive(format!("pagemap: {e}")),
-        }
-    }
 }
 
 trait MapValue {
@@ -312,129 +286,9 @@ pub(super) fn access(r: Result<u64, i32>) -> Outcome {
     }
 }
 
-/// `Err(EFAULT)` unless VMAs allowing writes cover `[addr, addr + 8)`.
-pub(super) fn writable(addr: u64) -> Result<(), i32> {
-    let text = std::fs::read_to_string("/proc/self/maps").map_err(|_| libc::EIO)?;
-    let vmas: Vec<VmaView> = text.lines().filter_map(parse_maps_line).collect();
-    let ok = |va: u64| vmas.iter().any(|v| v.start <= va && va < v.end && v.perms.as_bytes()[1] == b'w');
-    if ok(addr) && ok(addr + 7) {
-        Ok(())
-    } else {
-        Err(libc::EFAULT)
-    }
-}
-
-/// The VMAs of /proc/self/maps overlapping `[addr, addr + len)`.
-fn maps(addr: u64, len: u64) -> Outcome {
-    let end = addr.saturating_add(len);
-    let text = match std::fs::read_to_string("/proc/self/maps") {
-        Ok(text) => text,
-        Err(e) => return Outcome::Inconclusive(format!("/proc/self/maps: {e}")),
-    };
-    let mut vmas = Vec::new();
-    for vma in text.lines().filter_map(parse_maps_line) {
-        if vma.start < end && addr < vma.end {
-            vmas.push(vma);
-        }
-    }
-    Outcome::Maps(vmas)
-}
-
-/// One line of /proc/PID/maps: `start-end perms offset dev inode path`.
-pub fn parse_maps_line(line: &str) -> Option<VmaView> {
-    let mut fields = line.splitn(6, ' ');
-    let (start, end) = fields.next()?.split_once('-')?;
-    let perms = fields.next()?.to_string();
-    let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
-    let _dev = fields.next()?;
-    let _inode = fields.next()?;
-    let path = fields.next().unwrap_or("").trim();
-    let backing = if path.is_empty() {
-        Backing::Anon
-    } else if path == "/dev/zero (deleted)" {
-        Backing::SharedAnon
-    } else if path == "/anon_hugepage (deleted)" {
-        Backing::Hugetlb
-    } else if let Some(name) = path.strip_prefix("/memfd:") {
-        Backing::File(name.trim_end_matches(" (deleted)").to_string())
-    } else if let Some(name) = super::device::dax_file_name(path) {
-        Backing::File(name)
-    } else if super::device::is_devdax_path(path) {
-        Backing::File("devdax".into())
-    } else {
-        Backing::Other(path.to_string())
-    };
-    Some(VmaView {
-        start: u64::from_str_radix(start, 16).ok()?,
-        end: u64::from_str_radix(end, 16).ok()?,
-        perms,
-        offset,
-        backing,
-    })
-}
-
-fn open_pagemap() -> std::io::Result<std::fs::File> {
-    std::fs::File::open("/proc/self/pagemap")
-}
-
-fn pagemap_words(addr: u64, nr: u64) -> std::io::Result<Vec<u64>> {
-    use std::os::unix::fs::FileExt;
-    let file = open_pagemap()?;
-    let mut bytes = vec![0u8; nr as usize * 8];
-    file.read_exact_at(&mut bytes, addr / PAGE * 8)?;
-    Ok(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
-}
-
-/// Per-page facts: pagemap for present/swapped/exclusive/file, PAGEMAP_SCAN
-/// for huge and the zero page.
-fn pagemap(addr: u64, len: u64) -> Outcome {
-    let start = addr & !(PAGE - 1);
-    let nr = len.div_ceil(PAGE).min(MAX_PAGES);
-    let words = match pagemap_words(start, nr) {
-        Ok(words) => words,
-        Err(e) => return Outcome::Inconclusive(format!("/proc/self/pagemap: {e}")),
-    };
-    let regions = match open_pagemap()
-        .map_err(|e| e.raw_os_error().unwrap_or(0))
-        .and_then(|f| sys::pagemap_scan(f.as_raw_fd(), start, start + nr * PAGE, PAGE_IS_HUGE | PAGE_IS_PFNZERO))
-    {
-        Ok(regions) => regions,
-        Err(e) => return Outcome::Inconclusive(format!("PAGEMAP_SCAN failed with errno {e}")),
-    };
-    let pages = words
-        .iter()
-        .enumerate()
-        .map(|(i, &word)| {
-            let va = start + i as u64 * PAGE;
-            let cats = regions.iter().find(|r| r.start <= va && va < r.end).map_or(0, |r| r.categories);
-            let present = word & PM_PRESENT != 0;
-            PageView {
-                present,
-                swapped: word & PM_SWAP != 0,
-                exclusive: word & PM_MMAP_EXCLUSIVE != 0,
-                file: word & PM_FILE != 0,
-                huge: present && cats & PAGE_IS_HUGE != 0,
-                zero: present && cats & PAGE_IS_PFNZERO != 0,
-                guard: word & PM_GUARD_REGION != 0,
-                uffd_wp: word & PM_UFFD_WP != 0,
-            }
-        })
-        .collect();
-    Outcome::Pages(pages)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn maps_lines_name_their_backing() {
-        let v = parse_maps_line("100000000000-100000002000 rw-s 00001000 00:01 42    /memfd:data (deleted)").unwrap();
-        assert_eq!((v.start, v.end, v.offset), (0x1000_0000_0000, 0x1000_0000_2000, 0x1000));
-        assert_eq!(v.backing, Backing::File("data".into()));
-        let v = parse_maps_line("7f0000000000-7f0000001000 ---p 00000000 00:00 0 ").unwrap();
-        assert_eq!((v.perms.as_str(), v.backing), ("---p", Backing::Anon));
-    }
 
     #[test]
     fn only_window_ranges_or_rejected_arguments_pass() {

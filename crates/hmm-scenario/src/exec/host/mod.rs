@@ -9,12 +9,14 @@
 //! Inside the runner ([`runner_main`]) the scenario's `main` process is the
 //! runner itself; `fork` forks real processes that serve calls over pipes
 //! (`worker_loop`). Every call runs in its own process (`calls.rs`), with
-//! the window checked free of the runner's own mappings first; `sys.rs`
-//! holds every raw system call and all the `unsafe`.
+//! the window checked free of the runner's own mappings first; `procfs.rs`
+//! reads maps and pagemap; `sys.rs` and `sys/` hold every raw system call
+//! and all the `unsafe`.
 
 mod calls;
 mod device;
 mod pin;
+mod procfs;
 pub(crate) mod sys;
 mod uffd;
 
@@ -226,7 +228,7 @@ impl Backend for HostBackend {
             .filter(|&e| e <= hmm_types::TASK_SIZE)
             .ok_or_else(|| bad(format!("window {base:#x}+{len:#x} is outside the user address space")))?;
         let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| ExecError::Host(e.to_string()))?;
-        if let Some(vma) = maps.lines().filter_map(calls::parse_maps_line).find(|v| v.start < end && base < v.end) {
+        if let Some(vma) = maps.lines().filter_map(procfs::parse_maps_line).find(|v| v.start < end && base < v.end) {
             return Err(bad(format!(
                 "window {base:#x}..{end:#x} is not free: the runner has {:#x}..{:#x}",
                 vma.start, vma.end

@@ -281,7 +281,7 @@ impl HostUffd {
             match write {
                 None => super::calls::access(sys::load_u64(addr)),
                 Some(value) => super::calls::access(
-                    super::calls::writable(addr)
+                    super::procfs::writable(addr)
                         .and_then(|()| sys::atomic_rmw(addr, |a| a.swap(value, SeqCst), |_| value)),
                 )
                 .map_ok(),

@@ -75,9 +75,14 @@ impl Mm {
             // PMD asks for the page it points at (`vm_normal_page_pmd`:
             // the folio's first page) and answers for all 512. A hugetlb
             // folio asks `folio_maybe_mapped_shared` (the folio count).
-            let large = phys.folio_order(phys.folio_head(pfn)) > 0;
+            // DAX memory, whose mappings the reverse map does not walk,
+            // keeps the folio's count (the 7.3.4 guest: a PMD mapped once
+            // is exclusive).
+            let head = phys.folio_head(pfn);
+            let ram = phys.memory_type(head) == crate::phys::MemoryType::System;
+            let large = phys.folio_order(head) > 0;
             let mapcount = match slot.level() {
-                _ if !large || matches!(vma.backing, VmaBacking::Hugetlb(_)) => phys.folio_counts(pfn).1,
+                _ if !large || !ram || matches!(vma.backing, VmaBacking::Hugetlb(_)) => phys.folio_counts(pfn).1,
                 Level::Pte => precise_page_mapcount(self, pfn),
                 _ => precise_page_mapcount(self, entry.pfn()),
             };

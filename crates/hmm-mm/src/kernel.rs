@@ -45,6 +45,15 @@ pub struct KernelConfig {
     pub hugetlb_1g_pages: u64,
     /// 4 KiB slots of the swap area; 0 is a machine without swap.
     pub swap_pages: u64,
+    /// The lowest address a hint may name (the kernel's `mmap_min_addr`:
+    /// the larger of the `vm.mmap_min_addr` sysctl, whose default is
+    /// `CONFIG_DEFAULT_MMAP_MIN_ADDR`, 4096 on x86, and with
+    /// `CONFIG_SECURITY` `CONFIG_LSM_MMAP_MIN_ADDR`, 65536 in Debian's
+    /// kernels: the host's 6.18 uses 0x10000, the kernel-lab guest, built
+    /// without `CONFIG_SECURITY`, 0x1000). A lower hint is raised to it
+    /// (`round_hint_to_min`); MAP_FIXED below it needs `CAP_SYS_RAWIO`,
+    /// which the model has, as the runners (root) do.
+    pub mmap_min_addr: u64,
 }
 
 impl Default for KernelConfig {
@@ -56,6 +65,7 @@ impl Default for KernelConfig {
             hugetlb_2m_pages: 0,
             hugetlb_1g_pages: 0,
             swap_pages: 0,
+            mmap_min_addr: crate::vma::MMAP_MIN_ADDR,
         }
     }
 }
@@ -76,6 +86,8 @@ pub struct Kernel {
     anon_registry: Arc<AnonRegistry>,
     /// CPU page-table entries examined by device migration (a diagnostic).
     device_scan: AtomicU64,
+    /// `vm.mmap_min_addr` as in force (see [`KernelConfig::mmap_min_addr`]).
+    mmap_min_addr: AtomicU64,
 }
 
 /// In debug builds the machine's last reference checks frame accounting
@@ -108,7 +120,6 @@ impl Kernel {
         let swap = SwapArea::new(config.swap_pages);
         Ok(Arc::new(Self {
             phys,
-            config,
             tmpfs,
             swap,
             next_mm_id: AtomicU64::new(1),
@@ -116,6 +127,8 @@ impl Kernel {
             mms: Mutex::new(Vec::new()),
             anon_registry: Arc::default(),
             device_scan: AtomicU64::new(0),
+            mmap_min_addr: AtomicU64::new(config.mmap_min_addr),
+            config,
         }))
     }
 
@@ -132,6 +145,18 @@ impl Kernel {
     /// The swap area (empty when `swap_pages` is 0).
     pub fn swap(&self) -> &SwapArea {
         &self.swap
+    }
+
+    /// The lowest address a mmap hint may name (`mmap_min_addr`).
+    pub fn mmap_min_addr(&self) -> u64 {
+        self.mmap_min_addr.load(Ordering::Relaxed)
+    }
+
+    /// Writes `vm.mmap_min_addr` (the value in force: the caller takes
+    /// the larger of the sysctl and the LSM's floor, as Linux's
+    /// `update_mmap_min_addr` does). Later mmap calls use it.
+    pub fn set_mmap_min_addr(&self, addr: u64) {
+        self.mmap_min_addr.store(addr, Ordering::Relaxed);
     }
 
     /// The configuration.
@@ -203,5 +228,33 @@ impl Kernel {
     /// A new, empty address space (a process after exec).
     pub fn create_mm(self: &Arc<Self>) -> Result<Arc<Mm>, MmError> {
         Mm::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hmm_types::{MapFlags, Prot};
+
+    use crate::testing::kernel;
+    use crate::ThpMode;
+
+    #[test]
+    fn a_hint_below_mmap_min_addr_is_raised_to_it() {
+        // Linux 6.18 on the host (effective 0x10000) and the 7.3.4 guest
+        // (0x1000): scenarios/corpus/mmap_min_addr_hint.hmm.
+        let k = kernel(64, ThpMode::Never);
+        let mm = k.create_mm().unwrap();
+        let anon = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
+        assert_eq!(k.mmap_min_addr(), 0x10000, "Debian's kernels");
+        assert_eq!(mm.mmap(0x8000, 4096, Prot::RW, anon).unwrap(), 0x10000);
+        let taken = mm.mmap(0x1000, 4096, Prot::RW, anon).unwrap();
+        assert!(taken > 0x1_0000_0000, "taken: top-down, {taken:#x}");
+        assert_eq!(mm.mmap(0x1000, 4096, Prot::RW, anon | MapFlags::FIXED).unwrap(), 0x1000, "CAP_SYS_RAWIO");
+        k.set_mmap_min_addr(0x1000);
+        assert_eq!(mm.mmap(0x2800, 4096, Prot::RW, anon).unwrap(), 0x2000, "page-aligned down, above the floor");
+        mm.munmap(0x1000, 4096).unwrap();
+        assert!(mm.mmap(0x800, 4096, Prot::RW, anon).unwrap() > 0x1_0000_0000, "0x800 is no hint (0)");
+        assert!(mm.mmap(0xfff, 4096, Prot::RW, anon).unwrap() > 0x1_0000_0000);
+        assert_eq!(mm.mmap(0x1800, 4096, Prot::RW, anon).unwrap(), 0x1000);
     }
 }

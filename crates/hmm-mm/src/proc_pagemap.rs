@@ -68,12 +68,23 @@ impl Mm {
             if special || phys.is_zero_pfn(pfn) {
                 return Ok(PM_PRESENT | uffd_wp | frame);
             }
-            let mapcount = if slot.level() == Level::Pte && is_cache_thp(phys, pfn) {
-                // One page of a PTE-mapped shmem THP: its own mappings
-                // (`folio_precise_page_mapcount`), not the folio's.
-                precise_page_mapcount(self, pfn)
-            } else {
-                phys.folio_counts(pfn).1
+            // `__folio_page_mapped_exclusively` with CONFIG_PAGE_MAPCOUNT
+            // (the host's and the guest's): the page's own mappings
+            // (`folio_precise_page_mapcount`: its PTEs plus the folio's
+            // PMD mappings), not the folio's. A PTE asks for its page; a
+            // PMD asks for the page it points at (`vm_normal_page_pmd`:
+            // the folio's first page) and answers for all 512. A hugetlb
+            // folio asks `folio_maybe_mapped_shared` (the folio count).
+            // DAX memory, whose mappings the reverse map does not walk,
+            // keeps the folio's count (the 7.3.4 guest: a PMD mapped once
+            // is exclusive).
+            let head = phys.folio_head(pfn);
+            let ram = phys.memory_type(head) == crate::phys::MemoryType::System;
+            let large = phys.folio_order(head) > 0;
+            let mapcount = match slot.level() {
+                _ if !large || !ram || matches!(vma.backing, VmaBacking::Hugetlb(_)) => phys.folio_counts(pfn).1,
+                Level::Pte => precise_page_mapcount(self, pfn),
+                _ => precise_page_mapcount(self, entry.pfn()),
             };
             let exclusive = if mapcount == 1 { PM_MMAP_EXCLUSIVE } else { 0 };
             return Ok(PM_PRESENT | exclusive | uffd_wp | file_page(pfn) | frame);
@@ -108,12 +119,6 @@ impl Mm {
             None => Ok(0),
         }
     }
-}
-
-/// True if `pfn` is a page of a large page-cache (shmem) folio.
-fn is_cache_thp(phys: &crate::phys::PhysMem, pfn: hmm_types::Pfn) -> bool {
-    let head = phys.folio_head(pfn);
-    phys.folio_order(head) > 0 && phys.meta(head).flags().contains(PageFlags::SHMEM)
 }
 
 /// How many entries of every address space map the page `pfn` (a PMD
@@ -183,5 +188,62 @@ mod tests {
         mm.read_u64(small).unwrap();
         let word = mm.pagemap_entry(small).unwrap();
         assert_eq!(word & (PM_PRESENT | PM_FILE | PM_MMAP_EXCLUSIVE), PM_PRESENT, "the zero page");
+    }
+
+    const EXCL: u64 = PM_MMAP_EXCLUSIVE;
+
+    #[test]
+    fn a_pte_mapped_anon_thp_page_is_exclusive_while_only_this_process_maps_it() {
+        // Linux 6.18 (scenarios/corpus/pagemap_exclusive_anon_pte_thp.hmm):
+        // after an mprotect splits the PMD, each page counts its own PTE
+        // (4*PX); after fork, 4*P in both; the child's COW copy leaves the
+        // parent's page mapped once again (PX) and the rest shared.
+        let k = kernel(64, ThpMode::Always);
+        let mm = k.create_mm().unwrap();
+        let anon = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
+        let va = mm.mmap(0x4000_0000, 2 << 20, Prot::RW, anon | MapFlags::FIXED).unwrap();
+        mm.write_u64(va, 1).unwrap();
+        mm.mprotect(va + PAGE_SIZE, PAGE_SIZE, Prot::READ).unwrap();
+        assert_eq!(mm.pgtable().find(va).level(), Level::Pte, "the PMD is split");
+        assert!((0..4).all(|i| mm.pagemap_entry(va + i * PAGE_SIZE).unwrap() & EXCL != 0));
+        let child = mm.fork().unwrap();
+        assert!((0..4).all(|i| mm.pagemap_entry(va + i * PAGE_SIZE).unwrap() & EXCL == 0));
+        child.write_u64(va + 2 * PAGE_SIZE, 5).unwrap();
+        let excl = |m: &Mm, i: u64| m.pagemap_entry(va + i * PAGE_SIZE).unwrap() & EXCL != 0;
+        assert_eq!((0..4).map(|i| excl(&mm, i)).collect::<Vec<_>>(), [false, false, true, false]);
+        assert_eq!((0..4).map(|i| excl(&child, i)).collect::<Vec<_>>(), [false, false, true, false]);
+    }
+
+    #[test]
+    fn a_pmd_mapped_shmem_thp_asks_its_first_page() {
+        // Linux 6.18 (scenarios/corpus/pagemap_exclusive_shmem_pmd.hmm): a
+        // PMD answers for all its pages with the mappings of the page it
+        // points at: a second mapping's PTE on page 1 leaves the PMD
+        // exclusive, one on page 0 does not; a second PMD never is.
+        let k = kernel(64, ThpMode::Never);
+        let mm = k.create_mm().unwrap();
+        let file = k.tmpfs().create("thp").unwrap();
+        file.ftruncate(2 << 20).unwrap();
+        let w = 0x4000_0000;
+        let p = mm.mmap_file(w, 2 << 20, Prot::RW, MapFlags::SHARED | MapFlags::FIXED, &file, 0).unwrap();
+        mm.write_u64(p, 1).unwrap();
+        mm.madvise(p, 2 << 20, hmm_types::MadviseAdvice::Collapse).unwrap();
+        assert_eq!(mm.pgtable().find(p).level(), Level::Pmd);
+        let all_excl = |want: bool| (0..3).all(|i| (mm.pagemap_entry(p + i * PAGE_SIZE).unwrap() & EXCL != 0) == want);
+        assert!(all_excl(true));
+        let fixed = MapFlags::SHARED | MapFlags::FIXED;
+        let r = mm.mmap_file(w + (4 << 20), PAGE_SIZE, Prot::RW, fixed, &file, PAGE_SIZE).unwrap();
+        mm.read_u64(r).unwrap();
+        assert_eq!(mm.pagemap_entry(r).unwrap() & EXCL, 0, "page 1 is mapped twice");
+        assert!(all_excl(true), "the PMD's first page is mapped once");
+        mm.munmap(r, PAGE_SIZE).unwrap();
+        let r = mm.mmap_file(w + (4 << 20), PAGE_SIZE, Prot::RW, fixed, &file, 0).unwrap();
+        mm.read_u64(r).unwrap();
+        assert!(all_excl(false), "the PMD's first page is mapped twice");
+        mm.munmap(r, PAGE_SIZE).unwrap();
+        let q = mm.mmap_file(w + (2 << 20), 2 << 20, Prot::RW, fixed, &file, 0).unwrap();
+        mm.read_u64(q).unwrap();
+        assert_eq!(mm.pgtable().find(q).level(), Level::Pmd);
+        assert!(all_excl(false), "two PMDs");
     }
 }

@@ -162,7 +162,9 @@ impl Vma {
     }
 }
 
-/// Lowest address handed out by the free-range search (`mmap_min_addr`).
+/// Lowest address handed out by the free-range search, and the default of
+/// the kernel's `mmap_min_addr` (Debian's kernels: `CONFIG_LSM_MMAP_MIN_ADDR`
+/// over the 4096 of the sysctl; see `KernelConfig::mmap_min_addr`).
 pub const MMAP_MIN_ADDR: u64 = 0x10000;
 /// Top of the top-down free-range search (`mmap_base`, below the stack gap).
 pub const MMAP_BASE: u64 = TASK_SIZE - (128 << 20);
@@ -310,7 +312,9 @@ impl VmaTree {
         // wrapping) is ignored, as Linux ignores it, not an error.
         if let Some(hint) = hint.filter(|h| h % align == 0) {
             let fits = hint.checked_add(len).is_some_and(|end| end <= TASK_SIZE);
-            if fits && hint >= MMAP_MIN_ADDR && self.overlapping(hint, hint + len).next().is_none() {
+            // x86's `mmap_address_hint_valid` asks only for the range to
+            // fit: mmap raised a low hint to mmap_min_addr already.
+            if fits && self.overlapping(hint, hint + len).next().is_none() {
                 return Some(hint);
             }
         }

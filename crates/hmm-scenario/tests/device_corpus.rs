@@ -32,6 +32,7 @@ fn guest_like_model() -> ModelExecutor {
         thp: "always [madvise] never".into(),
         use_zero_page: "1".into(),
         nr_hugepages: "64".into(),
+        mmap_min_addr: "4096".into(),
     };
     ModelExecutor { config: guest.model_config() }
 }

@@ -11,6 +11,7 @@
 pub mod dax;
 mod falloc;
 mod inode;
+mod partial;
 pub(crate) mod truncate;
 
 use std::collections::HashMap;

@@ -18,6 +18,7 @@ use crate::phys::PageFlags;
 use crate::vma::VmaBacking;
 use crate::zap::{zap_range_if, Gather};
 
+use super::partial::split_partial_folios;
 use super::{Inode, InodeKind};
 
 /// Sets the size; a shrink unmaps and frees every page wholly past the new
@@ -38,8 +39,8 @@ pub(crate) fn truncate(inode: &Arc<Inode>, size: u64) -> Result<(), MmError> {
         if old > first_gone << PAGE_SHIFT {
             unmap_mapping_pages(inode, first_gone, u64::MAX, true)?;
         }
-        split_partial_folios(inode, first_gone, u64::MAX)?;
-        drop_cached(inode, first_gone, u64::MAX);
+        let (first, last) = split_partial_folios(inode, size, u64::MAX)?;
+        drop_cached(inode, first, last);
         zero_cached(inode, size, first_gone << PAGE_SHIFT);
         return Ok(());
     }
@@ -75,7 +76,16 @@ pub(crate) fn punch_hole(inode: &Arc<Inode>, offset: u64, len: u64) -> Result<()
         return if is_dax(inode) { remove_pages(inode, 0, 0, false) } else { Ok(()) };
     }
     let (first, last) = (offset.div_ceil(PAGE_SIZE), end >> PAGE_SHIFT);
-    if first < last || is_dax(inode) {
+    if !is_dax(inode) {
+        // shmem_fallocate: unmap the whole pages, then shmem_truncate_range
+        // over the bytes, whose partial folios split even for a hole
+        // inside one page.
+        if first < last {
+            unmap_mapping_pages(inode, first, last, false)?;
+        }
+        let (first, last) = split_partial_folios(inode, offset, end - 1)?;
+        drop_cached(inode, first, last);
+    } else {
         remove_pages(inode, first, last.max(first), false)?;
     }
     zero_cached(inode, offset, (first << PAGE_SHIFT).min(end));
@@ -139,8 +149,11 @@ fn remove_pages(inode: &Arc<Inode>, first: u64, last: u64, even_cows: bool) -> R
     match inode.kind() {
         InodeKind::PageCache => {
             unmap_mapping_pages(inode, first, last, even_cows)?;
-            split_partial_folios(inode, first, last)?;
-            drop_cached(inode, first, last);
+            if first < last {
+                let lend = last.checked_mul(PAGE_SIZE).map_or(u64::MAX, |end| end - 1);
+                let (from, to) = split_partial_folios(inode, first << PAGE_SHIFT, lend)?;
+                drop_cached(inode, from, to);
+            }
             Ok(())
         }
         InodeKind::Dax(fs) => {
@@ -168,39 +181,6 @@ fn is_dax(inode: &Inode) -> bool {
     matches!(inode.kind(), InodeKind::Dax(_))
 }
 
-/// A shmem THP (a PMD-order cache folio) only partly inside `[first,
-/// last)` is split first, so the pages outside stay cached on their own
-/// (`truncate_inode_partial_folio`). Its other pages are unmapped
-/// everywhere for that (Linux remaps them as PTEs after the split; here
-/// they refault). A folio that cannot be split (pinned) stays whole: the
-/// cache drops its pages inside the range, the rest keep it.
-fn split_partial_folios(inode: &Inode, first: u64, last: u64) -> Result<(), MmError> {
-    const NR: u64 = 512;
-    let phys = inode.phys();
-    let partial: Vec<u64> = {
-        let state = inode.state.lock();
-        [first, last]
-            .into_iter()
-            .filter(|&edge| edge % NR != 0)
-            .filter_map(|edge| {
-                let &pfn = state.pages.get(&(edge - edge % NR))?;
-                (phys.folio_order(pfn) > 0 && phys.folio_head(pfn) == pfn).then_some(edge - edge % NR)
-            })
-            .filter(|&block| block < last && block + NR > first)
-            .collect()
-    };
-    for block in partial {
-        unmap_mapping_pages(inode, block, block + NR, false)?;
-        let state = inode.state.lock();
-        if let Some(&head) = state.pages.get(&block) {
-            if phys.folio_order(head) > 0 && phys.folio_head(head) == head {
-                phys.split_cache_folio(head);
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Drops the page cache's reference on pages `[first, last)`.
 fn drop_cached(inode: &Inode, first: u64, last: u64) {
     let removed: Vec<_> = {
@@ -214,7 +194,7 @@ fn drop_cached(inode: &Inode, first: u64, last: u64) {
 }
 
 /// Zeroes cached bytes `[from, to)` inside one page (no-op when empty).
-fn zero_cached(inode: &Inode, from: u64, to: u64) {
+pub(super) fn zero_cached(inode: &Inode, from: u64, to: u64) {
     if from >= to {
         return;
     }

@@ -227,11 +227,17 @@ impl Mm {
             }
             range.start()
         } else {
-            // hugetlb_get_unmapped_area rounds a hint up to the huge page
-            // size (`ALIGN`); other hints round down to a page.
+            // do_mmap's `round_hint_to_min`: down to a page, and a hint
+            // below mmap_min_addr raised to it; hugetlb_get_unmapped_area
+            // then rounds it up to the huge page size (`ALIGN`).
+            let min_addr = self.kernel().mmap_min_addr();
+            let hint = match addr & !(PAGE_SIZE - 1) {
+                hint if hint != 0 && hint < min_addr => min_addr.checked_next_multiple_of(PAGE_SIZE),
+                hint => Some(hint),
+            };
             let hint = match hugetlb {
-                Some(_) => addr.checked_next_multiple_of(granule),
-                None => Some(addr & !(PAGE_SIZE - 1)),
+                Some(_) => hint.and_then(|hint| hint.checked_next_multiple_of(granule)),
+                None => hint,
             }
             .filter(|&hint| hint != 0);
             let (object, pgoff) = backing.as_ref().map_or((&VmaBacking::Anon, 0), |(b, pgoff)| (b, *pgoff));

@@ -135,6 +135,11 @@ impl FrameMeta {
         self.mapping.store(0, Ordering::Relaxed);
         self.refcount.store(1, Ordering::Release);
     }
+    /// Makes the frame the head of a folio of `order` (order 0: a folio of
+    /// its own), keeping its counts, flags and identity.
+    pub(crate) fn make_head(&self, order: u32) {
+        self.compound.store(if order > 0 { HEAD | order } else { 0 }, Ordering::Release);
+    }
     /// Makes the frame a folio of its own (order 0), keeping its counts.
     pub(crate) fn init_single(&self) {
         self.compound.store(0, Ordering::Release);

@@ -131,23 +131,55 @@ impl PhysMem {
     }
 
     /// Splits an unmapped page-cache folio held by nothing but the cache's
-    /// one reference per page into order-0 pages, each keeping its cache
-    /// reference (`split_folio` in a truncation of part of a shmem THP).
-    /// False, and nothing changed, if it is mapped or held otherwise.
-    pub(crate) fn split_cache_folio(&self, head: Pfn) -> bool {
+    /// one reference per page around its page `at`, as truncation does
+    /// (`folio_split`, the non-uniform split): the folio is halved again
+    /// and again, the half without `at` staying one folio each time, until
+    /// `at` is a page of its own. A 2 MiB folio split at page 0x180 leaves
+    /// folios of 256, 128 pages, page 0x180 and then 1, 2, 4 ... 64 pages.
+    /// Each piece keeps the cache's references on its pages. False, and
+    /// nothing changed, if it is mapped or held otherwise.
+    pub(crate) fn split_cache_folio_at(&self, head: Pfn, at: Pfn) -> bool {
         let meta = self.meta(head);
         let order = meta.order();
         let nr = 1u32 << order;
-        if order == 0 || meta.mapcount() != 0 || self.maybe_pinned(head) || !self.ref_freeze(head, nr) {
+        let inside = at.0.checked_sub(head.0).is_some_and(|off| off < u64::from(nr));
+        if order == 0 || !inside || meta.mapcount() != 0 || self.maybe_pinned(head) || !self.ref_freeze(head, nr) {
             return false;
         }
         let flags = meta.flags();
-        for i in (1..u64::from(nr)).rev() {
-            self.split_off_page(head.add(i), 1, flags);
+        let (mut base, mut head_order) = (head.0, 0);
+        for k in (0..order).rev() {
+            let half = 1u64 << k;
+            let (kept, other) = if at.0 - base >= half { (base + half, base) } else { (base, base + half) };
+            if other == head.0 {
+                head_order = k;
+            } else {
+                self.make_cache_piece(Pfn(other), k, flags);
+            }
+            base = kept;
         }
-        meta.init_single();
-        self.ref_unfreeze(head, 1);
+        // `base` is `at` now. The head's own piece comes last: every other
+        // piece found the head through its old tail offset, and takes its
+        // place in the file from the head's index.
+        if at != head {
+            self.make_cache_piece(at, 0, flags);
+        }
+        meta.make_head(head_order);
+        for i in 1..(1u64 << head_order) {
+            self.meta(head.add(i)).init_tail(i);
+        }
+        self.ref_unfreeze(head, 1 << head_order);
         true
+    }
+
+    /// Makes `[first, first + 2^order)` of a frozen cache folio a folio of
+    /// its own, with one cache reference per page.
+    fn make_cache_piece(&self, first: Pfn, order: u32, flags: PageFlags) {
+        self.split_off_page(first, 1 << order, flags);
+        self.meta(first).make_head(order);
+        for i in 1..(1u64 << order) {
+            self.meta(first.add(i)).init_tail(i);
+        }
     }
 
     /// Makes `pfn` a folio of its own with `refcount` references, no
@@ -342,5 +374,57 @@ mod tests {
         mem.put(page);
         others.into_iter().for_each(|pfn| mem.put(pfn));
         assert_eq!(mem.free_frames(), free);
+    }
+
+    /// The pieces a split of an unmapped cache folio around `at` leaves,
+    /// as (first page offset, order), and every frame back once the cache
+    /// lets go of each page.
+    #[test]
+    fn a_cache_folio_splits_around_one_page_into_buddies() {
+        let mem = PhysMem::new(8 << 20).unwrap();
+        let free = mem.free_frames();
+        let pieces = |at: u64| {
+            let thp = mem.alloc_folio(9, false).unwrap();
+            mem.get_many(thp, 511);
+            mem.meta(thp).index.store(0x200, Ordering::Relaxed);
+            assert!(mem.split_cache_folio_at(thp, thp.add(at)));
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < 512 {
+                let order = mem.folio_order(thp.add(i));
+                assert_eq!(mem.folio_head(thp.add(i)), thp.add(i), "a piece starts at {i:#x}");
+                assert_eq!(mem.folio_counts(thp.add(i)), (1 << order, 0));
+                assert_eq!(mem.meta(thp.add(i)).index.load(Ordering::Relaxed), 0x200 + i);
+                out.push((i, order));
+                i += 1 << order;
+            }
+            (0..512).for_each(|i| mem.put(thp.add(i)));
+            out
+        };
+        assert_eq!(
+            pieces(0x180),
+            [
+                (0, 8),
+                (0x100, 7),
+                (0x180, 0),
+                (0x181, 0),
+                (0x182, 1),
+                (0x184, 2),
+                (0x188, 3),
+                (0x190, 4),
+                (0x1a0, 5),
+                (0x1c0, 6)
+            ]
+        );
+        assert_eq!(pieces(0)[..3], [(0, 0), (1, 0), (2, 1)]);
+        assert_eq!(pieces(0)[9], (0x100, 8));
+        assert_eq!(pieces(0x1ff)[..2], [(0, 8), (0x100, 7)]);
+        assert_eq!(pieces(0x1ff)[8..], [(0x1fe, 0), (0x1ff, 0)]);
+        assert_eq!(mem.free_frames(), free);
+
+        let thp = pte_mapped_thp(&mem);
+        assert!(!mem.split_cache_folio_at(thp, thp.add(3)), "mapped");
+        assert_eq!(mem.folio_order(thp), 9);
+        unmap_all(&mem, thp);
     }
 }

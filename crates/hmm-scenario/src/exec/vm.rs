@@ -39,6 +39,9 @@ pub struct GuestInfo {
     pub use_zero_page: String,
     /// /proc/sys/vm/nr_hugepages.
     pub nr_hugepages: String,
+    /// /proc/sys/vm/mmap_min_addr: the value in force in kernel-lab's
+    /// guest, built without `CONFIG_SECURITY` (no LSM floor above it).
+    pub mmap_min_addr: String,
 }
 
 impl GuestInfo {
@@ -66,6 +69,7 @@ impl GuestInfo {
             hugetlb_2m_pages: self.nr_hugepages.trim().parse().unwrap_or(0).min(64),
             hugetlb_1g_pages: 0,
             swap_pages: 0,
+            mmap_min_addr: self.mmap_min_addr.trim().parse().unwrap_or(hmm_mm::vma::MMAP_MIN_ADDR),
         }
     }
 }
@@ -206,6 +210,7 @@ fn run_script(n: usize) -> String {
     s.push_str("echo \"=== guest thp $(cat /sys/kernel/mm/transparent_hugepage/enabled)\"\n");
     s.push_str("echo \"=== guest zero $(cat /sys/kernel/mm/transparent_hugepage/use_zero_page)\"\n");
     s.push_str("echo \"=== guest hugepages $(cat /proc/sys/vm/nr_hugepages)\"\n");
+    s.push_str("echo \"=== guest mmap_min_addr $(cat /proc/sys/vm/mmap_min_addr)\"\n");
     s.push_str(
         "echo \"=== guest devdax $(readlink /dev/hmm-devdax) $(cat /sys/bus/dax/devices/*/size 2>/dev/null)\"\n",
     );
@@ -226,6 +231,7 @@ fn parse_console(console: &str, n: usize) -> (GuestInfo, Vec<Result<Trace, ExecE
     guest.thp = field("=== guest thp ");
     guest.use_zero_page = field("=== guest zero ");
     guest.nr_hugepages = field("=== guest hugepages ");
+    guest.mmap_min_addr = field("=== guest mmap_min_addr ");
     let aborted = |why: String| Ok(Trace { window: 0, records: vec![], aborted: Some(why) });
     let traces = (0..n)
         .map(|i| {

@@ -120,6 +120,7 @@ impl Setup {
             hugetlb_2m_pages: 1,
             hugetlb_1g_pages: 0,
             swap_pages: 0,
+            ..KernelConfig::default()
         };
         let kernel = Kernel::new(config).map_err(|e| mm_fail("boot", e))?;
         let module = DmirrorConfig { coherent: self.coherent, ..DmirrorConfig::default() };

@@ -118,10 +118,13 @@ fn scan(inode: &Inode, first: u64) -> Scan {
             let whole = head == pfn && index == first;
             return if whole { Scan::Huge } else { Scan::Failed };
         }
-        // `folio_expected_ref_count`: the cache's and each mapping's.
+        // `folio_expected_ref_count`: the cache's (one per page) and each
+        // mapping's. A smaller large folio, left by the split of a
+        // truncation (`folio_split`), is copied like order-0 pages.
         let (refs, maps) = phys.folio_counts(pfn);
-        let locked = phys.meta(pfn).flags().contains(PageFlags::LOCKED);
-        if phys.folio_order(head) != 0 || locked || phys.maybe_pinned(pfn) || i64::from(refs) != 1 + i64::from(maps) {
+        let nr = 1i64 << phys.folio_order(head);
+        let locked = phys.meta(head).flags().contains(PageFlags::LOCKED);
+        if locked || phys.maybe_pinned(pfn) || i64::from(refs) != nr + i64::from(maps) {
             return Scan::Failed;
         }
         pages.push((index, pfn));
@@ -231,7 +234,8 @@ fn retract_table(mm: &Mm, block: u64) {
 fn replace_in_cache(phys: &PhysMem, inode: &Inode, first: u64, old: &[(u64, Pfn)], folio: Pfn) -> bool {
     let mut state = inode.state.lock();
     let unchanged = state.pages.range(first..first + HPAGE_PMD_NR).map(|(&i, &p)| (i, p)).eq(old.iter().copied());
-    if !unchanged || old.iter().any(|&(_, pfn)| phys.folio_counts(pfn) != (1, 0) || phys.maybe_pinned(pfn)) {
+    let idle = |pfn| phys.folio_counts(pfn) == (1 << phys.folio_order(pfn), 0) && !phys.maybe_pinned(pfn);
+    if !unchanged || !old.iter().all(|&(_, pfn)| idle(pfn)) {
         return false;
     }
     for &(index, pfn) in old {

@@ -17,7 +17,7 @@ mod calls;
 mod device;
 mod pin;
 mod procfs;
-mod sys;
+pub(crate) mod sys;
 mod uffd;
 
 use std::collections::HashMap;

@@ -34,10 +34,10 @@ impl Inode {
     /// Allocates the pages of bytes `[offset, offset + len)` without
     /// changing the size (the caller checked the arguments).
     pub(crate) fn fallocate_keep_size(&self, offset: u64, len: u64) -> Result<(), MmError> {
-        if !matches!(self.kind(), InodeKind::PageCache) {
-            return Ok(());
-        }
         let (first, last) = (offset >> PAGE_SHIFT, (offset + len).div_ceil(PAGE_SIZE));
+        if let InodeKind::Dax(fs) = self.kind() {
+            return fs.fallocate_unwritten(self, first, last);
+        }
         let phys = self.phys();
         let mut state = self.state.lock();
         let mut allocated: Vec<(u64, Pfn)> = Vec::new();

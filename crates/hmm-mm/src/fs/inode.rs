@@ -46,6 +46,10 @@ pub(crate) struct InodeState {
     pub(crate) pages: BTreeMap<u64, Pfn>,
     /// DAX only: how each 2 MiB block is mapped.
     pub(crate) dax_entries: BTreeMap<u64, DaxEntry>,
+    /// DAX only: file pages `fallocate` reserved that were never written
+    /// (ext4's unwritten extents): they read as zeros like a hole, but a
+    /// PMD fault sees their extent's edges.
+    pub(crate) dax_unwritten: std::collections::BTreeSet<u64>,
     /// 2 MiB blocks held locked: by a DAX truncation (the DAX entry lock),
     /// so a refault cannot make a block busy again while the filesystem
     /// waits for it to become idle; by a shmem MADV_COLLAPSE (its pages'

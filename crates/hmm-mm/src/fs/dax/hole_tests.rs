@@ -110,3 +110,35 @@ fn pwrite_into_a_hole_unmaps_its_huge_zero_page_and_allocates_one_page() {
     assert_eq!(mm.read_u64(va + 8).unwrap(), 6, "the mapping sees the data");
     assert_eq!(leaf(&mm, va).0, Level::Pte, "a partly allocated block maps by PTEs");
 }
+
+#[test]
+fn a_block_mixing_a_hole_and_an_unwritten_extent_maps_by_ptes() {
+    // Linux 7.3 (the guest, `dax_unwritten_extents.hmm`): a 2 MiB block
+    // with a fallocated piece is not one extent, so its faults fall back
+    // to 4K; a block fallocated whole behaves as a whole hole.
+    let (k, _path, fs, file) = setup("unwritten.pmem");
+    file.fallocate_keep_size(16 * PAGE_SIZE, 4 * PAGE_SIZE).unwrap();
+    file.fallocate_keep_size(PMD_SIZE, PMD_SIZE).unwrap();
+    let free = fs.device().free_pages();
+    let mm = k.create_mm().unwrap();
+    let va = mm.mmap_file(0, 4 * MIB, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
+    assert_eq!(mm.read_u64(va).unwrap(), 0);
+    let (level, entry) = leaf(&mm, va);
+    assert_eq!((level, entry.pfn()), (Level::Pte, k.phys().zero_pfn()));
+    mm.write_u64(va + 17 * PAGE_SIZE, 3).unwrap();
+    assert_eq!(leaf(&mm, va + 17 * PAGE_SIZE).0, Level::Pte);
+    assert_eq!(fs.device().free_pages(), free - 1, "one block for the 4K write");
+    assert_eq!(mm.read_u64(va + PMD_SIZE).unwrap(), 0);
+    let (level, entry) = leaf(&mm, va + PMD_SIZE);
+    assert_eq!((level, entry.pfn()), (Level::Pmd, k.phys().huge_zero_pfn()));
+    // Punching the fallocated piece out leaves a whole hole again (seen
+    // from a new mapping: the old one keeps its PTE table).
+    file.punch_hole(0, PMD_SIZE).unwrap();
+    let other = k.create_mm().unwrap();
+    let va = other.mmap_file(0, 4 * MIB, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
+    assert_eq!(other.read_u64(va + 8).unwrap(), 0);
+    let (level, entry) = leaf(&other, va);
+    assert_eq!((level, entry.pfn()), (Level::Pmd, k.phys().huge_zero_pfn()));
+    // More than the device holds is ENOSPC and reserves nothing.
+    assert_eq!(file.fallocate_keep_size(0, 64 * MIB).unwrap_err().errno(), hmm_types::Errno::NoSpc);
+}

@@ -314,7 +314,25 @@ impl DaxShared {
     pub(crate) fn alloc_page_for(&self, state: &mut InodeState, index: u64) -> Result<Pfn, MmError> {
         let page = self.pmem.alloc_page().ok_or(MmError::DeviceFull("pmem device full"))?;
         state.pages.insert(index, self.pmem.pfn(page));
+        state.dax_unwritten.remove(&index);
         Ok(self.pmem.pfn(page))
+    }
+
+    /// `fallocate(FALLOC_FL_KEEP_SIZE)` of file pages `[first, last)`: the
+    /// pages not allocated yet become unwritten (ENOSPC, and nothing
+    /// changes, if the device could not hold them all). Their blocks are
+    /// not taken from the device here: a write allocates as for a hole.
+    pub(crate) fn fallocate_unwritten(&self, inode: &Inode, first: u64, last: u64) -> Result<(), MmError> {
+        let mut state = inode.state.lock();
+        let state = &mut *state;
+        let wanted = (last - first).saturating_sub(state.pages.range(first..last).count() as u64);
+        let reserved = state.dax_unwritten.len() as u64 - state.dax_unwritten.range(first..last).count() as u64;
+        if wanted.saturating_add(reserved) > self.pmem.free_pages() {
+            return Err(MmError::DeviceFull("fallocate: the pmem device cannot hold the range"));
+        }
+        let pages = &state.pages;
+        state.dax_unwritten.extend((first..last).filter(|page| !pages.contains_key(page)));
+        Ok(())
     }
 
     /// Allocates the file's 2 MiB `block`, a hole inside the file, for a
@@ -325,6 +343,7 @@ impl DaxShared {
         if let Some(first) = self.pmem.alloc_chunk() {
             for (i, file_page) in block_pages.enumerate() {
                 state.pages.insert(file_page, self.pmem.pfn(first + i as u64));
+                state.dax_unwritten.remove(&file_page);
             }
             return Ok(());
         }
@@ -355,6 +374,14 @@ impl DaxShared {
             None => false,
         };
         let hole = state.pages.range(pages.clone()).next().is_none();
+        // ext4 answers a fault with one extent, a hole or an unwritten
+        // one: a block holding both is not one 2 MiB extent, and the fault
+        // falls back to 4K entries (read or write alike).
+        let unwritten = state.dax_unwritten.range(pages.clone()).count() as u64;
+        if hole && unwritten != 0 && unwritten != CHUNK {
+            state.dax_entries.insert(block, DaxEntry::Pte);
+            return Ok(PmdMapping::Fallback);
+        }
         if hole && !write {
             state.dax_entries.insert(block, DaxEntry::PmdZero);
             return Ok(PmdMapping::HugeZero);
@@ -454,6 +481,7 @@ impl DaxShared {
         }
         let mut state = inode.state.lock();
         let freed: Vec<u64> = state.pages.range(first..last).map(|(&k, _)| k).collect();
+        state.dax_unwritten.retain(|page| !(first..last).contains(page));
         let entries = core::mem::take(&mut state.dax_entries);
         for (block, entry) in entries {
             if entry == DaxEntry::Pmd {

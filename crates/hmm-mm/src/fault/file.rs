@@ -127,7 +127,8 @@ pub(super) fn fault(locked: MmapLocked<'_>, vma: &Vma, inode: &Inode, va: u64, w
             let flags = LeafFlags { special: true, accessed: true, ..LeafFlags::default() };
             Entry::present(cached, flags, false)
         } else if write && !shared {
-            let copy = phys.alloc_folio(0, false).map_err(|_| {
+            // A copy of the zero page (a DAX hole) is a zeroed page.
+            let copy = phys.alloc_folio(0, zero).map_err(|_| {
                 phys.put(cached);
                 FaultError::Oom
             })?;

@@ -142,3 +142,24 @@ fn a_block_mixing_a_hole_and_an_unwritten_extent_maps_by_ptes() {
     // More than the device holds is ENOSPC and reserves nothing.
     assert_eq!(file.fallocate_keep_size(0, 64 * MIB).unwrap_err().errno(), hmm_types::Errno::NoSpc);
 }
+
+#[test]
+fn a_private_write_to_a_hole_copies_zeros_into_a_reused_frame() {
+    // Found by `hmm fuzz --kernel vm --seed 12`: the private copy of a
+    // hole took a frame a freed copy had written, and showed its bytes.
+    let (k, _path, _fs, file) = setup("cowhole.pmem");
+    let mm = k.create_mm().unwrap();
+    let va = mm.mmap_file(0, 4 * MIB, Prot::RW, MapFlags::PRIVATE, &file, PAGE_SIZE).unwrap();
+    for page in 0..64 {
+        for word in 0..PAGE_SIZE / 8 {
+            mm.write_u64(va + page * PAGE_SIZE + word * 8, !0).unwrap();
+        }
+    }
+    mm.munmap(va, 64 * PAGE_SIZE).unwrap();
+    for page in 64..128 {
+        let at = va + page * PAGE_SIZE;
+        mm.write_u64(at, 1).unwrap();
+        assert_eq!(mm.read_u64(at + 8).unwrap(), 0, "page {page} of the copy is zeros");
+        assert_eq!(mm.read_u64(at + PAGE_SIZE - 8).unwrap(), 0);
+    }
+}

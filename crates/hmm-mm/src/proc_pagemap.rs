@@ -75,16 +75,33 @@ impl Mm {
             // PMD asks for the page it points at (`vm_normal_page_pmd`:
             // the folio's first page) and answers for all 512. A hugetlb
             // folio asks `folio_maybe_mapped_shared` (the folio count).
-            // DAX memory, whose mappings the reverse map does not walk,
-            // keeps the folio's count (the 7.3.4 guest: a PMD mapped once
-            // is exclusive).
+            // An fs-dax block has no page-cache identity of its own: its
+            // mappings are found through the file (the 7.3.4 guest: a page
+            // of a block once PMD-mapped, now mapped by one PTE, is
+            // exclusive). Device-DAX keeps the folio's count.
             let head = phys.folio_head(pfn);
             let ram = phys.memory_type(head) == crate::phys::MemoryType::System;
             let large = phys.folio_order(head) > 0;
-            let mapcount = match slot.level() {
-                _ if !large || !ram || matches!(vma.backing, VmaBacking::Hugetlb(_)) => phys.folio_counts(pfn).1,
-                Level::Pte => precise_page_mapcount(self, pfn),
-                _ => precise_page_mapcount(self, entry.pfn()),
+            let dax_file = match &vma.backing {
+                VmaBacking::File(inode) if matches!(inode.kind(), crate::fs::InodeKind::Dax(_)) => Some(inode),
+                _ => None,
+            };
+            let (page, index) = match slot.level() {
+                Level::Pte => (pfn, vma.page_index(va)),
+                _ => (entry.pfn(), vma.page_index(slot.va().max(vma.start))),
+            };
+            let mapcount = match dax_file {
+                _ if !large || matches!(vma.backing, VmaBacking::Hugetlb(_)) => phys.folio_counts(pfn).1,
+                Some(inode) if !ram => {
+                    let mut count = 0;
+                    let _ = crate::rmap::rmap_walk_file(self.kernel(), inode, index, |other, _, at| {
+                        count += maps_page(other, at, page);
+                        core::ops::ControlFlow::Continue(())
+                    });
+                    count
+                }
+                _ if !ram => phys.folio_counts(pfn).1,
+                _ => precise_page_mapcount(self, page),
             };
             let exclusive = if mapcount == 1 { PM_MMAP_EXCLUSIVE } else { 0 };
             return Ok(PM_PRESENT | exclusive | uffd_wp | file_page(pfn) | frame);
@@ -127,17 +144,18 @@ impl Mm {
 fn precise_page_mapcount(mm: &Mm, pfn: hmm_types::Pfn) -> i32 {
     let mut count = 0;
     let _ = crate::rmap::rmap_walk(mm.kernel(), pfn, |other, _, va| {
-        let slot = other.pgtable().find(va);
-        let entry = slot.load();
-        if entry.is_present() && entry.is_leaf(slot.level()) {
-            let offset = (va - slot.va()) >> PAGE_SHIFT;
-            if entry.pfn().add(offset) == pfn {
-                count += 1;
-            }
-        }
+        count += maps_page(other, va, pfn);
         core::ops::ControlFlow::Continue(())
     });
     count
+}
+
+/// 1 if `mm` maps `pfn` at `va` (by a PTE, or by a leaf covering it).
+fn maps_page(mm: &Mm, va: u64, pfn: hmm_types::Pfn) -> i32 {
+    let slot = mm.pgtable().find(va);
+    let entry = slot.load();
+    let offset = (va - slot.va()) >> PAGE_SHIFT;
+    i32::from(entry.is_present() && entry.is_leaf(slot.level()) && entry.pfn().add(offset) == pfn)
 }
 
 #[cfg(test)]

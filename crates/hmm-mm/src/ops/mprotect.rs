@@ -163,7 +163,11 @@ fn apply(mm: &Mm, guard: &mut MmapWriteGuard<'_>, start: u64, end: u64, new_acce
             vma.flags = account(vma, (vma.flags - ACCESS) | new_access);
         }
     }
-    guard.vmas_mut().merge_range(start, end);
+    // Only a changed piece merges with its neighbours (`vma_modify_flags`);
+    // VMAs left alone stay as they are, split or not.
+    for &(chunk_start, chunk_end, ..) in &changes {
+        guard.vmas_mut().merge_range(chunk_start, chunk_end);
+    }
     Ok(())
 }
 
@@ -299,6 +303,30 @@ mod tests {
     use crate::ThpMode;
 
     const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+
+    #[test]
+    fn unchanged_vmas_stay_split() {
+        // Linux 6.18 (scenarios/corpus/mprotect_unchanged_keeps_split.hmm,
+        // found by `hmm fuzz`): mprotect to the protection a VMA already
+        // has leaves it alone, and does not merge it with a neighbour it
+        // could merge with.
+        let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
+        let va = mm.mmap(0, 4 * 4096, Prot::RW, ANON).unwrap();
+        mm.mprotect(va + 4096, 4096, Prot::READ).unwrap();
+        mm.mprotect(va, 4096, Prot::READ).unwrap();
+        assert_eq!(mm.mmap_read().len(), 2, "the changed piece merges with its neighbour");
+        mm.mprotect(va + 2 * 4096, 4096, Prot::READ).unwrap();
+        mm.mprotect(va + 3 * 4096, 4096, Prot::READ).unwrap();
+        assert_eq!(mm.mmap_read().len(), 1);
+        // Split it by a change and a change back; then mprotect the whole
+        // with its own protection: nothing merges.
+        mm.mprotect(va + 4096, 4096, Prot::RW).unwrap();
+        mm.mprotect(va + 4096, 4096, Prot::READ).unwrap();
+        assert_eq!(mm.mmap_read().len(), 1, "a change back merges");
+        let va2 = mm.mmap(va + 4 * 4096, 4096, Prot::READ, ANON | MapFlags::FIXED).unwrap();
+        assert_eq!(mm.mmap_read().len(), 1, "a new neighbour merges");
+        let _ = va2;
+    }
 
     #[test]
     fn read_only_then_back() {

@@ -274,11 +274,24 @@ pub(crate) fn rmap_walk(
             walk_mm(&mm, index, |vma| vma.anon_vma.carries(&root), &mut f)?;
         }
     } else if let Some(inode) = Inode::lookup(mapping) {
-        for mm in inode.mappers() {
-            registry.visits.fetch_add(1, Ordering::Relaxed);
-            let is_file = |vma: &Vma| matches!(&vma.backing, VmaBacking::File(i) if Arc::ptr_eq(i, &inode));
-            walk_mm(&mm, index, is_file, &mut f)?;
-        }
+        rmap_walk_file(kernel, &inode, index, f)?;
+    }
+    ControlFlow::Continue(())
+}
+
+/// [`rmap_walk`] of page `index` of `inode`'s file, for frames that carry
+/// no page-cache identity of their own (fs-dax blocks): `f` gets every
+/// mapping of that file page (`i_mmap`).
+pub(crate) fn rmap_walk_file(
+    kernel: &Kernel,
+    inode: &Arc<Inode>,
+    index: u64,
+    mut f: impl FnMut(&Arc<Mm>, &Vma, u64) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    for mm in inode.mappers() {
+        kernel.anon_registry().visits.fetch_add(1, Ordering::Relaxed);
+        let is_file = |vma: &Vma| matches!(&vma.backing, VmaBacking::File(i) if Arc::ptr_eq(i, inode));
+        walk_mm(&mm, index, is_file, &mut f)?;
     }
     ControlFlow::Continue(())
 }

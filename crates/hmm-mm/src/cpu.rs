@@ -211,17 +211,7 @@ fn user_translate_or_fault<'a>(
         if let Some(held) = translate(mm, va, write) {
             return Ok(held);
         }
-        let mut flags = FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
-        if user {
-            flags |= FaultFlags::USER;
-        }
-        if write {
-            flags |= FaultFlags::WRITE;
-        }
-        let outcome = guard.handle_mm_fault_unlockable(va, flags).map_err(|error| match error {
-            crate::error::FaultError::Oom => MmError::NoMem,
-            error => MmError::Fault { addr: va, error },
-        })?;
+        let outcome = fault_unlockable(guard, va, write, user)?;
         if outcome == crate::fault::FaultOutcome::Released && mm.fatal_signal_pending() {
             return Err(MmError::Fault {
                 addr: va,
@@ -247,19 +237,33 @@ pub(crate) fn gup_unlockable_translate<'a>(
     if let Some(held) = translate(mm, va, write) {
         return Ok(Some(held));
     }
-    let mut flags = FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
-    if write {
-        flags |= FaultFlags::WRITE;
-    }
-    let outcome = guard.handle_mm_fault_unlockable(va, flags).map_err(|error| match error {
-        crate::error::FaultError::Oom => MmError::NoMem,
-        error => MmError::Fault { addr: va, error },
-    })?;
-    match outcome {
+    match fault_unlockable(guard, va, write, false)? {
         crate::fault::FaultOutcome::Released if mm.fatal_signal_pending() => Err(MmError::Interrupted),
         crate::fault::FaultOutcome::Released => Ok(None),
         crate::fault::FaultOutcome::Handled => Ok(translate(mm, va, write)),
     }
+}
+
+/// A fault that may release the mmap lock to wait for a userfaultfd
+/// handler (`FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_KILLABLE`, plus
+/// `FAULT_FLAG_USER` for the CPU's own accesses); OOM is ENOMEM.
+fn fault_unlockable(
+    guard: &mut MmapReadGuard<'_>,
+    va: u64,
+    write: bool,
+    user: bool,
+) -> Result<crate::fault::FaultOutcome, MmError> {
+    let mut flags = FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
+    if user {
+        flags |= FaultFlags::USER;
+    }
+    if write {
+        flags |= FaultFlags::WRITE;
+    }
+    guard.handle_mm_fault_unlockable(va, flags).map_err(|error| match error {
+        crate::error::FaultError::Oom => MmError::NoMem,
+        error => MmError::Fault { addr: va, error },
+    })
 }
 
 /// The hardware walk: the frame if the entry permits the access, with a

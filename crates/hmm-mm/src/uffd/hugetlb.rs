@@ -153,7 +153,7 @@ pub(super) fn fill(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! What the Linux 7.3.4 guest answers (scenarios/device/uffd_hugetlb*.hmm).
 
     use std::sync::Arc;
@@ -165,15 +165,17 @@ mod tests {
     use crate::testing::leaf;
     use crate::{Kernel, KernelConfig, Mm};
 
-    const PRIVATE: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS).union(MapFlags::HUGETLB);
-    const SHARED: MapFlags = MapFlags::SHARED.union(MapFlags::ANONYMOUS).union(MapFlags::HUGETLB);
+    pub(in crate::uffd) const PRIVATE: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS).union(MapFlags::HUGETLB);
+    pub(in crate::uffd) const SHARED: MapFlags = MapFlags::SHARED.union(MapFlags::ANONYMOUS).union(MapFlags::HUGETLB);
 
-    fn mm() -> Arc<Mm> {
+    /// A machine with eight 2 MiB huge pages reserved.
+    pub(in crate::uffd) fn mm() -> Arc<Mm> {
         let config = KernelConfig { ram_bytes: 64 << 20, hugetlb_2m_pages: 8, ..KernelConfig::default() };
         Kernel::new(config).unwrap().create_mm().unwrap()
     }
 
-    fn uffd(mm: &Arc<Mm>, features: u64) -> Userfaultfd {
+    /// A context with the API handshake done for `features`.
+    pub(in crate::uffd) fn uffd(mm: &Arc<Mm>, features: u64) -> Userfaultfd {
         let uffd = Userfaultfd::new(mm, O_CLOEXEC).unwrap();
         uffd.api(UFFD_API, features).unwrap();
         uffd

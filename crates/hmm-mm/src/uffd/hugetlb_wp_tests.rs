@@ -2,27 +2,13 @@
 //! with huge pages reserved (scenarios/device/uffd_hugetlb_wp.hmm and
 //! uffd_hugetlb_poison.hmm run the same on the 7.3.4 guest).
 
-use std::sync::Arc;
-
-use hmm_types::{Errno, MadviseAdvice, MapFlags, Prot, PAGE_SIZE, PMD_SIZE};
+use hmm_types::{Errno, MadviseAdvice, Prot, PAGE_SIZE, PMD_SIZE};
 
 use super::*;
 use crate::proc_pagemap::{PM_PRESENT, PM_SWAP, PM_UFFD_WP};
-use crate::{FaultError, Kernel, KernelConfig, Mm, MmError};
+use crate::{FaultError, MmError};
 
-const PRIVATE: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS).union(MapFlags::HUGETLB);
-const SHARED: MapFlags = MapFlags::SHARED.union(MapFlags::ANONYMOUS).union(MapFlags::HUGETLB);
-
-fn mm() -> Arc<Mm> {
-    let config = KernelConfig { ram_bytes: 64 << 20, hugetlb_2m_pages: 8, ..KernelConfig::default() };
-    Kernel::new(config).unwrap().create_mm().unwrap()
-}
-
-fn uffd(mm: &Arc<Mm>, features: u64) -> Userfaultfd {
-    let uffd = Userfaultfd::new(mm, O_CLOEXEC).unwrap();
-    uffd.api(UFFD_API, features).unwrap();
-    uffd
-}
+use super::hugetlb::tests::{mm, uffd, PRIVATE, SHARED};
 
 fn sigbus(result: Result<(), MmError>) -> bool {
     matches!(result, Err(MmError::Fault { error: FaultError::Sigbus(_) | FaultError::Hwpoison, .. }))

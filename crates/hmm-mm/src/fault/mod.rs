@@ -168,6 +168,12 @@ pub(super) fn existing_pte(
             if write && entry.is_swp_uffd_wp() && vma.flags.contains(VmFlags::UFFD_WP) {
                 return Ok(Existing::Done);
             }
+            // One that came back read-write-protected: any access is an
+            // RWP fault now (7.3 `do_swap_page` → `do_uffd_rwp`), also
+            // reported by the retried access.
+            if entry.is_swp_uffd_wp() && vma.flags.contains(VmFlags::UFFD_RWP) {
+                return Ok(Existing::Done);
+            }
         }
         Some(kind) if kind.is_device_private() => crate::device::to_ram::fault(locked, vma, va, slot, entry)?,
         Some(hmm_pagetable::SwapKind::DeviceExclusive) => crate::device::exclusive::restore(mm, vma, slot, entry),

@@ -8,7 +8,8 @@
 //! is freed and reused only under that lock, so an entry still naming it
 //! proves the data belongs to it. Concurrent faults on one entry race on
 //! the compare-and-swap; the loser frees its frame and retries. A swap
-//! entry's uffd-wp bit goes back on the page.
+//! entry's uffd bit goes back on the page: write-protected, or, in an
+//! RWP-registered VMA, read-write-protected (Linux 7.3).
 //!
 //! Linux: `do_swap_page`, `swap_read_folio`, `swap_free`.
 
@@ -47,12 +48,18 @@ pub(super) fn fault(mm: &Mm, vma: &Vma, pte: Slot<'_>, entry: Entry, write: bool
     // A uffd-wp swap entry comes back protected (`do_swap_page`), so a
     // write then takes the WP fault; it is not made writable while the
     // VMA is WP-registered (`userfaultfd_pte_wp`).
+    // In an RWP-registered VMA the bit means read-write-protected: the
+    // page comes back PROT_NONE with the bit (7.3 `do_swap_page`), so the
+    // access then takes the RWP fault.
     let uffd_wp = entry.is_swp_uffd_wp();
-    let protected = uffd_wp && vma.flags.contains(VmFlags::UFFD_WP);
+    let rwp = uffd_wp && vma.flags.contains(VmFlags::UFFD_RWP);
+    let protected = uffd_wp && vma.flags.intersects(VmFlags::UFFD_WP | VmFlags::UFFD_RWP);
     let writable = exclusive && vma.flags.contains(VmFlags::WRITE) && !protected;
     let leaf = LeafFlags { write: writable, dirty: writable && write, accessed: true, special: false };
     let mut new = Entry::present(page, leaf, false);
-    if uffd_wp {
+    if rwp {
+        new = new.mkuffd_rwp();
+    } else if uffd_wp {
         new = new.mkuffd_wp();
         if writable {
             new = new.mkwrite();

@@ -325,10 +325,11 @@ fn unmap_page(
                 let mut data = vec![0u8; PAGE_SIZE as usize].into_boxed_slice();
                 phys.read(pfn, 0, &mut data);
                 mm.kernel().swap().write(offset, data);
-                // A write-protected page keeps its uffd-wp bit in the swap
-                // entry (`try_to_unmap_one`: `pte_swp_mkuffd_wp`).
+                // A write-protected page keeps its uffd bit in the swap
+                // entry (`try_to_unmap_one`: `pte_swp_mkuffd_wp`); so does
+                // a read-write-protected one (7.3: the same bit).
                 let swap = Entry::swap(SwapKind::Swap, offset, false);
-                if quiet.is_uffd_wp() && !quiet.is_uffd_rwp() {
+                if quiet.is_uffd_wp() {
                     swap.swp_mkuffd_wp()
                 } else {
                     swap

@@ -262,7 +262,7 @@ pub(crate) fn protect_range(mm: &Mm, start: u64, end: u64) {
 
 /// Changes every swap entry of `[start, end)` with `change` (no
 /// invalidation: nothing is mapped there).
-fn change_swap_entries(mm: &Mm, start: u64, end: u64, change: impl Fn(Entry) -> Entry) {
+pub(super) fn change_swap_entries(mm: &Mm, start: u64, end: u64, change: impl Fn(Entry) -> Entry) {
     let _ = mm.pgtable().walk(start, end, |visit| {
         if let Visit::Slot { slot, mut entry } = visit {
             while entry.swap_kind() == Some(SwapKind::Swap) {

@@ -7,7 +7,7 @@
 
 use core::ops::ControlFlow;
 
-use hmm_pagetable::{EnsureError, Entry, Level, Visit};
+use hmm_pagetable::{EnsureError, Entry, Level, SwapKind, Visit};
 use hmm_types::{Event, MremapFlags, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE};
 
 use crate::error::MmError;
@@ -123,11 +123,16 @@ pub(super) fn move_mapping(
         let Ok(to) = mm.pgtable().ensure(va.wrapping_add(shift), level) else {
             unreachable!("destination tables were built above");
         };
-        // A range that is no longer registered loses the uffd-wp bits
-        // (`move_ptes`).
+        // A range that is no longer registered loses the uffd bits, of
+        // swap entries too (`move_ptes`: `pte_swp_clear_uffd_wp`).
         // Its uffd-wp markers are dropped.
         if keeps_uffd || !entry.is_uffd_wp_marker() {
-            to.store(if keeps_uffd { entry } else { entry.clear_uffd_wp() });
+            let cleared = if entry.swap_kind() == Some(SwapKind::Swap) {
+                entry.swp_clear_uffd_wp()
+            } else {
+                entry.clear_uffd_wp()
+            };
+            to.store(if keeps_uffd { entry } else { cleared });
         }
     }
     let mut moved = vma.clone();

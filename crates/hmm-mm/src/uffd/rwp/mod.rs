@@ -27,9 +27,14 @@
 //! On hugetlb memory (7.3.4 allows it) RWPROTECT goes in whole huge pages
 //! (`EINVAL` otherwise) and a fault is reported at the huge page.
 //!
-//! Not modelled: the uffd bit on swap entries (Linux keeps a protected
-//! anonymous page protected across swap-out; the model's swap-out drops
-//! the RWP protection, unlike the uffd-wp bit, which it keeps).
+//! Swap (7.3): a protected anonymous page swapped out keeps the uffd bit in
+//! its swap entry (the uffd-wp one, `pte_swp_uffd`; pagemap shows
+//! `PM_UFFD_WP` there), RWPROTECT sets or clears it on swap entries, and
+//! swap-in in an RWP VMA maps the page protected again (`fault/swap.rs`),
+//! so the access takes the RWP fault. A fork child keeps the bit only with
+//! EVENT_FORK (`ops/fork.rs`), an mremap destination only with EVENT_REMAP;
+//! unregistering clears it. Neither the host nor the guest has swap: the
+//! unit tests (`tests.rs`) state the 7.3 code, not a run.
 //!
 //! Linux 7.3: `mm/userfaultfd.c` (`userfaultfd_rwprotect`,
 //! `userfaultfd_set_mode`), `mm/memory.c` (`do_uffd_rwp`), `mm/mprotect.c`
@@ -108,6 +113,9 @@ impl Userfaultfd {
             for (s, e, vma_flags) in chunks {
                 if protect {
                     super::wp::change_range(&mm, s, e, Entry::mkuffd_rwp);
+                    // A swapped-out page is protected by the swap entry's
+                    // uffd bit (7.3 `change_pte_range`).
+                    super::wp::change_swap_entries(&mm, s, e, Entry::swp_mkuffd_wp);
                 } else {
                     resolve_range(&mm, vma_flags, s, e);
                 }
@@ -213,8 +221,10 @@ fn resolved(mm: &Mm, vma_flags: VmFlags, entry: Entry) -> Entry {
 }
 
 /// Resolves every protected leaf of `[start, end)` in a VMA with flags
-/// `vma_flags`, inside a PROTECTION_VMA invalidation when there is any.
+/// `vma_flags`, inside a PROTECTION_VMA invalidation when there is any,
+/// and clears the uffd bit of its swap entries (no invalidation).
 pub(crate) fn resolve_range(mm: &Mm, vma_flags: VmFlags, start: u64, end: u64) {
+    super::wp::change_swap_entries(mm, start, end, Entry::swp_clear_uffd_wp);
     let any = mm
         .pgtable()
         .walk(start, end, |visit| match visit {
@@ -268,3 +278,6 @@ pub(crate) fn disarm_unregistered(mm: &Mm, had: VmFlags, now: VmFlags, start: u6
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod swap_tests;

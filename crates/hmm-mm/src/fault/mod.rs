@@ -154,7 +154,15 @@ pub(super) fn existing_pte(
     let mm = locked.mm();
     let va = slot.va();
     if entry.is_present() {
-        let done = !write || entry.is_write() || wp::pte(mm, vma, slot, entry)?;
+        if write && entry.is_write() {
+            // `handle_pte_fault` on a writable entry: a write fault (a
+            // GUP with FOLL_WRITE, MADV_POPULATE_WRITE) marks it dirty.
+            if !entry.is_dirty() {
+                let _ = slot.compare_exchange(entry, entry.mkdirty());
+            }
+            return Ok(Existing::Done);
+        }
+        let done = !write || wp::pte(mm, vma, slot, entry)?;
         return Ok(if done { Existing::Done } else { Existing::Retry });
     }
     match entry.swap_kind() {
@@ -198,6 +206,22 @@ mod tests {
     use crate::{FaultError, MmError, SegvReason, ThpMode};
 
     const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+
+    #[test]
+    fn a_write_fault_on_a_writable_clean_entry_dirties_it() {
+        // Linux 6.18 (scenarios/corpus/populate_write_dirties_writable_shmem.hmm):
+        // a read fault maps shared memory writable and clean; then
+        // MADV_POPULATE_WRITE's write fault marks the entry dirty.
+        let k = kernel(64, ThpMode::Never);
+        let mm = k.create_mm().unwrap();
+        let shared = MapFlags::SHARED.union(MapFlags::ANONYMOUS);
+        let va = mm.mmap(0, 4096, Prot::RW, shared).unwrap();
+        assert_eq!(mm.read_u64(va).unwrap(), 0);
+        let (_, entry) = leaf(&mm, va);
+        assert!(entry.is_write() && !entry.is_dirty());
+        mm.madvise(va, 4096, hmm_types::MadviseAdvice::PopulateWrite).unwrap();
+        assert!(leaf(&mm, va).1.is_dirty());
+    }
 
     #[test]
     fn read_maps_the_zero_page_and_write_copies_it() {

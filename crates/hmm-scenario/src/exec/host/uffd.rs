@@ -1,9 +1,9 @@
 //! The host's side of the userfaultfd operations and of accesses that may
 //! wait for a handler: each access of a process holding a userfaultfd runs
 //! on a thread of its own (the scenario's process becomes multi-threaded);
-//! the runner waits until the access completed or its userfaultfd has a
-//! new message (the thread then sleeps in `handle_userfault`), exactly as
-//! the model executor does (`exec/model_uffd.rs`). munmap, madvise, mremap
+//! the runner waits until the access completed or sleeps in
+//! `handle_userfault` (its wchan; its message is queued before that), as
+//! the model executor settles it (`exec/model_uffd.rs`). munmap, madvise, mremap
 //! and fork (with EVENT_FORK, by the bare system call: `sys::raw_fork`)
 //! may wait for the monitor to read their event: they run on a thread
 //! too, settled when they complete or their thread sleeps in userfaultfd
@@ -265,9 +265,9 @@ impl HostUffd {
         }
     }
 
-    /// Starts an access on a thread and waits until it completed or a
-    /// userfaultfd of this process has a page fault message for its page
-    /// (`Blocked`).
+    /// Starts an access on a thread and waits until it completed or sleeps
+    /// in userfaultfd (`Blocked`); the page fault messages it queued are
+    /// read ahead.
     pub fn access(
         &mut self,
         files: &HashMap<FileId, RawFd>,
@@ -289,6 +289,7 @@ impl HostUffd {
         });
         let tid = rx.recv().unwrap_or(0);
         let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let mut queued = false;
         loop {
             if handle.is_finished() {
                 let outcome = handle.join().unwrap_or_else(|_| Outcome::Inconclusive("the access panicked".into()));
@@ -297,9 +298,15 @@ impl HostUffd {
                 }
                 return outcome;
             }
-            // A fault whose message went to a userfaultfd this process does
-            // not hold (a fork child's, read by its parent) is seen asleep.
-            if self.drain_all(files, addr) || sleeps_in_userfaultfd(tid) {
+            // The message is queued before the faulting thread decides
+            // whether it must sleep (`userfaultfd_must_wait`, which reads
+            // the PTE): a step that resolves the fault in that window would
+            // let it go on without a wake-up, so it counts as blocked only
+            // once it sleeps. A fault whose message went to a userfaultfd
+            // this process does not hold (a fork child's, read by its
+            // parent) is seen asleep only.
+            queued |= self.drain_all(files, addr);
+            if sleeps_in_userfaultfd(tid) {
                 let id = id.unwrap_or_else(|| {
                     self.anonymous += 1;
                     usize::MAX - self.anonymous
@@ -309,7 +316,9 @@ impl HostUffd {
             }
             if Instant::now() > deadline {
                 self.accesses.insert(id.unwrap_or(usize::MAX), Access::Running(handle));
-                return Outcome::Inconclusive("the access neither completed nor queued a message".into());
+                let what =
+                    if queued { "queued a message but never slept" } else { "neither completed nor queued a message" };
+                return Outcome::Inconclusive(format!("the access {what}"));
             }
             std::thread::sleep(Duration::from_micros(200));
         }

@@ -320,6 +320,10 @@ pub fn fuzz(args: &FuzzArgs, out: &Out) -> Result<bool, DemoError> {
         let kernel = if args.kernel == KernelChoice::Vm { " --kernel vm" } else { "" };
         let body = format!("# found by hmm fuzz{kernel} --seed {seed}: {}\n{}", found.first, found.text);
         std::fs::write(&path, body).map_err(|e| DemoError(format!("{}: {e}", path.display())))?;
+        if let Some(console) = &found.console {
+            let path = path.with_extension("console");
+            std::fs::write(&path, console).map_err(|e| DemoError(format!("{}: {e}", path.display())))?;
+        }
         out.test_line(TestLine::NotOk, &format!("divergence {} -> {}", found.signature, path.display()));
         out.note(&found.first);
     }

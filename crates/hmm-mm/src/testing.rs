@@ -34,6 +34,14 @@ pub fn temp_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("hmm-{}-{n}-{name}", std::process::id()))
 }
 
+/// A userfaultfd of `mm` opened with `flags`, past the `UFFDIO_API`
+/// handshake for `features`.
+pub fn userfaultfd(mm: &Arc<Mm>, flags: u32, features: u64) -> crate::uffd::Userfaultfd {
+    let uffd = crate::uffd::Userfaultfd::new(mm, flags).expect("valid open flags");
+    uffd.api(crate::uffd::UFFD_API, features).expect("features this kernel offers");
+    uffd
+}
+
 /// A recorder subscribed to `mm`.
 pub fn record(mm: &Mm) -> Arc<Recorder> {
     let recorder = Arc::new(Recorder::default());

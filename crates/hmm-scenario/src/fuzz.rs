@@ -169,6 +169,10 @@ pub struct Found {
     pub text: String,
     /// The first difference, described.
     pub first: String,
+    /// The guest's console of the boot that first showed it (`hmm fuzz
+    /// --kernel vm`), kept because a shrinking boot overwrites it: the
+    /// evidence when the case does not come back.
+    pub console: Option<String>,
 }
 
 /// What a fuzzing session did.
@@ -299,12 +303,14 @@ pub fn fuzz(
             let text = crate::lang::print(&scenario);
             let found = match run_one(&scenario) {
                 Ok(Ok((_, host_trace, cmp))) => match (host_trace.aborted, signature(&scenario, &cmp)) {
-                    (Some(why), _) => Some(Found { signature: "host-crash".into(), text, first: why }),
-                    (None, Some((signature, first))) => Some(Found { signature, text, first }),
+                    (Some(why), _) => Some(Found { signature: "host-crash".into(), text, first: why, console: None }),
+                    (None, Some((signature, first))) => Some(Found { signature, text, first, console: None }),
                     (None, None) => None,
                 },
-                Ok(Err(e)) => Some(Found { signature: "host-error".into(), text, first: format!("{reason}: {e}") }),
-                Err(message) => Some(Found { signature: MODEL_PANIC.into(), text, first: message }),
+                Ok(Err(e)) => {
+                    Some(Found { signature: "host-error".into(), text, first: format!("{reason}: {e}"), console: None })
+                }
+                Err(message) => Some(Found { signature: MODEL_PANIC.into(), text, first: message, console: None }),
             };
             let mut r = report.borrow_mut();
             if let Some(found) = found.filter(|f| !r.found.iter().any(|g| g.signature == f.signature)) {

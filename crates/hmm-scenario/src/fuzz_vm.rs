@@ -183,15 +183,18 @@ pub fn fuzz_vm(vm: &mut VmExecutor, duration: Duration, seed: u64, batch: usize)
         };
         report.scenarios += scenarios.len() as u64;
         let kinds = judge(&result, &scenarios, &mut report);
-        for (steps, kind) in generated.iter().zip(kinds) {
+        for (index, (steps, kind)) in generated.iter().zip(kinds).enumerate() {
             let Some((sig, first)) = kind else { continue };
             if report.found.iter().any(|f| f.signature == sig) {
                 continue;
             }
+            let console = std::fs::read_to_string(&vm.console)
+                .map(|c| format!("# the boot that found it; the scenario is s{index} (`=== reply {index}`)\n{c}"))
+                .ok();
             let (text, first) = shrink(vm, steps, &sig, first.clone(), &mut report).unwrap_or_else(|e| {
                 (crate::lang::print(&complete_with_device(steps)), format!("{first} (not shrunk: {e})"))
             });
-            report.found.push(Found { signature: sig, text, first });
+            report.found.push(Found { signature: sig, text, first, console });
         }
     }
     report.elapsed = start.elapsed();

@@ -114,9 +114,9 @@ mod tests {
 
     use hmm_types::{Errno, MadviseAdvice, MapFlags, Prot, PAGE_SIZE};
 
-    use crate::testing::kernel;
+    use crate::testing::{kernel, userfaultfd};
     use crate::uffd::{
-        Userfaultfd, O_CLOEXEC, UFFDIO_REGISTER_MODE_MISSING, UFFD_API, UFFD_FEATURE_SIGBUS, UFFD_PAGEFAULT_FLAG_WRITE,
+        Userfaultfd, O_CLOEXEC, UFFDIO_REGISTER_MODE_MISSING, UFFD_FEATURE_SIGBUS, UFFD_PAGEFAULT_FLAG_WRITE,
         UFFD_USER_MODE_ONLY,
     };
     use crate::{Mm, ThpMode};
@@ -127,8 +127,7 @@ mod tests {
     /// blocking userfaultfd opened with `flags` and `features`.
     fn registered(pages: u64, flags: u32, features: u64) -> (Arc<Mm>, Userfaultfd, u64) {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
-        let uffd = Userfaultfd::new(&mm, O_CLOEXEC | flags).unwrap();
-        uffd.api(UFFD_API, features).unwrap();
+        let uffd = userfaultfd(&mm, O_CLOEXEC | flags, features);
         let va = mm.mmap(0, pages * PAGE_SIZE, Prot::RW, ANON).unwrap();
         uffd.register(va, pages * PAGE_SIZE, UFFDIO_REGISTER_MODE_MISSING).unwrap();
         (mm, uffd, va)

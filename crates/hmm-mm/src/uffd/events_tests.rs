@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use hmm_types::{Errno, MadviseAdvice, MapFlags, MremapFlags, Prot, VmFlags, PAGE_SIZE};
 
 use super::*;
-use crate::testing::kernel;
+use crate::testing::{kernel, userfaultfd};
 use crate::{Mm, ThpMode};
 
 const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
@@ -19,8 +19,7 @@ const EVENTS: u64 =
 
 fn setup(pages: u64) -> (Arc<Mm>, Userfaultfd, u64) {
     let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
-    let uffd = Userfaultfd::new(&mm, O_NONBLOCK).unwrap();
-    uffd.api(UFFD_API, EVENTS).unwrap();
+    let uffd = userfaultfd(&mm, O_NONBLOCK, EVENTS);
     let va = mm.mmap(0, pages * PAGE_SIZE, Prot::RW, ANON).unwrap();
     (mm, uffd, va)
 }
@@ -164,8 +163,7 @@ fn faults_are_read_before_events_and_close_releases_a_waiting_caller() {
 #[test]
 fn without_the_event_features_nothing_waits() {
     let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
-    let uffd = Userfaultfd::new(&mm, O_NONBLOCK).unwrap();
-    uffd.api(UFFD_API, UFFD_FEATURE_EVENT_REMAP).unwrap();
+    let uffd = userfaultfd(&mm, O_NONBLOCK, UFFD_FEATURE_EVENT_REMAP);
     let va = mm.mmap(0, 4 * PAGE_SIZE, Prot::RW, ANON).unwrap();
     uffd.register(va, 4 * PAGE_SIZE, UFFDIO_REGISTER_MODE_MISSING).unwrap();
     mm.madvise(va, PAGE_SIZE, MadviseAdvice::DontNeed).unwrap();

@@ -17,7 +17,7 @@ use hmm_types::{Errno, MapFlags, Prot, PAGE_SIZE};
 use super::*;
 use crate::gup::FollFlags;
 use crate::gup_test::{GupTestCmd, GupTestFile, FOLL_WRITE, PIN_LONGTERM_FAST};
-use crate::testing::kernel;
+use crate::testing::{kernel, userfaultfd};
 use crate::{Mm, MmError, ThpMode};
 
 const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
@@ -27,8 +27,7 @@ const PAGE: usize = PAGE_SIZE as usize;
 /// userfaultfd with `features`.
 fn registered(pages: u64, features: u64) -> (Arc<Mm>, Userfaultfd, u64) {
     let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
-    let uffd = Userfaultfd::new(&mm, O_CLOEXEC).unwrap();
-    uffd.api(UFFD_API, features).unwrap();
+    let uffd = userfaultfd(&mm, O_CLOEXEC, features);
     let va = mm.mmap(0, pages * PAGE_SIZE, Prot::RW, ANON).unwrap();
     uffd.register(va, pages * PAGE_SIZE, UFFDIO_REGISTER_MODE_MISSING).unwrap();
     (mm, uffd, va)
@@ -129,8 +128,7 @@ fn kernel_copies_wait_unless_the_context_is_user_mode_only() {
     assert_eq!(mm.read_u64(va), Ok(0x0909_0909_0909_0909));
 
     let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
-    let uffd = Userfaultfd::new(&mm, O_CLOEXEC | UFFD_USER_MODE_ONLY).unwrap();
-    uffd.api(UFFD_API, 0).unwrap();
+    let uffd = userfaultfd(&mm, O_CLOEXEC | UFFD_USER_MODE_ONLY, 0);
     let va = mm.mmap(0, PAGE_SIZE, Prot::RW, ANON).unwrap();
     uffd.register(va, PAGE_SIZE, UFFDIO_REGISTER_MODE_MISSING).unwrap();
     let mut buf = [0u8; 8];

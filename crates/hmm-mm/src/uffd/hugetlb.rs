@@ -163,6 +163,7 @@ pub(super) mod tests {
 
     use super::super::*;
     use crate::testing::leaf;
+    use crate::uffd::tests::uffd;
     use crate::{Kernel, KernelConfig, Mm};
 
     pub(in crate::uffd) const PRIVATE: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS).union(MapFlags::HUGETLB);
@@ -172,13 +173,6 @@ pub(super) mod tests {
     pub(in crate::uffd) fn mm() -> Arc<Mm> {
         let config = KernelConfig { ram_bytes: 64 << 20, hugetlb_2m_pages: 8, ..KernelConfig::default() };
         Kernel::new(config).unwrap().create_mm().unwrap()
-    }
-
-    /// A context with the API handshake done for `features`.
-    pub(in crate::uffd) fn uffd(mm: &Arc<Mm>, features: u64) -> Userfaultfd {
-        let uffd = Userfaultfd::new(mm, O_CLOEXEC).unwrap();
-        uffd.api(UFFD_API, features).unwrap();
-        uffd
     }
 
     #[test]

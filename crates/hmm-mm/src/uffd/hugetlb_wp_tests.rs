@@ -8,7 +8,8 @@ use super::*;
 use crate::proc_pagemap::{PM_PRESENT, PM_SWAP, PM_UFFD_WP};
 use crate::{FaultError, MmError};
 
-use super::hugetlb::tests::{mm, uffd, PRIVATE, SHARED};
+use super::hugetlb::tests::{mm, PRIVATE, SHARED};
+use super::tests::uffd;
 
 fn sigbus(result: Result<(), MmError>) -> bool {
     matches!(result, Err(MmError::Fault { error: FaultError::Sigbus(_) | FaultError::Hwpoison, .. }))

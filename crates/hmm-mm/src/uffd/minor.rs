@@ -97,8 +97,8 @@ fn continue_page(guard: &MmapReadGuard<'_>, vma: &Vma, inode: &Inode, va: u64, w
 mod tests {
     use hmm_types::{Errno, MapFlags, Prot};
 
-    use super::super::{Userfaultfd, UFFDIO_REGISTER_MODE_MINOR, UFFD_API, UFFD_FEATURE_SIGBUS};
-    use crate::testing::kernel;
+    use super::super::{UFFDIO_REGISTER_MODE_MINOR, UFFD_FEATURE_SIGBUS};
+    use crate::testing::{kernel, userfaultfd};
     use crate::{MmError, ThpMode};
 
     #[test]
@@ -109,8 +109,7 @@ mod tests {
         file.ftruncate(2 * 4096).unwrap();
         file.pwrite(0, &7u64.to_le_bytes()).unwrap();
         let va = mm.mmap_file(0, 2 * 4096, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
-        let uffd = Userfaultfd::new(&mm, 0).unwrap();
-        uffd.api(UFFD_API, UFFD_FEATURE_SIGBUS).unwrap();
+        let uffd = userfaultfd(&mm, 0, UFFD_FEATURE_SIGBUS);
         uffd.register(va, 2 * 4096, UFFDIO_REGISTER_MODE_MINOR).unwrap();
         assert!(matches!(mm.read_u64(va), Err(MmError::Fault { .. })), "cached, not mapped: a MINOR fault");
         // Page 1 is not cached: MINOR does not fire, the fault allocates it.
@@ -131,8 +130,7 @@ mod tests {
         file.ftruncate(2 * 4096).unwrap();
         file.fallocate_keep_size(0, 2 * 4096).unwrap();
         let va = mm.mmap_file(0, 2 * 4096, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
-        let uffd = Userfaultfd::new(&mm, 0).unwrap();
-        uffd.api(UFFD_API, UFFD_FEATURE_SIGBUS).unwrap();
+        let uffd = userfaultfd(&mm, 0, UFFD_FEATURE_SIGBUS);
         uffd.register(va, 2 * 4096, UFFDIO_REGISTER_MODE_MINOR).unwrap();
         let uptodate = |n: u64| {
             let pfn = file.inode().state.lock().pages[&n];
@@ -148,8 +146,7 @@ mod tests {
     fn minor_mode_needs_shmem() {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
         let va = mm.mmap(0, 4096, Prot::RW, MapFlags::PRIVATE | MapFlags::ANONYMOUS).unwrap();
-        let uffd = Userfaultfd::new(&mm, 0).unwrap();
-        uffd.api(UFFD_API, 0).unwrap();
+        let uffd = userfaultfd(&mm, 0, 0);
         assert_eq!(uffd.register(va, 4096, UFFDIO_REGISTER_MODE_MINOR).unwrap_err().errno(), Errno::Inval);
     }
 }

@@ -130,8 +130,8 @@ fn move_page(guard: &MmapReadGuard<'_>, src: u64, dst_vma: &Vma, dst: u64, holes
 mod tests {
     use hmm_types::{Errno, MapFlags, Prot};
 
-    use super::super::{Userfaultfd, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UFFDIO_REGISTER_MODE_MISSING, UFFD_API};
-    use crate::testing::kernel;
+    use super::super::{UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UFFDIO_REGISTER_MODE_MISSING};
+    use crate::testing::{kernel, userfaultfd};
     use crate::ThpMode;
 
     const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
@@ -143,8 +143,7 @@ mod tests {
         let dst = mm.mmap(0, 2 * 4096, Prot::RW, ANON).unwrap();
         mm.write_u64(src, 42).unwrap();
         let pfn = mm.pagemap_entry(src).unwrap();
-        let uffd = Userfaultfd::new(&mm, 0).unwrap();
-        uffd.api(UFFD_API, 0).unwrap();
+        let uffd = userfaultfd(&mm, 0, 0);
         uffd.register(dst, 2 * 4096, UFFDIO_REGISTER_MODE_MISSING).unwrap();
         assert_eq!(uffd.move_pages(dst, src, 4096, 0), Ok(4096));
         assert_eq!(mm.pagemap_entry(src).unwrap(), 0, "the source is a hole now");
@@ -166,8 +165,7 @@ mod tests {
         let dst = mm.mmap(0, 4096, Prot::RW, ANON).unwrap();
         mm.write_u64(src, 1).unwrap();
         let child = mm.fork().unwrap();
-        let uffd = Userfaultfd::new(&mm, 0).unwrap();
-        uffd.api(UFFD_API, 0).unwrap();
+        let uffd = userfaultfd(&mm, 0, 0);
         uffd.register(dst, 4096, UFFDIO_REGISTER_MODE_MISSING).unwrap();
         assert_eq!(uffd.move_pages(dst, src, 4096, 0).unwrap_err().errno(), Errno::Busy);
         child.exit();

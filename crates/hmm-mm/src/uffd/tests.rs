@@ -8,7 +8,7 @@ use hmm_pagetable::Level;
 use hmm_types::{Errno, MapFlags, Prot, VmFlags, PAGE_SIZE};
 
 use super::*;
-use crate::testing::{kernel, leaf, record};
+use crate::testing::{kernel, leaf, record, userfaultfd};
 use crate::{FaultError, FaultFlags, FaultOutcome, Mm, MmError, ThpMode};
 
 const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
@@ -19,10 +19,8 @@ fn mm() -> Arc<Mm> {
 }
 
 /// A blocking userfaultfd past the API handshake.
-fn uffd(mm: &Arc<Mm>, features: u64) -> Userfaultfd {
-    let uffd = Userfaultfd::new(mm, O_CLOEXEC).unwrap();
-    uffd.api(UFFD_API, features).unwrap();
-    uffd
+pub(super) fn uffd(mm: &Arc<Mm>, features: u64) -> Userfaultfd {
+    userfaultfd(mm, O_CLOEXEC, features)
 }
 
 #[test]
@@ -80,8 +78,7 @@ fn register_validates_mode_range_and_vmas_and_splits_at_the_ends() {
 #[test]
 fn a_fault_that_may_not_drop_the_lock_is_sigbus_with_no_message() {
     let mm = mm();
-    let uffd = Userfaultfd::new(&mm, O_NONBLOCK).unwrap();
-    uffd.api(UFFD_API, 0).unwrap();
+    let uffd = userfaultfd(&mm, O_NONBLOCK, 0);
     let va = mm.mmap(0, PAGE_SIZE, Prot::RW, ANON).unwrap();
     uffd.register(va, PAGE_SIZE, UFFDIO_REGISTER_MODE_MISSING).unwrap();
     let result = mm.mmap_read().handle_mm_fault(va, FaultFlags::REMOTE);
@@ -158,8 +155,7 @@ fn copy_outside_a_registered_range_is_enoent() {
 #[test]
 fn the_sigbus_feature_fails_the_fault_at_once() {
     let mm = mm();
-    let uffd = Userfaultfd::new(&mm, O_NONBLOCK).unwrap();
-    uffd.api(UFFD_API, UFFD_FEATURE_SIGBUS).unwrap();
+    let uffd = userfaultfd(&mm, O_NONBLOCK, UFFD_FEATURE_SIGBUS);
     let va = mm.mmap(0, PAGE_SIZE, Prot::RW, ANON).unwrap();
     uffd.register(va, PAGE_SIZE, UFFDIO_REGISTER_MODE_MISSING).unwrap();
     assert!(matches!(mm.read_u64(va), Err(MmError::Fault { error: FaultError::Sigbus(_), .. })));
@@ -169,8 +165,7 @@ fn the_sigbus_feature_fails_the_fault_at_once() {
 #[test]
 fn user_mode_only_refuses_remote_faults_but_serves_user_ones() {
     let mm = mm();
-    let uffd = Userfaultfd::new(&mm, UFFD_USER_MODE_ONLY).unwrap();
-    uffd.api(UFFD_API, 0).unwrap();
+    let uffd = userfaultfd(&mm, UFFD_USER_MODE_ONLY, 0);
     let va = mm.mmap(0, PAGE_SIZE, Prot::RW, ANON).unwrap();
     uffd.register(va, PAGE_SIZE, UFFDIO_REGISTER_MODE_MISSING).unwrap();
     let remote = FaultFlags::REMOTE | FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;

@@ -299,11 +299,10 @@ mod tests {
     use hmm_types::{MapFlags, Prot};
 
     use super::super::{
-        Userfaultfd, UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT_MODE_WP, UFFD_API, UFFD_FEATURE_SIGBUS,
-        UFFD_FEATURE_WP_ASYNC,
+        UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT_MODE_WP, UFFD_FEATURE_SIGBUS, UFFD_FEATURE_WP_ASYNC,
     };
     use crate::proc_pagemap::PM_UFFD_WP;
-    use crate::testing::kernel;
+    use crate::testing::{kernel, userfaultfd};
     use crate::{MmError, ThpMode};
 
     const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
@@ -313,8 +312,7 @@ mod tests {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
         let va = mm.mmap(0, 2 * 4096, Prot::RW, ANON).unwrap();
         mm.write_u64(va, 5).unwrap();
-        let uffd = Userfaultfd::new(&mm, 0).unwrap();
-        uffd.api(UFFD_API, UFFD_FEATURE_SIGBUS).unwrap();
+        let uffd = userfaultfd(&mm, 0, UFFD_FEATURE_SIGBUS);
         uffd.register(va, 2 * 4096, UFFDIO_REGISTER_MODE_WP).unwrap();
         uffd.writeprotect(va, 2 * 4096, UFFDIO_WRITEPROTECT_MODE_WP).unwrap();
         assert_ne!(mm.pagemap_entry(va).unwrap() & PM_UFFD_WP, 0);
@@ -334,8 +332,7 @@ mod tests {
         let va = mm.mmap(0, 2 * 4096, Prot::RW, ANON).unwrap();
         mm.write_u64(va, 1).unwrap();
         mm.write_u64(va + 4096, 1).unwrap();
-        let uffd = Userfaultfd::new(&mm, 0).unwrap();
-        uffd.api(UFFD_API, UFFD_FEATURE_WP_ASYNC).unwrap();
+        let uffd = userfaultfd(&mm, 0, UFFD_FEATURE_WP_ASYNC);
         uffd.register(va, 2 * 4096, UFFDIO_REGISTER_MODE_WP).unwrap();
         uffd.writeprotect(va, 2 * 4096, UFFDIO_WRITEPROTECT_MODE_WP).unwrap();
         mm.write_u64(va, 2).unwrap();
@@ -349,8 +346,7 @@ mod tests {
     fn writeprotect_needs_a_wp_registration_and_a_valid_mode() {
         let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
         let va = mm.mmap(0, 4096, Prot::RW, ANON).unwrap();
-        let uffd = Userfaultfd::new(&mm, 0).unwrap();
-        uffd.api(UFFD_API, 0).unwrap();
+        let uffd = userfaultfd(&mm, 0, 0);
         uffd.register(va, 4096, super::super::UFFDIO_REGISTER_MODE_MISSING).unwrap();
         let errno = |r: Result<(), super::UffdError>| r.unwrap_err().errno();
         assert_eq!(errno(uffd.writeprotect(va, 4096, 1)), hmm_types::Errno::NoEnt);

@@ -9,7 +9,7 @@ use super::{
     UFFD_FEATURE_WP_UNPOPULATED,
 };
 use crate::proc_pagemap::{PM_PRESENT, PM_SWAP, PM_UFFD_WP};
-use crate::testing::kernel;
+use crate::testing::{kernel, userfaultfd};
 use crate::{MmError, ThpMode};
 
 const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
@@ -24,8 +24,7 @@ fn flags(word: u64) -> u64 {
 fn wp_unpopulated_protects_none_entries_of_anonymous_memory() {
     let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
     let va = mm.mmap(0, 4 * PAGE, Prot::RW, ANON).unwrap();
-    let uffd = Userfaultfd::new(&mm, 0).unwrap();
-    uffd.api(UFFD_API, UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_SIGBUS).unwrap();
+    let uffd = userfaultfd(&mm, 0, UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_SIGBUS);
     uffd.register(va, 4 * PAGE, UFFDIO_REGISTER_MODE_WP).unwrap();
     uffd.writeprotect(va, 4 * PAGE, UFFDIO_WRITEPROTECT_MODE_WP).unwrap();
     assert!((0..4).all(|n| flags(mm.pagemap_entry(va + n * PAGE).unwrap()) == MARKER));
@@ -54,8 +53,7 @@ fn wp_unpopulated_protects_none_entries_of_anonymous_memory() {
 fn without_wp_unpopulated_anonymous_none_entries_stay_none() {
     let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
     let va = mm.mmap(0, 2 * PAGE, Prot::RW, ANON).unwrap();
-    let uffd = Userfaultfd::new(&mm, 0).unwrap();
-    uffd.api(UFFD_API, UFFD_FEATURE_SIGBUS).unwrap();
+    let uffd = userfaultfd(&mm, 0, UFFD_FEATURE_SIGBUS);
     uffd.register(va, 2 * PAGE, UFFDIO_REGISTER_MODE_WP).unwrap();
     uffd.writeprotect(va, 2 * PAGE, UFFDIO_WRITEPROTECT_MODE_WP).unwrap();
     assert_eq!(mm.pagemap_entry(va).unwrap(), 0);
@@ -71,8 +69,7 @@ fn shmem_gets_markers_and_dontneed_keeps_its_protection() {
     file.pwrite(0, &7u64.to_le_bytes()).unwrap();
     let va = mm.mmap_file(0, 3 * PAGE, Prot::RW, MapFlags::SHARED, &file, 0).unwrap();
     assert_eq!(mm.read_u64(va).unwrap(), 7);
-    let uffd = Userfaultfd::new(&mm, 0).unwrap();
-    uffd.api(UFFD_API, UFFD_FEATURE_SIGBUS).unwrap();
+    let uffd = userfaultfd(&mm, 0, UFFD_FEATURE_SIGBUS);
     uffd.register(va, 3 * PAGE, UFFDIO_REGISTER_MODE_WP).unwrap();
     uffd.writeprotect(va, 3 * PAGE, UFFDIO_WRITEPROTECT_MODE_WP).unwrap();
     assert_eq!(flags(mm.pagemap_entry(va + PAGE).unwrap()), MARKER, "file memory: markers without the feature");
@@ -90,8 +87,7 @@ fn shmem_gets_markers_and_dontneed_keeps_its_protection() {
 fn mremap_without_event_remap_drops_the_markers() {
     let mm = kernel(64, ThpMode::Never).create_mm().unwrap();
     let va = mm.mmap(0, 2 * PAGE, Prot::RW, ANON).unwrap();
-    let uffd = Userfaultfd::new(&mm, 0).unwrap();
-    uffd.api(UFFD_API, UFFD_FEATURE_WP_UNPOPULATED).unwrap();
+    let uffd = userfaultfd(&mm, 0, UFFD_FEATURE_WP_UNPOPULATED);
     uffd.register(va, 2 * PAGE, UFFDIO_REGISTER_MODE_WP).unwrap();
     uffd.writeprotect(va, 2 * PAGE, UFFDIO_WRITEPROTECT_MODE_WP).unwrap();
     let to = mm.mmap(0, 2 * PAGE, Prot::RW, ANON).unwrap();
@@ -106,8 +102,7 @@ fn writeprotect_splits_a_partly_covered_thp() {
     let va = mm.mmap(0, 2 * PMD_SIZE, Prot::RW, ANON).unwrap().next_multiple_of(PMD_SIZE);
     mm.write_u64(va, 1).unwrap();
     assert_eq!(crate::testing::leaf(&mm, va).0, hmm_pagetable::Level::Pmd, "a THP to begin with");
-    let uffd = Userfaultfd::new(&mm, 0).unwrap();
-    uffd.api(UFFD_API, UFFD_FEATURE_SIGBUS).unwrap();
+    let uffd = userfaultfd(&mm, 0, UFFD_FEATURE_SIGBUS);
     uffd.register(va, PMD_SIZE, UFFDIO_REGISTER_MODE_WP).unwrap();
     uffd.writeprotect(va + PAGE, PAGE, UFFDIO_WRITEPROTECT_MODE_WP).unwrap();
     assert_eq!(mm.pagemap_entry(va).unwrap() & PM_UFFD_WP, 0);
@@ -145,8 +140,7 @@ fn a_protected_page_keeps_its_bit_through_swap() {
     for i in 0..3 {
         mm.write_u64(va + i * PAGE, 0x10 + i).unwrap();
     }
-    let uffd = Userfaultfd::new(&mm, 0).unwrap();
-    uffd.api(UFFD_API, UFFD_FEATURE_SIGBUS).unwrap();
+    let uffd = userfaultfd(&mm, 0, UFFD_FEATURE_SIGBUS);
     uffd.register(va, 3 * PAGE, UFFDIO_REGISTER_MODE_WP).unwrap();
     uffd.writeprotect(va, PAGE, UFFDIO_WRITEPROTECT_MODE_WP).unwrap();
     mm.madvise(va, 3 * PAGE, MadviseAdvice::PageOut).unwrap();

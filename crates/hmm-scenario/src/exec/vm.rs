@@ -206,6 +206,10 @@ fn run_script(n: usize) -> String {
     s.push_str("if ! grep -q ' /mnt/dax ' /proc/mounts && [ -b /dev/pmem0 ] && [ -x /sbin/mke2fs ]; then\n");
     s.push_str("  /sbin/mke2fs -q -t ext4 -b 4096 /dev/pmem0 && mount -o dax /dev/pmem0 /mnt/dax && echo '=== fs-dax mounted by the payload'\n");
     s.push_str("fi\n");
+    // Kernel messages go to the log only (dumped after the payload): an
+    // error line printed by the console thread in the middle of a reply
+    // would garble it.
+    s.push_str("echo 1 > /proc/sys/kernel/printk\n");
     s.push_str("echo \"=== guest release $(uname -r)\"\n");
     s.push_str("echo \"=== guest thp $(cat /sys/kernel/mm/transparent_hugepage/enabled)\"\n");
     s.push_str("echo \"=== guest zero $(cat /sys/kernel/mm/transparent_hugepage/use_zero_page)\"\n");

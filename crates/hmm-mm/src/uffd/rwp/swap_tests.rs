@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use hmm_types::{MadviseAdvice, MapFlags, MremapFlags, Prot, PAGE_SIZE};
 
-use super::super::{Userfaultfd, UFFDIO_REGISTER_MODE_RWP, UFFD_API, UFFD_EVENT_FORK, UFFD_FEATURE_EVENT_FORK};
+use super::super::{Userfaultfd, UFFDIO_REGISTER_MODE_RWP, UFFD_EVENT_FORK, UFFD_FEATURE_EVENT_FORK};
 use super::super::{UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WRITE};
 use super::*;
 use crate::proc_pagemap::{PM_PRESENT, PM_SWAP, PM_UFFD_WP};
-use crate::testing::kernel_with_swap;
+use crate::testing::{kernel_with_swap, userfaultfd};
 use crate::{Mm, ThpMode};
 
 const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
@@ -29,8 +29,7 @@ fn setup(npages: u64, features: u64) -> (Arc<Mm>, u64, Arc<Userfaultfd>) {
     for i in 0..npages {
         mm.write_u64(va + i * PAGE, i + 1).unwrap();
     }
-    let uffd = Userfaultfd::new(&mm, super::super::O_CLOEXEC).unwrap();
-    uffd.api(UFFD_API, features).unwrap();
+    let uffd = userfaultfd(&mm, super::super::O_CLOEXEC, features);
     uffd.register(va, npages * PAGE, UFFDIO_REGISTER_MODE_RWP).unwrap();
     (mm, va, Arc::new(uffd))
 }

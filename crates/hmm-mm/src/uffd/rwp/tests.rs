@@ -13,7 +13,7 @@ use super::super::{
 };
 use super::*;
 use crate::proc_pagemap::{PM_PRESENT, PM_UFFD_WP};
-use crate::testing::{kernel, leaf, record};
+use crate::testing::{kernel, leaf, record, userfaultfd};
 use crate::{Mm, MmError, ThpMode};
 
 const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
@@ -33,8 +33,7 @@ fn setup(npages: u64, written: u64, features: u64) -> (Arc<Mm>, u64, Arc<Userfau
     for i in 0..written {
         mm.write_u64(va + i * PAGE_SIZE, i + 1).unwrap();
     }
-    let uffd = Userfaultfd::new(&mm, super::super::O_CLOEXEC).unwrap();
-    uffd.api(UFFD_API, features).unwrap();
+    let uffd = userfaultfd(&mm, super::super::O_CLOEXEC, features);
     (mm, va, Arc::new(uffd))
 }
 
@@ -61,8 +60,7 @@ fn registration_rules_of_rwp() {
     assert_eq!(uffd.register(va + PAGE_SIZE, PAGE_SIZE, RWP | UFFDIO_REGISTER_MODE_MISSING), Ok(0x33c));
     assert_eq!(errno(uffd.register(va + 2 * PAGE_SIZE, PAGE_SIZE, RWP | UFFDIO_REGISTER_MODE_MINOR)), Errno::Inval);
     // Not negotiated: EINVAL.
-    let plain = Userfaultfd::new(&mm, 0).unwrap();
-    plain.api(UFFD_API, 0).unwrap();
+    let plain = userfaultfd(&mm, 0, 0);
     assert_eq!(errno(plain.register(va + 3 * PAGE_SIZE, PAGE_SIZE, RWP)), Errno::Inval);
     // PROT_NONE: EINVAL; read-only is accessible enough.
     mm.mprotect(va + 4 * PAGE_SIZE, PAGE_SIZE, Prot::NONE).unwrap();
@@ -128,8 +126,7 @@ fn rwprotect_checks_its_mode_and_the_registration() {
     assert!(!protected(&mm, va));
     // Another userfaultfd (even one without RWP) may protect the range: the
     // VMA's mode is what counts (7.3.4).
-    let other = Userfaultfd::new(&mm, 0).unwrap();
-    other.api(UFFD_API, 0).unwrap();
+    let other = userfaultfd(&mm, 0, 0);
     other.rwprotect(va, PAGE_SIZE, PROTECT).unwrap();
     assert!(protected(&mm, va));
     other.rwprotect(va, PAGE_SIZE, 0).unwrap();
@@ -249,8 +246,7 @@ fn protecting_part_of_a_thp_splits_it_first() {
     let va = (base + pmd - 1) & !(pmd - 1);
     mm.write_u64(va, 1).unwrap();
     assert_eq!(leaf(&mm, va).0, hmm_pagetable::Level::Pmd, "a THP");
-    let uffd = Userfaultfd::new(&mm, 0).unwrap();
-    uffd.api(UFFD_API, UFFD_FEATURE_RWP | UFFD_FEATURE_SIGBUS).unwrap();
+    let uffd = userfaultfd(&mm, 0, UFFD_FEATURE_RWP | UFFD_FEATURE_SIGBUS);
     uffd.register(va, pmd, RWP).unwrap();
     uffd.rwprotect(va, pmd, PROTECT).unwrap();
     let (level, entry) = leaf(&mm, va + PAGE_SIZE);

@@ -6,6 +6,11 @@
 //! skipped (and compacted away) later. That keeps alloc and free O(orders)
 //! without intrusive lists.
 //!
+//! A bitmap remembers which frames were ever handed out: the others still
+//! hold the zeroes the host's anonymous mapping gave them, so a zeroed
+//! allocation of only such frames need not write them (the host zeroes
+//! each page on its first touch, as Linux zeroes a page on allocation).
+//!
 //! Linux: `mm/page_alloc.c` (`__rmqueue_smallest`, `__free_one_page`).
 
 /// Largest order handed out: 1 GiB, so gigantic hugetlb pages and device-DAX
@@ -21,6 +26,8 @@ pub(crate) struct Buddy {
     /// Live (non-stale) entries per order.
     live: Vec<u64>,
     free_frames: u64,
+    /// One bit per frame, set once the frame was first allocated.
+    used: Vec<u64>,
 }
 
 impl Buddy {
@@ -35,6 +42,7 @@ impl Buddy {
             stacks: vec![Vec::new(); MAX_ORDER as usize + 1],
             live: vec![0; MAX_ORDER as usize + 1],
             free_frames: 0,
+            used: vec![0; nr_frames.div_ceil(64) as usize],
         };
         let mut index = 0;
         while index < nr_frames {
@@ -101,13 +109,36 @@ impl Buddy {
 
     /// A naturally aligned block of `1 << order` frames.
     pub(crate) fn alloc(&mut self, order: u32) -> Option<u64> {
+        self.alloc_fresh(order).map(|(index, _)| index)
+    }
+
+    /// Like [`Self::alloc`], and whether no frame of the block was ever
+    /// handed out before (all still zero).
+    pub(crate) fn alloc_fresh(&mut self, order: u32) -> Option<(u64, bool)> {
         let (mut at, index) = (order..=MAX_ORDER).find_map(|o| self.pop(o).map(|i| (o, i)))?;
         while at > order {
             at -= 1;
             self.push(index + (1 << at), at);
         }
         self.free_frames -= 1 << order;
-        Some(index)
+        Some((index, self.mark_used(index, order)))
+    }
+
+    /// Sets the used bits of a block; whether none was set before.
+    fn mark_used(&mut self, index: u64, order: u32) -> bool {
+        let (first, frames) = (index as usize, 1usize << order);
+        if frames < 64 {
+            // A block below order 6 is aligned, so it lies in one word.
+            let mask = (u64::MAX >> (64 - frames)) << (first % 64);
+            let word = &mut self.used[first / 64];
+            let fresh = *word & mask == 0;
+            *word |= mask;
+            return fresh;
+        }
+        let words = &mut self.used[first / 64..(first + frames) / 64];
+        let fresh = words.iter().all(|&w| w == 0);
+        words.fill(u64::MAX);
+        fresh
     }
 
     /// Returns a block obtained from [`Self::alloc`] with the same order.
@@ -151,6 +182,27 @@ mod tests {
         b.free(c, 9);
         assert_eq!(b.free_frames(), 1024);
         assert_eq!(b.alloc(10), Some(0), "everything merged back into one block");
+    }
+
+    #[test]
+    fn a_block_is_fresh_only_until_any_of_its_frames_was_handed_out() {
+        let mut b = Buddy::new(1024);
+        let (page, fresh) = b.alloc_fresh(0).unwrap();
+        assert!(fresh);
+        b.free(page, 0);
+        let (again, fresh) = b.alloc_fresh(0).unwrap();
+        assert_eq!((again, fresh), (page, false), "the same frame, used before");
+        let (block, fresh) = b.alloc_fresh(9).unwrap();
+        assert!(fresh, "a block away from the used frame");
+        b.free(block, 9);
+        b.free(again, 0);
+        let (whole, fresh) = b.alloc_fresh(10).unwrap();
+        assert_eq!((whole, fresh), (0, false), "the merged block holds used frames");
+        b.free(whole, 10);
+        let mut b = Buddy::new(1024);
+        let small = b.alloc(3).unwrap();
+        assert!(!b.mark_used(small, 0), "a frame inside a used order-3 block");
+        assert!(b.alloc_fresh(3).unwrap().1, "its neighbour in the same word is fresh");
     }
 
     #[test]

@@ -292,9 +292,10 @@ impl PhysMem {
     /// A folio of `1 << order` frames of system RAM with one reference,
     /// zeroed if asked.
     pub fn alloc_folio(&self, order: u32, zeroed: bool) -> Result<Pfn, OutOfMemory> {
-        let head = Pfn(self.buddy.lock().alloc(order).ok_or(OutOfMemory { order })?);
+        let (head, fresh) = self.buddy.lock().alloc_fresh(order).ok_or(OutOfMemory { order })?;
+        let head = Pfn(head);
         self.init_folio(head, order);
-        if zeroed {
+        if zeroed && !fresh {
             self.zero_frames(head, 1 << order);
         }
         self.stats.folio_allocs.fetch_add(1, Ordering::Relaxed);

@@ -3,7 +3,8 @@
 //! scenarios are `fuzz.rs`'s with test-device commands (device 0, opened
 //! first) and an fs-dax file (`x`, 4 MiB of holes on the guest's DAX
 //! mount: mapped shared, private or MAP_SYNC, written, truncated and
-//! punched under the mirror) mixed in. A divergence of a new kind is shrunk by deleting steps:
+//! punched under the mirror), mappings of the device-DAX node (`y`) and
+//! pins through `gup_test` (`g`) mixed in. A divergence of a new kind is shrunk by deleting steps:
 //! every candidate of a round (blocks of half, a quarter... down to single
 //! steps) runs in one more boot, the shortest that still shows the same
 //! kind of divergence starts the next round, until none does.
@@ -22,6 +23,7 @@ use crate::fuzz::{complete, signature, Found, FuzzReport};
 use crate::fuzz::{len, prot, value, w};
 use crate::lang::ast::{Expr, FallocMode, Op, Scenario, Step};
 use crate::lang::device::{DevCmd, DeviceOp, Pattern};
+use crate::lang::pin::{GupCmd, PinOp};
 
 /// Most shrinking rounds (boots) per divergence.
 const SHRINK_ROUNDS: usize = 6;
@@ -71,14 +73,60 @@ fn dax_step() -> impl Strategy<Value = Step> {
     op.prop_map(|op| Step { line: 0, bind: None, op })
 }
 
-/// Generated steps: `fuzz.rs`'s, about one in five a device command and
-/// one in five a step on the fs-dax file.
+/// A mapping of the device-DAX node `y` (2 MiB aligned: Linux refuses a
+/// start, length or offset off that alignment), most often a whole
+/// aligned block of the window, sometimes anywhere.
+fn devdax_step() -> impl Strategy<Value = Step> {
+    let at = prop_oneof![3 => Just(w(0)), 3 => Just(w(512 * PAGE)), 1 => crate::fuzz::addr()];
+    let length = prop_oneof![3 => Just(Expr::num(512 * PAGE)), 1 => Just(Expr::num(1024 * PAGE)), 1 => len()];
+    let offset = prop_oneof![3 => Just(0u64), 2 => Just(512 * PAGE), 1 => (0..DAX_PAGES).prop_map(|p| p * PAGE)];
+    // shared|fixed, private|fixed, shared_validate|sync|fixed.
+    let flags = prop_oneof![4 => Just(0x11u32), 1 => Just(0x12), 1 => Just(0x03 | 0x10 | 0x80000)];
+    (at, length, prot(), flags, offset).prop_map(|(addr, len, prot, flags, offset)| Step {
+        line: 0,
+        bind: None,
+        op: Op::Mmap { addr, len, prot, flags, file: Some(("y".into(), Expr::num(offset))) },
+    })
+}
+
+/// A step with the `gup_test` file `g`: a one-shot command over a few
+/// pages (a read or write reference or pin, sometimes FOLL_LONGTERM, in
+/// one call or page by page), or the long-term pin it holds.
+fn pin_step() -> impl Strategy<Value = Step> {
+    let g = || "g".to_string();
+    let cmd = proptest::sample::select(GupCmd::ALL.iter().map(|(c, _)| *c).collect::<Vec<_>>());
+    // 0, FOLL_WRITE, FOLL_LONGTERM, both.
+    let foll = prop_oneof![Just(0u32), Just(1), Just(1 << 8), Just(1 | 1 << 8)];
+    let pages = || (1u64..9).prop_map(|n| Expr::num(n * PAGE));
+    let op = prop_oneof![
+        3 => (cmd, crate::fuzz::addr(), pages(), foll, proptest::option::of(1u32..3)).prop_map(
+            move |(cmd, addr, len, foll, per_call)| PinOp::Run { file: g(), cmd, addr, len, foll, per_call }
+        ),
+        // Flags: write, fast (pin_user_pages_fast).
+        2 => (crate::fuzz::addr(), pages(), 0u32..4).prop_map(move |(addr, len, flags)| PinOp::Start { file: g(), addr, len, flags }),
+        1 => Just(PinOp::Stop { file: g() }),
+        1 => (1u64..3).prop_map(move |npages| PinOp::Read { file: g(), npages }),
+    ];
+    op.prop_map(|op| Step { line: 0, bind: None, op: Op::Pin(op) })
+}
+
+/// Generated steps: `fuzz.rs`'s, about one in five a device command,
+/// one in five a step on the fs-dax file, and a few mappings of the
+/// device-DAX node and pins.
 fn steps() -> impl Strategy<Value = Vec<Step>> {
-    proptest::collection::vec(prop_oneof![3 => crate::fuzz::step(), 1 => device_step(), 1 => dax_step()], 1..40)
+    let step = prop_oneof![
+        15 => crate::fuzz::step(),
+        5 => device_step(),
+        5 => dax_step(),
+        2 => devdax_step(),
+        2 => pin_step(),
+    ];
+    proptest::collection::vec(step, 1..40)
 }
 
 /// The runnable scenario: `fuzz.rs`'s completion with `d = dmirror 0`
-/// opened and the fs-dax file `x` made right after the file prelude.
+/// opened, the fs-dax file `x` made, the device-DAX node `y` and
+/// `gup_test` (`g`) opened, right after the file prelude.
 pub fn complete_with_device(steps: &[Step]) -> Scenario {
     let mut s = complete(steps);
     let step = |bind: Option<&str>, op| Step { line: 0, bind: bind.map(str::to_string), op };
@@ -87,6 +135,8 @@ pub fn complete_with_device(steps: &[Step]) -> Scenario {
         step(None, Op::Device(DeviceOp::DaxDir { path: "/mnt/dax".into() })),
         step(Some("x"), Op::Device(DeviceOp::DaxFile { name: "fuzz".into() })),
         step(None, Op::Ftruncate { file: "x".into(), size: Expr::num(DAX_PAGES * PAGE) }),
+        step(Some("y"), Op::Device(DeviceOp::DevDax)),
+        step(Some("g"), Op::Pin(PinOp::Open)),
     ];
     s.steps.splice(2..2, prelude);
     for (i, step) in s.steps.iter_mut().enumerate() {

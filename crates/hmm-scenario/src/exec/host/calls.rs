@@ -98,7 +98,11 @@ impl Local {
                     return refused();
                 }
                 let fd = file.and_then(|id| self.files.get(&id).copied()).unwrap_or(-1);
-                sys::mmap(addr, len, prot, flags, fd, offset).map_or_else(Outcome::Errno, Outcome::Addr)
+                let mapped = sys::mmap(addr, len, prot, flags, fd, offset);
+                if let (Ok(_), true) = (mapped, fd >= 0) {
+                    super::device::note_devdax_mapping(fd, offset, len);
+                }
+                mapped.map_or_else(Outcome::Errno, Outcome::Addr)
             }
             // With a userfaultfd, a call that may wait for the monitor to
             // read an event runs on a thread (`HostUffd::blocking_call`).

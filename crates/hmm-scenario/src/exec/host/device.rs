@@ -7,6 +7,12 @@
 //! Where the kernel has no test device or no fs-dax mount, the interpreter
 //! refuses these calls ([`supports`]): such steps are never a match.
 //!
+//! The device-DAX node keeps its bytes for the whole boot, while every
+//! scenario of a batch expects the zeroes of a fresh boot (the model's
+//! device starts zeroed): the runner notes each range a scenario maps
+//! ([`note_devdax_mapping`]) and the next runner of the boot clears them
+//! before its scenario starts ([`clear_devdax_left_over`]).
+//!
 //! Linux: `lib/test_hmm.c` (`dmirror_fops_unlocked_ioctl`).
 
 use std::os::fd::IntoRawFd;
@@ -25,6 +31,49 @@ const PAGE: u64 = 4096;
 /// The basename prefix of the runner's DAX files (`maps` shows them by the
 /// scenario's name).
 const DAX_PREFIX: &str = "hmm-scenario.";
+
+/// Where runners note the device-DAX ranges their scenarios mapped (the
+/// guest's `/tmp`, gone with the boot).
+const DEVDAX_MAPPED: &str = "/tmp/hmm-devdax-mapped";
+
+/// Notes `len` bytes at `offset` of `fd`, just mapped, if `fd` is the
+/// device-DAX node.
+pub(super) fn note_devdax_mapping(fd: std::os::fd::RawFd, offset: u64, len: u64) {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let rdev = |path: &str| std::fs::metadata(path).ok().filter(|m| m.rdev() != 0).map(|m| m.rdev());
+    let Some(devdax) = rdev(DEFAULT_DEVDAX) else { return };
+    if rdev(&format!("/proc/self/fd/{fd}")) != Some(devdax) {
+        return;
+    }
+    let noted = std::fs::OpenOptions::new().create(true).append(true).open(DEVDAX_MAPPED);
+    if let Ok(mut file) = noted {
+        let _ = writeln!(file, "{offset} {len}");
+    }
+}
+
+/// Zeroes the device-DAX ranges earlier scenarios of this boot mapped.
+pub fn clear_devdax_left_over() -> Result<(), String> {
+    const PROT_RW: u32 = 3;
+    const MAP_SHARED: u32 = 1;
+    let Ok(noted) = std::fs::read_to_string(DEVDAX_MAPPED) else { return Ok(()) };
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(DEFAULT_DEVDAX);
+    let file = file.map_err(|e| format!("{DEFAULT_DEVDAX}: {e}"))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let zeroes = vec![0u8; 2 << 20];
+    for line in noted.lines() {
+        let mut words = line.split(' ').map(str::parse::<u64>);
+        let (Some(Ok(offset)), Some(Ok(len))) = (words.next(), words.next()) else { continue };
+        let at =
+            sys::mmap(0, len, PROT_RW, MAP_SHARED, fd, offset).map_err(|e| format!("mapping {line}: errno {e}"))?;
+        let cleared = (0..len)
+            .step_by(zeroes.len())
+            .try_for_each(|o| sys::write_bytes(at + o, &zeroes[..zeroes.len().min((len - o) as usize)]));
+        let _ = sys::munmap(at, len);
+        cleared.map_err(|e| format!("clearing {line}: errno {e}"))?;
+    }
+    std::fs::remove_file(DEVDAX_MAPPED).map_err(|e| format!("{DEVDAX_MAPPED}: {e}"))
+}
 
 /// Whether this kernel offers `cap`: the test device's first node, or any
 /// filesystem mounted with `dax`.

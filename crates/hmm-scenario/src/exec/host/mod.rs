@@ -169,6 +169,9 @@ fn run_here() -> RunnerReply {
         Ok(s) => s,
         Err(e) => return RunnerReply::Error(e.to_string()),
     };
+    if let Err(e) = device::clear_devdax_left_over() {
+        return RunnerReply::Error(format!("clearing the device-DAX ranges of earlier scenarios: {e}"));
+    }
     let mut slots = Vec::new();
     for _ in 0..MAX_PROCS {
         match (sys::pipe(), sys::pipe()) {

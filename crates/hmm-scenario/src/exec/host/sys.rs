@@ -26,7 +26,7 @@ mod mm;
 mod process;
 mod uffd;
 
-pub use access::{atomic_rmw, load_u64, write_u64};
+pub use access::{atomic_rmw, load_u64, write_bytes, write_u64};
 pub use devices::{
     dmirror_ioctl, gup_test_longterm_read, gup_test_longterm_start, gup_test_longterm_stop, gup_test_run, GupTestArg,
 };

@@ -63,16 +63,21 @@ pub fn read_u64(addr: u64) -> Result<u64, i32> {
 /// Writes 8 bytes at `addr` of this process; `EFAULT` where a CPU store
 /// would fault.
 pub fn write_u64(addr: u64, value: u64) -> Result<(), i32> {
-    let buf = value.to_le_bytes();
-    let local = iov(buf.as_ptr() as u64, 8);
-    let remote = iov(addr, 8);
-    // SAFETY: the local iovec is our 8-byte buffer, only read; the remote
-    // range is written by the kernel after its own checks, and lies in the
-    // window (calls.rs), so no Rust-owned memory changes.
+    write_bytes(addr, &value.to_le_bytes())
+}
+
+/// Writes `data` at `addr` of this process through the kernel's checked
+/// copy (`process_vm_writev`); `EFAULT` where the copy stops short.
+pub fn write_bytes(addr: u64, data: &[u8]) -> Result<(), i32> {
+    let local = iov(data.as_ptr() as u64, data.len());
+    let remote = iov(addr, data.len());
+    // SAFETY: the local iovec is `data`, only read; the remote range is
+    // written by the kernel after its own checks, and is a mapping the
+    // runner made for the scenario or for itself (no Rust-owned memory).
     let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
     match n {
-        8 => Ok(()),
         -1 => Err(last_errno()),
+        n if n as usize == data.len() => Ok(()),
         _ => Err(libc::EFAULT),
     }
 }

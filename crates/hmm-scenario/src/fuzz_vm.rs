@@ -73,9 +73,9 @@ fn dax_step() -> impl Strategy<Value = Step> {
     op.prop_map(|op| Step { line: 0, bind: None, op })
 }
 
-/// A mapping of the device-DAX node `y` (2 MiB aligned: Linux refuses a
-/// start, length or offset off that alignment), most often a whole
-/// aligned block of the window, sometimes anywhere.
+/// A mapping of the device-DAX node `y`: most often a whole aligned 2 MiB
+/// block of the window (Linux refuses a start or length off the device's
+/// 2 MiB alignment), sometimes anywhere; the offset mostly aligned.
 fn devdax_step() -> impl Strategy<Value = Step> {
     let at = prop_oneof![3 => Just(w(0)), 3 => Just(w(512 * PAGE)), 1 => crate::fuzz::addr()];
     let length = prop_oneof![3 => Just(Expr::num(512 * PAGE)), 1 => Just(Expr::num(1024 * PAGE)), 1 => len()];
@@ -233,14 +233,16 @@ pub fn fuzz_vm(vm: &mut VmExecutor, duration: Duration, seed: u64, batch: usize)
         };
         report.scenarios += scenarios.len() as u64;
         let kinds = judge(&result, &scenarios, &mut report);
+        // Read before any shrinking boot overwrites it.
+        let console = std::fs::read_to_string(&vm.console).ok();
         for (index, (steps, kind)) in generated.iter().zip(kinds).enumerate() {
             let Some((sig, first)) = kind else { continue };
             if report.found.iter().any(|f| f.signature == sig) {
                 continue;
             }
-            let console = std::fs::read_to_string(&vm.console)
-                .map(|c| format!("# the boot that found it; the scenario is s{index} (`=== reply {index}`)\n{c}"))
-                .ok();
+            let console = console
+                .as_ref()
+                .map(|c| format!("# the boot that found it; the scenario is s{index} (`=== reply {index}`)\n{c}"));
             let (text, first) = shrink(vm, steps, &sig, first.clone(), &mut report).unwrap_or_else(|e| {
                 (crate::lang::print(&complete_with_device(steps)), format!("{first} (not shrunk: {e})"))
             });

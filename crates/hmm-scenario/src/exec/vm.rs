@@ -219,6 +219,8 @@ fn run_script(n: usize) -> String {
         "echo \"=== guest devdax $(readlink /dev/hmm-devdax) $(cat /sys/bus/dax/devices/*/size 2>/dev/null)\"\n",
     );
     s.push_str(&format!("i=0\nwhile [ $i -lt {n} ]; do\n"));
+    // The kernel log says which scenario a message came from.
+    s.push_str("  echo \"hmm: scenario $i\" > /dev/kmsg\n");
     s.push_str(&format!("  timeout {SCENARIO_TIMEOUT_S} ./hmm-host-runner <s$i.hmm >/tmp/reply 2>/tmp/err\n  st=$?\n"));
     s.push_str("  echo \"=== reply $i $st\"\n  cat /tmp/reply\n  echo\n");
     s.push_str("  echo \"=== stderr $i $(head -c 400 /tmp/err | tr '\\n' ' ')\"\n");

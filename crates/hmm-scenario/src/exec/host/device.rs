@@ -52,18 +52,32 @@ pub(super) fn note_devdax_mapping(fd: std::os::fd::RawFd, offset: u64, len: u64)
     }
 }
 
-/// Zeroes the device-DAX ranges earlier scenarios of this boot mapped.
+/// Zeroes the device-DAX ranges earlier scenarios of this boot mapped,
+/// up to the device's end (a mapping may reach past it: Linux checks no
+/// offset), and forgets them.
 pub fn clear_devdax_left_over() -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
     const PROT_RW: u32 = 3;
     const MAP_SHARED: u32 = 1;
     let Ok(noted) = std::fs::read_to_string(DEVDAX_MAPPED) else { return Ok(()) };
+    // Forgotten first, so a range that cannot be cleared fails one
+    // scenario, not every later one of the boot.
+    std::fs::remove_file(DEVDAX_MAPPED).map_err(|e| format!("{DEVDAX_MAPPED}: {e}"))?;
     let file = std::fs::OpenOptions::new().read(true).write(true).open(DEFAULT_DEVDAX);
     let file = file.map_err(|e| format!("{DEFAULT_DEVDAX}: {e}"))?;
+    let rdev = file.metadata().map_err(|e| format!("{DEFAULT_DEVDAX}: {e}"))?.rdev();
+    let sysfs = format!("/sys/dev/char/{}:{}/size", libc::major(rdev), libc::minor(rdev));
+    let size = std::fs::read_to_string(&sysfs).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let size = size.ok_or_else(|| format!("{sysfs}: no device size"))?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
     let zeroes = vec![0u8; 2 << 20];
     for line in noted.lines() {
         let mut words = line.split(' ').map(str::parse::<u64>);
         let (Some(Ok(offset)), Some(Ok(len))) = (words.next(), words.next()) else { continue };
+        let len = len.min(size.saturating_sub(offset));
+        if len == 0 {
+            continue;
+        }
         let at =
             sys::mmap(0, len, PROT_RW, MAP_SHARED, fd, offset).map_err(|e| format!("mapping {line}: errno {e}"))?;
         let cleared = (0..len)
@@ -72,7 +86,7 @@ pub fn clear_devdax_left_over() -> Result<(), String> {
         let _ = sys::munmap(at, len);
         cleared.map_err(|e| format!("clearing {line}: errno {e}"))?;
     }
-    std::fs::remove_file(DEVDAX_MAPPED).map_err(|e| format!("{DEVDAX_MAPPED}: {e}"))
+    Ok(())
 }
 
 /// Whether this kernel offers `cap`: the test device's first node, or any

@@ -26,7 +26,8 @@ const O_NONBLOCK: u64 = 0o4000;
 const O_CLOEXEC: u64 = 0o2000000;
 const UFFD_API: u64 = 0xAA;
 const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
-/// How long an access may take to either finish or queue a message.
+/// How long an access may take to either finish or sleep for the handler
+/// (which a kernel without symbol names in wchan never shows).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]

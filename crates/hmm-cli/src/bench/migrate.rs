@@ -9,7 +9,9 @@
 //! MIGRATE_TO_DEV includes what Linux's test device does after the move:
 //! it reads the range back through the device table into the caller's
 //! buffer (page aligned, see [`AlignedBuf`]), a second copy of every
-//! byte. The rows say so; the limit stays one memcpy.
+//! byte. The rows say so; the limit stays one memcpy, and the target asks
+//! the same of each copy as MIGRATE_TO_SYS asks of its one (half of
+//! memcpy's throughput), so a quarter of one memcpy for the pair.
 
 use std::time::Duration;
 
@@ -51,7 +53,10 @@ pub fn cases(mode: Mode) -> Vec<Case> {
                     Figure::new(gbps(pair.subject_ns), "GB/s"),
                     Limit::measured("memcpy", Figure::new(gbps(pair.limit_ns), "GB/s")),
                     1.0 / pair.ratio,
-                    Target::AtLeast(0.5),
+                    // Half of memcpy per byte copied either way: MIGRATE_TO_DEV
+                    // copies every byte twice (the move, then the read-back),
+                    // so half per copy is a quarter of one memcpy.
+                    Target::AtLeast(if to_device { 0.25 } else { 0.5 }),
                 );
                 Ok(vec![if to_device {
                     let per_copy = super::report::fmt_number(200.0 / pair.ratio);

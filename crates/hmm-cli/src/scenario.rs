@@ -202,6 +202,10 @@ fn report(
         out.test_line(TestLine::NotOk, &format!("the runner did not finish: {why}"));
         return false;
     }
+    if let Some(defect) = &cmp.kernel_defect {
+        out.test_line(TestLine::Skip, &format!("not compared: {defect}"));
+        return true;
+    }
     for s in &cmp.steps {
         let step = &scenario.steps[s.step];
         let text = lang::print_step(step);
@@ -309,6 +313,13 @@ pub fn fuzz(args: &FuzzArgs, out: &Out) -> Result<bool, DemoError> {
     let mix: Vec<String> =
         report.op_mix.iter().map(|(k, n)| format!("{k} {:.1}%", *n as f64 * 100.0 / total.max(1) as f64)).collect();
     out.line(&format!("operation mix: {}", mix.join(", ")));
+    if let Some(first) = report.kernel_defects.first() {
+        let n = report.kernel_defects.len();
+        out.test_line(
+            TestLine::Skip,
+            &format!("{n} scenarios hit a known kernel defect, not compared; the first: {first}"),
+        );
+    }
     for e in report.host_errors.iter().take(5) {
         out.test_line(TestLine::Skip, &format!("host could not run a scenario: {e}"));
     }

@@ -50,6 +50,9 @@ pub struct Comparison {
     pub steps: Vec<StepDiff>,
     /// Set when the host runner crashed or hung.
     pub host_aborted: Option<String>,
+    /// Set instead when the kernel crashed in a known defect of its own
+    /// (`known_crashes.rs`): its id, version and the step.
+    pub kernel_defect: Option<String>,
 }
 
 impl Comparison {
@@ -88,7 +91,11 @@ pub fn diff_scenario(
 /// Compares two traces of `scenario`; `host_version` selects the
 /// version-table entries that apply.
 pub fn compare(scenario: &Scenario, model: &Trace, host: &Trace, host_version: (u32, u32)) -> Comparison {
-    let mut out = Comparison { steps: Vec::new(), host_aborted: host.aborted.clone() };
+    let mut out = Comparison { steps: Vec::new(), host_aborted: host.aborted.clone(), kernel_defect: None };
+    if let Some(known) = host.aborted.as_deref().and_then(|why| crate::known_crashes::classify(scenario, why)) {
+        let why = out.host_aborted.take().unwrap_or_default();
+        out.kernel_defect = Some(format!("known kernel defect {} (Linux {}): {why}", known.id, known.kernel));
+    }
     let window = (host.window, model.window);
     let mut scope = Scope::new(model.window);
     // A call the host refused but the model ran (an mremap to an address

@@ -188,6 +188,9 @@ pub struct FuzzReport {
     pub found: Vec<Found>,
     /// Scenarios the host could not run (crashes), by message.
     pub host_errors: Vec<String>,
+    /// Scenarios that hit a known crash of the kernel (`known_crashes.rs`),
+    /// not compared.
+    pub kernel_defects: Vec<String>,
     /// Why the search ended before its time was up (the guest would not
     /// boot twice in a row): the run did not search as long as asked.
     pub aborted: Option<String>,

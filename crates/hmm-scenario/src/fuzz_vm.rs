@@ -162,7 +162,16 @@ fn judge(batch: &VmBatch, scenarios: &[Scenario], report: &mut FuzzReport) -> Ve
                 }
             };
             if let Some(why) = &guest.aborted {
-                return Some(("guest-runner-aborted".into(), why.clone()));
+                if crate::known_crashes::classify(scenario, why).is_some() {
+                    report.kernel_defects.push(why.clone());
+                    return None;
+                }
+                let kind = if why.starts_with(crate::exec::vm::KERNEL_CRASH) {
+                    "guest-kernel-crash"
+                } else {
+                    "guest-runner-aborted"
+                };
+                return Some((kind.into(), why.clone()));
             }
             let model_trace = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(scenario))) {
                 Ok(Ok(t)) => t,

@@ -18,6 +18,7 @@ mod compare_thp;
 pub mod exec;
 pub mod fuzz;
 pub mod fuzz_vm;
+pub mod known_crashes;
 pub mod lang;
 pub mod observe;
 pub mod observe_device;

@@ -94,6 +94,7 @@ pub fn run_scenario(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Tr
     let mut trace = Trace { window: base, ..Trace::default() };
     for (index, step) in scenario.steps.iter().enumerate() {
         let line = step.line;
+        backend.step_started(line);
         let mut expect_ok = None;
         let mut got = None;
         let outcome = match &step.op {

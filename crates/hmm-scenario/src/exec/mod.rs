@@ -277,6 +277,9 @@ pub trait Backend {
     fn supports(&self, _cap: Capability) -> bool {
         true
     }
+    /// Called before the step at `line` runs (the host runner says so on
+    /// the guest's console, so a step that crashes the kernel is named).
+    fn step_started(&mut self, _line: usize) {}
 }
 
 /// Something an executor may or may not offer.

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::host::RunnerReply;
+use super::host::{RunnerReply, PROGRESS_ENV};
 use super::{Capability, ExecError, Executor};
 use crate::lang::ast::Scenario;
 use crate::observe::Trace;
@@ -153,8 +153,36 @@ impl VmExecutor {
         Ok(path)
     }
 
-    /// Runs `scenarios` in one boot.
+    /// Runs `scenarios`, in one boot unless one crashes the kernel: the
+    /// scenarios after it then run in the next boot. The console file
+    /// holds every boot's console, one after the other.
     pub fn run_batch(&mut self, scenarios: &[Scenario]) -> Result<VmBatch, ExecError> {
+        let mut batch = self.run_boot(scenarios)?;
+        let mut consoles = std::fs::read_to_string(&self.console).unwrap_or_default();
+        let mut from = 0;
+        while batch.traces.len() == scenarios.len() {
+            let crashed = batch.traces[from..]
+                .iter()
+                .position(|t| matches!(t, Ok(Trace { aborted: Some(why), .. }) if why.starts_with(KERNEL_CRASH)));
+            let Some(next) = crashed.map(|c| from + c + 1) else { break };
+            if next == scenarios.len() || !batch.traces[next..].iter().all(Result::is_err) {
+                break;
+            }
+            let rest = self.run_boot(&scenarios[next..])?;
+            consoles.push_str(&format!("\n=== next boot: scenario {next} of the batch is its s0\n"));
+            consoles.push_str(&std::fs::read_to_string(&self.console).unwrap_or_default());
+            batch.traces.truncate(next);
+            batch.traces.extend(rest.traces);
+            batch.kernel_warnings.extend(rest.kernel_warnings);
+            batch.elapsed += rest.elapsed;
+            from = next;
+        }
+        let _ = std::fs::write(&self.console, consoles);
+        Ok(batch)
+    }
+
+    /// Runs `scenarios` in one boot.
+    fn run_boot(&mut self, scenarios: &[Scenario]) -> Result<VmBatch, ExecError> {
         let runner = self.runner()?;
         let io = |what: &str, e: std::io::Error| ExecError::Host(format!("{what}: {e}"));
         let payload = std::env::temp_dir().join(format!("hmm-vm-payload-{}", std::process::id()));
@@ -182,11 +210,16 @@ impl VmExecutor {
         let _ = std::fs::remove_dir_all(&payload);
         let status = status?;
         let console = std::fs::read_to_string(&self.console).map_err(|e| io("reading the console", e))?;
-        if !status.success() {
+        // A kernel crash in a scenario ends the boot early: the replies
+        // before it still count.
+        let crashed = kernel_crash(&console).is_some() && console.contains("=== guest release ");
+        if !status.success() && !crashed {
             return Err(ExecError::Host(format!("the guest failed ({status}); console in {}", self.console.display())));
         }
         let (guest, traces) = parse_console(&console, scenarios.len());
-        Ok(VmBatch { guest, traces, elapsed: started.elapsed(), kernel_warnings: kernel_warnings(&console) })
+        let mut warnings = kernel_warnings(&console);
+        warnings.extend(kernel_crash(&console).map(|c| c.summary()));
+        Ok(VmBatch { guest, traces, elapsed: started.elapsed(), kernel_warnings: warnings })
     }
 }
 
@@ -210,6 +243,11 @@ fn run_script(n: usize) -> String {
     // error line printed by the console thread in the middle of a reply
     // would garble it.
     s.push_str("echo 1 > /proc/sys/kernel/printk\n");
+    // An oops ends the boot at once (panic=-1 and -no-reboot) instead of
+    // leaving a dead runner and a hung guest until the lab's timeout; the
+    // runner announces each step on the console, so the step that crashed
+    // the kernel is known.
+    s.push_str("echo 1 > /proc/sys/kernel/panic_on_oops\n");
     s.push_str("echo \"=== guest release $(uname -r)\"\n");
     s.push_str("echo \"=== guest thp $(cat /sys/kernel/mm/transparent_hugepage/enabled)\"\n");
     s.push_str("echo \"=== guest zero $(cat /sys/kernel/mm/transparent_hugepage/use_zero_page)\"\n");
@@ -221,7 +259,9 @@ fn run_script(n: usize) -> String {
     s.push_str(&format!("i=0\nwhile [ $i -lt {n} ]; do\n"));
     // The kernel log says which scenario a message came from.
     s.push_str("  echo \"hmm: scenario $i\" > /dev/kmsg\n");
-    s.push_str(&format!("  timeout {SCENARIO_TIMEOUT_S} ./hmm-host-runner <s$i.hmm >/tmp/reply 2>/tmp/err\n  st=$?\n"));
+    s.push_str(&format!(
+        "  {PROGRESS_ENV}=/dev/console timeout {SCENARIO_TIMEOUT_S} ./hmm-host-runner <s$i.hmm >/tmp/reply 2>/tmp/err\n  st=$?\n"
+    ));
     s.push_str("  echo \"=== reply $i $st\"\n  cat /tmp/reply\n  echo\n");
     s.push_str("  echo \"=== stderr $i $(head -c 400 /tmp/err | tr '\\n' ' ')\"\n");
     s.push_str("  i=$((i + 1))\ndone\n");
@@ -239,11 +279,24 @@ fn parse_console(console: &str, n: usize) -> (GuestInfo, Vec<Result<Trace, ExecE
     guest.nr_hugepages = field("=== guest hugepages ");
     guest.mmap_min_addr = field("=== guest mmap_min_addr ");
     let aborted = |why: String| Ok(Trace { window: 0, records: vec![], aborted: Some(why) });
+    let crash = kernel_crash(console);
+    let mut crash_reported = false;
     let traces = (0..n)
         .map(|i| {
             let marker = format!("=== reply {i} ");
             let Some(at) = lines.iter().position(|l| l.starts_with(&marker)) else {
-                return aborted("the guest printed no reply (did it crash?)".into());
+                return match &crash {
+                    // The first scenario without a reply is the one the
+                    // kernel crashed in; the later ones never ran.
+                    Some(crash) if !crash_reported => {
+                        crash_reported = true;
+                        aborted(crash.summary())
+                    }
+                    Some(_) => {
+                        Err(ExecError::Host("not run: the guest's kernel crashed in an earlier scenario".into()))
+                    }
+                    None => aborted("the guest printed no reply (did it crash?)".into()),
+                };
             };
             let status = lines[at][marker.len()..].trim();
             let stderr = lines[at..]
@@ -261,6 +314,60 @@ fn parse_console(console: &str, n: usize) -> (GuestInfo, Vec<Result<Trace, ExecE
         })
         .collect();
     (guest, traces)
+}
+
+/// A kernel crash seen on the guest's console (the oops is printed there
+/// whatever the console log level, before the panic ends the boot).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelCrash {
+    /// The step the runner announced last (`=== step LINE`).
+    pub line: Option<usize>,
+    /// The first line of the report (`BUG: ...`, `Oops: ...`).
+    pub what: String,
+    /// The faulting function (`RIP: 0010:FUNCTION+0x../0x..`).
+    pub function: Option<String>,
+}
+
+/// The prefix of an aborted trace's reason when the kernel crashed.
+pub const KERNEL_CRASH: &str = "the guest's kernel crashed";
+
+impl KernelCrash {
+    /// The aborted trace's reason: [`KERNEL_CRASH`], the line, the report.
+    pub fn summary(&self) -> String {
+        let line = self.line.map_or_else(|| "before its first step".into(), |l| format!("at line {l}"));
+        let function = self.function.as_deref().map_or_else(String::new, |f| format!(" in {f}"));
+        format!("{KERNEL_CRASH} {line}: {}{function}", self.what)
+    }
+
+    /// The crash of an aborted trace's reason, read back from
+    /// [`Self::summary`]: the line and the function.
+    pub fn parse_summary(reason: &str) -> Option<(Option<usize>, Option<String>)> {
+        let rest = reason.strip_prefix(KERNEL_CRASH)?.trim_start();
+        let line = rest.strip_prefix("at line ").and_then(|r| r.split(':').next()?.parse().ok());
+        let function = rest.rsplit_once(" in ").map(|(_, f)| f.trim().to_string());
+        Some((line, function))
+    }
+}
+
+/// The first kernel crash on the console after the payload began, and the
+/// step the runner had announced last before it.
+pub fn kernel_crash(console: &str) -> Option<KernelCrash> {
+    let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let begin = lines.iter().position(|l| l.starts_with("=== guest release "))?;
+    let is_crash =
+        |l: &str| ["BUG: ", "Oops: ", "general protection fault", "Kernel panic"].iter().any(|k| l.contains(k));
+    let at = begin + lines[begin..].iter().position(|l| is_crash(l))?;
+    let line = lines[begin..at]
+        .iter()
+        .rev()
+        .take_while(|l| !l.starts_with("=== reply "))
+        .find_map(|l| l.strip_prefix("=== step ")?.trim().parse().ok());
+    let what = lines[at].split_once("] ").map_or(lines[at], |(_, w)| w).trim().to_string();
+    let function = lines[at..].iter().find_map(|l| {
+        let rip = l.split_once("RIP: 0010:")?.1;
+        Some(rip.split('+').next()?.trim().to_string())
+    });
+    Some(KernelCrash { line, what, function })
 }
 
 /// The lines of the guest's kernel log (between `=== dmesg begin` and
@@ -323,6 +430,30 @@ mod tests {
         let crashed = traces[1].as_ref().unwrap().aborted.clone().unwrap();
         assert!(crashed.contains("139") && crashed.contains("Segmentation"), "{crashed}");
         assert!(traces[2].as_ref().unwrap().aborted.is_some(), "a missing reply is aborted, not empty");
+    }
+
+    #[test]
+    fn a_kernel_crash_names_its_step_and_ends_the_batch() {
+        let trace = Trace { window: 16, records: vec![], aborted: None };
+        let reply = serde_json::to_string(&RunnerReply::Trace(trace)).unwrap();
+        let console = format!(
+            "=== guest release 7.3.4\r\n=== step 1\r\n=== step 2\r\n=== reply 0 0\r\n{reply}\r\n\r\n=== stderr 0 \r\n\
+             === step 1\r\n=== step 5\r\n[    7.26] BUG: unable to handle page fault for address: ffff897cffffe000\r\n\
+             [    7.27] Oops: Oops: 0002 [#1] SMP NOPTI\r\n[    7.28] RIP: 0010:dmirror_fops_unlocked_ioctl+0x23b/0x7f0 [test_hmm]\r\n"
+        );
+        let crash = kernel_crash(&console).unwrap();
+        assert_eq!(crash.line, Some(5));
+        assert_eq!(crash.function.as_deref(), Some("dmirror_fops_unlocked_ioctl"));
+        let (_, traces) = parse_console(&console, 3);
+        assert!(traces[0].as_ref().unwrap().aborted.is_none());
+        let reason = traces[1].as_ref().unwrap().aborted.clone().unwrap();
+        assert_eq!(
+            KernelCrash::parse_summary(&reason),
+            Some((Some(5), Some("dmirror_fops_unlocked_ioctl".into()))),
+            "{reason}"
+        );
+        assert!(traces[2].is_err(), "never ran");
+        assert_eq!(kernel_crash("=== guest release 7\n=== reply 0 0\n"), None);
     }
 
     #[test]

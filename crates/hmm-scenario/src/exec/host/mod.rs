@@ -188,8 +188,12 @@ fn run_here() -> RunnerReply {
         ksm_running,
         uffd: Default::default(),
     };
+    // The VM executor's script names a file (the guest's console) where
+    // each step is announced before it runs.
+    let progress =
+        std::env::var_os(PROGRESS_ENV).and_then(|path| std::fs::OpenOptions::new().write(true).open(path).ok());
     let mut backend =
-        HostBackend { local, alive: vec![true; MAX_PROCS], mirrors_of_main: Vec::new(), main_exited: false };
+        HostBackend { local, alive: vec![true; MAX_PROCS], mirrors_of_main: Vec::new(), main_exited: false, progress };
     let result = super::run_scenario(&scenario, &mut backend);
     // Closing the command pipes ends every worker; then reap them all.
     for slot in &slots {
@@ -214,11 +218,23 @@ struct HostBackend {
     /// in every mirror command): what a mirror of it answers afterwards
     /// is not Linux's answer.
     main_exited: bool,
+    /// Where each step is announced ([`PROGRESS_ENV`]).
+    progress: Option<std::fs::File>,
 }
+
+/// The environment variable naming the file where the runner writes
+/// `=== step LINE` before each step.
+pub const PROGRESS_ENV: &str = "HMM_RUNNER_PROGRESS";
 
 impl Backend for HostBackend {
     fn supports(&self, cap: Capability) -> bool {
         device::supports(cap)
+    }
+
+    fn step_started(&mut self, line: usize) {
+        if let Some(file) = &mut self.progress {
+            let _ = file.write_all(format!("=== step {line}\n").as_bytes());
+        }
     }
 
     fn set_window(&mut self, base: u64, len: u64) -> Result<(), ExecError> {

@@ -252,9 +252,12 @@ pub fn fuzz_vm(vm: &mut VmExecutor, duration: Duration, seed: u64, batch: usize)
             let console = console
                 .as_ref()
                 .map(|c| format!("# the boot that found it; the scenario is s{index} (`=== reply {index}`)\n{c}"));
+            // Said at once: a long session reports only at its end.
+            eprintln!("hmm fuzz: divergence {sig} (scenario s{index} of the boot): {first}; shrinking");
             let (text, first) = shrink(vm, steps, &sig, first.clone(), &mut report).unwrap_or_else(|e| {
                 (crate::lang::print(&complete_with_device(steps)), format!("{first} (not shrunk: {e})"))
             });
+            eprintln!("hmm fuzz: {sig} shrunk to {} lines: {first}", text.lines().count());
             report.found.push(Found { signature: sig, text, first, console });
         }
     }

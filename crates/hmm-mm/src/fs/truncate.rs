@@ -123,16 +123,24 @@ pub(crate) fn unmap_mapping_pages(inode: &Inode, first: u64, last: u64, even_cow
         for (start, end, markers) in ranges {
             let invalidation = mm.notifiers().start(mm.id(), start, end, Event::Clear);
             let mut gather = Gather::new();
-            // A swapped-out page of a file mapping is a private copy; guard
-            // markers stay (truncation is not munmap).
+            // Without `even_cows` only the file's own pages go
+            // (`should_zap_folio`): a private copy stays, present or held
+            // by a migration, device-private or device-exclusive entry,
+            // and so do a swapped-out page of a file mapping (a private
+            // copy too) and a poisoned one. Guard markers stay (truncation
+            // is not munmap).
+            let file_page = |pfn| !phys.meta(phys.folio_head(pfn)).flags().contains(PageFlags::ANON);
             zap_range_if(&mm, start, end, &mut gather, |entry| {
                 if entry.is_guard_marker() {
                     return false;
                 }
                 even_cows
-                    || (!entry.is_present() && entry.swap_kind() != Some(SwapKind::Swap))
-                    || (entry.is_present()
-                        && !phys.meta(phys.folio_head(entry.pfn())).flags().contains(PageFlags::ANON))
+                    || match entry.swap_kind() {
+                        _ if entry.is_present() => file_page(entry.pfn()),
+                        Some(SwapKind::Swap | SwapKind::Hwpoison) => false,
+                        Some(kind) if kind.has_pfn() => file_page(entry.pfn()),
+                        _ => true,
+                    }
             })?;
             crate::uffd::restore_markers(&mm, &markers);
             gather.free_after(phys, invalidation);

@@ -11,7 +11,7 @@ use hmm_pagetable::{EnsureError, Entry, Level, SwapKind, Visit};
 use hmm_types::{Event, MremapFlags, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE};
 
 use crate::error::MmError;
-use crate::huge::split_huge_at;
+use crate::huge::split_huge_edge;
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::rmap::AnonVmaSlot;
 use crate::vma::{Vma, VmaBacking};
@@ -88,8 +88,9 @@ pub(super) fn move_mapping(
     flags: MremapFlags,
 ) -> Result<u64, MmError> {
     let mm = guard.mm();
-    split_huge_at(mm, old)?;
-    split_huge_at(mm, old + len)?;
+    // A DAX huge zero PMD cut here goes whole, as in munmap and mprotect.
+    split_huge_edge(mm, guard, old)?;
+    split_huge_edge(mm, guard, old + len)?;
     // Huge leaves can keep their level only if the shift keeps them aligned.
     let shift = new.wrapping_sub(old);
     let mut leaves = collect_leaves(mm, old, old + len);
@@ -99,7 +100,7 @@ pub(super) fn move_mapping(
             // the way down to PTEs (a PUD leaf first becomes PMD leaves).
             let mut block = *va;
             while block < *va + level.entry_bytes() {
-                split_huge_at(mm, block + PAGE_SIZE)?;
+                split_huge_edge(mm, guard, block + PAGE_SIZE)?;
                 block += PMD_SIZE;
             }
         }

@@ -237,8 +237,9 @@ impl WriteUpgrade {
 }
 
 /// Rewrites the present leaves of `[start, end)` for the new access bits,
-/// and makes writable migration entries read-only when write permission
-/// goes (the migrator restores the rights the entry records). In an RWP
+/// and makes writable migration and device-private entries read-only when
+/// write permission goes (the migrator restores the rights the entry
+/// records); a device-exclusive entry is left alone. In an RWP
 /// range (`rwp`) a read-write-protected leaf stays PROT_NONE whatever the
 /// new access (Linux 7.3 keeps the RWP marker across PTE rewrites). Runs under
 /// the mmap write lock, so only compare-and-swap against the hardware's
@@ -260,13 +261,9 @@ fn change_protection(mm: &Mm, start: u64, end: u64, access: VmFlags, upgrade: Wr
                     Some(SwapKind::DevicePrivateWrite) => {
                         Some(Entry::swap(SwapKind::DevicePrivateRead, entry.pfn().0, entry.is_huge()))
                     }
-                    // The device loses exclusivity; the CPU entry comes back
-                    // and is downgraded below.
-                    Some(SwapKind::DeviceExclusive) => Some(Entry::present(
-                        entry.pfn(),
-                        hmm_pagetable::LeafFlags { write: false, dirty: true, accessed: true, special: false },
-                        false,
-                    )),
+                    // A device-exclusive entry stays: the CPU's access
+                    // restores it with the VMA's protection then
+                    // (`restore_exclusive_pte`; seen in the 7.3.4 guest).
                     _ => None,
                 };
                 if let Some(new) = downgraded {

@@ -14,7 +14,7 @@
 //! `__split_huge_zero_page_pmd`).
 
 use hmm_pagetable::{Entry, LeafFlags, Level, Slot};
-use hmm_types::Event;
+use hmm_types::{Event, PMD_SIZE};
 
 use crate::error::MmError;
 use crate::mm::Mm;
@@ -121,9 +121,23 @@ pub(crate) fn split_huge_at(mm: &Mm, va: u64) -> Result<(), MmError> {
 /// whole 2 MiB block inside one VMA again maps the huge zero page), as
 /// `__split_huge_pmd_locked` clears every leaf of a non-anonymous VMA.
 /// Measured in the 7.3.4 guest: `scenarios/device/dax_huge_zero_split.hmm`.
+///
+/// A VMA split at `va` also tells the subscribers the whole 2 MiB block
+/// around it is cleared when the VMA covers that block and a PMD table
+/// maps it, even with no huge leaf there: `split_huge_pmd_if_needed` calls
+/// `__split_huge_pmd`, which starts its CLEAR before it looks at the PMD
+/// (measured in the 7.3.4 guest: `scenarios/device/split_vma_clears_pmd_block.hmm`).
 pub(crate) fn split_huge_edge(mm: &Mm, vmas: &VmaTree, va: u64) -> Result<(), MmError> {
-    if vmas.lookup(va).is_some_and(|vma| !vma.is_anonymous()) {
+    let Some(vma) = vmas.lookup(va) else { return split_huge_at(mm, va) };
+    if !vma.is_anonymous() {
         drop_huge_zero_at(mm, va);
+    }
+    let block = va & !(PMD_SIZE - 1);
+    let splits = vma.start < va && va % PMD_SIZE != 0 && vma.start <= block && block + PMD_SIZE <= vma.end;
+    let slot = mm.pgtable().find(va);
+    let huge = slot.level() > Level::Pte && slot.load().is_leaf(slot.level());
+    if splits && !huge && slot.level() <= Level::Pmd {
+        mm.notifiers().start(mm.id(), block, block + PMD_SIZE, Event::Clear).end();
     }
     split_huge_at(mm, va)
 }

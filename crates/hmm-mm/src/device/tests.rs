@@ -367,6 +367,10 @@ fn exclusive_then_mprotect_and_fork() {
         drop(make_device_exclusive(&guard, va + PAGE_SIZE, OWNER).unwrap());
     }
     mm.mprotect(va, PAGE_SIZE, Prot::READ).unwrap();
+    // Linux 7.3 leaves the entry to the CPU's next access, which restores
+    // it with the VMA's new protection (scenarios/device/exclusive_mprotect.hmm).
+    assert_eq!(leaf(&mm, va).1.swap_kind(), Some(SwapKind::DeviceExclusive));
+    assert_eq!(mm.read_u64(va).unwrap(), 1);
     assert!(leaf(&mm, va).1.is_present() && !leaf(&mm, va).1.is_write());
     let child = mm.fork().unwrap();
     assert!(leaf(&mm, va + PAGE_SIZE).1.is_present(), "fork restored the exclusive entry");

@@ -335,6 +335,28 @@ impl DaxShared {
         Ok(())
     }
 
+    /// A PMD write fault of `block` that is not one extent: ext4 maps the
+    /// 2 MiB asked for with `EXT4_GET_BLOCKS_CREATE_ZERO`, which allocates
+    /// the hole the block starts with (up to the next allocated or
+    /// unwritten page) or converts the unwritten extent it starts with; a
+    /// block starting with a written page changes nothing. True if pages
+    /// were allocated (found in the 7.3.4 guest:
+    /// `scenarios/device/dax_pmd_write_allocates_first_run.hmm`).
+    fn alloc_first_run(&self, state: &mut InodeState, block: u64) -> Result<bool, MmError> {
+        let pages = block * CHUNK..(block + 1) * CHUNK;
+        if state.pages.contains_key(&pages.start) {
+            return Ok(false);
+        }
+        let unwritten = state.dax_unwritten.contains(&pages.start);
+        let run: Vec<u64> = pages
+            .take_while(|p| !state.pages.contains_key(p) && state.dax_unwritten.contains(p) == unwritten)
+            .collect();
+        for &page in &run {
+            self.alloc_page_for(state, page)?;
+        }
+        Ok(!run.is_empty())
+    }
+
     /// Allocates the file's 2 MiB `block`, a hole inside the file, for a
     /// PMD write fault: one aligned chunk if the device has one, else its
     /// first page alone (the fault then falls back to 4K entries).
@@ -378,7 +400,21 @@ impl DaxShared {
         // one: a block holding both is not one 2 MiB extent, and the fault
         // falls back to 4K entries (read or write alike).
         let unwritten = state.dax_unwritten.range(pages.clone()).count() as u64;
-        if hole && unwritten != 0 && unwritten != CHUNK {
+        let written = state.pages.range(pages.clone()).count() as u64;
+        let one_extent = if hole { unwritten == 0 || unwritten == CHUNK } else { written == CHUNK };
+        if write && !one_extent {
+            // The write's `ext4_map_blocks` of the whole 2 MiB still
+            // allocates (zeroed) or converts the run the block starts with
+            // before the short extent sends the fault back to 4K.
+            let persist = self.alloc_first_run(&mut state, block)?;
+            state.dax_entries.insert(block, DaxEntry::Pte);
+            drop(state);
+            if persist {
+                self.persist()?;
+            }
+            return Ok(PmdMapping::Fallback);
+        }
+        if hole && !one_extent {
             state.dax_entries.insert(block, DaxEntry::Pte);
             return Ok(PmdMapping::Fallback);
         }

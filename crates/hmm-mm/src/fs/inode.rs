@@ -295,7 +295,11 @@ impl Inode {
                 }
             };
             self.phys.write(pfn, in_page, &data[(pos - offset) as usize..][..chunk]);
-            self.phys.meta(pfn).set_flags(PageFlags::DIRTY);
+            // A DAX write goes straight to the device: no folio becomes
+            // dirty (smaps counts the page clean until a PTE dirties it).
+            if !matches!(self.kind, InodeKind::Dax(_)) {
+                self.phys.meta(pfn).set_flags(PageFlags::DIRTY);
+            }
             // shmem_write_end: the rest of a fallocated page reads as the
             // zeros it holds.
             self.mark_uptodate(pfn);

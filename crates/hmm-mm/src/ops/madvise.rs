@@ -218,8 +218,8 @@ fn set_flags_piece(
 ) -> Result<(), MmError> {
     let vma = guard.lookup(start).expect("a piece lies in a VMA");
     check_madvise_sealed(vma, advice)?;
-    if advice == MadviseAdvice::DoFork && vma.flags.contains(VmFlags::IO) {
-        return Err(MmError::Invalid("MADV_DOFORK on a VM_IO mapping"));
+    if advice == MadviseAdvice::DoFork && vma.flags.intersects(VmFlags::SPECIAL) {
+        return Err(MmError::Invalid("MADV_DOFORK on a VM_SPECIAL mapping (VM_IO, VM_DONTEXPAND: hugetlb...)"));
     }
     if advice == MadviseAdvice::WipeOnFork && !vma.is_anonymous() {
         return Err(MmError::Invalid("MADV_WIPEONFORK applies to private anonymous memory"));

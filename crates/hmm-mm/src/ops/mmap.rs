@@ -151,7 +151,10 @@ impl Mm {
         let backing = match source {
             Source::Anonymous => match hugetlb {
                 Some(size) => {
-                    vm_flags |= VmFlags::HUGETLB;
+                    // hugetlbfs_file_mmap: a hugetlb VMA never grows
+                    // (VM_DONTEXPAND, so VM_SPECIAL: MADV_DOFORK and
+                    // MREMAP_DONTUNMAP refuse it).
+                    vm_flags |= VmFlags::HUGETLB | VmFlags::DONTEXPAND;
                     let object = match HugetlbFile::new(self.phys().clone(), size, len / size.bytes(), shared) {
                         Ok(object) => object,
                         Err(error) => {

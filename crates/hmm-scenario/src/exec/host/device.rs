@@ -74,7 +74,13 @@ pub fn clear_devdax_left_over() -> Result<(), String> {
     for line in noted.lines() {
         let mut words = line.split(' ').map(str::parse::<u64>);
         let (Some(Ok(offset)), Some(Ok(len))) = (words.next(), words.next()) else { continue };
-        let len = len.min(size.saturating_sub(offset));
+        // Whole 2 MiB pieces: Linux places a mapping of the node so that
+        // address and offset agree modulo its alignment, so an offset off
+        // the alignment cannot be mapped at a free address of its own.
+        const ALIGN: u64 = 2 << 20;
+        let first = offset & !(ALIGN - 1);
+        let end = offset.saturating_add(len).min(size).next_multiple_of(ALIGN).min(size);
+        let (offset, len) = (first, end.saturating_sub(first));
         if len == 0 {
             continue;
         }

@@ -143,6 +143,10 @@ impl Mm {
         if hugetlb.is_none() && vm_flags & charged == VmFlags::WRITE {
             vm_flags |= VmFlags::ACCOUNT;
         }
+        // What the device-DAX node's mmap hook (`check_vma`) refuses: Linux
+        // calls it after a MAP_FIXED range was unmapped, so the refusal
+        // leaves the range empty.
+        let mut hook_refusal = None;
         let inserted: Option<(Vec<Pfn>, bool)> = match &source {
             Source::Pfns(base) => Some(((0..len / PAGE_SIZE).map(|i| base.add(i)).collect(), true)),
             Source::Pages(pages) => Some((pages.to_vec(), false)),
@@ -191,13 +195,14 @@ impl Mm {
                 Some((VmaBacking::File(file.inode().clone()), offset >> PAGE_SHIFT))
             }
             Source::DevDax(dev, offset) => {
+                // check_vma: shared, both ends aligned (the start is checked
+                // once placed). The offset need not be: a fault maps the
+                // whole aligned unit holding it.
                 if !shared {
-                    return Err(MmError::Invalid("device-dax mappings must be MAP_SHARED"));
-                }
-                // check_vma: both ends aligned. The offset need not be: a
-                // fault maps the whole aligned unit holding it.
-                if len % granule != 0 {
-                    return Err(MmError::Invalid("device-dax mapping end not aligned to the device alignment"));
+                    hook_refusal = Some(MmError::Invalid("device-dax mappings must be MAP_SHARED"));
+                } else if len % granule != 0 {
+                    hook_refusal =
+                        Some(MmError::Invalid("device-dax mapping end not aligned to the device alignment"));
                 }
                 // A character device's limit is the whole `unsigned long`.
                 if offset.checked_add(len).is_none() {
@@ -246,6 +251,12 @@ impl Mm {
             let (object, pgoff) = backing.as_ref().map_or((&VmaBacking::Anon, 0), |(b, pgoff)| (b, *pgoff));
             get_unmapped_area(&guard, len, hint, object, pgoff, granule).ok_or(MmError::NoSpace(len))?
         };
+        if matches!(source, Source::DevDax(..)) && start % granule != 0 {
+            hook_refusal = Some(MmError::Invalid("device-dax mapping start not aligned to the device alignment"));
+        }
+        if let Some(refusal) = hook_refusal {
+            return Err(refusal);
+        }
         let (backing, pgoff) = backing.unwrap_or((VmaBacking::Anon, start >> PAGE_SHIFT));
         if let VmaBacking::File(inode) = &backing {
             inode.add_mapper(self.weak());

@@ -72,7 +72,9 @@ pub(super) fn check_args(
     if fixed && addr.checked_add(len).is_none_or(|end| end > hmm_types::TASK_SIZE) {
         return Err(MmError::OutOfRange("MAP_FIXED range ends past the user address space"));
     }
-    if fixed && addr % granule != 0 {
+    // A device-DAX node's `get_unmapped_area` takes any fixed address: its
+    // mmap hook refuses an unaligned one, after the range was unmapped.
+    if fixed && addr % granule != 0 && !matches!(source, Source::DevDax(..)) {
         return Err(MmError::Invalid("MAP_FIXED address not aligned to the mapping's page size"));
     }
     // MAP_FIXED_NOREPLACE over a mapping is EEXIST before the sharing

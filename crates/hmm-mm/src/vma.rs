@@ -148,7 +148,7 @@ impl Vma {
     /// offsets that line up (anonymous memory included: its offset is the
     /// address it was first mapped at, and a moved VMA with pages keeps
     /// it) and compatible anon_vmas (`can_vma_merge_after`).
-    fn can_merge_with_next(&self, next: &Vma) -> bool {
+    pub(crate) fn can_merge_with_next(&self, next: &Vma) -> bool {
         self.end == next.start
             && self.flags - VmFlags::STICKY == next.flags - VmFlags::STICKY
             && self.backing.same_object(&next.backing)

@@ -87,6 +87,10 @@ pub(super) fn move_mapping(
     new_len: u64,
     flags: MremapFlags,
 ) -> Result<u64, MmError> {
+    // `move_vma`: a driver that refuses the cuts (device-DAX off its
+    // alignment) refuses the move before anything moves.
+    guard.check_split(old)?;
+    guard.check_split(old + len)?;
     let mm = guard.mm();
     // A DAX huge zero PMD cut here goes whole, as in munmap and mprotect.
     split_huge_edge(mm, guard, old)?;

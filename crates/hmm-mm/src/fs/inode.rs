@@ -56,6 +56,64 @@ pub(crate) struct InodeState {
     /// folio locks), so no one maps or writes an old page while it is
     /// copied. Faults and writes wait; fault-around skips the block.
     pub(crate) dax_locked: std::collections::BTreeSet<u64>,
+    /// DAX only: the holes ext4's extent status cache remembers from a
+    /// punch (first page → end page). A read PMD fault at a block's start
+    /// inside one sees a hole only as long as that entry, not the whole
+    /// 2 MiB, and maps by PTEs; a lookup elsewhere in the hole caches the
+    /// whole hole instead, and an allocation splits the entry.
+    pub(crate) dax_es_holes: BTreeMap<u64, u64>,
+}
+
+impl InodeState {
+    /// The end of the cached hole holding `page`, if one does.
+    pub(crate) fn es_hole_end(&self, page: u64) -> Option<u64> {
+        self.dax_es_holes.range(..=page).next_back().map(|(_, &end)| end).filter(|&end| end > page)
+    }
+
+    /// Forgets the cached holes overlapping `[first, end)`.
+    pub(crate) fn es_forget(&mut self, first: u64, end: u64) {
+        let gone: Vec<u64> = self.dax_es_holes.range(..end).filter(|(_, &e)| e > first).map(|(&k, _)| k).collect();
+        for first in gone {
+            self.dax_es_holes.remove(&first);
+        }
+    }
+
+    /// A punch of pages `[first, end)`: that hole is cached.
+    pub(crate) fn es_punched(&mut self, first: u64, end: u64) {
+        self.es_forget(first, end);
+        if first < end {
+            self.dax_es_holes.insert(first, end);
+        }
+    }
+
+    /// A block lookup at hole page `page` outside any cached hole caches
+    /// the whole hole around it, replacing the shorter entries inside.
+    pub(crate) fn es_lookup(&mut self, page: u64) {
+        if self.es_hole_end(page).is_some() || self.pages.contains_key(&page) || self.dax_unwritten.contains(&page) {
+            return;
+        }
+        let before = self.pages.range(..page).next_back().map(|(&k, _)| k);
+        let before = before.max(self.dax_unwritten.range(..page).next_back().copied());
+        let after = self.pages.range(page..).next().map(|(&k, _)| k);
+        let after = match (after, self.dax_unwritten.range(page..).next().copied()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.es_forget(before.map_or(0, |b| b + 1), after.unwrap_or(u64::MAX));
+    }
+
+    /// A block allocated at `page` splits the cached hole holding it.
+    pub(crate) fn es_allocated(&mut self, page: u64) {
+        let Some(end) = self.es_hole_end(page) else { return };
+        let Some((&first, _)) = self.dax_es_holes.range(..=page).next_back() else { return };
+        self.dax_es_holes.remove(&first);
+        if first < page {
+            self.dax_es_holes.insert(first, page);
+        }
+        if page + 1 < end {
+            self.dax_es_holes.insert(page + 1, end);
+        }
+    }
 }
 
 /// A file's metadata and data.
@@ -170,6 +228,8 @@ impl Inode {
         let pfn = state.pages.get(&index).copied();
         if let Some(pfn) = pfn {
             self.phys.get(pfn);
+        } else {
+            state.es_lookup(index);
         }
         Some(pfn)
     }

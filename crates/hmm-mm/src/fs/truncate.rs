@@ -52,6 +52,7 @@ pub(crate) fn truncate(inode: &Arc<Inode>, size: u64) -> Result<(), MmError> {
         return Err(error);
     }
     zero_cached(inode, size, first_gone << PAGE_SHIFT);
+    inode.state.lock().es_forget(first_gone, u64::MAX);
     Ok(())
 }
 
@@ -87,6 +88,7 @@ pub(crate) fn punch_hole(inode: &Arc<Inode>, offset: u64, len: u64) -> Result<()
         drop_cached(inode, first, last);
     } else {
         remove_pages(inode, first, last.max(first), false)?;
+        inode.state.lock().es_punched(first, last.max(first));
     }
     zero_cached(inode, offset, (first << PAGE_SHIFT).min(end));
     zero_cached(inode, (last << PAGE_SHIFT).max(offset), end);

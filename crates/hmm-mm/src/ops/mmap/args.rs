@@ -74,7 +74,8 @@ pub(super) fn check_args(
     }
     // A device-DAX node's `get_unmapped_area` takes any fixed address: its
     // mmap hook refuses an unaligned one, after the range was unmapped.
-    if fixed && addr % granule != 0 && !matches!(source, Source::DevDax(..)) {
+    let placement = if matches!(source, Source::DevDax(..)) { PAGE_SIZE } else { granule };
+    if fixed && addr % placement != 0 {
         return Err(MmError::Invalid("MAP_FIXED address not aligned to the mapping's page size"));
     }
     // MAP_FIXED_NOREPLACE over a mapping is EEXIST before the sharing

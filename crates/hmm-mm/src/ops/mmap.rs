@@ -201,8 +201,7 @@ impl Mm {
                 if !shared {
                     hook_refusal = Some(MmError::Invalid("device-dax mappings must be MAP_SHARED"));
                 } else if len % granule != 0 {
-                    hook_refusal =
-                        Some(MmError::Invalid("device-dax mapping end not aligned to the device alignment"));
+                    hook_refusal = Some(MmError::Invalid("device-dax mapping end not aligned to the device alignment"));
                 }
                 // A character device's limit is the whole `unsigned long`.
                 if offset.checked_add(len).is_none() {

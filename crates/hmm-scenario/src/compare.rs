@@ -124,6 +124,21 @@ pub fn compare(scenario: &Scenario, model: &Trace, host: &Trace, host_version: (
 }
 
 const WINDOW_BYTES: u64 = 1 << 40;
+/// A device-DAX folio stays dirty for the rest of the boot once a mapping
+/// wrote it (nothing writes it back), and scenarios share a boot: the
+/// guest's clean/dirty split there depends on the scenarios before.
+const DEVDAX_DIRTY: &str = "device-DAX pages keep the dirty bit of earlier scenarios of the boot";
+
+/// Whether two smaps views differ only in how resident memory splits
+/// into clean and dirty.
+fn same_but_dirtiness(m: &crate::observe_smaps::SmapsView, h: &crate::observe_smaps::SmapsView) -> bool {
+    const SPLIT: [&str; 5] = ["Pss_Dirty", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty"];
+    let sum = |v: &crate::observe_smaps::SmapsView, a: &str, b: &str| v.get(a) + v.get(b);
+    m.fields.iter().all(|(f, kb)| SPLIT.contains(&f.as_str()) || h.get(f) == *kb)
+        && m.thp_eligible == h.thp_eligible
+        && sum(m, "Shared_Clean", "Shared_Dirty") == sum(h, "Shared_Clean", "Shared_Dirty")
+        && sum(m, "Private_Clean", "Private_Dirty") == sum(h, "Private_Clean", "Private_Dirty")
+}
 const NO_THP: &str = "the kernel may not get a THP (THP is not guaranteed)";
 
 fn judge(op: &Op, model: &Outcome, host: &Outcome, window: u64, scope: &mut Scope, version: (u32, u32)) -> Verdict {
@@ -159,6 +174,9 @@ fn judge(op: &Op, model: &Outcome, host: &Outcome, window: u64, scope: &mut Scop
             if scope.fell_back(m.start, len) || fewer("AnonHugePages") || fewer("ShmemPmdMapped") {
                 scope.fall_back(m.start, len);
                 return Verdict::Inconclusive(NO_THP.into());
+            }
+            if scope.is_devdax(m.start) && same_but_dirtiness(m, h) {
+                return Verdict::Inconclusive(DEVDAX_DIRTY.into());
             }
         }
         (Outcome::Same(_), Outcome::Same(_)) if same_on_fallen(op, scope) => {
@@ -223,6 +241,25 @@ fn thp_fallback(model: &PageView, host: &PageView) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_devdax_view_may_differ_only_in_its_clean_dirty_split() {
+        use crate::observe_smaps::SmapsView;
+        let view = |clean: u64, dirty: u64, rss: u64| SmapsView {
+            start: 0,
+            end: 2 << 20,
+            fields: vec![
+                ("Rss".into(), rss),
+                ("Pss_Dirty".into(), dirty),
+                ("Private_Clean".into(), clean),
+                ("Private_Dirty".into(), dirty),
+            ],
+            thp_eligible: false,
+        };
+        assert!(same_but_dirtiness(&view(2048, 0, 2048), &view(0, 2048, 2048)));
+        assert!(!same_but_dirtiness(&view(2048, 0, 2048), &view(0, 1024, 1024)), "less resident memory");
+        assert!(!same_but_dirtiness(&view(2048, 0, 2048), &view(0, 2048, 4096)));
+    }
     use crate::lang::parse;
     use crate::observe::Record;
 

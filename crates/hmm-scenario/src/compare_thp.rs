@@ -30,6 +30,10 @@ pub(crate) struct Scope {
     dax_files: HashSet<String>,
     /// Mapped ranges, latest last: `(start, end, dax)`.
     ranges: Vec<(u64, u64, bool)>,
+    /// The device-DAX node's names (`devdax`).
+    devdax_files: HashSet<String>,
+    /// Ranges mapped from the device-DAX node, latest last.
+    devdax_ranges: Vec<(u64, u64)>,
     /// 2 MiB blocks (their first address) where the kernel was seen
     /// without a THP the model has.
     fallen: BTreeSet<u64>,
@@ -53,9 +57,12 @@ impl Scope {
     /// Takes in one step of `scenario` with the model's outcome.
     pub(crate) fn step(&mut self, scenario: &Scenario, index: usize, model: &Outcome) {
         let step = &scenario.steps[index];
-        if let Op::Device(DeviceOp::DaxFile { .. } | DeviceOp::DevDax) = &step.op {
+        if let Op::Device(op @ (DeviceOp::DaxFile { .. } | DeviceOp::DevDax)) = &step.op {
             if let Some(n) = &step.bind {
                 self.dax_files.insert(n.clone());
+                if matches!(op, DeviceOp::DevDax) {
+                    self.devdax_files.insert(n.clone());
+                }
             }
         }
         let Outcome::Addr(at) = *model else { return };
@@ -67,6 +74,9 @@ impl Scope {
                 let dax = file.as_ref().is_some_and(|(f, _)| self.dax_files.contains(f));
                 if let Some(len) = self.addr(len) {
                     self.ranges.push((at, at.saturating_add(len), dax));
+                    if file.as_ref().is_some_and(|(f, _)| self.devdax_files.contains(f)) {
+                        self.devdax_ranges.push((at, at.saturating_add(len)));
+                    }
                 }
             }
             Op::Mremap { old, old_len, new_len, .. } => {
@@ -86,6 +96,12 @@ impl Scope {
             }
             _ => {}
         }
+    }
+
+    /// Whether the page at `va` was ever mapped from the device-DAX node
+    /// in this scenario.
+    pub(crate) fn is_devdax(&self, va: u64) -> bool {
+        self.devdax_ranges.iter().any(|(s, e)| (*s..*e).contains(&va))
     }
 
     /// Whether the page at `va` was last mapped from a DAX file.

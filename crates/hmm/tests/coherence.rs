@@ -634,7 +634,10 @@ fn race_mprotect_ro_rw() {
             let (first, count) = rng.pages(PAGES, 128);
             let (va, len) = (REGION + first * PAGE_SIZE, count * PAGE_SIZE);
             disturber_mm.mprotect(va, len, Prot::READ).expect("mprotect RO");
-            thread::yield_now();
+            // Long enough for the device's write faults to meet the
+            // read-only pages now and then, whatever the scheduling (a
+            // bare yield let a CI run see none).
+            thread::sleep(Duration::from_micros(50));
             disturber_mm.mprotect(va, len, Prot::RW).expect("mprotect RW");
         },
     );

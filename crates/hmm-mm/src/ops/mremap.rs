@@ -195,6 +195,12 @@ fn duplicate_shared(
     check_vma(vma, old_addr, true, flags)?;
     let target = if flags.contains(MremapFlags::FIXED) {
         unmap_locked(guard, new_addr, new_addr + new_len)?;
+        // `mremap_to` looks the VMA up again: the destination's unmap may
+        // have taken the page it duplicates (EFAULT; Linux 6.18 on the
+        // host, found by hmm fuzz).
+        if guard.lookup(old_addr).is_none() {
+            return Err(not_mapped(old_addr));
+        }
         new_addr
     } else if flags.contains(MremapFlags::MAYMOVE) {
         place(guard, vma, old_addr, new_len, None)?

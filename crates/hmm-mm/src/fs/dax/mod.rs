@@ -14,6 +14,7 @@
 
 mod backing;
 mod error;
+mod es_cache;
 #[cfg(test)]
 mod hole_tests;
 #[cfg(test)]

@@ -147,9 +147,13 @@ impl Vma {
     /// Linux merges neighbours with equal flags, the same object, page
     /// offsets that line up (anonymous memory included: its offset is the
     /// address it was first mapped at, and a moved VMA with pages keeps
-    /// it) and compatible anon_vmas (`can_vma_merge_after`).
+    /// it) and compatible anon_vmas (`can_vma_merge_after`). A `VM_SPECIAL`
+    /// VMA (hugetlb has `VM_DONTEXPAND`) never merges (7.3.4 guest: a
+    /// hugetlb mapping split by mprotect stays split when its protection
+    /// is restored).
     pub(crate) fn can_merge_with_next(&self, next: &Vma) -> bool {
         self.end == next.start
+            && !self.flags.intersects(VmFlags::SPECIAL)
             && self.flags - VmFlags::STICKY == next.flags - VmFlags::STICKY
             && self.backing.same_object(&next.backing)
             && self.uffd == next.uffd

@@ -227,17 +227,19 @@ fn set_flags_piece(
     let (set, clear) = flag_change(advice);
     // `madvise_update_vma`: flags that do not change leave the VMA alone,
     // unsplit (a hugetlb VMA cut at an unaligned edge is no error then).
-    if (vma.flags - clear) | set == vma.flags {
+    let new_flags = (vma.flags - clear) | set;
+    if new_flags == vma.flags {
         return Ok(());
     }
-    guard.check_split(start)?;
-    guard.check_split(end)?;
+    if let Err(refused) = super::vma_modify::check_splits(guard, vma, start, end, new_flags) {
+        return Err(refused.settle(guard));
+    }
     // A huge leaf must not straddle the new VMA edges (fork copies per
     // VMA), as `vma_adjust_trans_huge` ensures.
     split_huge_edge(mm, guard, start)?;
     split_huge_edge(mm, guard, end)?;
     for vma in guard.vmas_mut().split_range_mut(start, end) {
-        vma.flags = (vma.flags - clear) | set;
+        vma.flags = new_flags;
     }
     guard.vmas_mut().merge_range(start, end);
     Ok(())

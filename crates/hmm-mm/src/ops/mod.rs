@@ -15,6 +15,7 @@ mod mremap;
 mod mseal;
 mod munmap;
 mod populate;
+mod vma_modify;
 
 pub(crate) use collapse::cache_pmd_leaf;
 pub(crate) use guard::is_guard_page;

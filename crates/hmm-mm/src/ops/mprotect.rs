@@ -20,6 +20,7 @@ use core::ops::ControlFlow;
 use hmm_pagetable::{Entry, SwapKind, Visit};
 use hmm_types::{Event, Prot, VaRange, VmFlags, PAGE_SIZE, TASK_SIZE};
 
+use super::vma_modify::{check_splits, Refused};
 use crate::error::MmError;
 use crate::huge::split_huge_edge;
 use crate::mm::{Mm, MmapWriteGuard};
@@ -76,7 +77,7 @@ impl Mm {
         if done_end > start {
             apply(self, &mut guard, start, done_end, new_access)?;
         }
-        outcome
+        outcome.map_err(|refused| refused.settle(&mut guard))
     }
 }
 
@@ -98,7 +99,7 @@ fn refuse_grows(guard: &MmapWriteGuard<'_>, start: u64, end: u64, grows: u32) ->
 /// How far `mprotect` gets: the end of the prefix of `[start, end)` it
 /// changes, and what it returns. Each VMA is checked in turn, and a gap
 /// after it ends the walk (`ENOMEM`).
-fn walk_prefix(guard: &MmapWriteGuard<'_>, start: u64, end: u64, access: VmFlags) -> (u64, Result<(), MmError>) {
+fn walk_prefix(guard: &MmapWriteGuard<'_>, start: u64, end: u64, access: VmFlags) -> (u64, Result<(), Refused>) {
     let mut cursor = start;
     for vma in guard.overlapping(start, end) {
         if vma.start > cursor {
@@ -108,44 +109,29 @@ fn walk_prefix(guard: &MmapWriteGuard<'_>, start: u64, end: u64, access: VmFlags
         // `VM_READ << 4`).
         let may = VmFlags::from_bits_truncate((vma.flags & MAY).bits() >> 4);
         if !may.contains(access) {
-            return (cursor, Err(MmError::Access("mapping may not get this protection")));
+            return (cursor, Err(MmError::Access("mapping may not get this protection").into()));
         }
         // `mprotect_fixup`: a sealed VMA is EPERM, even for its own
         // protection, after the VMAs before it were changed.
         if let Err(error) = super::mseal::check_sealed(vma, "mprotect of a sealed VMA") {
-            return (cursor, Err(error));
+            return (cursor, Err(error.into()));
         }
         // A split inside a VMA that cannot be split there (hugetlb,
         // device-DAX) fails at that VMA, unless its protection does not
         // change: `mprotect_fixup` then leaves it alone, unsplit.
-        let changes = vma.flags & ACCESS != access;
-        // A changed tail (head) that merges with the next (previous) VMA
-        // moves the boundary without a split (`vma_merge_existing_range`),
-        // so the driver is never asked (7.3.4 guest: a device-DAX VMA
-        // cut off its alignment that way).
-        let merges = |piece_start: u64, piece_end: u64| {
-            let mut piece = vma.clone();
-            (piece.start, piece.end) = (piece_start, piece_end);
-            piece.pgoff = vma.page_index(piece_start);
-            piece.flags = account(vma, (vma.flags - ACCESS) | access);
-            let next = guard.lookup(vma.end).filter(|_| piece_end == vma.end);
-            let prev = vma.start.checked_sub(1).and_then(|a| guard.lookup(a)).filter(|_| piece_start == vma.start);
-            next.is_some_and(|next| piece.can_merge_with_next(next))
-                || prev.is_some_and(|prev| prev.can_merge_with_next(&piece))
-        };
-        let (piece_start, piece_end) = (start.max(vma.start), end.min(vma.end));
-        let cut = |at: u64| if merges(piece_start, piece_end) { Ok(()) } else { guard.check_split(at) };
-        let first_cut = if changes && vma.start < start { cut(start) } else { Ok(()) };
-        let last_cut = if changes && end < vma.end { cut(end) } else { Ok(()) };
-        if let Err(error) = first_cut.and(last_cut) {
-            return (cursor, Err(error));
+        if vma.flags & ACCESS != access {
+            let (piece_start, piece_end) = (start.max(vma.start), end.min(vma.end));
+            let new_flags = account(vma, (vma.flags - ACCESS) | access);
+            if let Err(refused) = check_splits(guard, vma, piece_start, piece_end, new_flags) {
+                return (cursor, Err(refused));
+            }
         }
         cursor = vma.end.min(end);
     }
     if cursor < end {
         let hole = VaRange::from_bounds(cursor, end.min(TASK_SIZE).max(cursor + PAGE_SIZE));
         let error = hole.map_or(MmError::OutOfRange("mprotect range past the address space"), MmError::NotMapped);
-        return (cursor, Err(error));
+        return (cursor, Err(error.into()));
     }
     (end, Ok(()))
 }

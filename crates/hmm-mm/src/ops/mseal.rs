@@ -22,10 +22,12 @@ use crate::huge::split_huge_edge;
 use crate::mm::{Mm, MmapWriteGuard};
 use crate::vma::Vma;
 
+use super::vma_modify::check_splits;
+
 impl Mm {
     /// Seals `[addr, addr + len)` (length rounded up to a page): every VMA
     /// in it gets `VM_SEALED`, split at the edges and merged with sealed
-    /// neighbours. Linux 6.18 on the host: nonzero `flags`, an unaligned
+    /// neighbours, in address order. Linux 6.18 on the host: nonzero `flags`, an unaligned
     /// `addr`, a length rounding to zero from a huge value or an end that
     /// wraps are EINVAL; a zero length is 0; a range with any unmapped
     /// page is ENOMEM with nothing sealed.
@@ -50,15 +52,28 @@ impl Mm {
         if !guard.is_fully_mapped(addr, end) {
             return Err(MmError::OutOfRange("mseal range is not fully mapped"));
         }
-        guard.check_split(addr)?;
-        guard.check_split(end)?;
-        // A huge leaf must not straddle the new VMA edges.
-        split_huge_edge(self, &guard, addr)?;
-        split_huge_edge(self, &guard, end)?;
-        for vma in guard.vmas_mut().split_range_mut(addr, end) {
-            vma.flags |= VmFlags::SEALED;
+        // `mseal_apply`, VMA by VMA: one already sealed is left alone,
+        // unsplit; a refused split ends the call with EINVAL, the VMAs
+        // before it sealed (7.3.4 guest: a device-DAX VMA cut off its
+        // 2 MiB alignment).
+        let pieces: Vec<(u64, u64)> =
+            guard.overlapping(addr, end).map(|vma| (vma.start.max(addr), vma.end.min(end))).collect();
+        for (piece_start, piece_end) in pieces {
+            let vma = guard.lookup(piece_start).expect("the range is fully mapped");
+            if is_sealed(vma) {
+                continue;
+            }
+            if let Err(refused) = check_splits(&guard, vma, piece_start, piece_end, vma.flags | VmFlags::SEALED) {
+                return Err(refused.settle(&mut guard));
+            }
+            // A huge leaf must not straddle the new VMA edges.
+            split_huge_edge(self, &guard, piece_start)?;
+            split_huge_edge(self, &guard, piece_end)?;
+            for vma in guard.vmas_mut().split_range_mut(piece_start, piece_end) {
+                vma.flags |= VmFlags::SEALED;
+            }
+            guard.vmas_mut().merge_range(piece_start, piece_end);
         }
-        guard.vmas_mut().merge_range(addr, end);
         Ok(())
     }
 }

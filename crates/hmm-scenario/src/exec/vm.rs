@@ -182,6 +182,18 @@ impl VmExecutor {
         Ok(batch)
     }
 
+    /// Copies the console of a boot that failed to a name of its own
+    /// (`vm-console.failed-SECONDS.log` beside it); the console's own path
+    /// if the copy fails.
+    fn keep_failed_console(&self) -> PathBuf {
+        let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let kept = self.console.with_file_name(format!("vm-console.failed-{seconds}.log"));
+        match std::fs::copy(&self.console, &kept) {
+            Ok(_) => kept,
+            Err(_) => self.console.clone(),
+        }
+    }
+
     /// Runs `scenarios` in one boot.
     fn run_boot(&mut self, scenarios: &[Scenario]) -> Result<VmBatch, ExecError> {
         let runner = self.runner()?;
@@ -215,7 +227,10 @@ impl VmExecutor {
         // before it still count.
         let crashed = kernel_crash(&console).is_some() && console.contains("=== guest release ");
         if !status.success() && !crashed {
-            return Err(ExecError::Host(format!("the guest failed ({status}); console in {}", self.console.display())));
+            // Kept apart: a retry would overwrite the console of the boot
+            // that failed (a hang until the lab's timeout, with no oops).
+            let kept = self.keep_failed_console();
+            return Err(ExecError::Host(format!("the guest failed ({status}); console in {}", kept.display())));
         }
         let (guest, traces) = parse_console(&console, scenarios.len());
         let mut warnings = kernel_warnings(&console);
@@ -413,5 +428,27 @@ mod tests {
     fn the_script_runs_every_scenario() {
         let s = run_script(3);
         assert!(s.contains("-lt 3") && s.contains("./hmm-host-runner <s$i.hmm"), "{s}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_console_of_a_failed_boot_is_kept_apart() {
+        // A lab whose guest hangs: it prints a console and fails.
+        let dir = std::env::temp_dir().join(format!("hmm-failed-boot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lab = dir.join("lab");
+        std::fs::write(&lab, "#!/bin/sh\necho 'the boot that hung' > \"$3\"\nexit 1\n").unwrap();
+        set_executable(&lab).unwrap();
+        let runner = dir.join("runner");
+        std::fs::write(&runner, "").unwrap();
+        let console = dir.join("vm-console.log");
+        let mut vm = VmExecutor { root: dir.clone(), lab: dir.clone(), console: console.clone(), runner: Some(runner) };
+        let error = vm.run_batch(&[Scenario::default()]).unwrap_err().to_string();
+        let kept = error.split("console in ").nth(1).expect("the error names the console");
+        assert!(kept.contains("vm-console.failed-"), "{error}");
+        assert_eq!(std::fs::read_to_string(kept).unwrap(), "the boot that hung\n");
+        std::fs::write(&console, "a later boot").unwrap();
+        assert_eq!(std::fs::read_to_string(kept).unwrap(), "the boot that hung\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -271,6 +271,21 @@ pub struct FuzzArgs {
     batch: usize,
 }
 
+/// Writes a shrunk divergence to `OUT/SIGNATURE.hmm` (and the console of
+/// the guest's boot that found it beside it); the scenario's path.
+fn save_found(args: &FuzzArgs, seed: u64, found: &hmm_scenario::fuzz::Found) -> Result<PathBuf, DemoError> {
+    std::fs::create_dir_all(&args.out).map_err(|e| DemoError(format!("{}: {e}", args.out.display())))?;
+    let path = args.out.join(format!("{}.hmm", found.signature));
+    let kernel = if args.kernel == KernelChoice::Vm { " --kernel vm" } else { "" };
+    let body = format!("# found by hmm fuzz{kernel} --seed {seed}: {}\n{}", found.first, found.text);
+    std::fs::write(&path, body).map_err(|e| DemoError(format!("{}: {e}", path.display())))?;
+    if let Some(console) = &found.console {
+        let path = path.with_extension("console");
+        std::fs::write(&path, console).map_err(|e| DemoError(format!("{}: {e}", path.display())))?;
+    }
+    Ok(path)
+}
+
 /// Random scenarios on both executors; `Ok(false)` if any diverged.
 pub fn fuzz(args: &FuzzArgs, out: &Out) -> Result<bool, DemoError> {
     let seed = args.seed.unwrap_or_else(|| {
@@ -286,7 +301,12 @@ pub fn fuzz(args: &FuzzArgs, out: &Out) -> Result<bool, DemoError> {
             args.seconds, args.batch
         ));
         let duration = std::time::Duration::from_secs(args.seconds);
-        hmm_scenario::fuzz_vm::fuzz_vm(&mut vm, duration, seed, args.batch.max(1)).map_err(DemoError)?
+        let keep = |found: &hmm_scenario::fuzz::Found| {
+            if let Err(e) = save_found(args, seed, found) {
+                eprintln!("hmm fuzz: {e}");
+            }
+        };
+        hmm_scenario::fuzz_vm::fuzz_vm(&mut vm, duration, seed, args.batch.max(1), keep).map_err(DemoError)?
     } else {
         let mut host = host_executor()?;
         let version = host_version();
@@ -323,18 +343,8 @@ pub fn fuzz(args: &FuzzArgs, out: &Out) -> Result<bool, DemoError> {
     for e in report.host_errors.iter().take(5) {
         out.test_line(TestLine::Skip, &format!("host could not run a scenario: {e}"));
     }
-    if !report.found.is_empty() {
-        std::fs::create_dir_all(&args.out).map_err(|e| DemoError(format!("{}: {e}", args.out.display())))?;
-    }
     for found in &report.found {
-        let path = args.out.join(format!("{}.hmm", found.signature));
-        let kernel = if args.kernel == KernelChoice::Vm { " --kernel vm" } else { "" };
-        let body = format!("# found by hmm fuzz{kernel} --seed {seed}: {}\n{}", found.first, found.text);
-        std::fs::write(&path, body).map_err(|e| DemoError(format!("{}: {e}", path.display())))?;
-        if let Some(console) = &found.console {
-            let path = path.with_extension("console");
-            std::fs::write(&path, console).map_err(|e| DemoError(format!("{}: {e}", path.display())))?;
-        }
+        let path = save_found(args, seed, found)?;
         out.test_line(TestLine::NotOk, &format!("divergence {} -> {}", found.signature, path.display()));
         out.note(&found.first);
     }

@@ -205,7 +205,13 @@ fn candidates(steps: &[Step]) -> Vec<Vec<Step>> {
 }
 
 /// Fuzzes for `duration` from `seed` in batches of `batch` scenarios.
-pub fn fuzz_vm(vm: &mut VmExecutor, duration: Duration, seed: u64, batch: usize) -> Result<FuzzReport, String> {
+pub fn fuzz_vm(
+    vm: &mut VmExecutor,
+    duration: Duration,
+    seed: u64,
+    batch: usize,
+    mut on_found: impl FnMut(&Found),
+) -> Result<FuzzReport, String> {
     // The runner's build is not fuzzing time.
     vm.runner().map_err(|e| e.to_string())?;
     let start = Instant::now();
@@ -258,7 +264,10 @@ pub fn fuzz_vm(vm: &mut VmExecutor, duration: Duration, seed: u64, batch: usize)
                 (crate::lang::print(&complete_with_device(steps)), format!("{first} (not shrunk: {e})"))
             });
             eprintln!("hmm fuzz: {sig} shrunk to {} lines: {first}", text.lines().count());
-            report.found.push(Found { signature: sig, text, first, console });
+            let found = Found { signature: sig, text, first, console };
+            // Kept at once: a long session may be stopped before its end.
+            on_found(&found);
+            report.found.push(found);
         }
     }
     report.elapsed = start.elapsed();

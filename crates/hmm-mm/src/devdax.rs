@@ -181,4 +181,21 @@ mod tests {
         assert!(mm.read_u64(va + (2 << 20)).is_err(), "the 4K fault refuses a 2 MiB-aligned device");
         assert_eq!(mm.read_u64(va).unwrap(), 0, "the leaf already there stays");
     }
+
+    #[test]
+    fn a_vma_grown_off_the_alignment_faults_nowhere_until_cut_back() {
+        // Linux 7.3 (the guest, `devdax_unaligned_vma.hmm`): mremap grows
+        // the last page in place, the end leaves the 2 MiB alignment, and
+        // every fault in the VMA is SIGBUS until the tail goes again.
+        let k = kernel(64, ThpMode::Never);
+        let dev = DevDax::create(&k, 8 << 20, PageSize::Size2M, None).unwrap();
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap_devdax(0x4000_0000, PMD_SIZE, Prot::RW, MapFlags::SHARED | MapFlags::FIXED, &dev, 0).unwrap();
+        let last = va + PMD_SIZE - 4096;
+        assert_eq!(mm.mremap(last, 4096, 7 * 4096, hmm_types::MremapFlags::MAYMOVE, 0).unwrap(), last);
+        assert!(mm.read_u64(va).is_err(), "SIGBUS in the aligned unit too");
+        mm.munmap(va + PMD_SIZE, PMD_SIZE).unwrap();
+        assert_eq!(mm.read_u64(va).unwrap(), 0);
+        assert_eq!(leaf(&mm, va).0, Level::Pmd);
+    }
 }

@@ -2,7 +2,8 @@
 //! (PUD, PMD or PTE) mapping device frames directly. Beyond the device, or
 //! after the device went away, the fault is SIGBUS.
 //!
-//! MADV_NOHUGEPAGE on a device aligned above 4K makes every fault SIGBUS.
+//! MADV_NOHUGEPAGE on a device aligned above 4K makes every fault SIGBUS,
+//! and so does a VMA whose start or end is off the device's alignment.
 //!
 //! Linux: `drivers/dax/device.c` (`__dev_dax_pud_fault`,
 //! `__dev_dax_pmd_fault`, `__dev_dax_pte_fault`).
@@ -19,6 +20,13 @@ use crate::vma::Vma;
 pub(super) fn fault(mm: &Mm, vma: &Vma, dev: &DevDax, va: u64, write: bool) -> Result<(), FaultError> {
     if !dev.pagemap().is_alive() {
         return Err(FaultError::Sigbus("the device-dax device is gone"));
+    }
+    // `check_vma`, on every fault: a VMA whose ends left the device's
+    // alignment (grown in place by mremap, or a boundary moved by a merge)
+    // faults nowhere, not even in its aligned units (7.3.4 guest).
+    let align = dev.align().bytes();
+    if vma.start % align != 0 || vma.end % align != 0 {
+        return Err(FaultError::Sigbus("device-dax VMA ends off the device's alignment"));
     }
     // MADV_NOHUGEPAGE leaves only the PTE fault, which a device aligned
     // above 4K refuses (`__dev_dax_pte_fault`).

@@ -163,3 +163,30 @@ fn a_private_write_to_a_hole_copies_zeros_into_a_reused_frame() {
         assert_eq!(mm.read_u64(at + PAGE_SIZE - 8).unwrap(), 0);
     }
 }
+
+#[test]
+fn an_allocation_caches_the_hole_it_looks_up_so_a_later_punch_merges_into_it() {
+    // Linux 7.3 (the guest, `dax_allocation_caches_hole.hmm`): a punch of
+    // 6 pages at a block's start, in a file never looked up, caches a hole
+    // of 6 pages, and a read PMD fault there maps 4K entries; after a
+    // write (or a fallocate) elsewhere looked the hole up whole, the same
+    // punch merges into the cached hole and the fault maps the huge zero
+    // page.
+    let huge_zero_after = |prepare: &dyn Fn(&crate::fs::File)| {
+        let (k, _path, _fs, file) = setup("escache.pmem");
+        prepare(&file);
+        file.punch_hole(PMD_SIZE, 6 * PAGE_SIZE).unwrap();
+        let mm = k.create_mm().unwrap();
+        let va = mm.mmap_file(0, PMD_SIZE, Prot::READ, MapFlags::SHARED, &file, PMD_SIZE).unwrap();
+        assert_eq!(mm.read_u64(va + 6 * PAGE_SIZE).unwrap(), 0);
+        let (level, entry) = leaf(&mm, va + 6 * PAGE_SIZE);
+        let huge = level == Level::Pmd && entry.pfn() == k.phys().huge_zero_pfn();
+        assert!(huge || (level == Level::Pte && entry.pfn() == k.phys().zero_pfn()), "{level:?}");
+        huge
+    };
+    assert!(!huge_zero_after(&|_| ()));
+    assert!(huge_zero_after(&|file| {
+        file.pwrite(0, &[1; 9]).unwrap();
+    }));
+    assert!(huge_zero_after(&|file| file.fallocate_keep_size(16 * PAGE_SIZE, PAGE_SIZE).unwrap()));
+}

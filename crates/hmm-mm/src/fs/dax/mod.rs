@@ -313,6 +313,9 @@ impl DaxShared {
     /// a 4K write fault does (ext4 maps exactly the range asked for): the
     /// rest of its 2 MiB stays a hole.
     pub(crate) fn alloc_page_for(&self, state: &mut InodeState, index: u64) -> Result<Pfn, MmError> {
+        // `ext4_map_blocks` looks the block up before it allocates: a hole
+        // not cached yet is cached whole, then trimmed by the allocation.
+        state.es_lookup(index);
         let page = self.pmem.alloc_page().ok_or(MmError::DeviceFull("pmem device full"))?;
         state.pages.insert(index, self.pmem.pfn(page));
         state.dax_unwritten.remove(&index);
@@ -332,8 +335,15 @@ impl DaxShared {
         if wanted.saturating_add(reserved) > self.pmem.free_pages() {
             return Err(MmError::DeviceFull("fallocate: the pmem device cannot hold the range"));
         }
-        let pages = &state.pages;
-        state.dax_unwritten.extend((first..last).filter(|page| !pages.contains_key(page)));
+        let (pages, unwritten) = (&state.pages, &state.dax_unwritten);
+        let new: Vec<u64> = (first..last).filter(|p| !pages.contains_key(p) && !unwritten.contains(p)).collect();
+        // Each hole met is looked up first (cached whole, as for a
+        // write), and what becomes unwritten is no hole any more.
+        for &page in &new {
+            state.es_lookup(page);
+        }
+        state.es_forget(first, last);
+        state.dax_unwritten.extend(new);
         Ok(())
     }
 
@@ -365,6 +375,7 @@ impl DaxShared {
     fn alloc_block(&self, state: &mut InodeState, block: u64) -> Result<(), MmError> {
         let block_pages = block * CHUNK..(block + 1) * CHUNK;
         if let Some(first) = self.pmem.alloc_chunk() {
+            state.es_lookup(block_pages.start);
             state.es_forget(block_pages.start, block_pages.end);
             for (i, file_page) in block_pages.enumerate() {
                 state.pages.insert(file_page, self.pmem.pfn(first + i as u64));

@@ -241,12 +241,21 @@ impl Mm {
         // A read-only pin must not see a page a later write fault would
         // replace: a shared anonymous page, or (long-term) a zero or
         // page-cache page of a private mapping, is unshared first
-        // (`gup_must_unshare`, FAULT_FLAG_UNSHARE). The model unshares with
-        // a write fault, so only where the VMA allows writing (Linux also
-        // unshares in read-only ones).
-        if pin && !write && vma_writable && must_unshare(self, cow, held.pfn(), flags) {
+        // (`gup_must_unshare`, FAULT_FLAG_UNSHARE), in read-only VMAs too
+        // (7.3.4 guest: a long-term read pin of a read-only private
+        // mapping's zero page leaves an exclusive anonymous page there).
+        if pin && !write && must_unshare(self, cow, held.pfn(), flags) {
             drop(held);
-            held = translate_or_fault(guard, va, true)?;
+            let vma = guard.vma(va).ok_or(fault(SegvReason::NotMapped))?;
+            if matches!(vma.backing, crate::vma::VmaBacking::Anon)
+                || vma.file().is_some_and(|i| matches!(i.kind(), InodeKind::PageCache))
+            {
+                crate::fault::unshare(self, guard, vma, va).map_err(|error| MmError::Fault { addr: va, error })?;
+                held = translate_or_fault(guard, va, false)?;
+            } else {
+                // Private hugetlb: a write fault where the VMA allows it.
+                held = translate_or_fault(guard, va, vma_writable)?;
+            }
         }
         Ok(Some(held.keep()))
     }
@@ -303,5 +312,28 @@ mod tests {
             assert_eq!(error.errno(), Errno::Fault, "{nr_pages}");
         }
         assert_eq!(mm.pin_user_pages(va, 4, FollFlags::WRITE).unwrap().pfns().len(), 4);
+    }
+
+    #[test]
+    fn a_long_term_read_pin_unshares_the_zero_page_of_a_read_only_mapping() {
+        // Linux 7.3 (the guest, `gup_read_pin_unshares.hmm`): a short-term
+        // read pin keeps the zero page; a long-term one leaves an exclusive
+        // anonymous page behind a read-only, clean entry.
+        let k = kernel(64, ThpMode::Never);
+        let mm = k.create_mm().unwrap();
+        let flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED;
+        let va = mm.mmap(0x1000_0000, 2 * PAGE_SIZE, Prot::READ, flags).unwrap();
+        assert_eq!(mm.read_u64(va).unwrap(), 0);
+        let zero = k.phys().zero_pfn();
+        assert_eq!(crate::testing::leaf(&mm, va).1.pfn(), zero);
+        drop(mm.pin_user_pages(va, 1, FollFlags::empty()).unwrap());
+        assert_eq!(crate::testing::leaf(&mm, va).1.pfn(), zero, "a short-term pin shares it");
+        let pinned = mm.pin_user_pages(va, 1, FollFlags::LONGTERM).unwrap();
+        let entry = crate::testing::leaf(&mm, va).1;
+        assert_ne!(entry.pfn(), zero);
+        assert_eq!(pinned.pfns(), [entry.pfn()]);
+        assert!(!entry.is_write() && !entry.is_dirty(), "read-only and clean");
+        let meta = k.phys().meta(entry.pfn()).flags();
+        assert!(meta.contains(crate::phys::PageFlags::ANON | crate::phys::PageFlags::ANON_EXCLUSIVE));
     }
 }

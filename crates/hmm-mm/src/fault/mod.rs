@@ -5,7 +5,8 @@
 //! `anon.rs` (first touch of private anonymous memory, THP and zero pages),
 //! `wp.rs` (write to a read-only present page: reuse or copy-on-write),
 //! `file.rs` (file mappings, including shared anonymous memory), `swap.rs`
-//! (swap entries of private memory). All run under the mmap read lock
+//! (swap entries of private memory), `unshare.rs` (what a read-only pin
+//! must not share). All run under the mmap read lock
 //! and install entries by compare-and-swap, so concurrent faults on the same
 //! address are safe: the loser frees what it allocated and finds the
 //! winner's entry.
@@ -22,6 +23,7 @@ mod file_huge;
 mod hugetlb;
 mod retry;
 mod swap;
+mod unshare;
 mod wp;
 
 use bitflags::bitflags;
@@ -35,6 +37,7 @@ use crate::mm::{Mm, MmapReadGuard};
 use crate::vma::{Vma, VmaBacking, VmaTree};
 
 pub use retry::FaultOutcome;
+pub(crate) use unshare::unshare;
 
 bitflags! {
     /// `FAULT_FLAG_*`.

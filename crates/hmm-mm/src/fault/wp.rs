@@ -18,18 +18,29 @@ use crate::zap::Gather;
 /// Handles a write to the read-only PTE `entry`. Returns `Ok(false)` when
 /// the entry changed meanwhile and the fault must be retried.
 pub(super) fn pte(mm: &Mm, vma: &Vma, slot: Slot<'_>, entry: Entry) -> Result<bool, FaultError> {
+    wp_pte(mm, vma, slot, entry, false)
+}
+
+/// An unshare fault on the present PTE `entry` (`FAULT_FLAG_UNSHARE`, for
+/// a read-only pin): the page becomes an exclusive anonymous one, reused
+/// or copied as for a write, but the entry stays read-only and clean.
+pub(super) fn unshare_pte(mm: &Mm, vma: &Vma, slot: Slot<'_>, entry: Entry) -> Result<bool, FaultError> {
+    wp_pte(mm, vma, slot, entry, true)
+}
+
+fn wp_pte(mm: &Mm, vma: &Vma, slot: Slot<'_>, entry: Entry, unshare: bool) -> Result<bool, FaultError> {
     let phys = mm.phys();
     let pfn = entry.pfn();
     let is_zero = phys.is_zero_pfn(pfn);
     if !is_zero && !vma.is_cow_mapping() {
         // Shared mapping: the page itself becomes writable.
-        return Ok(slot.compare_exchange(entry, entry.mkwrite().mkdirty()).is_ok());
+        return Ok(unshare || slot.compare_exchange(entry, entry.mkwrite().mkdirty()).is_ok());
     }
     if !is_zero && can_reuse(mm, pfn) {
         // Only anonymous pages are reused; a private file page is copied.
         // The reused page is exclusive again (`wp_can_reuse_anon_folio`).
         phys.meta(pfn).set_flags(PageFlags::ANON_EXCLUSIVE);
-        return Ok(slot.compare_exchange(entry, entry.mkwrite().mkdirty()).is_ok());
+        return Ok(unshare || slot.compare_exchange(entry, entry.mkwrite().mkdirty()).is_ok());
     }
     let copy = phys.alloc_folio(0, is_zero).map_err(|_| FaultError::Oom)?;
     if !is_zero {
@@ -41,7 +52,18 @@ pub(super) fn pte(mm: &Mm, vma: &Vma, slot: Slot<'_>, entry: Entry) -> Result<bo
     crate::rmap::folio_add_new_anon_rmap(mm, vma, copy, va);
     phys.map_add(copy, 1);
     let invalidation = mm.notifiers().start(mm.id(), va, va + PAGE_SIZE, Event::Clear);
-    let new = Entry::present(copy, LeafFlags { write: true, dirty: true, accessed: true, special: false }, false);
+    // An unshared copy keeps the old entry's uffd-wp bit and stays
+    // read-only and clean (`wp_page_copy`).
+    let new = if unshare {
+        let new = Entry::present(copy, LeafFlags { write: false, dirty: false, accessed: true, special: false }, false);
+        if entry.is_uffd_wp() {
+            new.mkuffd_wp()
+        } else {
+            new
+        }
+    } else {
+        Entry::present(copy, LeafFlags { write: true, dirty: true, accessed: true, special: false }, false)
+    };
     let mut gather = Gather::new();
     let replaced = slot.compare_exchange(entry, new).is_ok();
     if replaced {

@@ -190,3 +190,19 @@ fn an_allocation_caches_the_hole_it_looks_up_so_a_later_punch_merges_into_it() {
     }));
     assert!(huge_zero_after(&|file| file.fallocate_keep_size(16 * PAGE_SIZE, PAGE_SIZE).unwrap()));
 }
+
+#[test]
+fn a_write_meeting_a_short_cached_hole_allocates_it_and_maps_4k() {
+    // Linux 7.3 (the guest, `dax_allocation_caches_hole.hmm`): the cached
+    // one-page hole at the block's start limits ext4's allocation to that
+    // page, and the fault falls back to a 4K entry at the written page.
+    let (k, _path, fs, file) = setup("esshortwrite.pmem");
+    file.punch_hole(PMD_SIZE, PAGE_SIZE).unwrap();
+    let free = fs.device().free_pages();
+    let mm = k.create_mm().unwrap();
+    let va = mm.mmap_file(0, PMD_SIZE, Prot::RW, MapFlags::SHARED, &file, PMD_SIZE).unwrap();
+    mm.write_u64(va + 0x1fd000, 5).unwrap();
+    assert_eq!(leaf(&mm, va + 0x1fd000).0, Level::Pte);
+    assert!(!leaf(&mm, va).1.is_present(), "the allocated first page is not mapped");
+    assert_eq!(fs.device().free_pages(), free - 2, "the cached hole's page and the written one");
+}

@@ -409,11 +409,23 @@ impl DaxShared {
             Some(DaxEntry::PmdZero) => true,
             None => false,
         };
-        // A read's lookup at the block's start: a hole the extent status
-        // cache holds from a punch is only as long as that entry (found in
-        // the 7.3.4 guest: `scenarios/device/dax_punch_at_block_start.hmm`).
-        if !write && state.es_hole_end(pages.start).is_some_and(|end| end < pages.end) {
+        // The lookup at the block's start: a hole the extent status cache
+        // holds from a punch is only as long as that entry, so a read maps
+        // 4K entries and a write allocates (zeroed) just that much before
+        // it falls back to them (found in the 7.3.4 guest:
+        // `scenarios/device/dax_punch_at_block_start.hmm`,
+        // `dax_allocation_caches_hole.hmm`).
+        if let Some(end) = state.es_hole_end(pages.start).filter(|&end| end < pages.end) {
+            if write {
+                for page in pages.start..end {
+                    self.alloc_page_for(&mut state, page)?;
+                }
+            }
             state.dax_entries.insert(block, DaxEntry::Pte);
+            drop(state);
+            if write {
+                self.persist()?;
+            }
             return Ok(PmdMapping::Fallback);
         }
         if !state.pages.contains_key(&pages.start) {

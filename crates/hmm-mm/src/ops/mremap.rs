@@ -207,6 +207,10 @@ fn duplicate_shared(
     } else {
         return Err(MmError::NoSpace(new_len));
     };
+    // `prep_move_vma`: the driver is asked to split at the (empty) source
+    // range, so device-DAX refuses an address off its alignment, after
+    // the destination was unmapped (7.3.4 guest, found by hmm fuzz).
+    guard.check_split(old_addr)?;
     let mut copy = vma.clone();
     copy.pgoff = vma.page_index(old_addr);
     copy.start = target;

@@ -52,18 +52,11 @@ fn wp_pte(mm: &Mm, vma: &Vma, slot: Slot<'_>, entry: Entry, unshare: bool) -> Re
     crate::rmap::folio_add_new_anon_rmap(mm, vma, copy, va);
     phys.map_add(copy, 1);
     let invalidation = mm.notifiers().start(mm.id(), va, va + PAGE_SIZE, Event::Clear);
-    // An unshared copy keeps the old entry's uffd-wp bit and stays
-    // read-only and clean (`wp_page_copy`).
-    let new = if unshare {
-        let new = Entry::present(copy, LeafFlags { write: false, dirty: false, accessed: true, special: false }, false);
-        if entry.is_uffd_wp() {
-            new.mkuffd_wp()
-        } else {
-            new
-        }
-    } else {
-        Entry::present(copy, LeafFlags { write: true, dirty: true, accessed: true, special: false }, false)
-    };
+    // An unshared copy stays read-only and clean and keeps the old
+    // entry's uffd-wp bit (`wp_page_copy`).
+    let new =
+        Entry::present(copy, LeafFlags { write: !unshare, dirty: !unshare, accessed: true, special: false }, false);
+    let new = if unshare && entry.is_uffd_wp() { new.mkuffd_wp() } else { new };
     let mut gather = Gather::new();
     let replaced = slot.compare_exchange(entry, new).is_ok();
     if replaced {

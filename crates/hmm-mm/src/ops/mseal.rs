@@ -27,10 +27,10 @@ use super::vma_modify::check_splits;
 impl Mm {
     /// Seals `[addr, addr + len)` (length rounded up to a page): every VMA
     /// in it gets `VM_SEALED`, split at the edges and merged with sealed
-    /// neighbours, in address order. Linux 6.18 on the host: nonzero `flags`, an unaligned
-    /// `addr`, a length rounding to zero from a huge value or an end that
-    /// wraps are EINVAL; a zero length is 0; a range with any unmapped
-    /// page is ENOMEM with nothing sealed.
+    /// neighbours, in address order. Linux 6.18 on the host: nonzero
+    /// `flags`, an unaligned `addr`, a length rounding to zero from a huge
+    /// value or an end that wraps are EINVAL; a zero length is 0; a range
+    /// with any unmapped page is ENOMEM with nothing sealed.
     pub fn mseal(&self, addr: u64, len: u64, flags: u64) -> Result<(), MmError> {
         self.check_alive()?;
         if flags != 0 {

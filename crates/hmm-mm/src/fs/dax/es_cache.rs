@@ -1,8 +1,9 @@
 //! ext4's extent status cache of holes, as far as fs-dax faults see it:
 //! a punch caches exactly its hole, a lookup elsewhere caches the whole
-//! hole around it, an allocation or a truncation trims the entries. A read
-//! PMD fault at a block's start inside a short cached hole maps 4K entries
-//! (`DaxShared::pmd_entry`).
+//! hole around it (every allocation looks up first), an allocation or a
+//! truncation trims the entries. A PMD fault at a block's start inside a
+//! short cached hole maps 4K entries, after a write allocated just that
+//! hole (`DaxShared::pmd_entry`, `alloc_first_run`).
 //!
 //! Linux: `fs/ext4/extents_status.c` (`ext4_es_insert_extent`,
 //! `ext4_es_remove_extent`), `fs/ext4/extents.c`

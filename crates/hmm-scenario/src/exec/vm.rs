@@ -12,6 +12,8 @@
 //! middle of it) makes that scenario's trace aborted, never a match.
 //!
 //! The kernel lab is `$HMM_KERNEL_LAB` or `kernel-lab/` in the workspace.
+//! Each executor claims a console file of its own under `target/`, so
+//! runs from one workspace may share the machine but never a console.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -101,6 +103,9 @@ pub struct VmExecutor {
     /// Where the last boot's console is kept.
     pub console: PathBuf,
     runner: Option<PathBuf>,
+    /// Held while the executor lives: no other run in this workspace
+    /// writes the same console.
+    _console_claim: Option<std::sync::Arc<std::fs::File>>,
 }
 
 impl VmExecutor {
@@ -114,8 +119,8 @@ impl VmExecutor {
                 lab.display()
             )));
         }
-        let console = root.join("target").join("vm-console.log");
-        Ok(Self { root: root.to_path_buf(), lab, console, runner: None })
+        let (console, claim) = claim_console(&root.join("target"))?;
+        Ok(Self { root: root.to_path_buf(), lab, console, runner: None, _console_claim: Some(claim.into()) })
     }
 
     /// The workspace root above `start` (the directory whose Cargo.toml
@@ -237,6 +242,36 @@ impl VmExecutor {
         warnings.extend(kernel_crash(&console).map(|c| c.summary()));
         Ok(VmBatch { guest, traces, elapsed: started.elapsed(), kernel_warnings: warnings })
     }
+}
+
+/// Consoles one workspace's concurrent guest runs may use at once.
+const CONSOLE_SLOTS: usize = 8;
+
+/// Picks the first console in `dir` that no other live run holds
+/// (`vm-console.log`, then `vm-console.2.log`, ...) and locks it: two runs
+/// writing one console would each read the other's replies. The lock is
+/// an advisory `flock` on `NAME.lock`, released when its holder exits,
+/// however it exits.
+fn claim_console(dir: &Path) -> Result<(PathBuf, std::fs::File), ExecError> {
+    use rustix::fs::{flock, FlockOperation};
+    std::fs::create_dir_all(dir).map_err(|e| ExecError::Host(format!("{}: {e}", dir.display())))?;
+    for slot in 1..=CONSOLE_SLOTS {
+        let name = if slot == 1 { "vm-console.log".to_string() } else { format!("vm-console.{slot}.log") };
+        let console = dir.join(name);
+        let lock_path = console.with_extension("log.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| ExecError::Host(format!("{}: {e}", lock_path.display())))?;
+        match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok((console, lock)),
+            Err(rustix::io::Errno::WOULDBLOCK) => continue,
+            Err(e) => return Err(ExecError::Host(format!("locking {}: {e}", lock_path.display()))),
+        }
+    }
+    Err(ExecError::Host(format!("{CONSOLE_SLOTS} guest runs already use {}", dir.display())))
 }
 
 #[cfg(unix)]
@@ -430,6 +465,18 @@ mod tests {
         assert!(s.contains("-lt 3") && s.contains("./hmm-host-runner <s$i.hmm"), "{s}");
     }
 
+    #[test]
+    fn concurrent_runs_never_share_a_console() {
+        let dir = std::env::temp_dir().join(format!("hmm-console-claim-{}", std::process::id()));
+        let (first, held) = claim_console(&dir).unwrap();
+        let (second, _also_held) = claim_console(&dir).unwrap();
+        assert_eq!(first, dir.join("vm-console.log"));
+        assert_eq!(second, dir.join("vm-console.2.log"));
+        drop(held);
+        assert_eq!(claim_console(&dir).unwrap().0, first, "a released console is free again");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[cfg(unix)]
     #[test]
     fn the_console_of_a_failed_boot_is_kept_apart() {
@@ -442,7 +489,13 @@ mod tests {
         let runner = dir.join("runner");
         std::fs::write(&runner, "").unwrap();
         let console = dir.join("vm-console.log");
-        let mut vm = VmExecutor { root: dir.clone(), lab: dir.clone(), console: console.clone(), runner: Some(runner) };
+        let mut vm = VmExecutor {
+            root: dir.clone(),
+            lab: dir.clone(),
+            console: console.clone(),
+            runner: Some(runner),
+            _console_claim: None,
+        };
         let error = vm.run_batch(&[Scenario::default()]).unwrap_err().to_string();
         let kept = error.split("console in ").nth(1).expect("the error names the console");
         assert!(kept.contains("vm-console.failed-"), "{error}");

@@ -23,6 +23,7 @@ use crate::error::{FaultError, MmError, SegvReason};
 use crate::fs::InodeKind;
 use crate::mm::Mm;
 use crate::phys::{MemoryType, PageFlags, PhysMem};
+use crate::vma::{Vma, VmaBacking};
 
 /// References a pin adds (`GUP_PIN_COUNTING_BIAS`).
 pub const GUP_PIN_COUNTING_BIAS: u32 = 1024;
@@ -229,8 +230,7 @@ impl Mm {
         if flags.contains(FollFlags::LONGTERM) && vma.file().is_some_and(|i| matches!(i.kind(), InodeKind::Dax(_))) {
             return Err(MmError::NotSupported("FOLL_LONGTERM pins are refused on fs-dax"));
         }
-        let vma_writable = vma.flags.contains(VmFlags::WRITE);
-        let cow = vma.is_cow_mapping();
+        let cow = CowKind::of(vma);
         let mut held = match how {
             Locking::Held => translate_or_fault(guard, va, write)?,
             Locking::Unlockable => match gup_unlockable_translate(guard, va, write)? {
@@ -247,28 +247,49 @@ impl Mm {
         if pin && !write && must_unshare(self, cow, held.pfn(), flags) {
             drop(held);
             let vma = guard.vma(va).ok_or(fault(SegvReason::NotMapped))?;
-            if matches!(vma.backing, crate::vma::VmaBacking::Anon)
-                || vma.file().is_some_and(|i| matches!(i.kind(), InodeKind::PageCache))
-            {
-                crate::fault::unshare(self, guard, vma, va).map_err(|error| MmError::Fault { addr: va, error })?;
-                held = translate_or_fault(guard, va, false)?;
-            } else {
-                // Private hugetlb: a write fault where the VMA allows it.
-                held = translate_or_fault(guard, va, vma_writable)?;
-            }
+            crate::fault::unshare(self, guard, vma, va).map_err(|error| MmError::Fault { addr: va, error })?;
+            held = translate_or_fault(guard, va, false)?;
         }
         Ok(Some(held.keep()))
     }
 }
 
-/// `gup_must_unshare` for a read-only pin of `pfn` in `vma`.
-fn must_unshare(mm: &Mm, is_cow_mapping: bool, pfn: Pfn, flags: FollFlags) -> bool {
+/// What kind of private mapping a page is pinned from, for
+/// [`must_unshare`] (taken before the VMA's borrow ends).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CowKind {
+    /// A shared mapping, or one that can never be written.
+    NotCow,
+    /// A private mapping that may become writable.
+    Cow,
+    /// A private hugetlb mapping.
+    Hugetlb,
+}
+
+impl CowKind {
+    fn of(vma: &Vma) -> Self {
+        match (&vma.backing, vma.is_cow_mapping()) {
+            (_, false) => Self::NotCow,
+            (VmaBacking::Hugetlb(_), true) => Self::Hugetlb,
+            (_, true) => Self::Cow,
+        }
+    }
+}
+
+/// `gup_must_unshare` for a read-only pin of `pfn` from a `cow` mapping.
+fn must_unshare(mm: &Mm, cow: CowKind, pfn: Pfn, flags: FollFlags) -> bool {
     let phys = mm.phys();
+    if cow == CowKind::Hugetlb {
+        // A private hugetlb page is an anonymous folio in Linux, exclusive
+        // until fork shares it; the model keeps no ANON flag on hugetlb
+        // pages and, as `hugetlb_wp` does, judges by mapcount.
+        return phys.folio_counts(pfn).1 > 1;
+    }
     let head_flags = phys.meta(phys.folio_head(pfn)).flags();
     if head_flags.contains(PageFlags::ANON) {
         return !head_flags.contains(PageFlags::ANON_EXCLUSIVE);
     }
-    flags.contains(FollFlags::LONGTERM) && is_cow_mapping
+    flags.contains(FollFlags::LONGTERM) && cow == CowKind::Cow
 }
 
 /// Moves one device-coherent page to a new system page wherever it is

@@ -246,4 +246,56 @@ mod tests {
         assert_eq!(parent.read_u64(va).unwrap(), 7);
         child.exit();
     }
+
+    #[test]
+    fn a_read_pin_unshares_a_huge_page_fork_shared() {
+        // 7.3.4 guest (`hugetlb_read_pin_unshares.hmm`): the pinning
+        // process gets its own copy behind a read-only, clean entry, in a
+        // read-only VMA too; the child's page is then mapped once.
+        let k = kernel_with_pool(4);
+        let parent = k.create_mm().unwrap();
+        let va = parent.mmap(0, PMD_SIZE, Prot::RW, HUGE).unwrap();
+        parent.write_u64(va, 7).unwrap();
+        parent.mprotect(va, PMD_SIZE, Prot::READ).unwrap();
+        let child = parent.fork().unwrap();
+        let shared = leaf(&parent, va).1.pfn();
+        let rec = record(&parent);
+        let pinned = parent.pin_user_pages(va, 1, crate::gup::FollFlags::empty()).unwrap();
+        let entry = leaf(&parent, va).1;
+        assert_ne!(entry.pfn(), shared);
+        assert_eq!(pinned.pfns(), [entry.pfn()]);
+        assert!(!entry.is_write() && !entry.is_dirty(), "read-only and clean");
+        assert_eq!(rec.take_events(), [(Event::Clear, va, va + PMD_SIZE)]);
+        assert_eq!(k.phys().folio_counts(shared).1, 1, "the child's alone");
+        assert_eq!(parent.read_u64(va).unwrap(), 7);
+        drop(pinned);
+        // Mapped once now: a second pin takes the same page.
+        let again = parent.pin_user_pages(va, 1, crate::gup::FollFlags::empty()).unwrap();
+        assert_eq!(again.pfns(), [entry.pfn()]);
+        child.exit();
+    }
+
+    #[test]
+    fn fork_copies_a_pinned_huge_page_for_the_child() {
+        // 7.3.4 guest (`fork_copies_pinned_huge_pages.hmm`).
+        let k = kernel_with_pool(2);
+        let parent = k.create_mm().unwrap();
+        let va = parent.mmap(0, PMD_SIZE, Prot::RW, HUGE).unwrap();
+        parent.write_u64(va, 5).unwrap();
+        let pinned = parent.pin_user_pages(va, 1, crate::gup::FollFlags::empty()).unwrap();
+        let child = parent.fork().unwrap();
+        let (theirs, ours) = (leaf(&child, va).1, leaf(&parent, va).1);
+        assert_ne!(theirs.pfn(), ours.pfn());
+        assert!(theirs.is_write() && theirs.is_dirty() && ours.is_write(), "neither side write-protected");
+        child.write_u64(va, 6).unwrap();
+        assert_eq!(parent.read_u64(va).unwrap(), 5);
+        let mut seen = [0u8; 8];
+        k.phys().read(pinned.pfns()[0], 0, &mut seen);
+        assert_eq!(u64::from_ne_bytes(seen), 5, "the pin sees the parent's data");
+        drop(pinned);
+        // An empty pool fails the fork instead.
+        let _pin = parent.pin_user_pages(va, 1, crate::gup::FollFlags::empty()).unwrap();
+        assert_eq!(parent.fork().unwrap_err().errno(), Errno::NoMem);
+        child.exit();
+    }
 }

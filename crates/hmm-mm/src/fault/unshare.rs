@@ -6,8 +6,11 @@
 //! read-only and clean. Read-only VMAs are unshared too: the pin must
 //! keep seeing what the process would see after an mprotect and a write.
 //!
+//! Private hugetlb pages are unshared whole (`hugetlb.rs`).
+//!
 //! Linux: `mm/memory.c` (`do_wp_page` and `wp_page_copy` with
-//! `FAULT_FLAG_UNSHARE`), `mm/huge_memory.c` (`do_huge_pmd_wp_page`).
+//! `FAULT_FLAG_UNSHARE`), `mm/huge_memory.c` (`do_huge_pmd_wp_page`),
+//! `mm/hugetlb.c` (`hugetlb_wp`).
 
 use hmm_pagetable::{EnsureError, Level};
 use hmm_types::PAGE_SIZE;
@@ -16,13 +19,17 @@ use crate::error::FaultError;
 use crate::huge::split_huge_leaf;
 use crate::mm::Mm;
 use crate::phys::PageFlags;
-use crate::vma::{Vma, VmaTree};
+use crate::vma::{Vma, VmaBacking, VmaTree};
 
-/// Unshares the page mapped at `va` in `vma`, an anonymous or page-cache
-/// VMA. A huge leaf is made exclusive whole when it is an anonymous THP
-/// mapped only here, else split, and its page unshared by PTE. Nothing
-/// happens where `va` maps no present page (the caller faults again).
+/// Unshares the page mapped at `va` in `vma`, an anonymous, page-cache or
+/// hugetlb VMA. A huge leaf is made exclusive whole when it is an
+/// anonymous THP mapped only here, else split, and its page unshared by
+/// PTE. Nothing happens where `va` maps no present page (the caller faults
+/// again).
 pub(crate) fn unshare(mm: &Mm, vmas: &VmaTree, vma: &Vma, va: u64) -> Result<(), FaultError> {
+    if let VmaBacking::Hugetlb(object) = &vma.backing {
+        return super::hugetlb::unshare(mm, vma, object, va);
+    }
     crate::anon_vma::anon_vma_prepare(mm, vmas, vma);
     let phys = mm.phys();
     let va = va & !(PAGE_SIZE - 1);

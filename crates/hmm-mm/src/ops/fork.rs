@@ -80,6 +80,9 @@ impl Mm {
                 continue;
             }
             split_device_private_pmds(self, vma.start, vma.end)?;
+            if vma.is_cow_mapping() && self.has_pinned.load(core::sync::atomic::Ordering::Acquire) {
+                split_pinned_thps(self, vma.start, vma.end)?;
+            }
             let invalidation = vma
                 .is_cow_mapping()
                 .then(|| self.notifiers().start(self.id(), vma.start, vma.end, Event::ProtectionPage));
@@ -113,6 +116,31 @@ fn split_device_private_pmds(mm: &Mm, start: u64, end: u64) -> Result<(), MmErro
         let slot = mm.pgtable().find(va);
         if slot.level() == Level::Pmd && crate::huge::split_huge_leaf(mm, slot, entry)? {
             mm.phys().split_folio(entry.pfn(), hmm_pagetable::ENTRIES_PER_TABLE as u32);
+        }
+    }
+    Ok(())
+}
+
+/// Maybe-pinned exclusive anonymous THPs of `[start, end)` are mapped by
+/// PTEs before the copy, each page then copied for the child as an order-0
+/// page (`copy_huge_pmd`: `folio_try_dup_anon_rmap_pmd` refuses the pinned
+/// folio, the PMD is split and the range copied by PTEs). The parent keeps
+/// its folio, PTE-mapped.
+fn split_pinned_thps(mm: &Mm, start: u64, end: u64) -> Result<(), MmError> {
+    let phys = mm.phys();
+    let mut found = Vec::new();
+    let _ = mm.pgtable().walk(start, end, |visit| {
+        if let Visit::Slot { slot, entry } = visit {
+            if slot.level() == Level::Pmd && entry.is_present() && needs_cow_for_dma(phys, entry.pfn()) {
+                found.push((slot.va(), entry));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    for (va, entry) in found {
+        let slot = mm.pgtable().find(va);
+        if slot.level() == Level::Pmd {
+            crate::huge::split_huge_leaf(mm, slot, entry)?;
         }
     }
     Ok(())
@@ -170,6 +198,20 @@ fn copy_range(parent: &Mm, child: &Mm, child_vma: &Vma, cow: bool, keeps_uffd: b
             phys.map_add(entry.pfn(), 1);
             target.store(entry);
         } else if entry.is_present() {
+            if let (true, VmaBacking::Hugetlb(object)) = (cow && has_pinned, &child_vma.backing) {
+                if phys.folio_counts(entry.pfn()).1 == 1 && phys.maybe_pinned(entry.pfn()) {
+                    // The same for a pinned private huge page, exclusive
+                    // while mapped once (`copy_hugetlb_page_range`, after
+                    // `hugetlb_try_dup_anon_rmap` refused it).
+                    return match copy_pinned_huge_page(object, child_vma, entry.pfn()) {
+                        Ok(new) => {
+                            target.store(keep_uffd_wp(new, entry, keeps_uffd));
+                            ControlFlow::Continue(())
+                        }
+                        Err(error) => ControlFlow::Break(error),
+                    };
+                }
+            }
             if cow && has_pinned && !entry.is_huge() && needs_cow_for_dma(phys, entry.pfn()) {
                 // A maybe-pinned exclusive anonymous page is copied for the
                 // child at once, and the parent keeps its page writable: a
@@ -178,7 +220,7 @@ fn copy_range(parent: &Mm, child: &Mm, child_vma: &Vma, cow: bool, keeps_uffd: b
                 // refused the pinned folio).
                 return match copy_pinned_page(phys, child, child_vma, slot.va(), entry.pfn()) {
                     Ok(new) => {
-                        target.store(new);
+                        target.store(keep_uffd_wp(new, entry, keeps_uffd));
                         ControlFlow::Continue(())
                     }
                     Err(error) => ControlFlow::Break(error),
@@ -233,14 +275,12 @@ fn copy_range(parent: &Mm, child: &Mm, child_vma: &Vma, cow: bool, keeps_uffd: b
 }
 
 /// `folio_needs_cow_for_dma` for an exclusive anonymous page (the parent
-/// has pinned something): the folio may be pinned.
+/// has pinned something): the folio may be pinned. A THP's pages are
+/// judged by its head, where the model keeps ANON_EXCLUSIVE.
 fn needs_cow_for_dma(phys: &crate::phys::PhysMem, pfn: hmm_types::Pfn) -> bool {
     use crate::phys::PageFlags;
     let flags = phys.meta(phys.folio_head(pfn)).flags();
-    !phys.is_zero_pfn(pfn)
-        && flags.contains(PageFlags::ANON | PageFlags::ANON_EXCLUSIVE)
-        && phys.folio_order(pfn) == 0
-        && phys.maybe_pinned(pfn)
+    !phys.is_zero_pfn(pfn) && flags.contains(PageFlags::ANON | PageFlags::ANON_EXCLUSIVE) && phys.maybe_pinned(pfn)
 }
 
 /// The child's own copy of the page at `pfn`, mapped at `va`: dirty, and
@@ -264,6 +304,37 @@ fn copy_pinned_page(
         copy,
         hmm_pagetable::LeafFlags { write, dirty: true, accessed: true, special: false },
         false,
+    ))
+}
+
+/// A copy made at fork keeps the parent entry's uffd-wp bit where the
+/// child stays WP-registered (`copy_present_page`,
+/// `hugetlb_install_folio`); the bit write-protects it.
+fn keep_uffd_wp(copy: hmm_pagetable::Entry, parent: hmm_pagetable::Entry, keeps_uffd: bool) -> hmm_pagetable::Entry {
+    if keeps_uffd && parent.is_uffd_wp() {
+        copy.mkuffd_wp()
+    } else {
+        copy
+    }
+}
+
+/// The child's own copy of the pinned huge page at `pfn`, from the
+/// hugetlb pool (ENOMEM, failing the fork, when it is empty): dirty, and
+/// writable when its VMA is (`hugetlb_install_folio`).
+fn copy_pinned_huge_page(
+    object: &crate::hugetlb::HugetlbFile,
+    child_vma: &Vma,
+    pfn: hmm_types::Pfn,
+) -> Result<hmm_pagetable::Entry, MmError> {
+    let phys = object.phys();
+    let copy = object.alloc().map_err(|_| MmError::NoMem)?;
+    phys.copy_frames(copy, pfn, object.page_size().nr_pages());
+    phys.map_add(copy, 1);
+    let write = child_vma.flags.contains(VmFlags::WRITE);
+    Ok(hmm_pagetable::Entry::present(
+        copy,
+        hmm_pagetable::LeafFlags { write, dirty: true, accessed: true, special: false },
+        true,
     ))
 }
 
@@ -330,6 +401,30 @@ mod tests {
         assert_eq!(parent.read_u64(va).unwrap(), 2);
         parent.write_u64(va, 3).unwrap();
         assert_eq!(child.read_u64(va).unwrap(), 3);
+        child.exit();
+    }
+
+    #[test]
+    fn a_pinned_thp_is_split_in_the_parent_and_copied_by_pages() {
+        // 7.3.4 guest (`fork_copies_pinned_huge_pages.hmm`): the parent
+        // keeps its folio behind PTEs; the child gets order-0 copies.
+        let k = kernel(64, ThpMode::Always);
+        let parent = k.create_mm().unwrap();
+        let va = parent.mmap(0, PMD_SIZE, Prot::RW, ANON).unwrap();
+        parent.write_u64(va + 4096, 1).unwrap();
+        let folio = leaf(&parent, va).1.pfn();
+        let pinned = parent.pin_user_pages(va, 1, crate::gup::FollFlags::empty()).unwrap();
+        let child = parent.fork().unwrap();
+        let (level, ours) = leaf(&parent, va + 4096);
+        assert_eq!((level, ours.pfn()), (Level::Pte, hmm_types::Pfn(folio.0 + 1)));
+        assert!(ours.is_write(), "the parent is not write-protected");
+        let (level, theirs) = leaf(&child, va + 4096);
+        assert_eq!(level, Level::Pte);
+        assert_eq!(k.phys().folio_order(theirs.pfn()), 0);
+        assert_ne!(theirs.pfn(), ours.pfn());
+        child.write_u64(va + 4096, 2).unwrap();
+        assert_eq!(parent.read_u64(va + 4096).unwrap(), 1);
+        drop(pinned);
         child.exit();
     }
 

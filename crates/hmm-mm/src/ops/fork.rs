@@ -205,7 +205,7 @@ fn copy_range(parent: &Mm, child: &Mm, child_vma: &Vma, cow: bool, keeps_uffd: b
                     // `hugetlb_try_dup_anon_rmap` refused it).
                     return match copy_pinned_huge_page(object, child_vma, entry.pfn()) {
                         Ok(new) => {
-                            target.store(keep_uffd_wp(new, entry, keeps_uffd));
+                            target.store(keep_uffd_bit(new, entry, child_vma));
                             ControlFlow::Continue(())
                         }
                         Err(error) => ControlFlow::Break(error),
@@ -220,7 +220,7 @@ fn copy_range(parent: &Mm, child: &Mm, child_vma: &Vma, cow: bool, keeps_uffd: b
                 // refused the pinned folio).
                 return match copy_pinned_page(phys, child, child_vma, slot.va(), entry.pfn()) {
                     Ok(new) => {
-                        target.store(keep_uffd_wp(new, entry, keeps_uffd));
+                        target.store(keep_uffd_bit(new, entry, child_vma));
                         ControlFlow::Continue(())
                     }
                     Err(error) => ControlFlow::Break(error),
@@ -307,11 +307,16 @@ fn copy_pinned_page(
     ))
 }
 
-/// A copy made at fork keeps the parent entry's uffd-wp bit where the
-/// child stays WP-registered (`copy_present_page`,
-/// `hugetlb_install_folio`); the bit write-protects it.
-fn keep_uffd_wp(copy: hmm_pagetable::Entry, parent: hmm_pagetable::Entry, keeps_uffd: bool) -> hmm_pagetable::Entry {
-    if keeps_uffd && parent.is_uffd_wp() {
+/// A copy made at fork keeps the parent entry's uffd bit where the child
+/// stays registered for WP or RWP (`copy_present_page`,
+/// `hugetlb_install_folio`): write-protected for WP, back to PROT_NONE
+/// for RWP so that it keeps trapping.
+fn keep_uffd_bit(copy: hmm_pagetable::Entry, parent: hmm_pagetable::Entry, child_vma: &Vma) -> hmm_pagetable::Entry {
+    if !parent.is_uffd_wp() {
+        copy
+    } else if child_vma.flags.contains(VmFlags::UFFD_RWP) {
+        copy.mkuffd_rwp()
+    } else if child_vma.flags.contains(VmFlags::UFFD_WP) {
         copy.mkuffd_wp()
     } else {
         copy

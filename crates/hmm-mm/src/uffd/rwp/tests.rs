@@ -257,3 +257,28 @@ fn protecting_part_of_a_thp_splits_it_first() {
     assert!(matches!(mm.read_u64(va), Err(MmError::Fault { .. })), "the rest stays protected");
     assert!(protected(&mm, va + 2 * PAGE_SIZE));
 }
+
+#[test]
+fn a_pinned_page_copied_at_fork_keeps_trapping_in_a_registered_child() {
+    // 7.3.4 `copy_present_page`: the child's copy of a pinned page gets
+    // the uffd bit back and PAGE_NONE when the child stays RWP-registered
+    // (EVENT_FORK); the parent keeps its own protected page.
+    let events = UFFD_FEATURE_RWP | super::super::UFFD_FEATURE_EVENT_FORK;
+    let (mm, va, uffd) = setup(1, 1, events);
+    let pinned = mm.pin_user_pages(va, 1, crate::gup::FollFlags::empty()).unwrap();
+    uffd.register(va, PAGE_SIZE, RWP).unwrap();
+    uffd.rwprotect(va, PAGE_SIZE, PROTECT).unwrap();
+    let fork = std::thread::spawn({
+        let mm = mm.clone();
+        move || mm.fork()
+    });
+    let (msg, child_uffd) = uffd.read_event().unwrap();
+    assert_eq!(msg.event, super::super::UFFD_EVENT_FORK);
+    let child = fork.join().unwrap().unwrap();
+    let (ours, theirs) = (leaf(&mm, va).1, leaf(&child, va).1);
+    assert_ne!(ours.pfn(), theirs.pfn(), "copied for the child");
+    assert!(theirs.is_uffd_rwp() && !theirs.is_write(), "PROT_NONE with the uffd bit");
+    assert!(ours.is_uffd_rwp());
+    assert_ne!(child.pagemap_entry(va).unwrap() & PM_UFFD_WP, 0);
+    drop((pinned, child_uffd));
+}

@@ -247,9 +247,13 @@ impl Inode {
 
     /// Reads at `offset`; returns the bytes read (short at end of file).
     /// A page that is not uptodate reads as the zeros it holds and stays
-    /// so (`SGP_READ` treats a fallocated page as a hole).
+    /// so (`SGP_READ` treats a fallocated page as a hole). On fs-dax each
+    /// hole read is a block lookup, which caches the whole hole around it
+    /// (`dax_iomap_rw` → `ext4_map_blocks`): a later PMD fault inside that
+    /// hole, once a truncation shortened it, falls back to 4K entries.
     pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> usize {
-        let state = self.state.lock();
+        let dax = matches!(self.kind, InodeKind::Dax(_));
+        let mut state = self.state.lock();
         let end = offset.saturating_add(buf.len() as u64).min(state.size);
         let mut pos = offset;
         while pos < end {
@@ -258,7 +262,12 @@ impl Inode {
             let out = &mut buf[(pos - offset) as usize..][..chunk];
             match state.pages.get(&(pos >> PAGE_SHIFT)) {
                 Some(&pfn) => self.phys.read(pfn, in_page, out),
-                None => out.fill(0),
+                None => {
+                    if dax {
+                        state.es_lookup(pos >> PAGE_SHIFT);
+                    }
+                    out.fill(0)
+                }
             }
             pos += chunk as u64;
         }

@@ -1,7 +1,7 @@
 //! ext4's extent status cache of holes, as far as fs-dax faults see it:
 //! a punch caches exactly its hole, a lookup elsewhere caches the whole
-//! hole around it (every allocation looks up first), an allocation or a
-//! truncation trims the entries. A PMD fault at a block's start inside a
+//! hole around it (every allocation and every read of a hole looks up
+//! first), an allocation or a truncation trims the entries. A PMD fault at a block's start inside a
 //! short cached hole maps 4K entries, after a write allocated just that
 //! hole (`DaxShared::pmd_entry`, `alloc_first_run`).
 //!

@@ -206,3 +206,21 @@ fn a_write_meeting_a_short_cached_hole_allocates_it_and_maps_4k() {
     assert!(!leaf(&mm, va).1.is_present(), "the allocated first page is not mapped");
     assert_eq!(fs.device().free_pages(), free - 2, "the cached hole's page and the written one");
 }
+
+#[test]
+fn a_read_caches_the_hole_a_truncation_then_shortens() {
+    // Linux 7.3 (the guest, `dax_read_caches_hole.hmm`): pread's lookup
+    // caches the whole hole; the shrink trims it, the regrowth does not
+    // lengthen it, and the PMD read fault falls back to a 4K zero page.
+    let (k, _path, _fs, file) = setup("esread.pmem");
+    let mut byte = [0u8; 8];
+    assert_eq!(file.pread(0, &mut byte).unwrap(), 8);
+    file.ftruncate(0x14f000).unwrap();
+    file.ftruncate(0x232000).unwrap();
+    let mm = k.create_mm().unwrap();
+    let va = mm.mmap_file(0, PMD_SIZE, Prot::READ, MapFlags::SHARED, &file, 0).unwrap();
+    assert_eq!(mm.read_u64(va + 0x32000).unwrap(), 0);
+    let (level, entry) = leaf(&mm, va + 0x32000);
+    assert_eq!(level, Level::Pte);
+    assert_eq!(entry.pfn(), k.phys().zero_pfn());
+}

@@ -199,10 +199,30 @@ fn run_here() -> RunnerReply {
     for slot in &slots {
         let _ = sys::close(slot.cmd_w);
     }
-    while sys::wait_any().is_some() {}
+    reap_workers();
     match result {
         Ok(trace) => RunnerReply::Trace(trace),
         Err(e) => RunnerReply::Error(e.to_string()),
+    }
+}
+
+/// How long the workers may take to end once their command pipes closed.
+const REAP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reaps the workers, giving up after [`REAP_TIMEOUT`]: a scenario that
+/// ends with a fork still waiting for its FORK event to be read leaves a
+/// half-made child holding copies of every pipe, so no worker sees the end
+/// of its commands. The runner's exit then kills the waiting fork, which
+/// lets the rest end on their own.
+fn reap_workers() {
+    let deadline = Instant::now() + REAP_TIMEOUT;
+    loop {
+        match sys::reap_any() {
+            sys::Reaped::One => {}
+            sys::Reaped::NoChildren => return,
+            sys::Reaped::NoneEnded if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            sys::Reaped::NoneEnded => return,
+        }
     }
 }
 

@@ -34,7 +34,7 @@ pub use devices::{
 pub use devices::{gup_test_request, PIN_LONGTERM_TEST_READ, PIN_LONGTERM_TEST_START, PIN_LONGTERM_TEST_STOP};
 pub use fd::{close, fallocate, ftruncate, memfd_create, pipe, pread_u64, pwrite_u64, read, write_all};
 pub use mm::{madvise, mmap, mprotect, mremap, mseal, munmap, pagemap_scan};
-pub use process::{exit_now, fork, gettid, prctl, raw_fork, sleeps_in_userfaultfd, wait_any};
+pub use process::{exit_now, fork, gettid, prctl, raw_fork, reap_any, sleeps_in_userfaultfd, Reaped};
 pub use uffd::{uffd_ioctl, uffd_read_msg, userfaultfd, IoctlDir};
 
 /// `-errno` of the last failed call, as a positive number.

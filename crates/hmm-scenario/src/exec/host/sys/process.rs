@@ -84,12 +84,26 @@ pub fn prctl(option: i32, arg: u64) -> Result<u64, i32> {
     check(unsafe { libc::prctl(option, arg) } as libc::c_long)
 }
 
-/// Waits for any child; `None` when there are none left.
-pub fn wait_any() -> Option<i32> {
+/// What [`reap_any`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reaped {
+    /// A child that had ended, now reaped.
+    One,
+    /// Children, none of them ended yet.
+    NoneEnded,
+    /// No children left.
+    NoChildren,
+}
+
+/// Reaps one ended child without waiting (`waitpid(-1, WNOHANG)`).
+pub fn reap_any() -> Reaped {
     let mut status = 0;
     // SAFETY: `status` is a valid out-pointer.
-    let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-    (pid > 0).then_some(pid)
+    match unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } {
+        0 => Reaped::NoneEnded,
+        pid if pid > 0 => Reaped::One,
+        _ => Reaped::NoChildren,
+    }
 }
 
 /// The calling thread's id (`gettid`).

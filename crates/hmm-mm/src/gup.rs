@@ -11,6 +11,8 @@
 //! Linux: `mm/gup.c` (`get_user_pages_remote`, `pin_user_pages`,
 //! `check_vma_flags`, `GUP_PIN_COUNTING_BIAS`).
 
+mod fast;
+
 use std::sync::Arc;
 
 use bitflags::bitflags;
@@ -62,6 +64,10 @@ impl PinnedPages {
     }
     /// Unpins now (`unpin_user_pages`).
     pub fn unpin(self) {}
+    /// Adds the pages of `more` after these.
+    pub fn extend(&mut self, mut more: PinnedPages) {
+        self.pfns.append(&mut more.pfns);
+    }
 }
 
 impl Drop for PinnedPages {

@@ -168,11 +168,20 @@ impl GupTestFile {
         // Without USE_FAST the driver holds the mmap lock around
         // `pin_user_pages`; `pin_user_pages_fast` may release it.
         let nr = size / PAGE_SIZE;
-        *held = Some(if flags & PIN_LONGTERM_FAST != 0 {
-            mm.pin_user_pages_unlocked(addr, nr, foll)?
+        let pinned = if flags & PIN_LONGTERM_FAST != 0 {
+            // `pin_user_pages_fast` may stop short (its slow path failed
+            // after the walk took pages); the driver asks again from there,
+            // and that call's error ends the test with nothing held.
+            let mut pinned = mm.pin_user_pages_fast(addr, nr, foll)?;
+            while (pinned.pfns().len() as u64) < nr {
+                let done = pinned.pfns().len() as u64;
+                pinned.extend(mm.pin_user_pages_fast(addr + done * PAGE_SIZE, nr - done, foll)?);
+            }
+            pinned
         } else {
             mm.pin_user_pages(addr, nr, foll)?
-        });
+        };
+        *held = Some(pinned);
         Ok(())
     }
 
@@ -219,9 +228,9 @@ fn pages_taken(mm: &Mm, cmd: GupTestCmd, at: u64, nr: u64, flags: FollFlags) -> 
         let va = page + i * PAGE_SIZE;
         let put = |pfns: Vec<hmm_types::Pfn>| pfns.into_iter().for_each(|pfn| mm.phys().put(pfn));
         let ok = match (cmd.pins(), fast) {
-            (true, true) => mm.pin_user_pages_unlocked(va, 1, flags).is_ok(),
+            (true, true) => mm.pin_user_pages_fast(va, 1, flags).is_ok_and(|p| !p.pfns().is_empty()),
             (true, false) => mm.pin_user_pages(va, 1, flags).is_ok(),
-            (false, true) => mm.get_user_pages_unlocked(va, 1, flags).map(put).is_ok(),
+            (false, true) => mm.get_user_pages_fast(va, 1, flags).map(put).is_ok(),
             (false, false) => mm.get_user_pages(va, 1, flags).map(put).is_ok(),
         };
         if !ok {

@@ -71,10 +71,18 @@ fn wp_pte(mm: &Mm, vma: &Vma, slot: Slot<'_>, entry: Entry, unshare: bool) -> Re
 
 /// An anonymous order-0 page mapped only here, with no other reference, may
 /// simply become writable.
+/// `do_wp_page`'s reuse test for a small anonymous page mapped once: an
+/// exclusive page is reused whatever else holds it (a pin above all: the
+/// pinned page must stay the mapped one), any other only when this
+/// mapping holds the one reference (`wp_can_reuse_anon_folio`).
 fn can_reuse(mm: &Mm, pfn: hmm_types::Pfn) -> bool {
     let phys = mm.phys();
     let meta = phys.meta(phys.folio_head(pfn));
-    meta.flags().contains(PageFlags::ANON) && meta.order() == 0 && phys.folio_counts(pfn) == (1, 1)
+    let (refs, maps) = phys.folio_counts(pfn);
+    meta.flags().contains(PageFlags::ANON)
+        && meta.order() == 0
+        && maps == 1
+        && (meta.flags().contains(PageFlags::ANON_EXCLUSIVE) || refs == 1)
 }
 
 /// Handles a write to a read-only huge PMD: an exclusively owned THP becomes

@@ -19,6 +19,7 @@ mod model_uffd;
 pub mod pin;
 mod uffd;
 pub mod vm;
+mod vm_console;
 mod vm_crash;
 
 use serde::{Deserialize, Serialize};

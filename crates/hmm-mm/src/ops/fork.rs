@@ -198,27 +198,9 @@ fn copy_range(parent: &Mm, child: &Mm, child_vma: &Vma, cow: bool, keeps_uffd: b
             phys.map_add(entry.pfn(), 1);
             target.store(entry);
         } else if entry.is_present() {
-            if let (true, VmaBacking::Hugetlb(object)) = (cow && has_pinned, &child_vma.backing) {
-                if phys.folio_counts(entry.pfn()).1 == 1 && phys.maybe_pinned(entry.pfn()) {
-                    // The same for a pinned private huge page, exclusive
-                    // while mapped once (`copy_hugetlb_page_range`, after
-                    // `hugetlb_try_dup_anon_rmap` refused it).
-                    return match copy_pinned_huge_page(object, child_vma, entry.pfn()) {
-                        Ok(new) => {
-                            target.store(keep_uffd_bit(new, entry, child_vma));
-                            ControlFlow::Continue(())
-                        }
-                        Err(error) => ControlFlow::Break(error),
-                    };
-                }
-            }
-            if cow && has_pinned && !entry.is_huge() && needs_cow_for_dma(phys, entry.pfn()) {
-                // A maybe-pinned exclusive anonymous page is copied for the
-                // child at once, and the parent keeps its page writable: a
-                // later write fault must never replace a pinned page
-                // (`copy_present_page`, after `folio_try_dup_anon_rmap_pte`
-                // refused the pinned folio).
-                return match copy_pinned_page(phys, child, child_vma, slot.va(), entry.pfn()) {
+            let pinned_copy = if cow && has_pinned { copy_if_pinned(child, child_vma, slot.va(), entry) } else { None };
+            if let Some(copied) = pinned_copy {
+                return match copied {
                     Ok(new) => {
                         target.store(keep_uffd_bit(new, entry, child_vma));
                         ControlFlow::Continue(())
@@ -271,6 +253,29 @@ fn copy_range(parent: &Mm, child: &Mm, child_vma: &Vma, cow: bool, keeps_uffd: b
     match flow {
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(error) => Err(error),
+    }
+}
+
+/// The child's own copy of the page `entry` maps at `va` when the parent
+/// may have pinned it, `None` when the page can be shared. A later write
+/// fault must never replace a pinned page, so the child gets a copy at
+/// once and the parent keeps its page, writable: a maybe-pinned exclusive
+/// anonymous page (`copy_present_page`, after `folio_try_dup_anon_rmap_pte`
+/// refused it), or a pinned private huge page, exclusive while mapped once
+/// (`copy_hugetlb_page_range`, after `hugetlb_try_dup_anon_rmap` refused it).
+fn copy_if_pinned(
+    child: &Mm,
+    child_vma: &Vma,
+    va: u64,
+    entry: hmm_pagetable::Entry,
+) -> Option<Result<hmm_pagetable::Entry, MmError>> {
+    let phys = child.phys();
+    let pfn = entry.pfn();
+    match &child_vma.backing {
+        VmaBacking::Hugetlb(object) => (phys.folio_counts(pfn).1 == 1 && phys.maybe_pinned(pfn))
+            .then(|| copy_pinned_huge_page(object, child_vma, pfn)),
+        _ => (!entry.is_huge() && needs_cow_for_dma(phys, pfn))
+            .then(|| copy_pinned_page(phys, child, child_vma, va, pfn)),
     }
 }
 
